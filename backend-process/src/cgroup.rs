@@ -1,0 +1,211 @@
+//! Per-sandbox cgroups: aggregate memory and process limits for the whole sandbox.
+//!
+//! rlimits bound each process; a cgroup bounds the sandbox as a whole and lets the host tell
+//! an out-of-memory kill from other deaths. cgroup v2 is used when this process sits in a
+//! delegated cgroup with the `memory` and `pids` controllers available to its children; v1
+//! (`/sys/fs/cgroup/{memory,pids}`) is the fallback; without either, rlimits alone apply and
+//! `doctor` says so.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use agentkernel_core::Limits;
+
+const ROOT: &str = "/sys/fs/cgroup";
+
+/// Which cgroup mechanism this machine offers to the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CgroupSupport {
+    /// cgroup v2: sandboxes are created under this directory.
+    V2 {
+        /// Parent directory of sandbox cgroups.
+        parent: PathBuf,
+    },
+    /// cgroup v1: sandbox cgroups under these controller directories.
+    V1 {
+        /// Parent in the memory hierarchy, if writable.
+        memory: Option<PathBuf>,
+        /// Parent in the pids hierarchy, if writable.
+        pids: Option<PathBuf>,
+    },
+    /// No usable cgroup: only rlimits apply.
+    None {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl CgroupSupport {
+    /// Human description for `doctor`.
+    pub fn describe(&self) -> String {
+        match self {
+            CgroupSupport::V2 { parent } => {
+                format!("cgroup v2 memory+pids under {}", parent.display())
+            }
+            CgroupSupport::V1 { memory, pids } => format!(
+                "cgroup v1: memory {}, pids {}",
+                memory.as_ref().map_or("unavailable".into(), |p| p.display().to_string()),
+                pids.as_ref().map_or("unavailable".into(), |p| p.display().to_string())
+            ),
+            CgroupSupport::None { reason } => reason.clone(),
+        }
+    }
+}
+
+/// Our own cgroup path in the hierarchy named `controller` ("" for v2).
+fn own_path(controller: &str) -> Option<PathBuf> {
+    let text = fs::read_to_string("/proc/self/cgroup").ok()?;
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+        if ctrls.split(',').any(|c| c == controller) {
+            return Some(PathBuf::from(path.trim_start_matches('/')));
+        }
+    }
+    None
+}
+
+fn probe_dir(parent: &Path) -> bool {
+    let probe = parent.join(format!("agentkernel-probe-{}", std::process::id()));
+    let ok = fs::create_dir(&probe).is_ok();
+    let _ = fs::remove_dir(&probe);
+    ok
+}
+
+/// Finds what this machine offers. Cheap enough to call once per runtime.
+pub fn detect() -> CgroupSupport {
+    let root = Path::new(ROOT);
+    if root.join("cgroup.controllers").exists() {
+        let Some(own) = own_path("") else {
+            return CgroupSupport::None {
+                reason: "cgroup v2 is mounted but /proc/self/cgroup has no v2 entry".into(),
+            };
+        };
+        let parent = root.join(own);
+        let subtree = fs::read_to_string(parent.join("cgroup.subtree_control")).unwrap_or_default();
+        let has = |c: &str| subtree.split_whitespace().any(|s| s == c);
+        if !(has("memory") && has("pids")) {
+            // Enabling controllers for children only works where this cgroup has no
+            // processes of its own (or is the root).
+            let _ = fs::write(parent.join("cgroup.subtree_control"), "+memory +pids");
+            let subtree = fs::read_to_string(parent.join("cgroup.subtree_control")).unwrap_or_default();
+            if !(subtree.contains("memory") && subtree.contains("pids")) {
+                return CgroupSupport::None {
+                    reason: format!(
+                        "cgroup v2: memory/pids controllers are not delegated to {} (run agentkernel in a delegated cgroup, e.g. `systemd-run --user -p Delegate=yes --scope agentkernel ...`)",
+                        parent.display()
+                    ),
+                };
+            }
+        }
+        if !probe_dir(&parent) {
+            return CgroupSupport::None {
+                reason: format!("cgroup v2: {} is not writable by this user", parent.display()),
+            };
+        }
+        return CgroupSupport::V2 { parent };
+    }
+    let v1 = |controller: &str| -> Option<PathBuf> {
+        let base = root.join(controller);
+        if !base.join("cgroup.procs").exists() {
+            return None;
+        }
+        let parent = base.join(own_path(controller)?);
+        probe_dir(&parent).then_some(parent)
+    };
+    let (memory, pids) = (v1("memory"), v1("pids"));
+    if memory.is_none() && pids.is_none() {
+        return CgroupSupport::None {
+            reason: "no writable cgroup (v2 not delegated, v1 memory/pids not writable): rlimits only".into(),
+        };
+    }
+    CgroupSupport::V1 { memory, pids }
+}
+
+/// The cgroup(s) of one sandbox. Removed when dropped (after its processes are gone).
+#[derive(Debug)]
+pub struct SandboxCgroup {
+    dirs: Vec<PathBuf>,
+    /// `cgroup.procs` files the sandbox's first process writes its pid into.
+    pub procs_files: Vec<PathBuf>,
+    /// File whose `oom_kill N` line counts OOM kills in the sandbox.
+    oom_file: Option<PathBuf>,
+}
+
+impl SandboxCgroup {
+    /// Creates the cgroup(s) for sandbox `id` with `limits`. `None` when the machine has no
+    /// usable cgroup or creation failed (rlimits still apply).
+    pub fn create(support: &CgroupSupport, id: &str, limits: &Limits) -> Option<SandboxCgroup> {
+        let name = format!("agentkernel-{id}");
+        let mut cg = SandboxCgroup {
+            dirs: Vec::new(),
+            procs_files: Vec::new(),
+            oom_file: None,
+        };
+        match support {
+            CgroupSupport::V2 { parent } => {
+                let dir = parent.join(&name);
+                fs::create_dir(&dir).ok()?;
+                cg.dirs.push(dir.clone());
+                if let Some(m) = limits.memory_bytes {
+                    fs::write(dir.join("memory.max"), m.to_string()).ok()?;
+                    let _ = fs::write(dir.join("memory.swap.max"), "0");
+                }
+                if let Some(p) = limits.processes {
+                    fs::write(dir.join("pids.max"), p.to_string()).ok()?;
+                }
+                cg.procs_files.push(dir.join("cgroup.procs"));
+                cg.oom_file = Some(dir.join("memory.events"));
+            }
+            CgroupSupport::V1 { memory, pids } => {
+                if let Some(parent) = memory {
+                    let dir = parent.join(&name);
+                    fs::create_dir(&dir).ok()?;
+                    cg.dirs.push(dir.clone());
+                    if let Some(m) = limits.memory_bytes {
+                        fs::write(dir.join("memory.limit_in_bytes"), m.to_string()).ok()?;
+                        let _ = fs::write(dir.join("memory.memsw.limit_in_bytes"), m.to_string());
+                    }
+                    cg.procs_files.push(dir.join("cgroup.procs"));
+                    cg.oom_file = Some(dir.join("memory.oom_control"));
+                }
+                if let Some(parent) = pids {
+                    let dir = parent.join(&name);
+                    fs::create_dir(&dir).ok()?;
+                    cg.dirs.push(dir.clone());
+                    if let Some(p) = limits.processes {
+                        fs::write(dir.join("pids.max"), p.to_string()).ok()?;
+                    }
+                    cg.procs_files.push(dir.join("cgroup.procs"));
+                }
+            }
+            CgroupSupport::None { .. } => return None,
+        }
+        Some(cg)
+    }
+
+    /// How many processes of the sandbox the OOM killer has killed so far.
+    pub fn oom_kills(&self) -> u64 {
+        let Some(file) = &self.oom_file else { return 0 };
+        fs::read_to_string(file)
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for SandboxCgroup {
+    fn drop(&mut self) {
+        // The sandbox is killed before this runs; its processes may take a moment to leave.
+        for dir in self.dirs.drain(..) {
+            for _ in 0..50 {
+                if fs::remove_dir(&dir).is_ok() || !dir.exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+}

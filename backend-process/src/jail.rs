@@ -1,0 +1,525 @@
+//! The jail: how a sandbox process is born.
+//!
+//! Everything is prepared in the parent ([`JailPlan`]) so that the forked child only makes
+//! system calls. The child (run from `pre_exec`, i.e. after `fork` and before `exec`):
+//!
+//! 1. starts a new session, drops supplementary groups (when root), puts the control socket
+//!    on fd 3 and the lifeline on fd 4, joins the sandbox's cgroups;
+//! 2. `unshare`s user, mount, pid, net, ipc, uts and cgroup namespaces and reports
+//!    `UNSHARED(pid)`; the host writes its uid/gid maps (sandbox uid/gid 1000 ↔ the host
+//!    user, or `nobody` when the host runs as root) and releases it through the go pipe;
+//!    it switches to uid/gid 1000;
+//! 3. forks: the parent ("outer", still in the host's pid namespace) closes every fd,
+//!    reports `PID1(pid)` and waits; the child is pid 1 of the new pid namespace and
+//!    carries on (it dies with SIGKILL when the outer process dies);
+//! 4. builds a new root on a tmpfs: read-only binds of `/usr` (and `/bin`, `/lib*` or their
+//!    symlinks), the interpreter's prefix, a few harmless `/etc` files and the extra mounts;
+//!    `/workspace` read-write; size-capped tmpfs `/tmp` and `/dev/shm`; fresh `/proc`; a
+//!    minimal `/dev`. Bind sources are opened once, right after `unshare` while the process
+//!    is still the caller's uid, into fixed fds and bound from `/proc/self/fd/N`;
+//! 5. `pivot_root`s into it, detaches the host root, remounts `/` read-only;
+//! 6. applies rlimits, landlock (where the kernel has it) and the
+//!    seccomp filters (which also set `no_new_privs`), marks stray fds close-on-exec and
+//!    reports `READY`; then `exec`s the interpreter, which loses every capability.
+//!
+//! A failed step reports `FAILED(step, errno)` and exits 127, so the host can say which.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+use seccompiler::BpfProgram;
+
+/// Report record tags (child → host, 5 bytes: tag, u32 little-endian).
+pub(crate) const TAG_UNSHARED: u8 = 1;
+pub(crate) const TAG_PID1: u8 = 2;
+pub(crate) const TAG_LANDLOCK: u8 = 3;
+pub(crate) const TAG_FAILED: u8 = 4;
+pub(crate) const TAG_READY: u8 = 5;
+
+/// Landlock outcome as reported in a `TAG_LANDLOCK` record.
+pub(crate) const LANDLOCK_NONE: u32 = 0;
+pub(crate) const LANDLOCK_PARTIAL: u32 = 1;
+pub(crate) const LANDLOCK_FULL: u32 = 2;
+
+/// uid and gid of the sandbox user inside the jail.
+pub(crate) const SANDBOX_ID: u32 = 1000;
+
+/// Where the new root is assembled before `pivot_root` (a tmpfs is mounted over it in the
+/// child's private mount namespace; the host's `/tmp` is untouched).
+const NEWROOT: &str = "/tmp";
+
+/// Names of the steps, indexed by the step number in a `TAG_FAILED` record.
+pub(crate) const STEP_NAMES: &[&str] = &[
+    "setsid",
+    "dropping supplementary groups",
+    "moving fds",
+    "joining the cgroup",
+    "unshare (user namespaces may be disabled: see `agentkernel doctor`)",
+    "waiting for uid/gid maps",
+    "fork of pid 1",
+    "setting the parent-death signal",
+    "making mounts private",
+    "mounting the new root",
+    "building the new root",
+    "pivot_root",
+    "detaching the host root",
+    "remounting / read-only",
+    "sethostname",
+    "switching to the sandbox user",
+    "chdir",
+    "setrlimit",
+    "landlock",
+    "seccomp",
+    "closing fds",
+    "opening mount sources",
+];
+const S_SETSID: u8 = 0;
+const S_GROUPS: u8 = 1;
+const S_FDS: u8 = 2;
+const S_CGROUP: u8 = 3;
+const S_UNSHARE: u8 = 4;
+const S_MAPS: u8 = 5;
+const S_FORK: u8 = 6;
+const S_PDEATH: u8 = 7;
+const S_PRIVATE: u8 = 8;
+const S_ROOTFS: u8 = 9;
+pub(crate) const S_BUILD: u8 = 10;
+const S_PIVOT: u8 = 11;
+const S_DETACH: u8 = 12;
+const S_RO: u8 = 13;
+const S_HOSTNAME: u8 = 14;
+const S_USER: u8 = 15;
+const S_CHDIR: u8 = 16;
+const S_RLIMIT: u8 = 17;
+const S_LANDLOCK: u8 = 18;
+const S_SECCOMP: u8 = 19;
+const S_CLOSE: u8 = 20;
+pub(crate) const S_SOURCES: u8 = 21;
+
+/// One step of building the new root. Paths are absolute, under [`NEWROOT`].
+#[derive(Debug)]
+pub(crate) enum RootOp {
+    Mkdir(CString),
+    Symlink { target: CString, link: CString },
+    WriteFile { path: CString, data: Vec<u8> },
+    /// Bind `src` (usually `/proc/self/fd/N`) onto `dst` (created first: a directory or an
+    /// empty file), then remount it with `remount` flags (read-only, nosuid, ... plus the
+    /// flags the source mount has locked).
+    Bind { src: CString, dst: CString, dir: bool, remount: libc::c_ulong },
+    Tmpfs { dst: CString, data: CString },
+    Proc { dst: CString },
+}
+
+/// Everything the child needs, prepared by the parent.
+pub(crate) struct JailPlan {
+    pub drop_groups: bool,
+    pub cgroup_procs: Vec<CString>,
+    pub control_fd: RawFd,
+    pub lifeline_fd: RawFd,
+    pub report_fd: RawFd,
+    pub go_fd: RawFd,
+    pub ops: Vec<RootOp>,
+    pub workdir: CString,
+    pub rlimits: Vec<(libc::__rlimit_resource_t, u64, u64)>,
+    pub writable_dirs: Vec<String>,
+    pub landlock: bool,
+    pub seccomp: Vec<BpfProgram>,
+    /// Host paths of bind sources, opened by the child into fds `SOURCE_FD_BASE + i`.
+    pub sources: Vec<CString>,
+}
+
+/// First fd number of the bind sources in the child. Every fd of the plan must be below it.
+pub(crate) const SOURCE_FD_BASE: RawFd = 512;
+
+/// Mount flags that a bind of `path` must keep when remounted inside a user namespace
+/// (the kernel refuses to clear flags the original mount has locked).
+pub(crate) fn locked_flags(path: &Path) -> libc::c_ulong {
+    use nix::sys::statvfs::{FsFlags, statvfs};
+    let Ok(st) = statvfs(path) else { return 0 };
+    let f = st.flags();
+    let mut out = 0;
+    if f.contains(FsFlags::ST_NOEXEC) {
+        out |= libc::MS_NOEXEC;
+    }
+    if f.contains(FsFlags::ST_NOATIME) {
+        out |= libc::MS_NOATIME;
+    }
+    if f.contains(FsFlags::ST_NODIRATIME) {
+        out |= libc::MS_NODIRATIME;
+    }
+    if f.contains(FsFlags::ST_RELATIME) {
+        out |= libc::MS_RELATIME;
+    }
+    if f.contains(FsFlags::ST_RDONLY) {
+        out |= libc::MS_RDONLY;
+    }
+    out
+}
+
+/// Path under the new root for guest path `guest` (absolute).
+pub(crate) fn under_root(guest: &str) -> String {
+    format!("{NEWROOT}{guest}")
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn write_all(fd: RawFd, mut data: &[u8]) -> bool {
+    while !data.is_empty() {
+        // SAFETY: `data` is a valid buffer of `data.len()` bytes for the duration of the call.
+        let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+        if n < 0 {
+            if errno() == libc::EINTR {
+                continue;
+            }
+            return false;
+        }
+        data = &data[n as usize..];
+    }
+    true
+}
+
+fn record(fd: RawFd, tag: u8, value: u32) {
+    let v = value.to_le_bytes();
+    write_all(fd, &[tag, v[0], v[1], v[2], v[3]]);
+}
+
+/// Reports a failed step and exits. Only system calls: safe after fork.
+fn fail(report: RawFd, step: u8) -> ! {
+    fail_at(report, step, 0)
+}
+
+/// Like [`fail`], naming the index of the failed root-building operation too.
+fn fail_at(report: RawFd, step: u8, op: usize) -> ! {
+    let e = errno() as u32 & 0xFFFF;
+    let op = (op.min(255) as u32) << 16;
+    record(report, TAG_FAILED, (u32::from(step) << 24) | op | e);
+    // SAFETY: _exit is async-signal-safe and never returns.
+    unsafe { libc::_exit(127) }
+}
+
+fn check(report: RawFd, step: u8, rc: libc::c_int) {
+    if rc < 0 {
+        fail(report, step);
+    }
+}
+
+/// Formats `n` in decimal into `buf` without allocating; returns the digits.
+fn itoa(mut n: u32, buf: &mut [u8; 12]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+fn null() -> *const libc::c_char {
+    std::ptr::null()
+}
+
+/// Runs in the forked child. Returns only in pid 1 of the new namespace, ready to exec.
+///
+/// # Safety
+/// Must be called in a freshly forked child (from `pre_exec`): it changes the process's
+/// namespaces, fds, root, credentials and exits the process on failure. It makes no heap
+/// allocation until the landlock step, which runs single-threaded after glibc's `fork`.
+pub(crate) unsafe fn enter(plan: &JailPlan) -> std::io::Result<()> {
+    let report = plan.report_fd;
+    // SAFETY (this whole function): every libc call below gets valid, NUL-terminated
+    // strings owned by `plan`, which outlives the call, or null where the API allows it.
+    unsafe {
+        check(report, S_SETSID, libc::setsid());
+        if plan.drop_groups {
+            check(report, S_GROUPS, libc::setgroups(0, std::ptr::null()));
+        }
+        // The control socket and lifeline move to the fds the agent expects. The parent
+        // made sure every fd of the plan is >= 10, so fds 3 and 4 hold nothing we need.
+        check(report, S_FDS, libc::dup2(plan.control_fd, 3));
+        check(report, S_FDS, libc::dup2(plan.lifeline_fd, 4));
+
+        let mut buf = [0u8; 12];
+        let pid = itoa(libc::getpid() as u32, &mut buf);
+        for procs in &plan.cgroup_procs {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 || !write_all(fd, pid) {
+                fail(report, S_CGROUP);
+            }
+            libc::close(fd);
+        }
+
+        let flags = libc::CLONE_NEWUSER
+            | libc::CLONE_NEWNS
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWNET
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWUTS
+            | libc::CLONE_NEWCGROUP;
+        check(report, S_UNSHARE, libc::unshare(flags));
+        record(report, TAG_UNSHARED, libc::getpid() as u32);
+        let mut go = [0u8; 1];
+        if libc::read(plan.go_fd, go.as_mut_ptr().cast(), 1) != 1 {
+            fail(report, S_MAPS);
+        }
+        // Become the sandbox user now: files the jail creates must belong to a uid mapped
+        // in the namespace. Capabilities inside the namespace survive this (its uid 0 is
+        // unmapped) and are lost at exec.
+        // Open the bind sources now: after unshare (a mount can only be bound from the
+        // namespace it lives in) and before dropping to the sandbox user (so directories
+        // only the caller can traverse, like root's pyenv, are reachable).
+        for (i, src) in plan.sources.iter().enumerate() {
+            let fd = libc::open(src.as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
+            if fd < 0 {
+                fail_at(report, S_SOURCES, i);
+            }
+            check(report, S_SOURCES, libc::dup3(fd, SOURCE_FD_BASE + i as RawFd, libc::O_CLOEXEC));
+            libc::close(fd);
+        }
+        check(report, S_USER, libc::setresgid(SANDBOX_ID, SANDBOX_ID, SANDBOX_ID));
+        check(report, S_USER, libc::setresuid(SANDBOX_ID, SANDBOX_ID, SANDBOX_ID));
+
+        let child = libc::fork();
+        if child < 0 {
+            fail(report, S_FORK);
+        }
+        if child > 0 {
+            outer(report, child);
+        }
+
+        // pid 1 of the new pid namespace from here on.
+        check(report, S_PDEATH, libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0));
+        check(
+            report,
+            S_PRIVATE,
+            libc::mount(null(), c"/".as_ptr(), null(), libc::MS_REC | libc::MS_PRIVATE, null().cast()),
+        );
+        check(
+            report,
+            S_ROOTFS,
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                c"/tmp".as_ptr(),
+                c"tmpfs".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                c"mode=0755,size=4m".as_ptr().cast(),
+            ),
+        );
+        for (i, op) in plan.ops.iter().enumerate() {
+            if build(op).is_err() {
+                fail_at(report, S_BUILD, i);
+            }
+        }
+
+        check(report, S_PIVOT, libc::chdir(c"/tmp".as_ptr()));
+        check(
+            report,
+            S_PIVOT,
+            libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int,
+        );
+        check(report, S_DETACH, libc::umount2(c".".as_ptr(), libc::MNT_DETACH));
+        check(report, S_DETACH, libc::chdir(c"/".as_ptr()));
+        check(
+            report,
+            S_RO,
+            libc::mount(
+                null(),
+                c"/".as_ptr(),
+                null(),
+                libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+                null().cast(),
+            ),
+        );
+        let host = c"sandbox";
+        check(report, S_HOSTNAME, libc::sethostname(host.as_ptr(), host.count_bytes()));
+
+        check(report, S_CHDIR, libc::chdir(plan.workdir.as_ptr()));
+        for (resource, soft, hard) in &plan.rlimits {
+            let lim = libc::rlimit {
+                rlim_cur: *soft,
+                rlim_max: *hard,
+            };
+            check(report, S_RLIMIT, libc::setrlimit(*resource, &lim));
+        }
+    }
+
+    let status = if plan.landlock {
+        match restrict_landlock(&plan.writable_dirs) {
+            Ok(s) => s,
+            Err(()) => fail(report, S_LANDLOCK),
+        }
+    } else {
+        LANDLOCK_NONE
+    };
+    record(report, TAG_LANDLOCK, status);
+
+    for filter in &plan.seccomp {
+        if seccompiler::apply_filter(filter).is_err() {
+            fail(report, S_SECCOMP);
+        }
+    }
+    // SAFETY: plain syscalls with integer arguments.
+    unsafe {
+        // Anything the host left open without CLOEXEC must not reach the interpreter.
+        // fds 3 and 4 (control, lifeline) stay; the report fd is CLOEXEC already.
+        check(
+            report,
+            S_CLOSE,
+            libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) as libc::c_int,
+        );
+    }
+    record(report, TAG_READY, 0);
+    Ok(())
+}
+
+/// The outer process: reports pid 1's host pid, closes everything, waits and mirrors its
+/// exit status. Never returns.
+///
+/// # Safety
+/// Only called in the forked child, after the fork of pid 1.
+unsafe fn outer(report: RawFd, child: libc::pid_t) -> ! {
+    // SAFETY: plain syscalls on integers and a stack buffer.
+    unsafe {
+        record(report, TAG_PID1, child as u32);
+        // Hold nothing: the host's spawn() waits for every copy of its exec-error pipe to
+        // close, and the host's output pipes must see EOF when the sandbox dies.
+        libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
+        let mut status = 0;
+        loop {
+            let r = libc::waitpid(child, &mut status, 0);
+            if r == child {
+                break;
+            }
+            if r < 0 && errno() != libc::EINTR {
+                libc::_exit(1);
+            }
+        }
+        let code = if libc::WIFSIGNALED(status) {
+            128 + libc::WTERMSIG(status)
+        } else {
+            libc::WEXITSTATUS(status)
+        };
+        libc::_exit(code)
+    }
+}
+
+/// One root-building step; `Err` leaves the cause in `errno`.
+///
+/// # Safety
+/// Called only from [`enter`] in pid 1, with strings owned by the plan.
+unsafe fn build(op: &RootOp) -> Result<(), ()> {
+    let ok = |rc: libc::c_int| if rc < 0 { Err(()) } else { Ok(()) };
+    // SAFETY: all pointers are NUL-terminated strings or buffers owned by `op`.
+    unsafe {
+        let mkdir = |path: &CString| {
+            if libc::mkdir(path.as_ptr(), 0o755) < 0 && errno() != libc::EEXIST {
+                Err(())
+            } else {
+                Ok(())
+            }
+        };
+        match op {
+            RootOp::Mkdir(path) => mkdir(path),
+            RootOp::Symlink { target, link } => ok(libc::symlink(target.as_ptr(), link.as_ptr())),
+            RootOp::WriteFile { path, data } => {
+                let fd = libc::open(
+                    path.as_ptr(),
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
+                    0o644,
+                );
+                ok(fd)?;
+                let written = write_all(fd, data);
+                libc::close(fd);
+                if written { Ok(()) } else { Err(()) }
+            }
+            RootOp::Bind { src, dst, dir, remount } => {
+                if *dir {
+                    mkdir(dst)?;
+                } else {
+                    let fd = libc::open(dst.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC, 0o644);
+                    ok(fd)?;
+                    libc::close(fd);
+                }
+                ok(libc::mount(src.as_ptr(), dst.as_ptr(), null(), libc::MS_BIND | libc::MS_REC, null().cast()))?;
+                ok(libc::mount(
+                    null(),
+                    dst.as_ptr(),
+                    null(),
+                    libc::MS_REMOUNT | libc::MS_BIND | *remount,
+                    null().cast(),
+                ))
+            }
+            RootOp::Tmpfs { dst, data } => {
+                mkdir(dst)?;
+                ok(libc::mount(
+                    c"tmpfs".as_ptr(),
+                    dst.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV,
+                    data.as_ptr().cast(),
+                ))
+            }
+            RootOp::Proc { dst } => {
+                mkdir(dst)?;
+                ok(libc::mount(
+                    c"proc".as_ptr(),
+                    dst.as_ptr(),
+                    c"proc".as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    null().cast(),
+                ))
+            }
+        }
+    }
+}
+
+/// Landlock: read and execute anywhere in the (already minimal) new root, write only under
+/// `writable`; no TCP bind/connect; no signals to processes outside the sandbox.
+fn restrict_landlock(writable: &[String]) -> Result<u32, ()> {
+    use landlock::{
+        ABI, Access, AccessFs, AccessNet, RestrictionStatus, Ruleset, RulesetAttr, RulesetCreatedAttr,
+        RulesetStatus, Scope, path_beneath_rules,
+    };
+    let abi = ABI::V6;
+    let status: RestrictionStatus = Ruleset::default()
+        .handle_access(AccessFs::from_all(abi))
+        .and_then(|r| r.handle_access(AccessNet::from_all(abi)))
+        .and_then(|r| r.scope(Scope::Signal))
+        .and_then(|r| r.create())
+        .and_then(|r| r.add_rules(path_beneath_rules(["/"], AccessFs::from_read(abi))))
+        .and_then(|r| r.add_rules(path_beneath_rules(writable, AccessFs::from_all(abi))))
+        .and_then(|r| {
+            r.add_rules(path_beneath_rules(
+                ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"],
+                AccessFs::from_all(abi),
+            ))
+        })
+        .and_then(|r| r.restrict_self())
+        .map_err(|_| ())?;
+    Ok(match status.ruleset {
+        RulesetStatus::FullyEnforced => LANDLOCK_FULL,
+        RulesetStatus::PartiallyEnforced => LANDLOCK_PARTIAL,
+        RulesetStatus::NotEnforced => LANDLOCK_NONE,
+    })
+}
+
+/// Moves `fd` to a number >= 10 (close-on-exec) so that the child's `dup2` onto fds 3 and 4
+/// can never clobber it.
+pub(crate) fn high_fd(fd: OwnedFd) -> std::io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    if fd.as_raw_fd() >= 10 {
+        return Ok(fd);
+    }
+    // SAFETY: F_DUPFD_CLOEXEC on a valid fd returns a new fd we own.
+    let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+    if new < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `new` is a freshly created fd owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}

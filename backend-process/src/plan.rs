@@ -1,0 +1,304 @@
+//! Turning a [`SandboxSpec`] into a [`JailPlan`]: which host paths appear where, with which
+//! flags, and which limits apply. Runs in the parent, where allocation and errors are fine.
+
+use std::collections::BTreeSet;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+#[cfg(test)]
+use std::path::PathBuf;
+
+use agentkernel_core::{Error, Result, SandboxSpec};
+
+use crate::jail::{RootOp, SANDBOX_ID, SOURCE_FD_BASE, locked_flags, under_root};
+use crate::python::HostPython;
+
+/// `/etc` entries copied (bind-mounted read-only) from the host when present: none holds a
+/// secret, and the dynamic loader, `alternatives` symlinks and TLS roots need them.
+const ETC_BINDS: &[&str] = &[
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "alternatives",
+    "ssl",
+    "ca-certificates",
+    "mime.types",
+    "os-release",
+    "debian_version",
+    "protocols",
+    "services",
+];
+
+/// Top-level system paths: bound read-only when directories, recreated when symlinks
+/// (merged-/usr distributions link `/bin` → `usr/bin`).
+const SYSTEM_TOP: &[&str] = &["bin", "sbin", "lib", "lib32", "lib64", "libx32"];
+
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
+
+fn cstr(s: impl AsRef<[u8]>) -> Result<CString> {
+    CString::new(s.as_ref()).map_err(|_| Error::invalid("a path contains a NUL byte", "remove NUL bytes from paths"))
+}
+
+fn path_str(p: &Path) -> Result<String> {
+    p.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| Error::invalid(format!("path {} is not UTF-8", p.display()), "use UTF-8 paths"))
+}
+
+/// Builder of the root-building steps, keeping the bind sources open.
+#[derive(Default)]
+pub(crate) struct RootPlan {
+    pub ops: Vec<RootOp>,
+    pub sources: Vec<CString>,
+    made: BTreeSet<String>,
+}
+
+impl RootPlan {
+    /// Creates `guest` and its ancestors (as plain directories of the new root).
+    fn mkdirs(&mut self, guest: &str) -> Result<()> {
+        let mut cur = String::new();
+        for part in guest.split('/').filter(|p| !p.is_empty()) {
+            cur.push('/');
+            cur.push_str(part);
+            if self.made.insert(cur.clone()) {
+                self.ops.push(RootOp::Mkdir(cstr(under_root(&cur))?));
+            }
+        }
+        Ok(())
+    }
+
+    fn parent_of(&mut self, guest: &str) -> Result<()> {
+        if let Some(parent) = Path::new(guest).parent() {
+            self.mkdirs(&path_str(parent)?)?;
+        }
+        Ok(())
+    }
+
+    /// Bind-mounts host `host` at `guest`, read-only unless `writable`. The host path is
+    /// opened now; the child binds through `/proc/self/fd/N`.
+    pub fn bind(&mut self, host: &Path, guest: &str, writable: bool) -> Result<()> {
+        let meta = std::fs::metadata(host)
+            .map_err(|e| Error::io(format!("inspecting {} for the sandbox", host.display()), e))?;
+        let dir = meta.is_dir();
+        let is_device = !dir && host.starts_with("/dev");
+        let mut remount = locked_flags(host) | libc::MS_NOSUID;
+        if !is_device {
+            remount |= libc::MS_NODEV;
+        }
+        if !writable {
+            remount |= libc::MS_RDONLY;
+        }
+        self.parent_of(guest)?;
+        self.made.insert(guest.to_owned());
+        let fd = SOURCE_FD_BASE + self.sources.len() as i32;
+        self.ops.push(RootOp::Bind {
+            src: cstr(format!("/proc/self/fd/{fd}"))?,
+            dst: cstr(under_root(guest))?,
+            dir,
+            remount,
+        });
+        self.sources.push(cstr(host.as_os_str().as_bytes())?);
+        Ok(())
+    }
+
+    fn symlink(&mut self, target: &Path, guest: &str) -> Result<()> {
+        self.parent_of(guest)?;
+        self.ops.push(RootOp::Symlink {
+            target: cstr(target.as_os_str().as_bytes())?,
+            link: cstr(under_root(guest))?,
+        });
+        Ok(())
+    }
+
+    fn file(&mut self, guest: &str, data: impl Into<Vec<u8>>) -> Result<()> {
+        self.parent_of(guest)?;
+        self.ops.push(RootOp::WriteFile {
+            path: cstr(under_root(guest))?,
+            data: data.into(),
+        });
+        Ok(())
+    }
+
+    fn tmpfs(&mut self, guest: &str, data: String) -> Result<()> {
+        self.parent_of(guest)?;
+        self.made.insert(guest.to_owned());
+        self.ops.push(RootOp::Tmpfs {
+            dst: cstr(under_root(guest))?,
+            data: cstr(data)?,
+        });
+        Ok(())
+    }
+}
+
+/// The file-system layout of a sandbox for `spec` running `python`.
+pub(crate) fn root_plan(spec: &SandboxSpec, python: &HostPython) -> Result<RootPlan> {
+    let mut p = RootPlan::default();
+    p.bind(Path::new("/usr"), "/usr", false)?;
+    for name in SYSTEM_TOP {
+        let host = Path::new("/").join(name);
+        let Ok(meta) = std::fs::symlink_metadata(&host) else { continue };
+        let guest = format!("/{name}");
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&host).map_err(|e| Error::io(format!("reading link {}", host.display()), e))?;
+            p.symlink(&target, &guest)?;
+        } else if meta.is_dir() {
+            p.bind(&host, &guest, false)?;
+        }
+    }
+    for dir in &python.extra_dirs {
+        p.bind(dir, &path_str(dir)?, false)?;
+    }
+
+    p.mkdirs("/etc")?;
+    for name in ETC_BINDS {
+        let host = Path::new("/etc").join(name);
+        if host.exists() {
+            p.bind(&host, &format!("/etc/{name}"), false)?;
+        }
+    }
+    p.file(
+        "/etc/passwd",
+        format!("root:x:0:0:root:/root:/bin/sh\nsandbox:x:{SANDBOX_ID}:{SANDBOX_ID}:sandbox:/tmp:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"),
+    )?;
+    p.file(
+        "/etc/group",
+        format!("root:x:0:\nsandbox:x:{SANDBOX_ID}:\nnogroup:x:65534:\n"),
+    )?;
+    p.file("/etc/hostname", "sandbox\n")?;
+    p.file("/etc/hosts", "127.0.0.1 localhost sandbox\n::1 localhost\n")?;
+    p.file("/etc/resolv.conf", "")?;
+
+    p.tmpfs("/dev", "mode=0755,size=64k".into())?;
+    for dev in DEVICES {
+        p.bind(&Path::new("/dev").join(dev), &format!("/dev/{dev}"), true)?;
+    }
+    for (link, target) in [
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+    ] {
+        p.symlink(Path::new(target), link)?;
+    }
+    let tmp_opts = |size: u64| format!("mode=1777,size={size},uid={SANDBOX_ID},gid={SANDBOX_ID}");
+    p.tmpfs("/dev/shm", tmp_opts(spec.limits.tmp_bytes))?;
+    p.ops.push(RootOp::Proc {
+        dst: cstr(under_root("/proc"))?,
+    });
+    p.tmpfs("/tmp", tmp_opts(spec.limits.tmp_bytes))?;
+    match &spec.workspace {
+        Some(ws) => p.bind(ws, "/workspace", true)?,
+        None => p.tmpfs(
+            "/workspace",
+            format!("mode=0755,size={},uid={SANDBOX_ID},gid={SANDBOX_ID}", spec.limits.tmp_bytes),
+        )?,
+    }
+    for m in &spec.mounts {
+        p.bind(&m.host, &path_str(&m.guest)?, m.writable)?;
+    }
+    Ok(p)
+}
+
+/// Guest directories the sandbox may write (for landlock).
+pub(crate) fn writable_dirs(spec: &SandboxSpec) -> Vec<String> {
+    let mut dirs = vec!["/workspace".to_owned(), "/tmp".to_owned(), "/dev/shm".to_owned()];
+    dirs.extend(
+        spec.mounts
+            .iter()
+            .filter(|m| m.writable)
+            .filter_map(|m| m.guest.to_str().map(str::to_owned)),
+    );
+    dirs
+}
+
+/// `(resource, soft, hard)` rlimits for `spec`.
+pub(crate) fn rlimits(spec: &SandboxSpec) -> Vec<(libc::__rlimit_resource_t, u64, u64)> {
+    let l = &spec.limits;
+    let mut out = vec![(libc::RLIMIT_CORE, 0, 0), (libc::RLIMIT_NOFILE, 4096, 4096)];
+    if let Some(m) = l.memory_bytes {
+        out.push((libc::RLIMIT_AS, m, m));
+    }
+    if let Some(n) = l.processes {
+        out.push((libc::RLIMIT_NPROC, u64::from(n), u64::from(n)));
+    }
+    if let Some(f) = l.file_size_bytes {
+        out.push((libc::RLIMIT_FSIZE, f, f));
+    }
+    if let Some(c) = l.cpu_time {
+        let secs = c.as_secs().max(1);
+        // SIGXCPU at the soft limit (Python dies of it); SIGKILL a second later regardless.
+        out.push((libc::RLIMIT_CPU, secs, secs + 1));
+    }
+    out
+}
+
+/// The host uid/gid that sandbox uid/gid 1000 maps to: the caller's own ids, except that
+/// root's sandboxes run as `nobody` so that nothing in them is host uid 0.
+pub(crate) fn host_ids() -> (u32, u32) {
+    // SAFETY: geteuid/getegid cannot fail.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    if uid == 0 { (65534, 65534) } else { (uid, gid) }
+}
+
+/// When the sandbox user is `nobody` (host root), the workspace directory must be usable
+/// by it: hand the directory itself (not its contents) to that user.
+pub(crate) fn prepare_workspace(ws: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let (uid, gid) = host_ids();
+    let meta = std::fs::metadata(ws).map_err(|e| Error::io(format!("inspecting workspace {}", ws.display()), e))?;
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 && meta.uid() != uid {
+        std::os::unix::fs::chown(ws, Some(uid), Some(gid))
+            .map_err(|e| Error::io(format!("handing workspace {} to the sandbox user", ws.display()), e))?;
+        tracing::info!(workspace = %ws.display(), uid, "workspace directory handed to the sandbox user");
+    }
+    Ok(())
+}
+
+/// Guest-side mount targets of a plan (for tests).
+#[cfg(test)]
+pub(crate) fn guest_paths(plan: &RootPlan) -> Vec<PathBuf> {
+    plan.ops
+        .iter()
+        .filter_map(|op| match op {
+            RootOp::Bind { dst, .. } | RootOp::Tmpfs { dst, .. } => Some(PathBuf::from(dst.to_str().ok()?)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_binds_usr_read_only_and_workspace_writable() {
+        let ws = tempfile::tempdir().unwrap();
+        let spec = SandboxSpec {
+            workspace: Some(ws.path().to_path_buf()),
+            ..SandboxSpec::default()
+        };
+        let py = crate::python::discover(None).unwrap();
+        let plan = root_plan(&spec, &py).unwrap();
+        let usr = plan
+            .ops
+            .iter()
+            .find_map(|op| match op {
+                RootOp::Bind { dst, remount, .. } if dst.as_bytes() == b"/tmp/usr" => Some(*remount),
+                _ => None,
+            })
+            .expect("/usr is bound");
+        assert_ne!(usr & libc::MS_RDONLY, 0);
+        let wsf = plan
+            .ops
+            .iter()
+            .find_map(|op| match op {
+                RootOp::Bind { dst, remount, .. } if dst.as_bytes() == b"/tmp/workspace" => Some(*remount),
+                _ => None,
+            })
+            .expect("workspace is bound");
+        assert_eq!(wsf & libc::MS_RDONLY, 0);
+        assert!(guest_paths(&plan).iter().all(|p| !p.ends_with("shadow")));
+    }
+}

@@ -1,0 +1,241 @@
+//! The process backend's `Runtime`: configuration, capabilities and `doctor` checks.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use agentkernel_core::{
+    Capabilities, Check, CheckState, Diagnosis, Error, ExecRequest, ExecStatus, Isolation,
+    LimitSupport, NetworkPolicy, NoTools, Result, Runtime, Sandbox, SandboxSpec, StartupClass,
+};
+use async_trait::async_trait;
+use seccompiler::BpfProgram;
+
+use crate::cgroup::{self, CgroupSupport};
+use crate::python::{self, HostPython};
+use crate::sandbox::{self, ProcessSandbox};
+use crate::seccomp;
+
+/// Options of the process backend.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessConfig {
+    /// Interpreter to run; default: `$AGENTKERNEL_PYTHON`, else `python3` on `PATH`.
+    pub python: Option<PathBuf>,
+}
+
+/// What every sandbox of one runtime shares (computed once).
+pub(crate) struct Inner {
+    pub python: HostPython,
+    pub seccomp: Vec<BpfProgram>,
+    pub cgroups: CgroupSupport,
+    pub landlock_abi: Option<i32>,
+}
+
+/// The jailed-CPython backend. Cheap to clone.
+#[derive(Clone)]
+pub struct ProcessRuntime {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ProcessRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessRuntime")
+            .field("python", &self.inner.python)
+            .field("cgroups", &self.inner.cgroups)
+            .field("landlock_abi", &self.inner.landlock_abi)
+            .finish()
+    }
+}
+
+/// The landlock ABI version the kernel offers, if any.
+pub(crate) fn landlock_abi() -> Option<i32> {
+    const LANDLOCK_CREATE_RULESET_VERSION: u32 = 1;
+    // SAFETY: landlock_create_ruleset(NULL, 0, VERSION) only returns a number.
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    (v > 0).then_some(v as i32)
+}
+
+impl ProcessRuntime {
+    /// Finds the interpreter, compiles the seccomp filters and probes cgroups and landlock.
+    /// Fails with [`Error::Unavailable`] when this machine cannot run the backend.
+    pub fn new(config: ProcessConfig) -> Result<Self> {
+        if !cfg!(target_os = "linux") {
+            return Err(Error::Unavailable {
+                backend: "process",
+                reason: "the jail uses Linux namespaces".into(),
+                hint: "run on Linux, or use another backend".into(),
+            });
+        }
+        let python = python::discover(config.python.as_deref())?;
+        Ok(ProcessRuntime {
+            inner: Arc::new(Inner {
+                python,
+                seccomp: seccomp::filters()?,
+                cgroups: cgroup::detect(),
+                landlock_abi: landlock_abi(),
+            }),
+        })
+    }
+
+    /// The interpreter sandboxes run.
+    pub fn python(&self) -> &HostPython {
+        &self.inner.python
+    }
+
+    /// Like [`Runtime::create`], returning the concrete type (for [`ProcessSandbox::hello`]).
+    pub async fn create_sandbox(&self, spec: &SandboxSpec) -> Result<ProcessSandbox> {
+        self.check_supported(spec)?;
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let live = sandbox::start(&self.inner, spec, &id).await?;
+        tracing::debug!(sandbox = %id, "process sandbox started");
+        Ok(ProcessSandbox::new(id, self.inner.clone(), spec.clone(), live))
+    }
+
+    fn check_supported(&self, spec: &SandboxSpec) -> Result<()> {
+        spec.validate()?;
+        if let NetworkPolicy::AllowList(hosts) = &spec.network
+            && !hosts.is_empty()
+        {
+            return Err(Error::unsupported(
+                "a network allow-list",
+                "process",
+                "sandboxes of this backend have no network at all; use NetworkPolicy::Deny",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Runtime for ProcessRuntime {
+    fn name(&self) -> &'static str {
+        "process"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            isolation: Isolation::OsProcess,
+            full_cpython: true,
+            native_extensions: true,
+            workspace: true,
+            network_allow_list: false,
+            subprocess: true,
+            snapshot: false,
+            reset: true,
+            startup: StartupClass::TensOfMilliseconds,
+            limits: LimitSupport {
+                wall_time: true,
+                cpu_time: true,
+                memory: true,
+                processes: true,
+                file_size: true,
+                output: true,
+                tmp: true,
+            },
+        }
+    }
+
+    async fn create(&self, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>> {
+        Ok(Box::new(self.create_sandbox(spec).await?))
+    }
+
+    async fn diagnose(&self) -> Diagnosis {
+        let inner = &self.inner;
+        let mut checks = vec![Check {
+            name: "python".into(),
+            state: CheckState::Active,
+            detail: format!("{} (Python {})", inner.python.executable.display(), inner.python.version),
+        }];
+        let started = Instant::now();
+        let mut enforced_landlock = None;
+        let probe = async {
+            let mut sb = self.create_sandbox(&SandboxSpec::default()).await?;
+            let hello = sb.hello().map(|h| {
+                let field = |k: &str| h.protections.get(k).map(String::as_str);
+                (field("Seccomp") == Some("2"), field("NoNewPrivs") == Some("1"))
+            });
+            let landlock = sb.landlock_state();
+            let out = sb
+                .exec(ExecRequest::new("print('ok')"), Arc::new(NoTools))
+                .await;
+            Box::new(sb).shutdown().await?;
+            Ok::<_, Error>((out?, hello, landlock))
+        };
+        let (available, reason) = match probe.await {
+            Ok((out, hello, landlock)) if out.status == ExecStatus::Ok && out.stdout.text() == "ok\n" => {
+                checks.push(Check {
+                    name: "namespaces".into(),
+                    state: CheckState::Active,
+                    detail: format!(
+                        "user, mount, pid, net, ipc, uts, cgroup; sandbox started and ran in {:.0} ms",
+                        started.elapsed().as_secs_f64() * 1e3
+                    ),
+                });
+                if let Some((seccomp, nnp)) = hello {
+                    checks.push(Check {
+                        name: "seccomp".into(),
+                        state: if seccomp { CheckState::Active } else { CheckState::Failed },
+                        detail: format!(
+                            "filter mode in the guest; denies {} syscalls, namespace clone flags, clone3, TIOCSTI, AF_VSOCK",
+                            seccomp::denied_syscall_names().count()
+                        ),
+                    });
+                    checks.push(Check {
+                        name: "no_new_privs".into(),
+                        state: if nnp { CheckState::Active } else { CheckState::Failed },
+                        detail: "set in the guest".into(),
+                    });
+                }
+                enforced_landlock = landlock;
+                (true, None)
+            }
+            Ok((out, _, _)) => (
+                false,
+                Some(format!(
+                    "a probe sandbox ran but printed {:?} with status {:?}",
+                    out.stdout.text(),
+                    out.status
+                )),
+            ),
+            Err(e) => (false, Some(e.to_string())),
+        };
+        checks.push(Check {
+            name: "landlock".into(),
+            state: match enforced_landlock {
+                Some(crate::jail::LANDLOCK_FULL) => CheckState::Active,
+                Some(crate::jail::LANDLOCK_PARTIAL) => CheckState::Partial,
+                _ => CheckState::Inactive,
+            },
+            detail: match inner.landlock_abi {
+                Some(v) => format!("kernel ABI {v}: writes only to /workspace, /tmp, /dev/shm; no TCP; no signals out (ABI 6+)"),
+                None => "not offered by this kernel (namespaces and seccomp still apply)".into(),
+            },
+        });
+        checks.push(Check {
+            name: "cgroup".into(),
+            state: match inner.cgroups {
+                CgroupSupport::V2 { .. } | CgroupSupport::V1 { .. } => CheckState::Active,
+                CgroupSupport::None { .. } => CheckState::Inactive,
+            },
+            detail: inner.cgroups.describe(),
+        });
+        let (uid, _) = crate::plan::host_ids();
+        checks.push(Check {
+            name: "rlimits".into(),
+            state: CheckState::Active,
+            detail: format!("address space, processes, file size, CPU, core=0; sandbox runs as host uid {uid}"),
+        });
+        Diagnosis {
+            available,
+            reason,
+            checks,
+        }
+    }
+}

@@ -1,0 +1,445 @@
+//! Creating, running and killing jailed interpreters.
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agentkernel_core::guest::{AGENT_SOURCE, ExecEnd, GuestConn, Hello};
+use agentkernel_core::{
+    Error, ExecOutcome, ExecRequest, ExecStatus, LimitKind, Result, Sandbox, SandboxSpec, Snapshot,
+    Timings, ToolHost,
+};
+use async_trait::async_trait;
+use tokio::process::{Child, ChildStderr, ChildStdout};
+
+use crate::cgroup::SandboxCgroup;
+use crate::jail::{self, JailPlan};
+use crate::plan;
+use crate::runtime::Inner;
+
+/// How long an interpreter may take to start and say hello.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What the jail reported while starting.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct StartReport {
+    pub landlock: u32,
+}
+
+/// A running jailed interpreter.
+pub(crate) struct Live {
+    outer: Child,
+    pid1: OwnedFd,
+    conn: GuestConn<tokio::net::UnixStream, ChildStdout, ChildStderr>,
+    // Held only so that it closes (and the guest's init exits) when we are dropped.
+    _lifeline: OwnedFd,
+    cgroup: Option<SandboxCgroup>,
+    pub hello: Hello,
+    pub start: StartReport,
+}
+
+impl Live {
+    /// SIGKILL to pid 1 of the sandbox: the kernel then kills every process in its pid
+    /// namespace.
+    fn kill(&mut self) {
+        // SAFETY: pidfd_send_signal on a pidfd we own; null siginfo is allowed.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pid1.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0u32,
+            );
+        }
+    }
+
+    /// Waits until the outer process exits, which it does only after pid 1 (and with it
+    /// every process of the namespace) is gone. Returns the mirrored exit code.
+    async fn wait(&mut self) -> Option<i32> {
+        match tokio::time::timeout(Duration::from_secs(10), self.outer.wait()).await {
+            Ok(Ok(status)) => status.code().or(status.signal().map(|s| 128 + s)),
+            _ => {
+                let _ = self.outer.start_kill();
+                let _ = self.outer.wait().await;
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = self.outer.start_kill();
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two fds into `fds`.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(Error::io("creating a pipe", std::io::Error::last_os_error()));
+    }
+    // SAFETY: both fds were just created and are owned by nobody else.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let high = |fd| jail::high_fd(fd).map_err(|e| Error::io("duplicating a pipe fd", e));
+    Ok((high(r)?, high(w)?))
+}
+
+fn write_maps(pid: u32) -> std::io::Result<()> {
+    let (uid, gid) = plan::host_ids();
+    std::fs::write(format!("/proc/{pid}/setgroups"), "deny")?;
+    std::fs::write(format!("/proc/{pid}/uid_map"), format!("{} {uid} 1\n", jail::SANDBOX_ID))?;
+    std::fs::write(format!("/proc/{pid}/gid_map"), format!("{} {gid} 1\n", jail::SANDBOX_ID))?;
+    Ok(())
+}
+
+/// Reads the child's report pipe until it closes; answers `UNSHARED` by writing the id maps
+/// and releasing the child. Returns pid 1's host pid, the landlock state, or the failure.
+fn serve_report(report: OwnedFd, go: OwnedFd, ops: Vec<String>) -> std::result::Result<(u32, u32), String> {
+    let mut file = std::fs::File::from(report);
+    let mut go = Some(std::fs::File::from(go));
+    let (mut pid1, mut landlock, mut ready) = (None, 0, false);
+    let mut rec = [0u8; 5];
+    loop {
+        match file.read_exact(&mut rec) {
+            Ok(()) => {}
+            Err(_) => break,
+        }
+        let value = u32::from_le_bytes([rec[1], rec[2], rec[3], rec[4]]);
+        match rec[0] {
+            jail::TAG_UNSHARED => {
+                if let Err(e) = write_maps(value) {
+                    return Err(format!("writing the sandbox's uid/gid maps failed: {e}"));
+                }
+                if let Some(mut g) = go.take() {
+                    use std::io::Write;
+                    let _ = g.write_all(&[1]);
+                }
+            }
+            jail::TAG_PID1 => pid1 = Some(value),
+            jail::TAG_LANDLOCK => landlock = value,
+            jail::TAG_READY => ready = true,
+            jail::TAG_FAILED => {
+                let step = (value >> 24) as usize;
+                let op = ((value >> 16) & 0xFF) as usize;
+                let errno = (value & 0xFFFF) as i32;
+                let name = jail::STEP_NAMES.get(step).copied().unwrap_or("unknown step");
+                let what = ops.get(op).filter(|_| step == jail::S_BUILD as usize);
+                return Err(format!(
+                    "jail set-up failed at {name}{}: {}",
+                    what.map(|w| format!(" ({w})")).unwrap_or_default(),
+                    std::io::Error::from_raw_os_error(errno)
+                ));
+            }
+            _ => return Err("jail sent an unknown report".into()),
+        }
+    }
+    match (pid1, ready) {
+        (Some(pid), true) => Ok((pid, landlock)),
+        _ => Err("the jail exited before it was ready".into()),
+    }
+}
+
+/// Starts one jailed interpreter for `spec`.
+pub(crate) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec, id: &str) -> Result<Live> {
+    if let Some(ws) = &spec.workspace {
+        plan::prepare_workspace(ws)?;
+    }
+    let root = plan::root_plan(spec, &inner.python)?;
+    let cgroup = SandboxCgroup::create(&inner.cgroups, id, &spec.limits);
+    let (host_ctl, guest_ctl) = std::os::unix::net::UnixStream::pair()
+        .map_err(|e| Error::io("creating the control socket", e))?;
+    let guest_ctl = jail::high_fd(OwnedFd::from(guest_ctl)).map_err(|e| Error::io("duplicating a socket fd", e))?;
+    let (life_r, life_w) = pipe()?;
+    let (report_r, report_w) = pipe()?;
+    let (go_r, go_w) = pipe()?;
+
+    if [guest_ctl.as_raw_fd(), life_r.as_raw_fd(), report_w.as_raw_fd(), go_r.as_raw_fd()]
+        .iter()
+        .any(|fd| *fd >= jail::SOURCE_FD_BASE)
+    {
+        return Err(Error::Unavailable {
+            backend: "process",
+            reason: format!("this process has more than {} files open", jail::SOURCE_FD_BASE),
+            hint: "close unused files before creating sandboxes".into(),
+        });
+    }
+    let op_names: Vec<String> = root.ops.iter().map(|op| format!("{op:?}")).collect();
+    let jail_plan = Arc::new(JailPlan {
+        // SAFETY: geteuid cannot fail.
+        drop_groups: unsafe { libc::geteuid() } == 0,
+        cgroup_procs: cgroup
+            .as_ref()
+            .map(|c| {
+                c.procs_files
+                    .iter()
+                    .filter_map(|p| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).ok())
+                    .collect()
+            })
+            .unwrap_or_default(),
+        control_fd: guest_ctl.as_raw_fd(),
+        lifeline_fd: life_r.as_raw_fd(),
+        report_fd: report_w.as_raw_fd(),
+        go_fd: go_r.as_raw_fd(),
+        ops: root.ops,
+        workdir: c"/workspace".to_owned(),
+        rlimits: plan::rlimits(spec),
+        writable_dirs: plan::writable_dirs(spec),
+        landlock: inner.landlock_abi.is_some(),
+        seccomp: inner.seccomp.clone(),
+        sources: root.sources,
+    });
+
+    let mut cmd = tokio::process::Command::new(&inner.python.executable);
+    cmd.args(["-I", "-u", "-B", "-c", AGENT_SOURCE])
+        .env_clear()
+        .envs(default_env())
+        .envs(&spec.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let child_plan = jail_plan.clone();
+    // SAFETY: `jail::enter` only makes system calls on data prepared in the parent (see its
+    // safety comment); it runs in the forked child before exec.
+    unsafe {
+        cmd.pre_exec(move || jail::enter(&child_plan));
+    }
+
+    let spawned = tokio::task::spawn_blocking(move || {
+        let reporter = std::thread::spawn(move || serve_report(report_r, go_w, op_names));
+        // spawn() returns once pid 1 has exec'd (or the jail failed); the report thread
+        // meanwhile answers the child's request for id maps.
+        let child = cmd.spawn();
+        drop(report_w);
+        drop(go_r);
+        drop(guest_ctl);
+        drop(life_r);
+        drop(jail_plan);
+        let report = reporter
+            .join()
+            .unwrap_or_else(|_| Err("the report thread panicked".into()));
+        (child, report)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("sandbox start task failed: {e}")))?;
+
+    let (child, report) = spawned;
+    let mut outer = child.map_err(|e| Error::io("starting the sandbox interpreter", e))?;
+    let (pid1, landlock) = match report {
+        Ok(r) => r,
+        Err(reason) => {
+            let _ = outer.start_kill();
+            return Err(Error::Unavailable {
+                backend: "process",
+                reason,
+                hint: "run `agentkernel doctor` to see which jail prerequisite is missing".into(),
+            });
+        }
+    };
+    // SAFETY: pidfd_open with a pid and no flags; returns a new fd or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid1 as libc::pid_t, 0u32) } as i32;
+    if pidfd < 0 {
+        let _ = outer.start_kill();
+        return Err(Error::io("opening a pidfd for the sandbox", std::io::Error::last_os_error()));
+    }
+    // SAFETY: a fresh fd returned by pidfd_open.
+    let pid1 = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    let (Some(stdout), Some(stderr)) = (outer.stdout.take(), outer.stderr.take()) else {
+        return Err(Error::Internal("sandbox output pipes missing".into()));
+    };
+    host_ctl
+        .set_nonblocking(true)
+        .map_err(|e| Error::io("configuring the control socket", e))?;
+    let control = tokio::net::UnixStream::from_std(host_ctl).map_err(|e| Error::io("registering the control socket", e))?;
+    let mut live = Live {
+        outer,
+        pid1,
+        conn: GuestConn::new(control, stdout, stderr),
+        _lifeline: life_w,
+        cgroup,
+        hello: placeholder_hello(),
+        start: StartReport { landlock },
+    };
+    live.hello = live.conn.hello(Instant::now() + START_TIMEOUT).await?;
+    Ok(live)
+}
+
+fn placeholder_hello() -> Hello {
+    Hello {
+        python: String::new(),
+        executable: String::new(),
+        pid: 0,
+        protections: Default::default(),
+    }
+}
+
+/// The environment every sandbox starts with; `SandboxSpec::env` adds to or overrides it.
+/// Nothing comes from the host's environment.
+pub fn default_env() -> [(&'static str, &'static str); 5] {
+    [
+        ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        ("HOME", "/tmp"),
+        ("TMPDIR", "/tmp"),
+        ("LANG", "C.UTF-8"),
+        ("USER", "sandbox"),
+    ]
+}
+
+/// A sandbox of the process backend.
+pub struct ProcessSandbox {
+    id: String,
+    inner: Arc<Inner>,
+    spec: SandboxSpec,
+    live: Option<Live>,
+    lost: Option<String>,
+}
+
+impl ProcessSandbox {
+    pub(crate) fn new(id: String, inner: Arc<Inner>, spec: SandboxSpec, live: Live) -> Self {
+        ProcessSandbox {
+            id,
+            inner,
+            spec,
+            live: Some(live),
+            lost: None,
+        }
+    }
+
+    /// What the guest reported at start (Python version, seccomp state...).
+    pub fn hello(&self) -> Option<&Hello> {
+        self.live.as_ref().map(|l| &l.hello)
+    }
+
+    /// Landlock state the jail reported (0 none, 1 partial, 2 full).
+    pub(crate) fn landlock_state(&self) -> Option<u32> {
+        self.live.as_ref().map(|l| l.start.landlock)
+    }
+
+    async fn end(&mut self, reason: String) -> Option<i32> {
+        self.lost = Some(reason);
+        let mut live = self.live.take()?;
+        live.kill();
+        live.wait().await
+    }
+}
+
+fn signal_name(sig: i32) -> String {
+    match sig {
+        libc::SIGKILL => "SIGKILL".into(),
+        libc::SIGSEGV => "SIGSEGV".into(),
+        libc::SIGABRT => "SIGABRT".into(),
+        libc::SIGBUS => "SIGBUS".into(),
+        libc::SIGXCPU => "SIGXCPU".into(),
+        libc::SIGXFSZ => "SIGXFSZ".into(),
+        libc::SIGTERM => "SIGTERM".into(),
+        other => format!("signal {other}"),
+    }
+}
+
+#[async_trait]
+impl Sandbox for ProcessSandbox {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    async fn exec(&mut self, req: ExecRequest, tools: Arc<dyn ToolHost>) -> Result<ExecOutcome> {
+        let Some(live) = self.live.as_mut() else {
+            return Err(Error::SandboxLost {
+                reason: self.lost.clone().unwrap_or_else(|| "it was shut down".into()),
+            });
+        };
+        let timeout = req.timeout.unwrap_or(self.spec.limits.wall_time);
+        if timeout.is_zero() {
+            return Err(Error::invalid("timeout is zero", "give a timeout of at least 1 ms"));
+        }
+        let started = Instant::now();
+        let oom_before = live.cgroup.as_ref().map_or(0, SandboxCgroup::oom_kills);
+        let span = tracing::info_span!("exec", backend = "process", sandbox = %self.id);
+        let _enter = span.enter();
+        let report = live
+            .conn
+            .exec(&req, tools, self.spec.limits.output_bytes, started + timeout)
+            .await?;
+        let status = match report.end {
+            ExecEnd::Finished(status) => status,
+            ExecEnd::TimedOut => {
+                self.end(format!("killed after the {timeout:?} timeout")).await;
+                ExecStatus::Killed {
+                    limit: LimitKind::WallTime,
+                }
+            }
+            ExecEnd::GuestGone => {
+                let oom_after = live.cgroup.as_ref().map_or(0, SandboxCgroup::oom_kills);
+                let code = self.end("the interpreter exited".into()).await;
+                let cpu_limited = self.spec.limits.cpu_time.is_some();
+                match code {
+                    _ if oom_after > oom_before => ExecStatus::Killed {
+                        limit: LimitKind::Memory,
+                    },
+                    Some(c) if c == 128 + libc::SIGXCPU => ExecStatus::Killed {
+                        limit: LimitKind::CpuTime,
+                    },
+                    Some(c) if c == 128 + libc::SIGKILL && cpu_limited => ExecStatus::Killed {
+                        limit: LimitKind::CpuTime,
+                    },
+                    Some(c) if c == 128 + libc::SIGXFSZ => ExecStatus::Killed {
+                        limit: LimitKind::FileSize,
+                    },
+                    Some(c) if (0..128).contains(&c) => ExecStatus::Exited { code: c },
+                    Some(c) => ExecStatus::Crashed {
+                        reason: format!("the interpreter was killed by {}", signal_name(c - 128)),
+                    },
+                    None => ExecStatus::Crashed {
+                        reason: "the interpreter vanished".into(),
+                    },
+                }
+            }
+        };
+        if let ExecStatus::Killed { limit } = &status {
+            tracing::warn!(%limit, "sandbox killed by a limit");
+        }
+        Ok(ExecOutcome {
+            status,
+            stdout: report.stdout,
+            stderr: report.stderr,
+            timings: Timings {
+                exec: started.elapsed(),
+                tool_calls: report.tool_time,
+                ..Timings::default()
+            },
+            tool_calls: report.tool_calls,
+        })
+    }
+
+    async fn reset(&mut self) -> Result<()> {
+        // A truly clean interpreter is a new one: modules, monkeypatches, /tmp, stray
+        // processes all go. (A fork server will make this cheap.)
+        if let Some(mut live) = self.live.take() {
+            live.kill();
+            live.wait().await;
+        }
+        self.lost = None;
+        let live = start(&self.inner, &self.spec, &self.id).await?;
+        self.live = Some(live);
+        Ok(())
+    }
+
+    async fn snapshot(&mut self) -> Result<Snapshot> {
+        Err(Error::unsupported(
+            "snapshot",
+            "process",
+            "a host process cannot be saved; use a backend whose capabilities include snapshot",
+        ))
+    }
+
+    async fn shutdown(mut self: Box<Self>) -> Result<()> {
+        self.end("it was shut down".into()).await;
+        Ok(())
+    }
+}

@@ -1,0 +1,174 @@
+//! The seccomp policy of the jail, as data.
+//!
+//! The jail's main walls are namespaces; seccomp removes the kernel interfaces that matter
+//! most for escaping them or attacking the kernel: new namespaces, mounts, ptrace, module
+//! and keyring calls, BPF, perf, io_uring (which would bypass this filter), vsock (not
+//! covered by network namespaces) and terminal injection. Everything else is allowed, so
+//! ordinary Python (threads, subprocess, multiprocessing) works.
+
+use std::collections::BTreeMap;
+
+use agentkernel_core::{Error, Result};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+/// Syscalls denied outright with `EPERM`.
+const DENIED: &[(&str, i64)] = &[
+    ("acct", libc::SYS_acct),
+    ("add_key", libc::SYS_add_key),
+    ("bpf", libc::SYS_bpf),
+    ("clock_adjtime", libc::SYS_clock_adjtime),
+    ("clock_settime", libc::SYS_clock_settime),
+    ("delete_module", libc::SYS_delete_module),
+    ("fanotify_init", libc::SYS_fanotify_init),
+    ("finit_module", libc::SYS_finit_module),
+    ("fsconfig", libc::SYS_fsconfig),
+    ("fsmount", libc::SYS_fsmount),
+    ("fsopen", libc::SYS_fsopen),
+    ("fspick", libc::SYS_fspick),
+    ("init_module", libc::SYS_init_module),
+    ("io_uring_enter", libc::SYS_io_uring_enter),
+    ("io_uring_register", libc::SYS_io_uring_register),
+    ("io_uring_setup", libc::SYS_io_uring_setup),
+    ("kcmp", libc::SYS_kcmp),
+    ("kexec_file_load", libc::SYS_kexec_file_load),
+    ("kexec_load", libc::SYS_kexec_load),
+    ("keyctl", libc::SYS_keyctl),
+    ("mount", libc::SYS_mount),
+    ("mount_setattr", libc::SYS_mount_setattr),
+    ("move_mount", libc::SYS_move_mount),
+    ("name_to_handle_at", libc::SYS_name_to_handle_at),
+    ("open_by_handle_at", libc::SYS_open_by_handle_at),
+    ("open_tree", libc::SYS_open_tree),
+    ("perf_event_open", libc::SYS_perf_event_open),
+    ("personality", libc::SYS_personality),
+    ("pivot_root", libc::SYS_pivot_root),
+    ("process_vm_readv", libc::SYS_process_vm_readv),
+    ("process_vm_writev", libc::SYS_process_vm_writev),
+    ("ptrace", libc::SYS_ptrace),
+    ("quotactl", libc::SYS_quotactl),
+    ("reboot", libc::SYS_reboot),
+    ("request_key", libc::SYS_request_key),
+    ("setns", libc::SYS_setns),
+    ("settimeofday", libc::SYS_settimeofday),
+    ("swapoff", libc::SYS_swapoff),
+    ("swapon", libc::SYS_swapon),
+    ("syslog", libc::SYS_syslog),
+    ("umount2", libc::SYS_umount2),
+    ("unshare", libc::SYS_unshare),
+    ("userfaultfd", libc::SYS_userfaultfd),
+    ("vhangup", libc::SYS_vhangup),
+    #[cfg(target_arch = "x86_64")]
+    ("iopl", libc::SYS_iopl),
+    #[cfg(target_arch = "x86_64")]
+    ("ioperm", libc::SYS_ioperm),
+    #[cfg(target_arch = "x86_64")]
+    ("uselib", libc::SYS_uselib),
+];
+
+/// `clone` flags that would create a namespace: denied (a nested user namespace is the
+/// classic way to regain capabilities).
+const NAMESPACE_CLONE_FLAGS: &[u64] = &[
+    libc::CLONE_NEWNS as u64,
+    libc::CLONE_NEWUSER as u64,
+    libc::CLONE_NEWPID as u64,
+    libc::CLONE_NEWNET as u64,
+    libc::CLONE_NEWIPC as u64,
+    libc::CLONE_NEWUTS as u64,
+    libc::CLONE_NEWCGROUP as u64,
+];
+
+/// `ioctl` requests that inject input into a terminal.
+const DENIED_IOCTLS: &[u64] = &[libc::TIOCSTI, 0x541C /* TIOCLINUX */];
+
+/// `socket` families denied: vsock reaches the hypervisor and is not namespaced.
+const DENIED_SOCKET_FAMILIES: &[u64] = &[libc::AF_VSOCK as u64];
+
+/// The names of the syscalls denied outright (for `doctor` and SECURITY.md).
+pub fn denied_syscall_names() -> impl Iterator<Item = &'static str> {
+    DENIED.iter().map(|(name, _)| *name)
+}
+
+fn arch() -> Result<TargetArch> {
+    std::env::consts::ARCH
+        .try_into()
+        .map_err(|e| Error::Unavailable {
+            backend: "process",
+            reason: format!("seccomp filters are not built for {}: {e:?}", std::env::consts::ARCH),
+            hint: "use x86_64 or aarch64, or another backend".into(),
+        })
+}
+
+fn cond(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition> {
+    SeccompCondition::new(arg, SeccompCmpArgLen::Qword, op, value)
+        .map_err(|e| Error::Internal(format!("bad seccomp condition: {e}")))
+}
+
+fn rule(conds: Vec<SeccompCondition>) -> Result<SeccompRule> {
+    SeccompRule::new(conds).map_err(|e| Error::Internal(format!("bad seccomp rule: {e}")))
+}
+
+fn compile(rules: BTreeMap<i64, Vec<SeccompRule>>, errno: u32) -> Result<BpfProgram> {
+    let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(errno), arch()?)
+        .map_err(|e| Error::Internal(format!("bad seccomp filter: {e}")))?;
+    filter
+        .try_into()
+        .map_err(|e| Error::Internal(format!("cannot compile seccomp filter: {e}")))
+}
+
+/// The filters to install, in order. The first denies with `EPERM`; the second makes
+/// `clone3` fail with `ENOSYS` (its flags live in memory a filter cannot read), so libc
+/// falls back to `clone`, whose flags the first filter checks.
+pub fn filters() -> Result<Vec<BpfProgram>> {
+    let mut deny: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for (_, nr) in DENIED {
+        deny.insert(*nr, vec![]);
+    }
+    deny.insert(
+        libc::SYS_clone,
+        NAMESPACE_CLONE_FLAGS
+            .iter()
+            .map(|f| rule(vec![cond(0, SeccompCmpOp::MaskedEq(*f), *f)?]))
+            .collect::<Result<_>>()?,
+    );
+    deny.insert(
+        libc::SYS_ioctl,
+        DENIED_IOCTLS
+            .iter()
+            .map(|req| {
+                rule(vec![SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, *req)
+                    .map_err(|e| Error::Internal(format!("bad seccomp condition: {e}")))?])
+            })
+            .collect::<Result<_>>()?,
+    );
+    deny.insert(
+        libc::SYS_socket,
+        DENIED_SOCKET_FAMILIES
+            .iter()
+            .map(|fam| {
+                rule(vec![SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, *fam)
+                    .map_err(|e| Error::Internal(format!("bad seccomp condition: {e}")))?])
+            })
+            .collect::<Result<_>>()?,
+    );
+    let mut enosys: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    enosys.insert(libc::SYS_clone3, vec![]);
+    Ok(vec![
+        compile(deny, libc::EPERM as u32)?,
+        compile(enosys, libc::ENOSYS as u32)?,
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_compile_for_this_arch() {
+        let f = filters().expect("filters compile");
+        assert_eq!(f.len(), 2);
+        assert!(!f[0].is_empty());
+    }
+}

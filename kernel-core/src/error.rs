@@ -1,0 +1,113 @@
+//! The one error type of AgentKernel. Every variant's message says what failed and what to
+//! do next; [`Error::hint`] returns the "what to do" part alone.
+
+use crate::exec::LimitKind;
+
+/// Result alias used across AgentKernel.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the kernel itself.
+///
+/// A Python exception raised by the sandboxed program is *not* an `Error`: it is reported as
+/// [`crate::ExecStatus::Exception`] in an [`crate::ExecOutcome`].
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The backend cannot do this at all (by design, not because of this machine).
+    #[error("{operation} is not supported by the {backend} backend. Hint: {hint}")]
+    Unsupported {
+        /// What was asked, e.g. "snapshot".
+        operation: String,
+        /// The backend's name.
+        backend: &'static str,
+        /// What to do instead.
+        hint: String,
+    },
+    /// The backend exists but cannot run on this machine right now.
+    #[error("the {backend} backend is unavailable here: {reason}. Hint: {hint}")]
+    Unavailable {
+        /// The backend's name.
+        backend: &'static str,
+        /// Why it cannot run.
+        reason: String,
+        /// How to make it run (or which backend to use instead).
+        hint: String,
+    },
+    /// The caller asked for something malformed (bad limit, bad path, unknown backend...).
+    #[error("invalid request: {message}. Hint: {hint}")]
+    InvalidRequest {
+        /// What is wrong.
+        message: String,
+        /// How to fix it.
+        hint: String,
+    },
+    /// A limit stopped an operation of the kernel itself (as opposed to a program run,
+    /// whose limit kills are reported in [`crate::ExecStatus::Killed`]).
+    #[error("{limit} limit exceeded: {detail}")]
+    LimitExceeded {
+        /// Which limit.
+        limit: LimitKind,
+        /// Details.
+        detail: String,
+    },
+    /// The sandbox died or was killed earlier and cannot run more code.
+    #[error("the sandbox is no longer running ({reason}). Hint: call reset() or create a new sandbox")]
+    SandboxLost {
+        /// What ended it.
+        reason: String,
+    },
+    /// An operating-system call failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What the kernel was doing.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A bug in AgentKernel or a guest that broke the protocol.
+    #[error("internal error: {0}. This is a bug in AgentKernel (or a guest that broke the protocol); please report it")]
+    Internal(String),
+}
+
+impl Error {
+    /// Shorthand for [`Error::Io`] with a context message.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// Shorthand for [`Error::InvalidRequest`].
+    pub fn invalid(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Error::InvalidRequest {
+            message: message.into(),
+            hint: hint.into(),
+        }
+    }
+
+    /// Shorthand for [`Error::Unsupported`].
+    pub fn unsupported(
+        operation: impl Into<String>,
+        backend: &'static str,
+        hint: impl Into<String>,
+    ) -> Self {
+        Error::Unsupported {
+            operation: operation.into(),
+            backend,
+            hint: hint.into(),
+        }
+    }
+
+    /// The "what to do next" part of the message, where the variant has one.
+    pub fn hint(&self) -> Option<&str> {
+        match self {
+            Error::Unsupported { hint, .. }
+            | Error::Unavailable { hint, .. }
+            | Error::InvalidRequest { hint, .. } => Some(hint),
+            Error::SandboxLost { .. } => Some("call reset() or create a new sandbox"),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! One run of a program in a sandbox: the request and its outcome.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::output::CapturedOutput;
+
+/// Which output stream a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamKind {
+    /// The program's standard output.
+    Stdout,
+    /// The program's standard error.
+    Stderr,
+}
+
+/// Receives output while the program runs (e.g. the CLI passes it through live).
+/// Called with every chunk as it arrives, including chunks past the capture cap.
+pub type OutputSink = Arc<dyn Fn(StreamKind, &[u8]) + Send + Sync>;
+
+/// A program to run in a sandbox.
+#[derive(Clone)]
+pub struct ExecRequest {
+    /// Python source code.
+    pub code: String,
+    /// Overrides the sandbox's `wall_time` limit for this run.
+    pub timeout: Option<Duration>,
+    /// Optional live output receiver.
+    pub output: Option<OutputSink>,
+}
+
+impl ExecRequest {
+    /// A request to run `code` with the sandbox's limits and no live output.
+    pub fn new(code: impl Into<String>) -> Self {
+        ExecRequest {
+            code: code.into(),
+            timeout: None,
+            output: None,
+        }
+    }
+
+    /// Sets a per-run timeout.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Streams output to `sink` as it arrives.
+    pub fn with_output(mut self, sink: OutputSink) -> Self {
+        self.output = Some(sink);
+        self
+    }
+}
+
+impl fmt::Debug for ExecRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExecRequest")
+            .field("code", &self.code)
+            .field("timeout", &self.timeout)
+            .field("output", &self.output.as_ref().map(|_| "<sink>"))
+            .finish()
+    }
+}
+
+/// A limit that can stop a program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitKind {
+    /// `Limits::wall_time` (or the request's timeout).
+    WallTime,
+    /// `Limits::cpu_time`.
+    CpuTime,
+    /// `Limits::memory_bytes`.
+    Memory,
+    /// `Limits::processes`.
+    Processes,
+    /// `Limits::file_size_bytes`.
+    FileSize,
+    /// `Limits::output_bytes`.
+    Output,
+    /// `Limits::tmp_bytes` or a workspace quota.
+    Disk,
+}
+
+impl LimitKind {
+    /// The name users see, e.g. on the CLI's stderr.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitKind::WallTime => "timeout",
+            LimitKind::CpuTime => "cpu time",
+            LimitKind::Memory => "memory",
+            LimitKind::Processes => "process count",
+            LimitKind::FileSize => "file size",
+            LimitKind::Output => "output size",
+            LimitKind::Disk => "disk",
+        }
+    }
+}
+
+impl fmt::Display for LimitKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ExecStatus {
+    /// The program ran to its end.
+    Ok,
+    /// The program raised an exception it did not catch.
+    Exception {
+        /// The exception's class name, e.g. `ValueError`.
+        #[serde(rename = "type")]
+        type_name: String,
+        /// `str(exception)`.
+        message: String,
+        /// The formatted traceback, as Python prints it.
+        traceback: String,
+    },
+    /// The program called `sys.exit(code)` or `os._exit(code)`.
+    Exited {
+        /// The exit code.
+        code: i32,
+    },
+    /// A limit stopped the program; the sandbox is gone.
+    Killed {
+        /// Which limit.
+        limit: LimitKind,
+    },
+    /// The interpreter died for another reason (a signal, a crash in native code).
+    Crashed {
+        /// What is known about it, e.g. "killed by signal SIGSEGV".
+        reason: String,
+    },
+}
+
+impl ExecStatus {
+    /// The exit code a command-line user expects: 0 for `Ok`, 1 for an exception, the
+    /// program's own code for `Exited`, 124 for a timeout, 137 for other limit kills and
+    /// 70 for a crash.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ExecStatus::Ok => 0,
+            ExecStatus::Exception { .. } => 1,
+            ExecStatus::Exited { code } => *code,
+            ExecStatus::Killed {
+                limit: LimitKind::WallTime,
+            } => 124,
+            ExecStatus::Killed { .. } => 137,
+            ExecStatus::Crashed { .. } => 70,
+        }
+    }
+
+    /// Whether the program ran to its end without an error.
+    pub fn is_ok(&self) -> bool {
+        matches!(self, ExecStatus::Ok | ExecStatus::Exited { code: 0 })
+    }
+}
+
+/// Time spent in each phase of a run. Phases a caller did not go through stay zero.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timings {
+    /// Getting a sandbox from a pool.
+    #[serde(with = "duration_ms")]
+    pub acquire: Duration,
+    /// Creating (booting) a new sandbox.
+    #[serde(with = "duration_ms")]
+    pub boot: Duration,
+    /// Running the program, tool calls included.
+    #[serde(with = "duration_ms")]
+    pub exec: Duration,
+    /// Total time spent inside tool calls on the host.
+    #[serde(with = "duration_ms")]
+    pub tool_calls: Duration,
+    /// Shutting the sandbox down.
+    #[serde(with = "duration_ms")]
+    pub teardown: Duration,
+}
+
+/// One tool call made by the program.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCallRecord {
+    /// Tool name.
+    pub name: String,
+    /// How long the host took.
+    #[serde(with = "duration_ms")]
+    pub duration: Duration,
+    /// Whether it returned a value (as opposed to an error).
+    pub ok: bool,
+}
+
+/// The result of running a program.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecOutcome {
+    /// How it ended.
+    pub status: ExecStatus,
+    /// Captured standard output.
+    pub stdout: CapturedOutput,
+    /// Captured standard error.
+    pub stderr: CapturedOutput,
+    /// Per-phase timings.
+    pub timings: Timings,
+    /// The tool calls it made, in order of completion.
+    pub tool_calls: Vec<ToolCallRecord>,
+}
+
+/// Serialises a `Duration` as fractional milliseconds.
+mod duration_ms {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64() * 1000.0)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let ms = f64::deserialize(d)?;
+        Ok(Duration::from_secs_f64(ms.max(0.0) / 1000.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_cli_conventions() {
+        assert_eq!(ExecStatus::Ok.exit_code(), 0);
+        assert_eq!(ExecStatus::Exited { code: 3 }.exit_code(), 3);
+        assert_eq!(
+            ExecStatus::Killed {
+                limit: LimitKind::WallTime
+            }
+            .exit_code(),
+            124
+        );
+        assert_eq!(
+            ExecStatus::Killed {
+                limit: LimitKind::Memory
+            }
+            .exit_code(),
+            137
+        );
+    }
+
+    #[test]
+    fn status_serialises_with_a_kind_tag() {
+        let s = serde_json::to_value(ExecStatus::Killed {
+            limit: LimitKind::WallTime,
+        })
+        .unwrap();
+        assert_eq!(s, serde_json::json!({"kind": "killed", "limit": "wall_time"}));
+    }
+}

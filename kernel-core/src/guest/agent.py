@@ -1,0 +1,244 @@
+# AgentKernel guest agent. Runs inside the sandbox as the interpreter's main program.
+#
+# Protocol: frames of a 4-byte big-endian length followed by UTF-8 JSON, over the control
+# socket on fd 3. The host sends {"type": "exec", "id", "code", "sentinel"} and
+# {"type": "tool_result", "id", "ok", "value" | "error"}; the guest sends {"type": "hello"},
+# {"type": "tool_call", "id", "name", "args"} and {"type": "done", "id", "status", ...}.
+# Program output goes to fds 1 and 2 (pipes read by the host); after each exec the agent
+# writes the exec's sentinel to both so the host knows where that exec's output ends.
+#
+# If this process is pid 1 of a fresh pid namespace, it forks: the child is the agent, and
+# pid 1 stays a tiny init that reaps orphans and exits (taking the whole namespace with it)
+# when the agent exits or when the host closes the lifeline pipe on fd 4.
+import os
+import sys
+
+CONTROL_FD = 3
+LIFELINE_FD = 4
+AGENT_FILE = sys._getframe().f_code.co_filename
+MAX_FRAME = 64 << 20
+
+
+def _init():
+    import select
+    import signal
+
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    agent_pid = os.fork()
+    if agent_pid == 0:
+        signal.set_wakeup_fd(-1)
+        for fd in (wake_r, wake_w, LIFELINE_FD):
+            os.close(fd)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        try:
+            _agent()
+        finally:
+            os._exit(0)
+    os.close(CONTROL_FD)
+    while True:
+        try:
+            ready, _, _ = select.select([LIFELINE_FD, wake_r], [], [])
+        except InterruptedError:
+            continue
+        if LIFELINE_FD in ready:
+            os._exit(0)  # the host is gone; the namespace dies with us
+        try:
+            os.read(wake_r, 4096)
+        except BlockingIOError:
+            pass
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            if pid == agent_pid:
+                if os.WIFSIGNALED(status):
+                    os._exit(128 + os.WTERMSIG(status))
+                os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+
+
+class _Channel:
+    def __init__(self, fd):
+        import socket
+        import threading
+
+        self.sock = socket.socket(fileno=fd)
+        os.set_inheritable(fd, False)
+        self.lock = threading.Lock()
+        self.json = __import__("json")
+
+    def send(self, msg):
+        data = self.json.dumps(msg, default=repr).encode()
+        self.sock.sendall(len(data).to_bytes(4, "big") + data)
+
+    def _read_exact(self, n):
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                return None
+            buf += chunk
+        return bytes(buf)
+
+    def recv(self):
+        head = self._read_exact(4)
+        if head is None:
+            return None
+        size = int.from_bytes(head, "big")
+        if size > MAX_FRAME:
+            raise RuntimeError("frame too large from host")
+        body = self._read_exact(size)
+        if body is None:
+            return None
+        return self.json.loads(body)
+
+
+def _make_runtime_module(chan):
+    """The `_agentkernel` module: how code in the sandbox calls host tools."""
+    import itertools
+    import types
+
+    mod = types.ModuleType("_agentkernel", "AgentKernel's bridge from the sandbox to host tools.")
+
+    class ToolError(Exception):
+        """A tool ran on the host and failed; the message is the tool's."""
+
+    errors = {
+        "not_found": LookupError,
+        "invalid_arguments": ValueError,
+        "denied": PermissionError,
+        "timeout": TimeoutError,
+        "failed": ToolError,
+    }
+    ids = itertools.count(1)
+
+    def call_tool(name, args=None, /, **kwargs):
+        """Call host tool `name` with a dict of arguments (or keyword arguments); returns its JSON result."""
+        if not isinstance(name, str):
+            raise TypeError("tool name must be a str")
+        payload = dict(args or {})
+        payload.update(kwargs)
+        with chan.lock:
+            call_id = next(ids)
+            chan.send({"type": "tool_call", "id": call_id, "name": name, "args": payload})
+            reply = chan.recv()
+        if reply is None:
+            os._exit(0)
+        if reply.get("type") != "tool_result" or reply.get("id") != call_id:
+            raise RuntimeError("protocol error: unexpected reply to tool call")
+        if reply.get("ok"):
+            return reply.get("value")
+        err = reply.get("error") or {}
+        raise errors.get(err.get("kind"), ToolError)(err.get("message", "tool failed"))
+
+    mod.ToolError = ToolError
+    mod.call_tool = call_tool
+    return mod
+
+
+def _user_traceback(exc):
+    import traceback
+
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == AGENT_FILE:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def _run_code(code, user_globals, filename):
+    import ast
+    import linecache
+
+    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+    compiled = compile(code, filename, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
+    if compiled.co_flags & 0x80:  # CO_COROUTINE: the program uses top-level await
+        import asyncio
+
+        asyncio.run(eval(compiled, user_globals))
+    else:
+        exec(compiled, user_globals)
+
+
+def _protections():
+    found = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("Seccomp", "NoNewPrivs", "CapEff", "Seccomp_filters"):
+                    found[key] = value.strip()
+    except OSError:
+        pass
+    return found
+
+
+def _agent():
+    chan = _Channel(CONTROL_FD)
+    runtime = _make_runtime_module(chan)
+    sys.modules["_agentkernel"] = runtime
+    user_globals = {"__name__": "__main__", "__builtins__": __builtins__, "__doc__": None}
+    chan.send(
+        {
+            "type": "hello",
+            "python": sys.version.split()[0],
+            "executable": sys.executable,
+            "pid": os.getpid(),
+            "protections": _protections(),
+        }
+    )
+    runs = 0
+    while True:
+        msg = chan.recv()
+        if msg is None:
+            return
+        if msg.get("type") != "exec":
+            chan.send({"type": "error", "message": "unexpected message " + str(msg.get("type"))})
+            continue
+        runs += 1
+        status = {"kind": "ok"}
+        try:
+            _run_code(msg["code"], user_globals, "main.py" if runs == 1 else "main-%d.py" % runs)
+        except SystemExit as e:
+            code = e.code
+            if code is None:
+                code = 0
+            elif not isinstance(code, int):
+                print(code, file=sys.stderr)
+                code = 1
+            status = {"kind": "exited", "code": code}
+        except BaseException as e:  # noqa: BLE001 - everything the program raises is reported
+            status = {
+                "kind": "exception",
+                "type": type(e).__name__,
+                "message": str(e),
+                "traceback": _user_traceback(e),
+            }
+        sentinel = msg["sentinel"].encode()
+        written = {}
+        for name, stream, fd in (("stdout", sys.stdout, 1), ("stderr", sys.stderr, 2)):
+            try:
+                if stream is not None:
+                    stream.flush()
+            except Exception:  # noqa: BLE001 - a broken user stream must not break the protocol
+                pass
+            try:
+                os.write(fd, sentinel)
+                written[name] = True
+            except OSError:
+                written[name] = False
+        chan.send({"type": "done", "id": msg["id"], "status": status, "sentinels": written})
+
+
+if os.getpid() == 1:
+    _init()
+else:
+    _agent()

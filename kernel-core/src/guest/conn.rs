@@ -1,0 +1,400 @@
+//! Host side of the guest protocol.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use super::MAX_FRAME_BYTES;
+use super::stream::SentinelStream;
+use crate::error::{Error, Result};
+use crate::exec::{ExecRequest, ExecStatus, StreamKind, ToolCallRecord};
+use crate::output::CapturedOutput;
+use crate::tools::{ToolError, ToolHost};
+
+/// What the guest agent reports when it starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Python version, e.g. `3.11.2`.
+    pub python: String,
+    /// The interpreter's path inside the sandbox.
+    pub executable: String,
+    /// The agent's pid inside the sandbox.
+    pub pid: u32,
+    /// Selected lines of `/proc/self/status` (`Seccomp`, `NoNewPrivs`, `CapEff`).
+    pub protections: BTreeMap<String, String>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum HostMsg<'a> {
+    Exec {
+        id: u64,
+        code: &'a str,
+        sentinel: &'a str,
+    },
+    ToolResult {
+        id: u64,
+        ok: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        value: Option<Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<ToolError>,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum GuestMsg {
+    Hello(Hello),
+    ToolCall {
+        id: u64,
+        name: String,
+        args: Value,
+    },
+    Done {
+        id: u64,
+        status: GuestStatus,
+        sentinels: BTreeMap<String, bool>,
+    },
+    Error {
+        message: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum GuestStatus {
+    Ok,
+    Exception {
+        #[serde(rename = "type")]
+        type_name: String,
+        message: String,
+        traceback: String,
+    },
+    Exited {
+        code: i32,
+    },
+}
+
+/// How an exec ended, as far as the protocol can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecEnd {
+    /// The agent reported the program's end (ok, exception or `sys.exit`).
+    Finished(ExecStatus),
+    /// The deadline passed; the caller must kill the sandbox.
+    TimedOut,
+    /// The control channel closed: the agent died. The caller classifies why (exit status,
+    /// OOM counters...).
+    GuestGone,
+}
+
+/// Everything one exec produced.
+#[derive(Debug, Clone)]
+pub struct ExecReport {
+    /// How it ended.
+    pub end: ExecEnd,
+    /// Captured stdout.
+    pub stdout: CapturedOutput,
+    /// Captured stderr.
+    pub stderr: CapturedOutput,
+    /// Tool calls made.
+    pub tool_calls: Vec<ToolCallRecord>,
+    /// Sum of tool call durations.
+    pub tool_time: Duration,
+}
+
+/// The host's connection to one guest agent: control channel plus output pipes.
+pub struct GuestConn<C, O, E> {
+    control: C,
+    rbuf: Vec<u8>,
+    stdout: O,
+    stderr: E,
+    out_state: SentinelStream,
+    err_state: SentinelStream,
+    next_id: u64,
+}
+
+type ToolJoin = (u64, String, std::result::Result<Value, ToolError>, Duration);
+
+impl<C, O, E> GuestConn<C, O, E>
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send,
+    O: AsyncRead + Unpin + Send,
+    E: AsyncRead + Unpin + Send,
+{
+    /// Wraps a control channel and the guest's stdout/stderr pipes.
+    pub fn new(control: C, stdout: O, stderr: E) -> Self {
+        GuestConn {
+            control,
+            rbuf: Vec::new(),
+            stdout,
+            stderr,
+            out_state: SentinelStream::new(StreamKind::Stdout),
+            err_state: SentinelStream::new(StreamKind::Stderr),
+            next_id: 0,
+        }
+    }
+
+    /// Waits for the agent's `hello`. Output the interpreter printed before it (e.g. a
+    /// startup error) is returned in the error message.
+    pub async fn hello(&mut self, deadline: Instant) -> Result<Hello> {
+        let mut early = CapturedOutput::default();
+        loop {
+            if let Some(msg) = self.take_frame()? {
+                return match msg {
+                    GuestMsg::Hello(h) => Ok(h),
+                    _ => Err(Error::Internal("guest spoke before saying hello".into())),
+                };
+            }
+            let mut chunk = [0u8; 4096];
+            tokio::select! {
+                n = self.control.read_buf(&mut self.rbuf) => {
+                    let n = n.map_err(|e| Error::io("reading from the guest agent", e))?;
+                    if n == 0 {
+                        // Give the interpreter a moment to finish printing why it died.
+                        let _ = tokio::time::timeout(Duration::from_millis(200), self.stderr.read_to_end(&mut early.bytes)).await;
+                        return Err(Error::SandboxLost {
+                            reason: format!(
+                                "the guest interpreter exited during start-up{}",
+                                describe_output(&early)
+                            ),
+                        });
+                    }
+                }
+                n = self.stderr.read(&mut chunk) => {
+                    if let Ok(n) = n { early.push(&chunk[..n], 16 << 10); }
+                }
+                () = tokio::time::sleep_until(deadline.into()) => {
+                    return Err(Error::SandboxLost {
+                        reason: format!("the guest agent did not start in time{}", describe_output(&early)),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Runs `req.code` in the guest. Output is capped at `cap` bytes per stream; tool calls
+    /// go to `tools`; at `deadline` it returns [`ExecEnd::TimedOut`] with the output so far.
+    pub async fn exec(
+        &mut self,
+        req: &ExecRequest,
+        tools: Arc<dyn ToolHost>,
+        cap: usize,
+        deadline: Instant,
+    ) -> Result<ExecReport> {
+        self.next_id += 1;
+        let id = self.next_id;
+        let sentinel = format!("\u{1e}AK-END-{}\u{1e}", uuid::Uuid::new_v4().simple());
+        let mut report = ExecReport {
+            end: ExecEnd::GuestGone,
+            stdout: CapturedOutput::default(),
+            stderr: CapturedOutput::default(),
+            tool_calls: Vec::new(),
+            tool_time: Duration::ZERO,
+        };
+        let sink = req.output.as_ref();
+        let exec = HostMsg::Exec {
+            id,
+            code: &req.code,
+            sentinel: &sentinel,
+        };
+        match tokio::time::timeout_at(deadline.into(), write_frame(&mut self.control, &exec)).await
+        {
+            Err(_) => {
+                report.end = ExecEnd::TimedOut;
+                return Ok(report);
+            }
+            Ok(Err(_)) => return Ok(report), // GuestGone
+            Ok(Ok(())) => {}
+        }
+
+        let mut calls: JoinSet<ToolJoin> = JoinSet::new();
+        let mut status: Option<ExecStatus> = None;
+        let (mut out_done, mut err_done) = (false, false);
+        let mut out_buf = vec![0u8; 64 << 10];
+        let mut err_buf = vec![0u8; 64 << 10];
+
+        loop {
+            while let Some(msg) = self.take_frame()? {
+                match msg {
+                    GuestMsg::ToolCall { id, name, args } => {
+                        let tools = tools.clone();
+                        let span = tracing::info_span!("tool_call", tool = %name, call_id = id);
+                        calls.spawn(
+                            async move {
+                                let started = Instant::now();
+                                let result = tools.call(&name, args).await;
+                                let took = started.elapsed();
+                                tracing::info!(ok = result.is_ok(), ms = took.as_secs_f64() * 1e3, "tool call finished");
+                                (id, name, result, took)
+                            }
+                            .instrument(span),
+                        );
+                    }
+                    GuestMsg::Done {
+                        id: done_id,
+                        status: st,
+                        sentinels,
+                    } => {
+                        if done_id != id {
+                            return Err(Error::Internal(format!(
+                                "guest finished exec {done_id} while {id} was running"
+                            )));
+                        }
+                        status = Some(match st {
+                            GuestStatus::Ok => ExecStatus::Ok,
+                            GuestStatus::Exception {
+                                type_name,
+                                message,
+                                traceback,
+                            } => ExecStatus::Exception {
+                                type_name,
+                                message,
+                                traceback,
+                            },
+                            GuestStatus::Exited { code } => ExecStatus::Exited { code },
+                        });
+                        // A stream the agent could not write its sentinel to will never
+                        // show one: stop waiting for it.
+                        out_done |= !sentinels.get("stdout").copied().unwrap_or(false);
+                        err_done |= !sentinels.get("stderr").copied().unwrap_or(false);
+                    }
+                    GuestMsg::Hello(_) => {
+                        return Err(Error::Internal("guest said hello twice".into()));
+                    }
+                    GuestMsg::Error { message } => {
+                        return Err(Error::Internal(format!("guest agent error: {message}")));
+                    }
+                }
+            }
+            out_done |= self.out_state.eof;
+            err_done |= self.err_state.eof;
+            if let Some(st) = &status
+                && out_done
+                && err_done
+            {
+                if out_done && self.out_state.eof {
+                    self.out_state.emit_all(&mut report.stdout, cap, sink);
+                }
+                report.end = ExecEnd::Finished(st.clone());
+                return Ok(report);
+            }
+
+            tokio::select! {
+                n = self.control.read_buf(&mut self.rbuf) => {
+                    let n = n.map_err(|e| Error::io("reading from the guest agent", e))?;
+                    if n == 0 {
+                        self.drain_after_death(&mut report, cap, req).await;
+                        return Ok(report);
+                    }
+                }
+                n = self.stdout.read(&mut out_buf), if !out_done => {
+                    match n {
+                        Ok(0) | Err(_) => self.out_state.eof = true,
+                        Ok(n) => out_done = self.out_state.feed(&out_buf[..n], sentinel.as_bytes(), &mut report.stdout, cap, sink),
+                    }
+                }
+                n = self.stderr.read(&mut err_buf), if !err_done => {
+                    match n {
+                        Ok(0) | Err(_) => self.err_state.eof = true,
+                        Ok(n) => err_done = self.err_state.feed(&err_buf[..n], sentinel.as_bytes(), &mut report.stderr, cap, sink),
+                    }
+                }
+                Some(joined) = calls.join_next() => {
+                    let (call_id, name, result, took) = joined
+                        .map_err(|e| Error::Internal(format!("tool call task failed: {e}")))?;
+                    report.tool_time += took;
+                    report.tool_calls.push(ToolCallRecord { name, duration: took, ok: result.is_ok() });
+                    let msg = match result {
+                        Ok(value) => HostMsg::ToolResult { id: call_id, ok: true, value: Some(value), error: None },
+                        Err(error) => HostMsg::ToolResult { id: call_id, ok: false, value: None, error: Some(error) },
+                    };
+                    match tokio::time::timeout_at(deadline.into(), write_frame(&mut self.control, &msg)).await {
+                        Err(_) => { report.end = ExecEnd::TimedOut; break; }
+                        Ok(Err(_)) => { self.drain_after_death(&mut report, cap, req).await; return Ok(report); }
+                        Ok(Ok(())) => {}
+                    }
+                }
+                () = tokio::time::sleep_until(deadline.into()) => {
+                    report.end = ExecEnd::TimedOut;
+                    break;
+                }
+            }
+        }
+        // Timed out: keep what was printed so far.
+        calls.abort_all();
+        self.out_state.emit_all(&mut report.stdout, cap, sink);
+        self.err_state.emit_all(&mut report.stderr, cap, sink);
+        Ok(report)
+    }
+
+    /// After the agent died, collect what is left in the pipes (briefly: the rest of the
+    /// sandbox is being torn down and the pipes close with it).
+    async fn drain_after_death(&mut self, report: &mut ExecReport, cap: usize, req: &ExecRequest) {
+        let sink = req.output.as_ref();
+        let grace = Instant::now() + Duration::from_millis(500);
+        let mut buf = vec![0u8; 64 << 10];
+        while !self.out_state.eof && Instant::now() < grace {
+            match tokio::time::timeout_at(grace.into(), self.stdout.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => self.out_state.feed(&buf[..n], &[], &mut report.stdout, cap, sink),
+                _ => break,
+            };
+        }
+        while !self.err_state.eof && Instant::now() < grace {
+            match tokio::time::timeout_at(grace.into(), self.stderr.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => self.err_state.feed(&buf[..n], &[], &mut report.stderr, cap, sink),
+                _ => break,
+            };
+        }
+        self.out_state.emit_all(&mut report.stdout, cap, sink);
+        self.err_state.emit_all(&mut report.stderr, cap, sink);
+        report.end = ExecEnd::GuestGone;
+    }
+
+    /// Parses one complete frame from the read buffer, if there is one.
+    fn take_frame(&mut self) -> Result<Option<GuestMsg>> {
+        if self.rbuf.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([self.rbuf[0], self.rbuf[1], self.rbuf[2], self.rbuf[3]]) as usize;
+        if len > MAX_FRAME_BYTES {
+            return Err(Error::Internal(format!("guest sent a {len}-byte frame (limit {MAX_FRAME_BYTES})")));
+        }
+        if self.rbuf.len() < 4 + len {
+            return Ok(None);
+        }
+        let msg = serde_json::from_slice(&self.rbuf[4..4 + len])
+            .map_err(|e| Error::Internal(format!("guest sent a malformed frame: {e}")));
+        self.rbuf.drain(..4 + len);
+        msg.map(Some)
+    }
+}
+
+async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, msg: &T) -> std::io::Result<()> {
+    let body = serde_json::to_vec(msg).map_err(std::io::Error::other)?;
+    if body.len() > MAX_FRAME_BYTES {
+        return Err(std::io::Error::other("frame too large"));
+    }
+    let len = u32::try_from(body.len()).map_err(std::io::Error::other)?;
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&body);
+    w.write_all(&frame).await?;
+    w.flush().await
+}
+
+fn describe_output(out: &CapturedOutput) -> String {
+    let text = out.text();
+    let text = text.trim();
+    if text.is_empty() {
+        String::new()
+    } else {
+        format!("; it printed: {text}")
+    }
+}

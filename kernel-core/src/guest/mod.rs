@@ -1,0 +1,32 @@
+//! The guest agent and its protocol, shared by every backend that runs real CPython in its
+//! own process or VM (process today; microvm later).
+//!
+//! The guest agent ([`AGENT_SOURCE`]) is a small Python program run as the interpreter's main
+//! program (`python3 -c AGENT_SOURCE`). It expects:
+//! - fd 3: a stream socket to the host (the *control* channel) carrying frames of a 4-byte
+//!   big-endian length and a JSON message;
+//! - fd 4 (only when it is pid 1 of a pid namespace): the read end of a *lifeline* pipe whose
+//!   write end only the host holds; when the host dies, the guest's init exits and the
+//!   kernel kills the whole namespace;
+//! - fds 1 and 2: pipes the host reads as the program's stdout and stderr.
+//!
+//! Each `exec` runs in one persistent globals dict, so state survives between calls. At the
+//! end of each `exec` the agent writes a per-exec random *sentinel* to fds 1 and 2; the host
+//! reads each stream up to its sentinel, so output of one exec never bleeds into the next.
+//! Tool calls go guest → host as `tool_call` frames and come back as `tool_result` frames;
+//! inside the sandbox they are `_agentkernel.call_tool(name, args)`.
+//!
+//! [`GuestConn`] is the host side: [`GuestConn::hello`] waits for the agent to start, and
+//! [`GuestConn::exec`] runs one program, serving tool calls, capping output, and enforcing
+//! the deadline.
+
+mod conn;
+mod stream;
+
+pub use conn::{ExecEnd, ExecReport, GuestConn, Hello};
+
+/// Source of the guest agent, run with `python3 -I -u -c AGENT_SOURCE`.
+pub const AGENT_SOURCE: &str = include_str!("agent.py");
+
+/// Largest frame either side accepts (64 MiB): a tool result larger than this is refused.
+pub const MAX_FRAME_BYTES: usize = 64 << 20;

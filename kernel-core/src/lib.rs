@@ -1,0 +1,55 @@
+//! # agentkernel-core
+//!
+//! The contracts every other AgentKernel crate shares, and nothing backend-specific:
+//!
+//! - [`Runtime`] and [`Sandbox`]: what a backend implements (one `Runtime` per backend; a
+//!   `Sandbox` is one live interpreter whose state persists across [`Sandbox::exec`] calls).
+//! - [`ToolHost`]: how a sandbox reaches the agent's tools on the host (implemented by
+//!   `agentkernel-tool-bridge`; [`FnTools`] is a small closure-based host for library users
+//!   and tests).
+//! - [`SandboxSpec`] / [`Limits`] (what a sandbox may do), [`ExecRequest`] /
+//!   [`ExecOutcome`] (one run of a program), [`Capabilities`] (what a backend can do, so
+//!   callers never guess), and the one [`Error`] enum, whose messages say what to do next.
+//! - [`guest`]: the Python guest agent and the framed JSON protocol spoken over a socket by
+//!   every backend that runs a real CPython in its own process or VM.
+//! - `conformance` (feature `conformance`): async checks that take any [`Runtime`] and verify
+//!   the contract — output capture, exceptions, every limit, state, reset, workspaces and
+//!   escape attempts checked from the host side. Every backend runs the same suite.
+//!
+//! A Python exception is an [`ExecOutcome`] with [`ExecStatus::Exception`], never an
+//! [`Error`]: `Error` is reserved for the kernel failing to do what was asked.
+//!
+//! ```
+//! use agentkernel_core::{Limits, SandboxSpec};
+//! use std::time::Duration;
+//!
+//! let spec = SandboxSpec {
+//!     limits: Limits { wall_time: Duration::from_secs(5), ..Limits::default() },
+//!     ..SandboxSpec::default()
+//! };
+//! assert!(spec.validate().is_ok());
+//! ```
+
+mod error;
+mod exec;
+pub mod guest;
+mod output;
+mod runtime;
+mod spec;
+mod tools;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use error::{Error, Result};
+pub use exec::{
+    ExecOutcome, ExecRequest, ExecStatus, LimitKind, OutputSink, StreamKind, Timings,
+    ToolCallRecord,
+};
+pub use output::CapturedOutput;
+pub use runtime::{
+    Capabilities, Check, CheckState, Diagnosis, Isolation, LimitSupport, Runtime, Sandbox,
+    Snapshot, StartupClass,
+};
+pub use spec::{Limits, Mount, NetworkPolicy, SandboxSpec};
+pub use tools::{FnTools, NoTools, ToolError, ToolErrorKind, ToolHost, ToolSpec};
