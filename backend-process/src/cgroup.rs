@@ -44,8 +44,11 @@ impl CgroupSupport {
             }
             CgroupSupport::V1 { memory, pids } => format!(
                 "cgroup v1: memory {}, pids {}",
-                memory.as_ref().map_or("unavailable".into(), |p| p.display().to_string()),
-                pids.as_ref().map_or("unavailable".into(), |p| p.display().to_string())
+                memory
+                    .as_ref()
+                    .map_or("unavailable".into(), |p| p.display().to_string()),
+                pids.as_ref()
+                    .map_or("unavailable".into(), |p| p.display().to_string())
             ),
             CgroupSupport::None { reason } => reason.clone(),
         }
@@ -88,7 +91,8 @@ pub fn detect() -> CgroupSupport {
             // Enabling controllers for children only works where this cgroup has no
             // processes of its own (or is the root).
             let _ = fs::write(parent.join("cgroup.subtree_control"), "+memory +pids");
-            let subtree = fs::read_to_string(parent.join("cgroup.subtree_control")).unwrap_or_default();
+            let subtree =
+                fs::read_to_string(parent.join("cgroup.subtree_control")).unwrap_or_default();
             if !(subtree.contains("memory") && subtree.contains("pids")) {
                 return CgroupSupport::None {
                     reason: format!(
@@ -100,7 +104,10 @@ pub fn detect() -> CgroupSupport {
         }
         if !probe_dir(&parent) {
             return CgroupSupport::None {
-                reason: format!("cgroup v2: {} is not writable by this user", parent.display()),
+                reason: format!(
+                    "cgroup v2: {} is not writable by this user",
+                    parent.display()
+                ),
             };
         }
         return CgroupSupport::V2 { parent };
@@ -116,7 +123,9 @@ pub fn detect() -> CgroupSupport {
     let (memory, pids) = (v1("memory"), v1("pids"));
     if memory.is_none() && pids.is_none() {
         return CgroupSupport::None {
-            reason: "no writable cgroup (v2 not delegated, v1 memory/pids not writable): rlimits only".into(),
+            reason:
+                "no writable cgroup (v2 not delegated, v1 memory/pids not writable): rlimits only"
+                    .into(),
         };
     }
     CgroupSupport::V1 { memory, pids }

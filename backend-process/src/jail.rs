@@ -101,14 +101,30 @@ pub(crate) const S_SOURCES: u8 = 21;
 #[derive(Debug)]
 pub(crate) enum RootOp {
     Mkdir(CString),
-    Symlink { target: CString, link: CString },
-    WriteFile { path: CString, data: Vec<u8> },
+    Symlink {
+        target: CString,
+        link: CString,
+    },
+    WriteFile {
+        path: CString,
+        data: Vec<u8>,
+    },
     /// Bind `src` (usually `/proc/self/fd/N`) onto `dst` (created first: a directory or an
     /// empty file), then remount it with `remount` flags (read-only, nosuid, ... plus the
     /// flags the source mount has locked).
-    Bind { src: CString, dst: CString, dir: bool, remount: libc::c_ulong },
-    Tmpfs { dst: CString, data: CString },
-    Proc { dst: CString },
+    Bind {
+        src: CString,
+        dst: CString,
+        dir: bool,
+        remount: libc::c_ulong,
+    },
+    Tmpfs {
+        dst: CString,
+        data: CString,
+    },
+    Proc {
+        dst: CString,
+    },
 }
 
 /// Everything the child needs, prepared by the parent.
@@ -278,11 +294,23 @@ pub(crate) unsafe fn enter(plan: &JailPlan) -> std::io::Result<()> {
             if fd < 0 {
                 fail_at(report, S_SOURCES, i);
             }
-            check(report, S_SOURCES, libc::dup3(fd, SOURCE_FD_BASE + i as RawFd, libc::O_CLOEXEC));
+            check(
+                report,
+                S_SOURCES,
+                libc::dup3(fd, SOURCE_FD_BASE + i as RawFd, libc::O_CLOEXEC),
+            );
             libc::close(fd);
         }
-        check(report, S_USER, libc::setresgid(SANDBOX_ID, SANDBOX_ID, SANDBOX_ID));
-        check(report, S_USER, libc::setresuid(SANDBOX_ID, SANDBOX_ID, SANDBOX_ID));
+        check(
+            report,
+            S_USER,
+            libc::setresgid(SANDBOX_ID, SANDBOX_ID, SANDBOX_ID),
+        );
+        check(
+            report,
+            S_USER,
+            libc::setresuid(SANDBOX_ID, SANDBOX_ID, SANDBOX_ID),
+        );
 
         let child = libc::fork();
         if child < 0 {
@@ -293,11 +321,21 @@ pub(crate) unsafe fn enter(plan: &JailPlan) -> std::io::Result<()> {
         }
 
         // pid 1 of the new pid namespace from here on.
-        check(report, S_PDEATH, libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0));
+        check(
+            report,
+            S_PDEATH,
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0),
+        );
         check(
             report,
             S_PRIVATE,
-            libc::mount(null(), c"/".as_ptr(), null(), libc::MS_REC | libc::MS_PRIVATE, null().cast()),
+            libc::mount(
+                null(),
+                c"/".as_ptr(),
+                null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                null().cast(),
+            ),
         );
         check(
             report,
@@ -322,7 +360,11 @@ pub(crate) unsafe fn enter(plan: &JailPlan) -> std::io::Result<()> {
             S_PIVOT,
             libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int,
         );
-        check(report, S_DETACH, libc::umount2(c".".as_ptr(), libc::MNT_DETACH));
+        check(
+            report,
+            S_DETACH,
+            libc::umount2(c".".as_ptr(), libc::MNT_DETACH),
+        );
         check(report, S_DETACH, libc::chdir(c"/".as_ptr()));
         check(
             report,
@@ -331,12 +373,20 @@ pub(crate) unsafe fn enter(plan: &JailPlan) -> std::io::Result<()> {
                 null(),
                 c"/".as_ptr(),
                 null(),
-                libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+                libc::MS_REMOUNT
+                    | libc::MS_BIND
+                    | libc::MS_RDONLY
+                    | libc::MS_NOSUID
+                    | libc::MS_NODEV,
                 null().cast(),
             ),
         );
         let host = c"sandbox";
-        check(report, S_HOSTNAME, libc::sethostname(host.as_ptr(), host.count_bytes()));
+        check(
+            report,
+            S_HOSTNAME,
+            libc::sethostname(host.as_ptr(), host.count_bytes()),
+        );
 
         check(report, S_CHDIR, libc::chdir(plan.workdir.as_ptr()));
         for (resource, soft, hard) in &plan.rlimits {
@@ -370,7 +420,12 @@ pub(crate) unsafe fn enter(plan: &JailPlan) -> std::io::Result<()> {
         check(
             report,
             S_CLOSE,
-            libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) as libc::c_int,
+            libc::syscall(
+                libc::SYS_close_range,
+                5u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            ) as libc::c_int,
         );
     }
     record(report, TAG_READY, 0);
@@ -437,15 +492,30 @@ unsafe fn build(op: &RootOp) -> Result<(), ()> {
                 libc::close(fd);
                 if written { Ok(()) } else { Err(()) }
             }
-            RootOp::Bind { src, dst, dir, remount } => {
+            RootOp::Bind {
+                src,
+                dst,
+                dir,
+                remount,
+            } => {
                 if *dir {
                     mkdir(dst)?;
                 } else {
-                    let fd = libc::open(dst.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC, 0o644);
+                    let fd = libc::open(
+                        dst.as_ptr(),
+                        libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC,
+                        0o644,
+                    );
                     ok(fd)?;
                     libc::close(fd);
                 }
-                ok(libc::mount(src.as_ptr(), dst.as_ptr(), null(), libc::MS_BIND | libc::MS_REC, null().cast()))?;
+                ok(libc::mount(
+                    src.as_ptr(),
+                    dst.as_ptr(),
+                    null(),
+                    libc::MS_BIND | libc::MS_REC,
+                    null().cast(),
+                ))?;
                 ok(libc::mount(
                     null(),
                     dst.as_ptr(),
@@ -482,8 +552,8 @@ unsafe fn build(op: &RootOp) -> Result<(), ()> {
 /// `writable`; no TCP bind/connect; no signals to processes outside the sandbox.
 fn restrict_landlock(writable: &[String]) -> Result<u32, ()> {
     use landlock::{
-        ABI, Access, AccessFs, AccessNet, RestrictionStatus, Ruleset, RulesetAttr, RulesetCreatedAttr,
-        RulesetStatus, Scope, path_beneath_rules,
+        ABI, Access, AccessFs, AccessNet, RestrictionStatus, Ruleset, RulesetAttr,
+        RulesetCreatedAttr, RulesetStatus, Scope, path_beneath_rules,
     };
     let abi = ABI::V6;
     let status: RestrictionStatus = Ruleset::default()
@@ -495,7 +565,13 @@ fn restrict_landlock(writable: &[String]) -> Result<u32, ()> {
         .and_then(|r| r.add_rules(path_beneath_rules(writable, AccessFs::from_all(abi))))
         .and_then(|r| {
             r.add_rules(path_beneath_rules(
-                ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"],
+                [
+                    "/dev/null",
+                    "/dev/zero",
+                    "/dev/full",
+                    "/dev/random",
+                    "/dev/urandom",
+                ],
                 AccessFs::from_all(abi),
             ))
         })

@@ -37,13 +37,17 @@ const SYSTEM_TOP: &[&str] = &["bin", "sbin", "lib", "lib32", "lib64", "libx32"];
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
 
 fn cstr(s: impl AsRef<[u8]>) -> Result<CString> {
-    CString::new(s.as_ref()).map_err(|_| Error::invalid("a path contains a NUL byte", "remove NUL bytes from paths"))
+    CString::new(s.as_ref())
+        .map_err(|_| Error::invalid("a path contains a NUL byte", "remove NUL bytes from paths"))
 }
 
 fn path_str(p: &Path) -> Result<String> {
-    p.to_str()
-        .map(str::to_owned)
-        .ok_or_else(|| Error::invalid(format!("path {} is not UTF-8", p.display()), "use UTF-8 paths"))
+    p.to_str().map(str::to_owned).ok_or_else(|| {
+        Error::invalid(
+            format!("path {} is not UTF-8", p.display()),
+            "use UTF-8 paths",
+        )
+    })
 }
 
 /// Builder of the root-building steps, keeping the bind sources open.
@@ -137,10 +141,13 @@ pub(crate) fn root_plan(spec: &SandboxSpec, python: &HostPython) -> Result<RootP
     p.bind(Path::new("/usr"), "/usr", false)?;
     for name in SYSTEM_TOP {
         let host = Path::new("/").join(name);
-        let Ok(meta) = std::fs::symlink_metadata(&host) else { continue };
+        let Ok(meta) = std::fs::symlink_metadata(&host) else {
+            continue;
+        };
         let guest = format!("/{name}");
         if meta.file_type().is_symlink() {
-            let target = std::fs::read_link(&host).map_err(|e| Error::io(format!("reading link {}", host.display()), e))?;
+            let target = std::fs::read_link(&host)
+                .map_err(|e| Error::io(format!("reading link {}", host.display()), e))?;
             p.symlink(&target, &guest)?;
         } else if meta.is_dir() {
             p.bind(&host, &guest, false)?;
@@ -191,7 +198,10 @@ pub(crate) fn root_plan(spec: &SandboxSpec, python: &HostPython) -> Result<RootP
         Some(ws) => p.bind(ws, "/workspace", true)?,
         None => p.tmpfs(
             "/workspace",
-            format!("mode=0755,size={},uid={SANDBOX_ID},gid={SANDBOX_ID}", spec.limits.tmp_bytes),
+            format!(
+                "mode=0755,size={},uid={SANDBOX_ID},gid={SANDBOX_ID}",
+                spec.limits.tmp_bytes
+            ),
         )?,
     }
     for m in &spec.mounts {
@@ -202,7 +212,11 @@ pub(crate) fn root_plan(spec: &SandboxSpec, python: &HostPython) -> Result<RootP
 
 /// Guest directories the sandbox may write (for landlock).
 pub(crate) fn writable_dirs(spec: &SandboxSpec) -> Vec<String> {
-    let mut dirs = vec!["/workspace".to_owned(), "/tmp".to_owned(), "/dev/shm".to_owned()];
+    let mut dirs = vec![
+        "/workspace".to_owned(),
+        "/tmp".to_owned(),
+        "/dev/shm".to_owned(),
+    ];
     dirs.extend(
         spec.mounts
             .iter()
@@ -246,11 +260,16 @@ pub(crate) fn host_ids() -> (u32, u32) {
 pub(crate) fn prepare_workspace(ws: &Path) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     let (uid, gid) = host_ids();
-    let meta = std::fs::metadata(ws).map_err(|e| Error::io(format!("inspecting workspace {}", ws.display()), e))?;
+    let meta = std::fs::metadata(ws)
+        .map_err(|e| Error::io(format!("inspecting workspace {}", ws.display()), e))?;
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } == 0 && meta.uid() != uid {
-        std::os::unix::fs::chown(ws, Some(uid), Some(gid))
-            .map_err(|e| Error::io(format!("handing workspace {} to the sandbox user", ws.display()), e))?;
+        std::os::unix::fs::chown(ws, Some(uid), Some(gid)).map_err(|e| {
+            Error::io(
+                format!("handing workspace {} to the sandbox user", ws.display()),
+                e,
+            )
+        })?;
         tracing::info!(workspace = %ws.display(), uid, "workspace directory handed to the sandbox user");
     }
     Ok(())
@@ -262,7 +281,9 @@ pub(crate) fn guest_paths(plan: &RootPlan) -> Vec<PathBuf> {
     plan.ops
         .iter()
         .filter_map(|op| match op {
-            RootOp::Bind { dst, .. } | RootOp::Tmpfs { dst, .. } => Some(PathBuf::from(dst.to_str().ok()?)),
+            RootOp::Bind { dst, .. } | RootOp::Tmpfs { dst, .. } => {
+                Some(PathBuf::from(dst.to_str().ok()?))
+            }
             _ => None,
         })
         .collect()
@@ -285,7 +306,9 @@ mod tests {
             .ops
             .iter()
             .find_map(|op| match op {
-                RootOp::Bind { dst, remount, .. } if dst.as_bytes() == b"/tmp/usr" => Some(*remount),
+                RootOp::Bind { dst, remount, .. } if dst.as_bytes() == b"/tmp/usr" => {
+                    Some(*remount)
+                }
                 _ => None,
             })
             .expect("/usr is bound");
@@ -294,7 +317,9 @@ mod tests {
             .ops
             .iter()
             .find_map(|op| match op {
-                RootOp::Bind { dst, remount, .. } if dst.as_bytes() == b"/tmp/workspace" => Some(*remount),
+                RootOp::Bind { dst, remount, .. } if dst.as_bytes() == b"/tmp/workspace" => {
+                    Some(*remount)
+                }
                 _ => None,
             })
             .expect("workspace is bound");

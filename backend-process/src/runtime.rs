@@ -95,7 +95,12 @@ impl ProcessRuntime {
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let live = sandbox::start(&self.inner, spec, &id).await?;
         tracing::debug!(sandbox = %id, "process sandbox started");
-        Ok(ProcessSandbox::new(id, self.inner.clone(), spec.clone(), live))
+        Ok(ProcessSandbox::new(
+            id,
+            self.inner.clone(),
+            spec.clone(),
+            live,
+        ))
     }
 
     fn check_supported(&self, spec: &SandboxSpec) -> Result<()> {
@@ -151,7 +156,11 @@ impl Runtime for ProcessRuntime {
         let mut checks = vec![Check {
             name: "python".into(),
             state: CheckState::Active,
-            detail: format!("{} (Python {})", inner.python.executable.display(), inner.python.version),
+            detail: format!(
+                "{} (Python {})",
+                inner.python.executable.display(),
+                inner.python.version
+            ),
         }];
         let started = Instant::now();
         let mut enforced_landlock = None;
@@ -159,7 +168,10 @@ impl Runtime for ProcessRuntime {
             let mut sb = self.create_sandbox(&SandboxSpec::default()).await?;
             let hello = sb.hello().map(|h| {
                 let field = |k: &str| h.protections.get(k).map(String::as_str);
-                (field("Seccomp") == Some("2"), field("NoNewPrivs") == Some("1"))
+                (
+                    field("Seccomp") == Some("2"),
+                    field("NoNewPrivs") == Some("1"),
+                )
             });
             let landlock = sb.landlock_state();
             let out = sb
@@ -169,7 +181,9 @@ impl Runtime for ProcessRuntime {
             Ok::<_, Error>((out?, hello, landlock))
         };
         let (available, reason) = match probe.await {
-            Ok((out, hello, landlock)) if out.status == ExecStatus::Ok && out.stdout.text() == "ok\n" => {
+            Ok((out, hello, landlock))
+                if out.status == ExecStatus::Ok && out.stdout.text() == "ok\n" =>
+            {
                 checks.push(Check {
                     name: "namespaces".into(),
                     state: CheckState::Active,
@@ -189,7 +203,11 @@ impl Runtime for ProcessRuntime {
                     });
                     checks.push(Check {
                         name: "no_new_privs".into(),
-                        state: if nnp { CheckState::Active } else { CheckState::Failed },
+                        state: if nnp {
+                            CheckState::Active
+                        } else {
+                            CheckState::Failed
+                        },
                         detail: "set in the guest".into(),
                     });
                 }
@@ -230,7 +248,9 @@ impl Runtime for ProcessRuntime {
         checks.push(Check {
             name: "rlimits".into(),
             state: CheckState::Active,
-            detail: format!("address space, processes, file size, CPU, core=0; sandbox runs as host uid {uid}"),
+            detail: format!(
+                "address space, processes, file size, CPU, core=0; sandbox runs as host uid {uid}"
+            ),
         });
         Diagnosis {
             available,

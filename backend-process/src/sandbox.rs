@@ -82,7 +82,10 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 writes two fds into `fds`.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(Error::io("creating a pipe", std::io::Error::last_os_error()));
+        return Err(Error::io(
+            "creating a pipe",
+            std::io::Error::last_os_error(),
+        ));
     }
     // SAFETY: both fds were just created and are owned by nobody else.
     let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
@@ -93,14 +96,24 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
 fn write_maps(pid: u32) -> std::io::Result<()> {
     let (uid, gid) = plan::host_ids();
     std::fs::write(format!("/proc/{pid}/setgroups"), "deny")?;
-    std::fs::write(format!("/proc/{pid}/uid_map"), format!("{} {uid} 1\n", jail::SANDBOX_ID))?;
-    std::fs::write(format!("/proc/{pid}/gid_map"), format!("{} {gid} 1\n", jail::SANDBOX_ID))?;
+    std::fs::write(
+        format!("/proc/{pid}/uid_map"),
+        format!("{} {uid} 1\n", jail::SANDBOX_ID),
+    )?;
+    std::fs::write(
+        format!("/proc/{pid}/gid_map"),
+        format!("{} {gid} 1\n", jail::SANDBOX_ID),
+    )?;
     Ok(())
 }
 
 /// Reads the child's report pipe until it closes; answers `UNSHARED` by writing the id maps
 /// and releasing the child. Returns pid 1's host pid, the landlock state, or the failure.
-fn serve_report(report: OwnedFd, go: OwnedFd, ops: Vec<String>) -> std::result::Result<(u32, u32), String> {
+fn serve_report(
+    report: OwnedFd,
+    go: OwnedFd,
+    ops: Vec<String>,
+) -> std::result::Result<(u32, u32), String> {
     let mut file = std::fs::File::from(report);
     let mut go = Some(std::fs::File::from(go));
     let (mut pid1, mut landlock, mut ready) = (None, 0, false);
@@ -128,7 +141,10 @@ fn serve_report(report: OwnedFd, go: OwnedFd, ops: Vec<String>) -> std::result::
                 let step = (value >> 24) as usize;
                 let op = ((value >> 16) & 0xFF) as usize;
                 let errno = (value & 0xFFFF) as i32;
-                let name = jail::STEP_NAMES.get(step).copied().unwrap_or("unknown step");
+                let name = jail::STEP_NAMES
+                    .get(step)
+                    .copied()
+                    .unwrap_or("unknown step");
                 let what = ops.get(op).filter(|_| step == jail::S_BUILD as usize);
                 return Err(format!(
                     "jail set-up failed at {name}{}: {}",
@@ -154,18 +170,27 @@ pub(crate) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec, id: &str) -> R
     let cgroup = SandboxCgroup::create(&inner.cgroups, id, &spec.limits);
     let (host_ctl, guest_ctl) = std::os::unix::net::UnixStream::pair()
         .map_err(|e| Error::io("creating the control socket", e))?;
-    let guest_ctl = jail::high_fd(OwnedFd::from(guest_ctl)).map_err(|e| Error::io("duplicating a socket fd", e))?;
+    let guest_ctl = jail::high_fd(OwnedFd::from(guest_ctl))
+        .map_err(|e| Error::io("duplicating a socket fd", e))?;
     let (life_r, life_w) = pipe()?;
     let (report_r, report_w) = pipe()?;
     let (go_r, go_w) = pipe()?;
 
-    if [guest_ctl.as_raw_fd(), life_r.as_raw_fd(), report_w.as_raw_fd(), go_r.as_raw_fd()]
-        .iter()
-        .any(|fd| *fd >= jail::SOURCE_FD_BASE)
+    if [
+        guest_ctl.as_raw_fd(),
+        life_r.as_raw_fd(),
+        report_w.as_raw_fd(),
+        go_r.as_raw_fd(),
+    ]
+    .iter()
+    .any(|fd| *fd >= jail::SOURCE_FD_BASE)
     {
         return Err(Error::Unavailable {
             backend: "process",
-            reason: format!("this process has more than {} files open", jail::SOURCE_FD_BASE),
+            reason: format!(
+                "this process has more than {} files open",
+                jail::SOURCE_FD_BASE
+            ),
             hint: "close unused files before creating sandboxes".into(),
         });
     }
@@ -246,7 +271,10 @@ pub(crate) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec, id: &str) -> R
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid1 as libc::pid_t, 0u32) } as i32;
     if pidfd < 0 {
         let _ = outer.start_kill();
-        return Err(Error::io("opening a pidfd for the sandbox", std::io::Error::last_os_error()));
+        return Err(Error::io(
+            "opening a pidfd for the sandbox",
+            std::io::Error::last_os_error(),
+        ));
     }
     // SAFETY: a fresh fd returned by pidfd_open.
     let pid1 = unsafe { OwnedFd::from_raw_fd(pidfd) };
@@ -256,7 +284,8 @@ pub(crate) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec, id: &str) -> R
     host_ctl
         .set_nonblocking(true)
         .map_err(|e| Error::io("configuring the control socket", e))?;
-    let control = tokio::net::UnixStream::from_std(host_ctl).map_err(|e| Error::io("registering the control socket", e))?;
+    let control = tokio::net::UnixStream::from_std(host_ctl)
+        .map_err(|e| Error::io("registering the control socket", e))?;
     let mut live = Live {
         outer,
         pid1,
@@ -351,12 +380,18 @@ impl Sandbox for ProcessSandbox {
     async fn exec(&mut self, req: ExecRequest, tools: Arc<dyn ToolHost>) -> Result<ExecOutcome> {
         let Some(live) = self.live.as_mut() else {
             return Err(Error::SandboxLost {
-                reason: self.lost.clone().unwrap_or_else(|| "it was shut down".into()),
+                reason: self
+                    .lost
+                    .clone()
+                    .unwrap_or_else(|| "it was shut down".into()),
             });
         };
         let timeout = req.timeout.unwrap_or(self.spec.limits.wall_time);
         if timeout.is_zero() {
-            return Err(Error::invalid("timeout is zero", "give a timeout of at least 1 ms"));
+            return Err(Error::invalid(
+                "timeout is zero",
+                "give a timeout of at least 1 ms",
+            ));
         }
         let started = Instant::now();
         let oom_before = live.cgroup.as_ref().map_or(0, SandboxCgroup::oom_kills);
@@ -364,12 +399,18 @@ impl Sandbox for ProcessSandbox {
         let _enter = span.enter();
         let report = live
             .conn
-            .exec(&req, tools, self.spec.limits.output_bytes, started + timeout)
+            .exec(
+                &req,
+                tools,
+                self.spec.limits.output_bytes,
+                started + timeout,
+            )
             .await?;
         let status = match report.end {
             ExecEnd::Finished(status) => status,
             ExecEnd::TimedOut => {
-                self.end(format!("killed after the {timeout:?} timeout")).await;
+                self.end(format!("killed after the {timeout:?} timeout"))
+                    .await;
                 ExecStatus::Killed {
                     limit: LimitKind::WallTime,
                 }

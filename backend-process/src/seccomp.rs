@@ -96,7 +96,10 @@ fn arch() -> Result<TargetArch> {
         .try_into()
         .map_err(|e| Error::Unavailable {
             backend: "process",
-            reason: format!("seccomp filters are not built for {}: {e:?}", std::env::consts::ARCH),
+            reason: format!(
+                "seccomp filters are not built for {}: {e:?}",
+                std::env::consts::ARCH
+            ),
             hint: "use x86_64 or aarch64, or another backend".into(),
         })
 }
@@ -111,8 +114,13 @@ fn rule(conds: Vec<SeccompCondition>) -> Result<SeccompRule> {
 }
 
 fn compile(rules: BTreeMap<i64, Vec<SeccompRule>>, errno: u32) -> Result<BpfProgram> {
-    let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(errno), arch()?)
-        .map_err(|e| Error::Internal(format!("bad seccomp filter: {e}")))?;
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(errno),
+        arch()?,
+    )
+    .map_err(|e| Error::Internal(format!("bad seccomp filter: {e}")))?;
     filter
         .try_into()
         .map_err(|e| Error::Internal(format!("cannot compile seccomp filter: {e}")))
@@ -138,8 +146,10 @@ pub fn filters() -> Result<Vec<BpfProgram>> {
         DENIED_IOCTLS
             .iter()
             .map(|req| {
-                rule(vec![SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, *req)
-                    .map_err(|e| Error::Internal(format!("bad seccomp condition: {e}")))?])
+                rule(vec![
+                    SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, *req)
+                        .map_err(|e| Error::Internal(format!("bad seccomp condition: {e}")))?,
+                ])
             })
             .collect::<Result<_>>()?,
     );
@@ -148,8 +158,10 @@ pub fn filters() -> Result<Vec<BpfProgram>> {
         DENIED_SOCKET_FAMILIES
             .iter()
             .map(|fam| {
-                rule(vec![SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, *fam)
-                    .map_err(|e| Error::Internal(format!("bad seccomp condition: {e}")))?])
+                rule(vec![
+                    SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, *fam)
+                        .map_err(|e| Error::Internal(format!("bad seccomp condition: {e}")))?,
+                ])
             })
             .collect::<Result<_>>()?,
     );

@@ -1,1 +1,786 @@
-//! Conformance suite (being written).
+//! The conformance suite: async checks that any [`Runtime`] must pass.
+//!
+//! Each check creates its own sandboxes, panics with a precise message on failure, and
+//! consults [`Capabilities`](crate::Capabilities) first: a backend that lacks a capability
+//! must answer [`Error::Unsupported`], never a silent wrong result. Escape attempts are
+//! checked from the host side (the planted secret is not in the output, the host process
+//! survived, the listener saw no connection, the host file does not exist...).
+//!
+//! A backend runs the whole suite with one macro in its integration tests:
+//!
+//! ```ignore
+//! agentkernel_core::conformance_suite!(my_backend::MyRuntime::new().unwrap());
+//! ```
+//!
+//! Programs call host tools through the `_agentkernel` module every backend provides:
+//! `_agentkernel.call_tool(name, {args})`, raising `LookupError`, `ValueError`,
+//! `PermissionError`, `TimeoutError` or `_agentkernel.ToolError` on failure.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::{
+    Error, ExecOutcome, ExecRequest, ExecStatus, FnTools, LimitKind, Limits, NetworkPolicy,
+    NoTools, Runtime, SandboxSpec, ToolError, ToolErrorKind, ToolHost,
+};
+
+/// A spec with limits suited to tests.
+pub fn test_spec() -> SandboxSpec {
+    SandboxSpec {
+        limits: Limits {
+            wall_time: Duration::from_secs(30),
+            ..Limits::default()
+        },
+        ..SandboxSpec::default()
+    }
+}
+
+/// Creates a sandbox for `spec`, runs `code` once, shuts it down.
+pub async fn run_once(rt: &dyn Runtime, spec: &SandboxSpec, code: &str) -> ExecOutcome {
+    let mut sb = rt
+        .create(spec)
+        .await
+        .unwrap_or_else(|e| panic!("{}: create failed: {e}", rt.name()));
+    let out = sb
+        .exec(ExecRequest::new(code), Arc::new(NoTools))
+        .await
+        .unwrap_or_else(|e| panic!("{}: exec failed: {e}", rt.name()));
+    sb.shutdown().await.expect("shutdown");
+    out
+}
+
+fn assert_ok(out: &ExecOutcome) {
+    assert_eq!(
+        out.status,
+        ExecStatus::Ok,
+        "program failed; stdout={:?} stderr={:?}",
+        out.stdout.text(),
+        out.stderr.text()
+    );
+}
+
+/// stdout and stderr are captured separately and completely, exec by exec.
+pub async fn output_capture(rt: &dyn Runtime) {
+    let mut sb = rt.create(&test_spec()).await.expect("create");
+    let out = sb
+        .exec(
+            ExecRequest::new(
+                "import sys\nprint('out', 1)\nprint('err', 2, file=sys.stderr)\nprint('ünïcödé ✓')",
+            ),
+            Arc::new(NoTools),
+        )
+        .await
+        .expect("exec");
+    assert_ok(&out);
+    assert_eq!(out.stdout.text(), "out 1\nünïcödé ✓\n");
+    assert_eq!(out.stderr.text(), "err 2\n");
+    assert!(!out.stdout.truncated);
+    // Output of one exec never bleeds into the next.
+    let out = sb
+        .exec(
+            ExecRequest::new("print('second', end='')"),
+            Arc::new(NoTools),
+        )
+        .await
+        .expect("exec");
+    assert_eq!(out.stdout.text(), "second");
+    assert_eq!(out.stderr.text(), "");
+    sb.shutdown().await.expect("shutdown");
+}
+
+/// An uncaught exception is an outcome with type, message and a traceback naming the line;
+/// the sandbox stays usable.
+pub async fn exception_with_traceback(rt: &dyn Runtime) {
+    let mut sb = rt.create(&test_spec()).await.expect("create");
+    let out = sb
+        .exec(
+            ExecRequest::new(
+                "def f(n):\n    raise ValueError(f'boom {n}')\n\nprint('before')\nf(7)\n",
+            ),
+            Arc::new(NoTools),
+        )
+        .await
+        .expect("an exception is an outcome, not an error");
+    match &out.status {
+        ExecStatus::Exception {
+            type_name,
+            message,
+            traceback,
+        } => {
+            assert_eq!(type_name, "ValueError");
+            assert_eq!(message, "boom 7");
+            assert!(
+                traceback.contains("line 5"),
+                "traceback lacks the call line: {traceback}"
+            );
+            assert!(
+                traceback.contains("raise ValueError"),
+                "traceback lacks source: {traceback}"
+            );
+            assert!(
+                traceback.trim_end().ends_with("ValueError: boom 7"),
+                "{traceback}"
+            );
+        }
+        other => panic!("expected an exception, got {other:?}"),
+    }
+    assert_eq!(out.stdout.text(), "before\n");
+    let out = sb
+        .exec(ExecRequest::new("print('still alive')"), Arc::new(NoTools))
+        .await
+        .expect("exec");
+    assert_eq!(out.stdout.text(), "still alive\n");
+    sb.shutdown().await.expect("shutdown");
+}
+
+/// `sys.exit(n)` is reported as `Exited { code: n }`.
+pub async fn exit_code_is_reported(rt: &dyn Runtime) {
+    let out = run_once(rt, &test_spec(), "import sys\nprint('bye')\nsys.exit(3)").await;
+    assert_eq!(out.status, ExecStatus::Exited { code: 3 });
+    assert_eq!(out.stdout.text(), "bye\n");
+}
+
+/// Globals persist across `exec` calls on one sandbox.
+pub async fn state_persists_across_exec(rt: &dyn Runtime) {
+    let mut sb = rt.create(&test_spec()).await.expect("create");
+    let out = sb
+        .exec(
+            ExecRequest::new("x = 41\ndef inc(v):\n    return v + 1"),
+            Arc::new(NoTools),
+        )
+        .await
+        .expect("exec");
+    assert_ok(&out);
+    let out = sb
+        .exec(ExecRequest::new("print(inc(x))"), Arc::new(NoTools))
+        .await
+        .expect("exec");
+    assert_ok(&out);
+    assert_eq!(out.stdout.text(), "42\n");
+    sb.shutdown().await.expect("shutdown");
+}
+
+/// `reset` forgets globals and files in `/tmp` (or the backend says Unsupported).
+pub async fn reset_clears_state(rt: &dyn Runtime) {
+    let mut sb = rt.create(&test_spec()).await.expect("create");
+    let out = sb
+        .exec(
+            ExecRequest::new("secret = 1\nopen('/tmp/left-over', 'w').write('x')"),
+            Arc::new(NoTools),
+        )
+        .await
+        .expect("exec");
+    assert_ok(&out);
+    match sb.reset().await {
+        Ok(()) => {
+            assert!(
+                rt.capabilities().reset,
+                "reset worked but capabilities say it does not"
+            );
+            let out = sb
+                .exec(
+                    ExecRequest::new(
+                        "import os\nprint('secret' in globals(), os.path.exists('/tmp/left-over'))",
+                    ),
+                    Arc::new(NoTools),
+                )
+                .await
+                .expect("exec after reset");
+            assert_eq!(out.stdout.text(), "False False\n");
+        }
+        Err(Error::Unsupported { .. }) => assert!(!rt.capabilities().reset),
+        Err(e) => panic!("reset failed: {e}"),
+    }
+    sb.shutdown().await.expect("shutdown");
+}
+
+/// `snapshot` works or answers Unsupported, as capabilities say.
+pub async fn snapshot_matches_capabilities(rt: &dyn Runtime) {
+    let mut sb = rt.create(&test_spec()).await.expect("create");
+    match sb.snapshot().await {
+        Ok(snap) => {
+            assert!(
+                rt.capabilities().snapshot,
+                "snapshot worked but capabilities say it does not"
+            );
+            assert_eq!(snap.backend, rt.name());
+        }
+        Err(Error::Unsupported { .. }) => assert!(!rt.capabilities().snapshot),
+        Err(e) => panic!("snapshot failed: {e}"),
+    }
+    sb.shutdown().await.expect("shutdown");
+}
+
+/// A network allow-list is refused with Unsupported unless the backend can enforce one.
+pub async fn network_allow_list_matches_capabilities(rt: &dyn Runtime) {
+    let spec = SandboxSpec {
+        network: NetworkPolicy::AllowList(vec!["example.com:443".into()]),
+        ..test_spec()
+    };
+    match rt.create(&spec).await {
+        Ok(sb) => {
+            assert!(
+                rt.capabilities().network_allow_list,
+                "allow-list accepted but not a capability"
+            );
+            sb.shutdown().await.expect("shutdown");
+        }
+        Err(Error::Unsupported { .. }) => assert!(!rt.capabilities().network_allow_list),
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+}
+
+/// An infinite loop is killed at the wall-time limit; output printed before is kept; the
+/// sandbox is then lost until `reset`.
+pub async fn wall_time_limit_kills(rt: &dyn Runtime) {
+    let mut sb = rt.create(&test_spec()).await.expect("create");
+    let started = std::time::Instant::now();
+    let out = sb
+        .exec(
+            ExecRequest::new("print('started', flush=True)\nwhile True:\n    pass")
+                .with_timeout(Duration::from_secs(1)),
+            Arc::new(NoTools),
+        )
+        .await
+        .expect("a timeout is an outcome");
+    assert_eq!(
+        out.status,
+        ExecStatus::Killed {
+            limit: LimitKind::WallTime
+        }
+    );
+    assert_eq!(out.stdout.text(), "started\n");
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    match sb
+        .exec(ExecRequest::new("print(1)"), Arc::new(NoTools))
+        .await
+    {
+        Err(Error::SandboxLost { .. }) => {}
+        other => panic!("a killed sandbox must report SandboxLost, got {other:?}"),
+    }
+    if rt.capabilities().reset {
+        sb.reset().await.expect("reset revives a killed sandbox");
+        let out = sb
+            .exec(ExecRequest::new("print(1)"), Arc::new(NoTools))
+            .await
+            .expect("exec");
+        assert_eq!(out.stdout.text(), "1\n");
+    }
+    sb.shutdown().await.expect("shutdown");
+}
+
+/// A CPU-bound loop is killed at the CPU-time limit (or Unsupported).
+pub async fn cpu_time_limit_kills(rt: &dyn Runtime) {
+    let spec = SandboxSpec {
+        limits: Limits {
+            cpu_time: Some(Duration::from_secs(1)),
+            ..test_spec().limits
+        },
+        ..test_spec()
+    };
+    if !rt.capabilities().limits.cpu_time {
+        assert!(matches!(
+            rt.create(&spec).await,
+            Err(Error::Unsupported { .. })
+        ));
+        return;
+    }
+    let out = run_once(rt, &spec, "while True:\n    pass").await;
+    assert_eq!(
+        out.status,
+        ExecStatus::Killed {
+            limit: LimitKind::CpuTime
+        }
+    );
+}
+
+/// A huge allocation fails with MemoryError or a memory kill; the host is unaffected.
+pub async fn memory_limit_holds(rt: &dyn Runtime) {
+    let spec = SandboxSpec {
+        limits: Limits {
+            memory_bytes: Some(256 << 20),
+            ..test_spec().limits
+        },
+        ..test_spec()
+    };
+    for code in [
+        "b = bytearray(2**33)",
+        "chunks = []\nwhile True:\n    chunks.append(bytearray(16 * 2**20))",
+    ] {
+        let out = run_once(rt, &spec, code).await;
+        match &out.status {
+            ExecStatus::Exception { type_name, .. } if type_name == "MemoryError" => {}
+            ExecStatus::Killed {
+                limit: LimitKind::Memory,
+            } => {}
+            other => panic!("{code:?}: expected MemoryError or a memory kill, got {other:?}"),
+        }
+    }
+}
+
+/// Output past the cap is dropped, counted, and flagged.
+pub async fn output_limit_truncates(rt: &dyn Runtime) {
+    let spec = SandboxSpec {
+        limits: Limits {
+            output_bytes: 1000,
+            ..test_spec().limits
+        },
+        ..test_spec()
+    };
+    let out = run_once(
+        rt,
+        &spec,
+        "import sys\nprint('x' * 5000)\nprint('y' * 3000, file=sys.stderr)",
+    )
+    .await;
+    assert_ok(&out);
+    assert_eq!(out.stdout.bytes.len(), 1000);
+    assert!(out.stdout.truncated);
+    assert_eq!(out.stdout.total_bytes, 5001);
+    assert_eq!(out.stderr.bytes.len(), 1000);
+    assert!(out.stderr.truncated);
+}
+
+/// No more than `processes` processes can exist at once (or no subprocess at all).
+pub async fn process_limit_holds(rt: &dyn Runtime) {
+    let spec = SandboxSpec {
+        limits: Limits {
+            processes: Some(8),
+            ..test_spec().limits
+        },
+        ..test_spec()
+    };
+    let code = r#"
+import os, time
+started = 0
+try:
+    for _ in range(50):
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(30)
+            os._exit(0)
+        started += 1
+except OSError as e:
+    print("refused", type(e).__name__)
+print("started", started)
+"#;
+    let out = run_once(rt, &spec, code).await;
+    if !rt.capabilities().subprocess {
+        assert!(
+            !matches!(out.status, ExecStatus::Ok),
+            "fork must fail without subprocess support"
+        );
+        return;
+    }
+    assert_ok(&out);
+    let text = out.stdout.text();
+    assert!(text.contains("refused"), "fork was never refused: {text}");
+    let started: u32 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("started "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no count in {text:?}"));
+    assert!(
+        started < 8,
+        "{started} children started under a limit of 8 processes"
+    );
+}
+
+/// Writing a file larger than `file_size_bytes` fails.
+pub async fn file_size_limit_holds(rt: &dyn Runtime) {
+    let spec = SandboxSpec {
+        limits: Limits {
+            file_size_bytes: Some(1 << 20),
+            ..test_spec().limits
+        },
+        ..test_spec()
+    };
+    let code = "try:\n    with open('/tmp/big', 'wb') as f:\n        f.write(b'x' * (2 << 20))\n    print('wrote')\nexcept OSError as e:\n    print('refused', e.errno)";
+    let out = run_once(rt, &spec, code).await;
+    match &out.status {
+        ExecStatus::Ok => assert_eq!(out.stdout.text(), "refused 27\n", "EFBIG expected"),
+        ExecStatus::Killed {
+            limit: LimitKind::FileSize,
+        } => {}
+        other => panic!("expected EFBIG or a file-size kill, got {other:?}"),
+    }
+}
+
+/// `/tmp` is private and capped at `tmp_bytes`.
+pub async fn tmp_is_capped(rt: &dyn Runtime) {
+    let spec = SandboxSpec {
+        limits: Limits {
+            tmp_bytes: 4 << 20,
+            ..test_spec().limits
+        },
+        ..test_spec()
+    };
+    let code = "try:\n    with open('/tmp/fill', 'wb') as f:\n        for _ in range(16):\n            f.write(b'x' * (1 << 20))\n            f.flush()\n    print('wrote')\nexcept OSError as e:\n    print('refused', e.errno)";
+    let out = run_once(rt, &spec, code).await;
+    assert_ok(&out);
+    assert_eq!(out.stdout.text(), "refused 28\n", "ENOSPC expected");
+}
+
+/// Files written to `/workspace` are on the host and visible to the next sandbox.
+pub async fn workspace_persists_across_sandboxes(rt: &dyn Runtime) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = SandboxSpec {
+        workspace: Some(dir.path().to_path_buf()),
+        ..test_spec()
+    };
+    let out = run_once(
+        rt,
+        &spec,
+        "open('/workspace/note.txt', 'w').write('remember me')",
+    )
+    .await;
+    assert_ok(&out);
+    let on_host =
+        std::fs::read_to_string(dir.path().join("note.txt")).expect("file is on the host");
+    assert_eq!(on_host, "remember me");
+    let out = run_once(rt, &spec, "print(open('/workspace/note.txt').read())").await;
+    assert_eq!(out.stdout.text(), "remember me\n");
+}
+
+/// The environment is exactly what the spec says plus the backend's documented defaults:
+/// none of the host's variables leak.
+pub async fn environment_is_explicit(rt: &dyn Runtime) {
+    let mut spec = test_spec();
+    spec.env.insert("GREETING".into(), "hello".into());
+    let out = run_once(
+        rt,
+        &spec,
+        "import os, json\nprint(json.dumps(dict(os.environ)))",
+    )
+    .await;
+    assert_ok(&out);
+    let env: BTreeMap<String, String> =
+        serde_json::from_str(out.stdout.text().trim()).expect("json env");
+    assert_eq!(env.get("GREETING").map(String::as_str), Some("hello"));
+    const DEFAULTS: &[&str] = &["PATH", "HOME", "TMPDIR", "LANG", "USER", "LC_CTYPE", "PWD"];
+    for (name, value) in std::env::vars() {
+        if DEFAULTS.contains(&name.as_str()) {
+            continue;
+        }
+        assert!(
+            !env.contains_key(&name),
+            "host variable {name} leaked into the sandbox"
+        );
+        if value.len() >= 8 {
+            assert!(
+                !env.values().any(|v| v == &value),
+                "the value of host variable {name} leaked"
+            );
+        }
+    }
+}
+
+fn tools_for_test() -> FnTools {
+    FnTools::new()
+        .with(
+            "add",
+            "Adds a and b.",
+            json!({"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}}),
+            |args| async move {
+                let a = args["a"].as_i64().ok_or_else(|| ToolError::new(ToolErrorKind::InvalidArguments, "a must be an integer"))?;
+                let b = args["b"].as_i64().ok_or_else(|| ToolError::new(ToolErrorKind::InvalidArguments, "b must be an integer"))?;
+                Ok(json!({"sum": a + b}))
+            },
+        )
+        .with("fail", "Always fails.", json!({"type": "object"}), |_| async move {
+            Err(ToolError::new(ToolErrorKind::Failed, "upstream said no"))
+        })
+}
+
+/// Tool calls cross to the host and back; errors become the documented Python exceptions;
+/// every call is logged in the outcome.
+pub async fn tool_calls_round_trip(rt: &dyn Runtime) {
+    let tools: Arc<dyn ToolHost> = Arc::new(tools_for_test());
+    let mut sb = rt.create(&test_spec()).await.expect("create");
+    let code = r#"
+import _agentkernel as ak
+total = 0
+for i in range(20):
+    total += ak.call_tool("add", {"a": i, "b": 1})["sum"]
+print("total", total)
+print("kw", ak.call_tool("add", a=2, b=3)["sum"])
+for name, args in [("nope", {}), ("add", {"a": "x", "b": 1}), ("fail", {})]:
+    try:
+        ak.call_tool(name, args)
+    except Exception as e:
+        print(name, type(e).__name__, e)
+"#;
+    let out = sb
+        .exec(ExecRequest::new(code), tools.clone())
+        .await
+        .expect("exec");
+    assert_ok(&out);
+    let text = out.stdout.text();
+    assert!(text.contains("total 210\n"), "{text}");
+    assert!(text.contains("kw 5\n"), "{text}");
+    assert!(text.contains("nope LookupError"), "{text}");
+    assert!(
+        text.contains("add ValueError a must be an integer"),
+        "{text}"
+    );
+    assert!(text.contains("fail ToolError upstream said no"), "{text}");
+    assert_eq!(out.tool_calls.len(), 24);
+    assert_eq!(out.tool_calls.iter().filter(|c| c.ok).count(), 21);
+    sb.shutdown().await.expect("shutdown");
+}
+
+/// A file planted on the host outside the sandbox's mounts cannot be read.
+pub async fn escape_read_planted_file(rt: &dyn Runtime) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = format!("secret-{}", uuid::Uuid::new_v4());
+    let path = dir.path().join("planted.txt");
+    std::fs::write(&path, &secret).expect("plant");
+    let code = format!(
+        "import os\nfor p in [{path:?}, '/proc/1/root' + {path:?}, '/proc/self/root' + {path:?}]:\n    try:\n        print(open(p).read())\n    except OSError as e:\n        print('denied', type(e).__name__)\n",
+        path = path.display().to_string()
+    );
+    let out = run_once(rt, &test_spec(), &code).await;
+    assert!(
+        !out.stdout.text().contains(&secret),
+        "the sandbox read a host file: {}",
+        out.stdout.text()
+    );
+    assert!(
+        out.stdout.text().contains("denied"),
+        "{}",
+        out.stdout.text()
+    );
+}
+
+/// `/etc/shadow` (and the host's `/etc` beyond a harmless few files) is not readable.
+pub async fn escape_read_etc_shadow(rt: &dyn Runtime) {
+    let out = run_once(
+        rt,
+        &test_spec(),
+        "try:\n    print(open('/etc/shadow').read())\nexcept OSError as e:\n    print('denied', type(e).__name__)",
+    )
+    .await;
+    assert!(
+        out.stdout.text().starts_with("denied"),
+        "{}",
+        out.stdout.text()
+    );
+    if let Ok(host_shadow) = std::fs::read_to_string("/etc/shadow")
+        && let Some(first) = host_shadow.lines().next()
+    {
+        assert!(!out.stdout.text().contains(first));
+    }
+}
+
+/// Host processes are invisible and cannot be signalled: a victim process the host starts
+/// and the host test process itself both survive the sandbox's attempts to kill them.
+pub async fn escape_host_processes(rt: &dyn Runtime) {
+    let marker = format!("ak-victim-{}", uuid::Uuid::new_v4().simple());
+    let mut victim = std::process::Command::new("sh")
+        .args(["-c", &format!("sleep 60; : {marker}")])
+        .spawn()
+        .expect("spawn victim");
+    let code = format!(
+        r#"
+import os, signal
+seen = []
+for pid in os.listdir('/proc'):
+    if pid.isdigit():
+        try:
+            seen.append(open(f'/proc/{{pid}}/cmdline', 'rb').read().decode(errors='replace'))
+        except OSError:
+            pass
+print('visible', '{marker}' in ' '.join(seen))
+for pid in ({victim}, {me}):
+    try:
+        os.kill(pid, signal.SIGKILL)
+        print('signalled', pid)
+    except OSError as e:
+        print('refused', type(e).__name__)
+"#,
+        victim = victim.id(),
+        me = std::process::id()
+    );
+    let out = run_once(rt, &test_spec(), &code).await;
+    let still_running = victim.try_wait().expect("try_wait").is_none();
+    let _ = victim.kill();
+    let _ = victim.wait();
+    assert!(
+        out.stdout.text().contains("visible False"),
+        "{}",
+        out.stdout.text()
+    );
+    assert!(
+        still_running,
+        "the sandbox killed a host process: {}",
+        out.stdout.text()
+    );
+}
+
+/// A TCP listener on the host's loopback is unreachable.
+pub async fn escape_network(rt: &dyn Runtime) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("addr").port();
+    let code = format!(
+        "import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=3)\n    print('connected')\nexcept OSError as e:\n    print('refused', type(e).__name__)"
+    );
+    let out = run_once(rt, &test_spec(), &code).await;
+    let accepted = listener.accept();
+    assert!(
+        matches!(&accepted, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the host listener saw a connection from the sandbox"
+    );
+    assert!(
+        !out.stdout.text().contains("connected"),
+        "{}",
+        out.stdout.text()
+    );
+}
+
+/// The host's `/usr` (and the sandbox's root) cannot be written.
+pub async fn escape_write_host_usr(rt: &dyn Runtime) {
+    let name = format!("agentkernel-escape-{}", uuid::Uuid::new_v4().simple());
+    let code = format!(
+        "for p in ['/usr/{name}', '/usr/bin/{name}', '/{name}', '/etc/{name}']:\n    try:\n        open(p, 'w').write('x')\n        print('wrote', p)\n    except OSError as e:\n        print('refused', type(e).__name__)"
+    );
+    let out = run_once(rt, &test_spec(), &code).await;
+    for host in [
+        format!("/usr/{name}"),
+        format!("/usr/bin/{name}"),
+        format!("/{name}"),
+        format!("/etc/{name}"),
+    ] {
+        assert!(
+            !std::path::Path::new(&host).exists(),
+            "the sandbox created {host} on the host"
+        );
+    }
+    assert!(
+        !out.stdout.text().contains("wrote"),
+        "{}",
+        out.stdout.text()
+    );
+}
+
+/// When a run is killed, every process it started is gone, including children that
+/// ignore SIGTERM (checked by scanning the host's `/proc`).
+pub async fn kill_leaves_no_process(rt: &dyn Runtime) {
+    if !rt.capabilities().subprocess {
+        return;
+    }
+    let marker = format!("ak-orphan-{}", uuid::Uuid::new_v4().simple());
+    let mut sb = rt.create(&test_spec()).await.expect("create");
+    let spawn = format!(
+        r#"
+import os, signal, subprocess
+subprocess.Popen(["sh", "-c", "trap '' TERM; sleep 120; : {marker}"], start_new_session=True)
+if os.fork() == 0:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.setsid()
+    os.execv("/bin/sh", ["sh", "-c", "trap '' TERM; sleep 120; : {marker}"])
+print("spawned")
+"#
+    );
+    let out = sb
+        .exec(ExecRequest::new(spawn), Arc::new(NoTools))
+        .await
+        .expect("exec");
+    assert_ok(&out);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        count_host_processes(&marker) >= 2,
+        "the check cannot see the sandbox's children"
+    );
+    let out = sb
+        .exec(
+            ExecRequest::new("while True:\n    pass").with_timeout(Duration::from_secs(1)),
+            Arc::new(NoTools),
+        )
+        .await
+        .expect("exec");
+    assert_eq!(
+        out.status,
+        ExecStatus::Killed {
+            limit: LimitKind::WallTime
+        }
+    );
+    assert_eq!(
+        count_host_processes(&marker),
+        0,
+        "processes of a killed sandbox survived"
+    );
+    sb.shutdown().await.expect("shutdown");
+}
+
+/// Dropping or shutting down a sandbox kills its processes too.
+pub async fn shutdown_leaves_no_process(rt: &dyn Runtime) {
+    if !rt.capabilities().subprocess {
+        return;
+    }
+    let marker = format!("ak-orphan-{}", uuid::Uuid::new_v4().simple());
+    let mut sb = rt.create(&test_spec()).await.expect("create");
+    let code = format!(
+        "import subprocess\nsubprocess.Popen(['sh', '-c', \"trap '' TERM; sleep 120; : {marker}\"], start_new_session=True)\nprint('ok')"
+    );
+    let out = sb
+        .exec(ExecRequest::new(code), Arc::new(NoTools))
+        .await
+        .expect("exec");
+    assert_ok(&out);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(count_host_processes(&marker), 1);
+    sb.shutdown().await.expect("shutdown");
+    assert_eq!(
+        count_host_processes(&marker),
+        0,
+        "processes outlived shutdown"
+    );
+}
+
+/// Number of host processes whose command line contains `marker`.
+pub fn count_host_processes(marker: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .chars()
+                .all(|c| c.is_ascii_digit())
+        })
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|cmd| String::from_utf8_lossy(cmd).contains(marker))
+        .count()
+}
+
+/// Generates one `#[tokio::test]` per conformance check for the runtime built by `$make`.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($make:expr) => {
+        $crate::conformance_suite!(@tests $make;
+            output_capture, exception_with_traceback, exit_code_is_reported,
+            state_persists_across_exec, reset_clears_state, snapshot_matches_capabilities,
+            network_allow_list_matches_capabilities, wall_time_limit_kills, cpu_time_limit_kills,
+            memory_limit_holds, output_limit_truncates, process_limit_holds, file_size_limit_holds,
+            tmp_is_capped, workspace_persists_across_sandboxes, environment_is_explicit,
+            tool_calls_round_trip, escape_read_planted_file, escape_read_etc_shadow,
+            escape_host_processes, escape_network, escape_write_host_usr, kill_leaves_no_process,
+            shutdown_leaves_no_process);
+    };
+    (@tests $make:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let rt = $make;
+                $crate::conformance::$name(&rt).await;
+            }
+        )*
+    };
+}

@@ -51,7 +51,9 @@ pub enum Error {
         detail: String,
     },
     /// The sandbox died or was killed earlier and cannot run more code.
-    #[error("the sandbox is no longer running ({reason}). Hint: call reset() or create a new sandbox")]
+    #[error(
+        "the sandbox is no longer running ({reason}). Hint: call reset() or create a new sandbox"
+    )]
     SandboxLost {
         /// What ended it.
         reason: String,
@@ -66,7 +68,9 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A bug in AgentKernel or a guest that broke the protocol.
-    #[error("internal error: {0}. This is a bug in AgentKernel (or a guest that broke the protocol); please report it")]
+    #[error(
+        "internal error: {0}. This is a bug in AgentKernel (or a guest that broke the protocol); please report it"
+    )]
     Internal(String),
 }
 

@@ -256,6 +256,9 @@ mod tests {
             limit: LimitKind::WallTime,
         })
         .unwrap();
-        assert_eq!(s, serde_json::json!({"kind": "killed", "limit": "wall_time"}));
+        assert_eq!(
+            s,
+            serde_json::json!({"kind": "killed", "limit": "wall_time"})
+        );
     }
 }

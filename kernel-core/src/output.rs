@@ -25,7 +25,8 @@ impl CapturedOutput {
         if chunk.len() > room {
             self.truncated = true;
         }
-        self.bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        self.bytes
+            .extend_from_slice(&chunk[..chunk.len().min(room)]);
     }
 
     /// The captured bytes as text (invalid UTF-8 replaced).

@@ -78,7 +78,10 @@ impl Limits {
             ));
         }
         if self.tmp_bytes == 0 {
-            return Err(Error::invalid("tmp size is zero", "give /tmp at least 1 MiB"));
+            return Err(Error::invalid(
+                "tmp size is zero",
+                "give /tmp at least 1 MiB",
+            ));
         }
         Ok(())
     }
@@ -123,7 +126,17 @@ pub struct SandboxSpec {
 
 /// Guest paths the kernel owns; mounts may not shadow them.
 const RESERVED_GUEST_PATHS: &[&str] = &[
-    "/", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc", "/proc", "/dev", "/tmp",
+    "/",
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/etc",
+    "/proc",
+    "/dev",
+    "/tmp",
     "/workspace",
 ];
 
@@ -148,9 +161,12 @@ impl SandboxSpec {
             }
             let g = m.guest.to_string_lossy();
             let clean = m.guest.is_absolute()
-                && m.guest
-                    .components()
-                    .all(|c| matches!(c, std::path::Component::RootDir | std::path::Component::Normal(_)));
+                && m.guest.components().all(|c| {
+                    matches!(
+                        c,
+                        std::path::Component::RootDir | std::path::Component::Normal(_)
+                    )
+                });
             if !clean {
                 return Err(Error::invalid(
                     format!("mount target {g} is not a plain absolute path"),

@@ -87,8 +87,9 @@ impl ToolHost for NoTools {
     }
 }
 
-type BoxedCall =
-    Box<dyn Fn(Value) -> Pin<Box<dyn Future<Output = Result<Value, ToolError>> + Send>> + Send + Sync>;
+type BoxedCall = Box<
+    dyn Fn(Value) -> Pin<Box<dyn Future<Output = Result<Value, ToolError>> + Send>> + Send + Sync,
+>;
 
 /// A `ToolHost` of Rust closures, for library users with a few in-process tools.
 ///

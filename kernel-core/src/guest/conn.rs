@@ -231,7 +231,11 @@ where
                                 let started = Instant::now();
                                 let result = tools.call(&name, args).await;
                                 let took = started.elapsed();
-                                tracing::info!(ok = result.is_ok(), ms = took.as_secs_f64() * 1e3, "tool call finished");
+                                tracing::info!(
+                                    ok = result.is_ok(),
+                                    ms = took.as_secs_f64() * 1e3,
+                                    "tool call finished"
+                                );
                                 (id, name, result, took)
                             }
                             .instrument(span),
@@ -342,13 +346,19 @@ where
         let mut buf = vec![0u8; 64 << 10];
         while !self.out_state.eof && Instant::now() < grace {
             match tokio::time::timeout_at(grace.into(), self.stdout.read(&mut buf)).await {
-                Ok(Ok(n)) if n > 0 => self.out_state.feed(&buf[..n], &[], &mut report.stdout, cap, sink),
+                Ok(Ok(n)) if n > 0 => {
+                    self.out_state
+                        .feed(&buf[..n], &[], &mut report.stdout, cap, sink)
+                }
                 _ => break,
             };
         }
         while !self.err_state.eof && Instant::now() < grace {
             match tokio::time::timeout_at(grace.into(), self.stderr.read(&mut buf)).await {
-                Ok(Ok(n)) if n > 0 => self.err_state.feed(&buf[..n], &[], &mut report.stderr, cap, sink),
+                Ok(Ok(n)) if n > 0 => {
+                    self.err_state
+                        .feed(&buf[..n], &[], &mut report.stderr, cap, sink)
+                }
                 _ => break,
             };
         }
@@ -362,9 +372,12 @@ where
         if self.rbuf.len() < 4 {
             return Ok(None);
         }
-        let len = u32::from_be_bytes([self.rbuf[0], self.rbuf[1], self.rbuf[2], self.rbuf[3]]) as usize;
+        let len =
+            u32::from_be_bytes([self.rbuf[0], self.rbuf[1], self.rbuf[2], self.rbuf[3]]) as usize;
         if len > MAX_FRAME_BYTES {
-            return Err(Error::Internal(format!("guest sent a {len}-byte frame (limit {MAX_FRAME_BYTES})")));
+            return Err(Error::Internal(format!(
+                "guest sent a {len}-byte frame (limit {MAX_FRAME_BYTES})"
+            )));
         }
         if self.rbuf.len() < 4 + len {
             return Ok(None);
@@ -376,7 +389,10 @@ where
     }
 }
 
-async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, msg: &T) -> std::io::Result<()> {
+async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
+    w: &mut W,
+    msg: &T,
+) -> std::io::Result<()> {
     let body = serde_json::to_vec(msg).map_err(std::io::Error::other)?;
     if body.len() > MAX_FRAME_BYTES {
         return Err(std::io::Error::other("frame too large"));
