@@ -1,1 +1,43 @@
+//! # AgentKernel
+//!
+//! An execution substrate for AI agents: an agent hands it a Python program, AgentKernel
+//! runs it in a sandbox and hands back the output. This crate is the facade: it picks a
+//! backend, wires the agent's tools into it, and offers the library API and the
+//! `agentkernel` command-line tool.
+//!
+//! The architecture, crate by crate:
+//! - `agentkernel-core`: the `Runtime`/`Sandbox`/`ToolHost` contracts, the guest protocol,
+//!   the conformance suite;
+//! - `agentkernel-backend-process` (feature `process`, default): host CPython in a
+//!   namespace + seccomp + landlock jail;
+//! - `agentkernel-tool-bridge`, `-backend-wasm`, `-backend-monty`, `-backend-microsandbox`:
+//!   planned (their `lib.rs` says what they will hold).
+//!
+//! ```no_run
+//! # async fn demo() -> agentkernel::Result<()> {
+//! use agentkernel::{Kernel, create_agent};
+//!
+//! // The seed's entry point.
+//! let agent = create_agent()?;
+//! let result = agent.execute_task("print(6 * 7)").await?;
+//! assert_eq!(result.output, "42\n");
+//!
+//! // The full API: choose the backend and limits, get the whole outcome.
+//! let kernel = Kernel::builder().backend("process").timeout_secs(5.0).memory_mib(256).build()?;
+//! let outcome = kernel.execute("import sys; print(sys.version_info[0])").await?;
+//! assert_eq!(outcome.stdout.text(), "3\n");
+//! # Ok(()) }
+//! ```
 
+mod agent;
+mod doctor;
+mod kernel;
+
+pub use agent::{Agent, TaskResult, create_agent};
+pub use agentkernel_core as core;
+pub use agentkernel_core::{
+    Capabilities, Error, ExecOutcome, ExecRequest, ExecStatus, FnTools, LimitKind, Limits, NoTools,
+    Result, Runtime, Sandbox, SandboxSpec, ToolHost,
+};
+pub use doctor::{BackendReport, doctor};
+pub use kernel::{BACKENDS, Kernel, KernelBuilder, compiled_backends};

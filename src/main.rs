@@ -1,1 +1,250 @@
-fn main() {}
+//! The `agentkernel` command-line tool.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use agentkernel::core::{CheckState, OutputSink, StreamKind};
+use agentkernel::{Error, ExecRequest, ExecStatus, Kernel};
+use clap::{Parser, Subcommand};
+
+/// Exit code for bad input (unknown backend, missing file, bad limits), like clap's.
+const EXIT_USAGE: u8 = 2;
+/// Exit code when the backend cannot run on this machine (sysexits' EX_UNAVAILABLE).
+const EXIT_UNAVAILABLE: u8 = 69;
+/// Exit code for a failure of AgentKernel itself (sysexits' EX_SOFTWARE).
+const EXIT_INTERNAL: u8 = 70;
+
+#[derive(Parser)]
+#[command(
+    name = "agentkernel",
+    version,
+    about = "Run agent-written Python in a sandbox"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a Python program in a fresh sandbox. Its stdout/stderr pass through; the exit
+    /// status is the program's (1 on an uncaught exception, 124 on timeout, 137 on another
+    /// limit kill).
+    Run(RunArgs),
+    /// Show which backends work on this machine, why not, and which protections are active.
+    Doctor {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Backend: process (default), wasm, monty, microvm.
+    #[arg(long, default_value = "process")]
+    backend: String,
+    /// Host directory mounted read-write at /workspace (created if missing); files persist
+    /// across runs.
+    #[arg(long, value_name = "DIR")]
+    workspace: Option<PathBuf>,
+    /// Wall-clock limit in seconds.
+    #[arg(
+        long,
+        value_name = "S",
+        default_value_t = 30.0,
+        allow_negative_numbers = true
+    )]
+    timeout: f64,
+    /// Memory limit in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 512)]
+    memory: u64,
+    /// Print one JSON object {exit_code, stdout, stderr, status, timings, ...} instead of
+    /// passing output through.
+    #[arg(long)]
+    json: bool,
+    /// Program file, or - for standard input.
+    #[arg(value_name = "FILE|-", default_value = "-")]
+    file: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AGENTKERNEL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&Error::io("starting the async runtime", e)),
+    };
+    runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run(args).await,
+            Command::Doctor { json } => doctor(json).await,
+        }
+    })
+}
+
+/// Prints a one-line error and returns the matching exit code.
+fn fail(e: &Error) -> ExitCode {
+    eprintln!("agentkernel: error: {e}");
+    ExitCode::from(match e {
+        Error::InvalidRequest { .. } | Error::Unsupported { .. } => EXIT_USAGE,
+        Error::Unavailable { .. } => EXIT_UNAVAILABLE,
+        _ => EXIT_INTERNAL,
+    })
+}
+
+fn read_program(file: &str) -> Result<String, Error> {
+    if file == "-" {
+        let mut code = String::new();
+        std::io::stdin().read_to_string(&mut code).map_err(|e| {
+            Error::invalid(
+                format!("cannot read the program from standard input: {e}"),
+                "pipe a UTF-8 Python program in, or pass a FILE",
+            )
+        })?;
+        return Ok(code);
+    }
+    std::fs::read_to_string(file).map_err(|e| {
+        Error::invalid(
+            format!("cannot read program file {file}: {e}"),
+            "pass an existing Python file, or - to read standard input",
+        )
+    })
+}
+
+async fn run(args: RunArgs) -> ExitCode {
+    if !(args.timeout.is_finite() && args.timeout > 0.0) {
+        return fail(&Error::invalid(
+            format!(
+                "--timeout {} is not a positive number of seconds",
+                args.timeout
+            ),
+            "pass e.g. --timeout 30",
+        ));
+    }
+    let code = match read_program(&args.file) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let mut builder = Kernel::builder()
+        .backend(&args.backend)
+        .timeout_secs(args.timeout)
+        .memory_mib(args.memory);
+    if let Some(ws) = &args.workspace {
+        builder = builder.workspace(ws);
+    }
+    let kernel = match builder.build() {
+        Ok(k) => k,
+        Err(e) => return fail(&e),
+    };
+    let mut req = ExecRequest::new(code);
+    if !args.json {
+        let sink: OutputSink = Arc::new(|stream, bytes: &[u8]| {
+            // A closed stdout (e.g. `| head`) must not kill the run.
+            let _ = match stream {
+                StreamKind::Stdout => std::io::stdout()
+                    .lock()
+                    .write_all(bytes)
+                    .and_then(|()| std::io::stdout().flush()),
+                StreamKind::Stderr => std::io::stderr().lock().write_all(bytes),
+            };
+        });
+        req = req.with_output(sink);
+    }
+    let outcome = match kernel.execute_request(req).await {
+        Ok(o) => o,
+        Err(e) => return fail(&e),
+    };
+    let exit = outcome.status.exit_code();
+    if args.json {
+        let value = serde_json::json!({
+            "exit_code": exit,
+            "status": outcome.status,
+            "stdout": outcome.stdout.text(),
+            "stderr": outcome.stderr.text(),
+            "stdout_truncated": outcome.stdout.truncated,
+            "stderr_truncated": outcome.stderr.truncated,
+            "timings": outcome.timings,
+            "tool_calls": outcome.tool_calls,
+            "backend": args.backend,
+        });
+        println!("{value}");
+    } else {
+        if outcome.stdout.truncated || outcome.stderr.truncated {
+            eprintln!(
+                "agentkernel: output truncated (stdout {} bytes, stderr {} bytes written; kept {} each)",
+                outcome.stdout.total_bytes,
+                outcome.stderr.total_bytes,
+                kernel.spec().limits.output_bytes
+            );
+        }
+        match &outcome.status {
+            ExecStatus::Exception { traceback, .. } => eprint!("{traceback}"),
+            ExecStatus::Killed { limit } => {
+                let detail = match limit {
+                    agentkernel::LimitKind::WallTime => format!(" ({} s)", args.timeout),
+                    agentkernel::LimitKind::Memory => format!(" ({} MiB)", args.memory),
+                    _ => String::new(),
+                };
+                eprintln!("agentkernel: killed: {limit} limit exceeded{detail}");
+            }
+            ExecStatus::Crashed { reason } => {
+                eprintln!("agentkernel: the sandbox crashed: {reason}")
+            }
+            ExecStatus::Ok | ExecStatus::Exited { .. } => {}
+        }
+    }
+    ExitCode::from(u8::try_from(exit.clamp(0, 255)).unwrap_or(1))
+}
+
+async fn doctor(json: bool) -> ExitCode {
+    let reports = agentkernel::doctor().await;
+    let default_ok = reports
+        .iter()
+        .any(|r| r.backend == "process" && r.available);
+    if json {
+        match serde_json::to_string_pretty(&reports) {
+            Ok(s) => println!("{s}"),
+            Err(e) => return fail(&Error::Internal(e.to_string())),
+        }
+    } else {
+        println!("AgentKernel {} doctor\n", env!("CARGO_PKG_VERSION"));
+        for r in &reports {
+            let head = match (r.compiled, r.available) {
+                (false, _) => "not built".to_string(),
+                (true, true) => "available".to_string(),
+                (true, false) => "UNAVAILABLE".to_string(),
+            };
+            println!("backend {:<8} {head}", r.backend);
+            if let Some(reason) = &r.reason {
+                println!("    {reason}");
+            }
+            for c in &r.checks {
+                let mark = match c.state {
+                    CheckState::Active => "ok  ",
+                    CheckState::Partial => "part",
+                    CheckState::Inactive => "off ",
+                    CheckState::Failed => "FAIL",
+                };
+                println!("    [{mark}] {:<13} {}", c.name, c.detail);
+            }
+            println!();
+        }
+    }
+    if default_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

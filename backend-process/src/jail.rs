@@ -248,8 +248,8 @@ fn null() -> *const libc::c_char {
 /// allocation until the landlock step, which runs single-threaded after glibc's `fork`.
 pub(crate) unsafe fn enter(plan: &JailPlan) -> std::io::Result<()> {
     let report = plan.report_fd;
-    // SAFETY (this whole function): every libc call below gets valid, NUL-terminated
-    // strings owned by `plan`, which outlives the call, or null where the API allows it.
+    // SAFETY: every libc call below gets valid, NUL-terminated strings owned by `plan`
+    // (which outlives the call), stack buffers, or null where the API allows it.
     unsafe {
         check(report, S_SETSID, libc::setsid());
         if plan.drop_groups {

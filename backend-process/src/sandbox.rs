@@ -118,11 +118,7 @@ fn serve_report(
     let mut go = Some(std::fs::File::from(go));
     let (mut pid1, mut landlock, mut ready) = (None, 0, false);
     let mut rec = [0u8; 5];
-    loop {
-        match file.read_exact(&mut rec) {
-            Ok(()) => {}
-            Err(_) => break,
-        }
+    while file.read_exact(&mut rec).is_ok() {
         let value = u32::from_le_bytes([rec[1], rec[2], rec[3], rec[4]]);
         match rec[0] {
             jail::TAG_UNSHARED => {
@@ -443,7 +439,7 @@ impl Sandbox for ProcessSandbox {
             }
         };
         if let ExecStatus::Killed { limit } = &status {
-            tracing::warn!(%limit, "sandbox killed by a limit");
+            tracing::info!(%limit, "sandbox killed by a limit");
         }
         Ok(ExecOutcome {
             status,

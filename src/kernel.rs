@@ -1,0 +1,213 @@
+//! The `Kernel`: one configured backend plus default sandbox settings and tools.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agentkernel_core::{
+    Error, ExecOutcome, ExecRequest, Limits, NoTools, Result, Runtime, Sandbox, SandboxSpec,
+    ToolHost,
+};
+
+/// Every backend AgentKernel knows, with whether this build has it and what it is.
+pub const BACKENDS: &[(&str, &str)] = &[
+    (
+        "process",
+        "host CPython in a namespace + seccomp + landlock jail (default)",
+    ),
+    ("wasm", "CPython on WebAssembly (wasmtime): planned"),
+    (
+        "monty",
+        "Monty, an in-process Python-subset interpreter: planned",
+    ),
+    ("microvm", "a full Linux microVM per sandbox: planned"),
+];
+
+/// Names of the backends compiled into this build.
+pub fn compiled_backends() -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if cfg!(feature = "process") {
+        out.push("process");
+    }
+    out
+}
+
+/// Builds the runtime named `name`.
+pub(crate) fn make_runtime(name: &str, python: Option<PathBuf>) -> Result<Arc<dyn Runtime>> {
+    match name {
+        #[cfg(feature = "process")]
+        "process" => {
+            let rt = agentkernel_backend_process::ProcessRuntime::new(
+                agentkernel_backend_process::ProcessConfig { python },
+            )?;
+            Ok(Arc::new(rt))
+        }
+        _ if BACKENDS.iter().any(|(b, _)| *b == name) => {
+            let _ = python;
+            Err(Error::invalid(
+                format!("backend {name:?} is not part of this build"),
+                format!("use one of: {}", compiled_backends().join(", ")),
+            ))
+        }
+        _ => Err(Error::invalid(
+            format!("unknown backend {name:?}"),
+            format!(
+                "use one of: {} (known: {})",
+                compiled_backends().join(", "),
+                BACKENDS
+                    .iter()
+                    .map(|(b, _)| *b)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
+/// Configures a [`Kernel`].
+#[derive(Clone)]
+pub struct KernelBuilder {
+    backend: String,
+    spec: SandboxSpec,
+    tools: Arc<dyn ToolHost>,
+    python: Option<PathBuf>,
+}
+
+impl Default for KernelBuilder {
+    fn default() -> Self {
+        KernelBuilder {
+            backend: "process".into(),
+            spec: SandboxSpec::default(),
+            tools: Arc::new(NoTools),
+            python: None,
+        }
+    }
+}
+
+impl KernelBuilder {
+    /// Chooses the backend by name (see [`BACKENDS`]); default `process`.
+    pub fn backend(mut self, name: impl Into<String>) -> Self {
+        self.backend = name.into();
+        self
+    }
+
+    /// Replaces all limits.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.spec.limits = limits;
+        self
+    }
+
+    /// Wall-clock limit per run, in seconds.
+    pub fn timeout_secs(mut self, secs: f64) -> Self {
+        self.spec.limits.wall_time = Duration::try_from_secs_f64(secs).unwrap_or(Duration::ZERO);
+        self
+    }
+
+    /// Memory limit in MiB.
+    pub fn memory_mib(mut self, mib: u64) -> Self {
+        self.spec.limits.memory_bytes = Some(mib.saturating_mul(1 << 20));
+        self
+    }
+
+    /// Host directory mounted read-write at `/workspace` (created if missing).
+    pub fn workspace(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.spec.workspace = Some(dir.into());
+        self
+    }
+
+    /// Adds an environment variable of the sandbox (nothing else from the host leaks in).
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.spec.env.insert(key.into(), value.into());
+        self
+    }
+
+    /// Replaces the whole sandbox spec.
+    pub fn spec(mut self, spec: SandboxSpec) -> Self {
+        self.spec = spec;
+        self
+    }
+
+    /// The tools programs may call.
+    pub fn tools(mut self, tools: Arc<dyn ToolHost>) -> Self {
+        self.tools = tools;
+        self
+    }
+
+    /// Interpreter for the process backend (default: `$AGENTKERNEL_PYTHON` or `python3`).
+    pub fn python(mut self, path: impl Into<PathBuf>) -> Self {
+        self.python = Some(path.into());
+        self
+    }
+
+    /// Checks the configuration and starts the backend.
+    pub fn build(self) -> Result<Kernel> {
+        if let Some(ws) = &self.spec.workspace {
+            std::fs::create_dir_all(ws)
+                .map_err(|e| Error::io(format!("creating workspace {}", ws.display()), e))?;
+        }
+        self.spec.validate()?;
+        let runtime = make_runtime(&self.backend, self.python)?;
+        Ok(Kernel {
+            runtime,
+            spec: self.spec,
+            tools: self.tools,
+        })
+    }
+}
+
+/// A configured backend: runs programs in fresh sandboxes, or hands out sandboxes for
+/// multi-step work.
+#[derive(Clone)]
+pub struct Kernel {
+    runtime: Arc<dyn Runtime>,
+    spec: SandboxSpec,
+    tools: Arc<dyn ToolHost>,
+}
+
+impl Kernel {
+    /// Starts configuring a kernel.
+    pub fn builder() -> KernelBuilder {
+        KernelBuilder::default()
+    }
+
+    /// The backend.
+    pub fn runtime(&self) -> &Arc<dyn Runtime> {
+        &self.runtime
+    }
+
+    /// The spec every sandbox of this kernel gets.
+    pub fn spec(&self) -> &SandboxSpec {
+        &self.spec
+    }
+
+    /// Runs `code` in a fresh sandbox and returns the outcome.
+    pub async fn execute(&self, code: impl Into<String>) -> Result<ExecOutcome> {
+        self.execute_request(ExecRequest::new(code)).await
+    }
+
+    /// Like [`Kernel::execute`] with a full request (timeout, live output).
+    pub async fn execute_request(&self, req: ExecRequest) -> Result<ExecOutcome> {
+        let booted = Instant::now();
+        let mut sandbox = self.runtime.create(&self.spec).await?;
+        let boot = booted.elapsed();
+        let result = sandbox.exec(req, self.tools.clone()).await;
+        let torn = Instant::now();
+        let shut = sandbox.shutdown().await;
+        let mut outcome = result?;
+        shut?;
+        outcome.timings.boot = boot;
+        outcome.timings.teardown = torn.elapsed();
+        Ok(outcome)
+    }
+
+    /// A new sandbox with this kernel's spec, for several `exec` calls that share state.
+    /// Pass [`Kernel::tools`] to its `exec`.
+    pub async fn sandbox(&self) -> Result<Box<dyn Sandbox>> {
+        self.runtime.create(&self.spec).await
+    }
+
+    /// The tools of this kernel.
+    pub fn tools(&self) -> Arc<dyn ToolHost> {
+        self.tools.clone()
+    }
+}

@@ -1,0 +1,74 @@
+//! The library API: `Kernel` and the seed's `create_agent().execute_task()`.
+
+use std::sync::Arc;
+
+use agentkernel::{ExecRequest, ExecStatus, FnTools, Kernel, create_agent};
+use serde_json::json;
+
+#[tokio::test]
+async fn create_agent_execute_task_returns_output() {
+    let agent = create_agent().expect("default kernel");
+    let result = agent.execute_task("print(6 * 7)").await.expect("task");
+    assert_eq!(result.output, "42\n");
+    assert!(result.success);
+    assert_eq!(result.exit_code, 0);
+    assert!(result.timings.boot > std::time::Duration::ZERO);
+}
+
+#[tokio::test]
+async fn failed_task_is_a_result_not_an_error() {
+    let agent = create_agent().expect("default kernel");
+    let result = agent.execute_task("1/0").await.expect("task");
+    assert!(!result.success);
+    assert_eq!(result.exit_code, 1);
+    assert!(
+        matches!(result.status, ExecStatus::Exception { ref type_name, .. } if type_name == "ZeroDivisionError")
+    );
+}
+
+#[tokio::test]
+async fn kernel_sandbox_keeps_state_and_calls_rust_tools() {
+    let tools = FnTools::new().with(
+        "lookup",
+        "Looks up a city's population.",
+        json!({"type": "object", "properties": {"city": {"type": "string"}}}),
+        |args| async move {
+            Ok(match args["city"].as_str() {
+                Some("Paris") => json!(2_100_000),
+                _ => json!(null),
+            })
+        },
+    );
+    let kernel = Kernel::builder()
+        .tools(Arc::new(tools))
+        .build()
+        .expect("kernel");
+    let mut sb = kernel.sandbox().await.expect("sandbox");
+    let out = sb
+        .exec(
+            ExecRequest::new(
+                "import _agentkernel as ak\npop = ak.call_tool('lookup', city='Paris')",
+            ),
+            kernel.tools(),
+        )
+        .await
+        .expect("exec");
+    assert_eq!(out.status, ExecStatus::Ok);
+    let out = sb
+        .exec(ExecRequest::new("print(pop // 1000)"), kernel.tools())
+        .await
+        .expect("exec");
+    assert_eq!(out.stdout.text(), "2100\n");
+    sb.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn builder_rejects_unknown_backends_with_a_hint() {
+    let err = Kernel::builder()
+        .backend("quantum")
+        .build()
+        .err()
+        .expect("must fail");
+    assert!(err.to_string().contains("unknown backend"), "{err}");
+    assert!(err.hint().is_some_and(|h| h.contains("process")), "{err}");
+}

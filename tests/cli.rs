@@ -1,0 +1,196 @@
+//! The `agentkernel` binary, driven as a user would: real processes, real sandboxes.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn agentkernel(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_agentkernel"))
+        .args(args)
+        .env_remove("AGENTKERNEL_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn agentkernel");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write program");
+    child.wait_with_output().expect("wait")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn run_prints_program_output_and_exits_zero() {
+    let out = agentkernel(&["run", "-"], "print(6*7)\n");
+    assert_eq!(text(&out.stdout), "42\n");
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+}
+
+#[test]
+fn run_file_from_examples() {
+    let hello = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/hello.py");
+    let out = agentkernel(&["run", hello], "");
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("Hello from the sandbox!"));
+    assert!(text(&out.stdout).contains("as uid 1000, pid 2"));
+}
+
+#[test]
+fn uncaught_exception_exits_one_with_traceback_on_stderr() {
+    let out = agentkernel(&["run", "-"], "raise ValueError(\"x\")\n");
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("Traceback (most recent call last):"), "{err}");
+    assert!(err.contains("ValueError: x"), "{err}");
+    assert!(text(&out.stdout).is_empty());
+}
+
+#[test]
+fn sys_exit_code_is_the_exit_status() {
+    let out = agentkernel(&["run", "-"], "import sys\nsys.exit(3)\n");
+    assert_eq!(out.status.code(), Some(3));
+}
+
+#[test]
+fn timeout_kills_the_whole_process_tree_and_names_the_limit() {
+    let marker = format!("ak-cli-orphan-{}", std::process::id());
+    let program = format!(
+        r#"
+import os, signal, subprocess
+subprocess.Popen(["sh", "-c", "trap '' TERM; sleep 100; : {marker}"])
+if os.fork() == 0:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.execv("/bin/sh", ["sh", "-c", "trap '' TERM; sleep 100; : {marker}"])
+print("looping", flush=True)
+while True:
+    pass
+"#
+    );
+    let out = agentkernel(&["run", "--timeout", "1", "-"], &program);
+    assert_eq!(out.status.code(), Some(124));
+    assert!(
+        text(&out.stderr).contains("timeout limit exceeded"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stdout), "looping\n");
+    assert_eq!(
+        agentkernel_core::conformance::count_host_processes(&marker),
+        0,
+        "processes of the run survived it"
+    );
+}
+
+#[test]
+fn memory_limit_stops_a_huge_allocation() {
+    let out = agentkernel(
+        &["run", "--memory", "256", "-"],
+        "b = bytearray(2**33)\nprint('allocated')\n",
+    );
+    assert_ne!(out.status.code(), Some(0));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("MemoryError") || err.contains("memory limit"),
+        "{err}"
+    );
+    assert!(!text(&out.stdout).contains("allocated"));
+}
+
+#[test]
+fn workspace_files_persist_across_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ws = dir.path().join("ws");
+    let ws = ws.to_str().expect("utf-8");
+    let out = agentkernel(
+        &["run", "--workspace", ws, "-"],
+        "open('/workspace/n.txt', 'w').write('kept')\n",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = agentkernel(
+        &["run", "--workspace", ws, "-"],
+        "print(open('/workspace/n.txt').read())\n",
+    );
+    assert_eq!(text(&out.stdout), "kept\n");
+}
+
+#[test]
+fn json_output_is_one_object() {
+    let out = agentkernel(
+        &["run", "--json", "-"],
+        "print('hi')\nraise KeyError('k')\n",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["exit_code"], 1);
+    assert_eq!(v["stdout"], "hi\n");
+    assert_eq!(v["status"]["kind"], "exception");
+    assert_eq!(v["status"]["type"], "KeyError");
+    assert!(v["timings"]["exec"].as_f64().is_some());
+}
+
+#[test]
+fn bad_input_is_one_line_and_exit_two() {
+    for (args, needle) in [
+        (vec!["run", "--backend", "nope", "-"], "unknown backend"),
+        (
+            vec!["run", "/nonexistent/program.py"],
+            "cannot read program file",
+        ),
+        (vec!["run", "--memory", "1", "-"], "memory limit"),
+        (vec!["run", "--timeout", "0", "-"], "--timeout"),
+        (vec!["run", "--timeout", "-3", "-"], "--timeout"),
+    ] {
+        let out = agentkernel(&args, "print(1)\n");
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "{args:?}: not one line: {err}"
+        );
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn doctor_reports_the_process_backend_and_its_protections() {
+    let out = agentkernel(&["doctor", "--json"], "");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let process = v
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|r| r["backend"] == "process")
+        .expect("process backend listed");
+    assert_eq!(process["available"], true);
+    let checks: Vec<_> = process["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .map(|c| c["name"].as_str().unwrap_or(""))
+        .collect();
+    for name in [
+        "namespaces",
+        "seccomp",
+        "no_new_privs",
+        "landlock",
+        "cgroup",
+        "rlimits",
+    ] {
+        assert!(checks.contains(&name), "doctor does not report {name}");
+    }
+    let seccomp = process["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["name"] == "seccomp")
+        .expect("seccomp");
+    assert_eq!(seccomp["state"], "active");
+}
