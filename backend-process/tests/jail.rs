@@ -1,0 +1,98 @@
+//! Process-backend specifics the shared suite cannot know: the jail's own layers, attempted
+//! from inside the sandbox.
+
+use std::sync::Arc;
+
+use agentkernel_backend_process::{ProcessConfig, ProcessRuntime};
+use agentkernel_core::{ExecRequest, ExecStatus, NoTools, Runtime, SandboxSpec};
+
+async fn run(code: &str) -> String {
+    let rt = ProcessRuntime::new(ProcessConfig::default()).expect("process backend available");
+    let mut sb = rt.create(&SandboxSpec::default()).await.expect("create");
+    let out = sb
+        .exec(ExecRequest::new(code), Arc::new(NoTools))
+        .await
+        .expect("exec");
+    sb.shutdown().await.expect("shutdown");
+    assert_eq!(out.status, ExecStatus::Ok, "stderr: {}", out.stderr.text());
+    out.stdout.text()
+}
+
+#[tokio::test]
+async fn seccomp_denies_namespace_mount_and_ptrace_calls() {
+    let out = run(r#"
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+def attempt(name, rc):
+    print(name, rc, ctypes.get_errno())
+attempt("unshare_user", libc.unshare(0x10000000))
+attempt("unshare_mount", libc.unshare(0x00020000))
+attempt("mount", libc.mount(b"none", b"/tmp", b"tmpfs", 0, None))
+attempt("ptrace", libc.ptrace(16, 1, None, None))
+attempt("setns", libc.setns(0, 0))
+# clone() with CLONE_NEWUSER through the raw syscall (56 on x86_64, 220 on aarch64)
+nr = 56 if os.uname().machine == "x86_64" else 220
+attempt("clone_newuser", libc.syscall(nr, 0x10000000 | 17, None, None, None, None))
+"#)
+    .await;
+    for name in [
+        "unshare_user",
+        "unshare_mount",
+        "mount",
+        "ptrace",
+        "setns",
+        "clone_newuser",
+    ] {
+        assert!(
+            out.contains(&format!("{name} -1 1\n")),
+            "{name} was not denied with EPERM:\n{out}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn guest_has_no_capabilities_and_no_new_privs() {
+    let out = run("print(open('/proc/self/status').read())").await;
+    let field = |k: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}:")))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_else(|| panic!("{k} missing from /proc/self/status"))
+    };
+    assert_eq!(field("CapEff"), "0000000000000000");
+    assert_eq!(field("CapPrm"), "0000000000000000");
+    assert_eq!(field("NoNewPrivs"), "1");
+    assert_eq!(field("Seccomp"), "2");
+}
+
+#[tokio::test]
+async fn sandbox_user_is_never_host_root() {
+    let out = run("print(open('/proc/self/uid_map').read().split())").await;
+    // [inside, outside, count]
+    assert!(out.starts_with("['1000', '"), "{out}");
+    assert!(
+        !out.contains("'1000', '0',"),
+        "sandbox uid maps to host root: {out}"
+    );
+}
+
+#[tokio::test]
+async fn root_filesystem_and_system_dirs_are_read_only() {
+    let out = run(r#"
+import os
+for p in ["/newfile", "/usr/newfile", "/etc/newfile", "/proc/sys/kernel/hostname"]:
+    try:
+        with open(p, "w") as f:
+            f.write("x")
+        print("wrote", p)
+    except OSError as e:
+        print("refused", p, e.errno)
+print(sorted(os.listdir("/")))
+"#)
+    .await;
+    assert!(!out.contains("wrote"), "{out}");
+    assert!(
+        !out.contains("'home'") && !out.contains("'var'") && !out.contains("'sys'"),
+        "{out}"
+    );
+}
