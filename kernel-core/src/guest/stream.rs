@@ -84,7 +84,7 @@ mod tests {
         let mut s = SentinelStream::new(StreamKind::Stdout);
         let mut out = CapturedOutput::default();
         assert!(!s.feed(b"hello<EN", b"<END>", &mut out, 100, None));
-        assert_eq!(out.text(), "hel");
+        assert_eq!(out.text(), "hell");
         assert!(s.feed(b"D>later", b"<END>", &mut out, 100, None));
         assert_eq!(out.text(), "hello");
         // "later" belongs to the next exec.
