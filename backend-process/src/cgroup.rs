@@ -207,14 +207,27 @@ impl SandboxCgroup {
 
 impl Drop for SandboxCgroup {
     fn drop(&mut self) {
-        // The sandbox is killed before this runs; its processes may take a moment to leave.
-        for dir in self.dirs.drain(..) {
-            for _ in 0..50 {
-                if fs::remove_dir(&dir).is_ok() || !dir.exists() {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
+        let dirs: Vec<PathBuf> = self
+            .dirs
+            .drain(..)
+            .filter(|d| fs::remove_dir(d).is_err())
+            .collect();
+        if dirs.is_empty() {
+            return;
         }
+        // The sandbox was killed but its processes are still leaving: retry off this thread
+        // (which may be an async worker) for a moment.
+        std::thread::spawn(move || {
+            for _ in 0..100 {
+                if dirs
+                    .iter()
+                    .all(|d| fs::remove_dir(d).is_ok() || !d.exists())
+                {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            tracing::warn!(?dirs, "could not remove a sandbox cgroup");
+        });
     }
 }

@@ -283,8 +283,13 @@ where
                 && out_done
                 && err_done
             {
-                if out_done && self.out_state.eof {
+                // A stream that closed (or lost its sentinel) has no marker to wait for:
+                // whatever it held belongs to this exec.
+                if self.out_state.eof || !self.out_state.pending_is_next_exec {
                     self.out_state.emit_all(&mut report.stdout, cap, sink);
+                }
+                if self.err_state.eof || !self.err_state.pending_is_next_exec {
+                    self.err_state.emit_all(&mut report.stderr, cap, sink);
                 }
                 report.end = ExecEnd::Finished(st.clone());
                 return Ok(report);
