@@ -113,6 +113,18 @@ fn rule(conds: Vec<SeccompCondition>) -> Result<SeccompRule> {
     SeccompRule::new(conds).map_err(|e| Error::Internal(format!("bad seccomp rule: {e}")))
 }
 
+/// One rule per value: the syscall matches when its 32-bit argument `arg` equals it.
+fn equal_arg_rules(arg: u8, values: &[u64]) -> Result<Vec<SeccompRule>> {
+    values
+        .iter()
+        .map(|v| {
+            let c = SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, *v)
+                .map_err(|e| Error::Internal(format!("bad seccomp condition: {e}")))?;
+            rule(vec![c])
+        })
+        .collect()
+}
+
 fn compile(rules: BTreeMap<i64, Vec<SeccompRule>>, errno: u32) -> Result<BpfProgram> {
     let filter = SeccompFilter::new(
         rules,
@@ -141,29 +153,10 @@ pub fn filters() -> Result<Vec<BpfProgram>> {
             .map(|f| rule(vec![cond(0, SeccompCmpOp::MaskedEq(*f), *f)?]))
             .collect::<Result<_>>()?,
     );
-    deny.insert(
-        libc::SYS_ioctl,
-        DENIED_IOCTLS
-            .iter()
-            .map(|req| {
-                rule(vec![
-                    SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, *req)
-                        .map_err(|e| Error::Internal(format!("bad seccomp condition: {e}")))?,
-                ])
-            })
-            .collect::<Result<_>>()?,
-    );
+    deny.insert(libc::SYS_ioctl, equal_arg_rules(1, DENIED_IOCTLS)?);
     deny.insert(
         libc::SYS_socket,
-        DENIED_SOCKET_FAMILIES
-            .iter()
-            .map(|fam| {
-                rule(vec![
-                    SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, *fam)
-                        .map_err(|e| Error::Internal(format!("bad seccomp condition: {e}")))?,
-                ])
-            })
-            .collect::<Result<_>>()?,
+        equal_arg_rules(0, DENIED_SOCKET_FAMILIES)?,
     );
     let mut enosys: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     enosys.insert(libc::SYS_clone3, vec![]);

@@ -59,26 +59,12 @@ enum GuestMsg {
     },
     Done {
         id: u64,
-        status: GuestStatus,
+        /// The guest reports `ok`, `exception` or `exited` in `ExecStatus`'s own format.
+        status: ExecStatus,
         sentinels: BTreeMap<String, bool>,
     },
     Error {
         message: String,
-    },
-}
-
-#[derive(Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-enum GuestStatus {
-    Ok,
-    Exception {
-        #[serde(rename = "type")]
-        type_name: String,
-        message: String,
-        traceback: String,
-    },
-    Exited {
-        code: i32,
     },
 }
 
@@ -251,19 +237,12 @@ where
                                 "guest finished exec {done_id} while {id} was running"
                             )));
                         }
-                        status = Some(match st {
-                            GuestStatus::Ok => ExecStatus::Ok,
-                            GuestStatus::Exception {
-                                type_name,
-                                message,
-                                traceback,
-                            } => ExecStatus::Exception {
-                                type_name,
-                                message,
-                                traceback,
-                            },
-                            GuestStatus::Exited { code } => ExecStatus::Exited { code },
-                        });
+                        if matches!(st, ExecStatus::Killed { .. } | ExecStatus::Crashed { .. }) {
+                            return Err(Error::Internal(
+                                "guest claimed a status only the host may assign".into(),
+                            ));
+                        }
+                        status = Some(st);
                         // A stream the agent could not write its sentinel to will never
                         // show one: stop waiting for it.
                         out_done |= !sentinels.get("stdout").copied().unwrap_or(false);
