@@ -213,22 +213,24 @@ async fn doctor(json: bool) -> ExitCode {
     let default_ok = reports
         .iter()
         .any(|r| r.backend == "process" && r.available);
+    use std::fmt::Write as _;
+    let mut text = String::new();
     if json {
         match serde_json::to_string_pretty(&reports) {
-            Ok(s) => println!("{s}"),
+            Ok(s) => text = s + "\n",
             Err(e) => return fail(&Error::Internal(e.to_string())),
         }
     } else {
-        println!("AgentKernel {} doctor\n", env!("CARGO_PKG_VERSION"));
+        let _ = writeln!(text, "AgentKernel {} doctor\n", env!("CARGO_PKG_VERSION"));
         for r in &reports {
             let head = match (r.compiled, r.available) {
-                (false, _) => "not built".to_string(),
-                (true, true) => "available".to_string(),
-                (true, false) => "UNAVAILABLE".to_string(),
+                (false, _) => "not built",
+                (true, true) => "available",
+                (true, false) => "UNAVAILABLE",
             };
-            println!("backend {:<8} {head}", r.backend);
+            let _ = writeln!(text, "backend {:<8} {head}", r.backend);
             if let Some(reason) = &r.reason {
-                println!("    {reason}");
+                let _ = writeln!(text, "    {reason}");
             }
             for c in &r.checks {
                 let mark = match c.state {
@@ -237,11 +239,13 @@ async fn doctor(json: bool) -> ExitCode {
                     CheckState::Inactive => "off ",
                     CheckState::Failed => "FAIL",
                 };
-                println!("    [{mark}] {:<13} {}", c.name, c.detail);
+                let _ = writeln!(text, "    [{mark}] {:<13} {}", c.name, c.detail);
             }
-            println!();
+            text.push('\n');
         }
     }
+    // A closed pipe (`doctor | head`) is not worth a panic.
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
     if default_ok {
         ExitCode::SUCCESS
     } else {
