@@ -140,10 +140,15 @@ impl KernelBuilder {
     }
 
     /// Checks the configuration and starts the backend.
-    pub fn build(self) -> Result<Kernel> {
-        if let Some(ws) = &self.spec.workspace {
-            std::fs::create_dir_all(ws)
+    pub fn build(mut self) -> Result<Kernel> {
+        if let Some(ws) = self.spec.workspace.take() {
+            std::fs::create_dir_all(&ws)
                 .map_err(|e| Error::io(format!("creating workspace {}", ws.display()), e))?;
+            // The caller's own symlinks are resolved here, once; backends then refuse any
+            // symlink in the path (a sandbox could plant one).
+            let real = std::fs::canonicalize(&ws)
+                .map_err(|e| Error::io(format!("resolving workspace {}", ws.display()), e))?;
+            self.spec.workspace = Some(real);
         }
         self.spec.validate()?;
         let runtime = make_runtime(&self.backend, self.python)?;

@@ -117,6 +117,8 @@ pub(crate) enum RootOp {
         dst: CString,
         dir: bool,
         remount: libc::c_ulong,
+        /// `MOUNT_ATTR_*` flags applied to the whole bound tree (submounts included), or 0.
+        recursive_attrs: u64,
     },
     Tmpfs {
         dst: CString,
@@ -141,8 +143,9 @@ pub(crate) struct JailPlan {
     pub writable_dirs: Vec<String>,
     pub landlock: bool,
     pub seccomp: Vec<BpfProgram>,
-    /// Host paths of bind sources, opened by the child into fds `SOURCE_FD_BASE + i`.
-    pub sources: Vec<CString>,
+    /// Host paths of bind sources, opened by the child into fds `SOURCE_FD_BASE + i`;
+    /// `true` marks paths that must not traverse any symlink (workspace, user mounts).
+    pub sources: Vec<(CString, bool)>,
 }
 
 /// First fd number of the bind sources in the child. Every fd of the plan must be below it.
@@ -289,8 +292,12 @@ pub(crate) unsafe fn enter(plan: &JailPlan) -> std::io::Result<()> {
         // Open the bind sources now: after unshare (a mount can only be bound from the
         // namespace it lives in) and before dropping to the sandbox user (so directories
         // only the caller can traverse, like root's pyenv, are reachable).
-        for (i, src) in plan.sources.iter().enumerate() {
-            let fd = libc::open(src.as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
+        for (i, (src, strict)) in plan.sources.iter().enumerate() {
+            let fd = if *strict {
+                open_no_symlinks(src)
+            } else {
+                libc::open(src.as_ptr(), libc::O_PATH | libc::O_CLOEXEC)
+            };
             if fd < 0 {
                 fail_at(report, S_SOURCES, i);
             }
@@ -497,6 +504,7 @@ unsafe fn build(op: &RootOp) -> Result<(), ()> {
                 dst,
                 dir,
                 remount,
+                recursive_attrs,
             } => {
                 if *dir {
                     mkdir(dst)?;
@@ -522,7 +530,31 @@ unsafe fn build(op: &RootOp) -> Result<(), ()> {
                     null(),
                     libc::MS_REMOUNT | libc::MS_BIND | *remount,
                     null().cast(),
-                ))
+                ))?;
+                if *recursive_attrs == 0 {
+                    return Ok(());
+                }
+                // The remount above only changes the top mount; submounts of the source
+                // (e.g. something mounted below /usr) need mount_setattr (Linux 5.12+).
+                let attr = MountAttr {
+                    attr_set: *recursive_attrs,
+                    attr_clr: 0,
+                    propagation: 0,
+                    userns_fd: 0,
+                };
+                let rc = libc::syscall(
+                    libc::SYS_mount_setattr,
+                    libc::AT_FDCWD,
+                    dst.as_ptr(),
+                    AT_RECURSIVE,
+                    &attr as *const MountAttr,
+                    std::mem::size_of::<MountAttr>(),
+                );
+                if rc < 0 && errno() != libc::ENOSYS {
+                    Err(())
+                } else {
+                    Ok(())
+                }
             }
             RootOp::Tmpfs { dst, data } => {
                 mkdir(dst)?;
@@ -545,6 +577,51 @@ unsafe fn build(op: &RootOp) -> Result<(), ()> {
                 ))
             }
         }
+    }
+}
+
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+pub(crate) const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub(crate) const MOUNT_ATTR_NOSUID: u64 = 0x2;
+pub(crate) const MOUNT_ATTR_NODEV: u64 = 0x4;
+const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+
+/// `struct mount_attr` of `mount_setattr(2)`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// `struct open_how` of `openat2(2)`.
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// Opens `path` as an `O_PATH` fd, refusing any symlink (or magic link) along the way, so a
+/// sandbox that planted a symlink in a directory it can write cannot redirect a mount.
+/// Returns -1 with `errno` set on failure (ELOOP for a symlink).
+pub(crate) fn open_no_symlinks(path: &std::ffi::CStr) -> libc::c_int {
+    let how = OpenHow {
+        flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: openat2 with a NUL-terminated path and a correctly sized open_how.
+    unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        ) as libc::c_int
     }
 }
 

@@ -10,7 +10,10 @@ use std::path::PathBuf;
 
 use agentkernel_core::{Error, Result, SandboxSpec};
 
-use crate::jail::{RootOp, SANDBOX_ID, SOURCE_FD_BASE, locked_flags, under_root};
+use crate::jail::{
+    MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY, RootOp, SANDBOX_ID, SOURCE_FD_BASE,
+    locked_flags, open_no_symlinks, under_root,
+};
 use crate::python::HostPython;
 
 /// `/etc` entries copied (bind-mounted read-only) from the host when present: none holds a
@@ -21,7 +24,8 @@ const ETC_BINDS: &[&str] = &[
     "ld.so.conf.d",
     "localtime",
     "alternatives",
-    "ssl",
+    "ssl/certs",
+    "ssl/openssl.cnf",
     "ca-certificates",
     "mime.types",
     "os-release",
@@ -54,7 +58,7 @@ fn path_str(p: &Path) -> Result<String> {
 #[derive(Default)]
 pub(crate) struct RootPlan {
     pub ops: Vec<RootOp>,
-    pub sources: Vec<CString>,
+    pub sources: Vec<(CString, bool)>,
     made: BTreeSet<String>,
 }
 
@@ -82,6 +86,24 @@ impl RootPlan {
     /// Bind-mounts host `host` at `guest`, read-only unless `writable`. The host path is
     /// opened now; the child binds through `/proc/self/fd/N`.
     pub fn bind(&mut self, host: &Path, guest: &str, writable: bool) -> Result<()> {
+        self.bind_source(host, guest, writable, false)
+    }
+
+    /// Like [`RootPlan::bind`] for a path the caller chose (workspace, extra mounts): it
+    /// must be canonical, and the child refuses any symlink along it when opening it, so a
+    /// symlink planted by a sandbox cannot redirect the mount.
+    pub fn bind_user(&mut self, host: &Path, guest: &str, writable: bool) -> Result<()> {
+        require_no_symlinks(host)?;
+        self.bind_source(host, guest, writable, true)
+    }
+
+    fn bind_source(
+        &mut self,
+        host: &Path,
+        guest: &str,
+        writable: bool,
+        strict: bool,
+    ) -> Result<()> {
         let meta = std::fs::metadata(host)
             .map_err(|e| Error::io(format!("inspecting {} for the sandbox", host.display()), e))?;
         let dir = meta.is_dir();
@@ -101,8 +123,14 @@ impl RootPlan {
             dst: cstr(under_root(guest))?,
             dir,
             remount,
+            recursive_attrs: match (is_device, writable) {
+                (true, _) => 0,
+                (false, true) => MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                (false, false) => MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+            },
         });
-        self.sources.push(cstr(host.as_os_str().as_bytes())?);
+        self.sources
+            .push((cstr(host.as_os_str().as_bytes())?, strict));
         Ok(())
     }
 
@@ -195,7 +223,7 @@ pub(crate) fn root_plan(spec: &SandboxSpec, python: &HostPython) -> Result<RootP
     });
     p.tmpfs("/tmp", tmp_opts(spec.limits.tmp_bytes))?;
     match &spec.workspace {
-        Some(ws) => p.bind(ws, "/workspace", true)?,
+        Some(ws) => p.bind_user(ws, "/workspace", true)?,
         None => p.tmpfs(
             "/workspace",
             format!(
@@ -205,7 +233,7 @@ pub(crate) fn root_plan(spec: &SandboxSpec, python: &HostPython) -> Result<RootP
         )?,
     }
     for m in &spec.mounts {
-        p.bind(&m.host, &path_str(&m.guest)?, m.writable)?;
+        p.bind_user(&m.host, &path_str(&m.guest)?, m.writable)?;
     }
     Ok(p)
 }
@@ -255,21 +283,73 @@ pub(crate) fn host_ids() -> (u32, u32) {
     if uid == 0 { (65534, 65534) } else { (uid, gid) }
 }
 
+/// Refuses a host path that is relative or goes through a symlink: mounts and ownership
+/// changes must not be redirectable by whoever can write a directory along the path.
+pub(crate) fn require_no_symlinks(path: &Path) -> Result<()> {
+    let canonical = std::fs::canonicalize(path)
+        .map_err(|e| Error::io(format!("resolving {}", path.display()), e))?;
+    if canonical != path {
+        return Err(Error::invalid(
+            format!(
+                "{} is not a canonical path (it is {})",
+                path.display(),
+                canonical.display()
+            ),
+            "pass the real, absolute path without symlinks",
+        ));
+    }
+    Ok(())
+}
+
 /// When the sandbox user is `nobody` (host root), the workspace directory must be usable
-/// by it: hand the directory itself (not its contents) to that user.
+/// by it: hand the directory itself (not its contents) to that user. The directory is
+/// opened without following symlinks and changed through that fd.
 pub(crate) fn prepare_workspace(ws: &Path) -> Result<()> {
+    use std::os::fd::{FromRawFd, OwnedFd};
     use std::os::unix::fs::MetadataExt;
-    let (uid, gid) = host_ids();
-    let meta = std::fs::metadata(ws)
-        .map_err(|e| Error::io(format!("inspecting workspace {}", ws.display()), e))?;
     // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } == 0 && meta.uid() != uid {
-        std::os::unix::fs::chown(ws, Some(uid), Some(gid)).map_err(|e| {
-            Error::io(
-                format!("handing workspace {} to the sandbox user", ws.display()),
-                e,
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    require_no_symlinks(ws)?;
+    let (uid, gid) = host_ids();
+    let fd = open_no_symlinks(&cstr(ws.as_os_str().as_bytes())?);
+    if fd < 0 {
+        return Err(Error::io(
+            format!("opening workspace {}", ws.display()),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: a fresh fd from openat2, owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let meta = std::fs::metadata(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&fd)
+    ))
+    .map_err(|e| Error::io(format!("inspecting workspace {}", ws.display()), e))?;
+    if !meta.is_dir() {
+        return Err(Error::invalid(
+            format!("workspace {} is not a directory", ws.display()),
+            "pass a directory",
+        ));
+    }
+    if meta.uid() != uid {
+        // SAFETY: fchownat on an O_PATH fd we own, with an empty path and AT_EMPTY_PATH.
+        let rc = unsafe {
+            libc::fchownat(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                c"".as_ptr(),
+                uid,
+                gid,
+                libc::AT_EMPTY_PATH,
             )
-        })?;
+        };
+        if rc < 0 {
+            return Err(Error::io(
+                format!("handing workspace {} to the sandbox user", ws.display()),
+                std::io::Error::last_os_error(),
+            ));
+        }
         tracing::info!(workspace = %ws.display(), uid, "workspace directory handed to the sandbox user");
     }
     Ok(())

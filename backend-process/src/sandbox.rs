@@ -393,7 +393,7 @@ impl Sandbox for ProcessSandbox {
         let oom_before = live.cgroup.as_ref().map_or(0, SandboxCgroup::oom_kills);
         let span = tracing::info_span!("exec", backend = "process", sandbox = %self.id);
         let _enter = span.enter();
-        let report = live
+        let report = match live
             .conn
             .exec(
                 &req,
@@ -401,7 +401,16 @@ impl Sandbox for ProcessSandbox {
                 self.spec.limits.output_bytes,
                 started + timeout,
             )
-            .await?;
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                // A guest that broke the protocol cannot be trusted to stop: kill it.
+                self.end(format!("killed after a protocol error: {e}"))
+                    .await;
+                return Err(e);
+            }
+        };
         let status = match report.end {
             ExecEnd::Finished(status) => status,
             ExecEnd::TimedOut => {

@@ -138,7 +138,8 @@ fn compile(rules: BTreeMap<i64, Vec<SeccompRule>>, errno: u32) -> Result<BpfProg
         .map_err(|e| Error::Internal(format!("cannot compile seccomp filter: {e}")))
 }
 
-/// The filters to install, in order. The first denies with `EPERM`; the second makes
+/// The filters to install, in order. On x86_64 the first refuses x32-ABI numbers; then one
+/// denies with `EPERM`; the last makes
 /// `clone3` fail with `ENOSYS` (its flags live in memory a filter cannot read), so libc
 /// falls back to `clone`, whose flags the first filter checks.
 pub fn filters() -> Result<Vec<BpfProgram>> {
@@ -160,10 +161,32 @@ pub fn filters() -> Result<Vec<BpfProgram>> {
     );
     let mut enosys: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     enosys.insert(libc::SYS_clone3, vec![]);
-    Ok(vec![
-        compile(deny, libc::EPERM as u32)?,
-        compile(enosys, libc::ENOSYS as u32)?,
-    ])
+    let mut out = Vec::new();
+    if cfg!(target_arch = "x86_64") {
+        out.push(deny_x32());
+    }
+    out.push(compile(deny, libc::EPERM as u32)?);
+    out.push(compile(enosys, libc::ENOSYS as u32)?);
+    Ok(out)
+}
+
+/// On x86_64, system call numbers with bit 30 set are the x32 ABI: the same calls under
+/// other numbers, which a filter matching exact numbers would let through. Refuse them all
+/// (ENOSYS), whether or not the kernel has x32 enabled.
+fn deny_x32() -> BpfProgram {
+    const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+    const BPF_LD_W_ABS: u16 = 0x20;
+    const BPF_JGE_K: u16 = 0x35;
+    const BPF_RET_K: u16 = 0x06;
+    const RET_ERRNO: u32 = 0x0005_0000;
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    let insn = |code, jt, jf, k| seccompiler::sock_filter { code, jt, jf, k };
+    vec![
+        insn(BPF_LD_W_ABS, 0, 0, 0), // seccomp_data.nr
+        insn(BPF_JGE_K, 0, 1, X32_SYSCALL_BIT),
+        insn(BPF_RET_K, 0, 0, RET_ERRNO | libc::ENOSYS as u32),
+        insn(BPF_RET_K, 0, 0, RET_ALLOW),
+    ]
 }
 
 #[cfg(test)]
@@ -173,7 +196,7 @@ mod tests {
     #[test]
     fn filters_compile_for_this_arch() {
         let f = filters().expect("filters compile");
-        assert_eq!(f.len(), 2);
-        assert!(!f[0].is_empty());
+        assert_eq!(f.len(), if cfg!(target_arch = "x86_64") { 3 } else { 2 });
+        assert!(f.iter().all(|p| !p.is_empty()));
     }
 }

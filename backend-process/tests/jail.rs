@@ -96,3 +96,61 @@ print(sorted(os.listdir("/")))
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn symlinked_workspace_cannot_redirect_the_mount() {
+    // A first sandbox plants a symlink in its workspace pointing at a host directory it
+    // must never see; a later sandbox asked to use that path as its workspace is refused,
+    // and the target is neither mounted nor handed to the sandbox user.
+    let rt = ProcessRuntime::new(ProcessConfig::default()).expect("process backend available");
+    let root = tempfile::tempdir().expect("tempdir");
+    let ws = root.path().join("ws");
+    let target = root.path().join("private");
+    std::fs::create_dir(&ws).expect("ws");
+    std::fs::create_dir(&target).expect("target");
+    std::fs::write(target.join("secret.txt"), "host secret").expect("secret");
+    let target_owner = std::fs::metadata(&target)
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .expect("meta");
+    let spec = SandboxSpec {
+        workspace: Some(ws.clone()),
+        ..SandboxSpec::default()
+    };
+    let mut sb = rt.create(&spec).await.expect("create");
+    let code = format!(
+        "import os\nos.symlink({:?}, '/workspace/sub')\nprint('planted')",
+        target.display().to_string()
+    );
+    let out = sb
+        .exec(ExecRequest::new(code), Arc::new(NoTools))
+        .await
+        .expect("exec");
+    assert_eq!(out.stdout.text(), "planted\n", "{}", out.stderr.text());
+    sb.shutdown().await.expect("shutdown");
+
+    let spec = SandboxSpec {
+        workspace: Some(ws.join("sub")),
+        ..SandboxSpec::default()
+    };
+    match rt.create(&spec).await {
+        Err(agentkernel_core::Error::InvalidRequest { .. }) => {}
+        Err(other) => panic!("expected InvalidRequest, got {other}"),
+        Ok(mut sb) => {
+            let out = sb
+                .exec(
+                    ExecRequest::new("import os; print(os.listdir('/workspace'))"),
+                    Arc::new(NoTools),
+                )
+                .await
+                .expect("exec");
+            panic!("a symlinked workspace was mounted: {}", out.stdout.text());
+        }
+    }
+    let owner = std::fs::metadata(&target)
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .expect("meta");
+    assert_eq!(
+        owner, target_owner,
+        "the symlink target was handed to the sandbox user"
+    );
+}

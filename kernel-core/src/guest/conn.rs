@@ -10,8 +10,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use super::MAX_FRAME_BYTES;
 use super::stream::SentinelStream;
+use super::{MAX_CONCURRENT_TOOL_CALLS, MAX_FRAME_BYTES, MAX_GUEST_FRAME_BYTES};
 use crate::error::{Error, Result};
 use crate::exec::{ExecRequest, ExecStatus, StreamKind, ToolCallRecord};
 use crate::output::CapturedOutput;
@@ -210,6 +210,11 @@ where
             while let Some(msg) = self.take_frame()? {
                 match msg {
                     GuestMsg::ToolCall { id, name, args } => {
+                        if calls.len() >= MAX_CONCURRENT_TOOL_CALLS {
+                            return Err(Error::Internal(format!(
+                                "guest started more than {MAX_CONCURRENT_TOOL_CALLS} concurrent tool calls"
+                            )));
+                        }
                         let tools = tools.clone();
                         let span = tracing::info_span!("tool_call", tool = %name, call_id = id);
                         calls.spawn(
@@ -358,9 +363,9 @@ where
         }
         let len =
             u32::from_be_bytes([self.rbuf[0], self.rbuf[1], self.rbuf[2], self.rbuf[3]]) as usize;
-        if len > MAX_FRAME_BYTES {
+        if len > MAX_GUEST_FRAME_BYTES {
             return Err(Error::Internal(format!(
-                "guest sent a {len}-byte frame (limit {MAX_FRAME_BYTES})"
+                "guest sent a {len}-byte frame (limit {MAX_GUEST_FRAME_BYTES})"
             )));
         }
         if self.rbuf.len() < 4 + len {

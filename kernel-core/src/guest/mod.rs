@@ -28,5 +28,12 @@ pub use conn::{ExecEnd, ExecReport, GuestConn, Hello};
 /// Source of the guest agent, run with `python3 -I -u -c AGENT_SOURCE`.
 pub const AGENT_SOURCE: &str = include_str!("agent.py");
 
-/// Largest frame either side accepts (64 MiB): a tool result larger than this is refused.
+/// Largest host → guest frame (64 MiB): a tool result larger than this is refused.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
+
+/// Largest guest → host frame (1 MiB): caps tool-call arguments, so a guest cannot make
+/// the host parse (and hold) huge JSON. A larger frame is a protocol error.
+pub const MAX_GUEST_FRAME_BYTES: usize = 1 << 20;
+
+/// Tool calls one exec may have in flight at once; more is a protocol error.
+pub const MAX_CONCURRENT_TOOL_CALLS: usize = 16;
