@@ -691,9 +691,8 @@ print("spawned")
         .await
         .expect("exec");
     assert_ok(&out);
-    tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
-        count_host_processes(&marker) >= 2,
+        wait_for_processes(&marker, 2).await,
         "the check cannot see the sandbox's children"
     );
     let out = sb
@@ -732,14 +731,27 @@ pub async fn shutdown_leaves_no_process(rt: &dyn Runtime) {
         .await
         .expect("exec");
     assert_ok(&out);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(count_host_processes(&marker), 1);
+    assert!(
+        wait_for_processes(&marker, 1).await,
+        "the check cannot see the sandbox's child"
+    );
     sb.shutdown().await.expect("shutdown");
     assert_eq!(
         count_host_processes(&marker),
         0,
         "processes outlived shutdown"
     );
+}
+
+/// Waits (up to 10 s, polling) until at least `n` host processes carry `marker`.
+async fn wait_for_processes(marker: &str, n: usize) -> bool {
+    for _ in 0..200 {
+        if count_host_processes(marker) >= n {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
 }
 
 /// Number of host processes whose command line contains `marker`.
