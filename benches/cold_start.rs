@@ -3,12 +3,11 @@
 //!
 //! `cargo bench --bench cold_start`
 
-use std::process::Command;
-use std::sync::Arc;
-
 use agentkernel_backend_process::{ProcessConfig, ProcessRuntime};
-use agentkernel_core::{ExecRequest, NoTools, Runtime, SandboxSpec};
+use agentkernel_core::SandboxSpec;
+use agentkernel_core::conformance::run_once;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use std::process::Command;
 
 fn startup(c: &mut Criterion) {
     let tokio = tokio::runtime::Runtime::new().expect("tokio runtime");
@@ -30,15 +29,11 @@ fn startup(c: &mut Criterion) {
 
     group.bench_function(BenchmarkId::new("process", "cold_start"), |b| {
         b.to_async(&tokio).iter(|| async {
-            let mut sb = rt.create(&spec).await.expect("create");
-            let out = sb
-                .exec(ExecRequest::new("print(1)"), Arc::new(NoTools))
-                .await
-                .expect("exec");
+            let out = run_once(&rt, &spec, "print(1)").await;
             assert_eq!(out.stdout.text(), "1\n");
-            sb.shutdown().await.expect("shutdown");
         });
     });
+
     group.finish();
 }
 

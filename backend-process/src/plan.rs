@@ -302,16 +302,15 @@ pub(crate) fn require_no_symlinks(path: &Path) -> Result<()> {
 }
 
 /// When the sandbox user is `nobody` (host root), the workspace directory must be usable
-/// by it: hand the directory itself (not its contents) to that user. The directory is
-/// opened without following symlinks and changed through that fd.
+/// by it: hand the directory itself (not its contents) to that user. `ws` must already have
+/// passed [`require_no_symlinks`] (as [`root_plan`] does); it is opened without following
+/// symlinks and changed through that fd, so a symlink swapped in meanwhile is refused.
 pub(crate) fn prepare_workspace(ws: &Path) -> Result<()> {
-    use std::os::fd::{FromRawFd, OwnedFd};
-    use std::os::unix::fs::MetadataExt;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         return Ok(());
     }
-    require_no_symlinks(ws)?;
     let (uid, gid) = host_ids();
     let fd = open_no_symlinks(&cstr(ws.as_os_str().as_bytes())?);
     if fd < 0 {
@@ -322,28 +321,18 @@ pub(crate) fn prepare_workspace(ws: &Path) -> Result<()> {
     }
     // SAFETY: a fresh fd from openat2, owned by nobody else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let meta = std::fs::metadata(format!(
-        "/proc/self/fd/{}",
-        std::os::fd::AsRawFd::as_raw_fd(&fd)
-    ))
-    .map_err(|e| Error::io(format!("inspecting workspace {}", ws.display()), e))?;
-    if !meta.is_dir() {
+    let st = nix::sys::stat::fstat(&fd)
+        .map_err(|e| Error::io(format!("inspecting workspace {}", ws.display()), e.into()))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
         return Err(Error::invalid(
             format!("workspace {} is not a directory", ws.display()),
             "pass a directory",
         ));
     }
-    if meta.uid() != uid {
+    if st.st_uid != uid {
         // SAFETY: fchownat on an O_PATH fd we own, with an empty path and AT_EMPTY_PATH.
-        let rc = unsafe {
-            libc::fchownat(
-                std::os::fd::AsRawFd::as_raw_fd(&fd),
-                c"".as_ptr(),
-                uid,
-                gid,
-                libc::AT_EMPTY_PATH,
-            )
-        };
+        let rc =
+            unsafe { libc::fchownat(fd.as_raw_fd(), c"".as_ptr(), uid, gid, libc::AT_EMPTY_PATH) };
         if rc < 0 {
             return Err(Error::io(
                 format!("handing workspace {} to the sandbox user", ws.display()),

@@ -23,12 +23,6 @@ use crate::runtime::Inner;
 /// How long an interpreter may take to start and say hello.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// What the jail reported while starting.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct StartReport {
-    pub landlock: u32,
-}
-
 /// A running jailed interpreter.
 pub(crate) struct Live {
     outer: Child,
@@ -38,23 +32,15 @@ pub(crate) struct Live {
     _lifeline: OwnedFd,
     cgroup: Option<SandboxCgroup>,
     pub hello: Hello,
-    pub start: StartReport,
+    /// Landlock state the jail reported (`jail::LANDLOCK_*`).
+    pub landlock: u32,
 }
 
 impl Live {
     /// SIGKILL to pid 1 of the sandbox: the kernel then kills every process in its pid
     /// namespace.
     fn kill(&mut self) {
-        // SAFETY: pidfd_send_signal on a pidfd we own; null siginfo is allowed.
-        unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.pid1.as_raw_fd(),
-                libc::SIGKILL,
-                std::ptr::null::<libc::siginfo_t>(),
-                0u32,
-            );
-        }
+        kill_pid1(&self.pid1);
     }
 
     /// Waits until the outer process exits, which it does only after pid 1 (and with it
@@ -75,6 +61,21 @@ impl Drop for Live {
     fn drop(&mut self) {
         self.kill();
         let _ = self.outer.start_kill();
+    }
+}
+
+/// SIGKILL to pid 1 of a sandbox (through its pidfd): the kernel then kills every process
+/// in its pid namespace.
+fn kill_pid1(pidfd: &OwnedFd) {
+    // SAFETY: pidfd_send_signal on a pidfd we own; null siginfo is allowed.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0u32,
+        );
     }
 }
 
@@ -112,7 +113,7 @@ fn write_maps(pid: u32) -> std::io::Result<()> {
 fn serve_report(
     report: OwnedFd,
     go: OwnedFd,
-    ops: Vec<String>,
+    plan: &JailPlan,
 ) -> std::result::Result<(u32, u32), String> {
     let mut file = std::fs::File::from(report);
     let mut go = Some(std::fs::File::from(go));
@@ -141,7 +142,11 @@ fn serve_report(
                     .get(step)
                     .copied()
                     .unwrap_or("unknown step");
-                let what = ops.get(op).filter(|_| step == jail::S_BUILD as usize);
+                let what = plan
+                    .ops
+                    .get(op)
+                    .filter(|_| step == jail::S_BUILD as usize)
+                    .map(|o| format!("{o:?}"));
                 return Err(format!(
                     "jail set-up failed at {name}{}: {}",
                     what.map(|w| format!(" ({w})")).unwrap_or_default(),
@@ -159,10 +164,11 @@ fn serve_report(
 
 /// Starts one jailed interpreter for `spec`.
 pub(crate) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec, id: &str) -> Result<Live> {
+    // The plan first: it refuses non-canonical workspace and mount paths.
+    let root = plan::root_plan(spec, &inner.python)?;
     if let Some(ws) = &spec.workspace {
         plan::prepare_workspace(ws)?;
     }
-    let root = plan::root_plan(spec, &inner.python)?;
     let cgroup = SandboxCgroup::create(&inner.cgroups, id, &spec.limits);
     let (host_ctl, guest_ctl) = std::os::unix::net::UnixStream::pair()
         .map_err(|e| Error::io("creating the control socket", e))?;
@@ -190,7 +196,6 @@ pub(crate) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec, id: &str) -> R
             hint: "close unused files before creating sandboxes".into(),
         });
     }
-    let op_names: Vec<String> = root.ops.iter().map(|op| format!("{op:?}")).collect();
     let jail_plan = Arc::new(JailPlan {
         // SAFETY: geteuid cannot fail.
         drop_groups: unsafe { libc::geteuid() } == 0,
@@ -233,7 +238,8 @@ pub(crate) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec, id: &str) -> R
     }
 
     let spawned = tokio::task::spawn_blocking(move || {
-        let reporter = std::thread::spawn(move || serve_report(report_r, go_w, op_names));
+        let plan = jail_plan.clone();
+        let reporter = std::thread::spawn(move || serve_report(report_r, go_w, &plan));
         // spawn() returns once pid 1 has exec'd (or the jail failed); the report thread
         // meanwhile answers the child's request for id maps.
         let child = cmd.spawn();
@@ -282,26 +288,24 @@ pub(crate) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec, id: &str) -> R
         .map_err(|e| Error::io("configuring the control socket", e))?;
     let control = tokio::net::UnixStream::from_std(host_ctl)
         .map_err(|e| Error::io("registering the control socket", e))?;
-    let mut live = Live {
+    let mut conn = GuestConn::new(control, stdout, stderr);
+    let hello = match conn.hello(Instant::now() + START_TIMEOUT).await {
+        Ok(h) => h,
+        Err(e) => {
+            // `outer` is killed on drop too; this takes the namespace down at once.
+            kill_pid1(&pid1);
+            return Err(e);
+        }
+    };
+    Ok(Live {
         outer,
         pid1,
-        conn: GuestConn::new(control, stdout, stderr),
+        conn,
         _lifeline: life_w,
         cgroup,
-        hello: placeholder_hello(),
-        start: StartReport { landlock },
-    };
-    live.hello = live.conn.hello(Instant::now() + START_TIMEOUT).await?;
-    Ok(live)
-}
-
-fn placeholder_hello() -> Hello {
-    Hello {
-        python: String::new(),
-        executable: String::new(),
-        pid: 0,
-        protections: Default::default(),
-    }
+        hello,
+        landlock,
+    })
 }
 
 /// The environment every sandbox starts with; `SandboxSpec::env` adds to or overrides it.
@@ -343,7 +347,7 @@ impl ProcessSandbox {
 
     /// Landlock state the jail reported (0 none, 1 partial, 2 full).
     pub(crate) fn landlock_state(&self) -> Option<u32> {
-        self.live.as_ref().map(|l| l.start.landlock)
+        self.live.as_ref().map(|l| l.landlock)
     }
 
     async fn end(&mut self, reason: String) -> Option<i32> {
@@ -466,10 +470,7 @@ impl Sandbox for ProcessSandbox {
     async fn reset(&mut self) -> Result<()> {
         // A truly clean interpreter is a new one: modules, monkeypatches, /tmp, stray
         // processes all go. (A fork server will make this cheap.)
-        if let Some(mut live) = self.live.take() {
-            live.kill();
-            live.wait().await;
-        }
+        self.end("it was reset".into()).await;
         self.lost = None;
         let live = start(&self.inner, &self.spec, &self.id).await?;
         self.live = Some(live);

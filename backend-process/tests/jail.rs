@@ -4,16 +4,12 @@
 use std::sync::Arc;
 
 use agentkernel_backend_process::{ProcessConfig, ProcessRuntime};
+use agentkernel_core::conformance::run_once;
 use agentkernel_core::{ExecRequest, ExecStatus, NoTools, Runtime, SandboxSpec};
 
 async fn run(code: &str) -> String {
     let rt = ProcessRuntime::new(ProcessConfig::default()).expect("process backend available");
-    let mut sb = rt.create(&SandboxSpec::default()).await.expect("create");
-    let out = sb
-        .exec(ExecRequest::new(code), Arc::new(NoTools))
-        .await
-        .expect("exec");
-    sb.shutdown().await.expect("shutdown");
+    let out = run_once(&rt, &SandboxSpec::default(), code).await;
     assert_eq!(out.status, ExecStatus::Ok, "stderr: {}", out.stderr.text());
     out.stdout.text()
 }

@@ -39,6 +39,13 @@ pub fn test_spec() -> SandboxSpec {
     }
 }
 
+/// [`test_spec`] with one change to its limits, e.g. `limited(|l| l.processes = Some(8))`.
+pub fn limited(change: impl FnOnce(&mut Limits)) -> SandboxSpec {
+    let mut spec = test_spec();
+    change(&mut spec.limits);
+    spec
+}
+
 /// Creates a sandbox for `spec`, runs `code` once, shuts it down.
 pub async fn run_once(rt: &dyn Runtime, spec: &SandboxSpec, code: &str) -> ExecOutcome {
     let mut sb = rt
@@ -275,13 +282,7 @@ pub async fn wall_time_limit_kills(rt: &dyn Runtime) {
 
 /// A CPU-bound loop is killed at the CPU-time limit (or Unsupported).
 pub async fn cpu_time_limit_kills(rt: &dyn Runtime) {
-    let spec = SandboxSpec {
-        limits: Limits {
-            cpu_time: Some(Duration::from_secs(1)),
-            ..test_spec().limits
-        },
-        ..test_spec()
-    };
+    let spec = limited(|l| l.cpu_time = Some(Duration::from_secs(1)));
     if !rt.capabilities().limits.cpu_time {
         assert!(matches!(
             rt.create(&spec).await,
@@ -300,13 +301,7 @@ pub async fn cpu_time_limit_kills(rt: &dyn Runtime) {
 
 /// A huge allocation fails with MemoryError or a memory kill; the host is unaffected.
 pub async fn memory_limit_holds(rt: &dyn Runtime) {
-    let spec = SandboxSpec {
-        limits: Limits {
-            memory_bytes: Some(256 << 20),
-            ..test_spec().limits
-        },
-        ..test_spec()
-    };
+    let spec = limited(|l| l.memory_bytes = Some(256 << 20));
     for code in [
         "b = bytearray(2**33)",
         "chunks = []\nwhile True:\n    chunks.append(bytearray(16 * 2**20))",
@@ -324,13 +319,7 @@ pub async fn memory_limit_holds(rt: &dyn Runtime) {
 
 /// Output past the cap is dropped, counted, and flagged.
 pub async fn output_limit_truncates(rt: &dyn Runtime) {
-    let spec = SandboxSpec {
-        limits: Limits {
-            output_bytes: 1000,
-            ..test_spec().limits
-        },
-        ..test_spec()
-    };
+    let spec = limited(|l| l.output_bytes = 1000);
     let out = run_once(
         rt,
         &spec,
@@ -347,13 +336,7 @@ pub async fn output_limit_truncates(rt: &dyn Runtime) {
 
 /// No more than `processes` processes can exist at once (or no subprocess at all).
 pub async fn process_limit_holds(rt: &dyn Runtime) {
-    let spec = SandboxSpec {
-        limits: Limits {
-            processes: Some(8),
-            ..test_spec().limits
-        },
-        ..test_spec()
-    };
+    let spec = limited(|l| l.processes = Some(8));
     let code = r#"
 import os, time
 started = 0
@@ -392,13 +375,7 @@ print("started", started)
 
 /// Writing a file larger than `file_size_bytes` fails.
 pub async fn file_size_limit_holds(rt: &dyn Runtime) {
-    let spec = SandboxSpec {
-        limits: Limits {
-            file_size_bytes: Some(1 << 20),
-            ..test_spec().limits
-        },
-        ..test_spec()
-    };
+    let spec = limited(|l| l.file_size_bytes = Some(1 << 20));
     let code = "try:\n    with open('/tmp/big', 'wb') as f:\n        f.write(b'x' * (2 << 20))\n    print('wrote')\nexcept OSError as e:\n    print('refused', e.errno)";
     let out = run_once(rt, &spec, code).await;
     match &out.status {
@@ -412,13 +389,7 @@ pub async fn file_size_limit_holds(rt: &dyn Runtime) {
 
 /// `/tmp` is private and capped at `tmp_bytes`.
 pub async fn tmp_is_capped(rt: &dyn Runtime) {
-    let spec = SandboxSpec {
-        limits: Limits {
-            tmp_bytes: 4 << 20,
-            ..test_spec().limits
-        },
-        ..test_spec()
-    };
+    let spec = limited(|l| l.tmp_bytes = 4 << 20);
     let code = "try:\n    with open('/tmp/fill', 'wb') as f:\n        for _ in range(16):\n            f.write(b'x' * (1 << 20))\n            f.flush()\n    print('wrote')\nexcept OSError as e:\n    print('refused', e.errno)";
     let out = run_once(rt, &spec, code).await;
     assert_ok(&out);

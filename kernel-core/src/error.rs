@@ -3,6 +3,9 @@
 
 use crate::exec::LimitKind;
 
+/// What to do about [`Error::SandboxLost`].
+const SANDBOX_LOST_HINT: &str = "call reset() or create a new sandbox";
+
 /// Result alias used across AgentKernel.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -51,9 +54,7 @@ pub enum Error {
         detail: String,
     },
     /// The sandbox died or was killed earlier and cannot run more code.
-    #[error(
-        "the sandbox is no longer running ({reason}). Hint: call reset() or create a new sandbox"
-    )]
+    #[error("the sandbox is no longer running ({reason}). Hint: {SANDBOX_LOST_HINT}")]
     SandboxLost {
         /// What ended it.
         reason: String,
@@ -110,7 +111,7 @@ impl Error {
             Error::Unsupported { hint, .. }
             | Error::Unavailable { hint, .. }
             | Error::InvalidRequest { hint, .. } => Some(hint),
-            Error::SandboxLost { .. } => Some("call reset() or create a new sandbox"),
+            Error::SandboxLost { .. } => Some(SANDBOX_LOST_HINT),
             _ => None,
         }
     }

@@ -202,6 +202,10 @@ where
 
         let mut calls: JoinSet<ToolJoin> = JoinSet::new();
         let mut status: Option<ExecStatus> = None;
+        // `*_seen`: this exec's sentinel arrived on the stream (whatever follows it belongs
+        // to the next exec). `*_done`: nothing more to wait for on it (seen, never written,
+        // or the pipe closed).
+        let (mut out_seen, mut err_seen) = (false, false);
         let (mut out_done, mut err_done) = (false, false);
         let mut out_buf = vec![0u8; 64 << 10];
         let mut err_buf = vec![0u8; 64 << 10];
@@ -269,10 +273,10 @@ where
             {
                 // A stream that closed (or lost its sentinel) has no marker to wait for:
                 // whatever it held belongs to this exec.
-                if self.out_state.eof || !self.out_state.pending_is_next_exec {
+                if !out_seen {
                     self.out_state.emit_all(&mut report.stdout, cap, sink);
                 }
-                if self.err_state.eof || !self.err_state.pending_is_next_exec {
+                if !err_seen {
                     self.err_state.emit_all(&mut report.stderr, cap, sink);
                 }
                 report.end = ExecEnd::Finished(st.clone());
@@ -290,13 +294,19 @@ where
                 n = self.stdout.read(&mut out_buf), if !out_done => {
                     match n {
                         Ok(0) | Err(_) => self.out_state.eof = true,
-                        Ok(n) => out_done = self.out_state.feed(&out_buf[..n], sentinel.as_bytes(), &mut report.stdout, cap, sink),
+                        Ok(n) => {
+                            out_seen = self.out_state.feed(&out_buf[..n], sentinel.as_bytes(), &mut report.stdout, cap, sink);
+                            out_done = out_seen;
+                        }
                     }
                 }
                 n = self.stderr.read(&mut err_buf), if !err_done => {
                     match n {
                         Ok(0) | Err(_) => self.err_state.eof = true,
-                        Ok(n) => err_done = self.err_state.feed(&err_buf[..n], sentinel.as_bytes(), &mut report.stderr, cap, sink),
+                        Ok(n) => {
+                            err_seen = self.err_state.feed(&err_buf[..n], sentinel.as_bytes(), &mut report.stderr, cap, sink);
+                            err_done = err_seen;
+                        }
                     }
                 }
                 Some(joined) = calls.join_next() => {
@@ -332,27 +342,24 @@ where
     async fn drain_after_death(&mut self, report: &mut ExecReport, cap: usize, req: &ExecRequest) {
         let sink = req.output.as_ref();
         let grace = Instant::now() + Duration::from_millis(500);
-        let mut buf = vec![0u8; 64 << 10];
-        while !self.out_state.eof && Instant::now() < grace {
-            match tokio::time::timeout_at(grace.into(), self.stdout.read(&mut buf)).await {
-                Ok(Ok(n)) if n > 0 => {
-                    self.out_state
-                        .feed(&buf[..n], &[], &mut report.stdout, cap, sink)
-                }
-                _ => break,
-            };
-        }
-        while !self.err_state.eof && Instant::now() < grace {
-            match tokio::time::timeout_at(grace.into(), self.stderr.read(&mut buf)).await {
-                Ok(Ok(n)) if n > 0 => {
-                    self.err_state
-                        .feed(&buf[..n], &[], &mut report.stderr, cap, sink)
-                }
-                _ => break,
-            };
-        }
-        self.out_state.emit_all(&mut report.stdout, cap, sink);
-        self.err_state.emit_all(&mut report.stderr, cap, sink);
+        drain(
+            &mut self.stdout,
+            &mut self.out_state,
+            &mut report.stdout,
+            cap,
+            sink,
+            grace,
+        )
+        .await;
+        drain(
+            &mut self.stderr,
+            &mut self.err_state,
+            &mut report.stderr,
+            cap,
+            sink,
+            grace,
+        )
+        .await;
         report.end = ExecEnd::GuestGone;
     }
 
@@ -376,6 +383,27 @@ where
         self.rbuf.drain(..4 + len);
         msg.map(Some)
     }
+}
+
+/// Moves everything `reader` still yields (until end-of-file or `until`) into `out`.
+async fn drain<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    state: &mut SentinelStream,
+    out: &mut CapturedOutput,
+    cap: usize,
+    sink: Option<&crate::exec::OutputSink>,
+    until: Instant,
+) {
+    let mut buf = vec![0u8; 64 << 10];
+    while !state.eof {
+        match tokio::time::timeout_at(until.into(), reader.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {
+                state.feed(&buf[..n], &[], out, cap, sink);
+            }
+            _ => break,
+        }
+    }
+    state.emit_all(out, cap, sink);
 }
 
 async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(

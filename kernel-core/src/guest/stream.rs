@@ -12,8 +12,6 @@ pub(crate) struct SentinelStream {
     pending: Vec<u8>,
     /// The pipe reached end-of-file.
     pub(crate) eof: bool,
-    /// The sentinel of the current exec was seen, so `pending` holds output of the next.
-    pub(crate) pending_is_next_exec: bool,
 }
 
 impl SentinelStream {
@@ -22,7 +20,6 @@ impl SentinelStream {
             kind,
             pending: Vec::new(),
             eof: false,
-            pending_is_next_exec: false,
         }
     }
 
@@ -36,14 +33,12 @@ impl SentinelStream {
         cap: usize,
         sink: Option<&OutputSink>,
     ) -> bool {
-        self.pending_is_next_exec = false;
         self.pending.extend_from_slice(chunk);
         if let Some(pos) = find(&self.pending, sentinel) {
             let rest = self.pending.split_off(pos + sentinel.len());
             self.pending.truncate(pos);
             self.emit_all(out, cap, sink);
             self.pending = rest;
-            self.pending_is_next_exec = true;
             return true;
         }
         // Keep the longest suffix that could be the start of the sentinel.
