@@ -36,6 +36,16 @@ pub enum Error {
         /// How to make it run (or which backend to use instead).
         hint: String,
     },
+    /// A tool source (an MCP server, a tools directory) could not be started or listed.
+    #[error("tool source {source_name:?}: {message}. Hint: {hint}")]
+    ToolSource {
+        /// Its name in the configuration.
+        source_name: String,
+        /// What went wrong.
+        message: String,
+        /// How to fix it.
+        hint: String,
+    },
     /// The caller asked for something malformed (bad limit, bad path, unknown backend...).
     #[error("invalid request: {message}. Hint: {hint}")]
     InvalidRequest {
@@ -92,6 +102,19 @@ impl Error {
         }
     }
 
+    /// Shorthand for [`Error::ToolSource`].
+    pub fn tool_source(
+        source_name: impl Into<String>,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Self {
+        Error::ToolSource {
+            source_name: source_name.into(),
+            message: message.into(),
+            hint: hint.into(),
+        }
+    }
+
     /// Shorthand for [`Error::Unsupported`].
     pub fn unsupported(
         operation: impl Into<String>,
@@ -110,6 +133,7 @@ impl Error {
         match self {
             Error::Unsupported { hint, .. }
             | Error::Unavailable { hint, .. }
+            | Error::ToolSource { hint, .. }
             | Error::InvalidRequest { hint, .. } => Some(hint),
             Error::SandboxLost { .. } => Some(SANDBOX_LOST_HINT),
             _ => None,

@@ -36,6 +36,8 @@ pub enum ToolErrorKind {
     Timeout,
     /// The tool ran and failed (Python: `ToolError`).
     Failed,
+    /// The call broke a size cap or the call budget (Python: `ToolLimitError`, a `ToolError`).
+    LimitExceeded,
 }
 
 /// A failed tool call, with the message the program will see.

@@ -17,6 +17,7 @@ CONTROL_FD = 3
 LIFELINE_FD = 4
 AGENT_FILE = sys._getframe().f_code.co_filename
 MAX_FRAME = 64 << 20
+TOOLS_PARENT = "/"  # parent of the generated `tools` package mounted at /tools
 
 
 def _init():
@@ -119,12 +120,16 @@ def _make_runtime_module(chan):
     class ToolError(Exception):
         """A tool ran on the host and failed; the message is the tool's."""
 
+    class ToolLimitError(ToolError):
+        """A tool call broke a host-side limit: argument or result size, or the call budget."""
+
     errors = {
         "not_found": LookupError,
         "invalid_arguments": ValueError,
         "denied": PermissionError,
         "timeout": TimeoutError,
         "failed": ToolError,
+        "limit_exceeded": ToolLimitError,
     }
     ids = itertools.count(1)
 
@@ -148,6 +153,7 @@ def _make_runtime_module(chan):
         raise errors.get(err.get("kind"), ToolError)(err.get("message", "tool failed"))
 
     mod.ToolError = ToolError
+    mod.ToolLimitError = ToolLimitError
     mod.call_tool = call_tool
     return mod
 
@@ -192,6 +198,10 @@ def _agent():
     chan = _Channel(CONTROL_FD)
     runtime = _make_runtime_module(chan)
     sys.modules["_agentkernel"] = runtime
+    # The generated tool package lives at /tools (when the sandbox has tools): make
+    # `import tools` find it, after everything else on the path.
+    if TOOLS_PARENT not in sys.path:
+        sys.path.append(TOOLS_PARENT)
     user_globals = {"__name__": "__main__", "__builtins__": __builtins__, "__doc__": None}
     chan.send(
         {

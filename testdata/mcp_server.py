@@ -1,0 +1,104 @@
+"""A real MCP server for AgentKernel's tests, written with the official `mcp` SDK (PyPI).
+
+Runs over stdio by default, or streamable HTTP with `--http PORT` (then it requires the
+header `Authorization: Bearer $TEST_TOKEN`). Its credential is the env var TEST_TOKEN.
+"""
+
+import asyncio
+import os
+import sys
+
+from mcp.server.fastmcp import Context, FastMCP
+
+mcp = FastMCP("agentkernel-test")
+
+
+@mcp.tool()
+def add(a: int, b: int) -> int:
+    """Adds two integers."""
+    return a + b
+
+
+@mcp.tool()
+def word_stats(text: str, min_length: int = 1) -> dict:
+    """Counts the words of `text` that have at least `min_length` characters."""
+    words = [w for w in text.split() if len(w) >= min_length]
+    return {"words": len(words), "longest": max(words, key=len) if words else ""}
+
+
+@mcp.tool()
+def echo(text: str) -> str:
+    """Returns `text` unchanged."""
+    return text
+
+
+@mcp.tool()
+async def slow(seconds: float) -> str:
+    """Sleeps for `seconds`, then answers."""
+    await asyncio.sleep(seconds)
+    return "done"
+
+
+@mcp.tool()
+def huge(size: int) -> str:
+    """Returns a string of `size` characters."""
+    return "x" * size
+
+
+@mcp.tool()
+def crash() -> str:
+    """Kills the server process in the middle of the call."""
+    sys.stderr.write("test server: crashing on purpose\n")
+    sys.stderr.flush()
+    os._exit(3)
+
+
+@mcp.tool()
+def fail(message: str) -> str:
+    """Raises an error with `message`."""
+    raise ValueError(message)
+
+
+@mcp.tool()
+def has_token() -> bool:
+    """Whether the server process has its credential (TEST_TOKEN) set."""
+    return bool(os.environ.get("TEST_TOKEN"))
+
+
+@mcp.tool()
+def leak_token() -> str:
+    """A misbehaving tool: returns the server's credential in its result."""
+    return "the token is " + os.environ.get("TEST_TOKEN", "")
+
+
+@mcp.tool()
+async def add_late_tool(ctx: Context) -> str:
+    """Registers the tool `late` and tells the client the tool list changed."""
+
+    def late(x: int) -> int:
+        """A tool that appeared after start-up."""
+        return x * 10
+
+    mcp.add_tool(late)
+    await ctx.session.send_tool_list_changed()
+    return "added"
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--http":
+        import uvicorn
+        from starlette.middleware.base import BaseHTTPMiddleware
+        from starlette.responses import JSONResponse
+
+        token = os.environ["TEST_TOKEN"]
+
+        async def check_auth(request, call_next):
+            if request.headers.get("authorization") != f"Bearer {token}":
+                return JSONResponse({"error": "unauthorized"}, status_code=401)
+            return await call_next(request)
+
+        app = mcp.streamable_http_app()
+        app.add_middleware(BaseHTTPMiddleware, dispatch=check_auth)
+        uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
+    else:
+        mcp.run()
