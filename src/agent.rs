@@ -1,9 +1,14 @@
 //! The seed's entry point: `create_agent().execute_task(code)`.
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use agentkernel_core::{ExecOutcome, ExecStatus, Result, Timings, ToolCallRecord};
 use serde::{Deserialize, Serialize};
+use tokio::sync::OnceCell;
+
+use crate::config::{Config, SandboxConfig};
 
 use crate::kernel::Kernel;
 
@@ -43,19 +48,24 @@ impl From<ExecOutcome> for TaskResult {
 /// An agent's handle on the kernel: runs generated programs as tasks.
 #[derive(Clone)]
 pub struct Agent {
-    kernel: Kernel,
+    kernel: Arc<OnceCell<Kernel>>,
+    /// Configuration whose tools start on first use (MCP servers are async to start).
+    pending: Option<Arc<Config>>,
 }
 
 impl Agent {
     /// Wraps a configured kernel.
     pub fn new(kernel: Kernel) -> Self {
-        Agent { kernel }
+        Agent {
+            kernel: Arc::new(OnceCell::new_with(Some(kernel))),
+            pending: None,
+        }
     }
 
     /// Runs `code` in a fresh sandbox and returns its result. A Python exception is a
     /// result with `success == false`, not an error.
     pub async fn execute_task(&self, code: impl Into<String>) -> Result<TaskResult> {
-        Ok(self.kernel.execute(code).await?.into())
+        Ok(self.kernel().await?.execute(code).await?.into())
     }
 
     /// Like [`Agent::execute_task`] with a timeout for this task alone.
@@ -65,16 +75,37 @@ impl Agent {
         timeout: Duration,
     ) -> Result<TaskResult> {
         let req = agentkernel_core::ExecRequest::new(code).with_timeout(timeout);
-        Ok(self.kernel.execute_request(req).await?.into())
+        Ok(self.kernel().await?.execute_request(req).await?.into())
     }
 
-    /// The kernel behind this agent.
-    pub fn kernel(&self) -> &Kernel {
-        &self.kernel
+    /// The kernel behind this agent (started on first use when the configuration has tools).
+    pub async fn kernel(&self) -> Result<&Kernel> {
+        self.kernel
+            .get_or_try_init(|| async {
+                match &self.pending {
+                    Some(config) => config.kernel_builder().await?.build(),
+                    None => Kernel::builder().build(),
+                }
+            })
+            .await
     }
 }
 
-/// An agent on the default kernel (process backend, default limits, no tools).
+/// An agent on the default kernel, configured the way the seed's `create_agent()` is:
+/// `./agentkernel.toml` (or `$AGENTKERNEL_CONFIG`) when present, else default limits; and
+/// when no config names a tools directory, `./tools` (if it exists) provides local tool
+/// modules, so `from tools.data_analysis import load_dataset` works as in the seed.
+/// MCP servers start on the first task.
 pub fn create_agent() -> Result<Agent> {
-    Ok(Agent::new(Kernel::builder().build()?))
+    let mut config = Config::discover(None)?.unwrap_or_default();
+    if config.tools.dir.is_none() && Path::new("tools").is_dir() {
+        config.tools.dir = Some(PathBuf::from("tools"));
+    }
+    if !config.has_tools() && config.sandbox == SandboxConfig::default() {
+        return Ok(Agent::new(Kernel::builder().build()?));
+    }
+    Ok(Agent {
+        kernel: Arc::new(OnceCell::new()),
+        pending: Some(Arc::new(config)),
+    })
 }

@@ -8,6 +8,7 @@ use agentkernel_core::{
     Error, ExecOutcome, ExecRequest, Limits, NoTools, Result, Runtime, Sandbox, SandboxSpec,
     ToolHost,
 };
+use agentkernel_tool_bridge::ToolRegistry;
 
 /// Every backend AgentKernel knows, with whether this build has it and what it is.
 pub const BACKENDS: &[(&str, &str)] = &[
@@ -69,7 +70,7 @@ pub(crate) fn make_runtime(name: &str, python: Option<PathBuf>) -> Result<Arc<dy
 pub struct KernelBuilder {
     backend: String,
     spec: SandboxSpec,
-    tools: Arc<dyn ToolHost>,
+    tools: Option<ToolRegistry>,
     python: Option<PathBuf>,
 }
 
@@ -78,7 +79,7 @@ impl Default for KernelBuilder {
         KernelBuilder {
             backend: "process".into(),
             spec: SandboxSpec::default(),
-            tools: Arc::new(NoTools),
+            tools: None,
             python: None,
         }
     }
@@ -127,9 +128,11 @@ impl KernelBuilder {
         self
     }
 
-    /// The tools programs may call.
-    pub fn tools(mut self, tools: Arc<dyn ToolHost>) -> Self {
-        self.tools = tools;
+    /// The tools programs may call: every sandbox mounts the registry's `tools` package at
+    /// `/tools`, and every execution gets a fresh [`agentkernel_tool_bridge::ToolGate`] (the
+    /// registry's policy, a new call budget).
+    pub fn tools(mut self, registry: ToolRegistry) -> Self {
+        self.tools = Some(registry);
         self
     }
 
@@ -150,6 +153,13 @@ impl KernelBuilder {
                 .map_err(|e| Error::io(format!("resolving workspace {}", ws.display()), e))?;
             self.spec.workspace = Some(real);
         }
+        if let Some(reg) = &self.tools {
+            for m in reg.mounts() {
+                if !self.spec.mounts.iter().any(|o| o.guest == m.guest) {
+                    self.spec.mounts.push(m);
+                }
+            }
+        }
         self.spec.validate()?;
         let runtime = make_runtime(&self.backend, self.python)?;
         Ok(Kernel {
@@ -166,7 +176,7 @@ impl KernelBuilder {
 pub struct Kernel {
     runtime: Arc<dyn Runtime>,
     spec: SandboxSpec,
-    tools: Arc<dyn ToolHost>,
+    tools: Option<ToolRegistry>,
 }
 
 impl Kernel {
@@ -195,7 +205,7 @@ impl Kernel {
         let booted = Instant::now();
         let mut sandbox = self.runtime.create(&self.spec).await?;
         let boot = booted.elapsed();
-        let result = sandbox.exec(req, self.tools.clone()).await;
+        let result = sandbox.exec(req, self.tools()).await;
         let torn = Instant::now();
         let shut = sandbox.shutdown().await;
         let mut outcome = result?;
@@ -206,13 +216,22 @@ impl Kernel {
     }
 
     /// A new sandbox with this kernel's spec, for several `exec` calls that share state.
-    /// Pass [`Kernel::tools`] to its `exec`.
+    /// Pass [`Kernel::tools`] to each `exec` (a new gate per execution: a fresh call budget).
     pub async fn sandbox(&self) -> Result<Box<dyn Sandbox>> {
         self.runtime.create(&self.spec).await
     }
 
-    /// The tools of this kernel.
+    /// The tool host for one execution: a new gate on the registry (its policy, a fresh
+    /// call budget), or [`NoTools`] when the kernel has none.
     pub fn tools(&self) -> Arc<dyn ToolHost> {
-        self.tools.clone()
+        match &self.tools {
+            Some(reg) => reg.gate(),
+            None => Arc::new(NoTools),
+        }
+    }
+
+    /// The tool registry, if the kernel has tools.
+    pub fn tool_registry(&self) -> Option<&ToolRegistry> {
+        self.tools.as_ref()
     }
 }

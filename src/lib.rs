@@ -10,8 +10,10 @@
 //!   the conformance suite;
 //! - `agentkernel-backend-process` (feature `process`, default): host CPython in a
 //!   namespace + seccomp + landlock jail;
-//! - `agentkernel-tool-bridge`, `-backend-wasm`, `-backend-monty`, `-backend-microsandbox`:
-//!   planned (their `lib.rs` says what they will hold).
+//! - `agentkernel-tool-bridge`: the tool registry (Rust functions, MCP servers, local Python
+//!   modules), the generated `/tools` package and the per-call policy;
+//! - `agentkernel-backend-wasm`, `-backend-monty`, `-backend-microsandbox`: planned (their
+//!   `lib.rs` says what they will hold).
 //!
 //! ```no_run
 //! # async fn demo() -> agentkernel::Result<()> {
@@ -30,6 +32,7 @@
 //! ```
 
 mod agent;
+pub mod config;
 mod doctor;
 mod kernel;
 
@@ -39,5 +42,8 @@ pub use agentkernel_core::{
     Capabilities, Error, ExecOutcome, ExecRequest, ExecStatus, FnTools, LimitKind, Limits, NoTools,
     Result, Runtime, Sandbox, SandboxSpec, ToolHost,
 };
+pub use agentkernel_tool_bridge as tools;
+pub use agentkernel_tool_bridge::{FunctionTool, McpServerConfig, ToolPolicy, ToolRegistry};
+pub use config::Config;
 pub use doctor::{BackendReport, doctor};
 pub use kernel::{BACKENDS, Kernel, KernelBuilder, compiled_backends};

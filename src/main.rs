@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use agentkernel::core::{CheckState, OutputSink, StreamKind};
-use agentkernel::{Error, ExecRequest, ExecStatus, Kernel};
+use agentkernel::{Config, Error, ExecRequest, ExecStatus, McpServerConfig};
 use clap::{Parser, Subcommand};
 
 /// Exit code for bad input (unknown backend, missing file, bad limits), like clap's.
@@ -33,6 +33,9 @@ enum Command {
     /// status is the program's (1 on an uncaught exception, 124 on timeout, 137 on another
     /// limit kill).
     Run(RunArgs),
+    /// Work with the tools programs can import (`from tools.<server> import <tool>`).
+    #[command(subcommand)]
+    Tools(ToolsCommand),
     /// Show which backends work on this machine, why not, and which protections are active.
     Doctor {
         /// Print JSON instead of text.
@@ -41,26 +44,93 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum ToolsCommand {
+    /// Show the tool catalog as a sandbox sees it: import line, signature, description, and
+    /// whether the policy allows it. Starts the configured MCP servers to list their tools.
+    List {
+        #[command(flatten)]
+        tools: ToolArgs,
+        /// Print JSON (with the JSON Schemas) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Where tools come from: `agentkernel.toml` plus command-line additions.
+#[derive(clap::Args)]
+struct ToolArgs {
+    /// Configuration file (default: $AGENTKERNEL_CONFIG, else ./agentkernel.toml if present).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Add an MCP server: NAME=COMMAND (a stdio server, split like a shell would) or NAME=URL
+    /// (streamable HTTP). Its tools import as `tools.NAME.<tool>`. Repeatable.
+    #[arg(long = "mcp", value_name = "NAME=COMMAND")]
+    mcp: Vec<String>,
+    /// Directory of plain Python tool modules, importable as `tools.<module>`.
+    #[arg(long, value_name = "DIR")]
+    tools_dir: Option<PathBuf>,
+    /// Allow only these tools (`server.tool`, `server.*`); repeatable. Default: the config's
+    /// `[tools] allow`, else all.
+    #[arg(long = "allow-tool", value_name = "PATTERN")]
+    allow_tool: Vec<String>,
+}
+
+impl ToolArgs {
+    /// The configuration file with the command line's additions applied.
+    fn config(&self) -> Result<Config, Error> {
+        let mut config = Config::discover(self.config.as_deref())?.unwrap_or_default();
+        for spec in &self.mcp {
+            let (name, target) = spec.split_once('=').ok_or_else(|| {
+                Error::invalid(
+                    format!("--mcp {spec:?} is not NAME=COMMAND"),
+                    "e.g. --mcp 'everything=npx -y @modelcontextprotocol/server-everything'",
+                )
+            })?;
+            let server = if target.starts_with("http://") || target.starts_with("https://") {
+                McpServerConfig::http(target)
+            } else {
+                let words = shlex::split(target)
+                    .filter(|w| !w.is_empty())
+                    .ok_or_else(|| {
+                        Error::invalid(
+                            format!("--mcp {name}: cannot split the command {target:?}"),
+                            "quote it like a shell command, e.g. --mcp 'fs=npx -y @modelcontextprotocol/server-filesystem /data'",
+                        )
+                    })?;
+                McpServerConfig::stdio(&words[0], &words[1..])
+            };
+            server.validate(name)?;
+            config.mcp_servers.insert(name.to_owned(), server);
+        }
+        if let Some(dir) = &self.tools_dir {
+            config.tools.dir = Some(dir.clone());
+        }
+        if !self.allow_tool.is_empty() {
+            config.tools.allow = Some(self.allow_tool.clone());
+        }
+        config.policy()?;
+        Ok(config)
+    }
+}
+
 #[derive(clap::Args)]
 struct RunArgs {
     /// Backend: process (default), wasm, monty, microvm.
-    #[arg(long, default_value = "process")]
-    backend: String,
+    #[arg(long)]
+    backend: Option<String>,
     /// Host directory mounted read-write at /workspace (created if missing); files persist
     /// across runs.
     #[arg(long, value_name = "DIR")]
     workspace: Option<PathBuf>,
-    /// Wall-clock limit in seconds.
-    #[arg(
-        long,
-        value_name = "S",
-        default_value_t = 30.0,
-        allow_negative_numbers = true
-    )]
-    timeout: f64,
-    /// Memory limit in MiB.
-    #[arg(long, value_name = "MIB", default_value_t = 512)]
-    memory: u64,
+    /// Wall-clock limit in seconds [default: 30, or the config's].
+    #[arg(long, value_name = "S", allow_negative_numbers = true)]
+    timeout: Option<f64>,
+    /// Memory limit in MiB [default: 512, or the config's].
+    #[arg(long, value_name = "MIB")]
+    memory: Option<u64>,
+    #[command(flatten)]
+    tools: ToolArgs,
     /// Print one JSON object {exit_code, stdout, stderr, status, timings, ...} instead of
     /// passing output through.
     #[arg(long)]
@@ -89,6 +159,7 @@ fn main() -> ExitCode {
     runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run(args).await,
+            Command::Tools(ToolsCommand::List { tools, json }) => tools_list(&tools, json).await,
             Command::Doctor { json } => doctor(json).await,
         }
     })
@@ -99,7 +170,7 @@ fn fail(e: &Error) -> ExitCode {
     eprintln!("agentkernel: error: {e}");
     ExitCode::from(match e {
         Error::InvalidRequest { .. } | Error::Unsupported { .. } => EXIT_USAGE,
-        Error::Unavailable { .. } => EXIT_UNAVAILABLE,
+        Error::Unavailable { .. } | Error::ToolSource { .. } => EXIT_UNAVAILABLE,
         _ => EXIT_INTERNAL,
     })
 }
@@ -124,12 +195,20 @@ fn read_program(file: &str) -> Result<String, Error> {
 }
 
 async fn run(args: RunArgs) -> ExitCode {
-    if !(args.timeout.is_finite() && args.timeout > 0.0) {
+    let config = match args.tools.config() {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let timeout = args.timeout.or(config.sandbox.timeout_secs).unwrap_or(30.0);
+    let memory = args.memory.or(config.sandbox.memory_mib).unwrap_or(512);
+    let backend = args
+        .backend
+        .clone()
+        .or_else(|| config.sandbox.backend.clone())
+        .unwrap_or_else(|| "process".into());
+    if !(timeout.is_finite() && timeout > 0.0) {
         return fail(&Error::invalid(
-            format!(
-                "--timeout {} is not a positive number of seconds",
-                args.timeout
-            ),
+            format!("--timeout {timeout} is not a positive number of seconds"),
             "pass e.g. --timeout 30",
         ));
     }
@@ -137,10 +216,14 @@ async fn run(args: RunArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
-    let mut builder = Kernel::builder()
-        .backend(&args.backend)
-        .timeout_secs(args.timeout)
-        .memory_mib(args.memory);
+    let mut builder = match config.kernel_builder().await {
+        Ok(b) => b,
+        Err(e) => return fail(&e),
+    };
+    builder = builder
+        .backend(&backend)
+        .timeout_secs(timeout)
+        .memory_mib(memory);
     if let Some(ws) = &args.workspace {
         builder = builder.workspace(ws);
     }
@@ -177,7 +260,7 @@ async fn run(args: RunArgs) -> ExitCode {
             "stderr_truncated": outcome.stderr.truncated,
             "timings": outcome.timings,
             "tool_calls": outcome.tool_calls,
-            "backend": args.backend,
+            "backend": backend,
         });
         println!("{value}");
     } else {
@@ -193,8 +276,8 @@ async fn run(args: RunArgs) -> ExitCode {
             ExecStatus::Exception { traceback, .. } => eprint!("{traceback}"),
             ExecStatus::Killed { limit } => {
                 let detail = match limit {
-                    agentkernel::LimitKind::WallTime => format!(" ({} s)", args.timeout),
-                    agentkernel::LimitKind::Memory => format!(" ({} MiB)", args.memory),
+                    agentkernel::LimitKind::WallTime => format!(" ({timeout} s)"),
+                    agentkernel::LimitKind::Memory => format!(" ({memory} MiB)"),
                     _ => String::new(),
                 };
                 eprintln!("agentkernel: killed: {limit} limit exceeded{detail}");
@@ -206,6 +289,51 @@ async fn run(args: RunArgs) -> ExitCode {
         }
     }
     ExitCode::from(u8::try_from(exit.clamp(0, 255)).unwrap_or(1))
+}
+
+async fn tools_list(args: &ToolArgs, json: bool) -> ExitCode {
+    let registry = match args.config() {
+        Ok(c) => match c.tool_registry().await {
+            Ok(r) => r,
+            Err(e) => return fail(&e),
+        },
+        Err(e) => return fail(&e),
+    };
+    let catalog = registry.as_ref().map(|r| r.catalog()).unwrap_or_default();
+    let text = if json {
+        match serde_json::to_string_pretty(&catalog) {
+            Ok(s) => s + "\n",
+            Err(e) => return fail(&Error::Internal(e.to_string())),
+        }
+    } else if catalog.is_empty() {
+        "no tools: add MCP servers or a tools directory in agentkernel.toml, or pass --mcp / --tools-dir\n".to_owned()
+    } else {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        for e in &catalog {
+            let denied = if e.allowed {
+                ""
+            } else {
+                "   [not allowed by the policy]"
+            };
+            let _ = writeln!(out, "{}{}{denied}", e.name, e.signature);
+            let _ = writeln!(out, "    {}", e.import);
+            for line in e
+                .description
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .take(3)
+            {
+                let _ = writeln!(out, "    {}", line.trim());
+            }
+        }
+        out
+    };
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    if let Some(r) = registry {
+        r.shutdown().await;
+    }
+    ExitCode::SUCCESS
 }
 
 async fn doctor(json: bool) -> ExitCode {

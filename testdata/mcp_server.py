@@ -13,15 +13,26 @@ from mcp.server.fastmcp import Context, FastMCP
 mcp = FastMCP("agentkernel-test")
 
 
+def _log():
+    """Appends the calling tool's name to $TEST_CALL_LOG, so tests can see from the host
+    which calls reached the server."""
+    path = os.environ.get("TEST_CALL_LOG")
+    if path:
+        with open(path, "a") as f:
+            f.write(sys._getframe(1).f_code.co_name + "\n")
+
+
 @mcp.tool()
 def add(a: int, b: int) -> int:
     """Adds two integers."""
+    _log()
     return a + b
 
 
 @mcp.tool()
 def word_stats(text: str, min_length: int = 1) -> dict:
     """Counts the words of `text` that have at least `min_length` characters."""
+    _log()
     words = [w for w in text.split() if len(w) >= min_length]
     return {"words": len(words), "longest": max(words, key=len) if words else ""}
 
@@ -29,12 +40,14 @@ def word_stats(text: str, min_length: int = 1) -> dict:
 @mcp.tool()
 def echo(text: str) -> str:
     """Returns `text` unchanged."""
+    _log()
     return text
 
 
 @mcp.tool()
 async def slow(seconds: float) -> str:
     """Sleeps for `seconds`, then answers."""
+    _log()
     await asyncio.sleep(seconds)
     return "done"
 
@@ -42,12 +55,14 @@ async def slow(seconds: float) -> str:
 @mcp.tool()
 def huge(size: int) -> str:
     """Returns a string of `size` characters."""
+    _log()
     return "x" * size
 
 
 @mcp.tool()
 def crash() -> str:
     """Kills the server process in the middle of the call."""
+    _log()
     sys.stderr.write("test server: crashing on purpose\n")
     sys.stderr.flush()
     os._exit(3)
@@ -56,24 +71,28 @@ def crash() -> str:
 @mcp.tool()
 def fail(message: str) -> str:
     """Raises an error with `message`."""
+    _log()
     raise ValueError(message)
 
 
 @mcp.tool()
 def has_token() -> bool:
     """Whether the server process has its credential (TEST_TOKEN) set."""
+    _log()
     return bool(os.environ.get("TEST_TOKEN"))
 
 
 @mcp.tool()
 def leak_token() -> str:
     """A misbehaving tool: returns the server's credential in its result."""
+    _log()
     return "the token is " + os.environ.get("TEST_TOKEN", "")
 
 
 @mcp.tool()
 async def add_late_tool(ctx: Context) -> str:
     """Registers the tool `late` and tells the client the tool list changed."""
+    _log()
 
     def late(x: int) -> int:
         """A tool that appeared after start-up."""

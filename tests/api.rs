@@ -1,8 +1,6 @@
 //! The library API: `Kernel` and the seed's `create_agent().execute_task()`.
 
-use std::sync::Arc;
-
-use agentkernel::{ExecRequest, ExecStatus, FnTools, Kernel, create_agent};
+use agentkernel::{ExecRequest, ExecStatus, FunctionTool, Kernel, ToolRegistry, create_agent};
 use serde_json::json;
 
 #[tokio::test]
@@ -28,27 +26,27 @@ async fn failed_task_is_a_result_not_an_error() {
 
 #[tokio::test]
 async fn kernel_sandbox_keeps_state_and_calls_rust_tools() {
-    let tools = FnTools::new().with(
-        "lookup",
-        "Looks up a city's population.",
-        json!({"type": "object", "properties": {"city": {"type": "string"}}}),
-        |args| async move {
-            Ok(match args["city"].as_str() {
-                Some("Paris") => json!(2_100_000),
-                _ => json!(null),
-            })
-        },
-    );
-    let kernel = Kernel::builder()
-        .tools(Arc::new(tools))
+    let tools = ToolRegistry::builder()
+        .function(FunctionTool::new(
+            "geo",
+            "lookup",
+            "Looks up a city's population.",
+            json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}),
+            |args| async move {
+                Ok(match args["city"].as_str() {
+                    Some("Paris") => json!(2_100_000),
+                    _ => json!(null),
+                })
+            },
+        ))
         .build()
-        .expect("kernel");
+        .await
+        .expect("registry");
+    let kernel = Kernel::builder().tools(tools).build().expect("kernel");
     let mut sb = kernel.sandbox().await.expect("sandbox");
     let out = sb
         .exec(
-            ExecRequest::new(
-                "import _agentkernel as ak\npop = ak.call_tool('lookup', city='Paris')",
-            ),
+            ExecRequest::new("from tools.geo import lookup\npop = lookup('Paris')"),
             kernel.tools(),
         )
         .await

@@ -8,7 +8,8 @@ use agentkernel_core::{Error, Result};
 /// The host interpreter the jail runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostPython {
-    /// Real path of the interpreter binary (symlinks and shims such as pyenv's resolved).
+    /// Path of the interpreter binary in a real directory (shims such as pyenv's resolved; a
+    /// virtualenv's `bin/python` kept, as it is what activates the venv).
     pub executable: PathBuf,
     /// Python version, e.g. `3.11.2`.
     pub version: String,
@@ -20,7 +21,9 @@ pub struct HostPython {
 const PROBE: &str = r#"
 import json, os, sys
 print(json.dumps({
-    "executable": os.path.realpath(sys.executable),
+    # The directory is resolved, not the file: a virtualenv's `bin/python` is a symlink to
+    # the base interpreter, and only invoking it by its venv path activates the venv.
+    "executable": os.path.join(os.path.realpath(os.path.dirname(sys.executable)), os.path.basename(sys.executable)),
     "version": sys.version.split()[0],
     "dirs": sorted({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)}),
 }))
@@ -101,6 +104,26 @@ mod tests {
         assert!(py.executable.exists());
         assert!(py.version.starts_with('3'));
         assert!(py.extra_dirs.iter().all(|d| !d.starts_with("/usr")));
+    }
+
+    #[test]
+    fn a_virtualenv_interpreter_keeps_its_venv_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let venv = dir.path().join("venv");
+        let made = Command::new("python3")
+            .args(["-m", "venv", "--without-pip"])
+            .arg(&venv)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let py = discover(Some(&venv.join("bin/python"))).unwrap();
+        let real_venv = venv.canonicalize().unwrap();
+        assert_eq!(py.executable, real_venv.join("bin/python"));
+        assert!(
+            py.extra_dirs.iter().any(|d| d == &real_venv),
+            "{:?}",
+            py.extra_dirs
+        );
     }
 
     #[test]

@@ -32,4 +32,6 @@ pub mod stubs;
 
 pub use mcp::McpServerConfig;
 pub use policy::ToolPolicy;
-pub use registry::{CatalogEntry, FunctionTool, ToolGate, ToolRegistry, ToolRegistryBuilder, ToolSource};
+pub use registry::{
+    CatalogEntry, FunctionTool, ToolGate, ToolRegistry, ToolRegistryBuilder, ToolSource,
+};

@@ -64,7 +64,10 @@ pub struct McpServerConfig {
 
 impl McpServerConfig {
     /// A stdio server: `command` with `args`.
-    pub fn stdio(command: impl Into<String>, args: impl IntoIterator<Item = impl Into<String>>) -> Self {
+    pub fn stdio(
+        command: impl Into<String>,
+        args: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
         McpServerConfig {
             command: Some(command.into()),
             args: args.into_iter().map(Into::into).collect(),
@@ -107,7 +110,9 @@ impl McpServerConfig {
             (None, Some(u)) if u.starts_with("http://") || u.starts_with("https://") => {
                 if !self.args.is_empty() || !self.env.is_empty() || self.cwd.is_some() {
                     return Err(Error::invalid(
-                        format!("MCP server {name:?}: `args`, `env` and `cwd` only apply to `command` servers"),
+                        format!(
+                            "MCP server {name:?}: `args`, `env` and `cwd` only apply to `command` servers"
+                        ),
                         "use `headers` for credentials of a `url` server",
                     ));
                 }
@@ -192,10 +197,10 @@ impl ClientHandler for Handler {
         // Re-list outside the notification handler: the answer arrives through the same
         // service loop that is running this handler.
         tokio::spawn(async move {
-            if let Some(server) = server.upgrade() {
-                if let Err(e) = server.refresh(&peer).await {
-                    tracing::warn!(server = %server.name, error = %e, "re-listing tools after list_changed failed");
-                }
+            if let Some(server) = server.upgrade()
+                && let Err(e) = server.refresh(&peer).await
+            {
+                tracing::warn!(server = %server.name, error = %e, "re-listing tools after list_changed failed");
             }
         });
         std::future::ready(())
@@ -223,7 +228,11 @@ pub(crate) struct McpServer {
 
 impl McpServer {
     /// Connects to the server and lists its tools (writing their stubs under `stub_root`).
-    pub async fn start(name: &str, config: McpServerConfig, stub_root: PathBuf) -> Result<Arc<Self>> {
+    pub async fn start(
+        name: &str,
+        config: McpServerConfig,
+        stub_root: PathBuf,
+    ) -> Result<Arc<Self>> {
         config.validate(name)?;
         let server = Arc::new(McpServer {
             name: name.to_owned(),
@@ -243,7 +252,12 @@ impl McpServer {
     /// What the server is, for listings (`stdio: npx -y ...` / `http: URL`).
     pub fn describe(&self) -> String {
         match (&self.config.command, &self.config.url) {
-            (Some(c), _) => format!("MCP server (stdio: {c} {})", self.config.args.join(" ")).trim_end().to_owned() + "",
+            (Some(c), _) => {
+                format!("MCP server (stdio: {c} {})", self.config.args.join(" "))
+                    .trim_end()
+                    .to_owned()
+                    + ""
+            }
             (_, Some(u)) => format!("MCP server (http: {u})"),
             _ => "MCP server".into(),
         }
@@ -307,10 +321,18 @@ impl McpServer {
             let mut headers = HashMap::new();
             for (k, v) in &self.config.headers {
                 let name = http::HeaderName::try_from(k.as_str()).map_err(|e| {
-                    Error::tool_source(&self.name, format!("bad header name {k:?}: {e}"), "fix `headers`")
+                    Error::tool_source(
+                        &self.name,
+                        format!("bad header name {k:?}: {e}"),
+                        "fix `headers`",
+                    )
                 })?;
                 let value = http::HeaderValue::try_from(v.as_str()).map_err(|_| {
-                    Error::tool_source(&self.name, format!("bad value for header {k:?}"), "fix `headers`")
+                    Error::tool_source(
+                        &self.name,
+                        format!("bad value for header {k:?}"),
+                        "fix `headers`",
+                    )
                 })?;
                 headers.insert(name, value);
             }
@@ -321,7 +343,9 @@ impl McpServer {
             let transport = StreamableHttpClientTransport::from_config(cfg);
             handler.serve(transport).await.map_err(|e| e.to_string())
         } else {
-            return Err(Error::Internal("MCP server has no transport (validated earlier)".into()));
+            return Err(Error::Internal(
+                "MCP server has no transport (validated earlier)".into(),
+            ));
         };
         started.map_err(|e| {
             Error::tool_source(
@@ -358,7 +382,15 @@ impl McpServer {
         let tail = self
             .stderr_tail
             .lock()
-            .map(|t| t.iter().rev().take(5).rev().cloned().collect::<Vec<_>>().join("\n  "))
+            .map(|t| {
+                t.iter()
+                    .rev()
+                    .take(5)
+                    .rev()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("\n  ")
+            })
             .unwrap_or_default();
         if tail.is_empty() {
             String::new()
@@ -407,10 +439,14 @@ impl McpServer {
                 tool: &t.py,
                 description: &t.description,
                 input_schema: &t.input_schema,
+                output_schema: t.output_schema.as_ref(),
             })
             .collect();
         stubs::write_server(&self.stub_root, &self.py, &stub_tools).map_err(|e| {
-            Error::io(format!("writing tool stubs for MCP server {:?}", self.name), e)
+            Error::io(
+                format!("writing tool stubs for MCP server {:?}", self.name),
+                e,
+            )
         })?;
         tracing::debug!(server = %self.name, tools = tools.len(), "listed MCP tools");
         if let Ok(mut slot) = self.tools.write() {
@@ -420,7 +456,11 @@ impl McpServer {
     }
 
     /// Calls tool `raw` with `args` and turns the answer into the value Python sees.
-    pub async fn call(self: &Arc<Self>, raw: &str, args: serde_json::Map<String, Value>) -> std::result::Result<Value, ToolError> {
+    pub async fn call(
+        self: &Arc<Self>,
+        raw: &str,
+        args: serde_json::Map<String, Value>,
+    ) -> std::result::Result<Value, ToolError> {
         let (peer, generation) = self
             .peer()
             .await
@@ -429,7 +469,10 @@ impl McpServer {
         match peer.call_tool(params).await {
             Ok(result) => self.convert(result),
             Err(e) => {
-                let gone = matches!(e, ServiceError::TransportClosed | ServiceError::TransportSend(_));
+                let gone = matches!(
+                    e,
+                    ServiceError::TransportClosed | ServiceError::TransportSend(_)
+                );
                 if gone {
                     self.forget(generation).await;
                     // Give the stderr reader a moment to catch the server's last words.
@@ -445,7 +488,11 @@ impl McpServer {
                 } else {
                     Err(ToolError::new(
                         ToolErrorKind::Failed,
-                        format!("MCP server {:?}: {}", self.name, self.redact(&e.to_string())),
+                        format!(
+                            "MCP server {:?}: {}",
+                            self.name,
+                            self.redact(&e.to_string())
+                        ),
                     ))
                 }
             }
@@ -470,7 +517,11 @@ impl McpServer {
             let text = content_text(&result.content);
             return Err(ToolError::new(
                 ToolErrorKind::Failed,
-                self.redact(if text.is_empty() { "the tool reported an error" } else { &text }),
+                self.redact(if text.is_empty() {
+                    "the tool reported an error"
+                } else {
+                    &text
+                }),
             ));
         }
         let value = match result.structured_content {
@@ -497,7 +548,9 @@ impl McpServer {
         }
         match v {
             Value::String(s) => Value::String(self.redact(&s)),
-            Value::Array(items) => Value::Array(items.into_iter().map(|i| self.redact_value(i)).collect()),
+            Value::Array(items) => {
+                Value::Array(items.into_iter().map(|i| self.redact_value(i)).collect())
+            }
             Value::Object(map) => Value::Object(
                 map.into_iter()
                     .map(|(k, v)| (self.redact(&k), self.redact_value(v)))

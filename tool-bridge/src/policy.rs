@@ -92,7 +92,6 @@ mod secs {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

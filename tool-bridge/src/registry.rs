@@ -6,8 +6,8 @@ use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use agentkernel_core::{Error, Mount, Result, ToolError, ToolErrorKind, ToolHost, ToolSpec};
@@ -192,13 +192,13 @@ impl ToolRegistryBuilder {
                     "rename it",
                 ));
             }
-            if let Some(other) = names.insert(py.clone(), what.clone()) {
-                if other != what {
-                    return Err(Error::invalid(
-                        format!("{what} and {other} would both be `tools.{py}`"),
-                        "give them different names",
-                    ));
-                }
+            if let Some(other) = names.insert(py.clone(), what.clone())
+                && other != what
+            {
+                return Err(Error::invalid(
+                    format!("{what} and {other} would both be `tools.{py}`"),
+                    "give them different names",
+                ));
             }
             Ok(())
         };
@@ -208,22 +208,34 @@ impl ToolRegistryBuilder {
         for f in self.functions {
             if !stubs::is_identifier(&f.server) || !stubs::is_identifier(&f.tool) {
                 return Err(Error::invalid(
-                    format!("Rust tool {}.{}: server and tool names must be Python identifiers", f.server, f.tool),
+                    format!(
+                        "Rust tool {}.{}: server and tool names must be Python identifiers",
+                        f.server, f.tool
+                    ),
                     "use letters, digits and '_' (e.g. \"calc\", \"add_numbers\")",
                 ));
             }
             claim(f.server.clone(), format!("Rust tools of {:?}", f.server))?;
             let validator = jsonschema::validator_for(&f.input_schema).map_err(|e| {
                 Error::invalid(
-                    format!("Rust tool {}.{}: input schema is not valid JSON Schema: {e}", f.server, f.tool),
+                    format!(
+                        "Rust tool {}.{}: input schema is not valid JSON Schema: {e}",
+                        f.server, f.tool
+                    ),
                     "fix the schema passed to FunctionTool::new",
                 )
             })?;
             let qualified = format!("{}.{}", f.server, f.tool);
             if functions.contains_key(&qualified) {
-                return Err(Error::invalid(format!("Rust tool {qualified} registered twice"), "register each tool once"));
+                return Err(Error::invalid(
+                    format!("Rust tool {qualified} registered twice"),
+                    "register each tool once",
+                ));
             }
-            fn_servers.entry(f.server.clone()).or_default().push(qualified.clone());
+            fn_servers
+                .entry(f.server.clone())
+                .or_default()
+                .push(qualified.clone());
             functions.insert(
                 qualified,
                 FnEntry {
@@ -261,6 +273,7 @@ impl ToolRegistryBuilder {
                         tool: q.split_once('.').map(|(_, t)| t).unwrap_or(q),
                         description: &e.description,
                         input_schema: &e.input_schema,
+                        output_schema: e.output_schema.as_ref(),
                     })
                 })
                 .collect();
@@ -282,7 +295,10 @@ impl ToolRegistryBuilder {
                     mcp.insert(server.py.clone(), server);
                 }
                 Ok(Err(e)) => first_error = first_error.or(Some(e)),
-                Err(e) => first_error = first_error.or(Some(Error::Internal(format!("MCP start task: {e}")))),
+                Err(e) => {
+                    first_error =
+                        first_error.or(Some(Error::Internal(format!("MCP start task: {e}"))))
+                }
             }
         }
         if let Some(e) = first_error {
@@ -299,8 +315,11 @@ impl ToolRegistryBuilder {
         servers.extend(mcp.values().map(|s| (s.py.clone(), s.describe())));
         servers.sort();
         let local_names = local.as_ref().map(|(_, m)| m.clone()).unwrap_or_default();
-        stubs::write_file(&root.join("__init__.py"), &stubs::root_package(&servers, &local_names))
-            .map_err(|e| Error::io("writing tool stubs", e))?;
+        stubs::write_file(
+            &root.join("__init__.py"),
+            &stubs::root_package(&servers, &local_names),
+        )
+        .map_err(|e| Error::io("writing tool stubs", e))?;
 
         Ok(ToolRegistry {
             inner: Arc::new(Inner {
@@ -322,7 +341,8 @@ fn local_modules(dir: &Path) -> Result<(PathBuf, Vec<String>)> {
             "point --tools-dir (or [tools] dir) at an existing directory of .py files",
         )
     })?;
-    let entries = std::fs::read_dir(&dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+    let entries =
+        std::fs::read_dir(&dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
     let mut modules = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
@@ -361,7 +381,10 @@ pub struct ToolRegistry {
 impl fmt::Debug for ToolRegistry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ToolRegistry")
-            .field("functions", &self.inner.functions.keys().collect::<Vec<_>>())
+            .field(
+                "functions",
+                &self.inner.functions.keys().collect::<Vec<_>>(),
+            )
             .field("mcp", &self.inner.mcp.keys().collect::<Vec<_>>())
             .field("stubs", &self.inner.stubs.path())
             .finish()
@@ -371,7 +394,7 @@ impl fmt::Debug for ToolRegistry {
 /// A tool found by name.
 enum Route<'a> {
     Function(&'a FnEntry),
-    Mcp(&'a Arc<McpServer>, crate::mcp::McpTool),
+    Mcp(&'a Arc<McpServer>, Box<crate::mcp::McpTool>),
 }
 
 impl ToolRegistry {
@@ -431,7 +454,11 @@ impl ToolRegistry {
             out.push(CatalogEntry {
                 name: q.clone(),
                 import: format!("from tools.{server} import {tool}"),
-                signature: format!("{} -> Any", stubs::signature(&e.input_schema)),
+                signature: format!(
+                    "{} -> {}",
+                    stubs::signature(&e.input_schema),
+                    stubs::return_hint(e.output_schema.as_ref())
+                ),
                 description: e.description.clone(),
                 source: ToolSource::Rust,
                 allowed: policy.allows(q),
@@ -444,7 +471,11 @@ impl ToolRegistry {
                 let q = format!("{}.{}", server.py, t.py);
                 out.push(CatalogEntry {
                     import: format!("from tools.{} import {}", server.py, t.py),
-                    signature: format!("{} -> Any", stubs::signature(&t.input_schema)),
+                    signature: format!(
+                        "{} -> {}",
+                        stubs::signature(&t.input_schema),
+                        stubs::return_hint(t.output_schema.as_ref())
+                    ),
                     description: t.description.clone(),
                     source: ToolSource::Mcp,
                     allowed: policy.allows(&q),
@@ -476,7 +507,7 @@ impl ToolRegistry {
         let (server, tool) = qualified.split_once('.')?;
         let s = self.inner.mcp.get(server)?;
         let t = s.tools().into_iter().find(|t| t.py == tool)?;
-        Some(Route::Mcp(s, t))
+        Some(Route::Mcp(s, Box::new(t)))
     }
 
     fn known_names(&self) -> Vec<String> {
@@ -540,14 +571,20 @@ impl ToolGate {
         if !self.policy.allows(name) {
             return Err(ToolError::new(
                 ToolErrorKind::Denied,
-                format!("tool {name} is not allowed in this sandbox (allowed: {})", self.policy.allow.join(", ")),
+                format!(
+                    "tool {name} is not allowed in this sandbox (allowed: {})",
+                    self.policy.allow.join(", ")
+                ),
             ));
         }
         let n = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
         if n > self.policy.max_calls {
             return Err(ToolError::new(
                 ToolErrorKind::LimitExceeded,
-                format!("tool call budget spent: at most {} calls per execution", self.policy.max_calls),
+                format!(
+                    "tool call budget spent: at most {} calls per execution",
+                    self.policy.max_calls
+                ),
             ));
         }
         let args = match args {
@@ -556,8 +593,10 @@ impl ToolGate {
             other => {
                 return Err(ToolError::new(
                     ToolErrorKind::InvalidArguments,
-                    format!("{name}: arguments must be an object of keyword arguments, not {other}"),
-                ))
+                    format!(
+                        "{name}: arguments must be an object of keyword arguments, not {other}"
+                    ),
+                ));
             }
         };
         let arg_bytes = serde_json::to_vec(&args).map(|v| v.len()).unwrap_or(0);
@@ -565,7 +604,10 @@ impl ToolGate {
         if arg_bytes > self.policy.max_arg_bytes {
             return Err(ToolError::new(
                 ToolErrorKind::LimitExceeded,
-                format!("{name}: arguments of {arg_bytes} bytes exceed the cap of {} bytes", self.policy.max_arg_bytes),
+                format!(
+                    "{name}: arguments of {arg_bytes} bytes exceed the cap of {} bytes",
+                    self.policy.max_arg_bytes
+                ),
             ));
         }
         let validator = match &route {
@@ -578,7 +620,11 @@ impl ToolGate {
                 .take(3)
                 .map(|e| {
                     let at = e.instance_path().to_string();
-                    if at.is_empty() { e.to_string() } else { format!("{at}: {e}") }
+                    if at.is_empty() {
+                        e.to_string()
+                    } else {
+                        format!("{at}: {e}")
+                    }
                 })
                 .collect();
             if !problems.is_empty() {
@@ -589,7 +635,9 @@ impl ToolGate {
             }
         }
         let timeout = match &route {
-            Route::Mcp(s, _) => s.timeout().map_or(self.policy.timeout, |t| t.min(self.policy.timeout)),
+            Route::Mcp(s, _) => s
+                .timeout()
+                .map_or(self.policy.timeout, |t| t.min(self.policy.timeout)),
             Route::Function(_) => self.policy.timeout,
         };
         let call = async {
@@ -597,14 +645,20 @@ impl ToolGate {
                 Route::Function(f) => (f.call)(args).await,
                 Route::Mcp(s, t) => match args {
                     Value::Object(m) => s.call(&t.raw, m).await,
-                    _ => Err(ToolError::new(ToolErrorKind::InvalidArguments, "arguments must be an object")),
+                    _ => Err(ToolError::new(
+                        ToolErrorKind::InvalidArguments,
+                        "arguments must be an object",
+                    )),
                 },
             }
         };
         let value = tokio::time::timeout(timeout, call).await.map_err(|_| {
             ToolError::new(
                 ToolErrorKind::Timeout,
-                format!("{name} did not answer within {}; the call was abandoned", fmt_duration(timeout)),
+                format!(
+                    "{name} did not answer within {}; the call was abandoned",
+                    fmt_duration(timeout)
+                ),
             )
         })??;
         let result_bytes = serde_json::to_vec(&value).map(|v| v.len()).unwrap_or(0);

@@ -36,6 +36,8 @@ pub struct StubTool<'a> {
     pub description: &'a str,
     /// JSON Schema of the arguments.
     pub input_schema: &'a Value,
+    /// JSON Schema of the result, if declared.
+    pub output_schema: Option<&'a Value>,
 }
 
 const KEYWORDS: &[&str] = &[
@@ -93,18 +95,20 @@ fn py_literal(v: &Value) -> String {
 
 /// The Python type hint for a JSON Schema (as text; annotations are not evaluated).
 pub fn type_hint(schema: &Value) -> String {
-    if let Some(values) = schema.get("enum").and_then(Value::as_array) {
-        if !values.is_empty() && values.iter().all(|v| !v.is_array() && !v.is_object()) {
-            return format!(
-                "Literal[{}]",
-                values.iter().map(py_literal).collect::<Vec<_>>().join(", ")
-            );
-        }
+    if let Some(values) = schema.get("enum").and_then(Value::as_array)
+        && !values.is_empty()
+        && values.iter().all(|v| !v.is_array() && !v.is_object())
+    {
+        return format!(
+            "Literal[{}]",
+            values.iter().map(py_literal).collect::<Vec<_>>().join(", ")
+        );
     }
-    if let Some(c) = schema.get("const") {
-        if !c.is_array() && !c.is_object() {
-            return format!("Literal[{}]", py_literal(c));
-        }
+    if let Some(c) = schema.get("const")
+        && !c.is_array()
+        && !c.is_object()
+    {
+        return format!("Literal[{}]", py_literal(c));
     }
     for key in ["anyOf", "oneOf"] {
         if let Some(options) = schema.get(key).and_then(Value::as_array) {
@@ -154,6 +158,19 @@ fn simple_hint(t: &str, schema: &Value) -> String {
     }
 }
 
+/// The Python return type for an output schema. Servers built on the official SDKs wrap a
+/// non-object result as `{"result": value}`; the bridge unwraps it, and so does the hint.
+pub fn return_hint(output_schema: Option<&Value>) -> String {
+    let Some(schema) = output_schema else {
+        return "Any".into();
+    };
+    let props = schema.get("properties").and_then(Value::as_object);
+    match props {
+        Some(p) if p.len() == 1 && p.contains_key("result") => type_hint(&p["result"]),
+        _ => type_hint(schema),
+    }
+}
+
 /// One parameter of a generated function.
 struct Param {
     name: String,
@@ -170,7 +187,9 @@ fn params(schema: &Value) -> (Vec<Param>, bool) {
         .map(|r| r.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
     let mut out = Vec::new();
-    let mut needs_kwargs = schema.get("additionalProperties").is_some_and(|a| a != false);
+    let mut needs_kwargs = schema
+        .get("additionalProperties")
+        .is_some_and(|a| a != false);
     if let Some(props) = schema.get("properties").and_then(Value::as_object) {
         for (name, prop) in props {
             if !is_identifier(name) || name.starts_with("_ak") {
@@ -188,7 +207,10 @@ fn params(schema: &Value) -> (Vec<Param>, bool) {
                 .unwrap_or("")
                 .trim()
                 .to_owned();
-            if let Some(d) = prop.get("default").filter(|d| d.is_array() || d.is_object()) {
+            if let Some(d) = prop
+                .get("default")
+                .filter(|d| d.is_array() || d.is_object())
+            {
                 let _ = write!(doc, " (default: {d})");
             }
             out.push(Param {
@@ -264,7 +286,13 @@ pub fn tool_module(t: &StubTool<'_>) -> String {
          from typing import Any, Literal\n\n\
          import _agentkernel\n"
     );
-    let _ = writeln!(src, "def {}{} -> Any:", t.tool, sig);
+    let _ = writeln!(
+        src,
+        "def {}{} -> {}:",
+        t.tool,
+        sig,
+        return_hint(t.output_schema)
+    );
     let _ = writeln!(src, "    {}", Value::String(doc));
     let _ = writeln!(src, "    _ak_args: dict[str, Any] = {{}}");
     for p in &params {
@@ -291,7 +319,8 @@ pub fn tool_module(t: &StubTool<'_>) -> String {
 
 /// The source of `/tools/<server>/__init__.py`: lazy access to the tool functions.
 pub fn server_package(server: &str, summary: &[(String, String)]) -> String {
-    let mut doc = format!("Tools of {server:?}. Import a tool with `from tools.{server} import NAME`.\n\n");
+    let mut doc =
+        format!("Tools of {server:?}. Import a tool with `from tools.{server} import NAME`.\n\n");
     for (name, desc) in summary {
         let first = desc.lines().next().unwrap_or("").trim();
         let _ = writeln!(doc, "{name}: {first}");
@@ -464,8 +493,12 @@ mod tests {
             tool: "search",
             description: "Finds \"\"\" things.\nSecond line.",
             input_schema: &schema,
+            output_schema: None,
         });
         assert!(src.contains("def search(q: str) -> Any:"), "{src}");
-        assert!(src.contains("_agentkernel.call_tool(\"s.search\", _ak_args)"), "{src}");
+        assert!(
+            src.contains("_agentkernel.call_tool(\"s.search\", _ak_args)"),
+            "{src}"
+        );
     }
 }

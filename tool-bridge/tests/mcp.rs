@@ -37,18 +37,39 @@ async fn mcp_tools_are_listed_called_and_converted() {
     let reg = registry(ToolPolicy::default()).await;
     let names: Vec<String> = reg.catalog().into_iter().map(|e| e.name).collect();
     for expected in ["calc.mul", "test.add", "test.word_stats", "test.crash"] {
-        assert!(names.contains(&expected.to_owned()), "{expected} missing from {names:?}");
+        assert!(
+            names.contains(&expected.to_owned()),
+            "{expected} missing from {names:?}"
+        );
     }
     let gate = reg.gate();
-    assert_eq!(gate.call("test.add", json!({"a": 2, "b": 40})).await.unwrap(), json!(42));
     assert_eq!(
-        gate.call("test.word_stats", json!({"text": "a bb ccc", "min_length": 2})).await.unwrap(),
+        gate.call("test.add", json!({"a": 2, "b": 40}))
+            .await
+            .unwrap(),
+        json!(42)
+    );
+    assert_eq!(
+        gate.call(
+            "test.word_stats",
+            json!({"text": "a bb ccc", "min_length": 2})
+        )
+        .await
+        .unwrap(),
         json!({"words": 2, "longest": "ccc"})
     );
-    assert_eq!(gate.call("calc.mul", json!({"a": 6, "b": 7})).await.unwrap(), json!(42));
+    assert_eq!(
+        gate.call("calc.mul", json!({"a": 6, "b": 7}))
+            .await
+            .unwrap(),
+        json!(42)
+    );
     // The generated stub exists with a typed signature.
     let stub = std::fs::read_to_string(reg.stubs_dir().join("test/word_stats.py")).unwrap();
-    assert!(stub.contains("def word_stats(text: str, *, min_length: int = 1) -> Any:"), "{stub}");
+    assert!(
+        stub.contains("def word_stats(text: str, *, min_length: int = 1) -> Any:"),
+        "{stub}"
+    );
     reg.shutdown().await;
 }
 
@@ -64,23 +85,38 @@ async fn policy_and_faults_give_the_documented_errors_and_the_server_recovers() 
     let reg = registry(policy).await;
     let gate = reg.gate();
 
-    let e = gate.call("test.add", json!({"a": "two", "b": 1})).await.unwrap_err();
+    let e = gate
+        .call("test.add", json!({"a": "two", "b": 1}))
+        .await
+        .unwrap_err();
     assert_eq!(e.kind, ToolErrorKind::InvalidArguments, "{e}");
     assert!(e.message.contains("not of type \"integer\""), "{e}");
 
-    let e = gate.call("calc.mul", json!({"a": 1, "b": 1})).await.unwrap_err();
+    let e = gate
+        .call("calc.mul", json!({"a": 1, "b": 1}))
+        .await
+        .unwrap_err();
     assert_eq!(e.kind, ToolErrorKind::Denied, "{e}");
 
     let e = gate.call("test.nope", json!({})).await.unwrap_err();
     assert_eq!(e.kind, ToolErrorKind::NotFound, "{e}");
 
-    let e = gate.call("test.slow", json!({"seconds": 30})).await.unwrap_err();
+    let e = gate
+        .call("test.slow", json!({"seconds": 30}))
+        .await
+        .unwrap_err();
     assert_eq!(e.kind, ToolErrorKind::Timeout, "{e}");
 
-    let e = gate.call("test.huge", json!({"size": 1_000_000})).await.unwrap_err();
+    let e = gate
+        .call("test.huge", json!({"size": 1_000_000}))
+        .await
+        .unwrap_err();
     assert_eq!(e.kind, ToolErrorKind::LimitExceeded, "{e}");
 
-    let e = gate.call("test.fail", json!({"message": "upstream said no"})).await.unwrap_err();
+    let e = gate
+        .call("test.fail", json!({"message": "upstream said no"}))
+        .await
+        .unwrap_err();
     assert_eq!(e.kind, ToolErrorKind::Failed, "{e}");
     assert!(e.message.contains("upstream said no"), "{e}");
 
@@ -89,27 +125,47 @@ async fn policy_and_faults_give_the_documented_errors_and_the_server_recovers() 
     assert_eq!(e.kind, ToolErrorKind::Failed, "{e}");
     assert!(e.message.contains("restarted"), "{e}");
     // The next call works, on a new server process.
-    assert_eq!(gate.call("test.add", json!({"a": 1, "b": 1})).await.unwrap(), json!(2));
+    assert_eq!(
+        gate.call("test.add", json!({"a": 1, "b": 1}))
+            .await
+            .unwrap(),
+        json!(2)
+    );
     assert_ne!(reg.mcp_generation("test").await, before);
 
     // Credentials are redacted from results.
     let leaked = gate.call("test.leak_token", json!({})).await.unwrap();
     assert!(!leaked.to_string().contains(TOKEN), "{leaked}");
-    assert_eq!(gate.call("test.has_token", json!({})).await.unwrap(), json!(true));
+    assert_eq!(
+        gate.call("test.has_token", json!({})).await.unwrap(),
+        json!(true)
+    );
     reg.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn call_budget_is_per_gate() {
-    let reg = registry(ToolPolicy { max_calls: 2, ..ToolPolicy::default() }).await;
+    let reg = registry(ToolPolicy {
+        max_calls: 2,
+        ..ToolPolicy::default()
+    })
+    .await;
     let gate = reg.gate();
     for _ in 0..2 {
-        gate.call("calc.mul", json!({"a": 1, "b": 2})).await.unwrap();
+        gate.call("calc.mul", json!({"a": 1, "b": 2}))
+            .await
+            .unwrap();
     }
-    let e = gate.call("calc.mul", json!({"a": 1, "b": 2})).await.unwrap_err();
+    let e = gate
+        .call("calc.mul", json!({"a": 1, "b": 2}))
+        .await
+        .unwrap_err();
     assert_eq!(e.kind, ToolErrorKind::LimitExceeded, "{e}");
     // A new execution gets a new budget.
-    reg.gate().call("calc.mul", json!({"a": 1, "b": 2})).await.unwrap();
+    reg.gate()
+        .call("calc.mul", json!({"a": 1, "b": 2}))
+        .await
+        .unwrap();
     reg.shutdown().await;
 }
 
@@ -117,7 +173,10 @@ async fn call_budget_is_per_gate() {
 async fn list_changed_notification_adds_the_new_tool_and_its_stub() {
     let reg = registry(ToolPolicy::default()).await;
     let gate = reg.gate();
-    assert_eq!(gate.call("test.add_late_tool", json!({})).await.unwrap(), json!("added"));
+    assert_eq!(
+        gate.call("test.add_late_tool", json!({})).await.unwrap(),
+        json!("added")
+    );
     let stub = reg.stubs_dir().join("test/late.py");
     let mut waited = 0;
     while !stub.exists() && waited < 100 {
@@ -125,6 +184,9 @@ async fn list_changed_notification_adds_the_new_tool_and_its_stub() {
         waited += 1;
     }
     assert!(stub.exists(), "stub for the late tool was not written");
-    assert_eq!(gate.call("test.late", json!({"x": 4})).await.unwrap(), json!(40));
+    assert_eq!(
+        gate.call("test.late", json!({"x": 4})).await.unwrap(),
+        json!(40)
+    );
     reg.shutdown().await;
 }

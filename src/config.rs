@@ -1,0 +1,315 @@
+//! `agentkernel.toml`: sandbox defaults, the tool policy, local tool modules and MCP servers.
+//!
+//! ```toml
+//! [sandbox]
+//! backend = "process"
+//! timeout_secs = 30
+//! memory_mib = 512
+//! workspace = "./workspace"     # relative paths are relative to this file
+//!
+//! [tools]
+//! dir = "./tools"               # plain Python modules: `from tools.data_analysis import ...`
+//! allow = ["github.*", "calc.add"]
+//! timeout_secs = 60
+//! max_calls = 1000
+//! max_arg_bytes = 1048576
+//! max_result_bytes = 8388608
+//!
+//! [mcp_servers.github]
+//! command = "npx"
+//! args = ["-y", "@modelcontextprotocol/server-github"]
+//! env = { GITHUB_TOKEN = "${GITHUB_TOKEN}" }   # ${VAR} comes from the host's environment
+//!
+//! [mcp_servers.search]
+//! url = "https://search.example.com/mcp"
+//! headers = { Authorization = "Bearer ${SEARCH_TOKEN}" }
+//! ```
+//!
+//! Where it is looked for: `--config FILE`, else `$AGENTKERNEL_CONFIG`, else
+//! `./agentkernel.toml` when it exists. Secrets should stay in the host's environment and be
+//! referenced as `${VAR}`; nothing from this file reaches the sandbox except the generated tool
+//! stubs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use agentkernel_core::{Error, Result};
+use agentkernel_tool_bridge::{McpServerConfig, ToolPolicy, ToolRegistry};
+use serde::Deserialize;
+
+use crate::kernel::KernelBuilder;
+
+/// Name of the file looked for in the current directory.
+pub const CONFIG_FILE: &str = "agentkernel.toml";
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Sandbox defaults.
+    #[serde(default)]
+    pub sandbox: SandboxConfig,
+    /// Tool policy and local modules.
+    #[serde(default)]
+    pub tools: ToolsConfig,
+    /// MCP servers by name (each becomes `tools.<name>`).
+    #[serde(default)]
+    pub mcp_servers: BTreeMap<String, McpServerConfig>,
+}
+
+/// `[sandbox]`: defaults for every run (command-line flags override them).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxConfig {
+    /// Backend name.
+    pub backend: Option<String>,
+    /// Wall-clock limit in seconds.
+    pub timeout_secs: Option<f64>,
+    /// Memory limit in MiB.
+    pub memory_mib: Option<u64>,
+    /// Host directory mounted at `/workspace`.
+    pub workspace: Option<PathBuf>,
+    /// Interpreter for the process backend.
+    pub python: Option<PathBuf>,
+}
+
+/// `[tools]`: the local modules directory and the policy; unset policy settings keep
+/// [`ToolPolicy::default`].
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolsConfig {
+    /// Directory of plain Python tool modules.
+    pub dir: Option<PathBuf>,
+    /// Allowed tools (`server.tool`, `server.*`, `*`).
+    pub allow: Option<Vec<String>>,
+    /// Per-call timeout in seconds.
+    pub timeout_secs: Option<f64>,
+    /// Largest argument object in bytes.
+    pub max_arg_bytes: Option<usize>,
+    /// Largest result in bytes.
+    pub max_result_bytes: Option<usize>,
+    /// Calls per execution.
+    pub max_calls: Option<u32>,
+}
+
+impl Config {
+    /// Reads and checks `path`. Relative paths in it are resolved against its directory and
+    /// `${VAR}` in MCP `env`/`headers` values is replaced from the environment.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::invalid(
+                format!("cannot read config file {}: {e}", path.display()),
+                "pass an existing file to --config",
+            )
+        })?;
+        let mut config: Config = toml::from_str(&text).map_err(|e| {
+            Error::invalid(
+                format!("config file {}: {e}", path.display()),
+                "see the agentkernel.toml example in the README",
+            )
+        })?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let resolve = |p: &mut Option<PathBuf>| {
+            if let Some(p) = p.as_mut().filter(|p| p.is_relative()) {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut config.sandbox.workspace);
+        resolve(&mut config.sandbox.python);
+        resolve(&mut config.tools.dir);
+        for (name, server) in &mut config.mcp_servers {
+            resolve(&mut server.cwd);
+            for v in server.env.values_mut().chain(server.headers.values_mut()) {
+                *v = expand_env(v).map_err(|var| {
+                    Error::invalid(
+                        format!(
+                            "config file {}: MCP server {name:?} uses ${{{var}}}, which is not set",
+                            path.display()
+                        ),
+                        format!("export {var}=... before starting agentkernel"),
+                    )
+                })?;
+            }
+            server.validate(name)?;
+        }
+        config.policy()?;
+        Ok(config)
+    }
+
+    /// `explicit`, else `$AGENTKERNEL_CONFIG`, else `./agentkernel.toml` if present; `None`
+    /// when there is no config at all.
+    pub fn discover(explicit: Option<&Path>) -> Result<Option<Config>> {
+        let path = match explicit {
+            Some(p) => Some(p.to_path_buf()),
+            None => match std::env::var_os("AGENTKERNEL_CONFIG") {
+                Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
+                _ => Some(PathBuf::from(CONFIG_FILE)).filter(|p| p.is_file()),
+            },
+        };
+        path.map(|p| Config::load(&p)).transpose()
+    }
+
+    /// The tool policy: defaults with this file's settings applied.
+    pub fn policy(&self) -> Result<ToolPolicy> {
+        let mut p = ToolPolicy::default();
+        let c = &self.tools;
+        if let Some(a) = &c.allow {
+            p.allow = a.clone();
+        }
+        if let Some(t) = c.timeout_secs {
+            p.timeout = std::time::Duration::try_from_secs_f64(t).map_err(|_| {
+                Error::invalid(
+                    format!("tools.timeout_secs = {t} is not a duration"),
+                    "use a positive number of seconds",
+                )
+            })?;
+        }
+        if let Some(v) = c.max_arg_bytes {
+            p.max_arg_bytes = v;
+        }
+        if let Some(v) = c.max_result_bytes {
+            p.max_result_bytes = v;
+        }
+        if let Some(v) = c.max_calls {
+            p.max_calls = v;
+        }
+        p.validate()
+            .map_err(|m| Error::invalid(m, "fix [tools] in agentkernel.toml"))?;
+        Ok(p)
+    }
+
+    /// Whether any tool source is configured.
+    pub fn has_tools(&self) -> bool {
+        self.tools.dir.is_some() || !self.mcp_servers.is_empty()
+    }
+
+    /// Starts the MCP servers and builds the registry (`None` when there are no tools).
+    pub async fn tool_registry(&self) -> Result<Option<ToolRegistry>> {
+        if !self.has_tools() {
+            return Ok(None);
+        }
+        let mut b = ToolRegistry::builder().policy(self.policy()?);
+        if let Some(dir) = &self.tools.dir {
+            b = b.python_dir(dir);
+        }
+        for (name, server) in &self.mcp_servers {
+            b = b.mcp_server(name, server.clone());
+        }
+        Ok(Some(b.build().await?))
+    }
+
+    /// A kernel builder with this file's `[sandbox]` settings and tools.
+    pub async fn kernel_builder(&self) -> Result<KernelBuilder> {
+        let s = &self.sandbox;
+        let mut b = KernelBuilder::default();
+        if let Some(v) = &s.backend {
+            b = b.backend(v);
+        }
+        if let Some(v) = s.timeout_secs {
+            b = b.timeout_secs(v);
+        }
+        if let Some(v) = s.memory_mib {
+            b = b.memory_mib(v);
+        }
+        if let Some(v) = &s.workspace {
+            b = b.workspace(v);
+        }
+        if let Some(v) = &s.python {
+            b = b.python(v);
+        }
+        if let Some(reg) = self.tool_registry().await? {
+            b = b.tools(reg);
+        }
+        Ok(b)
+    }
+}
+
+/// Replaces `${VAR}` with the variable's value; `Err(VAR)` names an unset one.
+fn expand_env(s: &str) -> std::result::Result<String, String> {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[start..]);
+            return Ok(out);
+        };
+        let var = &after[..end];
+        out.push_str(&std::env::var(var).map_err(|_| var.to_owned())?);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_example_and_expands_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CONFIG_FILE);
+        // SAFETY: single-threaded test setup; no other thread reads this variable.
+        unsafe { std::env::set_var("AK_TEST_TOKEN_X", "sekrit") };
+        std::fs::write(
+            &path,
+            r#"
+[sandbox]
+timeout_secs = 5
+workspace = "ws"
+[tools]
+dir = "tools"
+allow = ["calc.*"]
+max_calls = 7
+[mcp_servers.calc]
+command = "python3"
+args = ["server.py"]
+env = { TOKEN = "Bearer ${AK_TEST_TOKEN_X}" }
+"#,
+        )
+        .unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.sandbox.workspace, Some(dir.path().join("ws")));
+        assert_eq!(c.tools.dir, Some(dir.path().join("tools")));
+        assert_eq!(c.mcp_servers["calc"].env["TOKEN"], "Bearer sekrit");
+        let p = c.policy().unwrap();
+        assert_eq!(
+            (p.max_calls, p.allow.clone()),
+            (7, vec!["calc.*".to_owned()])
+        );
+    }
+
+    #[test]
+    fn bad_files_say_what_to_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CONFIG_FILE);
+        std::fs::write(
+            &path,
+            "[mcp_servers.x]\ncommand = \"a\"\nurl = \"http://b\"\n",
+        )
+        .unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(e.contains("both `command` and `url`"), "{e}");
+        std::fs::write(&path, "[tools]\nmax_calls = 0\n").unwrap();
+        assert!(Config::load(&path).is_err());
+        std::fs::write(
+            &path,
+            "[mcp_servers.x]\ncommand = \"a\"\nenv = { T = \"${AK_SURELY_UNSET_VAR}\" }\n",
+        )
+        .unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(e.contains("AK_SURELY_UNSET_VAR"), "{e}");
+        std::fs::write(&path, "[sandbox]\nbogus = 1\n").unwrap();
+        assert!(
+            Config::load(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("bogus")
+        );
+    }
+}
