@@ -1,13 +1,23 @@
-//! Cold start: a fresh process-backend sandbox running `print(1)`, beside a bare
-//! `python3 -c 'print(1)'` of the same interpreter, measured in one run.
-//!
-//! `cargo bench --bench cold_start`
+//! In one run (`cargo bench --bench cold_start`):
+//! - `startup`: a fresh process-backend sandbox running `print(1)`, beside a bare
+//!   `python3 -c 'print(1)'` of the same interpreter;
+//! - `tools`: one tool call from Python in a warm sandbox to the host and back, for a Rust
+//!   tool and for a real stdio MCP server (testdata/mcp_server.py; the official `mcp` SDK is
+//!   installed by scripts/test-deps).
 
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use agentkernel::{
+    ExecRequest, ExecStatus, FunctionTool, Kernel, McpServerConfig, ToolPolicy, ToolRegistry,
+};
 use agentkernel_backend_process::{ProcessConfig, ProcessRuntime};
 use agentkernel_core::SandboxSpec;
 use agentkernel_core::conformance::run_once;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use std::process::Command;
+use serde_json::json;
+
+include!("../testdata/test_deps.rs");
 
 fn startup(c: &mut Criterion) {
     let tokio = tokio::runtime::Runtime::new().expect("tokio runtime");
@@ -37,5 +47,71 @@ fn startup(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, startup);
+/// Per-call round trip: each sample runs one program that calls the tool `iters` times, and
+/// the host-side time of that exec is divided by criterion (exec overhead is amortised).
+fn tools(c: &mut Criterion) {
+    let tokio = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let registry = tokio
+        .block_on(
+            ToolRegistry::builder()
+                .function(FunctionTool::new(
+                    "calc",
+                    "add",
+                    "Adds two integers.",
+                    json!({"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}),
+                    |a| async move { Ok(json!(a["a"].as_i64().unwrap_or(0) + a["b"].as_i64().unwrap_or(0))) },
+                ))
+                .mcp_server(
+                    "test",
+                    McpServerConfig::stdio(
+                        test_python().to_string_lossy(),
+                        [testdata("mcp_server.py").to_string_lossy()],
+                    ),
+                )
+                .policy(ToolPolicy {
+                    max_calls: u32::MAX,
+                    ..ToolPolicy::default()
+                })
+                .build(),
+        )
+        .expect("tool registry");
+    let kernel = Kernel::builder()
+        .timeout_secs(600.0)
+        .tools(registry.clone())
+        .build()
+        .expect("kernel");
+    let mut sandbox = tokio.block_on(kernel.sandbox()).expect("sandbox");
+    let mut group = c.benchmark_group("tools");
+    group.sample_size(20);
+    for (id, import) in [
+        ("tool_roundtrip", "from tools.calc import add"),
+        ("mcp_roundtrip", "from tools.test import add"),
+    ] {
+        group.bench_function(BenchmarkId::new("process", id), |b| {
+            b.iter_custom(|iters| {
+                let program = format!("{import}\nfor i in range({iters}):\n    add(a=i, b=1)\n");
+                tokio.block_on(async {
+                    let started = Instant::now();
+                    let out = sandbox
+                        .exec(
+                            ExecRequest::new(program).with_timeout(Duration::from_secs(600)),
+                            kernel.tools(),
+                        )
+                        .await
+                        .expect("exec");
+                    let took = started.elapsed();
+                    assert_eq!(out.status, ExecStatus::Ok, "{}", out.stderr.text());
+                    took
+                })
+            });
+        });
+    }
+    group.finish();
+    tokio.block_on(async {
+        let _ = sandbox.shutdown().await;
+        registry.shutdown().await;
+    });
+}
+
+criterion_group!(benches, startup, tools);
 criterion_main!(benches);

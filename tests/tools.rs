@@ -434,3 +434,45 @@ fn cli_tools_list_and_run_with_mcp_and_tools_dir() {
     );
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot start MCP server"));
 }
+
+/// Each call logs a `tool_call` span with server, tool, sizes, duration and outcome, and
+/// never the argument values.
+#[test]
+fn tool_calls_are_traced_without_argument_values() {
+    let server = format!(
+        "test={} {}",
+        test_python().display(),
+        testdata("mcp_server.py").display()
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_agentkernel"))
+        .args(["run", "--mcp", &server, "-"])
+        .env("AGENTKERNEL_LOG", "agentkernel_tool_bridge=info")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"from tools.test import echo, add\necho('arg-value-one')\ntry:\n    add('arg-value-two', 1)\nexcept ValueError:\n    pass\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("tool_call{server=\"test\" tool=\"echo\" arg_bytes=24"),
+        "{log}"
+    );
+    assert!(log.contains("outcome=\"ok\" result_bytes=15"), "{log}");
+    assert!(
+        log.contains("tool=\"add\"") && log.contains("outcome=InvalidArguments"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("arg-value"),
+        "argument values leaked into the log: {log}"
+    );
+}

@@ -719,7 +719,15 @@ impl ToolHost for ToolGate {
             }
             Err(e) => {
                 span.record("outcome", tracing::field::debug(e.kind));
-                tracing::info!(error = %e.message, "tool call failed");
+                match e.kind {
+                    // These messages may quote argument values (the schema error names the
+                    // offending value; a tool may echo its input): debug level only.
+                    ToolErrorKind::InvalidArguments | ToolErrorKind::Failed => {
+                        tracing::info!("tool call failed");
+                        tracing::debug!(error = %e.message, "tool call failure detail");
+                    }
+                    _ => tracing::info!(error = %e.message, "tool call failed"),
+                }
                 Err(e)
             }
         }

@@ -192,8 +192,9 @@ fn params(schema: &Value) -> (Vec<Param>, bool) {
         .is_some_and(|a| a != false);
     if let Some(props) = schema.get("properties").and_then(Value::as_object) {
         for (name, prop) in props {
-            if !is_identifier(name) || name.starts_with("_ak") {
-                // Not expressible as a Python parameter: reachable through **kwargs.
+            if !is_identifier(name) || name.starts_with('_') || name == "kwargs" {
+                // Not expressible as a Python parameter (or would clash with the generated
+                // code's own names): reachable through **kwargs.
                 needs_kwargs = true;
                 continue;
             }
@@ -500,5 +501,65 @@ mod tests {
             src.contains("_agentkernel.call_tool(\"s.search\", _ak_args)"),
             "{src}"
         );
+    }
+
+    /// Every generated file parses as Python, whatever the schema throws at it.
+    #[test]
+    fn generated_sources_compile() {
+        let schema = json!({
+            "type": "object",
+            "properties": {
+                "q": {"type": "string", "description": "ends with a backslash \\"},
+                "n": {"type": "integer", "default": 3},
+                "x": {"type": "number", "default": 1.5e300},
+                "opts": {"type": "object", "default": {"a": [1, null, true]}},
+                "from": {"type": "string"},
+                "kwargs": {"type": "string"},
+                "_agentkernel": {"type": "string"},
+                "choice": {"enum": ["a'b", "c\"d", 1, null]},
+                "u": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "integer"}}]}
+            },
+            "required": ["q"]
+        });
+        let out = json!({"type": "object", "properties": {"result": {"type": "array", "items": {"type": "string"}}}});
+        let sources = [
+            tool_module(&StubTool {
+                server: "srv",
+                tool: "t",
+                description: "Doc with \"\"\" quotes, \\ and \u{e9}.",
+                input_schema: &schema,
+                output_schema: Some(&out),
+            }),
+            server_package("srv", &[("t".into(), "a \"\"\" b".into())]),
+            root_package(
+                &[("srv".into(), "MCP server (stdio: x)".into())],
+                &["local".into()],
+            ),
+        ];
+        for src in sources {
+            let mut child = std::process::Command::new("python3")
+                .args([
+                    "-c",
+                    "import sys; compile(sys.stdin.read(), 'stub.py', 'exec')",
+                ])
+                .stdin(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write as _;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(src.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}\n{src}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert_eq!(return_hint(Some(&out)), "list[str]");
     }
 }

@@ -190,3 +190,62 @@ async fn list_changed_notification_adds_the_new_tool_and_its_stub() {
     );
     reg.shutdown().await;
 }
+
+/// A remote server over streamable HTTP, authenticated by a header that stays on the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamable_http_server_with_a_bearer_token() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = tokio::process::Command::new(test_python())
+        .arg(testdata("mcp_server.py"))
+        .args(["--http", &port.to_string()])
+        .env("TEST_TOKEN", TOKEN)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut up = false;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "the HTTP MCP server did not start");
+    let url = format!("http://127.0.0.1:{port}/mcp");
+
+    // Without the token the server refuses, and the error says which server.
+    let err = ToolRegistry::builder()
+        .mcp_server("remote", McpServerConfig::http(&url))
+        .build()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("remote"), "{err}");
+
+    let reg = ToolRegistry::builder()
+        .mcp_server(
+            "remote",
+            McpServerConfig::http(&url).with_header("Authorization", format!("Bearer {TOKEN}")),
+        )
+        .build()
+        .await
+        .expect("registry with the HTTP MCP server");
+    let gate = reg.gate();
+    assert_eq!(
+        gate.call("remote.add", json!({"a": 40, "b": 2}))
+            .await
+            .unwrap(),
+        json!(42)
+    );
+    let leaked = gate.call("remote.leak_token", json!({})).await.unwrap();
+    assert_eq!(leaked, json!("the token is [redacted]"));
+    reg.shutdown().await;
+    server.kill().await.unwrap();
+}

@@ -123,6 +123,11 @@ def _make_runtime_module(chan):
     class ToolLimitError(ToolError):
         """A tool call broke a host-side limit: argument or result size, or the call budget."""
 
+    # Shown as `tools.ToolError` in tracebacks (the `tools` package re-exports them).
+    for cls in (ToolError, ToolLimitError):
+        cls.__module__ = "tools"
+        cls.__qualname__ = cls.__name__
+
     errors = {
         "not_found": LookupError,
         "invalid_arguments": ValueError,
