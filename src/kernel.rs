@@ -8,7 +8,7 @@ use agentkernel_core::{
     Error, ExecOutcome, ExecRequest, Limits, NoTools, Result, Runtime, Sandbox, SandboxSpec,
     ToolHost,
 };
-use agentkernel_tool_bridge::ToolRegistry;
+use agentkernel_tool_bridge::{ToolPolicy, ToolRegistry};
 
 /// Every backend AgentKernel knows, with whether this build has it and what it is.
 pub const BACKENDS: &[(&str, &str)] = &[
@@ -71,6 +71,7 @@ pub struct KernelBuilder {
     backend: String,
     spec: SandboxSpec,
     tools: Option<ToolRegistry>,
+    tool_policy: Option<ToolPolicy>,
     python: Option<PathBuf>,
 }
 
@@ -80,6 +81,7 @@ impl Default for KernelBuilder {
             backend: "process".into(),
             spec: SandboxSpec::default(),
             tools: None,
+            tool_policy: None,
             python: None,
         }
     }
@@ -136,6 +138,13 @@ impl KernelBuilder {
         self
     }
 
+    /// The tool policy of this kernel's sandboxes (allow-list, timeout, caps, budget),
+    /// instead of the registry's own: one registry can serve kernels with different rights.
+    pub fn tool_policy(mut self, policy: ToolPolicy) -> Self {
+        self.tool_policy = Some(policy);
+        self
+    }
+
     /// Interpreter for the process backend (default: `$AGENTKERNEL_PYTHON` or `python3`).
     pub fn python(mut self, path: impl Into<PathBuf>) -> Self {
         self.python = Some(path.into());
@@ -161,11 +170,27 @@ impl KernelBuilder {
             }
         }
         self.spec.validate()?;
+        let tools = match (self.tools, self.tool_policy) {
+            (Some(reg), policy) => {
+                let policy = policy.unwrap_or_else(|| reg.policy().clone());
+                policy
+                    .validate()
+                    .map_err(|m| Error::invalid(m, "fix the tool policy"))?;
+                Some((reg, policy))
+            }
+            (None, Some(_)) => {
+                return Err(Error::invalid(
+                    "a tool policy was given but no tools",
+                    "pass a ToolRegistry with .tools(...)",
+                ));
+            }
+            (None, None) => None,
+        };
         let runtime = make_runtime(&self.backend, self.python)?;
         Ok(Kernel {
             runtime,
             spec: self.spec,
-            tools: self.tools,
+            tools,
         })
     }
 }
@@ -176,7 +201,7 @@ impl KernelBuilder {
 pub struct Kernel {
     runtime: Arc<dyn Runtime>,
     spec: SandboxSpec,
-    tools: Option<ToolRegistry>,
+    tools: Option<(ToolRegistry, ToolPolicy)>,
 }
 
 impl Kernel {
@@ -225,13 +250,13 @@ impl Kernel {
     /// call budget), or [`NoTools`] when the kernel has none.
     pub fn tools(&self) -> Arc<dyn ToolHost> {
         match &self.tools {
-            Some(reg) => reg.gate(),
+            Some((reg, policy)) => reg.gate_with(policy.clone()),
             None => Arc::new(NoTools),
         }
     }
 
     /// The tool registry, if the kernel has tools.
     pub fn tool_registry(&self) -> Option<&ToolRegistry> {
-        self.tools.as_ref()
+        self.tools.as_ref().map(|(reg, _)| reg)
     }
 }

@@ -70,3 +70,58 @@ async fn builder_rejects_unknown_backends_with_a_hint() {
     assert!(err.to_string().contains("unknown backend"), "{err}");
     assert!(err.hint().is_some_and(|h| h.contains("process")), "{err}");
 }
+
+/// One registry, two kernels with different rights: the policy is per kernel (per sandbox).
+#[tokio::test]
+async fn tool_policy_is_per_kernel() {
+    let schema =
+        json!({"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]});
+    let registry = ToolRegistry::builder()
+        .function(FunctionTool::new(
+            "calc",
+            "inc",
+            "x + 1",
+            schema.clone(),
+            |a| async move { Ok(json!(a["x"].as_i64().unwrap_or(0) + 1)) },
+        ))
+        .function(FunctionTool::new(
+            "calc",
+            "dec",
+            "x - 1",
+            schema,
+            |a| async move { Ok(json!(a["x"].as_i64().unwrap_or(0) - 1)) },
+        ))
+        .build()
+        .await
+        .expect("registry");
+    let program = "from tools.calc import inc, dec\nprint(inc(1))\ntry:\n    print(dec(1))\nexcept PermissionError as e:\n    print('denied:', e)\n";
+    let open = Kernel::builder()
+        .tools(registry.clone())
+        .build()
+        .expect("kernel");
+    assert_eq!(
+        open.execute(program).await.expect("exec").stdout.text(),
+        "2\n0\n"
+    );
+    let narrow = Kernel::builder()
+        .tools(registry)
+        .tool_policy(agentkernel::ToolPolicy {
+            allow: vec!["calc.inc".into()],
+            ..Default::default()
+        })
+        .build()
+        .expect("kernel");
+    let out = narrow.execute(program).await.expect("exec");
+    assert!(
+        out.stdout
+            .text()
+            .starts_with("2\ndenied: tool calc.dec is not allowed"),
+        "{}",
+        out.stdout.text()
+    );
+    assert_eq!(out.tool_calls.len(), 2);
+    assert_eq!(
+        out.tool_calls[1].error,
+        Some(agentkernel::core::ToolErrorKind::Denied)
+    );
+}

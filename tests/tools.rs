@@ -241,7 +241,7 @@ async fn a_program_cannot_read_the_mcp_servers_credentials() {
     std::fs::write(
         &config_path,
         format!(
-            "[mcp_servers.test]\ncommand = {:?}\nargs = [{:?}]\nenv = {{ TEST_TOKEN = {TOKEN:?} }}\n",
+            "[mcp_servers.test]\ncommand = {:?}\nargs = [{:?}, \"--label={TOKEN}\"]\nenv = {{ TEST_TOKEN = {TOKEN:?} }}\n",
             test_python().to_string_lossy(),
             testdata("mcp_server.py").to_string_lossy(),
         ),

@@ -193,6 +193,9 @@ pub struct ToolCallRecord {
     pub duration: Duration,
     /// Whether it returned a value (as opposed to an error).
     pub ok: bool,
+    /// Why it failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<crate::tools::ToolErrorKind>,
 }
 
 /// The result of running a program.

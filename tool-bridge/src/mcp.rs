@@ -249,20 +249,6 @@ impl McpServer {
         Ok(server)
     }
 
-    /// What the server is, for listings (`stdio: npx -y ...` / `http: URL`).
-    pub fn describe(&self) -> String {
-        match (&self.config.command, &self.config.url) {
-            (Some(c), _) => {
-                format!("MCP server (stdio: {c} {})", self.config.args.join(" "))
-                    .trim_end()
-                    .to_owned()
-                    + ""
-            }
-            (_, Some(u)) => format!("MCP server (http: {u})"),
-            _ => "MCP server".into(),
-        }
-    }
-
     /// The tools as last listed.
     pub fn tools(&self) -> Vec<McpTool> {
         self.tools.read().map(|t| t.clone()).unwrap_or_default()

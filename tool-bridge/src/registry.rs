@@ -312,7 +312,11 @@ impl ToolRegistryBuilder {
             .keys()
             .map(|s| (s.clone(), "Rust tools of the host".to_owned()))
             .collect();
-        servers.extend(mcp.values().map(|s| (s.py.clone(), s.describe())));
+        // Only the kind of source: a server's command line or URL may carry secrets.
+        servers.extend(
+            mcp.values()
+                .map(|s| (s.py.clone(), "MCP server".to_owned())),
+        );
         servers.sort();
         let local_names = local.as_ref().map(|(_, m)| m.clone()).unwrap_or_default();
         stubs::write_file(

@@ -313,7 +313,12 @@ where
                     let (call_id, name, result, took) = joined
                         .map_err(|e| Error::Internal(format!("tool call task failed: {e}")))?;
                     report.tool_time += took;
-                    report.tool_calls.push(ToolCallRecord { name, duration: took, ok: result.is_ok() });
+                    report.tool_calls.push(ToolCallRecord {
+                        name,
+                        duration: took,
+                        ok: result.is_ok(),
+                        error: result.as_ref().err().map(|e| e.kind),
+                    });
                     let msg = match result {
                         Ok(value) => HostMsg::ToolResult { id: call_id, ok: true, value: Some(value), error: None },
                         Err(error) => HostMsg::ToolResult { id: call_id, ok: false, value: None, error: Some(error) },
