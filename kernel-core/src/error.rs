@@ -6,6 +6,10 @@ use crate::exec::LimitKind;
 /// What to do about [`Error::SandboxLost`].
 const SANDBOX_LOST_HINT: &str = "call reset() or create a new sandbox";
 
+/// What to do about [`Error::PoolExhausted`].
+const POOL_HINT: &str =
+    "shut down sandboxes you are done with, or raise the pool's max_size or acquire_timeout";
+
 /// Result alias used across AgentKernel.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -62,6 +66,16 @@ pub enum Error {
         limit: LimitKind,
         /// Details.
         detail: String,
+    },
+    /// Every sandbox of a pool stayed in use for the whole acquire timeout.
+    #[error(
+        "no sandbox came free within {waited:?}: all {max_size} sandboxes of the pool are in use. Hint: {POOL_HINT}"
+    )]
+    PoolExhausted {
+        /// The pool's `max_size`.
+        max_size: usize,
+        /// How long the acquire waited.
+        waited: std::time::Duration,
     },
     /// The sandbox died or was killed earlier and cannot run more code.
     #[error("the sandbox is no longer running ({reason}). Hint: {SANDBOX_LOST_HINT}")]
@@ -136,6 +150,7 @@ impl Error {
             | Error::ToolSource { hint, .. }
             | Error::InvalidRequest { hint, .. } => Some(hint),
             Error::SandboxLost { .. } => Some(SANDBOX_LOST_HINT),
+            Error::PoolExhausted { .. } => Some(POOL_HINT),
             _ => None,
         }
     }

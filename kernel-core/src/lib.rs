@@ -10,6 +10,7 @@
 //! - [`SandboxSpec`] / [`Limits`] (what a sandbox may do), [`ExecRequest`] /
 //!   [`ExecOutcome`] (one run of a program), [`Capabilities`] (what a backend can do, so
 //!   callers never guess), and the one [`Error`] enum, whose messages say what to do next.
+//! - [`Pool`]: pre-warmed sandboxes of any backend, itself a [`Runtime`].
 //! - [`guest`]: the Python guest agent and the framed JSON protocol spoken over a socket by
 //!   every backend that runs a real CPython in its own process or VM.
 //! - `conformance` (feature `conformance`): async checks that take any [`Runtime`] and verify
@@ -34,6 +35,7 @@ mod error;
 mod exec;
 pub mod guest;
 mod output;
+mod pool;
 mod runtime;
 mod spec;
 mod tools;
@@ -47,6 +49,7 @@ pub use exec::{
     ToolCallRecord,
 };
 pub use output::CapturedOutput;
+pub use pool::{Pool, PoolConfig, PoolStats};
 pub use runtime::{
     Capabilities, Check, CheckState, Diagnosis, Isolation, LimitSupport, Runtime, Sandbox,
     Snapshot, StartupClass,
