@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agentkernel_core::{
-    Error, ExecOutcome, ExecRequest, Limits, NoTools, Result, Runtime, Sandbox, SandboxSpec,
-    ToolHost,
+    Error, ExecOutcome, ExecRequest, Limits, NoTools, Pool, PoolConfig, Result, Runtime, Sandbox,
+    SandboxSpec, ToolHost, Workspace, Workspaces,
 };
 use agentkernel_tool_bridge::{ToolPolicy, ToolRegistry};
 
@@ -65,6 +65,17 @@ pub(crate) fn make_runtime(name: &str, python: Option<PathBuf>) -> Result<Arc<dy
     }
 }
 
+/// A kernel's tools and their policy, if it has tools.
+pub(crate) type KernelTools = Option<(ToolRegistry, ToolPolicy)>;
+
+/// The tool host for one execution: a new gate (fresh call budget), or [`NoTools`].
+pub(crate) fn gate(tools: &KernelTools) -> Arc<dyn ToolHost> {
+    match tools {
+        Some((reg, policy)) => reg.gate_with(policy.clone()),
+        None => Arc::new(NoTools),
+    }
+}
+
 /// Configures a [`Kernel`].
 #[derive(Clone)]
 pub struct KernelBuilder {
@@ -73,6 +84,11 @@ pub struct KernelBuilder {
     tools: Option<ToolRegistry>,
     tool_policy: Option<ToolPolicy>,
     python: Option<PathBuf>,
+    named_workspace: Option<String>,
+    data_dir: Option<PathBuf>,
+    workspace_quota: Option<u64>,
+    pool: Option<PoolConfig>,
+    session_idle: Duration,
 }
 
 impl Default for KernelBuilder {
@@ -83,6 +99,11 @@ impl Default for KernelBuilder {
             tools: None,
             tool_policy: None,
             python: None,
+            named_workspace: None,
+            data_dir: None,
+            workspace_quota: None,
+            pool: None,
+            session_idle: crate::session::DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
@@ -115,6 +136,41 @@ impl KernelBuilder {
     /// Host directory mounted read-write at `/workspace` (created if missing).
     pub fn workspace(mut self, dir: impl Into<PathBuf>) -> Self {
         self.spec.workspace = Some(dir.into());
+        self.named_workspace = None;
+        self
+    }
+
+    /// The named, persistent workspace `name` (under the data dir, created on first use)
+    /// mounted at `/workspace`.
+    pub fn named_workspace(mut self, name: impl Into<String>) -> Self {
+        self.named_workspace = Some(name.into());
+        self.spec.workspace = None;
+        self
+    }
+
+    /// Where named workspaces live (default: [`Workspaces::default_root`]).
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// Quota of every named workspace, in bytes (checked between runs; see
+    /// [`agentkernel_core::Workspace::check_quota`]).
+    pub fn workspace_quota(mut self, bytes: u64) -> Self {
+        self.workspace_quota = Some(bytes);
+        self
+    }
+
+    /// Keeps pre-warmed sandboxes (see [`Pool`]): `execute` then starts from a warm one.
+    pub fn pool(mut self, config: PoolConfig) -> Self {
+        self.pool = Some(config);
+        self
+    }
+
+    /// How long a session may stay unused before its sandbox is shut down (its workspace
+    /// stays). Default 30 minutes.
+    pub fn session_idle_timeout(mut self, idle: Duration) -> Self {
+        self.session_idle = idle;
         self
     }
 
@@ -151,8 +207,26 @@ impl KernelBuilder {
         self
     }
 
-    /// Checks the configuration and starts the backend.
+    /// Checks the configuration and starts the backend (and the pool's warm-up, which needs
+    /// a Tokio runtime).
     pub fn build(mut self) -> Result<Kernel> {
+        let mut workspaces = Workspaces::at(
+            self.data_dir
+                .clone()
+                .unwrap_or_else(Workspaces::default_root),
+        );
+        if let Some(q) = self.workspace_quota {
+            workspaces = workspaces.with_quota(q);
+            // One file can never exceed the quota.
+            let cap = self.spec.limits.file_size_bytes.map_or(q, |f| f.min(q));
+            self.spec.limits.file_size_bytes = Some(cap);
+        }
+        let mut workspace = None;
+        if let Some(name) = &self.named_workspace {
+            let ws = workspaces.open(name)?;
+            self.spec.workspace = Some(ws.path.clone());
+            workspace = Some(ws);
+        }
         if let Some(ws) = self.spec.workspace.take() {
             std::fs::create_dir_all(&ws)
                 .map_err(|e| Error::io(format!("creating workspace {}", ws.display()), e))?;
@@ -186,11 +260,21 @@ impl KernelBuilder {
             }
             (None, None) => None,
         };
-        let runtime = make_runtime(&self.backend, self.python)?;
+        let mut runtime = make_runtime(&self.backend, self.python)?;
+        let mut pool = None;
+        if let Some(config) = self.pool {
+            let p = Pool::new(runtime, self.spec.clone(), config)?;
+            runtime = Arc::new(p.clone());
+            pool = Some(p);
+        }
         Ok(Kernel {
             runtime,
+            pool,
             spec: self.spec,
             tools,
+            workspace,
+            workspaces,
+            sessions: crate::session::Sessions::new(self.session_idle),
         })
     }
 }
@@ -201,7 +285,12 @@ impl KernelBuilder {
 pub struct Kernel {
     runtime: Arc<dyn Runtime>,
     spec: SandboxSpec,
-    tools: Option<(ToolRegistry, ToolPolicy)>,
+    pool: Option<Pool>,
+    tools: KernelTools,
+    /// The named workspace of `spec`, if one was chosen (for its quota).
+    workspace: Option<Workspace>,
+    workspaces: Workspaces,
+    sessions: crate::session::Sessions,
 }
 
 impl Kernel {
@@ -227,6 +316,9 @@ impl Kernel {
 
     /// Like [`Kernel::execute`] with a full request (timeout, live output).
     pub async fn execute_request(&self, req: ExecRequest) -> Result<ExecOutcome> {
+        if let Some(ws) = &self.workspace {
+            ws.check_quota()?;
+        }
         let booted = Instant::now();
         let mut sandbox = self.runtime.create(&self.spec).await?;
         let boot = booted.elapsed();
@@ -249,10 +341,59 @@ impl Kernel {
     /// The tool host for one execution: a new gate on the registry (its policy, a fresh
     /// call budget), or [`NoTools`] when the kernel has none.
     pub fn tools(&self) -> Arc<dyn ToolHost> {
-        match &self.tools {
-            Some((reg, policy)) => reg.gate_with(policy.clone()),
-            None => Arc::new(NoTools),
-        }
+        gate(&self.tools)
+    }
+
+    pub(crate) fn tools_handle(&self) -> KernelTools {
+        self.tools.clone()
+    }
+
+    /// The named workspaces of this kernel's data dir.
+    pub fn workspaces(&self) -> &Workspaces {
+        &self.workspaces
+    }
+
+    /// The pool's counters, when the kernel was built with [`KernelBuilder::pool`].
+    pub fn pool_stats(&self) -> Option<agentkernel_core::PoolStats> {
+        self.pool.as_ref().map(Pool::stats)
+    }
+
+    /// Session `name`: one sandbox kept for a conversation, bound to the named workspace of
+    /// the same name; created on first use. Globals persist across its `exec` calls.
+    pub async fn session(&self, name: &str) -> Result<crate::Session> {
+        self.sessions.get_or_start(self, name, name).await
+    }
+
+    /// Like [`Kernel::session`] with the workspace named `workspace`.
+    pub async fn session_with_workspace(
+        &self,
+        name: &str,
+        workspace: &str,
+    ) -> Result<crate::Session> {
+        self.sessions.get_or_start(self, name, workspace).await
+    }
+
+    /// Starts session `name` (workspace of the same name) from a snapshot made by
+    /// [`crate::Session::save`], replacing an open session of that name. Backends without
+    /// snapshots answer [`Error::Unsupported`].
+    pub async fn resume_session(
+        &self,
+        name: &str,
+        snapshot: &agentkernel_core::Snapshot,
+    ) -> Result<crate::Session> {
+        self.sessions
+            .start_with(self, name, name, Some(snapshot))
+            .await
+    }
+
+    /// The open sessions.
+    pub fn sessions(&self) -> Vec<crate::session::SessionInfo> {
+        self.sessions.list()
+    }
+
+    /// Ends session `name` (its sandbox stops; its workspace stays). `false` if unknown.
+    pub async fn close_session(&self, name: &str) -> Result<bool> {
+        self.sessions.close(name).await
     }
 
     /// The tool registry, if the kernel has tools.

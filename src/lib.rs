@@ -35,15 +35,18 @@ mod agent;
 pub mod config;
 mod doctor;
 mod kernel;
+pub mod session;
 
 pub use agent::{Agent, TaskResult, create_agent};
 pub use agentkernel_core as core;
 pub use agentkernel_core::{
     Capabilities, Error, ExecOutcome, ExecRequest, ExecStatus, FnTools, LimitKind, Limits, NoTools,
-    Result, Runtime, Sandbox, SandboxSpec, ToolHost,
+    Pool, PoolConfig, PoolStats, Result, Runtime, Sandbox, SandboxSpec, ToolHost, Workspace,
+    WorkspaceInfo, Workspaces,
 };
 pub use agentkernel_tool_bridge as tools;
 pub use agentkernel_tool_bridge::{FunctionTool, McpServerConfig, ToolPolicy, ToolRegistry};
 pub use config::Config;
 pub use doctor::{BackendReport, doctor};
 pub use kernel::{BACKENDS, Kernel, KernelBuilder, compiled_backends};
+pub use session::{Session, SessionInfo};

@@ -36,6 +36,9 @@ enum Command {
     /// Work with the tools programs can import (`from tools.<server> import <tool>`).
     #[command(subcommand)]
     Tools(ToolsCommand),
+    /// Manage named workspaces (persistent directories mounted at /workspace).
+    #[command(subcommand)]
+    Workspace(WorkspaceCommand),
     /// Show which backends work on this machine, why not, and which protections are active.
     Doctor {
         /// Print JSON instead of text.
@@ -54,6 +57,29 @@ enum ToolsCommand {
         /// Print JSON (with the JSON Schemas) instead of text.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum WorkspaceCommand {
+    /// List named workspaces with their size.
+    List {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the host directory of a workspace (creating it if missing).
+    Path {
+        /// Workspace name.
+        name: String,
+    },
+    /// Delete a workspace and every file in it.
+    Delete {
+        /// Workspace name.
+        name: String,
+        /// Required: deleting cannot be undone.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -119,10 +145,12 @@ struct RunArgs {
     /// Backend: process (default), wasm, monty, microvm.
     #[arg(long)]
     backend: Option<String>,
-    /// Host directory mounted read-write at /workspace (created if missing); files persist
-    /// across runs.
-    #[arg(long, value_name = "DIR")]
-    workspace: Option<PathBuf>,
+    /// Mounted read-write at /workspace; files persist across runs. A NAME (letters, digits,
+    /// '.', '_', '-') is a named workspace under the data dir
+    /// ($AGENTKERNEL_DATA_DIR or ~/.local/share/agentkernel); a PATH (containing '/', e.g.
+    /// ./data) is that host directory. Either is created if missing.
+    #[arg(long, value_name = "NAME|PATH")]
+    workspace: Option<String>,
     /// Wall-clock limit in seconds [default: 30, or the config's].
     #[arg(long, value_name = "S", allow_negative_numbers = true)]
     timeout: Option<f64>,
@@ -161,6 +189,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run(args).await,
             Command::Tools(ToolsCommand::List { tools, json }) => tools_list(&tools, json).await,
+            Command::Workspace(cmd) => workspace(cmd),
             Command::Doctor { json } => doctor(json).await,
         }
     })
@@ -226,7 +255,11 @@ async fn run(args: RunArgs) -> ExitCode {
         .timeout_secs(timeout)
         .memory_mib(memory);
     if let Some(ws) = &args.workspace {
-        builder = builder.workspace(ws);
+        builder = if ws.contains('/') {
+            builder.workspace(ws)
+        } else {
+            builder.named_workspace(ws)
+        };
     }
     let kernel = match builder.build() {
         Ok(k) => k,
@@ -335,6 +368,65 @@ async fn tools_list(args: &ToolArgs, json: bool) -> ExitCode {
         r.shutdown().await;
     }
     ExitCode::SUCCESS
+}
+
+fn workspace(cmd: WorkspaceCommand) -> ExitCode {
+    let workspaces = agentkernel::Workspaces::at(agentkernel::Workspaces::default_root());
+    let result = match cmd {
+        WorkspaceCommand::List { json } => workspaces.list().and_then(|list| {
+            if json {
+                serde_json::to_string_pretty(&list)
+                    .map(|s| s + "\n")
+                    .map_err(|e| Error::Internal(e.to_string()))
+            } else if list.is_empty() {
+                Ok(format!(
+                    "no workspaces in {} (create one with `agentkernel run --workspace NAME`)\n",
+                    workspaces.root().display()
+                ))
+            } else {
+                let mut out = String::new();
+                for w in list {
+                    out += &format!(
+                        "{:<24} {:>12} bytes {:>8} files  {}\n",
+                        w.name,
+                        w.bytes,
+                        w.files,
+                        w.path.display()
+                    );
+                }
+                Ok(out)
+            }
+        }),
+        WorkspaceCommand::Path { name } => workspaces
+            .open(&name)
+            .map(|w| format!("{}\n", w.path.display())),
+        WorkspaceCommand::Delete { name, yes } => {
+            if !yes {
+                Err(Error::invalid(
+                    format!("deleting workspace {name:?} removes all its files"),
+                    "add --yes to confirm",
+                ))
+            } else {
+                workspaces.delete(&name).and_then(|found| {
+                    if found {
+                        Ok(format!("deleted workspace {name}\n"))
+                    } else {
+                        Err(Error::invalid(
+                            format!("no workspace named {name:?}"),
+                            "see `agentkernel workspace list`",
+                        ))
+                    }
+                })
+            }
+        }
+    };
+    match result {
+        Ok(text) => {
+            let _ = std::io::stdout().lock().write_all(text.as_bytes());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
 }
 
 async fn doctor(json: bool) -> ExitCode {

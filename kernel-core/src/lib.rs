@@ -10,7 +10,8 @@
 //! - [`SandboxSpec`] / [`Limits`] (what a sandbox may do), [`ExecRequest`] /
 //!   [`ExecOutcome`] (one run of a program), [`Capabilities`] (what a backend can do, so
 //!   callers never guess), and the one [`Error`] enum, whose messages say what to do next.
-//! - [`Pool`]: pre-warmed sandboxes of any backend, itself a [`Runtime`].
+//! - [`Pool`]: pre-warmed sandboxes of any backend, itself a [`Runtime`]; [`Workspaces`]:
+//!   named persistent directories mounted at `/workspace`.
 //! - [`guest`]: the Python guest agent and the framed JSON protocol spoken over a socket by
 //!   every backend that runs a real CPython in its own process or VM.
 //! - `conformance` (feature `conformance`): async checks that take any [`Runtime`] and verify
@@ -39,6 +40,7 @@ mod pool;
 mod runtime;
 mod spec;
 mod tools;
+mod workspace;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -56,3 +58,6 @@ pub use runtime::{
 };
 pub use spec::{Limits, Mount, NetworkPolicy, SandboxSpec};
 pub use tools::{FnTools, NoTools, ToolError, ToolErrorKind, ToolHost, ToolSpec};
+pub use workspace::{
+    Workspace, WorkspaceInfo, Workspaces, validate_name as validate_workspace_name,
+};

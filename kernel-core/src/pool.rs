@@ -439,6 +439,10 @@ impl Runtime for Pool {
     async fn diagnose(&self) -> Diagnosis {
         self.inner.runtime.diagnose().await
     }
+
+    async fn restore(&self, spec: &SandboxSpec, snapshot: &Snapshot) -> Result<Box<dyn Sandbox>> {
+        self.inner.runtime.restore(spec, snapshot).await
+    }
 }
 
 /// A sandbox on loan from the pool. `shutdown` (or drop) gives it back.

@@ -145,6 +145,17 @@ pub trait Runtime: Send + Sync + 'static {
     /// Checks this machine: prerequisites, which protections are in force, and whether a
     /// sandbox actually starts. Backs `agentkernel doctor`.
     async fn diagnose(&self) -> Diagnosis;
+
+    /// Starts a sandbox from a [`Snapshot`] made by [`Sandbox::snapshot`] (possibly in another
+    /// process), with `spec`. Backends without snapshots answer [`crate::Error::Unsupported`].
+    async fn restore(&self, spec: &SandboxSpec, snapshot: &Snapshot) -> Result<Box<dyn Sandbox>> {
+        let _ = (spec, snapshot);
+        Err(crate::Error::unsupported(
+            "restoring a snapshot",
+            self.name(),
+            "use a backend whose capabilities include snapshot (see `agentkernel doctor`)",
+        ))
+    }
 }
 
 /// One live sandbox. State (interpreter globals, files in `/tmp`) persists across

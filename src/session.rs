@@ -1,0 +1,319 @@
+//! Sessions: one sandbox kept alive for an agent conversation, bound to a named workspace.
+//!
+//! `kernel.session("conv-1")` returns the session, starting it on first use. Interpreter
+//! globals persist across its `exec` calls; files persist in its workspace (also across
+//! kernel restarts, as the workspace lives in the data dir). A session unused for the idle
+//! timeout is closed: its sandbox stops, its workspace stays, and the next
+//! `kernel.session(..)` of that name starts a fresh interpreter on the same files.
+//!
+//! Where the backend can snapshot ([`agentkernel_core::Capabilities::snapshot`]),
+//! [`Session::save`] returns the interpreter state and [`crate::Kernel::resume_session`]
+//! restores it, in this process or another.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use agentkernel_core::{
+    Error, ExecOutcome, ExecRequest, Result, Sandbox, SandboxSpec, Snapshot, Workspace,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::kernel::Kernel;
+
+/// Default idle timeout of a session.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// What [`Kernel::sessions`] reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// Session name.
+    pub name: String,
+    /// Its workspace's name.
+    pub workspace: String,
+    /// Executions so far.
+    pub execs: u64,
+    /// Seconds since its last use.
+    pub idle_secs: u64,
+    /// Start time, seconds since the Unix epoch.
+    pub started: u64,
+}
+
+struct State {
+    sandbox: Option<Box<dyn Sandbox>>,
+    execs: u64,
+}
+
+struct Inner {
+    name: String,
+    workspace: Workspace,
+    /// The kernel's tools (not the kernel itself: the kernel owns its sessions).
+    tools: crate::kernel::KernelTools,
+    state: tokio::sync::Mutex<State>,
+    last_used: Mutex<Instant>,
+    started: SystemTime,
+}
+
+/// A live session. Cheap to clone; every clone is the same session.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("name", &self.inner.name)
+            .field("workspace", &self.inner.workspace.name)
+            .finish()
+    }
+}
+
+impl Session {
+    /// The session's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Its workspace.
+    pub fn workspace(&self) -> &Workspace {
+        &self.inner.workspace
+    }
+
+    /// Runs `code` in the session's interpreter.
+    pub async fn exec(&self, code: impl Into<String>) -> Result<ExecOutcome> {
+        self.exec_request(ExecRequest::new(code)).await
+    }
+
+    /// Like [`Session::exec`] with a full request.
+    pub async fn exec_request(&self, req: ExecRequest) -> Result<ExecOutcome> {
+        self.inner.workspace.check_quota()?;
+        let mut state = self.inner.state.lock().await;
+        self.touch();
+        let sandbox = state.sandbox.as_mut().ok_or_else(|| Error::SandboxLost {
+            reason: format!("session {:?} was closed", self.inner.name),
+        })?;
+        let out = sandbox
+            .exec(req, crate::kernel::gate(&self.inner.tools))
+            .await;
+        state.execs += 1;
+        self.touch();
+        out
+    }
+
+    /// Clears the interpreter state (globals, `/tmp`); the workspace's files stay.
+    pub async fn reset(&self) -> Result<()> {
+        let mut state = self.inner.state.lock().await;
+        match state.sandbox.as_mut() {
+            Some(s) => s.reset().await,
+            None => Err(Error::SandboxLost {
+                reason: format!("session {:?} was closed", self.inner.name),
+            }),
+        }
+    }
+
+    /// Saves the interpreter state, where the backend supports it.
+    pub async fn save(&self) -> Result<Snapshot> {
+        let mut state = self.inner.state.lock().await;
+        match state.sandbox.as_mut() {
+            Some(s) => s.snapshot().await,
+            None => Err(Error::SandboxLost {
+                reason: format!("session {:?} was closed", self.inner.name),
+            }),
+        }
+    }
+
+    fn touch(&self) {
+        if let Ok(mut t) = self.inner.last_used.lock() {
+            *t = Instant::now();
+        }
+    }
+
+    fn idle_for(&self) -> Duration {
+        self.inner
+            .last_used
+            .lock()
+            .map(|t| t.elapsed())
+            .unwrap_or_default()
+    }
+
+    async fn shutdown(&self) -> Result<()> {
+        let sandbox = self.inner.state.lock().await.sandbox.take();
+        match sandbox {
+            Some(s) => s.shutdown().await,
+            None => Ok(()),
+        }
+    }
+
+    fn info(&self) -> SessionInfo {
+        SessionInfo {
+            name: self.inner.name.clone(),
+            workspace: self.inner.workspace.name.clone(),
+            execs: self.inner.state.try_lock().map(|s| s.execs).unwrap_or(0),
+            idle_secs: self.idle_for().as_secs(),
+            started: self
+                .inner
+                .started
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        }
+    }
+}
+
+/// The sessions of one kernel.
+#[derive(Clone)]
+pub(crate) struct Sessions {
+    map: Arc<Mutex<HashMap<String, Session>>>,
+    idle_timeout: Duration,
+    reaper: Arc<std::sync::Once>,
+}
+
+impl Sessions {
+    pub(crate) fn new(idle_timeout: Duration) -> Self {
+        Sessions {
+            map: Arc::default(),
+            idle_timeout,
+            reaper: Arc::new(std::sync::Once::new()),
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<Session> {
+        self.map.lock().ok()?.get(name).cloned()
+    }
+
+    pub(crate) async fn get_or_start(
+        &self,
+        kernel: &Kernel,
+        name: &str,
+        workspace: &str,
+    ) -> Result<Session> {
+        self.start_with(kernel, name, workspace, None).await
+    }
+
+    pub(crate) async fn start_with(
+        &self,
+        kernel: &Kernel,
+        name: &str,
+        workspace: &str,
+        snapshot: Option<&Snapshot>,
+    ) -> Result<Session> {
+        agentkernel_core::validate_workspace_name(name).map_err(|_| {
+            Error::invalid(
+                format!("{name:?} is not a valid session name"),
+                "use 1-64 characters: letters, digits, '.', '_' and '-', starting with a letter or digit",
+            )
+        })?;
+        if snapshot.is_none()
+            && let Some(s) = self.get(name)
+        {
+            if s.inner.workspace.name != workspace {
+                return Err(Error::invalid(
+                    format!(
+                        "session {name:?} is bound to workspace {:?}, not {workspace:?}",
+                        s.inner.workspace.name
+                    ),
+                    "close the session first to bind it to another workspace",
+                ));
+            }
+            return Ok(s);
+        }
+        let ws = kernel.workspaces().open(workspace)?;
+        let spec = SandboxSpec {
+            workspace: Some(ws.path.clone()),
+            ..kernel.spec().clone()
+        };
+        let sandbox = match snapshot {
+            Some(snap) => kernel.runtime().restore(&spec, snap).await?,
+            None => kernel.runtime().create(&spec).await?,
+        };
+        let session = Session {
+            inner: Arc::new(Inner {
+                name: name.to_owned(),
+                workspace: ws,
+                tools: kernel.tools_handle(),
+                state: tokio::sync::Mutex::new(State {
+                    sandbox: Some(sandbox),
+                    execs: 0,
+                }),
+                last_used: Mutex::new(Instant::now()),
+                started: SystemTime::now(),
+            }),
+        };
+        // Two callers may race to start the same session: the first one in the map wins and
+        // the other's sandbox is stopped.
+        let (winner, loser) = {
+            let mut map = self
+                .map
+                .lock()
+                .map_err(|_| Error::Internal("session map poisoned".into()))?;
+            match map.get(name) {
+                Some(existing) if snapshot.is_none() => (existing.clone(), Some(session)),
+                _ => {
+                    let old = map.insert(name.to_owned(), session.clone());
+                    (session, old)
+                }
+            }
+        };
+        if let Some(l) = loser {
+            let _ = l.shutdown().await;
+        }
+        self.start_reaper();
+        Ok(winner)
+    }
+
+    pub(crate) fn list(&self) -> Vec<SessionInfo> {
+        let mut out: Vec<SessionInfo> = self
+            .map
+            .lock()
+            .map(|m| m.values().map(Session::info).collect())
+            .unwrap_or_default();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    pub(crate) async fn close(&self, name: &str) -> Result<bool> {
+        let removed = self.map.lock().ok().and_then(|mut m| m.remove(name));
+        match removed {
+            Some(s) => {
+                s.shutdown().await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Starts (once) the task that closes idle sessions.
+    fn start_reaper(&self) {
+        let map = Arc::downgrade(&self.map);
+        let idle = self.idle_timeout;
+        self.reaper.call_once(|| {
+            let Ok(handle) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            handle.spawn(async move {
+                let tick = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(30));
+                loop {
+                    tokio::time::sleep(tick).await;
+                    let Some(map) = map.upgrade() else { return };
+                    let expired: Vec<Session> = match map.lock() {
+                        Ok(mut m) => {
+                            let names: Vec<String> = m
+                                .iter()
+                                .filter(|(_, s)| s.idle_for() > idle)
+                                .map(|(n, _)| n.clone())
+                                .collect();
+                            names.iter().filter_map(|n| m.remove(n)).collect()
+                        }
+                        Err(_) => return,
+                    };
+                    drop(map);
+                    for s in expired {
+                        tracing::info!(session = %s.inner.name, "closing idle session");
+                        let _ = s.shutdown().await;
+                    }
+                }
+            });
+        });
+    }
+}

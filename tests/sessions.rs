@@ -1,0 +1,269 @@
+//! Sessions, named workspaces and the kernel's pool, on real sandboxes.
+
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
+use std::process::Command;
+use std::time::Duration;
+
+use agentkernel::{Error, ExecStatus, Kernel, LimitKind, PoolConfig};
+
+fn kernel_in(data: &std::path::Path) -> Kernel {
+    Kernel::builder().data_dir(data).build().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_keeps_globals_and_its_workspace_outlives_the_kernel() {
+    let data = tempfile::tempdir().unwrap();
+    {
+        let kernel = kernel_in(data.path());
+        let s = kernel.session("conv-1").await.unwrap();
+        s.exec("x = 41\nopen('/workspace/notes.txt', 'w').write('remember me')")
+            .await
+            .unwrap();
+        let out = kernel
+            .session("conv-1")
+            .await
+            .unwrap()
+            .exec("print(x + 1)")
+            .await
+            .unwrap();
+        assert_eq!(out.stdout.text(), "42\n");
+        assert_eq!(kernel.sessions().len(), 1);
+        assert_eq!(kernel.sessions()[0].execs, 2);
+        // Another session has its own globals and workspace.
+        let other = kernel.session("conv-2").await.unwrap();
+        let out = other
+            .exec("import os\nprint('x' in globals(), os.listdir('/workspace'))")
+            .await
+            .unwrap();
+        assert_eq!(out.stdout.text(), "False []\n");
+    }
+    // A new kernel (a restart) on the same data dir sees the files, not the globals.
+    let kernel = kernel_in(data.path());
+    let out = kernel
+        .session("conv-1")
+        .await
+        .unwrap()
+        .exec("print(open('/workspace/notes.txt').read(), 'x' in globals())")
+        .await
+        .unwrap();
+    assert_eq!(out.stdout.text(), "remember me False\n");
+    let names: Vec<String> = kernel
+        .workspaces()
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|w| w.name)
+        .collect();
+    assert_eq!(names, ["conv-1", "conv-2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_session_is_closed_and_restarts_on_the_same_files() {
+    let data = tempfile::tempdir().unwrap();
+    let kernel = Kernel::builder()
+        .data_dir(data.path())
+        .session_idle_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let s = kernel.session("idle").await.unwrap();
+    s.exec("y = 1\nopen('/workspace/f', 'w').write('kept')")
+        .await
+        .unwrap();
+    let mut closed = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if kernel.sessions().is_empty() {
+            closed = true;
+            break;
+        }
+    }
+    assert!(
+        closed,
+        "the idle session was not closed: {:?}",
+        kernel.sessions()
+    );
+    // The old handle says so; a new session of that name starts fresh on the same files.
+    let err = s.exec("print(y)").await.unwrap_err();
+    assert!(matches!(err, Error::SandboxLost { .. }), "{err}");
+    let out = kernel
+        .session("idle")
+        .await
+        .unwrap()
+        .exec("print('y' in globals(), open('/workspace/f').read())")
+        .await
+        .unwrap();
+    assert_eq!(out.stdout.text(), "False kept\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workspace_quota_stops_further_runs_until_files_are_removed() {
+    let data = tempfile::tempdir().unwrap();
+    let kernel = Kernel::builder()
+        .data_dir(data.path())
+        .workspace_quota(256 * 1024)
+        .build()
+        .unwrap();
+    let s = kernel.session("quota").await.unwrap();
+    // One file larger than the quota is cut by the file-size limit.
+    let out = s
+        .exec("open('/workspace/huge', 'wb').write(b'x' * (1 << 20))")
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            &out.status,
+            ExecStatus::Killed {
+                limit: LimitKind::FileSize
+            } | ExecStatus::Exception { .. }
+        ),
+        "{:?}",
+        out.status
+    );
+    let ws = kernel.workspaces().get("quota").unwrap().unwrap();
+    let written = std::fs::metadata(ws.path.join("huge"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert!(
+        written <= 256 * 1024,
+        "a single file grew past the quota: {written}"
+    );
+    // Several files under the cap each can still pass the quota in one run...
+    let s = kernel.session("quota").await.unwrap();
+    let _ = s.reset().await;
+    s.exec("import os\nos.remove('/workspace/huge') if os.path.exists('/workspace/huge') else None\nfor i in range(3):\n    open(f'/workspace/part{i}', 'wb').write(b'y' * (200 * 1024))").await.unwrap();
+    // ...after which runs are refused with a clear error, and no file is lost.
+    let err = s.exec("print(1)").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::LimitExceeded {
+                limit: LimitKind::Disk,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("over its quota"), "{err}");
+    for i in 0..3 {
+        std::fs::remove_file(ws.path.join(format!("part{i}"))).unwrap();
+    }
+    assert_eq!(
+        s.exec("print('ok again')").await.unwrap().stdout.text(),
+        "ok again\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_names_and_missing_snapshots_say_what_to_do() {
+    let data = tempfile::tempdir().unwrap();
+    let kernel = kernel_in(data.path());
+    for bad in ["../escape", "", "a/b", ".hidden"] {
+        let err = kernel.session(bad).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidRequest { .. }), "{bad}: {err}");
+    }
+    let s = kernel.session("snap").await.unwrap();
+    let err = s.save().await.unwrap_err();
+    assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+    let snapshot = agentkernel::core::Snapshot {
+        backend: "process".into(),
+        data: vec![],
+    };
+    let err = kernel.resume_session("snap", &snapshot).await.unwrap_err();
+    assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_kernel_serves_runs_from_warm_sandboxes() {
+    let kernel = Kernel::builder()
+        .pool(PoolConfig {
+            min_idle: 1,
+            max_size: 2,
+            ..PoolConfig::default()
+        })
+        .build()
+        .unwrap();
+    let mut warmed = false;
+    for _ in 0..600 {
+        if kernel.pool_stats().unwrap().idle >= 1 {
+            warmed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(warmed, "{:?}", kernel.pool_stats());
+    let out = kernel.execute("print('warm')").await.unwrap();
+    assert_eq!(out.stdout.text(), "warm\n");
+    let stats = kernel.pool_stats().unwrap();
+    assert_eq!(stats.hits, 1, "{stats:?}");
+}
+
+#[test]
+fn cli_named_workspaces_persist_across_runs() {
+    let data = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_agentkernel");
+    let run = |code: &str| {
+        let mut child = Command::new(bin)
+            .args(["run", "--workspace", "proj", "-"])
+            .env("AGENTKERNEL_DATA_DIR", data.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(code.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    assert!(
+        run("open('/workspace/a.txt', 'w').write('hello')")
+            .status
+            .success()
+    );
+    let out = run("print(open('/workspace/a.txt').read())");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = Command::new(bin)
+        .args(["workspace", "list", "--json"])
+        .env("AGENTKERNEL_DATA_DIR", data.path())
+        .output()
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(listed[0]["name"], "proj");
+    assert_eq!(listed[0]["files"], 1);
+    let refused = Command::new(bin)
+        .args(["workspace", "delete", "proj"])
+        .env("AGENTKERNEL_DATA_DIR", data.path())
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    let deleted = Command::new(bin)
+        .args(["workspace", "delete", "proj", "--yes"])
+        .env("AGENTKERNEL_DATA_DIR", data.path())
+        .output()
+        .unwrap();
+    assert!(deleted.status.success());
+    assert!(!data.path().join("workspaces/proj").exists());
+    let bad = run("print(1)");
+    assert!(
+        bad.status.success(),
+        "a deleted workspace is recreated on use"
+    );
+    let out = Command::new(bin)
+        .args(["run", "--workspace", "no good", "-"])
+        .env("AGENTKERNEL_DATA_DIR", data.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a valid workspace name"));
+}
