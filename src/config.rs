@@ -118,7 +118,15 @@ impl Config {
             }
         };
         resolve(&mut config.sandbox.workspace);
-        resolve(&mut config.sandbox.python);
+        // A bare interpreter name ("python3") is looked up on PATH, not next to the file.
+        if config
+            .sandbox
+            .python
+            .as_ref()
+            .is_some_and(|p| p.components().count() > 1)
+        {
+            resolve(&mut config.sandbox.python);
+        }
         resolve(&mut config.tools.dir);
         for (name, server) in &mut config.mcp_servers {
             resolve(&mut server.cwd);
@@ -262,6 +270,7 @@ mod tests {
 [sandbox]
 timeout_secs = 5
 workspace = "ws"
+python = "python3"
 [tools]
 dir = "tools"
 allow = ["calc.*"]
@@ -275,6 +284,7 @@ env = { TOKEN = "Bearer ${AK_TEST_TOKEN_X}" }
         .unwrap();
         let c = Config::load(&path).unwrap();
         assert_eq!(c.sandbox.workspace, Some(dir.path().join("ws")));
+        assert_eq!(c.sandbox.python, Some(PathBuf::from("python3")));
         assert_eq!(c.tools.dir, Some(dir.path().join("tools")));
         assert_eq!(c.mcp_servers["calc"].env["TOKEN"], "Bearer sekrit");
         let p = c.policy().unwrap();

@@ -237,11 +237,22 @@ impl KernelBuilder {
             self.spec.workspace = Some(real);
         }
         if let Some(reg) = &self.tools {
-            for m in reg.mounts() {
-                if !self.spec.mounts.iter().any(|o| o.guest == m.guest) {
-                    self.spec.mounts.push(m);
-                }
+            if let Some(m) = self
+                .spec
+                .mounts
+                .iter()
+                .find(|o| o.guest.starts_with("/tools"))
+            {
+                return Err(Error::invalid(
+                    format!(
+                        "the spec already mounts {} at {}, where the tool package goes",
+                        m.host.display(),
+                        m.guest.display()
+                    ),
+                    "mount it elsewhere; /tools belongs to the tool registry",
+                ));
             }
+            self.spec.mounts.extend(reg.mounts());
         }
         self.spec.validate()?;
         let tools = match (self.tools, self.tool_policy) {
@@ -319,8 +330,23 @@ impl Kernel {
         if let Some(ws) = &self.workspace {
             ws.check_quota()?;
         }
+        self.execute_with_spec(&self.spec, req).await
+    }
+
+    /// Like [`Kernel::execute_request`] with the named workspace `name` at `/workspace`.
+    pub async fn execute_in_workspace(&self, name: &str, req: ExecRequest) -> Result<ExecOutcome> {
+        let ws = self.workspaces.open(name)?;
+        ws.check_quota()?;
+        let spec = SandboxSpec {
+            workspace: Some(ws.path),
+            ..self.spec.clone()
+        };
+        self.execute_with_spec(&spec, req).await
+    }
+
+    async fn execute_with_spec(&self, spec: &SandboxSpec, req: ExecRequest) -> Result<ExecOutcome> {
         let booted = Instant::now();
-        let mut sandbox = self.runtime.create(&self.spec).await?;
+        let mut sandbox = self.runtime.create(spec).await?;
         let boot = booted.elapsed();
         let result = sandbox.exec(req, self.tools()).await;
         let torn = Instant::now();

@@ -63,7 +63,7 @@ def huge(size: int) -> str:
 def crash() -> str:
     """Kills the server process in the middle of the call."""
     _log()
-    sys.stderr.write("test server: crashing on purpose\n")
+    sys.stderr.write("test server: crashing on purpose; token=" + os.environ.get("TEST_TOKEN", "") + "\n")
     sys.stderr.flush()
     os._exit(3)
 
@@ -87,6 +87,35 @@ def leak_token() -> str:
     """A misbehaving tool: returns the server's credential in its result."""
     _log()
     return "the token is " + os.environ.get("TEST_TOKEN", "")
+
+
+@mcp.tool()
+def pid() -> int:
+    """The server's process id."""
+    _log()
+    return os.getpid()
+
+
+@mcp.tool()
+def env_names() -> list[str]:
+    """The names of the server process's environment variables."""
+    _log()
+    return sorted(os.environ)
+
+
+@mcp.tool()
+def result_dict() -> dict[str, str]:
+    """Returns a dict whose only key happens to be "result"."""
+    _log()
+    return {"result": "ok-string"}
+
+
+if os.environ.get("TEST_TOKEN"):
+    # A misbehaving server: its credential in a tool description.
+    def token_in_description() -> str:
+        return "nothing"
+
+    mcp.add_tool(token_in_description, description="Uses the token " + os.environ["TEST_TOKEN"] + " internally.")
 
 
 @mcp.tool()

@@ -106,11 +106,12 @@ async fn tools_are_discoverable_from_inside_the_sandbox() {
         text.contains("(text: 'str', *, min_length: 'int' = 1) -> 'Any'"),
         "{text}"
     );
-    // The package is read-only.
+    // The package is a read-only mount (not just files the sandbox user cannot write).
     let out = kernel
-        .execute("open('/tools/test/add.py', 'w').write('x')")
+        .execute("import os\nprint(bool(os.statvfs('/tools').f_flag & os.ST_RDONLY))\nopen('/tools/test/add.py', 'w')")
         .await
         .unwrap();
+    assert_eq!(out.stdout.text(), "True\n");
     assert!(
         matches!(&out.status, ExecStatus::Exception { type_name, .. } if type_name == "OSError" || type_name == "PermissionError"),
         "{:?}",
@@ -277,8 +278,14 @@ try:
     found.append("config file readable")
 except OSError as e:
     print("config:", type(e).__name__)
-from tools.test import has_token, leak_token
+from tools.test import has_token, leak_token, crash, env_names
 print("server has it:", has_token())
+names = env_names()
+print("host env reached the server:", [n for n in names if n.startswith("CARGO")])
+try:
+    crash()
+except Exception as e:
+    look("crash error", str(e))
 leaked = leak_token()
 look("leak_token result", leaked)
 print("leak_token:", leaked)
@@ -291,6 +298,7 @@ print("found:", found)
     let text = out.stdout.text();
     assert!(text.contains("config: FileNotFoundError"), "{text}");
     assert!(text.contains("server has it: True"), "{text}");
+    assert!(text.contains("host env reached the server: []"), "{text}");
     assert!(
         text.contains("leak_token: the token is [redacted]"),
         "{text}"

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
@@ -129,12 +129,52 @@ impl McpServerConfig {
         }
     }
 
-    /// Values that must never reach the sandbox (env and header values of 6+ characters).
+    /// Values that must never reach the sandbox: every header value, the values of `env`
+    /// variables whose name says they are secret (`*TOKEN*`, `*KEY*`, `*SECRET*`,
+    /// `*PASSWORD*`, `*PASS*`, `*AUTH*`, `*CREDENTIAL*`, `*PRIVATE*`), and a user name,
+    /// password or query values inside `url`. Only values of 6+ characters (shorter ones
+    /// would redact ordinary words).
     fn secrets(&self) -> Vec<String> {
+        const SECRET_WORDS: &[&str] = &[
+            "TOKEN",
+            "KEY",
+            "SECRET",
+            "PASSWORD",
+            "PASS",
+            "AUTH",
+            "CREDENTIAL",
+            "PRIVATE",
+        ];
+        let mut values: Vec<&str> = self.headers.values().map(String::as_str).collect();
+        values.extend(self.env.iter().filter_map(|(k, v)| {
+            let k = k.to_ascii_uppercase();
+            SECRET_WORDS
+                .iter()
+                .any(|w| k.contains(w))
+                .then_some(v.as_str())
+        }));
+        let mut url_parts: Vec<String> = Vec::new();
+        if let Some(url) = &self.url {
+            let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+            let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+            if let Some((userinfo, _)) = authority.rsplit_once('@') {
+                url_parts.extend(userinfo.split(':').map(str::to_owned));
+            }
+            if let Some((_, query)) = rest.split_once('?') {
+                let query = query.split('#').next().unwrap_or("");
+                url_parts.extend(
+                    query
+                        .split('&')
+                        .filter_map(|kv| kv.split_once('='))
+                        .map(|(_, v)| v.to_owned()),
+                );
+            }
+        }
+        values.extend(url_parts.iter().map(String::as_str));
         let mut out: Vec<String> = Vec::new();
-        for v in self.env.values().chain(self.headers.values()) {
+        for v in values {
             // Also the token without its scheme ("Bearer abc" → "abc").
-            for s in [v.as_str(), v.rsplit(' ').next().unwrap_or("")] {
+            for s in [v, v.rsplit(' ').next().unwrap_or("")] {
                 if s.len() >= 6 && !out.iter().any(|o| o == s) {
                     out.push(s.to_owned());
                 }
@@ -178,8 +218,12 @@ pub(crate) struct McpTool {
     pub validator: Option<Arc<jsonschema::Validator>>,
 }
 
-/// Lines of the server's stderr kept for error messages.
+/// Lines of the server's stderr kept for the host's error messages (never the sandbox's).
 const STDERR_TAIL_LINES: usize = 20;
+/// Longest a server may take to start, answer the handshake and list its tools.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most tools taken from one server.
+const MAX_TOOLS: usize = 2000;
 
 /// Receives notifications from one server.
 #[derive(Clone)]
@@ -198,7 +242,9 @@ impl ClientHandler for Handler {
         // service loop that is running this handler.
         tokio::spawn(async move {
             if let Some(server) = server.upgrade()
-                && let Err(e) = server.refresh(&peer).await
+                && let Err(e) = tokio::time::timeout(START_TIMEOUT, server.refresh(&peer))
+                    .await
+                    .unwrap_or_else(|_| Err(Error::Internal("re-listing timed out".into())))
             {
                 tracing::warn!(server = %server.name, error = %e, "re-listing tools after list_changed failed");
             }
@@ -210,6 +256,9 @@ impl ClientHandler for Handler {
 struct Conn {
     service: RunningService<RoleClient, Handler>,
     generation: u64,
+    /// Cleared when a stdio server's stderr closes, i.e. the process exited (rmcp does not
+    /// notice a server that dies between calls).
+    alive: Arc<AtomicBool>,
 }
 
 /// A configured MCP server and its live connection.
@@ -222,9 +271,18 @@ pub(crate) struct McpServer {
     conn: tokio::sync::Mutex<Option<Conn>>,
     generation: AtomicU64,
     tools: RwLock<Vec<McpTool>>,
+    /// Serialises re-listing (notifications may arrive in bursts).
+    refreshing: tokio::sync::Mutex<()>,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
     stub_root: PathBuf,
+    closed: AtomicBool,
 }
+
+/// Environment variables a stdio server inherits from the host (as the official SDKs do);
+/// everything else it gets comes from its `env`.
+const INHERITED_ENV: &[&str] = &[
+    "HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER", "LANG", "LC_ALL", "TMPDIR",
+];
 
 impl McpServer {
     /// Connects to the server and lists its tools (writing their stubs under `stub_root`).
@@ -242,8 +300,10 @@ impl McpServer {
             conn: tokio::sync::Mutex::new(None),
             generation: AtomicU64::new(0),
             tools: RwLock::new(Vec::new()),
+            refreshing: tokio::sync::Mutex::new(()),
             stderr_tail: Arc::new(Mutex::new(VecDeque::new())),
             stub_root,
+            closed: AtomicBool::new(false),
         });
         server.peer().await?;
         Ok(server)
@@ -254,6 +314,19 @@ impl McpServer {
         self.tools.read().map(|t| t.clone()).unwrap_or_default()
     }
 
+    /// The tool whose Python name is `py`.
+    pub fn tool(&self, py: &str) -> Option<McpTool> {
+        self.tools.read().ok()?.iter().find(|t| t.py == py).cloned()
+    }
+
+    /// The Python names of its tools.
+    pub fn tool_names(&self) -> Vec<String> {
+        self.tools
+            .read()
+            .map(|t| t.iter().map(|t| t.py.clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// The server's own timeout, if set.
     pub fn timeout(&self) -> Option<Duration> {
         self.config.timeout
@@ -262,30 +335,66 @@ impl McpServer {
     /// A peer to send requests to, connecting (again) when there is no live connection.
     async fn peer(self: &Arc<Self>) -> Result<(Peer<RoleClient>, u64)> {
         let mut conn = self.conn.lock().await;
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(Error::tool_source(
+                &self.name,
+                "the MCP server was shut down",
+                "build a new tool registry",
+            ));
+        }
         if let Some(c) = conn.as_ref() {
-            if !c.service.is_closed() {
+            if !c.service.is_closed() && c.alive.load(Ordering::SeqCst) {
                 return Ok((c.service.peer().clone(), c.generation));
             }
             tracing::info!(server = %self.name, "MCP server connection closed; reconnecting");
         }
+        *conn = None;
         let handler = Handler {
             server: Arc::downgrade(self),
         };
-        let service = self.connect(handler).await?;
-        let peer = service.peer().clone();
-        self.refresh(&peer).await?;
+        let alive = Arc::new(AtomicBool::new(true));
+        let started = tokio::time::timeout(START_TIMEOUT, async {
+            let service = self.connect(handler, alive.clone()).await?;
+            let peer = service.peer().clone();
+            self.refresh(&peer).await?;
+            Ok::<_, Error>(service)
+        })
+        .await
+        .map_err(|_| {
+            Error::tool_source(
+                &self.name,
+                format!(
+                    "the MCP server did not start and list its tools within {} s{}",
+                    START_TIMEOUT.as_secs(),
+                    self.stderr_suffix()
+                ),
+                "run its command by hand: it must speak MCP on stdin/stdout (or at `url`)",
+            )
+        })??;
+        let peer = started.peer().clone();
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         *conn = Some(Conn {
-            service,
+            service: started,
             generation,
+            alive,
         });
         Ok((peer, generation))
     }
 
-    async fn connect(&self, handler: Handler) -> Result<RunningService<RoleClient, Handler>> {
+    async fn connect(
+        &self,
+        handler: Handler,
+        alive: Arc<AtomicBool>,
+    ) -> Result<RunningService<RoleClient, Handler>> {
         let started = if let Some(command) = &self.config.command {
             let mut cmd = tokio::process::Command::new(command);
-            cmd.args(&self.config.args).envs(&self.config.env);
+            cmd.args(&self.config.args).env_clear();
+            for key in INHERITED_ENV {
+                if let Some(v) = std::env::var_os(key) {
+                    cmd.env(key, v);
+                }
+            }
+            cmd.envs(&self.config.env);
             if let Some(cwd) = &self.config.cwd {
                 cmd.current_dir(cwd);
             }
@@ -300,7 +409,7 @@ impl McpServer {
                     )
                 })?;
             if let Some(stderr) = stderr {
-                self.keep_stderr(stderr);
+                self.keep_stderr(stderr, alive);
             }
             handler.serve(transport).await.map_err(|e| e.to_string())
         } else if let Some(url) = &self.config.url {
@@ -346,8 +455,9 @@ impl McpServer {
         })
     }
 
-    /// Reads the child's stderr into a short ring buffer (and the debug log).
-    fn keep_stderr(&self, stderr: tokio::process::ChildStderr) {
+    /// Reads the child's stderr into a short ring buffer (and the debug log); its end means
+    /// the process is gone.
+    fn keep_stderr(&self, stderr: tokio::process::ChildStderr, alive: Arc<AtomicBool>) {
         let tail = self.stderr_tail.clone();
         let name = self.name.clone();
         tokio::spawn(async move {
@@ -361,9 +471,11 @@ impl McpServer {
                     t.push_back(line);
                 }
             }
+            alive.store(false, Ordering::SeqCst);
         });
     }
 
+    /// The last lines of the server's stderr, redacted, for host-side errors and logs.
     fn stderr_suffix(&self) -> String {
         let tail = self
             .stderr_tail
@@ -385,8 +497,9 @@ impl McpServer {
         }
     }
 
-    /// Lists the server's tools and rewrites its stubs.
+    /// Lists the server's tools and rewrites its stubs (one listing at a time).
     async fn refresh(&self, peer: &Peer<RoleClient>) -> Result<()> {
+        let _one_at_a_time = self.refreshing.lock().await;
         let listed = peer.list_all_tools().await.map_err(|e| {
             Error::tool_source(
                 &self.name,
@@ -397,26 +510,41 @@ impl McpServer {
         let mut tools: Vec<McpTool> = Vec::new();
         for t in listed {
             let py = stubs::python_name(&t.name);
-            if tools.iter().any(|o| o.py == py) {
-                tracing::warn!(server = %self.name, tool = %t.name, "two tools map to the same Python name {py}; keeping the first");
+            if !stubs::is_tool_name(&py) {
+                tracing::warn!(server = %self.name, "skipping a tool whose name cannot be a Python module ({} bytes)", t.name.len());
                 continue;
             }
-            let input_schema = Value::Object((*t.input_schema).clone());
+            if tools.iter().any(|o| o.py == py) {
+                tracing::warn!(server = %self.name, tool = %py, "two tools map to the same Python name; keeping the first");
+                continue;
+            }
+            if tools.len() == MAX_TOOLS {
+                tracing::warn!(server = %self.name, "more than {MAX_TOOLS} tools; ignoring the rest");
+                break;
+            }
+            // Descriptions and schemas end up in files the sandbox reads: redact them too.
+            let input_schema = self.redact_value(Value::Object((*t.input_schema).clone()));
             let validator = match jsonschema::validator_for(&input_schema) {
                 Ok(v) => Some(Arc::new(v)),
                 Err(e) => {
-                    tracing::warn!(server = %self.name, tool = %t.name, error = %e, "input schema does not compile; arguments go unvalidated");
+                    tracing::warn!(server = %self.name, tool = %py, error = %e, "input schema does not compile; arguments go unvalidated");
                     None
                 }
             };
             tools.push(McpTool {
                 py,
                 raw: t.name.to_string(),
-                description: t.description.as_deref().unwrap_or("").to_owned(),
+                description: self.redact(t.description.as_deref().unwrap_or("")),
                 input_schema,
-                output_schema: t.output_schema.map(|s| Value::Object((*s).clone())),
+                output_schema: t
+                    .output_schema
+                    .map(|s| self.redact_value(Value::Object((*s).clone()))),
                 validator,
             });
+        }
+        // The catalog first, then the files: a program that sees a new stub can call it.
+        if let Ok(mut slot) = self.tools.write() {
+            *slot = tools.clone();
         }
         let stub_tools: Vec<StubTool<'_>> = tools
             .iter()
@@ -435,51 +563,57 @@ impl McpServer {
             )
         })?;
         tracing::debug!(server = %self.name, tools = tools.len(), "listed MCP tools");
-        if let Ok(mut slot) = self.tools.write() {
-            *slot = tools;
-        }
         Ok(())
     }
 
-    /// Calls tool `raw` with `args` and turns the answer into the value Python sees.
+    /// Calls tool `tool` with `args` and turns the answer into the value Python sees.
     pub async fn call(
         self: &Arc<Self>,
-        raw: &str,
+        tool: &McpTool,
         args: serde_json::Map<String, Value>,
     ) -> std::result::Result<Value, ToolError> {
-        let (peer, generation) = self
-            .peer()
-            .await
-            .map_err(|e| ToolError::new(ToolErrorKind::Failed, self.redact(&e.to_string())))?;
-        let params = CallToolRequestParams::new(raw.to_owned()).with_arguments(args);
-        match peer.call_tool(params).await {
-            Ok(result) => self.convert(result),
-            Err(e) => {
-                let gone = matches!(
-                    e,
-                    ServiceError::TransportClosed | ServiceError::TransportSend(_)
-                );
-                if gone {
+        let mut retried = false;
+        loop {
+            let (peer, generation) = self.peer().await.map_err(|e| {
+                tracing::warn!(server = %self.name, error = %e, "MCP server unavailable");
+                ToolError::new(
+                    ToolErrorKind::Failed,
+                    format!(
+                        "MCP server {:?} is unavailable (the host's log says why)",
+                        self.name
+                    ),
+                )
+            })?;
+            let params = CallToolRequestParams::new(tool.raw.clone()).with_arguments(args.clone());
+            match peer.call_tool(params).await {
+                Ok(result) => return self.convert(tool, result),
+                // The request never left: the connection was already dead. Safe to retry once.
+                Err(ServiceError::TransportSend(_)) if !retried => {
+                    self.forget(generation).await;
+                    retried = true;
+                }
+                Err(e @ (ServiceError::TransportClosed | ServiceError::TransportSend(_))) => {
                     self.forget(generation).await;
                     // Give the stderr reader a moment to catch the server's last words.
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    Err(ToolError::new(
+                    tracing::warn!(server = %self.name, "MCP server went away during a call ({e}){}", self.stderr_suffix());
+                    return Err(ToolError::new(
                         ToolErrorKind::Failed,
                         format!(
-                            "MCP server {:?} went away during the call ({e}); it will be restarted for the next call{}",
-                            self.name,
-                            self.stderr_suffix()
+                            "MCP server {:?} went away during the call; it will be restarted for the next call",
+                            self.name
                         ),
-                    ))
-                } else {
-                    Err(ToolError::new(
+                    ));
+                }
+                Err(e) => {
+                    return Err(ToolError::new(
                         ToolErrorKind::Failed,
                         format!(
                             "MCP server {:?}: {}",
                             self.name,
                             self.redact(&e.to_string())
                         ),
-                    ))
+                    ));
                 }
             }
         }
@@ -498,7 +632,11 @@ impl McpServer {
         self.conn.lock().await.as_ref().map(|c| c.generation)
     }
 
-    fn convert(&self, result: CallToolResult) -> std::result::Result<Value, ToolError> {
+    fn convert(
+        &self,
+        tool: &McpTool,
+        result: CallToolResult,
+    ) -> std::result::Result<Value, ToolError> {
         if result.is_error == Some(true) {
             let text = content_text(&result.content);
             return Err(ToolError::new(
@@ -511,7 +649,16 @@ impl McpServer {
             ));
         }
         let value = match result.structured_content {
-            Some(v) => unwrap_result(v),
+            // The official SDKs wrap a non-object result as {"result": value} and say so in
+            // the output schema; unwrap exactly then.
+            Some(Value::Object(mut m))
+                if stubs::is_result_wrapper(tool.output_schema.as_ref())
+                    && m.len() == 1
+                    && m.contains_key("result") =>
+            {
+                m.remove("result").unwrap_or(Value::Null)
+            }
+            Some(v) => v,
             None => content_value(&result.content),
         };
         Ok(self.redact_value(value))
@@ -546,22 +693,13 @@ impl McpServer {
         }
     }
 
-    /// Stops the server (kills a child process).
+    /// Stops the server for good (kills a child process); later calls fail.
     pub async fn shutdown(&self) {
-        if let Some(c) = self.conn.lock().await.take() {
+        let mut conn = self.conn.lock().await;
+        self.closed.store(true, Ordering::SeqCst);
+        if let Some(c) = conn.take() {
             let _ = c.service.cancel().await;
         }
-    }
-}
-
-/// Servers built on the official SDKs wrap a non-object result as `{"result": value}` in
-/// structured content; Python gets the value itself.
-fn unwrap_result(v: Value) -> Value {
-    match v {
-        Value::Object(mut m) if m.len() == 1 && m.contains_key("result") => {
-            m.remove("result").unwrap_or(Value::Null)
-        }
-        other => other,
     }
 }
 

@@ -510,14 +510,18 @@ impl ToolRegistry {
         }
         let (server, tool) = qualified.split_once('.')?;
         let s = self.inner.mcp.get(server)?;
-        let t = s.tools().into_iter().find(|t| t.py == tool)?;
+        let t = s.tool(tool)?;
         Some(Route::Mcp(s, Box::new(t)))
     }
 
     fn known_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.inner.functions.keys().cloned().collect();
         for s in self.inner.mcp.values() {
-            names.extend(s.tools().into_iter().map(|t| format!("{}.{}", s.py, t.py)));
+            names.extend(
+                s.tool_names()
+                    .into_iter()
+                    .map(|t| format!("{}.{}", s.py, t)),
+            );
         }
         names
     }
@@ -561,6 +565,17 @@ impl ToolGate {
     }
 
     async fn checked_call(&self, name: &str, args: Value) -> Result<(Value, usize), ToolError> {
+        // Every call counts, found or not, allowed or not.
+        let n = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
+        if n > self.policy.max_calls {
+            return Err(ToolError::new(
+                ToolErrorKind::LimitExceeded,
+                format!(
+                    "tool call budget spent: at most {} calls per execution",
+                    self.policy.max_calls
+                ),
+            ));
+        }
         let route = self.registry.route(name).ok_or_else(|| {
             let known = self.registry.known_names();
             ToolError::new(
@@ -578,16 +593,6 @@ impl ToolGate {
                 format!(
                     "tool {name} is not allowed in this sandbox (allowed: {})",
                     self.policy.allow.join(", ")
-                ),
-            ));
-        }
-        let n = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
-        if n > self.policy.max_calls {
-            return Err(ToolError::new(
-                ToolErrorKind::LimitExceeded,
-                format!(
-                    "tool call budget spent: at most {} calls per execution",
-                    self.policy.max_calls
                 ),
             ));
         }
@@ -648,7 +653,7 @@ impl ToolGate {
             match &route {
                 Route::Function(f) => (f.call)(args).await,
                 Route::Mcp(s, t) => match args {
-                    Value::Object(m) => s.call(&t.raw, m).await,
+                    Value::Object(m) => s.call(t, m).await,
                     _ => Err(ToolError::new(
                         ToolErrorKind::InvalidArguments,
                         "arguments must be an object",
@@ -700,6 +705,15 @@ impl ToolHost for ToolGate {
     }
 
     async fn call(&self, name: &str, args: Value) -> Result<Value, ToolError> {
+        // Names are `server.tool`, each at most 64 bytes: a longer one cannot exist, and
+        // is not worth logging.
+        if name.len() > 130 {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            return Err(ToolError::new(
+                ToolErrorKind::NotFound,
+                format!("no tool has a name of {} bytes", name.len()),
+            ));
+        }
         let (server, tool) = name.split_once('.').unwrap_or(("", name));
         let span = tracing::info_span!(
             "tool_call",

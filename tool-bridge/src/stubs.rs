@@ -158,17 +158,31 @@ fn simple_hint(t: &str, schema: &Value) -> String {
     }
 }
 
+/// Whether `py` (already a [`python_name`]) can name a tool module: not private, not
+/// `__debug__`, and short enough for a file name.
+pub fn is_tool_name(py: &str) -> bool {
+    is_identifier(py) && !py.starts_with('_') && py.len() <= 64
+}
+
+/// Whether an output schema is the official SDKs' wrapper of a non-object result:
+/// an object with the single property `result`.
+pub fn is_result_wrapper(output_schema: Option<&Value>) -> bool {
+    output_schema
+        .and_then(|s| s.get("properties"))
+        .and_then(Value::as_object)
+        .is_some_and(|p| p.len() == 1 && p.contains_key("result"))
+}
+
 /// The Python return type for an output schema. Servers built on the official SDKs wrap a
 /// non-object result as `{"result": value}`; the bridge unwraps it, and so does the hint.
 pub fn return_hint(output_schema: Option<&Value>) -> String {
     let Some(schema) = output_schema else {
         return "Any".into();
     };
-    let props = schema.get("properties").and_then(Value::as_object);
-    match props {
-        Some(p) if p.len() == 1 && p.contains_key("result") => type_hint(&p["result"]),
-        _ => type_hint(schema),
+    if is_result_wrapper(Some(schema)) {
+        return type_hint(&schema["properties"]["result"]);
     }
+    type_hint(schema)
 }
 
 /// One parameter of a generated function.

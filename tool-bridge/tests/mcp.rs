@@ -16,7 +16,9 @@ async fn registry(policy: ToolPolicy) -> ToolRegistry {
         test_python().to_string_lossy(),
         [testdata("mcp_server.py").to_string_lossy()],
     )
-    .with_env("TEST_TOKEN", TOKEN);
+    .with_env("TEST_TOKEN", TOKEN)
+    // Not a secret by its name: must not be redacted.
+    .with_env("APP_MODE", "production-mode");
     ToolRegistry::builder()
         .mcp_server("test", server)
         .function(FunctionTool::new(
@@ -63,6 +65,26 @@ async fn mcp_tools_are_listed_called_and_converted() {
             .await
             .unwrap(),
         json!(42)
+    );
+    // Ordinary config values are not mistaken for secrets.
+    assert_eq!(
+        gate.call("test.echo", json!({"text": "running in production-mode"}))
+            .await
+            .unwrap(),
+        json!("running in production-mode")
+    );
+    // Only the SDK's wrapper of a non-object result is unwrapped, not a dict with a
+    // "result" key.
+    assert_eq!(
+        gate.call("test.result_dict", json!({})).await.unwrap(),
+        json!({"result": "ok-string"})
+    );
+    // A description carrying the credential is redacted before it reaches the stubs.
+    let stub =
+        std::fs::read_to_string(reg.stubs_dir().join("test/token_in_description.py")).unwrap();
+    assert!(
+        !stub.contains(TOKEN) && stub.contains("[redacted]"),
+        "{stub}"
     );
     // The generated stub exists with a typed signature.
     let stub = std::fs::read_to_string(reg.stubs_dir().join("test/word_stats.py")).unwrap();
@@ -132,6 +154,20 @@ async fn policy_and_faults_give_the_documented_errors_and_the_server_recovers() 
         json!(2)
     );
     assert_ne!(reg.mcp_generation("test").await, before);
+
+    // A server killed between calls is noticed: the next call just works, on a new process.
+    let pid = gate.call("test.pid", json!({})).await.unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let new_pid = gate
+        .call("test.pid", json!({}))
+        .await
+        .expect("the call after an idle death");
+    assert_ne!(new_pid, pid);
 
     // Credentials are redacted from results.
     let leaked = gate.call("test.leak_token", json!({})).await.unwrap();
@@ -227,7 +263,7 @@ async fn streamable_http_server_with_a_bearer_token() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains("remote"), "{err}");
+    assert!(err.contains("remote") && err.contains("401"), "{err}");
 
     let reg = ToolRegistry::builder()
         .mcp_server(
