@@ -148,7 +148,8 @@ impl KernelBuilder {
         self
     }
 
-    /// Where named workspaces live (default: [`Workspaces::default_root`]).
+    /// The data directory: named workspaces live in its `workspaces/` (default:
+    /// [`Workspaces::data_dir`]).
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.data_dir = Some(dir.into());
         self
@@ -213,7 +214,8 @@ impl KernelBuilder {
         let mut workspaces = Workspaces::at(
             self.data_dir
                 .clone()
-                .unwrap_or_else(Workspaces::default_root),
+                .unwrap_or_else(Workspaces::data_dir)
+                .join("workspaces"),
         );
         if let Some(q) = self.workspace_quota {
             workspaces = workspaces.with_quota(q);

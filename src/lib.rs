@@ -36,6 +36,7 @@ pub mod config;
 mod doctor;
 mod kernel;
 pub mod session;
+pub mod tasks;
 
 pub use agent::{Agent, TaskResult, create_agent};
 pub use agentkernel_core as core;

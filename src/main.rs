@@ -4,6 +4,7 @@ use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use agentkernel::core::{CheckState, OutputSink, StreamKind};
 use agentkernel::{Config, Error, ExecRequest, ExecStatus, McpServerConfig};
@@ -36,6 +37,11 @@ enum Command {
     /// Work with the tools programs can import (`from tools.<server> import <tool>`).
     #[command(subcommand)]
     Tools(ToolsCommand),
+    /// Fire-and-forget tasks: submit returns an id at once; a worker runs them.
+    #[command(subcommand)]
+    Task(TaskCommand),
+    /// Run queued tasks (started automatically by `task submit` when none is running).
+    Worker(WorkerArgs),
     /// Manage named workspaces (persistent directories mounted at /workspace).
     #[command(subcommand)]
     Workspace(WorkspaceCommand),
@@ -58,6 +64,79 @@ enum ToolsCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum TaskCommand {
+    /// Store a task and print its id at once. Starts a background worker if none runs.
+    Submit {
+        /// Program file, or - for standard input.
+        #[arg(value_name = "FILE|-", default_value = "-")]
+        file: String,
+        /// Wall-clock limit of the program in seconds.
+        #[arg(long, value_name = "S")]
+        timeout: Option<f64>,
+        /// Named workspace mounted at /workspace.
+        #[arg(long, value_name = "NAME")]
+        workspace: Option<String>,
+        /// Do not start a background worker.
+        #[arg(long)]
+        no_worker: bool,
+    },
+    /// Show a task.
+    Status {
+        /// Task id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wait for a task, showing its progress on stderr; then print its output and exit with
+    /// its exit code (70 if it was lost or failed in the kernel, 130 if cancelled, 75 if
+    /// still unfinished at --timeout).
+    Wait {
+        /// Task id.
+        id: String,
+        /// Give up after S seconds.
+        #[arg(long, value_name = "S")]
+        timeout: Option<f64>,
+        /// Print the final record as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tasks, newest first.
+    List {
+        /// Only tasks in this state (queued, running, succeeded, failed, lost, cancelled).
+        #[arg(long)]
+        state: Option<String>,
+        /// At most N tasks.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a task (a running one is killed).
+    Cancel {
+        /// Task id.
+        id: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct WorkerArgs {
+    /// Tasks run at once.
+    #[arg(long, default_value_t = 2)]
+    concurrency: usize,
+    /// Exit after S seconds with nothing to do (default: run until killed).
+    #[arg(long, value_name = "S")]
+    idle_exit: Option<f64>,
+    /// Re-queue tasks whose worker died (instead of marking them lost), while attempts are
+    /// left. Only for programs that are safe to run twice.
+    #[arg(long)]
+    requeue_lost: bool,
+    #[command(flatten)]
+    tools: ToolArgs,
 }
 
 #[derive(Subcommand)]
@@ -190,6 +269,8 @@ fn main() -> ExitCode {
             Command::Run(args) => run(args).await,
             Command::Tools(ToolsCommand::List { tools, json }) => tools_list(&tools, json).await,
             Command::Workspace(cmd) => workspace(cmd),
+            Command::Task(cmd) => task(cmd).await,
+            Command::Worker(args) => worker(args).await,
             Command::Doctor { json } => doctor(json).await,
         }
     })
@@ -368,6 +449,270 @@ async fn tools_list(args: &ToolArgs, json: bool) -> ExitCode {
         r.shutdown().await;
     }
     ExitCode::SUCCESS
+}
+
+/// The data dir: tasks.db, worker.lock and the workspaces live here.
+fn data_dir() -> PathBuf {
+    agentkernel::Workspaces::data_dir()
+}
+
+/// A task handle without workers (for the CLI's task commands).
+async fn task_client() -> Result<agentkernel::tasks::Tasks, Error> {
+    let store = agentkernel::tasks::Tasks::default_store().await?;
+    let kernel = agentkernel::Kernel::builder().build()?;
+    Ok(agentkernel::tasks::Tasks::new(
+        kernel,
+        store,
+        Default::default(),
+    ))
+}
+
+/// Starts `agentkernel worker` in the background unless one holds the worker lock.
+fn ensure_worker() -> Result<bool, Error> {
+    let dir = data_dir();
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("worker.lock"))
+        .map_err(|e| Error::io("opening the worker lock", e))?;
+    if lock.try_lock().is_err() {
+        return Ok(false); // a worker holds it (shared)
+    }
+    drop(lock);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("worker.log"))
+        .map_err(|e| Error::io("opening worker.log", e))?;
+    let exe =
+        std::env::current_exe().map_err(|e| Error::io("finding the agentkernel binary", e))?;
+    use std::os::unix::process::CommandExt as _;
+    // It exits after a minute without work (AGENTKERNEL_WORKER_IDLE_SECS to change that).
+    let idle = std::env::var("AGENTKERNEL_WORKER_IDLE_SECS")
+        .ok()
+        .filter(|v| v.parse::<f64>().is_ok_and(|s| s > 0.0))
+        .unwrap_or_else(|| "60".into());
+    std::process::Command::new(exe)
+        .args(["worker", "--idle-exit", &idle])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| Error::io("starting a background worker", e))?;
+    Ok(true)
+}
+
+async fn task(cmd: TaskCommand) -> ExitCode {
+    use agentkernel::tasks::{TaskRequest, TaskState};
+    let tasks = match task_client().await {
+        Ok(t) => t,
+        Err(e) => return fail(&e),
+    };
+    let print = |text: String| {
+        let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    };
+    match cmd {
+        TaskCommand::Submit {
+            file,
+            timeout,
+            workspace,
+            no_worker,
+        } => {
+            let code = match read_program(&file) {
+                Ok(c) => c,
+                Err(e) => return fail(&e),
+            };
+            let req = TaskRequest {
+                code,
+                timeout_secs: timeout,
+                workspace,
+            };
+            match tasks.submit(req).await {
+                Ok(id) => {
+                    print(format!("{id}\n"));
+                    if !no_worker && let Err(e) = ensure_worker() {
+                        eprintln!(
+                            "agentkernel: warning: could not start a worker: {e}; run `agentkernel worker`"
+                        );
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
+        TaskCommand::Status { id, json } => match tasks.status(&id).await {
+            Ok(Some(rec)) => {
+                if json {
+                    print(serde_json::to_string_pretty(&rec).unwrap_or_default() + "\n");
+                } else {
+                    print(describe_task(&rec) + "\n");
+                }
+                ExitCode::SUCCESS
+            }
+            Ok(None) => fail(&Error::invalid(
+                format!("no task with id {id:?}"),
+                "see `agentkernel task list`",
+            )),
+            Err(e) => fail(&e),
+        },
+        TaskCommand::List { state, limit, json } => {
+            let state = match state.map(|s| s.parse::<TaskState>()).transpose() {
+                Ok(s) => s,
+                Err(e) => return fail(&e),
+            };
+            match tasks.list(state, limit).await {
+                Ok(list) if json => {
+                    print(serde_json::to_string_pretty(&list).unwrap_or_default() + "\n");
+                    ExitCode::SUCCESS
+                }
+                Ok(list) => {
+                    print(list.iter().map(|r| describe_task(r) + "\n").collect());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
+        TaskCommand::Cancel { id } => match tasks.cancel(&id).await {
+            Ok(was) if was.is_final() => {
+                print(format!("task {id} had already ended ({was})\n"));
+                ExitCode::SUCCESS
+            }
+            Ok(was) => {
+                print(format!("task {id} cancelled (was {was})\n"));
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
+        TaskCommand::Wait { id, timeout, json } => {
+            if let Err(e) = ensure_worker() {
+                eprintln!(
+                    "agentkernel: warning: could not start a worker: {e}; run `agentkernel worker`"
+                );
+            }
+            let timeout = timeout.and_then(|t| Duration::try_from_secs_f64(t).ok());
+            let started = std::time::Instant::now();
+            let rec = tasks
+                .wait(&id, timeout, |r| {
+                    eprintln!(
+                        "agentkernel: task {}: {} (after {:.1} s)",
+                        r.id,
+                        describe_state(r),
+                        started.elapsed().as_secs_f64()
+                    );
+                })
+                .await;
+            let rec = match rec {
+                Ok(r) => r,
+                Err(e) => return fail(&e),
+            };
+            if json {
+                print(serde_json::to_string_pretty(&rec).unwrap_or_default() + "\n");
+            } else if let Some(result) = &rec.result {
+                print(result.output.clone());
+                eprint!("{}", result.stderr);
+                if let ExecStatus::Exception { traceback, .. } = &result.status {
+                    eprint!("{traceback}");
+                }
+            }
+            let code = match rec.state {
+                TaskState::Succeeded => 0,
+                TaskState::Failed => rec
+                    .result
+                    .as_ref()
+                    .map_or(70, |r| r.exit_code.clamp(1, 255)),
+                TaskState::Lost => 70,
+                TaskState::Cancelled => 130,
+                TaskState::Queued | TaskState::Running => {
+                    eprintln!(
+                        "agentkernel: task {id} is still {} after the timeout",
+                        rec.state
+                    );
+                    75
+                }
+            };
+            if let Some(err) = &rec.error
+                && rec.state != TaskState::Succeeded
+                && !json
+            {
+                eprintln!("agentkernel: task {id}: {err}");
+            }
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
+        }
+    }
+}
+
+fn describe_state(r: &agentkernel::tasks::TaskRecord) -> String {
+    match r.state {
+        agentkernel::tasks::TaskState::Running => format!("running (attempt {})", r.attempts),
+        s => s.to_string(),
+    }
+}
+
+fn describe_task(r: &agentkernel::tasks::TaskRecord) -> String {
+    let mut line = format!("{}  {:<9}", r.id, describe_state(r));
+    if let Some(res) = &r.result {
+        line += &format!("  exit {}", res.exit_code);
+    }
+    if let Some(e) = &r.error {
+        line += &format!("  ({e})");
+    }
+    line
+}
+
+async fn worker(args: WorkerArgs) -> ExitCode {
+    let dir = data_dir();
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        return fail(&Error::io(format!("creating {}", dir.display()), e));
+    }
+    // A shared lock for as long as this worker lives: `task submit` sees a worker is running.
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("worker.lock"));
+    let _lock = match lock {
+        Ok(f) => {
+            let _ = f.lock_shared();
+            f
+        }
+        Err(e) => return fail(&Error::io("opening the worker lock", e)),
+    };
+    let config = match args.tools.config() {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let kernel = match config.kernel_builder().await.and_then(|b| b.build()) {
+        Ok(k) => k,
+        Err(e) => return fail(&e),
+    };
+    let store = match agentkernel::tasks::Tasks::default_store().await {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    let tasks = agentkernel::tasks::Tasks::new(
+        kernel,
+        store,
+        agentkernel::tasks::TaskConfig {
+            concurrency: args.concurrency.max(1),
+            requeue_lost: args.requeue_lost,
+            ..Default::default()
+        },
+    );
+    tracing::info!(owner = tasks.owner(), "worker started");
+    let idle = args
+        .idle_exit
+        .and_then(|s| Duration::try_from_secs_f64(s).ok());
+    let stop = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    match tasks.run_workers(idle, stop).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
 }
 
 fn workspace(cmd: WorkspaceCommand) -> ExitCode {

@@ -67,17 +67,24 @@ pub fn validate_name(name: &str) -> Result<()> {
 }
 
 impl Workspaces {
-    /// The default root (see the module docs).
-    pub fn default_root() -> PathBuf {
+    /// AgentKernel's data directory: `$AGENTKERNEL_DATA_DIR`, else
+    /// `$XDG_DATA_HOME/agentkernel`, else `~/.local/share/agentkernel`. Workspaces live in
+    /// its `workspaces/`, the task store in `tasks.db`.
+    pub fn data_dir() -> PathBuf {
         if let Some(d) = std::env::var_os("AGENTKERNEL_DATA_DIR").filter(|d| !d.is_empty()) {
-            return PathBuf::from(d).join("workspaces");
+            return PathBuf::from(d);
         }
-        let data = std::env::var_os("XDG_DATA_HOME")
+        std::env::var_os("XDG_DATA_HOME")
             .filter(|d| !d.is_empty())
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-            .unwrap_or_else(|| PathBuf::from("/tmp"));
-        data.join("agentkernel").join("workspaces")
+            .unwrap_or_else(|| PathBuf::from("/tmp"))
+            .join("agentkernel")
+    }
+
+    /// The default root: `workspaces/` in [`Workspaces::data_dir`].
+    pub fn default_root() -> PathBuf {
+        Self::data_dir().join("workspaces")
     }
 
     /// Workspaces under `root` (created, with the workspace, on first [`Workspaces::open`]).

@@ -1,0 +1,387 @@
+//! Where tasks live: the [`TaskStore`] trait and its SQLite implementation.
+//!
+//! Every state change is one SQL statement (or one transaction), so a kernel killed at any
+//! moment leaves each task in exactly one state. Times are milliseconds since the Unix epoch.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use agentkernel_core::{Error, Result};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+use super::{TaskRecord, TaskRequest, TaskState};
+use crate::agent::TaskResult;
+
+/// A task handed to a worker by [`TaskStore::claim`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Claimed {
+    /// Task id.
+    pub id: String,
+    /// What to run.
+    pub request: TaskRequest,
+    /// This attempt's number (1 for the first).
+    pub attempt: u32,
+    /// Attempts allowed for kernel-side failures.
+    pub max_attempts: u32,
+}
+
+/// Durable storage of tasks, shared by every kernel that works the same queue.
+#[async_trait]
+pub trait TaskStore: Send + Sync {
+    /// Stores a new queued task. Returns only once it is durable.
+    async fn insert(
+        &self,
+        id: &str,
+        request: &TaskRequest,
+        max_attempts: u32,
+        now: i64,
+    ) -> Result<()>;
+
+    /// Atomically moves up to `limit` queued tasks that are due to `running`, owned by
+    /// `owner` until `lease_until`. Two workers never claim the same task.
+    async fn claim(
+        &self,
+        owner: &str,
+        lease_until: i64,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<Claimed>>;
+
+    /// Extends the lease of `owner`'s running tasks.
+    async fn renew(&self, owner: &str, lease_until: i64) -> Result<()>;
+
+    /// Ends a task `owner` runs, in `state`; `false` if it no longer owns it (then nothing
+    /// changes).
+    async fn finish(
+        &self,
+        id: &str,
+        owner: &str,
+        state: TaskState,
+        result: Option<&TaskResult>,
+        error: Option<&str>,
+        now: i64,
+    ) -> Result<bool>;
+
+    /// Puts a task `owner` runs back in the queue, due at `run_after` (a kernel-side failure
+    /// with attempts left).
+    async fn requeue(&self, id: &str, owner: &str, run_after: i64, error: &str) -> Result<bool>;
+
+    /// Cancels a task: a queued one at once, a running one by flagging it for its worker.
+    /// Returns the state it was in, `None` if unknown.
+    async fn cancel(&self, id: &str, now: i64) -> Result<Option<TaskState>>;
+
+    /// Running tasks of `owner` flagged for cancellation.
+    async fn cancel_requests(&self, owner: &str) -> Result<Vec<String>>;
+
+    /// One task.
+    async fn get(&self, id: &str) -> Result<Option<TaskRecord>>;
+
+    /// Tasks, newest first, optionally in one state.
+    async fn list(&self, state: Option<TaskState>, limit: u32) -> Result<Vec<TaskRecord>>;
+
+    /// Tasks whose worker is gone (`running` with a lease that expired): re-queued when
+    /// `requeue` and attempts are left, else marked `lost` with the reason. Returns how many.
+    async fn recover(&self, now: i64, requeue: bool) -> Result<u64>;
+}
+
+fn db_err(what: &str) -> impl Fn(sqlx::Error) -> Error + '_ {
+    move |e| Error::Internal(format!("task store: {what}: {e}"))
+}
+
+/// The SQLite store (one file; WAL journal, synchronous writes).
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: sqlx::SqlitePool,
+}
+
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    request TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    started_at INTEGER,
+    finished_at INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    run_after INTEGER NOT NULL,
+    owner TEXT,
+    lease_until INTEGER,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    result TEXT,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS tasks_due ON tasks (state, run_after, created_at);";
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`.
+    pub async fn open(path: &Path) -> Result<SqliteStore> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        }
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
+            .map_err(db_err("bad database path"))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(std::time::Duration::from_secs(30));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(|e| {
+                Error::Internal(format!("opening task database {}: {e}", path.display()))
+            })?;
+        sqlx::raw_sql(SCHEMA)
+            .execute(&pool)
+            .await
+            .map_err(db_err("creating the schema"))?;
+        Ok(SqliteStore { pool })
+    }
+}
+
+fn record(row: &sqlx::sqlite::SqliteRow) -> Result<TaskRecord> {
+    let get_s = |c: &str| row.try_get::<String, _>(c).map_err(db_err("reading a row"));
+    let state: String = get_s("state")?;
+    let request: String = get_s("request")?;
+    let result: Option<String> = row.try_get("result").map_err(db_err("reading a row"))?;
+    Ok(TaskRecord {
+        id: get_s("id")?,
+        state: state.parse()?,
+        request: serde_json::from_str(&request)
+            .map_err(|e| Error::Internal(format!("task store: bad request JSON: {e}")))?,
+        created_at: row.try_get("created_at").map_err(db_err("reading a row"))?,
+        started_at: row.try_get("started_at").map_err(db_err("reading a row"))?,
+        finished_at: row
+            .try_get("finished_at")
+            .map_err(db_err("reading a row"))?,
+        attempts: row
+            .try_get::<i64, _>("attempts")
+            .map_err(db_err("reading a row"))?
+            .try_into()
+            .unwrap_or(u32::MAX),
+        owner: row.try_get("owner").map_err(db_err("reading a row"))?,
+        result: result
+            .map(|r| serde_json::from_str(&r))
+            .transpose()
+            .map_err(|e| Error::Internal(format!("task store: bad result JSON: {e}")))?,
+        error: row.try_get("error").map_err(db_err("reading a row"))?,
+    })
+}
+
+#[async_trait]
+impl TaskStore for SqliteStore {
+    async fn insert(
+        &self,
+        id: &str,
+        request: &TaskRequest,
+        max_attempts: u32,
+        now: i64,
+    ) -> Result<()> {
+        let req = serde_json::to_string(request).map_err(|e| Error::Internal(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO tasks (id, state, request, created_at, max_attempts, run_after) VALUES ($1, 'queued', $2, $3, $4, $3)",
+        )
+        .bind(id)
+        .bind(req)
+        .bind(now)
+        .bind(i64::from(max_attempts))
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("storing a task"))?;
+        Ok(())
+    }
+
+    async fn claim(
+        &self,
+        owner: &str,
+        lease_until: i64,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<Claimed>> {
+        // One statement: SQLite runs it under the database's write lock, so two workers
+        // never claim the same row.
+        let rows = sqlx::query(
+            "UPDATE tasks SET state = 'running', owner = $1, lease_until = $2, started_at = $3,
+                 attempts = attempts + 1
+             WHERE id IN (SELECT id FROM tasks WHERE state = 'queued' AND run_after <= $3
+                          ORDER BY created_at LIMIT $4)
+             RETURNING id, request, attempts, max_attempts",
+        )
+        .bind(owner)
+        .bind(lease_until)
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err("claiming tasks"))?;
+        rows.iter()
+            .map(|r| {
+                let request: String = r.try_get("request").map_err(db_err("reading a row"))?;
+                Ok(Claimed {
+                    id: r.try_get("id").map_err(db_err("reading a row"))?,
+                    request: serde_json::from_str(&request).map_err(|e| {
+                        Error::Internal(format!("task store: bad request JSON: {e}"))
+                    })?,
+                    attempt: r
+                        .try_get::<i64, _>("attempts")
+                        .map_err(db_err("reading a row"))?
+                        .try_into()
+                        .unwrap_or(u32::MAX),
+                    max_attempts: r
+                        .try_get::<i64, _>("max_attempts")
+                        .map_err(db_err("reading a row"))?
+                        .try_into()
+                        .unwrap_or(1),
+                })
+            })
+            .collect()
+    }
+
+    async fn renew(&self, owner: &str, lease_until: i64) -> Result<()> {
+        sqlx::query("UPDATE tasks SET lease_until = $1 WHERE owner = $2 AND state = 'running'")
+            .bind(lease_until)
+            .bind(owner)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err("renewing leases"))?;
+        Ok(())
+    }
+
+    async fn finish(
+        &self,
+        id: &str,
+        owner: &str,
+        state: TaskState,
+        result: Option<&TaskResult>,
+        error: Option<&str>,
+        now: i64,
+    ) -> Result<bool> {
+        let result = result
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let done = sqlx::query(
+            "UPDATE tasks SET state = $1, result = $2, error = COALESCE($3, error), finished_at = $4, lease_until = NULL
+             WHERE id = $5 AND owner = $6 AND state = 'running'",
+        )
+        .bind(state.as_str())
+        .bind(result)
+        .bind(error)
+        .bind(now)
+        .bind(id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("finishing a task"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn requeue(&self, id: &str, owner: &str, run_after: i64, error: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE tasks SET state = 'queued', owner = NULL, lease_until = NULL, run_after = $1, error = $2
+             WHERE id = $3 AND owner = $4 AND state = 'running'",
+        )
+        .bind(run_after)
+        .bind(error)
+        .bind(id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("re-queuing a task"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn cancel(&self, id: &str, now: i64) -> Result<Option<TaskState>> {
+        let mut tx = self.pool.begin().await.map_err(db_err("cancelling"))?;
+        let state: Option<String> = sqlx::query_scalar("SELECT state FROM tasks WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err("cancelling"))?;
+        let Some(state) = state else { return Ok(None) };
+        let state: TaskState = state.parse()?;
+        match state {
+            TaskState::Queued => {
+                sqlx::query(
+                    "UPDATE tasks SET state = 'cancelled', finished_at = $1, error = 'cancelled before it started' WHERE id = $2",
+                )
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err("cancelling"))?;
+            }
+            TaskState::Running => {
+                sqlx::query("UPDATE tasks SET cancel_requested = 1 WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err("cancelling"))?;
+            }
+            _ => {}
+        }
+        tx.commit().await.map_err(db_err("cancelling"))?;
+        Ok(Some(state))
+    }
+
+    async fn cancel_requests(&self, owner: &str) -> Result<Vec<String>> {
+        sqlx::query_scalar(
+            "SELECT id FROM tasks WHERE owner = $1 AND state = 'running' AND cancel_requested = 1",
+        )
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err("reading cancel requests"))
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<TaskRecord>> {
+        let row = sqlx::query("SELECT * FROM tasks WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err("reading a task"))?;
+        row.as_ref().map(record).transpose()
+    }
+
+    async fn list(&self, state: Option<TaskState>, limit: u32) -> Result<Vec<TaskRecord>> {
+        let rows =
+            match state {
+                Some(s) => sqlx::query(
+                    "SELECT * FROM tasks WHERE state = $1 ORDER BY created_at DESC, id LIMIT $2",
+                )
+                .bind(s.as_str())
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await,
+                None => {
+                    sqlx::query("SELECT * FROM tasks ORDER BY created_at DESC, id LIMIT $1")
+                        .bind(i64::from(limit))
+                        .fetch_all(&self.pool)
+                        .await
+                }
+            }
+            .map_err(db_err("listing tasks"))?;
+        rows.iter().map(record).collect()
+    }
+
+    async fn recover(&self, now: i64, requeue: bool) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE tasks SET
+                 state = CASE WHEN $1 AND attempts < max_attempts THEN 'queued' ELSE 'lost' END,
+                 error = 'its worker (' || owner || ') stopped while it was running (attempt ' || attempts || '); its lease expired',
+                 finished_at = CASE WHEN $1 AND attempts < max_attempts THEN NULL ELSE $2 END,
+                 owner = NULL, lease_until = NULL
+             WHERE state = 'running' AND lease_until < $2",
+        )
+        .bind(requeue)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("recovering tasks"))?;
+        Ok(done.rows_affected())
+    }
+}

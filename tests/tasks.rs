@@ -1,0 +1,331 @@
+//! Fire-and-forget tasks on the SQLite store: the library API, retries of kernel-side
+//! failures, cancellation, and `kill -9` of a worker process in the middle of 200 tasks.
+
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agentkernel::tasks::{SqliteStore, TaskConfig, TaskRequest, TaskState, TaskStore, Tasks};
+use agentkernel::{Kernel, PoolConfig};
+
+async fn store_in(dir: &std::path::Path) -> Arc<dyn TaskStore> {
+    Arc::new(SqliteStore::open(&dir.join("tasks.db")).await.unwrap())
+}
+
+fn fast() -> TaskConfig {
+    TaskConfig {
+        poll: Duration::from_millis(50),
+        lease: Duration::from_secs(2),
+        ..TaskConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_returns_at_once_and_workers_run_tasks_to_their_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = Kernel::builder().data_dir(dir.path()).build().unwrap();
+    let tasks = Tasks::new(kernel, store_in(dir.path()).await, fast());
+    let mut events = tasks.events();
+    // Stored before any worker exists.
+    let ok = tasks
+        .submit(TaskRequest::new("print(6 * 7)"))
+        .await
+        .unwrap();
+    let bad = tasks
+        .submit(TaskRequest::new("raise ValueError('no')"))
+        .await
+        .unwrap();
+    let slow = tasks
+        .submit(TaskRequest {
+            timeout_secs: Some(30.0),
+            ..TaskRequest::new("import time\ntime.sleep(30)")
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        tasks.status(&ok).await.unwrap().unwrap().state,
+        TaskState::Queued
+    );
+    assert_eq!(events.recv().await.unwrap().state, TaskState::Queued);
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let worker = {
+        let tasks = tasks.clone();
+        tokio::spawn(async move {
+            tasks
+                .run_workers(None, async {
+                    let _ = stop_rx.await;
+                })
+                .await
+        })
+    };
+    let mut seen = Vec::new();
+    let done = tasks
+        .wait(&ok, Some(Duration::from_secs(60)), |r| seen.push(r.state))
+        .await
+        .unwrap();
+    assert_eq!(done.state, TaskState::Succeeded);
+    assert_eq!(done.result.unwrap().output, "42\n");
+    assert_eq!(seen.last(), Some(&TaskState::Succeeded));
+    let failed = tasks
+        .wait(&bad, Some(Duration::from_secs(60)), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(failed.state, TaskState::Failed);
+    assert_eq!(failed.attempts, 1, "program errors are never retried");
+    assert_eq!(failed.result.unwrap().exit_code, 1);
+
+    // Cancel kills the running sandbox.
+    let mut running = false;
+    for _ in 0..200 {
+        if tasks.status(&slow).await.unwrap().unwrap().state == TaskState::Running {
+            running = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(running);
+    assert_eq!(tasks.cancel(&slow).await.unwrap(), TaskState::Running);
+    let cancelled = tasks
+        .wait(&slow, Some(Duration::from_secs(20)), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(cancelled.state, TaskState::Cancelled);
+    let listed = tasks.list(Some(TaskState::Cancelled), 10).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, slow);
+    stop_tx.send(()).unwrap();
+    worker.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_side_failures_are_retried_and_bad_requests_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // A pool of one sandbox that the test holds: the task's first attempt cannot get one.
+    let kernel = Kernel::builder()
+        .data_dir(dir.path())
+        .pool(PoolConfig {
+            min_idle: 0,
+            max_size: 1,
+            acquire_timeout: Duration::from_millis(100),
+            ..PoolConfig::default()
+        })
+        .build()
+        .unwrap();
+    let held = kernel.sandbox().await.unwrap();
+    let tasks = Tasks::new(kernel, store_in(dir.path()).await, fast());
+    let id = tasks
+        .submit(TaskRequest::new("print('second try')"))
+        .await
+        .unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let worker = {
+        let tasks = tasks.clone();
+        tokio::spawn(async move {
+            tasks
+                .run_workers(None, async {
+                    let _ = stop_rx.await;
+                })
+                .await
+        })
+    };
+    for _ in 0..200 {
+        let rec = tasks.status(&id).await.unwrap().unwrap();
+        if rec.attempts >= 1 && rec.state == TaskState::Queued {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    held.shutdown().await.unwrap();
+    let rec = tasks
+        .wait(&id, Some(Duration::from_secs(60)), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(rec.state, TaskState::Succeeded, "{rec:?}");
+    assert_eq!(rec.attempts, 2);
+    assert!(rec.error.unwrap_or_default().contains("attempt 1 of 3"));
+    assert_eq!(rec.result.unwrap().output, "second try\n");
+
+    for bad in [
+        TaskRequest::new(""),
+        TaskRequest {
+            timeout_secs: Some(-1.0),
+            ..TaskRequest::new("pass")
+        },
+        TaskRequest {
+            workspace: Some("../x".into()),
+            ..TaskRequest::new("pass")
+        },
+    ] {
+        assert!(tasks.submit(bad).await.is_err());
+    }
+    stop_tx.send(()).unwrap();
+    worker.await.unwrap().unwrap();
+}
+
+fn worker_process(data: &std::path::Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_agentkernel"))
+        .args(["worker", "--concurrency", "2"])
+        .env("AGENTKERNEL_DATA_DIR", data)
+        .env_remove("AGENTKERNEL_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// 200 tasks; the worker process is `kill -9`ed mid-run and restarted. Every task ends
+/// succeeded, failed or lost (with a reason); none is missing; none ran to completion twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_dash_nine_mid_run_loses_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let store = store_in(data.path()).await;
+    let kernel = Kernel::builder().data_dir(data.path()).build().unwrap();
+    let tasks = Tasks::new(kernel.clone(), store.clone(), fast());
+    let mut ids = Vec::new();
+    for i in 0..200 {
+        let code = format!(
+            "import time\ntime.sleep(0.05)\nwith open('/workspace/log', 'a') as f:\n    f.write('{i}\\n')\n"
+        );
+        let req = TaskRequest {
+            workspace: Some("shared".into()),
+            ..TaskRequest::new(code)
+        };
+        ids.push(tasks.submit(req).await.unwrap());
+    }
+
+    let mut first = worker_process(data.path());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let all = store.list(None, 1000).await.unwrap();
+        let succeeded = all
+            .iter()
+            .filter(|r| r.state == TaskState::Succeeded)
+            .count();
+        let running = all.iter().filter(|r| r.state == TaskState::Running).count();
+        if succeeded >= 20 && running >= 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the worker made no progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+
+    let mut second = worker_process(data.path());
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let all = loop {
+        let all = store.list(None, 1000).await.unwrap();
+        if all.iter().all(|r| r.state.is_final()) {
+            break all;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tasks did not finish after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    second.kill().unwrap();
+    second.wait().unwrap();
+
+    assert_eq!(all.len(), 200, "no task may vanish");
+    let by_state = |s| all.iter().filter(|r| r.state == s).count();
+    let (ok, lost, failed) = (
+        by_state(TaskState::Succeeded),
+        by_state(TaskState::Lost),
+        by_state(TaskState::Failed),
+    );
+    assert_eq!(ok + lost + failed, 200, "{all:?}");
+    assert!(lost >= 1, "the killed worker was running a task");
+    for r in all.iter().filter(|r| r.state == TaskState::Lost) {
+        assert!(
+            r.error
+                .as_deref()
+                .unwrap_or("")
+                .contains("stopped while it was running"),
+            "{r:?}"
+        );
+    }
+    // Each program appends its number when it completes: at most once each, and exactly
+    // once for every task recorded as succeeded.
+    let ws = kernel.workspaces().get("shared").unwrap().unwrap();
+    let log = std::fs::read_to_string(ws.path.join("log")).unwrap();
+    let mut runs: HashMap<usize, usize> = HashMap::new();
+    for line in log.lines() {
+        *runs.entry(line.parse().unwrap()).or_default() += 1;
+    }
+    assert!(
+        runs.values().all(|&n| n == 1),
+        "a task ran to completion twice"
+    );
+    for (i, id) in ids.iter().enumerate() {
+        let r = all.iter().find(|r| &r.id == id).unwrap();
+        if r.state == TaskState::Succeeded {
+            assert_eq!(runs.get(&i), Some(&1), "task {i} succeeded without running");
+        }
+    }
+}
+
+#[test]
+fn cli_submit_prints_the_id_at_once_and_wait_shows_progress_and_result() {
+    let data = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_agentkernel");
+    let mut submit = Command::new(bin)
+        .args(["task", "submit", "-"])
+        .env("AGENTKERNEL_DATA_DIR", data.path())
+        // The background worker it starts goes away soon after the test.
+        .env("AGENTKERNEL_WORKER_IDLE_SECS", "2")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    submit
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"import time\ntime.sleep(1)\nprint('done')\n")
+        .unwrap();
+    let out = submit.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert_eq!(id.len(), 32, "{id}");
+
+    let wait = Command::new(bin)
+        .args(["task", "wait", &id, "--timeout", "120"])
+        .env("AGENTKERNEL_DATA_DIR", data.path())
+        .env("AGENTKERNEL_WORKER_IDLE_SECS", "2")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&wait.stderr);
+    assert_eq!(String::from_utf8_lossy(&wait.stdout), "done\n", "{stderr}");
+    assert_eq!(wait.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!("task {id}: succeeded")),
+        "{stderr}"
+    );
+
+    let list = Command::new(bin)
+        .args(["task", "list", "--json"])
+        .env("AGENTKERNEL_DATA_DIR", data.path())
+        .output()
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(listed[0]["id"], id.as_str());
+    assert_eq!(listed[0]["state"], "succeeded");
+
+    let unknown = Command::new(bin)
+        .args(["task", "status", "nope"])
+        .env("AGENTKERNEL_DATA_DIR", data.path())
+        .output()
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(2));
+}
