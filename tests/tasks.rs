@@ -8,11 +8,17 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agentkernel::tasks::{SqliteStore, TaskConfig, TaskRequest, TaskState, TaskStore, Tasks};
+use agentkernel::tasks::{
+    SqlStore, SqliteStore, TaskConfig, TaskRequest, TaskState, TaskStore, Tasks,
+};
 use agentkernel::{Kernel, PoolConfig};
 
 async fn store_in(dir: &std::path::Path) -> Arc<dyn TaskStore> {
-    Arc::new(SqliteStore::open(&dir.join("tasks.db")).await.unwrap())
+    Arc::new(
+        SqliteStore::open_sqlite(&dir.join("tasks.db"))
+            .await
+            .unwrap(),
+    )
 }
 
 fn fast() -> TaskConfig {
@@ -166,27 +172,27 @@ async fn kernel_side_failures_are_retried_and_bad_requests_refused() {
     worker.await.unwrap().unwrap();
 }
 
-fn worker_process(data: &std::path::Path) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_agentkernel"))
-        .args(["worker", "--concurrency", "2"])
+/// An `agentkernel worker` process on the data dir `data` and the store `store_url`
+/// (default: SQLite in `data`).
+fn worker_process(data: &std::path::Path, store_url: Option<&str>) -> std::process::Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_agentkernel"));
+    cmd.args(["worker", "--concurrency", "2"])
         .env("AGENTKERNEL_DATA_DIR", data)
         .env_remove("AGENTKERNEL_LOG")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+        .stderr(Stdio::null());
+    match store_url {
+        Some(url) => cmd.env("AGENTKERNEL_TASK_STORE", url),
+        None => cmd.env_remove("AGENTKERNEL_TASK_STORE"),
+    };
+    cmd.spawn().unwrap()
 }
 
-/// 200 tasks; the worker process is `kill -9`ed mid-run and restarted. Every task ends
-/// succeeded, failed or lost (with a reason); none is missing; none ran to completion twice.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_dash_nine_mid_run_loses_nothing() {
-    let data = tempfile::tempdir().unwrap();
-    let store = store_in(data.path()).await;
-    let kernel = Kernel::builder().data_dir(data.path()).build().unwrap();
-    let tasks = Tasks::new(kernel.clone(), store.clone(), fast());
+/// Submits `n` tasks, each appending its number to the shared workspace's `log` when it
+/// completes; returns their ids in order.
+async fn submit_logged(tasks: &Tasks, n: usize) -> Vec<String> {
     let mut ids = Vec::new();
-    for i in 0..200 {
+    for i in 0..n {
         let code = format!(
             "import time\ntime.sleep(0.05)\nwith open('/workspace/log', 'a') as f:\n    f.write('{i}\\n')\n"
         );
@@ -196,8 +202,47 @@ async fn kill_dash_nine_mid_run_loses_nothing() {
         };
         ids.push(tasks.submit(req).await.unwrap());
     }
+    ids
+}
 
-    let mut first = worker_process(data.path());
+/// How many times each task number appears in the shared workspace's log.
+fn completions(kernel: &Kernel) -> HashMap<usize, usize> {
+    let ws = kernel.workspaces().get("shared").unwrap().unwrap();
+    let log = std::fs::read_to_string(ws.path.join("log")).unwrap_or_default();
+    let mut runs: HashMap<usize, usize> = HashMap::new();
+    for line in log.lines() {
+        *runs.entry(line.parse().unwrap()).or_default() += 1;
+    }
+    runs
+}
+
+async fn wait_all_final(
+    store: &Arc<dyn TaskStore>,
+    limit: Duration,
+) -> Vec<agentkernel::tasks::TaskRecord> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let all = store.list(None, 1000).await.unwrap();
+        if all.iter().all(|r| r.state.is_final()) {
+            return all;
+        }
+        assert!(Instant::now() < deadline, "tasks did not finish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// 200 tasks; the worker process is `kill -9`ed mid-run and restarted. Every task ends
+/// succeeded, failed or lost (with a reason); none is missing; none ran to completion twice.
+async fn kill_dash_nine_mid_run(
+    data: &std::path::Path,
+    store: Arc<dyn TaskStore>,
+    store_url: Option<&str>,
+) {
+    let kernel = Kernel::builder().data_dir(data).build().unwrap();
+    let tasks = Tasks::new(kernel.clone(), store.clone(), fast());
+    let ids = submit_logged(&tasks, 200).await;
+
+    let mut first = worker_process(data, store_url);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let all = store.list(None, 1000).await.unwrap();
@@ -215,19 +260,8 @@ async fn kill_dash_nine_mid_run_loses_nothing() {
     first.kill().unwrap(); // SIGKILL
     first.wait().unwrap();
 
-    let mut second = worker_process(data.path());
-    let deadline = Instant::now() + Duration::from_secs(240);
-    let all = loop {
-        let all = store.list(None, 1000).await.unwrap();
-        if all.iter().all(|r| r.state.is_final()) {
-            break all;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "tasks did not finish after the restart"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let mut second = worker_process(data, store_url);
+    let all = wait_all_final(&store, Duration::from_secs(240)).await;
     second.kill().unwrap();
     second.wait().unwrap();
 
@@ -249,14 +283,8 @@ async fn kill_dash_nine_mid_run_loses_nothing() {
             "{r:?}"
         );
     }
-    // Each program appends its number when it completes: at most once each, and exactly
-    // once for every task recorded as succeeded.
-    let ws = kernel.workspaces().get("shared").unwrap().unwrap();
-    let log = std::fs::read_to_string(ws.path.join("log")).unwrap();
-    let mut runs: HashMap<usize, usize> = HashMap::new();
-    for line in log.lines() {
-        *runs.entry(line.parse().unwrap()).or_default() += 1;
-    }
+    // At most once each, and exactly once for every task recorded as succeeded.
+    let runs = completions(&kernel);
     assert!(
         runs.values().all(|&n| n == 1),
         "a task ran to completion twice"
@@ -267,6 +295,93 @@ async fn kill_dash_nine_mid_run_loses_nothing() {
             assert_eq!(runs.get(&i), Some(&1), "task {i} succeeded without running");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_dash_nine_mid_run_loses_nothing_on_sqlite() {
+    let data = tempfile::tempdir().unwrap();
+    let store = store_in(data.path()).await;
+    kill_dash_nine_mid_run(data.path(), store, None).await;
+}
+
+/// A real PostgreSQL server, started by scripts/test-postgres and stopped on drop.
+struct Postgres {
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+impl Postgres {
+    fn start() -> Postgres {
+        let dir = tempfile::tempdir().unwrap();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/test-postgres");
+        let out = Command::new(script)
+            .arg("start")
+            .arg(dir.path())
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "scripts/test-postgres start failed");
+        let url = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        Postgres { dir, url }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/test-postgres");
+        let _ = Command::new(script)
+            .arg("stop")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_dash_nine_mid_run_loses_nothing_on_postgres() {
+    let pg = Postgres::start();
+    let data = tempfile::tempdir().unwrap();
+    let store: Arc<dyn TaskStore> = Arc::new(SqlStore::open(&pg.url).await.unwrap());
+    kill_dash_nine_mid_run(data.path(), store, Some(&pg.url)).await;
+}
+
+/// Two worker processes share one PostgreSQL queue: every task runs exactly once, and both
+/// take part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_share_a_postgres_queue_without_double_claims() {
+    let pg = Postgres::start();
+    let data = tempfile::tempdir().unwrap();
+    let store: Arc<dyn TaskStore> = Arc::new(SqlStore::open(&pg.url).await.unwrap());
+    let kernel = Kernel::builder().data_dir(data.path()).build().unwrap();
+    let tasks = Tasks::new(kernel.clone(), store.clone(), fast());
+    let mut a = worker_process(data.path(), Some(&pg.url));
+    let mut b = worker_process(data.path(), Some(&pg.url));
+    let ids = submit_logged(&tasks, 60).await;
+    let all = wait_all_final(&store, Duration::from_secs(240)).await;
+    a.kill().unwrap();
+    b.kill().unwrap();
+    let _ = (a.wait(), b.wait());
+    assert_eq!(all.len(), 60);
+    assert!(
+        all.iter()
+            .all(|r| r.state == TaskState::Succeeded && r.attempts == 1),
+        "{all:?}"
+    );
+    let runs = completions(&kernel);
+    for i in 0..ids.len() {
+        assert_eq!(
+            runs.get(&i),
+            Some(&1),
+            "task {i} ran {:?} times",
+            runs.get(&i)
+        );
+    }
+    let owners: std::collections::HashSet<&str> =
+        all.iter().filter_map(|r| r.owner.as_deref()).collect();
+    assert_eq!(
+        owners.len(),
+        2,
+        "both workers should have run tasks: {owners:?}"
+    );
 }
 
 #[test]

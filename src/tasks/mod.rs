@@ -24,7 +24,7 @@ use agentkernel_core::{Error, ExecRequest, Result};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-pub use store::{Claimed, SqliteStore, TaskStore};
+pub use store::{Claimed, SqlStore, SqliteStore, TaskStore};
 
 use crate::agent::TaskResult;
 use crate::kernel::Kernel;
@@ -232,10 +232,18 @@ impl Tasks {
         }
     }
 
-    /// The SQLite store at `tasks.db` in [`crate::Workspaces::data_dir`].
+    /// The store named by `$AGENTKERNEL_TASK_STORE` (`postgres://...` or a SQLite path),
+    /// else the SQLite database `tasks.db` in [`crate::Workspaces::data_dir`].
     pub async fn default_store() -> Result<Arc<dyn TaskStore>> {
+        if let Ok(url) = std::env::var("AGENTKERNEL_TASK_STORE")
+            && !url.is_empty()
+        {
+            return Ok(Arc::new(SqlStore::open(&url).await?));
+        }
         let data = agentkernel_core::Workspaces::data_dir();
-        Ok(Arc::new(SqliteStore::open(&data.join("tasks.db")).await?))
+        Ok(Arc::new(
+            SqlStore::open_sqlite(&data.join("tasks.db")).await?,
+        ))
     }
 
     /// This process's worker id (`node/boot`).

@@ -1,16 +1,17 @@
-//! Where tasks live: the [`TaskStore`] trait and its SQLite implementation.
+//! Where tasks live: the [`TaskStore`] trait and [`SqlStore`], one implementation for
+//! SQLite (embedded, the default) and PostgreSQL (feature `postgres`: many kernels on many
+//! machines share one queue).
 //!
 //! Every state change is one SQL statement (or one transaction), so a kernel killed at any
 //! moment leaves each task in exactly one state. Times are milliseconds since the Unix epoch.
 
 use std::path::Path;
-use std::str::FromStr;
 
 use agentkernel_core::{Error, Result};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::any::{AnyPoolOptions, AnyRow};
 
 use super::{TaskRecord, TaskRequest, TaskState};
 use crate::agent::TaskResult;
@@ -91,59 +92,123 @@ fn db_err(what: &str) -> impl Fn(sqlx::Error) -> Error + '_ {
     move |e| Error::Internal(format!("task store: {what}: {e}"))
 }
 
-/// The SQLite store (one file; WAL journal, synchronous writes).
+/// The SQL store: SQLite ([`SqlStore::open_sqlite`]) or PostgreSQL
+/// ([`SqlStore::connect_postgres`]). The same statements serve both; on PostgreSQL claims
+/// take rows with `FOR UPDATE SKIP LOCKED`, so concurrent workers never wait on or
+/// double-claim a task.
 #[derive(Debug, Clone)]
-pub struct SqliteStore {
-    pool: sqlx::SqlitePool,
+pub struct SqlStore {
+    pool: sqlx::AnyPool,
+    postgres: bool,
 }
+
+/// The SQLite store is the SQL store on SQLite.
+pub type SqliteStore = SqlStore;
 
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS tasks (
     id TEXT PRIMARY KEY,
     state TEXT NOT NULL,
     request TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    started_at INTEGER,
-    finished_at INTEGER,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    max_attempts INTEGER NOT NULL,
-    run_after INTEGER NOT NULL,
+    created_at BIGINT NOT NULL,
+    started_at BIGINT,
+    finished_at BIGINT,
+    attempts BIGINT NOT NULL DEFAULT 0,
+    max_attempts BIGINT NOT NULL,
+    run_after BIGINT NOT NULL,
     owner TEXT,
-    lease_until INTEGER,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    lease_until BIGINT,
+    cancel_requested BIGINT NOT NULL DEFAULT 0,
     result TEXT,
     error TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_due ON tasks (state, run_after, created_at);";
 
-impl SqliteStore {
-    /// Opens (creating if needed) the database at `path`.
-    pub async fn open(path: &Path) -> Result<SqliteStore> {
+impl SqlStore {
+    /// Opens (creating if needed) the SQLite database at `path`: WAL journal, synchronous
+    /// writes (a task is on disk before `submit` returns).
+    pub async fn open_sqlite(path: &Path) -> Result<SqlStore> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         }
-        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
-            .map_err(db_err("bad database path"))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(std::time::Duration::from_secs(30));
-        let pool = SqlitePoolOptions::new()
+        sqlx::any::install_default_drivers();
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let pool = AnyPoolOptions::new()
             .max_connections(4)
-            .connect_with(options)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::raw_sql(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 30000;",
+                    )
+                    .execute(conn)
+                    .await?;
+                    Ok(())
+                })
+            })
+            .connect(&url)
             .await
             .map_err(|e| {
                 Error::Internal(format!("opening task database {}: {e}", path.display()))
             })?;
-        sqlx::raw_sql(SCHEMA)
-            .execute(&pool)
+        Self::init(pool, false).await
+    }
+
+    /// Connects to PostgreSQL at `url` (`postgres://user:pass@host:port/db`), creating the
+    /// table if needed.
+    #[cfg(feature = "postgres")]
+    pub async fn connect_postgres(url: &str) -> Result<SqlStore> {
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(8)
+            .connect(url)
             .await
-            .map_err(db_err("creating the schema"))?;
-        Ok(SqliteStore { pool })
+            .map_err(|e| {
+                Error::invalid(
+                    format!("cannot connect to the PostgreSQL task store: {e}"),
+                    "check the URL (postgres://user:password@host:port/database) and that the server runs",
+                )
+            })?;
+        Self::init(pool, true).await
+    }
+
+    async fn init(pool: sqlx::AnyPool, postgres: bool) -> Result<SqlStore> {
+        // Several kernels may start at once: creating the schema must not race.
+        let mut conn = pool.acquire().await.map_err(db_err("connecting"))?;
+        if postgres {
+            sqlx::raw_sql("SELECT pg_advisory_lock(4242)")
+                .execute(&mut *conn)
+                .await
+                .map_err(db_err("locking the schema"))?;
+        }
+        let created = sqlx::raw_sql(SCHEMA).execute(&mut *conn).await;
+        if postgres {
+            let _ = sqlx::raw_sql("SELECT pg_advisory_unlock(4242)")
+                .execute(&mut *conn)
+                .await;
+        }
+        created.map_err(db_err("creating the schema"))?;
+        drop(conn);
+        Ok(SqlStore { pool, postgres })
+    }
+
+    /// Opens the store named by `url`: `postgres://...` (feature `postgres`), `sqlite://PATH`
+    /// or a plain file path (SQLite).
+    pub async fn open(url: &str) -> Result<SqlStore> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            #[cfg(feature = "postgres")]
+            return Self::connect_postgres(url).await;
+            #[cfg(not(feature = "postgres"))]
+            return Err(Error::invalid(
+                "this build has no PostgreSQL support",
+                "build agentkernel with `--features postgres`",
+            ));
+        }
+        let path = url.strip_prefix("sqlite://").unwrap_or(url);
+        Self::open_sqlite(Path::new(path)).await
     }
 }
 
-fn record(row: &sqlx::sqlite::SqliteRow) -> Result<TaskRecord> {
+fn record(row: &AnyRow) -> Result<TaskRecord> {
     let get_s = |c: &str| row.try_get::<String, _>(c).map_err(db_err("reading a row"));
     let state: String = get_s("state")?;
     let request: String = get_s("request")?;
@@ -173,7 +238,7 @@ fn record(row: &sqlx::sqlite::SqliteRow) -> Result<TaskRecord> {
 }
 
 #[async_trait]
-impl TaskStore for SqliteStore {
+impl TaskStore for SqlStore {
     async fn insert(
         &self,
         id: &str,
@@ -202,22 +267,30 @@ impl TaskStore for SqliteStore {
         now: i64,
         limit: u32,
     ) -> Result<Vec<Claimed>> {
-        // One statement: SQLite runs it under the database's write lock, so two workers
-        // never claim the same row.
-        let rows = sqlx::query(
+        // One statement. SQLite runs it under the database's write lock; PostgreSQL locks
+        // the chosen rows and skips rows another worker is claiming, so two workers never
+        // claim the same task (and never wait on each other).
+        let lock = if self.postgres {
+            " FOR UPDATE SKIP LOCKED"
+        } else {
+            ""
+        };
+        let sql = format!(
             "UPDATE tasks SET state = 'running', owner = $1, lease_until = $2, started_at = $3,
                  attempts = attempts + 1
              WHERE id IN (SELECT id FROM tasks WHERE state = 'queued' AND run_after <= $3
-                          ORDER BY created_at LIMIT $4)
-             RETURNING id, request, attempts, max_attempts",
-        )
-        .bind(owner)
-        .bind(lease_until)
-        .bind(now)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err("claiming tasks"))?;
+                          ORDER BY created_at LIMIT $4{lock})
+             RETURNING id, request, attempts, max_attempts"
+        );
+        // Safe: the only non-literal part is one of two constant clauses.
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(owner)
+            .bind(lease_until)
+            .bind(now)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err("claiming tasks"))?;
         rows.iter()
             .map(|r| {
                 let request: String = r.try_get("request").map_err(db_err("reading a row"))?;
