@@ -35,6 +35,7 @@ mod agent;
 pub mod config;
 mod doctor;
 mod kernel;
+pub mod serve;
 pub mod session;
 pub mod tasks;
 

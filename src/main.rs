@@ -40,6 +40,18 @@ enum Command {
     /// Fire-and-forget tasks: submit returns an id at once; a worker runs them.
     #[command(subcommand)]
     Task(TaskCommand),
+    /// Serve sessions on a Unix socket in the data dir (started automatically by
+    /// `run --session` when none is running).
+    Serve {
+        /// Exit after S seconds with no open session (default: run until killed).
+        #[arg(long, value_name = "S")]
+        idle_exit: Option<f64>,
+        #[command(flatten)]
+        tools: ToolArgs,
+    },
+    /// List or close the sessions of the running session server.
+    #[command(subcommand)]
+    Session(SessionCommand),
     /// Run queued tasks (started automatically by `task submit` when none is running).
     Worker(WorkerArgs),
     /// Manage named workspaces (persistent directories mounted at /workspace).
@@ -63,6 +75,21 @@ enum ToolsCommand {
         /// Print JSON (with the JSON Schemas) instead of text.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionCommand {
+    /// List open sessions.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Close a session (its workspace stays).
+    Close {
+        /// Session name.
+        name: String,
     },
 }
 
@@ -236,6 +263,10 @@ struct RunArgs {
     /// Memory limit in MiB [default: 512, or the config's].
     #[arg(long, value_name = "MIB")]
     memory: Option<u64>,
+    /// Run in session NAME: globals persist across runs (kept by a background session
+    /// server, started on first use), and /workspace is the named workspace NAME.
+    #[arg(long, value_name = "NAME")]
+    session: Option<String>,
     #[command(flatten)]
     tools: ToolArgs,
     /// Print one JSON object {exit_code, stdout, stderr, status, timings, ...} instead of
@@ -271,6 +302,8 @@ fn main() -> ExitCode {
             Command::Workspace(cmd) => workspace(cmd),
             Command::Task(cmd) => task(cmd).await,
             Command::Worker(args) => worker(args).await,
+            Command::Serve { idle_exit, tools } => serve(idle_exit, &tools).await,
+            Command::Session(cmd) => session(cmd).await,
             Command::Doctor { json } => doctor(json).await,
         }
     })
@@ -327,6 +360,15 @@ async fn run(args: RunArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
+    if let Some(name) = &args.session {
+        if args.workspace.is_some() {
+            return fail(&Error::invalid(
+                "--session and --workspace together",
+                "a session's /workspace is the named workspace of the session's name",
+            ));
+        }
+        return run_in_session(&args, name, code, timeout).await;
+    }
     let mut builder = match config.kernel_builder().await {
         Ok(b) => b,
         Err(e) => return fail(&e),
@@ -364,6 +406,28 @@ async fn run(args: RunArgs) -> ExitCode {
         Ok(o) => o,
         Err(e) => return fail(&e),
     };
+    report(
+        &outcome,
+        &args,
+        &backend,
+        timeout,
+        memory,
+        kernel.spec().limits.output_bytes,
+        false,
+    )
+}
+
+/// Prints an outcome as `run` does and returns the program's exit code. `replay` prints the
+/// captured output (when it was not passed through live).
+fn report(
+    outcome: &agentkernel::ExecOutcome,
+    args: &RunArgs,
+    backend: &str,
+    timeout: f64,
+    memory: u64,
+    output_cap: usize,
+    replay: bool,
+) -> ExitCode {
     let exit = outcome.status.exit_code();
     if args.json {
         let value = serde_json::json!({
@@ -379,12 +443,14 @@ async fn run(args: RunArgs) -> ExitCode {
         });
         println!("{value}");
     } else {
+        if replay {
+            let _ = std::io::stdout().lock().write_all(&outcome.stdout.bytes);
+            let _ = std::io::stderr().lock().write_all(&outcome.stderr.bytes);
+        }
         if outcome.stdout.truncated || outcome.stderr.truncated {
             eprintln!(
                 "agentkernel: output truncated (stdout {} bytes, stderr {} bytes written; kept {} each)",
-                outcome.stdout.total_bytes,
-                outcome.stderr.total_bytes,
-                kernel.spec().limits.output_bytes
+                outcome.stdout.total_bytes, outcome.stderr.total_bytes, output_cap
             );
         }
         match &outcome.status {
@@ -404,6 +470,166 @@ async fn run(args: RunArgs) -> ExitCode {
         }
     }
     ExitCode::from(u8::try_from(exit.clamp(0, 255)).unwrap_or(1))
+}
+
+/// `run --session`: the code goes to the session server (started if none answers).
+async fn run_in_session(args: &RunArgs, name: &str, code: String, timeout: f64) -> ExitCode {
+    let socket = agentkernel::serve::socket_path(&data_dir());
+    let req = agentkernel::serve::Request::Exec {
+        session: name.to_owned(),
+        code,
+        timeout_secs: Some(timeout),
+    };
+    let mut answer = agentkernel::serve::request(&socket, &req).await;
+    if answer.is_none() {
+        if let Err(e) = start_server(&args.tools) {
+            return fail(&e);
+        }
+        for _ in 0..600 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if tokio::net::UnixStream::connect(&socket).await.is_ok() {
+                break;
+            }
+        }
+        answer = agentkernel::serve::request(&socket, &req).await;
+    }
+    use agentkernel::serve::Response;
+    match answer {
+        None => fail(&Error::Unavailable {
+            backend: "process",
+            reason: format!("no session server answers on {}", socket.display()),
+            hint: "see worker.log/serve.log in the data dir, or start one with `agentkernel serve`"
+                .into(),
+        }),
+        Some(Err(e)) => fail(&Error::io("talking to the session server", e)),
+        Some(Ok(Response::Outcome { outcome, .. })) => {
+            report(&outcome, args, "session", timeout, 0, 0, !args.json)
+        }
+        Some(Ok(Response::Failed { error, usage, .. })) => {
+            eprintln!("agentkernel: error: {error}");
+            ExitCode::from(if usage { EXIT_USAGE } else { EXIT_INTERNAL })
+        }
+        Some(Ok(_)) => fail(&Error::Internal(
+            "unexpected answer from the session server".into(),
+        )),
+    }
+}
+
+/// Starts `agentkernel serve` in the background with this run's tool options.
+fn start_server(tools: &ToolArgs) -> Result<(), Error> {
+    let dir = data_dir();
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("serve.log"))
+        .map_err(|e| Error::io("opening serve.log", e))?;
+    let exe =
+        std::env::current_exe().map_err(|e| Error::io("finding the agentkernel binary", e))?;
+    let idle = std::env::var("AGENTKERNEL_SERVE_IDLE_SECS")
+        .ok()
+        .filter(|v| v.parse::<f64>().is_ok_and(|s| s > 0.0))
+        .unwrap_or_else(|| "600".into());
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["serve", "--idle-exit", &idle]);
+    if let Some(c) = &tools.config {
+        cmd.arg("--config").arg(c);
+    }
+    for m in &tools.mcp {
+        cmd.arg("--mcp").arg(m);
+    }
+    if let Some(d) = &tools.tools_dir {
+        cmd.arg("--tools-dir").arg(d);
+    }
+    for a in &tools.allow_tool {
+        cmd.arg("--allow-tool").arg(a);
+    }
+    use std::os::unix::process::CommandExt as _;
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| Error::io("starting the session server", e))?;
+    Ok(())
+}
+
+async fn serve(idle_exit: Option<f64>, tools: &ToolArgs) -> ExitCode {
+    let config = match tools.config() {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let kernel = match config.kernel_builder().await.and_then(|b| b.build()) {
+        Ok(k) => k,
+        Err(e) => return fail(&e),
+    };
+    let idle = idle_exit.and_then(|s| Duration::try_from_secs_f64(s).ok());
+    let socket = agentkernel::serve::socket_path(&data_dir());
+    match agentkernel::serve::serve(kernel, &socket, idle).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+async fn session(cmd: SessionCommand) -> ExitCode {
+    use agentkernel::serve::{Request, Response};
+    let socket = agentkernel::serve::socket_path(&data_dir());
+    let req = match &cmd {
+        SessionCommand::List { .. } => Request::List,
+        SessionCommand::Close { name } => Request::Close {
+            session: name.clone(),
+        },
+    };
+    match agentkernel::serve::request(&socket, &req).await {
+        None => {
+            if matches!(cmd, SessionCommand::List { json: true }) {
+                println!("[]");
+            } else {
+                println!("no session server is running, so no sessions are open");
+            }
+            ExitCode::SUCCESS
+        }
+        Some(Err(e)) => fail(&Error::io("talking to the session server", e)),
+        Some(Ok(Response::Sessions { sessions, .. })) => {
+            if matches!(cmd, SessionCommand::List { json: true }) {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&sessions).unwrap_or_default()
+                );
+            } else if sessions.is_empty() {
+                println!("no open sessions");
+            } else {
+                for s in sessions {
+                    println!(
+                        "{:<24} workspace {:<24} {} runs, idle {} s",
+                        s.name, s.workspace, s.execs, s.idle_secs
+                    );
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Some(Ok(Response::Closed { closed, .. })) => {
+            if let SessionCommand::Close { name } = &cmd {
+                if closed {
+                    println!("closed session {name} (its workspace stays)");
+                } else {
+                    return fail(&Error::invalid(
+                        format!("no open session {name:?}"),
+                        "see `agentkernel session list`",
+                    ));
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Some(Ok(Response::Failed { error, .. })) => {
+            eprintln!("agentkernel: error: {error}");
+            ExitCode::from(EXIT_INTERNAL)
+        }
+        Some(Ok(_)) => fail(&Error::Internal(
+            "unexpected answer from the session server".into(),
+        )),
+    }
 }
 
 async fn tools_list(args: &ToolArgs, json: bool) -> ExitCode {

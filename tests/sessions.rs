@@ -267,3 +267,76 @@ fn cli_named_workspaces_persist_across_runs() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a valid workspace name"));
 }
+
+/// `run --session` keeps globals across CLI invocations through a background session
+/// server, which goes away once its sessions are closed.
+#[test]
+fn cli_sessions_keep_state_across_invocations() {
+    let data = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_agentkernel");
+    let run = |code: &str| {
+        let mut child = Command::new(bin)
+            .args(["run", "--session", "chat", "-"])
+            .env("AGENTKERNEL_DATA_DIR", data.path())
+            .env("AGENTKERNEL_SERVE_IDLE_SECS", "1")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(code.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let first = run("x = 41\nopen('/workspace/kept', 'w').write('yes')");
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let second = run("print(x + 1)");
+    assert_eq!(
+        String::from_utf8_lossy(&second.stdout),
+        "42\n",
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let failing = run("raise KeyError('k')");
+    assert_eq!(failing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&failing.stderr).contains("KeyError"));
+
+    let list = Command::new(bin)
+        .args(["session", "list", "--json"])
+        .env("AGENTKERNEL_DATA_DIR", data.path())
+        .output()
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(listed[0]["name"], "chat");
+    assert_eq!(listed[0]["execs"], 3);
+    let close = Command::new(bin)
+        .args(["session", "close", "chat"])
+        .env("AGENTKERNEL_DATA_DIR", data.path())
+        .output()
+        .unwrap();
+    assert!(close.status.success());
+    // The workspace outlives the session; the server exits once idle.
+    assert_eq!(
+        std::fs::read_to_string(data.path().join("workspaces/chat/kept")).unwrap(),
+        "yes"
+    );
+    let socket = data.path().join("agentkernel.sock");
+    let mut gone = false;
+    for _ in 0..300 {
+        if !socket.exists() {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(gone, "the idle session server did not exit");
+}

@@ -1,0 +1,220 @@
+//! The session server behind `agentkernel run --session NAME`.
+//!
+//! Sessions keep a live interpreter, so they need a process that outlives one CLI call:
+//! `agentkernel serve` holds a [`Kernel`] and its sessions and answers on a Unix socket in the
+//! data dir (`agentkernel.sock`, mode 0600: only its user can connect). `run --session`
+//! starts one in the background when none answers. It exits after `idle_exit` with no
+//! open session.
+//!
+//! The protocol is one JSON object per line each way:
+//! `{"op": "exec", "session": NAME, "code": CODE, "timeout_secs": S?}` →
+//! `{"ok": true, "outcome": ExecOutcome}`; `{"op": "list"}` → `{"ok": true, "sessions": [...]}`;
+//! `{"op": "close", "session": NAME}` → `{"ok": true, "closed": bool}`; errors are
+//! `{"ok": false, "error": MESSAGE, "usage": bool}`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use agentkernel_core::{Error, ExecOutcome, ExecRequest, Result};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::kernel::Kernel;
+use crate::session::SessionInfo;
+
+/// A request to the session server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Run code in a session (started on first use).
+    Exec {
+        /// Session name.
+        session: String,
+        /// The program.
+        code: String,
+        /// Wall-clock limit in seconds.
+        #[serde(default)]
+        timeout_secs: Option<f64>,
+    },
+    /// List open sessions.
+    List,
+    /// Close a session.
+    Close {
+        /// Session name.
+        session: String,
+    },
+}
+
+/// The server's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Response {
+    /// An exec's outcome.
+    Outcome {
+        /// Always true.
+        ok: bool,
+        /// What the program did.
+        outcome: Box<ExecOutcome>,
+    },
+    /// The open sessions.
+    Sessions {
+        /// Always true.
+        ok: bool,
+        /// One entry per session.
+        sessions: Vec<SessionInfo>,
+    },
+    /// Whether a session was closed.
+    Closed {
+        /// Always true.
+        ok: bool,
+        /// Whether it existed.
+        closed: bool,
+    },
+    /// The request failed.
+    Failed {
+        /// Always false.
+        ok: bool,
+        /// What went wrong (with the hint).
+        error: String,
+        /// Whether it was bad input (as opposed to the kernel failing).
+        usage: bool,
+    },
+}
+
+/// The socket path in `data_dir`.
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("agentkernel.sock")
+}
+
+/// Serves `kernel`'s sessions on `socket` until `idle_exit` passes with no open session and
+/// no connection.
+pub async fn serve(kernel: Kernel, socket: &Path, idle_exit: Option<Duration>) -> Result<()> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    }
+    // A stale socket from a dead server is replaced; a live one is not stolen.
+    if UnixStream::connect(socket).await.is_ok() {
+        return Err(Error::invalid(
+            format!("a session server already answers on {}", socket.display()),
+            "use it (agentkernel run --session NAME), or stop it first",
+        ));
+    }
+    let _ = std::fs::remove_file(socket);
+    let listener = UnixListener::bind(socket)
+        .map_err(|e| Error::io(format!("listening on {}", socket.display()), e))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| Error::io("restricting the socket to its owner", e))?;
+    }
+    tracing::info!(socket = %socket.display(), "session server listening");
+    let active = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut idle_since = tokio::time::Instant::now();
+    loop {
+        let accept = tokio::time::timeout(Duration::from_secs(1), listener.accept()).await;
+        match accept {
+            Ok(Ok((stream, _))) => {
+                let kernel = kernel.clone();
+                let active = active.clone();
+                active.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    if let Err(e) = handle(&kernel, stream).await {
+                        tracing::debug!(error = %e, "session client went away");
+                    }
+                    active.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                });
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "accepting a connection failed"),
+            Err(_) => {}
+        }
+        let busy =
+            active.load(std::sync::atomic::Ordering::SeqCst) > 0 || !kernel.sessions().is_empty();
+        if busy {
+            idle_since = tokio::time::Instant::now();
+        } else if idle_exit.is_some_and(|limit| idle_since.elapsed() >= limit) {
+            let _ = std::fs::remove_file(socket);
+            return Ok(());
+        }
+    }
+}
+
+async fn handle(kernel: &Kernel, stream: UnixStream) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    while let Some(line) = lines.next_line().await? {
+        let response = match serde_json::from_str::<Request>(&line) {
+            Ok(req) => answer(kernel, req).await,
+            Err(e) => Response::Failed {
+                ok: false,
+                error: format!("bad request: {e}"),
+                usage: true,
+            },
+        };
+        let mut out = serde_json::to_vec(&response).unwrap_or_default();
+        out.push(b'\n');
+        write.write_all(&out).await?;
+    }
+    Ok(())
+}
+
+async fn answer(kernel: &Kernel, req: Request) -> Response {
+    let failed = |e: Error| Response::Failed {
+        ok: false,
+        usage: matches!(e, Error::InvalidRequest { .. } | Error::Unsupported { .. }),
+        error: e.to_string(),
+    };
+    match req {
+        Request::Exec {
+            session,
+            code,
+            timeout_secs,
+        } => {
+            let mut exec = ExecRequest::new(code);
+            if let Some(t) = timeout_secs.and_then(|t| Duration::try_from_secs_f64(t).ok()) {
+                exec = exec.with_timeout(t);
+            }
+            match kernel.session(&session).await {
+                Ok(s) => match s.exec_request(exec).await {
+                    Ok(outcome) => Response::Outcome {
+                        ok: true,
+                        outcome: Box::new(outcome),
+                    },
+                    Err(e) => failed(e),
+                },
+                Err(e) => failed(e),
+            }
+        }
+        Request::List => Response::Sessions {
+            ok: true,
+            sessions: kernel.sessions(),
+        },
+        Request::Close { session } => match kernel.close_session(&session).await {
+            Ok(closed) => Response::Closed { ok: true, closed },
+            Err(e) => failed(e),
+        },
+    }
+}
+
+/// Sends one request to the server on `socket`; `None` if no server answers there.
+pub async fn request(socket: &Path, req: &Request) -> Option<std::io::Result<Response>> {
+    let stream = UnixStream::connect(socket).await.ok()?;
+    Some(
+        async {
+            let (read, mut write) = stream.into_split();
+            let mut line = serde_json::to_vec(req)?;
+            line.push(b'\n');
+            write.write_all(&line).await?;
+            let mut lines = BufReader::new(read).lines();
+            let answer = lines.next_line().await?.ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the session server closed the connection",
+                )
+            })?;
+            serde_json::from_str(&answer).map_err(std::io::Error::other)
+        }
+        .await,
+    )
+}
