@@ -10,6 +10,9 @@
 //!   the conformance suite;
 //! - `agentkernel-backend-process` (feature `process`, default): host CPython in a
 //!   namespace + seccomp + landlock jail;
+//! - this crate: [`Kernel`] (backend + limits + tools + named workspaces, optionally a
+//!   [`Pool`]), [`Session`]s, durable [`tasks`] (SQLite / PostgreSQL), the session server
+//!   ([`serve`]), `agentkernel.toml` ([`config`]) and the CLI;
 //! - `agentkernel-tool-bridge`: the tool registry (Rust functions, MCP servers, local Python
 //!   modules), the generated `/tools` package and the per-call policy;
 //! - `agentkernel-backend-wasm`, `-backend-monty`, `-backend-microsandbox`: planned (their

@@ -310,6 +310,14 @@ fn cli_sessions_keep_state_across_invocations() {
     assert_eq!(failing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&failing.stderr).contains("KeyError"));
 
+    // Only this user can talk to the session server.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(data.path().join("agentkernel.sock"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
     let list = Command::new(bin)
         .args(["session", "list", "--json"])
         .env("AGENTKERNEL_DATA_DIR", data.path())
