@@ -28,8 +28,9 @@ pub(crate) struct Live {
     outer: Child,
     pid1: OwnedFd,
     conn: GuestConn<tokio::net::UnixStream, ChildStdout, ChildStderr>,
-    // Held only so that it closes (and the guest's init exits) when we are dropped.
-    _lifeline: OwnedFd,
+    // Closes (and the guest's init exits) when we are dropped; a reset command is written
+    // on it (see `Live::reset_in_place`).
+    lifeline: std::fs::File,
     cgroup: Option<SandboxCgroup>,
     pub hello: Hello,
     /// Landlock state the jail reported (`jail::LANDLOCK_*`).
@@ -37,6 +38,24 @@ pub(crate) struct Live {
 }
 
 impl Live {
+    /// Resets the sandbox without a new jail: the guest's init kills every other process,
+    /// empties `/tmp`, `/dev/shm` (and `/workspace` when `wipe_workspace`), checks nothing
+    /// survived, and forks a fresh agent from its own pre-imported state. Any failure is an
+    /// error (the caller then starts a new sandbox).
+    async fn reset_in_place(&mut self, wipe_workspace: bool) -> Result<()> {
+        use std::io::Write as _;
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let mut command = vec![if wipe_workspace { b'W' } else { b'R' }];
+        command.extend_from_slice(token.as_bytes());
+        // 33 bytes: one atomic pipe write.
+        (&self.lifeline)
+            .write_all(&command)
+            .map_err(|e| Error::io("asking the sandbox to reset", e))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        self.hello = self.conn.restarted(&token, deadline).await?;
+        Ok(())
+    }
+
     /// SIGKILL to pid 1 of the sandbox: the kernel then kills every process in its pid
     /// namespace.
     fn kill(&mut self) {
@@ -301,7 +320,7 @@ pub(crate) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec, id: &str) -> R
         outer,
         pid1,
         conn,
-        _lifeline: life_w,
+        lifeline: std::fs::File::from(life_w),
         cgroup,
         hello,
         landlock,
@@ -468,8 +487,19 @@ impl Sandbox for ProcessSandbox {
     }
 
     async fn reset(&mut self) -> Result<()> {
-        // A truly clean interpreter is a new one: modules, monkeypatches, /tmp, stray
-        // processes all go. (A fork server will make this cheap.)
+        // Fast path: the guest's init forks a fresh agent (a clean interpreter: modules,
+        // monkeypatches, /tmp, stray processes all go) inside the same jail.
+        if self.lost.is_none()
+            && let Some(live) = self.live.as_mut()
+        {
+            match live.reset_in_place(self.spec.workspace.is_none()).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::debug!(error = %e, "in-place reset failed; starting a new sandbox")
+                }
+            }
+        }
+        // Otherwise a new jail.
         self.end("it was reset".into()).await;
         self.lost = None;
         let live = start(&self.inner, &self.spec, &self.id).await?;

@@ -18,6 +18,10 @@ LIFELINE_FD = 4
 AGENT_FILE = sys._getframe().f_code.co_filename
 MAX_FRAME = 64 << 20
 TOOLS_PARENT = "/"  # parent of the generated `tools` package mounted at /tools
+# Bytes the host writes on the lifeline to make init reset the sandbox (EOF still means exit).
+RESET = b"R"
+RESET_WIPE_WORKSPACE = b"W"
+RESET_TOKEN_LEN = 32  # follows the command byte; the new agent echoes it on stdout and stderr
 
 
 def _init():
@@ -30,19 +34,26 @@ def _init():
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    agent_pid = os.fork()
-    if agent_pid == 0:
-        signal.set_wakeup_fd(-1)
-        for fd in (wake_r, wake_w, LIFELINE_FD):
-            os.close(fd)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        try:
-            _agent()
-        finally:
-            os._exit(0)
-    os.close(CONTROL_FD)
+
+    def spawn_agent(reset_token=None):
+        pid = os.fork()
+        if pid == 0:
+            signal.set_wakeup_fd(-1)
+            for fd in (wake_r, wake_w, LIFELINE_FD):
+                os.close(fd)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            try:
+                _agent(reset_token)
+            finally:
+                os._exit(0)
+        return pid
+
+    # What every agent needs, imported once here: each forked agent starts warm.
+    _preimport()
+    agent_pid = spawn_agent()
+    # CONTROL_FD stays open (unused here): an agent forked after a reset speaks on it.
     try:
         # Not dumpable: sandboxed code cannot open /proc/1/mem to take over its init.
         import ctypes
@@ -56,7 +67,18 @@ def _init():
         except InterruptedError:
             continue
         if LIFELINE_FD in ready:
-            os._exit(0)  # the host is gone; the namespace dies with us
+            command = os.read(LIFELINE_FD, 1)
+            if command not in (RESET, RESET_WIPE_WORKSPACE):
+                os._exit(0)  # EOF: the host is gone; the namespace dies with us
+            try:
+                token = os.read(LIFELINE_FD, RESET_TOKEN_LEN).decode("ascii")
+                if len(token) != RESET_TOKEN_LEN or not token.isalnum():
+                    raise ValueError("bad reset token")
+                _reset(command == RESET_WIPE_WORKSPACE)
+            except BaseException:  # noqa: BLE001 - fail closed: the host replaces the sandbox
+                os._exit(1)
+            agent_pid = spawn_agent(token)
+            continue
         try:
             os.read(wake_r, 4096)
         except BlockingIOError:
@@ -72,6 +94,63 @@ def _init():
                 if os.WIFSIGNALED(status):
                     os._exit(128 + os.WTERMSIG(status))
                 os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+
+
+def _preimport():
+    import ast  # noqa: F401
+    import json  # noqa: F401
+    import linecache  # noqa: F401
+    import socket  # noqa: F401
+    import threading  # noqa: F401
+    import traceback  # noqa: F401
+
+
+def _reset(wipe_workspace):
+    """Makes the sandbox as clean as a new one, from its init: every other process killed,
+    the private tmpfs mounts emptied, no System V IPC left. Raises if anything survives
+    (the caller then exits, and the host replaces the sandbox)."""
+    import signal
+
+    os.kill(-1, signal.SIGKILL)  # from pid 1: every process in the namespace but us
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+    tops = ["/tmp", "/dev/shm"] + (["/workspace"] if wipe_workspace else [])
+    for top in tops:
+        for name in os.listdir(top):
+            _remove(os.path.join(top, name))
+        if os.listdir(top):
+            raise RuntimeError("could not empty " + top)
+    for kind in ("shm", "sem", "msg"):
+        try:
+            with open("/proc/sysvipc/" + kind) as f:
+                if len(f.read().splitlines()) > 1:
+                    raise RuntimeError("System V IPC objects left: " + kind)
+        except FileNotFoundError:
+            pass
+
+
+def _remove(path):
+    """Deletes `path` whatever the program did to its modes (same owner: chmod works)."""
+    import stat
+
+    todo = [(path, False)]
+    while todo:
+        p, emptied = todo.pop()
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(p)
+        elif emptied:
+            os.rmdir(p)
+        else:
+            os.chmod(p, 0o700)
+            todo.append((p, True))
+            todo.extend((os.path.join(p, n), False) for n in os.listdir(p))
 
 
 class _Channel:
@@ -199,13 +278,14 @@ def _protections():
     return found
 
 
-def _agent():
-    # What every exec needs, imported before "hello": a pre-warmed sandbox's first run then
-    # costs no more than its later ones.
-    import ast  # noqa: F401
-    import linecache  # noqa: F401
-    import traceback  # noqa: F401
-
+def _agent(reset_token=None):
+    # What every exec needs is imported before "hello" (by init, before it forked us): a
+    # pre-warmed sandbox's first run then costs no more than its later ones.
+    if reset_token:
+        # Marks where the previous agent's output ends: the host discards everything before.
+        mark = ("\x1eAK-RESET-" + reset_token + "\x1e").encode()
+        os.write(1, mark)
+        os.write(2, mark)
     chan = _Channel(CONTROL_FD)
     runtime = _make_runtime_module(chan)
     sys.modules["_agentkernel"] = runtime

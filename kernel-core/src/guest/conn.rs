@@ -165,6 +165,68 @@ where
         }
     }
 
+    /// After the host asked the guest's init to reset the sandbox (with `token`): waits for
+    /// the new agent's `hello` and discards everything the previous agent (and its
+    /// children) left in the output pipes, up to the new agent's `token` mark.
+    pub async fn restarted(&mut self, token: &str, deadline: Instant) -> Result<Hello> {
+        let mark = format!("\u{1e}AK-RESET-{token}\u{1e}").into_bytes();
+        let mut discard = CapturedOutput::default();
+        let mut out_done = self.out_state.feed(&[], &mark, &mut discard, 0, None);
+        let mut err_done = self.err_state.feed(&[], &mark, &mut discard, 0, None);
+        let mut hello = None;
+        let mut out_buf = vec![0u8; 64 << 10];
+        let mut err_buf = vec![0u8; 64 << 10];
+        enum Read {
+            Control(std::io::Result<usize>),
+            Out(std::io::Result<usize>),
+            Err(std::io::Result<usize>),
+            Late,
+        }
+        loop {
+            if hello.is_none()
+                && let Some(msg) = self.take_frame()?
+            {
+                match msg {
+                    GuestMsg::Hello(h) => hello = Some(h),
+                    _ => {
+                        return Err(Error::Internal(
+                            "guest spoke before saying hello after a reset".into(),
+                        ));
+                    }
+                }
+            }
+            if out_done
+                && err_done
+                && let Some(h) = hello.take()
+            {
+                return Ok(h);
+            }
+            let read = tokio::select! {
+                n = self.control.read_buf(&mut self.rbuf), if hello.is_none() => Read::Control(n),
+                n = self.stdout.read(&mut out_buf), if !out_done => Read::Out(n),
+                n = self.stderr.read(&mut err_buf), if !err_done => Read::Err(n),
+                () = tokio::time::sleep_until(deadline.into()) => Read::Late,
+            };
+            let gone = || Error::SandboxLost {
+                reason: "the sandbox did not come back from a reset".into(),
+            };
+            match read {
+                Read::Control(Ok(n)) if n > 0 => {}
+                Read::Out(Ok(n)) if n > 0 => {
+                    out_done = self
+                        .out_state
+                        .feed(&out_buf[..n], &mark, &mut discard, 0, None);
+                }
+                Read::Err(Ok(n)) if n > 0 => {
+                    err_done = self
+                        .err_state
+                        .feed(&err_buf[..n], &mark, &mut discard, 0, None);
+                }
+                _ => return Err(gone()),
+            }
+        }
+    }
+
     /// Runs `req.code` in the guest. Output is capped at `cap` bytes per stream; tool calls
     /// go to `tools`; at `deadline` it returns [`ExecEnd::TimedOut`] with the output so far.
     pub async fn exec(

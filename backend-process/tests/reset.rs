@@ -1,0 +1,127 @@
+//! `reset` in place: the guest's init forks a fresh agent inside the same jail. Checks that
+//! the fast path is taken, that nothing of the previous program survives it, and that it
+//! falls back to a new jail when it cannot guarantee that.
+
+use std::sync::Arc;
+
+use agentkernel_backend_process::{ProcessConfig, ProcessRuntime};
+use agentkernel_core::conformance::{count_host_processes, test_spec};
+use agentkernel_core::{ExecOutcome, ExecRequest, ExecStatus, NoTools, Runtime, Sandbox};
+
+async fn exec(sb: &mut Box<dyn Sandbox>, code: &str) -> ExecOutcome {
+    let out = sb
+        .exec(ExecRequest::new(code), Arc::new(NoTools))
+        .await
+        .expect("exec");
+    assert!(
+        matches!(out.status, ExecStatus::Ok),
+        "{:?}\n{}",
+        out.status,
+        out.stderr.text()
+    );
+    out
+}
+
+const PID_NS: &str = "import os\nprint(os.readlink('/proc/self/ns/pid'))";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_in_place_leaves_nothing_of_the_previous_program() {
+    let rt = ProcessRuntime::new(ProcessConfig::default()).expect("process backend");
+    let mut sb = rt.create(&test_spec()).await.expect("sandbox");
+    let ns_before = exec(&mut sb, PID_NS).await.stdout.text();
+    let marker = format!("ak-reset-{}", std::process::id());
+    exec(
+        &mut sb,
+        &format!(
+            r#"
+import os, subprocess, sys, threading, time
+secret = "previous user's data"
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "{marker}"])
+open("/tmp/a", "w").write("x")
+open("/dev/shm/b", "w").write("x")
+open("/workspace/c", "w").write("x")
+os.makedirs("/tmp/locked/deeper")
+open("/tmp/locked/deeper/f", "w").write("x")
+os.chmod("/tmp/locked/deeper", 0)
+os.chmod("/tmp/locked", 0)
+def chatter():
+    while True:
+        sys.stdout.write("LEAK\n"); sys.stdout.flush(); time.sleep(0.005)
+threading.Thread(target=chatter, daemon=True).start()
+time.sleep(0.05)
+"#
+        ),
+    )
+    .await;
+    let mut started = false;
+    for _ in 0..200 {
+        if count_host_processes(&marker) == 1 {
+            started = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(started, "the background process should be running");
+
+    sb.reset().await.expect("reset");
+
+    assert_eq!(
+        count_host_processes(&marker),
+        0,
+        "a process survived the reset"
+    );
+    let out = exec(
+        &mut sb,
+        "import os\nprint('secret' in globals(), os.listdir('/tmp'), os.listdir('/dev/shm'), os.listdir('/workspace'))",
+    )
+    .await;
+    assert_eq!(
+        out.stdout.text(),
+        "False [] [] []\n",
+        "stderr: {}",
+        out.stderr.text()
+    );
+    assert!(!out.stdout.text().contains("LEAK"));
+    // Same jail (same pid namespace): the fast path was taken.
+    assert_eq!(exec(&mut sb, PID_NS).await.stdout.text(), ns_before);
+    // Exceptions are still reported as usual.
+    let out = sb
+        .exec(ExecRequest::new("1/0"), Arc::new(NoTools))
+        .await
+        .expect("exec");
+    assert!(
+        matches!(out.status, ExecStatus::Exception { ref type_name, .. } if type_name == "ZeroDivisionError")
+    );
+    sb.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_falls_back_to_a_new_jail_when_state_would_survive() {
+    let rt = ProcessRuntime::new(ProcessConfig::default()).expect("process backend");
+    let mut sb = rt.create(&test_spec()).await.expect("sandbox");
+    let ns_before = exec(&mut sb, PID_NS).await.stdout.text();
+    // A System V shared memory segment outlives its creator: init refuses to reset in
+    // place, and the host starts a new jail instead (with a new IPC namespace).
+    exec(
+        &mut sb,
+        "import ctypes\nlibc = ctypes.CDLL(None)\nassert libc.shmget(0, 4096, 0o1600) >= 0",
+    )
+    .await;
+    sb.reset().await.expect("reset");
+    let out = exec(
+        &mut sb,
+        "print(len(open('/proc/sysvipc/shm').read().splitlines()))",
+    )
+    .await;
+    assert_eq!(
+        out.stdout.text(),
+        "1\n",
+        "only the header line: no segment left"
+    );
+    assert_ne!(
+        exec(&mut sb, PID_NS).await.stdout.text(),
+        ns_before,
+        "expected a new jail"
+    );
+    sb.shutdown().await.expect("shutdown");
+}
