@@ -13,7 +13,7 @@ use agentkernel::{
 };
 use agentkernel_backend_process::{ProcessConfig, ProcessRuntime};
 use agentkernel_core::conformance::run_once;
-use agentkernel_core::{Pool, PoolConfig, SandboxSpec};
+use agentkernel_core::{Pool, PoolConfig, Runtime, SandboxSpec};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use serde_json::json;
 use std::sync::Arc;
@@ -44,6 +44,27 @@ fn startup(c: &mut Criterion) {
             assert_eq!(out.stdout.text(), "1\n");
         });
     });
+
+    // Reset in place (the guest's init forks a fresh agent) + `print(1)`: what a pool pays,
+    // in the background, to recycle a returned sandbox.
+    let mut sandbox = tokio.block_on(rt.create(&spec)).expect("sandbox");
+    group.bench_function(BenchmarkId::new("process", "reset"), |b| {
+        b.to_async(&tokio).iter(|| {
+            let sandbox = &mut sandbox;
+            async move {
+                sandbox.reset().await.expect("reset");
+                let out = sandbox
+                    .exec(
+                        agentkernel_core::ExecRequest::new("print(1)"),
+                        Arc::new(agentkernel_core::NoTools),
+                    )
+                    .await
+                    .expect("exec");
+                assert_eq!(out.stdout.text(), "1\n");
+            }
+        });
+    });
+    let _ = tokio.block_on(sandbox.shutdown());
 
     // Warm acquire from a pool + `print(1)` + return. The pool resets returned sandboxes in
     // the background; each timed iteration starts once the pool is warm and quiet again (the
