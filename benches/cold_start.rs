@@ -49,19 +49,22 @@ fn startup(c: &mut Criterion) {
     // in the background, to recycle a returned sandbox.
     let mut sandbox = tokio.block_on(rt.create(&spec)).expect("sandbox");
     group.bench_function(BenchmarkId::new("process", "reset"), |b| {
-        b.to_async(&tokio).iter(|| {
-            let sandbox = &mut sandbox;
-            async move {
-                sandbox.reset().await.expect("reset");
-                let out = sandbox
-                    .exec(
-                        agentkernel_core::ExecRequest::new("print(1)"),
-                        Arc::new(agentkernel_core::NoTools),
-                    )
-                    .await
-                    .expect("exec");
-                assert_eq!(out.stdout.text(), "1\n");
-            }
+        b.iter_custom(|iters| {
+            tokio.block_on(async {
+                let started = Instant::now();
+                for _ in 0..iters {
+                    sandbox.reset().await.expect("reset");
+                    let out = sandbox
+                        .exec(
+                            agentkernel_core::ExecRequest::new("print(1)"),
+                            Arc::new(agentkernel_core::NoTools),
+                        )
+                        .await
+                        .expect("exec");
+                    assert_eq!(out.stdout.text(), "1\n");
+                }
+                started.elapsed()
+            })
         });
     });
     let _ = tokio.block_on(sandbox.shutdown());
