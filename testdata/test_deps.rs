@@ -31,3 +31,22 @@ pub fn testdata(name: &str) -> std::path::PathBuf {
         .find(|p| p.exists())
         .expect("testdata file")
 }
+
+/// Runs `cmd` with `stdin` piped in, capturing stdout and stderr.
+#[allow(dead_code)]
+pub fn run_with_stdin(mut cmd: std::process::Command, stdin: &str) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("wait")
+}

@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
+include!("../testdata/test_deps.rs");
+
 use std::process::Command;
 use std::time::Duration;
 
@@ -203,22 +205,10 @@ fn cli_named_workspaces_persist_across_runs() {
     let data = tempfile::tempdir().unwrap();
     let bin = env!("CARGO_BIN_EXE_agentkernel");
     let run = |code: &str| {
-        let mut child = Command::new(bin)
-            .args(["run", "--workspace", "proj", "-"])
-            .env("AGENTKERNEL_DATA_DIR", data.path())
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write as _;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(code.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        let mut cmd = Command::new(bin);
+        cmd.args(["run", "--workspace", "proj", "-"])
+            .env("AGENTKERNEL_DATA_DIR", data.path());
+        run_with_stdin(cmd, code)
     };
     assert!(
         run("open('/workspace/a.txt', 'w').write('hello')")
@@ -275,23 +265,11 @@ fn cli_sessions_keep_state_across_invocations() {
     let data = tempfile::tempdir().unwrap();
     let bin = env!("CARGO_BIN_EXE_agentkernel");
     let run = |code: &str| {
-        let mut child = Command::new(bin)
-            .args(["run", "--session", "chat", "-"])
+        let mut cmd = Command::new(bin);
+        cmd.args(["run", "--session", "chat", "-"])
             .env("AGENTKERNEL_DATA_DIR", data.path())
-            .env("AGENTKERNEL_SERVE_IDLE_SECS", "1")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write as _;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(code.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+            .env("AGENTKERNEL_SERVE_IDLE_SECS", "1");
+        run_with_stdin(cmd, code)
     };
     let first = run("x = 41\nopen('/workspace/kept', 'w').write('yes')");
     assert!(

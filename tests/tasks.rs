@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
+include!("../testdata/test_deps.rs");
+
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -188,6 +190,24 @@ fn worker_process(data: &std::path::Path, store_url: Option<&str>) -> std::proce
     cmd.spawn().unwrap()
 }
 
+/// Host processes whose environment contains `needle`.
+fn processes_with_env(needle: &str) -> usize {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .chars()
+                .all(|c| c.is_ascii_digit())
+        })
+        .filter(|e| e.file_name().to_string_lossy() != me)
+        .filter_map(|e| std::fs::read(e.path().join("environ")).ok())
+        .filter(|env| env.split(|&b| b == 0).any(|v| v == needle.as_bytes()))
+        .count()
+}
+
 /// Submits `n` tasks, each appending its number to the shared workspace's `log` when it
 /// completes; returns their ids in order.
 async fn submit_logged(tasks: &Tasks, n: usize) -> Vec<String> {
@@ -264,6 +284,20 @@ async fn kill_dash_nine_mid_run(
     let all = wait_all_final(&store, Duration::from_secs(240)).await;
     second.kill().unwrap();
     second.wait().unwrap();
+    // Nothing of either killed worker lingers (host /proc): not a half-started sandbox,
+    // nor a sandbox kept alive by one.
+    let mut lingering = usize::MAX;
+    for _ in 0..200 {
+        lingering = processes_with_env(&format!("AGENTKERNEL_DATA_DIR={}", data.display()));
+        if lingering == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        lingering, 0,
+        "processes of the killed workers are still running"
+    );
 
     assert_eq!(all.len(), 200, "no task may vanish");
     let by_state = |s| all.iter().filter(|r| r.state == s).count();
@@ -388,24 +422,13 @@ async fn two_workers_share_a_postgres_queue_without_double_claims() {
 fn cli_submit_prints_the_id_at_once_and_wait_shows_progress_and_result() {
     let data = tempfile::tempdir().unwrap();
     let bin = env!("CARGO_BIN_EXE_agentkernel");
-    let mut submit = Command::new(bin)
+    let mut submit = Command::new(bin);
+    submit
         .args(["task", "submit", "-"])
         .env("AGENTKERNEL_DATA_DIR", data.path())
         // The background worker it starts goes away soon after the test.
-        .env("AGENTKERNEL_WORKER_IDLE_SECS", "2")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write as _;
-    submit
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"import time\ntime.sleep(1)\nprint('done')\n")
-        .unwrap();
-    let out = submit.wait_with_output().unwrap();
+        .env("AGENTKERNEL_WORKER_IDLE_SECS", "2");
+    let out = run_with_stdin(submit, "import time\ntime.sleep(1)\nprint('done')\n");
     assert!(
         out.status.success(),
         "{}",

@@ -452,22 +452,13 @@ fn tool_calls_are_traced_without_argument_values() {
         test_python().display(),
         testdata("mcp_server.py").display()
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_agentkernel"))
-        .args(["run", "--mcp", &server, "-"])
-        .env("AGENTKERNEL_LOG", "agentkernel_tool_bridge=info")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write as _;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"from tools.test import echo, add\necho('arg-value-one')\ntry:\n    add('arg-value-two', 1)\nexcept ValueError:\n    pass\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_agentkernel"));
+    cmd.args(["run", "--mcp", &server, "-"])
+        .env("AGENTKERNEL_LOG", "agentkernel_tool_bridge=info");
+    let out = run_with_stdin(
+        cmd,
+        "from tools.test import echo, add\necho('arg-value-one')\ntry:\n    add('arg-value-two', 1)\nexcept ValueError:\n    pass\n",
+    );
     assert_eq!(out.status.code(), Some(0));
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(

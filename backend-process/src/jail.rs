@@ -262,6 +262,11 @@ pub(crate) unsafe fn enter(plan: &JailPlan) -> std::io::Result<()> {
         // made sure every fd of the plan is >= 10, so fds 3 and 4 hold nothing we need.
         check(report, S_FDS, libc::dup2(plan.control_fd, 3));
         check(report, S_FDS, libc::dup2(plan.lifeline_fd, 4));
+        // Drop every other fd inherited from the host now (we never exec before the fork
+        // below, so CLOEXEC does not help yet): copies of other sandboxes' lifelines and
+        // sockets would keep those sandboxes alive after the host dies, and our own copy of
+        // the `go` pipe's write end would make the read below wait forever if it did.
+        close_all_but(&[0, 1, 2, 3, 4, report, plan.go_fd]);
 
         let mut buf = [0u8; 12];
         let pid = itoa(libc::getpid() as u32, &mut buf);
@@ -437,6 +442,34 @@ pub(crate) unsafe fn enter(plan: &JailPlan) -> std::io::Result<()> {
     }
     record(report, TAG_READY, 0);
     Ok(())
+}
+
+/// Closes every fd not in `keep` (at most 8; best effort: `close_range`, Linux 5.9+).
+/// Allocates nothing: this runs between fork and exec of a multi-threaded process.
+///
+/// # Safety
+/// Only in the forked child: fds the rest of the process uses disappear.
+unsafe fn close_all_but(keep: &[RawFd]) {
+    let mut fds = [u32::MAX; 8];
+    let mut n = 0;
+    for &fd in keep.iter().take(fds.len()) {
+        if let Ok(fd) = u32::try_from(fd) {
+            fds[n] = fd;
+            n += 1;
+        }
+    }
+    let fds = &mut fds[..n];
+    fds.sort_unstable(); // in place, no allocation
+    let mut next = 0u32;
+    for &fd in fds.iter() {
+        if fd > next {
+            // SAFETY: closing a range of fds; no pointers involved.
+            unsafe { libc::syscall(libc::SYS_close_range, next, fd - 1, 0u32) };
+        }
+        next = next.max(fd.saturating_add(1));
+    }
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_close_range, next, u32::MAX, 0u32) };
 }
 
 /// The outer process: reports pid 1's host pid, closes everything, waits and mirrors its

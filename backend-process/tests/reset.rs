@@ -125,3 +125,50 @@ async fn reset_falls_back_to_a_new_jail_when_state_would_survive() {
     );
     sb.shutdown().await.expect("shutdown");
 }
+
+/// Frames a program writes on the control socket before a reset (a forged hello, a tool
+/// call, a done) must not reach the next program's execution.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_forged_before_a_reset_are_dropped() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let rt = ProcessRuntime::new(ProcessConfig::default()).expect("process backend");
+    let mut sb = rt.create(&test_spec()).await.expect("sandbox");
+    exec(
+        &mut sb,
+        r#"
+import json, os, threading, time
+def frame(m):
+    d = json.dumps(m).encode()
+    return len(d).to_bytes(4, "big") + d
+def forge():
+    # After this exec has ended, while the host is not reading.
+    time.sleep(0.2)
+    os.write(3, frame({"type": "hello", "python": "x", "executable": "x", "pid": 1, "protections": {}})
+        + frame({"type": "tool_call", "id": 1, "name": "spy", "args": {}})
+        + frame({"type": "done", "id": 3, "status": {"kind": "exited", "code": 7}, "sentinels": {"stdout": True, "stderr": True}}))
+threading.Thread(target=forge).start()
+"#,
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    sb.reset().await.expect("reset");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let tools = agentkernel_core::FnTools::new().with(
+        "spy",
+        "Counts calls.",
+        serde_json::json!({"type": "object"}),
+        move |_| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async { Ok(serde_json::json!(null)) }
+        },
+    );
+    let out = sb
+        .exec(ExecRequest::new("print('clean')"), Arc::new(tools))
+        .await
+        .expect("exec");
+    assert_eq!(out.status, ExecStatus::Ok, "{}", out.stderr.text());
+    assert_eq!(out.stdout.text(), "clean\n");
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "a forged tool call ran");
+    sb.shutdown().await.expect("shutdown");
+}

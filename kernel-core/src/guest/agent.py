@@ -9,7 +9,10 @@
 #
 # If this process is pid 1 of a fresh pid namespace, it forks: the child is the agent, and
 # pid 1 stays a tiny init that reaps orphans and exits (taking the whole namespace with it)
-# when the agent exits or when the host closes the lifeline pipe on fd 4.
+# when the agent exits or when the host closes the lifeline pipe on fd 4. When the host
+# writes a reset command (one byte + a token) on the lifeline instead, init kills every
+# other process, empties the private tmpfs mounts and forks a fresh agent, whose hello and
+# output mark carry the token.
 import os
 import sys
 
@@ -301,6 +304,9 @@ def _agent(reset_token=None):
             "executable": sys.executable,
             "pid": os.getpid(),
             "protections": _protections(),
+            # After a reset: proves this hello is ours, not one the previous program forged
+            # on the control socket before it was killed.
+            "reset_token": reset_token,
         }
     )
     runs = 0

@@ -28,6 +28,9 @@ pub struct Hello {
     pub pid: u32,
     /// Selected lines of `/proc/self/status` (`Seccomp`, `NoNewPrivs`, `CapEff`).
     pub protections: BTreeMap<String, String>,
+    /// The token of the reset this agent was started by, if any.
+    #[serde(default)]
+    pub reset_token: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -183,16 +186,16 @@ where
             Late,
         }
         loop {
-            if hello.is_none()
+            // Frames the previous program left on the control socket (it may have forged
+            // any, before init killed it) all come before the new agent's hello: drop
+            // everything until a hello with this reset's token.
+            while hello.is_none()
                 && let Some(msg) = self.take_frame()?
             {
-                match msg {
-                    GuestMsg::Hello(h) => hello = Some(h),
-                    _ => {
-                        return Err(Error::Internal(
-                            "guest spoke before saying hello after a reset".into(),
-                        ));
-                    }
+                if let GuestMsg::Hello(h) = msg
+                    && h.reset_token.as_deref() == Some(token)
+                {
+                    hello = Some(h);
                 }
             }
             if out_done
