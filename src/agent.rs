@@ -101,7 +101,7 @@ pub fn create_agent() -> Result<Agent> {
     if config.tools.dir.is_none() && Path::new("tools").is_dir() {
         config.tools.dir = Some(PathBuf::from("tools"));
     }
-    if !config.has_tools() && config.sandbox == SandboxConfig::default() {
+    if !config.has_tools() && config.sandbox == SandboxConfig::default() && config.pool.is_none() {
         return Ok(Agent::new(Kernel::builder().build()?));
     }
     Ok(Agent {

@@ -15,6 +15,13 @@
 //! max_arg_bytes = 1048576
 //! max_result_bytes = 8388608
 //!
+//! [pool]                        # pre-warmed sandboxes (serve, worker)
+//! min_idle = 2
+//! max_size = 8
+//! max_uses = 100
+//! idle_ttl_secs = 300
+//! acquire_timeout_secs = 10
+//!
 //! [mcp_servers.github]
 //! command = "npx"
 //! args = ["-y", "@modelcontextprotocol/server-github"]
@@ -55,6 +62,8 @@ pub struct Config {
     /// MCP servers by name (each becomes `tools.<name>`).
     #[serde(default)]
     pub mcp_servers: BTreeMap<String, McpServerConfig>,
+    /// Pre-warmed sandboxes (for `serve`, `worker` and library kernels); none when absent.
+    pub pool: Option<agentkernel_core::PoolConfig>,
 }
 
 /// `[sandbox]`: defaults for every run (command-line flags override them).
@@ -228,6 +237,10 @@ impl Config {
         if let Some(v) = &s.python {
             b = b.python(v);
         }
+        if let Some(pool) = &self.pool {
+            pool.validate()?;
+            b = b.pool(pool.clone());
+        }
         if let Some(reg) = self.tool_registry().await? {
             b = b.tools(reg);
         }
@@ -275,6 +288,9 @@ python = "python3"
 dir = "tools"
 allow = ["calc.*"]
 max_calls = 7
+[pool]
+min_idle = 1
+acquire_timeout_secs = 2.5
 [mcp_servers.calc]
 command = "python3"
 args = ["server.py"]
@@ -287,6 +303,9 @@ env = { TOKEN = "Bearer ${AK_TEST_TOKEN_X}" }
         assert_eq!(c.sandbox.python, Some(PathBuf::from("python3")));
         assert_eq!(c.tools.dir, Some(dir.path().join("tools")));
         assert_eq!(c.mcp_servers["calc"].env["TOKEN"], "Bearer sekrit");
+        let pool = c.pool.clone().unwrap();
+        assert_eq!((pool.min_idle, pool.max_size), (1, 8));
+        assert_eq!(pool.acquire_timeout, std::time::Duration::from_millis(2500));
         let p = c.policy().unwrap();
         assert_eq!(
             (p.max_calls, p.allow.clone()),

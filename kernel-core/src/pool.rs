@@ -36,11 +36,12 @@ pub struct PoolConfig {
     pub max_size: usize,
     /// Executions a sandbox serves before it is replaced (0: no limit).
     pub max_uses: u32,
-    /// How long a sandbox beyond `min_idle` may stay idle.
-    #[serde(with = "secs")]
+    /// How long a sandbox beyond `min_idle` may stay idle (`idle_ttl_secs` in config).
+    #[serde(with = "secs", rename = "idle_ttl_secs")]
     pub idle_ttl: Duration,
-    /// How long `create` waits for a free sandbox when `max_size` are in use.
-    #[serde(with = "secs")]
+    /// How long `create` waits for a free sandbox when `max_size` are in use
+    /// (`acquire_timeout_secs` in config).
+    #[serde(with = "secs", rename = "acquire_timeout_secs")]
     pub acquire_timeout: Duration,
 }
 
