@@ -300,7 +300,10 @@ impl Sessions {
                         Ok(mut m) => {
                             let names: Vec<String> = m
                                 .iter()
-                                .filter(|(_, s)| s.idle_for() > idle)
+                                // A session running a long exec is busy, not idle.
+                                .filter(|(_, s)| {
+                                    s.idle_for() > idle && s.inner.state.try_lock().is_ok()
+                                })
                                 .map(|(n, _)| n.clone())
                                 .collect();
                             names.iter().filter_map(|n| m.remove(n)).collect()

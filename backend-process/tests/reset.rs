@@ -172,3 +172,60 @@ threading.Thread(target=forge).start()
     assert_eq!(calls.load(Ordering::SeqCst), 0, "a forged tool call ran");
     sb.shutdown().await.expect("shutdown");
 }
+
+/// A program can change init's limits (same uid): the reset notices and starts a new jail,
+/// so the next program does not inherit them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_init_limits_force_a_new_jail() {
+    let rt = ProcessRuntime::new(ProcessConfig::default()).expect("process backend");
+    let mut sb = rt.create(&test_spec()).await.expect("sandbox");
+    let ns_before = exec(&mut sb, PID_NS).await.stdout.text();
+    exec(
+        &mut sb,
+        "import resource\nresource.prlimit(1, resource.RLIMIT_NOFILE, (64, 64))\nprint(resource.prlimit(1, resource.RLIMIT_NOFILE))",
+    )
+    .await;
+    sb.reset().await.expect("reset");
+    let out = exec(
+        &mut sb,
+        "import resource\nprint(resource.getrlimit(resource.RLIMIT_NOFILE)[0] > 64)",
+    )
+    .await;
+    assert_eq!(out.stdout.text(), "True\n");
+    assert_ne!(
+        exec(&mut sb, PID_NS).await.stdout.text(),
+        ns_before,
+        "expected a new jail"
+    );
+    sb.shutdown().await.expect("shutdown");
+}
+
+/// File-status flags on the fds the agent shares with init (a non-blocking control socket or
+/// stdout) are restored by the reset: the next program gets a working sandbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_fd_flags_are_restored_by_a_reset() {
+    let rt = ProcessRuntime::new(ProcessConfig::default()).expect("process backend");
+    let mut sb = rt.create(&test_spec()).await.expect("sandbox");
+    let ns_before = exec(&mut sb, PID_NS).await.stdout.text();
+    exec(
+        &mut sb,
+        "import os\nfor fd in (1, 2):\n    os.set_blocking(fd, False)",
+    )
+    .await;
+    // The control socket too, from a thread after the exec has ended.
+    exec(
+        &mut sb,
+        "import os, threading, time\nthreading.Thread(target=lambda: (time.sleep(0.2), os.set_blocking(3, False))).start()",
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    sb.reset().await.expect("reset");
+    let out = exec(&mut sb, "import os, time\ntime.sleep(0.3)\nprint([os.get_blocking(fd) for fd in (1, 2)], 'x' * 100000 == 'x' * 100000)").await;
+    assert_eq!(out.stdout.text(), "[True, True] True\n");
+    assert_eq!(
+        exec(&mut sb, PID_NS).await.stdout.text(),
+        ns_before,
+        "the fast path should still work"
+    );
+    sb.shutdown().await.expect("shutdown");
+}

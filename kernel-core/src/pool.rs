@@ -317,6 +317,13 @@ impl Inner {
     }
 
     fn push_idle(&self, idle: Idle) {
+        if self.closed.load(Ordering::SeqCst) {
+            // Closed while this one was being created or reset: stop it instead.
+            tokio::spawn(async move {
+                let _ = idle.sandbox.shutdown().await;
+            });
+            return;
+        }
         if let Ok(mut q) = self.idle.lock() {
             q.push_back(idle);
         }
@@ -499,7 +506,11 @@ impl Sandbox for Pooled {
 
     async fn exec(&mut self, req: ExecRequest, tools: Arc<dyn ToolHost>) -> Result<ExecOutcome> {
         self.uses = self.uses.saturating_add(1);
+        // Suspect until the exec completes: a cancelled exec (its future dropped) leaves the
+        // sandbox in an unknown state.
+        self.healthy = false;
         let result = self.live()?.exec(req, tools).await;
+        self.healthy = true;
         // A limit kill or crash leaves the sandbox dead or suspect: replace it on return.
         if !matches!(
             &result,

@@ -424,6 +424,7 @@ impl Tasks {
                     .renew(&self.owner, now_ms() + ms(self.config.lease))
                     .await?;
                 last_renew = tokio::time::Instant::now();
+                self.reconcile(&mut handles).await?;
             }
             if last_recover.elapsed() >= self.config.lease {
                 self.store
@@ -440,6 +441,17 @@ impl Tasks {
             tokio::select! {
                 _ = &mut stop => {
                     running.abort_all();
+                    // Their sandboxes are gone with the runs: say so now rather than when
+                    // the leases expire.
+                    for id in handles.keys() {
+                        if self.config.requeue_lost {
+                            self.store.requeue(id, &self.owner, now_ms(), "its worker was stopped while it ran").await?;
+                        } else {
+                            self.store
+                                .finish(id, &self.owner, TaskState::Lost, None, Some("its worker was stopped while it ran"), now_ms())
+                                .await?;
+                        }
+                    }
                     return Ok(());
                 }
                 _ = self.wake.notified() => {}
@@ -447,6 +459,45 @@ impl Tasks {
                 Some(_) = running.join_next(), if !running.is_empty() => {}
             }
         }
+    }
+
+    /// Makes this worker and the store agree on what it runs: a run the store no longer
+    /// gives us (recovered as lost after a stall, cancelled, finished) is stopped; a task the
+    /// store still has running here without a run (its result could not be recorded) fails.
+    async fn reconcile(
+        &self,
+        handles: &mut std::collections::HashMap<String, tokio::task::AbortHandle>,
+    ) -> Result<()> {
+        let mine: std::collections::HashSet<String> =
+            self.store.running(&self.owner).await?.into_iter().collect();
+        handles.retain(|id, h| {
+            let keep = mine.contains(id);
+            if !keep {
+                h.abort();
+            }
+            keep
+        });
+        for id in mine.iter().filter(|id| !handles.contains_key(*id)) {
+            let why = "its worker lost track of it (recording the result failed)";
+            if self
+                .store
+                .finish(
+                    id,
+                    &self.owner,
+                    TaskState::Failed,
+                    None,
+                    Some(why),
+                    now_ms(),
+                )
+                .await?
+            {
+                let _ = self.events.send(TaskEvent {
+                    id: id.clone(),
+                    state: TaskState::Failed,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Runs one claimed task and records how it ended.

@@ -74,6 +74,9 @@ pub trait TaskStore: Send + Sync {
     /// Returns the state it was in, `None` if unknown.
     async fn cancel(&self, id: &str, now: i64) -> Result<Option<TaskState>>;
 
+    /// Ids of the tasks `owner` runs, as the store sees it.
+    async fn running(&self, owner: &str) -> Result<Vec<String>>;
+
     /// Running tasks of `owner` flagged for cancellation.
     async fn cancel_requests(&self, owner: &str) -> Result<Vec<String>>;
 
@@ -369,36 +372,39 @@ impl TaskStore for SqlStore {
     }
 
     async fn cancel(&self, id: &str, now: i64) -> Result<Option<TaskState>> {
-        let mut tx = self.pool.begin().await.map_err(db_err("cancelling"))?;
-        let state: Option<String> = sqlx::query_scalar("SELECT state FROM tasks WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_err("cancelling"))?;
-        let Some(state) = state else { return Ok(None) };
-        let state: TaskState = state.parse()?;
-        match state {
-            TaskState::Queued => {
-                sqlx::query(
-                    "UPDATE tasks SET state = 'cancelled', finished_at = $1, error = 'cancelled before it started' WHERE id = $2",
-                )
-                .bind(now)
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err("cancelling"))?;
-            }
-            TaskState::Running => {
-                sqlx::query("UPDATE tasks SET cancel_requested = 1 WHERE id = $1")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err("cancelling"))?;
-            }
-            _ => {}
+        // Conditional updates, no read-then-write: a claim committing in between cannot
+        // leave a task marked cancelled while it runs.
+        let queued = sqlx::query(
+            "UPDATE tasks SET state = 'cancelled', finished_at = $1, error = 'cancelled before it started'
+             WHERE id = $2 AND state = 'queued'",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("cancelling"))?;
+        if queued.rows_affected() == 1 {
+            return Ok(Some(TaskState::Queued));
         }
-        tx.commit().await.map_err(db_err("cancelling"))?;
-        Ok(Some(state))
+        let running = sqlx::query(
+            "UPDATE tasks SET cancel_requested = 1 WHERE id = $1 AND state = 'running'",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("cancelling"))?;
+        if running.rows_affected() == 1 {
+            return Ok(Some(TaskState::Running));
+        }
+        Ok(self.get(id).await?.map(|r| r.state))
+    }
+
+    async fn running(&self, owner: &str) -> Result<Vec<String>> {
+        sqlx::query_scalar("SELECT id FROM tasks WHERE owner = $1 AND state = 'running'")
+            .bind(owner)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err("listing running tasks"))
     }
 
     async fn cancel_requests(&self, owner: &str) -> Result<Vec<String>> {
@@ -444,9 +450,10 @@ impl TaskStore for SqlStore {
     async fn recover(&self, now: i64, requeue: bool) -> Result<u64> {
         let done = sqlx::query(
             "UPDATE tasks SET
-                 state = CASE WHEN $1 AND attempts < max_attempts THEN 'queued' ELSE 'lost' END,
+                 state = CASE WHEN cancel_requested = 1 THEN 'cancelled'
+                              WHEN $1 AND attempts < max_attempts THEN 'queued' ELSE 'lost' END,
                  error = 'its worker (' || owner || ') stopped while it was running (attempt ' || attempts || '); its lease expired',
-                 finished_at = CASE WHEN $1 AND attempts < max_attempts THEN NULL ELSE $2 END,
+                 finished_at = CASE WHEN cancel_requested = 0 AND $1 AND attempts < max_attempts THEN NULL ELSE $2 END,
                  owner = NULL, lease_until = NULL
              WHERE state = 'running' AND lease_until < $2",
         )

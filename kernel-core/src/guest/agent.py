@@ -47,27 +47,26 @@ def _init():
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.default_int_handler)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            _set_dumpable(1)
             try:
                 _agent(reset_token)
             finally:
                 os._exit(0)
         return pid
 
+    # Not dumpable, before any agent exists: sandboxed code cannot open /proc/1/mem (or
+    # /proc/1/fd) to take over its init. Agents turn it back on for themselves.
+    _set_dumpable(0)
     # What every agent needs, imported once here: each forked agent starts warm. Frozen
     # objects are left alone by the collector, so forked agents share their pages longer.
     _preimport()
     import gc
 
     gc.freeze()
+    # What a program could change about init (same uid): checked at every reset.
+    baseline = _process_state()
     agent_pid = spawn_agent()
     # CONTROL_FD stays open (unused here): an agent forked after a reset speaks on it.
-    try:
-        # Not dumpable: sandboxed code cannot open /proc/1/mem to take over its init.
-        import ctypes
-
-        ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 4
-    except Exception:  # noqa: BLE001 - landlock and the pid namespace still hold without it
-        pass
     while True:
         try:
             ready, _, _ = select.select([LIFELINE_FD, wake_r], [], [])
@@ -81,7 +80,7 @@ def _init():
                 token = os.read(LIFELINE_FD, RESET_TOKEN_LEN).decode("ascii")
                 if len(token) != RESET_TOKEN_LEN or not token.isalnum():
                     raise ValueError("bad reset token")
-                _reset(command == RESET_WIPE_WORKSPACE)
+                _reset(command == RESET_WIPE_WORKSPACE, baseline)
             except BaseException:  # noqa: BLE001 - fail closed: the host replaces the sandbox
                 os._exit(1)
             agent_pid = spawn_agent(token)
@@ -112,11 +111,41 @@ def _preimport():
     import traceback  # noqa: F401
 
 
-def _reset(wipe_workspace):
+def _set_dumpable(flag):
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(4, flag, 0, 0, 0)  # PR_SET_DUMPABLE = 4
+    except Exception:  # noqa: BLE001 - landlock and the pid namespace still hold without it
+        pass
+
+
+def _process_state():
+    """Limits and scheduling of this process, which same-uid code can change (prlimit,
+    setpriority, sched_setaffinity...) and forked agents would inherit."""
+    import resource
+
+    limits = {
+        name: resource.getrlimit(getattr(resource, name))
+        for name in dir(resource)
+        if name.startswith("RLIMIT_")
+    }
+    return (
+        limits,
+        os.getpriority(os.PRIO_PROCESS, 0),
+        sorted(os.sched_getaffinity(0)),
+        os.sched_getscheduler(0),
+    )
+
+
+def _reset(wipe_workspace, baseline):
     """Makes the sandbox as clean as a new one, from its init: every other process killed,
-    the private tmpfs mounts emptied, no System V IPC left. Raises if anything survives
-    (the caller then exits, and the host replaces the sandbox)."""
+    the private tmpfs mounts emptied, the shared fds restored, no System V IPC left, init's
+    own limits unchanged. Raises if anything would carry over (the caller then exits, and
+    the host replaces the sandbox)."""
     import signal
+    import socket
+    import struct
 
     os.kill(-1, signal.SIGKILL)  # from pid 1: every process in the namespace but us
     while True:
@@ -124,6 +153,18 @@ def _reset(wipe_workspace):
             os.waitpid(-1, 0)
         except ChildProcessError:
             break
+    if _process_state() != baseline:
+        raise RuntimeError("init's limits or scheduling were changed")
+    # The agent shares these open files with init: undo what a program may have set.
+    for fd in (0, 1, 2, CONTROL_FD):
+        os.set_blocking(fd, True)
+    ctl = socket.socket(fileno=os.dup(CONTROL_FD))
+    try:
+        zero = struct.pack("ll", 0, 0)
+        ctl.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, zero)
+        ctl.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, zero)
+    finally:
+        ctl.close()
     tops = ["/tmp", "/dev/shm"] + (["/workspace"] if wipe_workspace else [])
     for top in tops:
         for name in os.listdir(top):
