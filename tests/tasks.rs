@@ -467,3 +467,47 @@ fn cli_submit_prints_the_id_at_once_and_wait_shows_progress_and_result() {
         .unwrap();
     assert_eq!(unknown.status.code(), Some(2));
 }
+
+/// A worker that is stopped (not killed) says at once what happened to the tasks it ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_worker_marks_its_running_tasks_lost_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = Kernel::builder().data_dir(dir.path()).build().unwrap();
+    let tasks = Tasks::new(kernel, store_in(dir.path()).await, fast());
+    let id = tasks
+        .submit(TaskRequest {
+            timeout_secs: Some(60.0),
+            ..TaskRequest::new("import time\ntime.sleep(60)")
+        })
+        .await
+        .unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let worker = {
+        let tasks = tasks.clone();
+        tokio::spawn(async move {
+            tasks
+                .run_workers(None, async {
+                    let _ = stop_rx.await;
+                })
+                .await
+        })
+    };
+    let mut running = false;
+    for _ in 0..400 {
+        if tasks.status(&id).await.unwrap().unwrap().state == TaskState::Running {
+            running = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(running);
+    stop_tx.send(()).unwrap();
+    worker.await.unwrap().unwrap();
+    let rec = tasks.status(&id).await.unwrap().unwrap();
+    assert_eq!(rec.state, TaskState::Lost, "{rec:?}");
+    assert!(
+        rec.error
+            .unwrap_or_default()
+            .contains("stopped while it ran")
+    );
+}
