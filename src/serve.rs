@@ -94,21 +94,34 @@ pub async fn serve(kernel: Kernel, socket: &Path, idle_exit: Option<Duration>) -
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     }
-    // A stale socket from a dead server is replaced; a live one is not stolen.
-    if UnixStream::connect(socket).await.is_ok() {
+    // One server per socket: held for the server's life, so two servers started at once
+    // (two `run --session` racing) cannot both take over the path.
+    let lock_path = socket.with_extension("sock.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| Error::io(format!("opening {}", lock_path.display()), e))?;
+    if lock.try_lock().is_err() || UnixStream::connect(socket).await.is_ok() {
         return Err(Error::invalid(
-            format!("a session server already answers on {}", socket.display()),
+            format!("a session server already runs on {}", socket.display()),
             "use it (agentkernel run --session NAME), or stop it first",
         ));
     }
-    let _ = std::fs::remove_file(socket);
-    let listener = UnixListener::bind(socket)
-        .map_err(|e| Error::io(format!("listening on {}", socket.display()), e))?;
+    // Bound under a private name, restricted to its owner, then moved into place: no
+    // moment when another user could connect.
+    let staging = socket.with_extension(format!("sock.{}", std::process::id()));
+    let _ = std::fs::remove_file(&staging);
+    let listener = UnixListener::bind(&staging)
+        .map_err(|e| Error::io(format!("listening on {}", staging.display()), e))?;
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+        std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| Error::io("restricting the socket to its owner", e))?;
     }
+    std::fs::rename(&staging, socket)
+        .map_err(|e| Error::io(format!("moving the socket to {}", socket.display()), e))?;
     tracing::info!(socket = %socket.display(), "session server listening");
     let active = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut idle_since = tokio::time::Instant::now();
@@ -135,6 +148,7 @@ pub async fn serve(kernel: Kernel, socket: &Path, idle_exit: Option<Duration>) -
             idle_since = tokio::time::Instant::now();
         } else if idle_exit.is_some_and(|limit| idle_since.elapsed() >= limit) {
             let _ = std::fs::remove_file(socket);
+            drop(lock);
             return Ok(());
         }
     }
