@@ -57,7 +57,7 @@ pub use runtime::{
     Snapshot, StartupClass,
 };
 pub use spec::{Limits, Mount, NetworkPolicy, SandboxSpec};
-pub use tools::{FnTools, NoTools, ToolError, ToolErrorKind, ToolHost, ToolSpec};
+pub use tools::{FnTools, NoTools, ToolError, ToolErrorKind, ToolFn, ToolHost, ToolSpec, tool_fn};
 pub use workspace::{
     Workspace, WorkspaceInfo, Workspaces, validate_name as validate_workspace_name,
 };

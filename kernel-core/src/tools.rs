@@ -89,9 +89,19 @@ impl ToolHost for NoTools {
     }
 }
 
-type BoxedCall = Box<
+/// A tool implemented by a Rust closure or async fn, boxed (see [`tool_fn`]).
+pub type ToolFn = Box<
     dyn Fn(Value) -> Pin<Box<dyn Future<Output = Result<Value, ToolError>> + Send>> + Send + Sync,
 >;
+
+/// Boxes `f` (called with the JSON arguments) as a [`ToolFn`].
+pub fn tool_fn<F, Fut>(f: F) -> ToolFn
+where
+    F: Fn(Value) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Value, ToolError>> + Send + 'static,
+{
+    Box::new(move |args| Box::pin(f(args)))
+}
 
 /// A `ToolHost` of Rust closures, for library users with a few in-process tools.
 ///
@@ -109,7 +119,7 @@ type BoxedCall = Box<
 /// ```
 #[derive(Default)]
 pub struct FnTools {
-    tools: BTreeMap<String, (ToolSpec, BoxedCall)>,
+    tools: BTreeMap<String, (ToolSpec, ToolFn)>,
 }
 
 impl FnTools {
@@ -137,8 +147,7 @@ impl FnTools {
             input_schema,
             output_schema: None,
         };
-        self.tools
-            .insert(name, (spec, Box::new(move |args| Box::pin(f(args)))));
+        self.tools.insert(name, (spec, tool_fn(f)));
         self
     }
 }

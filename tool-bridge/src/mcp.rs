@@ -270,7 +270,8 @@ pub(crate) struct McpServer {
     secrets: Vec<String>,
     conn: tokio::sync::Mutex<Option<Conn>>,
     generation: AtomicU64,
-    tools: RwLock<Vec<McpTool>>,
+    /// Shared, so looking a tool up for a call clones a pointer, not its schemas.
+    tools: RwLock<Vec<Arc<McpTool>>>,
     /// Serialises re-listing (notifications may arrive in bursts).
     refreshing: tokio::sync::Mutex<()>,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
@@ -310,12 +311,12 @@ impl McpServer {
     }
 
     /// The tools as last listed.
-    pub fn tools(&self) -> Vec<McpTool> {
+    pub fn tools(&self) -> Vec<Arc<McpTool>> {
         self.tools.read().map(|t| t.clone()).unwrap_or_default()
     }
 
     /// The tool whose Python name is `py`.
-    pub fn tool(&self, py: &str) -> Option<McpTool> {
+    pub fn tool(&self, py: &str) -> Option<Arc<McpTool>> {
         self.tools.read().ok()?.iter().find(|t| t.py == py).cloned()
     }
 
@@ -507,7 +508,7 @@ impl McpServer {
                 "the server must implement tools/list",
             )
         })?;
-        let mut tools: Vec<McpTool> = Vec::new();
+        let mut tools: Vec<Arc<McpTool>> = Vec::new();
         for t in listed {
             let py = stubs::python_name(&t.name);
             if !stubs::is_tool_name(&py) {
@@ -531,7 +532,7 @@ impl McpServer {
                     None
                 }
             };
-            tools.push(McpTool {
+            tools.push(Arc::new(McpTool {
                 py,
                 raw: t.name.to_string(),
                 description: self.redact(t.description.as_deref().unwrap_or("")),
@@ -540,7 +541,7 @@ impl McpServer {
                     .output_schema
                     .map(|s| self.redact_value(Value::Object((*s).clone()))),
                 validator,
-            });
+            }));
         }
         // The catalog first, then the files: a program that sees a new stub can call it.
         if let Ok(mut slot) = self.tools.write() {

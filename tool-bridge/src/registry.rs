@@ -5,12 +5,13 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use agentkernel_core::{Error, Mount, Result, ToolError, ToolErrorKind, ToolHost, ToolSpec};
+use agentkernel_core::{
+    Error, Mount, Result, ToolError, ToolErrorKind, ToolFn, ToolHost, ToolSpec, tool_fn,
+};
 use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::Value;
@@ -20,10 +21,6 @@ use crate::mcp::{McpServer, McpServerConfig};
 use crate::policy::ToolPolicy;
 use crate::stubs::{self, StubTool};
 
-type BoxedCall = Box<
-    dyn Fn(Value) -> Pin<Box<dyn Future<Output = Result<Value, ToolError>> + Send>> + Send + Sync,
->;
-
 /// A tool implemented by a Rust closure or async fn of the library user.
 pub struct FunctionTool {
     server: String,
@@ -31,7 +28,7 @@ pub struct FunctionTool {
     description: String,
     input_schema: Value,
     output_schema: Option<Value>,
-    call: BoxedCall,
+    call: ToolFn,
 }
 
 impl FunctionTool {
@@ -65,7 +62,7 @@ impl FunctionTool {
             description: description.into(),
             input_schema,
             output_schema: None,
-            call: Box::new(move |args| Box::pin(f(args))),
+            call: tool_fn(f),
         }
     }
 
@@ -88,7 +85,7 @@ struct FnEntry {
     input_schema: Value,
     output_schema: Option<Value>,
     validator: Arc<jsonschema::Validator>,
-    call: BoxedCall,
+    call: ToolFn,
 }
 
 /// Where a tool comes from.
@@ -398,7 +395,7 @@ impl fmt::Debug for ToolRegistry {
 /// A tool found by name.
 enum Route<'a> {
     Function(&'a FnEntry),
-    Mcp(&'a Arc<McpServer>, Box<crate::mcp::McpTool>),
+    Mcp(&'a Arc<McpServer>, Arc<crate::mcp::McpTool>),
 }
 
 impl ToolRegistry {
@@ -511,7 +508,7 @@ impl ToolRegistry {
         let (server, tool) = qualified.split_once('.')?;
         let s = self.inner.mcp.get(server)?;
         let t = s.tool(tool)?;
-        Some(Route::Mcp(s, Box::new(t)))
+        Some(Route::Mcp(s, t))
     }
 
     fn known_names(&self) -> Vec<String> {
