@@ -134,6 +134,8 @@ pub struct TaskRecord {
     pub finished_at: Option<i64>,
     /// Attempts started.
     pub attempts: u32,
+    /// Attempts allowed for kernel-side failures.
+    pub max_attempts: u32,
     /// Worker running it (while running).
     pub owner: Option<String>,
     /// The program's result, once it ran.

@@ -213,6 +213,10 @@ impl SqlStore {
 
 fn record(row: &AnyRow) -> Result<TaskRecord> {
     let get_s = |c: &str| row.try_get::<String, _>(c).map_err(db_err("reading a row"));
+    let count = |c: &str| -> Result<u32> {
+        let n: i64 = row.try_get(c).map_err(db_err("reading a row"))?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    };
     let state: String = get_s("state")?;
     let request: String = get_s("request")?;
     let result: Option<String> = row.try_get("result").map_err(db_err("reading a row"))?;
@@ -226,11 +230,8 @@ fn record(row: &AnyRow) -> Result<TaskRecord> {
         finished_at: row
             .try_get("finished_at")
             .map_err(db_err("reading a row"))?,
-        attempts: row
-            .try_get::<i64, _>("attempts")
-            .map_err(db_err("reading a row"))?
-            .try_into()
-            .unwrap_or(u32::MAX),
+        attempts: count("attempts")?,
+        max_attempts: count("max_attempts")?,
         owner: row.try_get("owner").map_err(db_err("reading a row"))?,
         result: result
             .map(|r| serde_json::from_str(&r))
@@ -283,7 +284,7 @@ impl TaskStore for SqlStore {
                  attempts = attempts + 1
              WHERE id IN (SELECT id FROM tasks WHERE state = 'queued' AND run_after <= $3
                           ORDER BY created_at LIMIT $4{lock})
-             RETURNING id, request, attempts, max_attempts"
+             RETURNING *"
         );
         // Safe: the only non-literal part is one of two constant clauses.
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -296,22 +297,12 @@ impl TaskStore for SqlStore {
             .map_err(db_err("claiming tasks"))?;
         rows.iter()
             .map(|r| {
-                let request: String = r.try_get("request").map_err(db_err("reading a row"))?;
+                let rec = record(r)?;
                 Ok(Claimed {
-                    id: r.try_get("id").map_err(db_err("reading a row"))?,
-                    request: serde_json::from_str(&request).map_err(|e| {
-                        Error::Internal(format!("task store: bad request JSON: {e}"))
-                    })?,
-                    attempt: r
-                        .try_get::<i64, _>("attempts")
-                        .map_err(db_err("reading a row"))?
-                        .try_into()
-                        .unwrap_or(u32::MAX),
-                    max_attempts: r
-                        .try_get::<i64, _>("max_attempts")
-                        .map_err(db_err("reading a row"))?
-                        .try_into()
-                        .unwrap_or(1),
+                    id: rec.id,
+                    request: rec.request,
+                    attempt: rec.attempts,
+                    max_attempts: rec.max_attempts,
                 })
             })
             .collect()
