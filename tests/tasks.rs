@@ -23,6 +23,25 @@ async fn store_in(dir: &std::path::Path) -> Arc<dyn TaskStore> {
     )
 }
 
+/// Runs `tasks`' workers in the background until the sender is used.
+fn start_workers(
+    tasks: &Tasks,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<agentkernel::Result<()>>,
+) {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let tasks = tasks.clone();
+    let worker = tokio::spawn(async move {
+        tasks
+            .run_workers(None, async {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
+    (stop_tx, worker)
+}
+
 fn fast() -> TaskConfig {
     TaskConfig {
         poll: Duration::from_millis(50),
@@ -59,17 +78,7 @@ async fn submit_returns_at_once_and_workers_run_tasks_to_their_end() {
     );
     assert_eq!(events.recv().await.unwrap().state, TaskState::Queued);
 
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let worker = {
-        let tasks = tasks.clone();
-        tokio::spawn(async move {
-            tasks
-                .run_workers(None, async {
-                    let _ = stop_rx.await;
-                })
-                .await
-        })
-    };
+    let (stop_tx, worker) = start_workers(&tasks);
     let mut seen = Vec::new();
     let done = tasks
         .wait(&ok, Some(Duration::from_secs(60)), |r| seen.push(r.state))
@@ -129,17 +138,7 @@ async fn kernel_side_failures_are_retried_and_bad_requests_refused() {
         .submit(TaskRequest::new("print('second try')"))
         .await
         .unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let worker = {
-        let tasks = tasks.clone();
-        tokio::spawn(async move {
-            tasks
-                .run_workers(None, async {
-                    let _ = stop_rx.await;
-                })
-                .await
-        })
-    };
+    let (stop_tx, worker) = start_workers(&tasks);
     for _ in 0..200 {
         let rec = tasks.status(&id).await.unwrap().unwrap();
         if rec.attempts >= 1 && rec.state == TaskState::Queued {
@@ -192,20 +191,9 @@ fn worker_process(data: &std::path::Path, store_url: Option<&str>) -> std::proce
 
 /// Host processes whose environment contains `needle`.
 fn processes_with_env(needle: &str) -> usize {
-    let me = std::process::id().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(Result::ok)
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .chars()
-                .all(|c| c.is_ascii_digit())
-        })
-        .filter(|e| e.file_name().to_string_lossy() != me)
-        .filter_map(|e| std::fs::read(e.path().join("environ")).ok())
-        .filter(|env| env.split(|&b| b == 0).any(|v| v == needle.as_bytes()))
-        .count()
+    agentkernel_core::conformance::count_host_processes_where("environ", |env| {
+        env.split(|&b| b == 0).any(|v| v == needle.as_bytes())
+    })
 }
 
 /// Submits `n` tasks, each appending its number to the shared workspace's `log` when it
@@ -481,17 +469,7 @@ async fn a_stopped_worker_marks_its_running_tasks_lost_at_once() {
         })
         .await
         .unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let worker = {
-        let tasks = tasks.clone();
-        tokio::spawn(async move {
-            tasks
-                .run_workers(None, async {
-                    let _ = stop_rx.await;
-                })
-                .await
-        })
-    };
+    let (stop_tx, worker) = start_workers(&tasks);
     let mut running = false;
     for _ in 0..400 {
         if tasks.status(&id).await.unwrap().unwrap().state == TaskState::Running {

@@ -24,11 +24,17 @@ async fn exec(sb: &mut Box<dyn Sandbox>, code: &str) -> ExecOutcome {
 
 const PID_NS: &str = "import os\nprint(os.readlink('/proc/self/ns/pid'))";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reset_in_place_leaves_nothing_of_the_previous_program() {
+/// A new sandbox and its pid namespace (which a reset in place keeps, and a new jail does not).
+async fn sandbox() -> (Box<dyn Sandbox>, String) {
     let rt = ProcessRuntime::new(ProcessConfig::default()).expect("process backend");
     let mut sb = rt.create(&test_spec()).await.expect("sandbox");
-    let ns_before = exec(&mut sb, PID_NS).await.stdout.text();
+    let ns = exec(&mut sb, PID_NS).await.stdout.text();
+    (sb, ns)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_in_place_leaves_nothing_of_the_previous_program() {
+    let (mut sb, ns_before) = sandbox().await;
     let marker = format!("ak-reset-{}", std::process::id());
     exec(
         &mut sb,
@@ -97,9 +103,7 @@ time.sleep(0.05)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_falls_back_to_a_new_jail_when_state_would_survive() {
-    let rt = ProcessRuntime::new(ProcessConfig::default()).expect("process backend");
-    let mut sb = rt.create(&test_spec()).await.expect("sandbox");
-    let ns_before = exec(&mut sb, PID_NS).await.stdout.text();
+    let (mut sb, ns_before) = sandbox().await;
     // A System V shared memory segment outlives its creator: init refuses to reset in
     // place, and the host starts a new jail instead (with a new IPC namespace).
     exec(
@@ -131,8 +135,7 @@ async fn reset_falls_back_to_a_new_jail_when_state_would_survive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_forged_before_a_reset_are_dropped() {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let rt = ProcessRuntime::new(ProcessConfig::default()).expect("process backend");
-    let mut sb = rt.create(&test_spec()).await.expect("sandbox");
+    let (mut sb, _) = sandbox().await;
     exec(
         &mut sb,
         r#"
@@ -177,9 +180,7 @@ threading.Thread(target=forge).start()
 /// so the next program does not inherit them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changed_init_limits_force_a_new_jail() {
-    let rt = ProcessRuntime::new(ProcessConfig::default()).expect("process backend");
-    let mut sb = rt.create(&test_spec()).await.expect("sandbox");
-    let ns_before = exec(&mut sb, PID_NS).await.stdout.text();
+    let (mut sb, ns_before) = sandbox().await;
     exec(
         &mut sb,
         "import resource\nresource.prlimit(1, resource.RLIMIT_NOFILE, (64, 64))\nprint(resource.prlimit(1, resource.RLIMIT_NOFILE))",
@@ -204,9 +205,7 @@ async fn changed_init_limits_force_a_new_jail() {
 /// stdout) are restored by the reset: the next program gets a working sandbox.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_fd_flags_are_restored_by_a_reset() {
-    let rt = ProcessRuntime::new(ProcessConfig::default()).expect("process backend");
-    let mut sb = rt.create(&test_spec()).await.expect("sandbox");
-    let ns_before = exec(&mut sb, PID_NS).await.stdout.text();
+    let (mut sb, ns_before) = sandbox().await;
     exec(
         &mut sb,
         "import os\nfor fd in (1, 2):\n    os.set_blocking(fd, False)",

@@ -727,19 +727,27 @@ async fn wait_for_processes(marker: &str, n: usize) -> bool {
 
 /// Number of host processes whose command line contains `marker`.
 pub fn count_host_processes(marker: &str) -> usize {
+    count_host_processes_where("cmdline", |cmd| {
+        String::from_utf8_lossy(cmd).contains(marker)
+    })
+}
+
+/// Number of host processes (other than this one) whose `/proc/PID/<file>` (`cmdline`,
+/// `environ`, ...) satisfies `matches`.
+pub fn count_host_processes_where(file: &str, matches: impl Fn(&[u8]) -> bool) -> usize {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return 0;
     };
+    let me = std::process::id().to_string();
     entries
         .filter_map(Result::ok)
         .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .chars()
-                .all(|c| c.is_ascii_digit())
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.chars().all(|c| c.is_ascii_digit()) && name != me
         })
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .filter(|cmd| String::from_utf8_lossy(cmd).contains(marker))
+        .filter_map(|e| std::fs::read(e.path().join(file)).ok())
+        .filter(|content| matches(content))
         .count()
 }
 
