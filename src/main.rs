@@ -498,7 +498,7 @@ async fn run_in_session(args: &RunArgs, name: &str, code: String, timeout: f64) 
         None => fail(&Error::Unavailable {
             backend: "process",
             reason: format!("no session server answers on {}", socket.display()),
-            hint: "see worker.log/serve.log in the data dir, or start one with `agentkernel serve`"
+            hint: "see serve.log in the data dir, or start one with `agentkernel serve`"
                 .into(),
         }),
         Some(Err(e)) => fail(&Error::io("talking to the session server", e)),
@@ -517,41 +517,61 @@ async fn run_in_session(args: &RunArgs, name: &str, code: String, timeout: f64) 
 
 /// Starts `agentkernel serve` in the background with this run's tool options.
 fn start_server(tools: &ToolArgs) -> Result<(), Error> {
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    if let Some(c) = &tools.config {
+        args.extend(["--config".into(), c.into()]);
+    }
+    for m in &tools.mcp {
+        args.extend(["--mcp".into(), m.into()]);
+    }
+    if let Some(d) = &tools.tools_dir {
+        args.extend(["--tools-dir".into(), d.into()]);
+    }
+    for a in &tools.allow_tool {
+        args.extend(["--allow-tool".into(), a.into()]);
+    }
+    spawn_background("serve", "AGENTKERNEL_SERVE_IDLE_SECS", "600", &args)
+}
+
+/// Starts `agentkernel SUBCOMMAND --idle-exit S ARGS..` detached from this process (its
+/// own process group, stderr to `SUBCOMMAND.log` in the data dir). S is `$idle_env` when it
+/// is a positive number, else `default_idle`.
+fn spawn_background(
+    subcommand: &str,
+    idle_env: &str,
+    default_idle: &str,
+    args: &[std::ffi::OsString],
+) -> Result<(), Error> {
     let dir = data_dir();
     std::fs::create_dir_all(&dir)
         .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    let log_name = format!("{subcommand}.log");
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(dir.join("serve.log"))
-        .map_err(|e| Error::io("opening serve.log", e))?;
+        .open(dir.join(&log_name))
+        .map_err(|e| Error::io(format!("opening {log_name}"), e))?;
     let exe =
         std::env::current_exe().map_err(|e| Error::io("finding the agentkernel binary", e))?;
-    let idle = std::env::var("AGENTKERNEL_SERVE_IDLE_SECS")
+    let idle = std::env::var(idle_env)
         .ok()
         .filter(|v| v.parse::<f64>().is_ok_and(|s| s > 0.0))
-        .unwrap_or_else(|| "600".into());
-    let mut cmd = std::process::Command::new(exe);
-    cmd.args(["serve", "--idle-exit", &idle]);
-    if let Some(c) = &tools.config {
-        cmd.arg("--config").arg(c);
-    }
-    for m in &tools.mcp {
-        cmd.arg("--mcp").arg(m);
-    }
-    if let Some(d) = &tools.tools_dir {
-        cmd.arg("--tools-dir").arg(d);
-    }
-    for a in &tools.allow_tool {
-        cmd.arg("--allow-tool").arg(a);
-    }
+        .unwrap_or_else(|| default_idle.into());
     use std::os::unix::process::CommandExt as _;
-    cmd.stdin(std::process::Stdio::null())
+    std::process::Command::new(exe)
+        .args([subcommand, "--idle-exit", &idle])
+        .args(args)
+        .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(log)
         .process_group(0)
         .spawn()
-        .map_err(|e| Error::io("starting the session server", e))?;
+        .map_err(|e| {
+            Error::io(
+                format!("starting a background `agentkernel {subcommand}`"),
+                e,
+            )
+        })?;
     Ok(())
 }
 
@@ -708,27 +728,8 @@ fn ensure_worker() -> Result<bool, Error> {
         return Ok(false); // a worker holds it (shared)
     }
     drop(lock);
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("worker.log"))
-        .map_err(|e| Error::io("opening worker.log", e))?;
-    let exe =
-        std::env::current_exe().map_err(|e| Error::io("finding the agentkernel binary", e))?;
-    use std::os::unix::process::CommandExt as _;
     // It exits after a minute without work (AGENTKERNEL_WORKER_IDLE_SECS to change that).
-    let idle = std::env::var("AGENTKERNEL_WORKER_IDLE_SECS")
-        .ok()
-        .filter(|v| v.parse::<f64>().is_ok_and(|s| s > 0.0))
-        .unwrap_or_else(|| "60".into());
-    std::process::Command::new(exe)
-        .args(["worker", "--idle-exit", &idle])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .map_err(|e| Error::io("starting a background worker", e))?;
+    spawn_background("worker", "AGENTKERNEL_WORKER_IDLE_SECS", "60", &[])?;
     Ok(true)
 }
 
