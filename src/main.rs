@@ -406,15 +406,7 @@ async fn run(args: RunArgs) -> ExitCode {
         Ok(o) => o,
         Err(e) => return fail(&e),
     };
-    report(
-        &outcome,
-        &args,
-        &backend,
-        timeout,
-        memory,
-        kernel.spec().limits.output_bytes,
-        false,
-    )
+    report(&outcome, &args, &backend, timeout, Some(memory), false)
 }
 
 /// Prints an outcome as `run` does and returns the program's exit code. `replay` prints the
@@ -424,8 +416,7 @@ fn report(
     args: &RunArgs,
     backend: &str,
     timeout: f64,
-    memory: u64,
-    output_cap: usize,
+    memory: Option<u64>,
     replay: bool,
 ) -> ExitCode {
     let exit = outcome.status.exit_code();
@@ -449,8 +440,11 @@ fn report(
         }
         if outcome.stdout.truncated || outcome.stderr.truncated {
             eprintln!(
-                "agentkernel: output truncated (stdout {} bytes, stderr {} bytes written; kept {} each)",
-                outcome.stdout.total_bytes, outcome.stderr.total_bytes, output_cap
+                "agentkernel: output truncated (stdout {} bytes written, {} kept; stderr {} written, {} kept)",
+                outcome.stdout.total_bytes,
+                outcome.stdout.bytes.len(),
+                outcome.stderr.total_bytes,
+                outcome.stderr.bytes.len()
             );
         }
         match &outcome.status {
@@ -458,7 +452,9 @@ fn report(
             ExecStatus::Killed { limit } => {
                 let detail = match limit {
                     agentkernel::LimitKind::WallTime => format!(" ({timeout} s)"),
-                    agentkernel::LimitKind::Memory => format!(" ({memory} MiB)"),
+                    agentkernel::LimitKind::Memory => {
+                        memory.map(|m| format!(" ({m} MiB)")).unwrap_or_default()
+                    }
                     _ => String::new(),
                 };
                 eprintln!("agentkernel: killed: {limit} limit exceeded{detail}");
@@ -498,12 +494,12 @@ async fn run_in_session(args: &RunArgs, name: &str, code: String, timeout: f64) 
         None => fail(&Error::Unavailable {
             backend: "process",
             reason: format!("no session server answers on {}", socket.display()),
-            hint: "see serve.log in the data dir, or start one with `agentkernel serve`"
-                .into(),
+            hint: "see serve.log in the data dir, or start one with `agentkernel serve`".into(),
         }),
         Some(Err(e)) => fail(&Error::io("talking to the session server", e)),
         Some(Ok(Response::Outcome { outcome, .. })) => {
-            report(&outcome, args, "session", timeout, 0, 0, !args.json)
+            // The session server's memory limit is its own: not named here.
+            report(&outcome, args, "session", timeout, None, !args.json)
         }
         Some(Ok(Response::Failed { error, usage, .. })) => {
             eprintln!("agentkernel: error: {error}");
