@@ -44,4 +44,4 @@ mod seccomp;
 pub use cgroup::CgroupSupport;
 pub use python::HostPython;
 pub use runtime::{ProcessConfig, ProcessRuntime};
-pub use sandbox::{ProcessSandbox, default_env};
+pub use sandbox::ProcessSandbox;

@@ -243,7 +243,7 @@ pub(crate) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec, id: &str) -> R
     let mut cmd = tokio::process::Command::new(&inner.python.executable);
     cmd.args(["-I", "-u", "-B", "-c", AGENT_SOURCE])
         .env_clear()
-        .envs(default_env())
+        .envs(agentkernel_core::default_env())
         .envs(&spec.env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -325,18 +325,6 @@ pub(crate) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec, id: &str) -> R
         hello,
         landlock,
     })
-}
-
-/// The environment every sandbox starts with; `SandboxSpec::env` adds to or overrides it.
-/// Nothing comes from the host's environment.
-pub fn default_env() -> [(&'static str, &'static str); 5] {
-    [
-        ("PATH", "/usr/local/bin:/usr/bin:/bin"),
-        ("HOME", "/tmp"),
-        ("TMPDIR", "/tmp"),
-        ("LANG", "C.UTF-8"),
-        ("USER", "sandbox"),
-    ]
 }
 
 /// A sandbox of the process backend.

@@ -1,8 +1,33 @@
 //! # agentkernel-backend-wasm
 //!
-//! CPython compiled to WASI, run by wasmtime (issue 5, not built yet): a pre-initialised
-//! component built by the project's set-up from PyPI's `componentize-py`, epoch interruption
-//! for wall time, `StoreLimits` for memory, and tools through a WIT `host-call` import.
+//! CPython compiled to WASI, run by wasmtime: strong isolation without any OS jail, and
+//! millisecond starts.
 //!
-//! This crate is deliberately empty until then: the facade exposes no `wasm` backend, so no
-//! caller can mistake a placeholder for a sandbox.
+//! - **Guest** (`guest/`): a small Python program (`wasm_agent.py`, plus the runner shared
+//!   with the process backend, `kernel-core/src/guest/program.py`) and a WIT world
+//!   (`guest/wit/agentkernel.wit`: export `configure` and `run`, import `host-call`).
+//!   `scripts/build-wasm-guest` turns them into a pre-initialised component with PyPI's
+//!   `componentize-py`: the interpreter and a generous standard library are already imported
+//!   in its snapshot. The component is cached by a hash of those inputs ([`artifact`]).
+//! - **Engine** ([`engine`]): one wasmtime engine per process, an epoch ticker thread, the
+//!   component compiled once per machine (native code cached beside it) and linked into an
+//!   `InstancePre`, so a sandbox is a new store plus an instantiation.
+//! - **Sandbox** (`sandbox`): WASI with only the sandbox's private `/tmp`, the workspace at
+//!   `/workspace`, and the spec's mounts (e.g. the read-only `/tools` package) preopened; no
+//!   sockets. Limits: epoch interruption for wall time, `StoreLimits` for memory (Python
+//!   sees `MemoryError`), host-side checks of every file write ([`quota`]) for file size and
+//!   `/tmp`, and capped output. A trap (deadline, exit, crash) loses the instance; `reset`
+//!   instantiates a fresh one from the pre-initialised snapshot.
+//! - **Tools**: `_agentkernel.call_tool` (and the generated `tools.<server>.<tool>`
+//!   functions) call the `host-call` import, served by the exec's `ToolHost`.
+
+mod bindings;
+pub mod artifact;
+pub mod engine;
+pub mod quota;
+mod runtime;
+mod sandbox;
+mod state;
+
+pub use runtime::{WasmRuntime, wasmtime_version};
+pub use sandbox::WasmSandbox;

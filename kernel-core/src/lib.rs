@@ -56,7 +56,7 @@ pub use runtime::{
     Capabilities, Check, CheckState, Diagnosis, Isolation, LimitSupport, Runtime, Sandbox,
     Snapshot, StartupClass,
 };
-pub use spec::{Limits, Mount, NetworkPolicy, SandboxSpec};
+pub use spec::{Limits, Mount, NetworkPolicy, SandboxSpec, default_env};
 pub use tools::{FnTools, NoTools, ToolError, ToolErrorKind, ToolFn, ToolHost, ToolSpec, tool_fn};
 pub use workspace::{
     Workspace, WorkspaceInfo, Workspaces, validate_name as validate_workspace_name,

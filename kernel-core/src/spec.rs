@@ -125,6 +125,18 @@ pub struct SandboxSpec {
 }
 
 /// Guest paths the kernel owns; mounts may not shadow them.
+/// The environment every sandbox starts with, on every backend; `SandboxSpec::env` adds to
+/// or overrides it. Nothing comes from the host's environment.
+pub fn default_env() -> [(&'static str, &'static str); 5] {
+    [
+        ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        ("HOME", "/tmp"),
+        ("TMPDIR", "/tmp"),
+        ("LANG", "C.UTF-8"),
+        ("USER", "sandbox"),
+    ]
+}
+
 const RESERVED_GUEST_PATHS: &[&str] = &[
     "/",
     "/usr",

@@ -238,39 +238,12 @@ class _Channel:
 
 
 def _make_runtime_module(chan):
-    """The `_agentkernel` module: how code in the sandbox calls host tools."""
+    """The `_agentkernel` module over the control channel."""
     import itertools
-    import types
 
-    mod = types.ModuleType("_agentkernel", "AgentKernel's bridge from the sandbox to host tools.")
-
-    class ToolError(Exception):
-        """A tool ran on the host and failed; the message is the tool's."""
-
-    class ToolLimitError(ToolError):
-        """A tool call broke a host-side limit: argument or result size, or the call budget."""
-
-    # Shown as `tools.ToolError` in tracebacks (the `tools` package re-exports them).
-    for cls in (ToolError, ToolLimitError):
-        cls.__module__ = "tools"
-        cls.__qualname__ = cls.__name__
-
-    errors = {
-        "not_found": LookupError,
-        "invalid_arguments": ValueError,
-        "denied": PermissionError,
-        "timeout": TimeoutError,
-        "failed": ToolError,
-        "limit_exceeded": ToolLimitError,
-    }
     ids = itertools.count(1)
 
-    def call_tool(name, args=None, /, **kwargs):
-        """Call host tool `name` with a dict of arguments (or keyword arguments); returns its JSON result."""
-        if not isinstance(name, str):
-            raise TypeError("tool name must be a str")
-        payload = dict(args or {})
-        payload.update(kwargs)
+    def transport(name, payload):
         with chan.lock:
             call_id = next(ids)
             chan.send({"type": "tool_call", "id": call_id, "name": name, "args": payload})
@@ -280,37 +253,10 @@ def _make_runtime_module(chan):
         if reply.get("type") != "tool_result" or reply.get("id") != call_id:
             raise RuntimeError("protocol error: unexpected reply to tool call")
         if reply.get("ok"):
-            return reply.get("value")
-        err = reply.get("error") or {}
-        raise errors.get(err.get("kind"), ToolError)(err.get("message", "tool failed"))
+            return True, reply.get("value")
+        return False, reply.get("error")
 
-    mod.ToolError = ToolError
-    mod.ToolLimitError = ToolLimitError
-    mod.call_tool = call_tool
-    return mod
-
-
-def _user_traceback(exc):
-    import traceback
-
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename == AGENT_FILE:
-        tb = tb.tb_next
-    return "".join(traceback.format_exception(type(exc), exc, tb))
-
-
-def _run_code(code, user_globals, filename):
-    import ast
-    import linecache
-
-    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
-    compiled = compile(code, filename, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
-    if compiled.co_flags & 0x80:  # CO_COROUTINE: the program uses top-level await
-        import asyncio
-
-        asyncio.run(eval(compiled, user_globals))
-    else:
-        exec(compiled, user_globals)
+    return make_runtime_module(transport)
 
 
 def _protections():
@@ -341,10 +287,10 @@ def _agent(reset_token=None):
     # `import tools` find it, after everything else on the path.
     if TOOLS_PARENT not in sys.path:
         sys.path.append(TOOLS_PARENT)
-    user_globals = {"__name__": "__main__", "__builtins__": __builtins__, "__doc__": None}
+    user_globals = new_globals()
     # One throw-away run before "hello" warms the exec path (and, after a fork, copies the
     # pages it writes): the first real run is then as fast as the later ones.
-    _run_code("pass", {"__builtins__": __builtins__}, "<warm-up>")
+    run_code("pass", {"__builtins__": __builtins__}, "<warm-up>")
     chan.send(
         {
             "type": "hello",
@@ -366,24 +312,8 @@ def _agent(reset_token=None):
             chan.send({"type": "error", "message": "unexpected message " + str(msg.get("type"))})
             continue
         runs += 1
-        status = {"kind": "ok"}
-        try:
-            _run_code(msg["code"], user_globals, "main.py" if runs == 1 else "main-%d.py" % runs)
-        except SystemExit as e:
-            code = e.code
-            if code is None:
-                code = 0
-            elif not isinstance(code, int):
-                print(code, file=sys.stderr)
-                code = 1
-            status = {"kind": "exited", "code": code}
-        except BaseException as e:  # noqa: BLE001 - everything the program raises is reported
-            status = {
-                "kind": "exception",
-                "type": type(e).__name__,
-                "message": str(e),
-                "traceback": _user_traceback(e),
-            }
+        filename = "main.py" if runs == 1 else "main-%d.py" % runs
+        status = run_program(msg["code"], user_globals, filename, (AGENT_FILE,))
         sentinel = msg["sentinel"].encode()
         written = {}
         for name, stream, fd in (("stdout", sys.stdout, 1), ("stderr", sys.stderr, 2)):

@@ -25,8 +25,13 @@ mod stream;
 
 pub use conn::{ExecEnd, ExecReport, GuestConn, Hello};
 
-/// Source of the guest agent, run with `python3 -I -u -c AGENT_SOURCE`.
-pub const AGENT_SOURCE: &str = include_str!("agent.py");
+/// Source of the guest agent, run with `python3 -I -u -c AGENT_SOURCE`: the shared
+/// program runner ([`PROGRAM_SOURCE`]) followed by the process agent (`agent.py`).
+pub const AGENT_SOURCE: &str = concat!(include_str!("program.py"), include_str!("agent.py"));
+
+/// Source of the module that runs one program and reports how it ended, shared by every
+/// backend that runs real CPython (the wasm guest imports it as `program`).
+pub const PROGRAM_SOURCE: &str = include_str!("program.py");
 
 /// Largest host → guest frame (64 MiB): a tool result larger than this is refused.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;

@@ -1,0 +1,90 @@
+# AgentKernel's wasm guest: CPython (compiled to WASI by componentize-py) running agent
+# programs for the wasm backend. Built into a pre-initialised component by
+# scripts/build-wasm-guest; the host is backend-wasm/src.
+#
+# Everything imported at module level is imported at build time and lives in the
+# component's snapshot: a new instance starts with it already in memory. Only the modules
+# imported here exist inside the sandbox (there is no stdlib on disk at run time), so the
+# list is generous.
+import sys
+
+import program  # shared with the process backend: kernel-core/src/guest/program.py
+import wit_world
+from componentize_py_types import Err
+
+# The standard library a sandboxed program can import (pure Python and built-in modules).
+STDLIB = """
+abc argparse array ast asyncio base64 binascii bisect builtins calendar cmath codecs
+collections collections.abc colorsys contextlib contextvars copy copyreg csv dataclasses
+datetime decimal difflib enum errno fnmatch fractions functools gc getopt glob graphlib
+gzip hashlib heapq hmac html html.parser html.entities http http.client http.cookies
+importlib importlib.abc importlib.machinery importlib.metadata importlib.resources
+importlib.util inspect io ipaddress itertools json keyword linecache locale logging
+lzma marshal math mimetypes numbers operator os os.path pathlib pickle pkgutil platform
+pprint queue quopri random re reprlib sched secrets shlex shutil signal sqlite3 stat
+statistics string stringprep struct sys tarfile tempfile textwrap threading time timeit
+token tokenize tomllib traceback types typing typing_extensions unicodedata urllib
+urllib.parse uuid warnings weakref xml xml.dom xml.dom.minidom xml.etree
+xml.etree.ElementTree zipfile zlib zoneinfo __future__ bz2 email email.message
+email.utils json.decoder json.encoder concurrent concurrent.futures functools
+""".split()
+
+AVAILABLE = []
+for _name in STDLIB:
+    try:
+        __import__(_name)
+        AVAILABLE.append(_name)
+    except ImportError:
+        pass
+
+# Frames of these files are the guest's, not the program's: tracebacks leave them out.
+INTERNAL_FILES = (__file__, program.__file__)
+TOOLS_PARENT = "/"  # parent of the generated `tools` package, preopened read-only at /tools
+
+
+def _transport(name, payload):
+    import json
+
+    try:
+        return True, json.loads(wit_world.host_call(name, json.dumps(payload)))
+    except Err as e:
+        return False, {"kind": e.value.kind, "message": e.value.message}
+
+
+class WitWorld(wit_world.WitWorld):
+    """The component's exports (see backend-wasm/guest/wit/agentkernel.wit)."""
+
+    def __init__(self):
+        self.globals = program.new_globals()
+        self.runs = 0
+
+    def configure(self, env):
+        import os
+        import random
+
+        os.environ.clear()
+        os.environ.update(dict(env))
+        random.seed()  # the snapshot's seed was the build's
+        sys.modules["_agentkernel"] = program.make_runtime_module(_transport)
+        if TOOLS_PARENT not in sys.path:
+            sys.path.append(TOOLS_PARENT)
+        os.chdir(os.environ.get("PWD", "/"))
+
+    def run(self, code):
+        self.runs += 1
+        filename = "main.py" if self.runs == 1 else "main-%d.py" % self.runs
+        status = program.run_program(code, self.globals, filename, INTERNAL_FILES)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                if stream is not None:
+                    stream.flush()
+            except Exception:  # noqa: BLE001 - a broken user stream must not break the run
+                pass
+        kind = status["kind"]
+        if kind == "ok":
+            return wit_world.Outcome_Ok()
+        if kind == "exited":
+            return wit_world.Outcome_Exited(status["code"] & 0x7FFFFFFF)
+        return wit_world.Outcome_Exception(
+            wit_world.ExceptionInfo(status["type"], status["message"], status["traceback"])
+        )

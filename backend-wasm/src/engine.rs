@@ -1,0 +1,126 @@
+//! The process-wide wasmtime engine, its epoch ticker, and the guest component compiled
+//! and linked once ([`Prepared`]): every sandbox is a fresh store instantiated from it.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use agentkernel_core::{Error, Result};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine};
+
+use crate::artifact;
+use crate::bindings::{Agent, AgentPre};
+use crate::state::State;
+
+/// How often the epoch advances: the granularity of wall-time checks inside wasm.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// The engine every sandbox of this process shares (compiled code is per engine).
+pub fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        // The default on-demand allocator with copy-on-write memory images: instantiating
+        // maps the snapshot's memory instead of copying it.
+        config.memory_init_cow(true);
+        let engine = Engine::new(&config).expect("the wasmtime configuration is valid");
+        let ticker = engine.weak();
+        std::thread::Builder::new()
+            .name("agentkernel-wasm-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = ticker.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .expect("spawn the epoch ticker thread");
+        engine
+    })
+}
+
+/// The guest component, compiled and linked against the host's imports.
+pub struct Prepared {
+    /// Instantiates a new guest in a few milliseconds.
+    pub pre: AgentPre<State>,
+}
+
+/// Loads (compiling at most once per machine) and links the guest component at `path`.
+pub fn prepare(path: &std::path::Path) -> Result<Arc<Prepared>> {
+    let engine = engine();
+    let bytes = std::fs::read(path).map_err(|e| missing_guest(path, &e.to_string()))?;
+    let compiled = artifact::compiled_path(&bytes, engine_hash(engine));
+    let component = match load_compiled(engine, &compiled) {
+        Some(c) => c,
+        None => {
+            tracing::info!(guest = %path.display(), "compiling the wasm guest (once per machine)");
+            let native = engine
+                .precompile_component(&bytes)
+                .map_err(|e| Error::Unavailable {
+                    backend: "wasm",
+                    reason: format!("the guest component {} does not compile: {e:#}", path.display()),
+                    hint: format!("rebuild it with {}", artifact::BUILD_COMMAND),
+                })?;
+            if let Err(e) = artifact::write_atomically(&compiled, &native) {
+                tracing::warn!(path = %compiled.display(), "cannot cache the compiled guest: {e}");
+            }
+            // SAFETY: `native` was produced just now by `precompile_component` of this very
+            // engine, which is exactly what `Component::deserialize` requires.
+            unsafe { Component::deserialize(engine, &native) }.map_err(internal)?
+        }
+    };
+    let mut linker: Linker<State> = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(internal)?;
+    Agent::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s).map_err(internal)?;
+    crate::quota::add_to_linker(&mut linker).map_err(internal)?;
+    let pre = linker.instantiate_pre(&component).map_err(|e| Error::Unavailable {
+        backend: "wasm",
+        reason: format!("the guest component {} does not link: {e:#}", path.display()),
+        hint: format!("rebuild it with {}", artifact::BUILD_COMMAND),
+    })?;
+    let pre = AgentPre::new(pre).map_err(internal)?;
+    Ok(Arc::new(Prepared { pre }))
+}
+
+fn load_compiled(engine: &Engine, path: &std::path::Path) -> Option<Component> {
+    if !path.is_file() {
+        return None;
+    }
+    // SAFETY: the file is in AgentKernel's own cache directory and was written (atomically)
+    // by `prepare` from `precompile_component`; its name includes the engine's compatibility
+    // hash, and wasmtime itself rejects a file made by another engine version or config.
+    match unsafe { Component::deserialize_file(engine, path) } {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), "ignoring a stale compiled guest: {e:#}");
+            None
+        }
+    }
+}
+
+fn engine_hash(engine: &Engine) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut h);
+    h.finish()
+}
+
+/// The error for a guest component that is not there (or not readable).
+pub fn missing_guest(path: &std::path::Path, why: &str) -> Error {
+    Error::Unavailable {
+        backend: "wasm",
+        reason: format!("the CPython guest component {} is missing ({why})", path.display()),
+        hint: format!(
+            "build it with {} (needs python3 and PyPI for componentize-py), or point {} at one",
+            artifact::BUILD_COMMAND,
+            artifact::GUEST_ENV
+        ),
+    }
+}
+
+/// An unexpected wasmtime failure, as the kernel's error.
+pub fn internal(e: impl std::fmt::Display) -> Error {
+    Error::Internal(format!("wasm: {e:#}"))
+}

@@ -1,0 +1,296 @@
+//! One wasm sandbox: a guest instance in its own store, with a private `/tmp`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agentkernel_core::{
+    Error, ExecOutcome, ExecRequest, ExecStatus, LimitKind, Result, Sandbox, SandboxSpec,
+    Snapshot, StreamKind, Timings, ToolHost,
+};
+use async_trait::async_trait;
+use wasmtime::{Store, StoreLimitsBuilder, Trap, UpdateDeadline};
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+
+use crate::bindings::{Agent, Outcome};
+use crate::engine::{Prepared, engine, internal};
+use crate::quota::{Quota, QuotaExceeded};
+use crate::state::{Capture, ExecState, Limiter, State};
+
+/// A sandbox of the wasm backend.
+pub struct WasmSandbox {
+    id: String,
+    prepared: Arc<Prepared>,
+    spec: SandboxSpec,
+    /// The host directory behind the guest's `/tmp` (private to this sandbox).
+    tmp: tempfile::TempDir,
+    quota: Quota,
+    live: Option<Live>,
+    lost: Option<String>,
+}
+
+/// A running guest instance.
+struct Live {
+    store: Store<State>,
+    agent: Agent,
+    stdout: Capture,
+    stderr: Capture,
+}
+
+impl WasmSandbox {
+    pub(crate) async fn start(prepared: Arc<Prepared>, spec: SandboxSpec) -> Result<Self> {
+        let tmp = tempfile::Builder::new()
+            .prefix("agentkernel-wasm-tmp-")
+            .tempdir()
+            .map_err(|e| Error::io("creating the sandbox's /tmp", e))?;
+        let quota = Quota::new(
+            spec.limits.file_size_bytes,
+            tmp.path().to_path_buf(),
+            spec.limits.tmp_bytes,
+        );
+        let live = instantiate(&prepared, &spec, tmp.path(), &quota).await?;
+        Ok(WasmSandbox {
+            id: format!("wasm-{}", uuid::Uuid::new_v4().simple()),
+            prepared,
+            spec,
+            tmp,
+            quota,
+            live: Some(live),
+            lost: None,
+        })
+    }
+}
+
+/// The guest's environment: the defaults, the spec's variables, and `PWD`.
+fn guest_env(spec: &SandboxSpec) -> Vec<(String, String)> {
+    let mut env: std::collections::BTreeMap<String, String> = agentkernel_core::default_env()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let pwd = if spec.workspace.is_some() { "/workspace" } else { "/tmp" };
+    env.insert("PWD".into(), pwd.into());
+    env.extend(spec.env.clone());
+    env.into_iter().collect()
+}
+
+async fn instantiate(
+    prepared: &Prepared,
+    spec: &SandboxSpec,
+    tmp: &Path,
+    quota: &Quota,
+) -> Result<Live> {
+    let stdout = Capture::new(StreamKind::Stdout);
+    let stderr = Capture::new(StreamKind::Stderr);
+    let env = guest_env(spec);
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.stdout(stdout.clone())
+        .stderr(stderr.clone())
+        .envs(&env)
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    let preopen = |wasi: &mut WasiCtxBuilder, host: &Path, guest: &str, writable: bool| {
+        let perms = if writable {
+            FsPerms::ReadWrite
+        } else {
+            FsPerms::ReadOnly
+        };
+        wasi.preopened_dir(host, guest, perms)
+            .map(|_| ())
+            .map_err(|e| Error::Internal(format!("opening {} for the guest: {e:#}", host.display())))
+    };
+    preopen(&mut wasi, tmp, "/tmp", true)?;
+    if let Some(ws) = &spec.workspace {
+        preopen(&mut wasi, ws, "/workspace", true)?;
+    }
+    for m in &spec.mounts {
+        preopen(&mut wasi, &m.host, &m.guest.to_string_lossy(), m.writable)?;
+    }
+    let mut limits = StoreLimitsBuilder::new().trap_on_grow_failure(false);
+    if let Some(bytes) = spec.limits.memory_bytes {
+        limits = limits.memory_size(usize::try_from(bytes).unwrap_or(usize::MAX));
+    }
+    let state = State {
+        wasi: wasi.build(),
+        table: Default::default(),
+        limits: Limiter {
+            inner: limits.build(),
+            memory_refused: false,
+        },
+        quota: quota.clone(),
+        exec: ExecState::default(),
+    };
+    let mut store = Store::new(engine(), state);
+    store.limiter(|s| &mut s.limits);
+    // Instantiation and `configure` run without a program deadline, but never forever.
+    let setup_deadline = Instant::now() + Duration::from_secs(30);
+    set_deadline(&mut store, setup_deadline);
+    let agent = prepared
+        .pre
+        .instantiate_async(&mut store)
+        .await
+        .map_err(internal)?;
+    agent
+        .call_configure(&mut store, &env)
+        .await
+        .map_err(internal)?;
+    Ok(Live {
+        store,
+        agent,
+        stdout,
+        stderr,
+    })
+}
+
+/// Interrupts the guest at `deadline`; until then it yields to the async runtime at every
+/// epoch tick, so a busy guest never starves the kernel's other tasks.
+fn set_deadline(store: &mut Store<State>, deadline: Instant) {
+    store.epoch_deadline_callback(move |_| {
+        Ok(if Instant::now() >= deadline {
+            UpdateDeadline::Interrupt
+        } else {
+            UpdateDeadline::Yield(1)
+        })
+    });
+    store.set_epoch_deadline(1);
+}
+
+/// Empties a directory without removing it.
+fn empty_dir(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Sandbox for WasmSandbox {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    async fn exec(&mut self, req: ExecRequest, tools: Arc<dyn ToolHost>) -> Result<ExecOutcome> {
+        let Some(live) = self.live.as_mut() else {
+            return Err(Error::SandboxLost {
+                reason: self
+                    .lost
+                    .clone()
+                    .unwrap_or_else(|| "the sandbox was shut down".into()),
+            });
+        };
+        let started = Instant::now();
+        let timeout = req.timeout.unwrap_or(self.spec.limits.wall_time);
+        let deadline = started + timeout;
+        let cap = self.spec.limits.output_bytes;
+        live.stdout.begin(cap, req.output.clone());
+        live.stderr.begin(cap, req.output.clone());
+        live.store.data_mut().exec = ExecState {
+            tools: Some(tools),
+            ..ExecState::default()
+        };
+        live.store.data_mut().limits.memory_refused = false;
+        set_deadline(&mut live.store, deadline);
+        // The epoch callback stops wasm at the deadline; this stops a wait on a host tool.
+        let result = tokio::time::timeout_at(
+            (deadline + crate::engine::EPOCH_TICK).into(),
+            live.agent.call_run(&mut live.store, &req.code),
+        )
+        .await;
+        let exec_state = std::mem::take(&mut live.store.data_mut().exec);
+        let memory_refused = live.store.data().limits.memory_refused;
+        let stdout = live.stdout.finish();
+        let stderr = live.stderr.finish();
+        // A run that did not return (a trap, an exit, the deadline) leaves an instance that
+        // cannot be entered again: the sandbox is lost until reset.
+        let (status, trapped) = match result {
+            Err(_elapsed) => (
+                ExecStatus::Killed {
+                    limit: LimitKind::WallTime,
+                },
+                true,
+            ),
+            Ok(Err(err)) => (trap_status(&err, memory_refused), true),
+            Ok(Ok(Outcome::Ok)) => (ExecStatus::Ok, false),
+            Ok(Ok(Outcome::Exited(code))) => (ExecStatus::Exited { code }, false),
+            Ok(Ok(Outcome::Exception(e))) => (
+                ExecStatus::Exception {
+                    type_name: e.type_name,
+                    message: e.message,
+                    traceback: e.traceback,
+                },
+                false,
+            ),
+        };
+        if trapped {
+            self.live = None;
+            self.lost = Some(match &status {
+                ExecStatus::Killed { limit } => format!("the previous run hit the {limit} limit"),
+                ExecStatus::Crashed { reason } => format!("the guest crashed: {reason}"),
+                _ => "the program exited the interpreter".into(),
+            });
+        }
+        Ok(ExecOutcome {
+            status,
+            stdout,
+            stderr,
+            timings: Timings {
+                exec: started.elapsed(),
+                tool_calls: exec_state.tool_time,
+                ..Timings::default()
+            },
+            tool_calls: exec_state.tool_calls,
+        })
+    }
+
+    async fn reset(&mut self) -> Result<()> {
+        self.live = None;
+        empty_dir(self.tmp.path()).map_err(|e| Error::io("emptying the sandbox's /tmp", e))?;
+        self.quota.reset();
+        self.live = Some(instantiate(&self.prepared, &self.spec, self.tmp.path(), &self.quota).await?);
+        self.lost = None;
+        Ok(())
+    }
+
+    async fn snapshot(&mut self) -> Result<Snapshot> {
+        Err(Error::unsupported(
+            "snapshot",
+            "wasm",
+            "the wasm backend resets to its pre-initialised state instead; use monty for snapshots",
+        ))
+    }
+
+    async fn shutdown(self: Box<Self>) -> Result<()> {
+        drop(self);
+        Ok(())
+    }
+}
+
+/// What a trap out of the guest means for the program (`os._exit(n)` is a WASI exit).
+fn trap_status(err: &wasmtime::Error, memory_refused: bool) -> ExecStatus {
+    if let Some(exit) = err.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return ExecStatus::Exited { code: exit.0 };
+    }
+    if let Some(QuotaExceeded(limit)) = err.downcast_ref::<QuotaExceeded>() {
+        return ExecStatus::Killed { limit: *limit };
+    }
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => ExecStatus::Killed {
+            limit: LimitKind::WallTime,
+        },
+        _ if memory_refused => ExecStatus::Killed {
+            limit: LimitKind::Memory,
+        },
+        Some(Trap::StackOverflow) => ExecStatus::Crashed {
+            reason: "the guest's stack overflowed (deep recursion in native code)".into(),
+        },
+        _ => ExecStatus::Crashed {
+            reason: format!("{err:#}"),
+        },
+    }
+}

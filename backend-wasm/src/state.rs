@@ -1,0 +1,236 @@
+//! What a guest instance's store holds: WASI state, limits, output capture, and the
+//! current exec's tool host and call records. Implements the guest's `host-call` import.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use agentkernel_core::{
+    CapturedOutput, OutputSink, StreamKind, ToolCallRecord, ToolErrorKind, ToolHost,
+};
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, StoreLimits};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::bindings::{AgentImports, ToolError};
+use crate::quota::Quota;
+
+/// Host state of one guest instance.
+pub struct State {
+    pub wasi: WasiCtx,
+    pub table: ResourceTable,
+    pub limits: Limiter,
+    pub quota: Quota,
+    pub exec: ExecState,
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Per-exec state: which tools the program may call and what it called.
+#[derive(Default)]
+pub struct ExecState {
+    pub tools: Option<Arc<dyn ToolHost>>,
+    pub tool_calls: Vec<ToolCallRecord>,
+    pub tool_time: std::time::Duration,
+}
+
+impl AgentImports for State {
+    async fn host_call(&mut self, name: String, args_json: String) -> Result<String, ToolError> {
+        let Some(tools) = self.exec.tools.clone() else {
+            return Err(tool_error(ToolErrorKind::NotFound, "this sandbox has no tools".into()));
+        };
+        let args = serde_json::from_str(&args_json).map_err(|e| {
+            tool_error(ToolErrorKind::InvalidArguments, format!("arguments are not JSON: {e}"))
+        })?;
+        let started = Instant::now();
+        let result = tools.call(&name, args).await;
+        let duration = started.elapsed();
+        self.exec.tool_time += duration;
+        self.exec.tool_calls.push(ToolCallRecord {
+            name,
+            duration,
+            ok: result.is_ok(),
+            error: result.as_ref().err().map(|e| e.kind),
+        });
+        match result {
+            Ok(value) => Ok(value.to_string()),
+            Err(e) => Err(tool_error(e.kind, e.message)),
+        }
+    }
+}
+
+fn tool_error(kind: ToolErrorKind, message: String) -> ToolError {
+    let kind = serde_json::to_value(kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| "failed".into());
+    ToolError { kind, message }
+}
+
+/// Memory and instance limits, remembering whether a memory request was refused (so a
+/// trap that follows is reported as the memory limit, not a crash).
+pub struct Limiter {
+    pub inner: StoreLimits,
+    pub memory_refused: bool,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let ok = self.inner.memory_growing(current, desired, maximum)?;
+        if !ok {
+            self.memory_refused = true;
+        }
+        Ok(ok)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.inner.memories()
+    }
+}
+
+/// One of the program's output streams: capped capture plus the exec's live sink.
+#[derive(Clone)]
+pub struct Capture {
+    kind: StreamKind,
+    shared: Arc<Mutex<CaptureState>>,
+}
+
+#[derive(Default)]
+struct CaptureState {
+    out: CapturedOutput,
+    cap: usize,
+    sink: Option<OutputSink>,
+}
+
+impl Capture {
+    pub fn new(kind: StreamKind) -> Self {
+        Capture {
+            kind,
+            shared: Arc::default(),
+        }
+    }
+
+    /// Starts capturing a new exec's output.
+    pub fn begin(&self, cap: usize, sink: Option<OutputSink>) {
+        let mut s = self.lock();
+        s.out = CapturedOutput::default();
+        s.cap = cap;
+        s.sink = sink;
+    }
+
+    /// Ends the exec's capture and answers what it printed.
+    pub fn finish(&self) -> CapturedOutput {
+        let mut s = self.lock();
+        s.sink = None;
+        std::mem::take(&mut s.out)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CaptureState> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, bytes: &[u8]) {
+        let mut s = self.lock();
+        let cap = s.cap;
+        let before = s.out.bytes.len();
+        s.out.push(bytes, cap);
+        let kept = s.out.bytes.len() - before;
+        if kept > 0
+            && let Some(sink) = s.sink.clone()
+        {
+            drop(s);
+            sink(self.kind, &bytes[..kept]);
+        }
+    }
+}
+
+impl IsTerminal for Capture {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for Capture {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl OutputStream for Capture {
+    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
+        self.push(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(1 << 20)
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for Capture {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for Capture {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.push(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
