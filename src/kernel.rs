@@ -16,7 +16,10 @@ pub const BACKENDS: &[(&str, &str)] = &[
         "process",
         "host CPython in a namespace + seccomp + landlock jail (default)",
     ),
-    ("wasm", "CPython on WebAssembly (wasmtime): planned"),
+    (
+        "wasm",
+        "CPython compiled to WASI on wasmtime: no OS access but what is granted, ms starts",
+    ),
     (
         "monty",
         "Monty, an in-process Python-subset interpreter: planned",
@@ -29,6 +32,9 @@ pub fn compiled_backends() -> Vec<&'static str> {
     let mut out = Vec::new();
     if cfg!(feature = "process") {
         out.push("process");
+    }
+    if cfg!(feature = "wasm") {
+        out.push("wasm");
     }
     out
 }
@@ -43,6 +49,8 @@ pub(crate) fn make_runtime(name: &str, python: Option<PathBuf>) -> Result<Arc<dy
             )?;
             Ok(Arc::new(rt))
         }
+        #[cfg(feature = "wasm")]
+        "wasm" => Ok(Arc::new(agentkernel_backend_wasm::WasmRuntime::new())),
         _ if BACKENDS.iter().any(|(b, _)| *b == name) => {
             let _ = python;
             Err(Error::invalid(

@@ -1,25 +1,35 @@
 // Shared by integration tests (`include!`d): the test-only Python environment.
 
+/// Runs `scripts/<name>` (which prints a path on stdout) and answers that path.
+#[allow(dead_code)]
+fn script_output(name: &str) -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .find(|p| p.join("scripts").join(name).is_file())
+        .expect("repository root with scripts/");
+    let out = std::process::Command::new(root.join("scripts").join(name))
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("running scripts/{name}: {e}"));
+    assert!(out.status.success(), "scripts/{name} failed");
+    let path = String::from_utf8(out.stdout).expect("utf-8 path");
+    std::path::PathBuf::from(path.trim())
+}
+
 /// The python of the test venv (official `mcp` SDK, pandas), installed by
 /// `scripts/test-deps` on first use and cached across runs.
 #[allow(dead_code)]
 pub fn test_python() -> std::path::PathBuf {
     static PYTHON: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    PYTHON
-        .get_or_init(|| {
-            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .ancestors()
-                .find(|p| p.join("scripts/test-deps").is_file())
-                .expect("repository root with scripts/test-deps");
-            let out = std::process::Command::new(root.join("scripts/test-deps"))
-                .stderr(std::process::Stdio::inherit())
-                .output()
-                .expect("running scripts/test-deps");
-            assert!(out.status.success(), "scripts/test-deps failed");
-            let path = String::from_utf8(out.stdout).expect("utf-8 path");
-            std::path::PathBuf::from(path.trim())
-        })
-        .clone()
+    PYTHON.get_or_init(|| script_output("test-deps")).clone()
+}
+
+/// The wasm backend's guest component, built by `scripts/build-wasm-guest` on first use
+/// (a no-op when it is up to date) into the cache the backend reads by default.
+#[allow(dead_code)]
+pub fn wasm_guest() -> std::path::PathBuf {
+    static GUEST: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    GUEST.get_or_init(|| script_output("build-wasm-guest")).clone()
 }
 
 /// `testdata/<name>` as an absolute path.

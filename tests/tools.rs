@@ -9,8 +9,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use agentkernel::{
-    Config, ExecRequest, ExecStatus, Kernel, McpServerConfig, ToolPolicy, ToolRegistry,
+    Config, ExecRequest, ExecStatus, FunctionTool, Kernel, McpServerConfig, ToolPolicy,
+    ToolRegistry,
 };
+use serde_json::json;
 
 include!("../testdata/test_deps.rs");
 
@@ -27,13 +29,29 @@ fn test_server(call_log: &Path) -> McpServerConfig {
 }
 
 async fn kernel_with(policy: ToolPolicy, call_log: &Path) -> (Kernel, ToolRegistry) {
+    kernel_on("process", policy, call_log).await
+}
+
+/// A kernel on `backend` whose tools are the test MCP server's plus a Rust tool `calc.mul`.
+async fn kernel_on(backend: &str, policy: ToolPolicy, call_log: &Path) -> (Kernel, ToolRegistry) {
+    if backend == "wasm" {
+        wasm_guest();
+    }
     let registry = ToolRegistry::builder()
         .mcp_server("test", test_server(call_log))
+        .function(FunctionTool::new(
+            "calc",
+            "mul",
+            "Multiplies a and b.",
+            json!({"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}),
+            |args| async move { Ok(json!(args["a"].as_i64().unwrap_or(0) * args["b"].as_i64().unwrap_or(0))) },
+        ))
         .policy(policy)
         .build()
         .await
         .expect("registry with the test MCP server");
     let kernel = Kernel::builder()
+        .backend(backend)
         .timeout_secs(60.0)
         .tools(registry.clone())
         .build()
@@ -123,6 +141,35 @@ async fn tools_are_discoverable_from_inside_the_sandbox() {
 /// One fault per execution on one sandbox; after each, a normal call in the same program works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_raise_the_documented_exceptions_and_everything_stays_healthy() {
+    faults_on("process").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_raise_the_same_exceptions_on_wasm() {
+    faults_on("wasm").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasm_programs_call_a_rust_tool_and_an_mcp_tool() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("calls");
+    let (kernel, registry) = kernel_on("wasm", ToolPolicy::default(), &log).await;
+    let out = kernel
+        .execute(
+            "from tools.test import add\n\
+             import tools.calc as calc\n\
+             print(calc.mul(6, 7), add(40, 2))\n",
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.status, ExecStatus::Ok, "{}", out.stderr.text());
+    assert_eq!(out.stdout.text(), "42 42\n");
+    assert_eq!(out.tool_calls.len(), 2);
+    assert_eq!(calls_logged(&log), ["add"], "the MCP call reached the real server");
+    registry.shutdown().await;
+}
+
+async fn faults_on(backend: &str) {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("calls");
     let policy = ToolPolicy {
@@ -134,7 +181,7 @@ async fn faults_raise_the_documented_exceptions_and_everything_stays_healthy() {
         max_result_bytes: 100_000,
         ..ToolPolicy::default()
     };
-    let (kernel, registry) = kernel_with(policy, &log).await;
+    let (kernel, registry) = kernel_on(backend, policy, &log).await;
     let mut sandbox = kernel.sandbox().await.unwrap();
     let cases = [
         ("add('x', 1)", "ValueError", "is not of type \"integer\""),

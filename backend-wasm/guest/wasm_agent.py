@@ -26,20 +26,79 @@ statistics string stringprep struct sys tarfile tempfile textwrap threading time
 token tokenize tomllib traceback types typing typing_extensions unicodedata urllib
 urllib.parse uuid warnings weakref xml xml.dom xml.dom.minidom xml.etree
 xml.etree.ElementTree zipfile zlib zoneinfo __future__ bz2 email email.message
-email.utils json.decoder json.encoder concurrent concurrent.futures functools
+email.utils json.decoder json.encoder concurrent concurrent.futures _strptime
+_markupbase email.mime email.mime.text email.parser email.policy email.header
+email.charset email.encoders email.feedparser email.generator email.headerregistry
+email.quoprimime email.base64mime email._policybase email._encoded_words
+email._parseaddr email._header_value_parser email.iterators email.contentmanager
+xml.sax xml.sax.saxutils xml.parsers.expat xml.etree.ElementPath cmath opcode dis
+asyncio.queues asyncio.subprocess asyncio.taskgroups asyncio.timeouts
 """.split()
 
+
+def _all_codecs():
+    """Every codec in `encodings`: codecs are imported lazily by name, so import them all."""
+    import encodings
+    import pkgutil
+
+    return ["encodings." + m.name for m in pkgutil.iter_modules(encodings.__path__)]
+
+
 AVAILABLE = []
-for _name in STDLIB:
+for _name in STDLIB + _all_codecs():
     try:
         __import__(_name)
         AVAILABLE.append(_name)
     except ImportError:
         pass
 
+
+def _asyncio_without_self_pipe():
+    """Lets `asyncio.run` work without sockets.
+
+    An event loop wakes itself from other threads and signal handlers through a socket
+    pair; WASI has neither threads, signals, nor a socket pair (CPython's fallback makes one
+    over TCP, which the sandbox forbids). The loop works without it: no self-pipe at all.
+    """
+    from asyncio import selector_events
+
+    def make_self_pipe(self):
+        self._ssock = self._csock = None
+
+    def close_self_pipe(self):
+        self._ssock = self._csock = None
+
+    selector_events.BaseSelectorEventLoop._make_self_pipe = make_self_pipe
+    selector_events.BaseSelectorEventLoop._close_self_pipe = close_self_pipe
+
+
+_asyncio_without_self_pipe()
+
 # Frames of these files are the guest's, not the program's: tracebacks leave them out.
 INTERNAL_FILES = (__file__, program.__file__)
-TOOLS_PARENT = "/"  # parent of the generated `tools` package, preopened read-only at /tools
+TOOLS_DIR = "/tools"  # the generated `tools` package, preopened read-only when there are tools
+
+
+class _ToolsFinder:
+    """Finds the `tools` package at /tools.
+
+    The process backend puts `/` on `sys.path`; here `/` itself is not visible (only the
+    preopened directories are), so the import system could not list it: this finder
+    answers for the one top-level name instead. Submodules are found normally, through the
+    package's `__path__`.
+    """
+
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        import importlib.util
+        import os
+
+        init = TOOLS_DIR + "/__init__.py"
+        if name != "tools" or not os.path.exists(init):
+            return None
+        return importlib.util.spec_from_file_location(
+            "tools", init, submodule_search_locations=[TOOLS_DIR]
+        )
 
 
 def _transport(name, payload):
@@ -66,8 +125,8 @@ class WitWorld(wit_world.WitWorld):
         os.environ.update(dict(env))
         random.seed()  # the snapshot's seed was the build's
         sys.modules["_agentkernel"] = program.make_runtime_module(_transport)
-        if TOOLS_PARENT not in sys.path:
-            sys.path.append(TOOLS_PARENT)
+        if _ToolsFinder not in sys.meta_path:
+            sys.meta_path.append(_ToolsFinder)
         os.chdir(os.environ.get("PWD", "/"))
 
     def run(self, code):

@@ -59,11 +59,19 @@ pub fn guest_path() -> PathBuf {
     }
 }
 
-/// Where the compiled form of `component` (its bytes) for an engine whose compatibility
-/// hash is `engine_hash` is cached.
-pub fn compiled_path(component: &[u8], engine_hash: u64) -> PathBuf {
+/// Where the compiled form of the component at `guest` for an engine whose compatibility
+/// hash is `engine_hash` is cached. Keyed by the component's path, size and modification
+/// time (the cached guests' names already carry the hash of their inputs), so finding the
+/// entry never reads the 27 MB component.
+pub fn compiled_path(guest: &Path, meta: &std::fs::Metadata, engine_hash: u64) -> PathBuf {
     let mut h = Sha256::new();
-    h.update(component);
+    h.update(guest.as_os_str().as_encoded_bytes());
+    h.update(meta.len().to_le_bytes());
+    if let Ok(modified) = meta.modified()
+        && let Ok(since) = modified.duration_since(std::time::UNIX_EPOCH)
+    {
+        h.update(since.as_nanos().to_le_bytes());
+    }
     h.update(engine_hash.to_le_bytes());
     cache_dir()
         .join("wasm")
@@ -78,6 +86,17 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::write(tmp.path(), bytes)?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
+}
+
+/// Takes an exclusive lock beside `path` (released when the file is dropped), so processes
+/// that would produce the same cache entry take turns. `None` if the lock cannot be taken:
+/// the caller then just does the work itself.
+pub fn lock(path: &Path) -> Option<std::fs::File> {
+    let lock_path = path.with_extension("lock");
+    std::fs::create_dir_all(lock_path.parent()?).ok()?;
+    let file = std::fs::File::create(&lock_path).ok()?;
+    file.lock().ok()?;
+    Some(file)
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -50,12 +50,15 @@ pub struct Prepared {
 /// Loads (compiling at most once per machine) and links the guest component at `path`.
 pub fn prepare(path: &std::path::Path) -> Result<Arc<Prepared>> {
     let engine = engine();
-    let bytes = std::fs::read(path).map_err(|e| missing_guest(path, &e.to_string()))?;
-    let compiled = artifact::compiled_path(&bytes, engine_hash(engine));
+    let meta = std::fs::metadata(path).map_err(|e| missing_guest(path, &e.to_string()))?;
+    let compiled = artifact::compiled_path(path, &meta, engine_hash(engine));
+    // One compile per machine at a time: other processes wait here, then load its result.
+    let _lock = artifact::lock(&compiled);
     let component = match load_compiled(engine, &compiled) {
         Some(c) => c,
         None => {
-            tracing::info!(guest = %path.display(), "compiling the wasm guest (once per machine)");
+            tracing::info!(guest = %path.display(), "compiling the wasm guest: once per machine, about 30 s");
+            let bytes = std::fs::read(path).map_err(|e| missing_guest(path, &e.to_string()))?;
             let native = engine
                 .precompile_component(&bytes)
                 .map_err(|e| Error::Unavailable {

@@ -1,0 +1,7 @@
+words = "the quick brown fox jumps over the lazy dog".split()
+print({w: len(w) for w in words})
+print({len(w) for w in words})
+print([(i, j) for i in range(3) for j in range(i)])
+print([[r * c for c in range(1, 4)] for r in range(1, 4)])
+print(sorted(set(words), key=lambda w: (-len(w), w)))
+print(dict(zip("abc", range(3))), list(enumerate("xy", start=1)))

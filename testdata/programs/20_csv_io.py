@@ -1,0 +1,11 @@
+import csv, io
+buf = io.StringIO()
+w = csv.writer(buf)
+w.writerow(["name", "qty", "note"])
+w.writerow(["tea", 3, "has, comma"])
+w.writerow(["bun", 10, 'quote "x"'])
+text = buf.getvalue()
+print(text)
+rows = list(csv.DictReader(io.StringIO(text)))
+print(rows[0]["note"], sum(int(r["qty"]) for r in rows))
+b = io.BytesIO(); b.write(b"abc"); b.seek(1); print(b.read())

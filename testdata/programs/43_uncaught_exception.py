@@ -1,0 +1,4 @@
+def parse(s):
+    return int(s)
+print("parsing")
+parse("not a number")
