@@ -1,9 +1,10 @@
 //! In one run (`cargo bench --bench cold_start`):
-//! - `startup`: a fresh process-backend sandbox running `print(1)`, beside a bare
-//!   `python3 -c 'print(1)'` of the same interpreter;
+//! - `startup`: a fresh sandbox running `print(1)` (`cold_start`), and one taken warm from a
+//!   pool (`pooled`), on the process and wasm backends, beside a bare `python3 -c 'print(1)'`
+//!   of the same interpreter;
 //! - `tools`: one tool call from Python in a warm sandbox to the host and back, for a Rust
-//!   tool and for a real stdio MCP server (testdata/mcp_server.py; the official `mcp` SDK is
-//!   installed by scripts/test-deps).
+//!   tool (process and wasm) and for a real stdio MCP server (testdata/mcp_server.py; the
+//!   official `mcp` SDK is installed by scripts/test-deps).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -12,6 +13,7 @@ use agentkernel::{
     ExecRequest, ExecStatus, FunctionTool, Kernel, McpServerConfig, ToolPolicy, ToolRegistry,
 };
 use agentkernel_backend_process::{ProcessConfig, ProcessRuntime};
+use agentkernel_backend_wasm::WasmRuntime;
 use agentkernel_core::conformance::run_once;
 use agentkernel_core::{Pool, PoolConfig, Runtime, SandboxSpec};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
@@ -69,12 +71,46 @@ fn startup(c: &mut Criterion) {
     });
     let _ = tokio.block_on(sandbox.shutdown());
 
-    // Warm acquire from a pool + `print(1)` + return. The pool resets returned sandboxes in
-    // the background; each timed iteration starts once the pool is warm and quiet again (the
-    // wait is not timed): the latency an interactive agent sees from a warm pool.
+    bench_pooled(
+        &tokio,
+        &mut group,
+        "process",
+        Arc::new(ProcessRuntime::new(ProcessConfig::default()).expect("process backend")),
+        &spec,
+    );
+
+    wasm_guest();
+    let wasm = WasmRuntime::new();
+    group.bench_function(BenchmarkId::new("wasm", "cold_start"), |b| {
+        b.to_async(&tokio).iter(|| async {
+            let out = run_once(&wasm, &spec, "print(1)").await;
+            assert_eq!(out.stdout.text(), "1\n");
+        });
+    });
+    bench_pooled(
+        &tokio,
+        &mut group,
+        "wasm",
+        Arc::new(WasmRuntime::new()),
+        &spec,
+    );
+
+    group.finish();
+}
+
+/// Warm acquire from a pool + `print(1)` + return. The pool resets returned sandboxes in
+/// the background; each timed iteration starts once the pool is warm and quiet again (the
+/// wait is not timed): the latency an interactive agent sees from a warm pool.
+fn bench_pooled(
+    tokio: &tokio::runtime::Runtime,
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    backend: &str,
+    runtime: Arc<dyn Runtime>,
+    spec: &SandboxSpec,
+) {
     let pool = tokio.block_on(async {
         Pool::new(
-            Arc::new(ProcessRuntime::new(ProcessConfig::default()).expect("process backend")),
+            runtime,
             spec.clone(),
             PoolConfig {
                 min_idle: 2,
@@ -84,7 +120,7 @@ fn startup(c: &mut Criterion) {
         )
         .expect("pool")
     });
-    group.bench_function(BenchmarkId::new("process", "pooled"), |b| {
+    group.bench_function(BenchmarkId::new(backend, "pooled"), |b| {
         b.iter_custom(|iters| {
             tokio.block_on(async {
                 let mut total = Duration::ZERO;
@@ -99,7 +135,7 @@ fn startup(c: &mut Criterion) {
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                     let started = Instant::now();
-                    let out = run_once(&pool, &spec, "print(1)").await;
+                    let out = run_once(&pool, spec, "print(1)").await;
                     total += started.elapsed();
                     assert_eq!(out.stdout.text(), "1\n");
                 }
@@ -113,8 +149,6 @@ fn startup(c: &mut Criterion) {
         "the pooled bench never hit the pool: {stats:?}"
     );
     tokio.block_on(pool.close());
-
-    group.finish();
 }
 
 /// Per-call round trip: each sample runs one program that calls the tool `iters` times, and
@@ -145,19 +179,22 @@ fn tools(c: &mut Criterion) {
                 .build(),
         )
         .expect("tool registry");
-    let kernel = Kernel::builder()
-        .timeout_secs(600.0)
-        .tools(registry.clone())
-        .build()
-        .expect("kernel");
-    let mut sandbox = tokio.block_on(kernel.sandbox()).expect("sandbox");
     let mut group = c.benchmark_group("tools");
     group.sample_size(20);
-    for (id, import) in [
-        ("tool_roundtrip", "from tools.calc import add"),
-        ("mcp_roundtrip", "from tools.test import add"),
+    wasm_guest();
+    for (backend, id, import) in [
+        ("process", "tool_roundtrip", "from tools.calc import add"),
+        ("process", "mcp_roundtrip", "from tools.test import add"),
+        ("wasm", "tool_roundtrip", "from tools.calc import add"),
     ] {
-        group.bench_function(BenchmarkId::new("process", id), |b| {
+        let kernel = Kernel::builder()
+            .backend(backend)
+            .timeout_secs(600.0)
+            .tools(registry.clone())
+            .build()
+            .expect("kernel");
+        let mut sandbox = tokio.block_on(kernel.sandbox()).expect("sandbox");
+        group.bench_function(BenchmarkId::new(backend, id), |b| {
             b.iter_custom(|iters| {
                 let program = format!("{import}\nfor i in range({iters}):\n    add(a=i, b=1)\n");
                 tokio.block_on(async {
@@ -175,12 +212,10 @@ fn tools(c: &mut Criterion) {
                 })
             });
         });
+        let _ = tokio.block_on(sandbox.shutdown());
     }
     group.finish();
-    tokio.block_on(async {
-        let _ = sandbox.shutdown().await;
-        registry.shutdown().await;
-    });
+    tokio.block_on(registry.shutdown());
 }
 
 criterion_group!(benches, startup, tools);

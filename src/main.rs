@@ -280,8 +280,10 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("AGENTKERNEL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,agentkernel_backend_wasm=info"));
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("AGENTKERNEL_LOG").unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("warn,agentkernel_backend_wasm=info")
+        });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

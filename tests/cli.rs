@@ -194,3 +194,84 @@ fn doctor_reports_the_process_backend_and_its_protections() {
         .expect("seccomp");
     assert_eq!(seccomp["state"], "active");
 }
+
+include!("../testdata/test_deps.rs");
+
+#[test]
+fn doctor_reports_the_wasm_backend_with_its_guest() {
+    let guest = wasm_guest();
+    let out = agentkernel(&["doctor", "--json"], "");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let wasm = v
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|r| r["backend"] == "wasm")
+        .expect("wasm backend listed");
+    assert_eq!(wasm["available"], true, "{wasm}");
+    let detail = |name: &str| {
+        wasm["checks"]
+            .as_array()
+            .expect("checks")
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} check in {wasm}"))["detail"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    assert!(detail("guest component").contains(&*guest.to_string_lossy()));
+    assert!(detail("sandbox starts").contains("CPython 3.14"), "{wasm}");
+}
+
+/// Without its guest component the wasm backend is unavailable, and says how to build it.
+#[test]
+fn wasm_without_its_guest_says_how_to_build_it() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_agentkernel"))
+        .args(["run", "--backend", "wasm", "-"])
+        .env("AGENTKERNEL_CACHE", cache.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(69), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("scripts/build-wasm-guest"), "{err}");
+}
+
+#[test]
+fn wasm_backend_runs_programs_and_names_its_limits() {
+    wasm_guest();
+    let out = agentkernel(&["run", "--backend", "wasm", "-"], "print(6*7)\n");
+    assert_eq!(text(&out.stdout), "42\n", "stderr: {}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0));
+
+    let out = agentkernel(
+        &["run", "--backend", "wasm", "--timeout", "1", "-"],
+        "print('started', flush=True)\nwhile True:\n    pass\n",
+    );
+    assert_eq!(text(&out.stdout), "started\n");
+    assert_eq!(out.status.code(), Some(124));
+    assert!(
+        text(&out.stderr).contains("timeout"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = agentkernel(
+        &["run", "--backend", "wasm", "--memory", "64", "-"],
+        "chunks = []\nwhile True:\n    chunks.append(bytearray(8 << 20))\n",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("MemoryError"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = agentkernel(
+        &["run", "--backend", "wasm", "-"],
+        "import subprocess\nsubprocess.run(['ls'])\n",
+    );
+    assert_eq!(out.status.code(), Some(1), "no processes in a wasm guest");
+}

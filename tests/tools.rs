@@ -165,7 +165,11 @@ async fn wasm_programs_call_a_rust_tool_and_an_mcp_tool() {
     assert_eq!(out.status, ExecStatus::Ok, "{}", out.stderr.text());
     assert_eq!(out.stdout.text(), "42 42\n");
     assert_eq!(out.tool_calls.len(), 2);
-    assert_eq!(calls_logged(&log), ["add"], "the MCP call reached the real server");
+    assert_eq!(
+        calls_logged(&log),
+        ["add"],
+        "the MCP call reached the real server"
+    );
     registry.shutdown().await;
 }
 

@@ -39,8 +39,12 @@ pub fn guest_key() -> String {
     hex(&h.finalize()[..8])
 }
 
-/// AgentKernel's cache directory: `$XDG_CACHE_HOME/agentkernel`, else `~/.cache/agentkernel`.
+/// AgentKernel's cache directory: `$AGENTKERNEL_CACHE`, else `$XDG_CACHE_HOME/agentkernel`,
+/// else `~/.cache/agentkernel` (the scripts use the same rule).
 pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("AGENTKERNEL_CACHE").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
     if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir).join("agentkernel");
     }

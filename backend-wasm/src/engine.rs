@@ -22,8 +22,8 @@ pub fn engine() -> &'static Engine {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
-        // The default on-demand allocator with copy-on-write memory images: instantiating
-        // maps the snapshot's memory instead of copying it.
+        // Copy-on-write memory images: instantiating maps the snapshot's memory instead of
+        // copying it.
         config.memory_init_cow(true);
         let engine = Engine::new(&config).expect("the wasmtime configuration is valid");
         let ticker = engine.weak();
@@ -63,7 +63,10 @@ pub fn prepare(path: &std::path::Path) -> Result<Arc<Prepared>> {
                 .precompile_component(&bytes)
                 .map_err(|e| Error::Unavailable {
                     backend: "wasm",
-                    reason: format!("the guest component {} does not compile: {e:#}", path.display()),
+                    reason: format!(
+                        "the guest component {} does not compile: {e:#}",
+                        path.display()
+                    ),
                     hint: format!("rebuild it with {}", artifact::BUILD_COMMAND),
                 })?;
             if let Err(e) = artifact::write_atomically(&compiled, &native) {
@@ -78,11 +81,16 @@ pub fn prepare(path: &std::path::Path) -> Result<Arc<Prepared>> {
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(internal)?;
     Agent::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s).map_err(internal)?;
     crate::quota::add_to_linker(&mut linker).map_err(internal)?;
-    let pre = linker.instantiate_pre(&component).map_err(|e| Error::Unavailable {
-        backend: "wasm",
-        reason: format!("the guest component {} does not link: {e:#}", path.display()),
-        hint: format!("rebuild it with {}", artifact::BUILD_COMMAND),
-    })?;
+    let pre = linker
+        .instantiate_pre(&component)
+        .map_err(|e| Error::Unavailable {
+            backend: "wasm",
+            reason: format!(
+                "the guest component {} does not link: {e:#}",
+                path.display()
+            ),
+            hint: format!("rebuild it with {}", artifact::BUILD_COMMAND),
+        })?;
     let pre = AgentPre::new(pre).map_err(internal)?;
     Ok(Arc::new(Prepared { pre }))
 }
@@ -114,7 +122,10 @@ fn engine_hash(engine: &Engine) -> u64 {
 pub fn missing_guest(path: &std::path::Path, why: &str) -> Error {
     Error::Unavailable {
         backend: "wasm",
-        reason: format!("the CPython guest component {} is missing ({why})", path.display()),
+        reason: format!(
+            "the CPython guest component {} is missing ({why})",
+            path.display()
+        ),
         hint: format!(
             "build it with {} (needs python3 and PyPI for componentize-py), or point {} at one",
             artifact::BUILD_COMMAND,

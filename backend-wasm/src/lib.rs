@@ -21,8 +21,8 @@
 //! - **Tools**: `_agentkernel.call_tool` (and the generated `tools.<server>.<tool>`
 //!   functions) call the `host-call` import, served by the exec's `ToolHost`.
 
-mod bindings;
 pub mod artifact;
+mod bindings;
 pub mod engine;
 pub mod quota;
 mod runtime;

@@ -19,7 +19,9 @@ use agentkernel_core::LimitKind;
 use wasmtime::component::{Linker, Resource};
 use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemView};
 use wasmtime_wasi::p2::bindings::filesystem::types::{ErrorCode, HostDescriptor};
-use wasmtime_wasi::p2::{DynOutputStream, FsError, OutputStream, Pollable, StreamError, StreamResult};
+use wasmtime_wasi::p2::{
+    DynOutputStream, FsError, OutputStream, Pollable, StreamError, StreamResult,
+};
 
 use crate::state::State;
 
@@ -90,7 +92,11 @@ impl Quota {
 
     /// Forgets the usage count (after `/tmp` was emptied).
     pub fn reset(&self) {
-        *self.inner.tmp_used.lock().unwrap_or_else(|e| e.into_inner()) = 0;
+        *self
+            .inner
+            .tmp_used
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = 0;
     }
 
     /// Whether `file` lives under this sandbox's `/tmp`.
@@ -113,7 +119,11 @@ impl Quota {
         if growth == 0 {
             return Ok(());
         }
-        let mut used = self.inner.tmp_used.lock().unwrap_or_else(|e| e.into_inner());
+        let mut used = self
+            .inner
+            .tmp_used
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if *used + growth > self.inner.tmp_cap {
             // The estimate says no: count what is really there before refusing.
             *used = dir_usage(&self.inner.tmp_dir);

@@ -162,9 +162,18 @@ impl Runtime for WasmRuntime {
                 });
                 for (name, detail) in [
                     ("wall-time limit", "epoch interruption (10 ms ticks)"),
-                    ("memory limit", "wasmtime StoreLimits on linear memory: MemoryError in Python"),
-                    ("file-size and /tmp limits", "checked host-side on every file write"),
-                    ("filesystem", "only /tmp (private), /workspace and /tools are visible"),
+                    (
+                        "memory limit",
+                        "wasmtime StoreLimits on linear memory: MemoryError in Python",
+                    ),
+                    (
+                        "file-size and /tmp limits",
+                        "checked host-side on every file write",
+                    ),
+                    (
+                        "filesystem",
+                        "only /tmp (private), /workspace and /tools are visible",
+                    ),
                     ("network", "no sockets (no TCP, UDP or name lookup)"),
                 ] {
                     checks.push(Check {

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agentkernel_core::{
-    Error, ExecOutcome, ExecRequest, ExecStatus, LimitKind, Result, Sandbox, SandboxSpec,
-    Snapshot, StreamKind, Timings, ToolHost,
+    Error, ExecOutcome, ExecRequest, ExecStatus, LimitKind, Result, Sandbox, SandboxSpec, Snapshot,
+    StreamKind, Timings, ToolHost,
 };
 use async_trait::async_trait;
 use wasmtime::{Store, StoreLimitsBuilder, Trap, UpdateDeadline};
@@ -67,7 +67,11 @@ fn guest_env(spec: &SandboxSpec) -> Vec<(String, String)> {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let pwd = if spec.workspace.is_some() { "/workspace" } else { "/tmp" };
+    let pwd = if spec.workspace.is_some() {
+        "/workspace"
+    } else {
+        "/tmp"
+    };
     env.insert("PWD".into(), pwd.into());
     env.extend(spec.env.clone());
     env.into_iter().collect()
@@ -97,7 +101,9 @@ async fn instantiate(
         };
         wasi.preopened_dir(host, guest, perms)
             .map(|_| ())
-            .map_err(|e| Error::Internal(format!("opening {} for the guest: {e:#}", host.display())))
+            .map_err(|e| {
+                Error::Internal(format!("opening {} for the guest: {e:#}", host.display()))
+            })
     };
     preopen(&mut wasi, tmp, "/tmp", true)?;
     if let Some(ws) = &spec.workspace {
@@ -252,7 +258,8 @@ impl Sandbox for WasmSandbox {
         self.live = None;
         empty_dir(self.tmp.path()).map_err(|e| Error::io("emptying the sandbox's /tmp", e))?;
         self.quota.reset();
-        self.live = Some(instantiate(&self.prepared, &self.spec, self.tmp.path(), &self.quota).await?);
+        self.live =
+            Some(instantiate(&self.prepared, &self.spec, self.tmp.path(), &self.quota).await?);
         self.lost = None;
         Ok(())
     }
@@ -266,7 +273,12 @@ impl Sandbox for WasmSandbox {
     }
 
     async fn shutdown(self: Box<Self>) -> Result<()> {
-        drop(self);
+        // Nothing outlives the sandbox but memory: unmapping the instance's memory and
+        // removing its `/tmp` (about a millisecond) happen off the caller's path.
+        // (If no thread can be started, the closure, and the sandbox with it, drops here.)
+        let _ = std::thread::Builder::new()
+            .name("agentkernel-wasm-drop".into())
+            .spawn(move || drop(self));
         Ok(())
     }
 }

@@ -45,10 +45,16 @@ pub struct ExecState {
 impl AgentImports for State {
     async fn host_call(&mut self, name: String, args_json: String) -> Result<String, ToolError> {
         let Some(tools) = self.exec.tools.clone() else {
-            return Err(tool_error(ToolErrorKind::NotFound, "this sandbox has no tools".into()));
+            return Err(tool_error(
+                ToolErrorKind::NotFound,
+                "this sandbox has no tools".into(),
+            ));
         };
         let args = serde_json::from_str(&args_json).map_err(|e| {
-            tool_error(ToolErrorKind::InvalidArguments, format!("arguments are not JSON: {e}"))
+            tool_error(
+                ToolErrorKind::InvalidArguments,
+                format!("arguments are not JSON: {e}"),
+            )
         })?;
         let started = Instant::now();
         let result = tools.call(&name, args).await;

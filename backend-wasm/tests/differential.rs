@@ -41,8 +41,7 @@ fn native(path: &PathBuf) -> Ending {
     Ending {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         code,
-        exception: (code == 1)
-            .then(|| stderr.trim_end().lines().last().unwrap_or("").to_owned()),
+        exception: (code == 1).then(|| stderr.trim_end().lines().last().unwrap_or("").to_owned()),
     }
 }
 
@@ -50,7 +49,11 @@ fn native(path: &PathBuf) -> Ending {
 async fn wasm_output_matches_native_python() {
     let rt = common::runtime();
     let programs = programs();
-    assert!(programs.len() >= 40, "the differential set has {} programs", programs.len());
+    assert!(
+        programs.len() >= 40,
+        "the differential set has {} programs",
+        programs.len()
+    );
     let mut mismatches = Vec::new();
     for path in &programs {
         let code = std::fs::read_to_string(path).expect("read program");

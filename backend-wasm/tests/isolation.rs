@@ -1,0 +1,137 @@
+//! Wasm-specific isolation claims (SECURITY.md, "Backend wasm"), each attempted from inside
+//! the guest and judged from the host side.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+mod common;
+
+use std::sync::Arc;
+
+use agentkernel_core::conformance::{run_once, test_spec};
+use agentkernel_core::{ExecRequest, ExecStatus, Mount, NoTools, Runtime, SandboxSpec};
+
+/// A symlink planted in the workspace (by an earlier program or anyone) that points outside
+/// it is not followed: WASI resolves every path inside its preopened directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symlinks_and_dot_dot_cannot_leave_the_workspace() {
+    let outside = tempfile::tempdir().unwrap();
+    let secret = format!("secret-{}", uuid_like());
+    std::fs::write(outside.path().join("secret.txt"), &secret).unwrap();
+    let ws = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(outside.path().join("secret.txt"), ws.path().join("link")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), ws.path().join("dir")).unwrap();
+    let spec = SandboxSpec {
+        workspace: Some(ws.path().to_path_buf()),
+        ..test_spec()
+    };
+    let code = format!(
+        "for p in ['/workspace/link', '/workspace/dir/secret.txt', '/workspace/../{rel}', '../{rel}']:\n    try:\n        print(open(p).read())\n    except OSError as e:\n        print('denied', type(e).__name__)\n",
+        rel = outside.path().join("secret.txt").display()
+    );
+    let out = run_once(&common::runtime(), &spec, &code).await;
+    let text = out.stdout.text();
+    assert!(
+        !text.contains(&secret),
+        "the guest read a file outside its preopens: {text}"
+    );
+    assert_eq!(text.matches("denied").count(), 4, "{text}");
+}
+
+/// A read-only mount (such as `/tools`) cannot be written, and nothing appears on the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_mounts_stay_read_only() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("keep.py"), "X = 1\n").unwrap();
+    let spec = SandboxSpec {
+        mounts: vec![Mount {
+            host: dir.path().to_path_buf(),
+            guest: "/tools".into(),
+            writable: false,
+        }],
+        ..test_spec()
+    };
+    let code = "import os\nfor f in [lambda: open('/tools/new.py', 'w').write('x'), lambda: open('/tools/keep.py', 'a').write('y'), lambda: os.remove('/tools/keep.py'), lambda: os.mkdir('/tools/d')]:\n    try:\n        f()\n        print('wrote')\n    except OSError as e:\n        print('denied', type(e).__name__)\nprint(open('/tools/keep.py').read().strip())";
+    let out = run_once(&common::runtime(), &spec, code).await;
+    let text = out.stdout.text();
+    assert!(!text.contains("wrote"), "{text}");
+    assert!(text.ends_with("X = 1\n"), "{text}");
+    let mut names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["keep.py"]);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("keep.py")).unwrap(),
+        "X = 1\n"
+    );
+}
+
+/// Every sandbox starts from the same snapshot, but not with the same randomness: the
+/// `random` module is reseeded and `os.urandom`/`secrets` come from the host per call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandboxes_do_not_share_random_state() {
+    let rt = common::runtime();
+    let code = "import random, secrets, os\nprint(random.random(), secrets.token_hex(8), os.urandom(8).hex())";
+    let a = run_once(&rt, &test_spec(), code).await.stdout.text();
+    let b = run_once(&rt, &test_spec(), code).await.stdout.text();
+    let (a, b): (Vec<_>, Vec<_>) = (
+        a.split_whitespace().collect(),
+        b.split_whitespace().collect(),
+    );
+    assert_eq!(a.len(), 3);
+    for i in 0..3 {
+        assert_ne!(a[i], b[i], "two sandboxes produced the same random value");
+    }
+}
+
+/// A guest crash (native stack exhausted by deep recursion in C code) ends that run only:
+/// the kernel process and other sandboxes carry on, and `reset` revives the sandbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashing_guest_leaves_the_kernel_and_other_sandboxes_healthy() {
+    let rt = common::runtime();
+    let mut bystander = rt.create(&test_spec()).await.unwrap();
+    bystander
+        .exec(ExecRequest::new("kept = 41"), Arc::new(NoTools))
+        .await
+        .unwrap();
+    let mut sb = rt.create(&test_spec()).await.unwrap();
+    let out = sb
+        .exec(
+            ExecRequest::new(
+                "import sys\nsys.setrecursionlimit(10**6)\nx = []\nfor _ in range(200000):\n    x = [x]\nprint(len(repr(x)))",
+            ),
+            Arc::new(NoTools),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            &out.status,
+            ExecStatus::Crashed { .. } | ExecStatus::Exception { .. }
+        ),
+        "{:?}",
+        out.status
+    );
+    sb.reset().await.unwrap();
+    let out = sb
+        .exec(ExecRequest::new("print('revived')"), Arc::new(NoTools))
+        .await
+        .unwrap();
+    assert_eq!(out.stdout.text(), "revived\n");
+    let out = bystander
+        .exec(ExecRequest::new("print(kept + 1)"), Arc::new(NoTools))
+        .await
+        .unwrap();
+    assert_eq!(out.stdout.text(), "42\n");
+}
+
+fn uuid_like() -> String {
+    format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
