@@ -143,9 +143,10 @@ fn bench_pooled(
             })
         });
     });
+    // (No acquisitions at all: a filter on the command line skipped this bench.)
     let stats = pool.stats();
     assert!(
-        stats.hits > 0,
+        stats.hits > 0 || stats.misses == 0,
         "the pooled bench never hit the pool: {stats:?}"
     );
     tokio.block_on(pool.close());
