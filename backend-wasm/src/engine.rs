@@ -61,14 +61,7 @@ pub fn prepare(path: &std::path::Path) -> Result<Arc<Prepared>> {
             let bytes = std::fs::read(path).map_err(|e| missing_guest(path, &e.to_string()))?;
             let native = engine
                 .precompile_component(&bytes)
-                .map_err(|e| Error::Unavailable {
-                    backend: "wasm",
-                    reason: format!(
-                        "the guest component {} does not compile: {e:#}",
-                        path.display()
-                    ),
-                    hint: format!("rebuild it with {}", artifact::BUILD_COMMAND),
-                })?;
+                .map_err(|e| unusable_guest(path, "compile", e))?;
             if let Err(e) = artifact::write_atomically(&compiled, &native) {
                 tracing::warn!(path = %compiled.display(), "cannot cache the compiled guest: {e}");
             }
@@ -83,14 +76,7 @@ pub fn prepare(path: &std::path::Path) -> Result<Arc<Prepared>> {
     crate::quota::add_to_linker(&mut linker).map_err(internal)?;
     let pre = linker
         .instantiate_pre(&component)
-        .map_err(|e| Error::Unavailable {
-            backend: "wasm",
-            reason: format!(
-                "the guest component {} does not link: {e:#}",
-                path.display()
-            ),
-            hint: format!("rebuild it with {}", artifact::BUILD_COMMAND),
-        })?;
+        .map_err(|e| unusable_guest(path, "link", e))?;
     let pre = AgentPre::new(pre).map_err(internal)?;
     Ok(Arc::new(Prepared { pre }))
 }
@@ -116,6 +102,18 @@ fn engine_hash(engine: &Engine) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut h);
     h.finish()
+}
+
+/// The error for a guest component that is there but does not `compile` or `link`.
+fn unusable_guest(path: &std::path::Path, step: &str, e: wasmtime::Error) -> Error {
+    Error::Unavailable {
+        backend: "wasm",
+        reason: format!(
+            "the guest component {} does not {step}: {e:#}",
+            path.display()
+        ),
+        hint: format!("rebuild it with {}", artifact::BUILD_COMMAND),
+    }
 }
 
 /// The error for a guest component that is not there (or not readable).
