@@ -115,7 +115,7 @@ async fn tools_are_discoverable_from_inside_the_sandbox() {
     let text = out.stdout.text();
     assert!(
         text.starts_with(
-            "['__init__.py', 'test']\nTrue True\nTrue\n['add', 'add_late_tool', 'crash']\n"
+            "['__init__.py', 'calc', 'test']\nTrue True\nTrue\n['add', 'add_late_tool', 'crash']\n"
         ),
         "{text}"
     );

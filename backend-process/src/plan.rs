@@ -182,6 +182,20 @@ pub(crate) fn root_plan(spec: &SandboxSpec, python: &HostPython) -> Result<RootP
         }
     }
     for dir in &python.extra_dirs {
+        // These become the sandbox's own (empty) file systems: an interpreter there would
+        // vanish from under itself, and the sandbox would die before it said hello.
+        if let Some(hidden) = ["/tmp", "/dev", "/proc", "/workspace"]
+            .into_iter()
+            .find(|top| dir.starts_with(top))
+        {
+            return Err(Error::invalid(
+                format!(
+                    "the interpreter's directory {} is under {hidden}, which every sandbox replaces with its own",
+                    dir.display()
+                ),
+                "install or create the interpreter (or its venv) elsewhere, e.g. under your home directory, and point AGENTKERNEL_PYTHON at it",
+            ));
+        }
         p.bind(dir, &path_str(dir)?, false)?;
     }
 
@@ -361,6 +375,20 @@ pub(crate) fn guest_paths(plan: &RootPlan) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_interpreter_under_tmp_is_refused_with_a_hint() {
+        let mut py = crate::python::discover(None).unwrap();
+        py.extra_dirs.push(PathBuf::from("/tmp/somewhere/venv"));
+        let Err(err) = root_plan(&SandboxSpec::default(), &py) else {
+            panic!("an interpreter under /tmp was accepted");
+        };
+        assert!(err.to_string().contains("under /tmp"), "{err}");
+        assert!(
+            err.hint().is_some_and(|h| h.contains("AGENTKERNEL_PYTHON")),
+            "{err}"
+        );
+    }
 
     #[test]
     fn plan_binds_usr_read_only_and_workspace_writable() {
