@@ -80,6 +80,9 @@ impl Refusal {
 impl Quota {
     /// Limits for a sandbox whose `/tmp` is the host directory `tmp_dir`.
     pub fn new(file_size: Option<u64>, tmp_dir: PathBuf, tmp_cap: u64) -> Self {
+        // Open files are matched by their real path (`/proc/self/fd`): compare with the
+        // directory's real path too ($TMPDIR may be behind a symlink).
+        let tmp_dir = std::fs::canonicalize(&tmp_dir).unwrap_or(tmp_dir);
         Quota {
             inner: Arc::new(QuotaInner {
                 file_size,

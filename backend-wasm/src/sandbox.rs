@@ -268,7 +268,7 @@ impl Sandbox for WasmSandbox {
         Err(Error::unsupported(
             "snapshot",
             "wasm",
-            "the wasm backend resets to its pre-initialised state instead; use monty for snapshots",
+            "the wasm backend cannot save a sandbox's state; `reset` returns it to the pre-initialised state",
         ))
     }
 
