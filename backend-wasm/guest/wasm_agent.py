@@ -131,7 +131,10 @@ class WitWorld(wit_world.WitWorld):
         sys.modules["_agentkernel"] = RUNTIME_MODULE
         if _ToolsFinder not in sys.meta_path:
             sys.meta_path.append(_ToolsFinder)
-        os.chdir(os.environ.get("PWD", "/"))
+        try:
+            os.chdir(os.environ.get("PWD", "/tmp"))
+        except OSError:  # a PWD the spec set that does not exist here
+            os.chdir("/tmp")
 
     def run(self, code):
         self.runs += 1
@@ -147,7 +150,7 @@ class WitWorld(wit_world.WitWorld):
         if kind == "ok":
             return wit_world.Outcome_Ok()
         if kind == "exited":
-            return wit_world.Outcome_Exited(status["code"] & 0x7FFFFFFF)
+            return wit_world.Outcome_Exited(status["code"])
         return wit_world.Outcome_Exception(
             wit_world.ExceptionInfo(status["type"], status["message"], status["traceback"])
         )

@@ -144,11 +144,16 @@ pub async fn exception_with_traceback(rt: &dyn Runtime) {
     sb.shutdown().await.expect("shutdown");
 }
 
-/// `sys.exit(n)` is reported as `Exited { code: n }`.
+/// `sys.exit(n)` is reported as `Exited { code: n }`, with the status `python3` itself
+/// would exit with (`n & 0xFF`: -1 is 255, 2**40 is 0).
 pub async fn exit_code_is_reported(rt: &dyn Runtime) {
     let out = run_once(rt, &test_spec(), "import sys\nprint('bye')\nsys.exit(3)").await;
     assert_eq!(out.status, ExecStatus::Exited { code: 3 });
     assert_eq!(out.stdout.text(), "bye\n");
+    for (arg, code) in [("-1", 255), ("2**40", 0), ("300", 44)] {
+        let out = run_once(rt, &test_spec(), &format!("import sys\nsys.exit({arg})")).await;
+        assert_eq!(out.status, ExecStatus::Exited { code }, "sys.exit({arg})");
+    }
 }
 
 /// Globals persist across `exec` calls on one sandbox.

@@ -91,7 +91,8 @@ def run_program(code, user_globals, filename, internal_files):
         elif not isinstance(code, int):
             print(code, file=sys.stderr)
             code = 1
-        return {"kind": "exited", "code": code}
+        # What the exit status of `python3` itself would be (`sys.exit(-1)` is 255).
+        return {"kind": "exited", "code": code & 0xFF}
     except BaseException as e:  # noqa: BLE001 - everything the program raises is reported
         return {
             "kind": "exception",
