@@ -386,12 +386,7 @@ impl Sandbox for ProcessSandbox {
 
     async fn exec(&mut self, req: ExecRequest, tools: Arc<dyn ToolHost>) -> Result<ExecOutcome> {
         let Some(live) = self.live.as_mut() else {
-            return Err(Error::SandboxLost {
-                reason: self
-                    .lost
-                    .clone()
-                    .unwrap_or_else(|| "it was shut down".into()),
-            });
+            return Err(Error::sandbox_lost(self.lost.as_deref()));
         };
         let timeout = req.timeout.unwrap_or(self.spec.limits.wall_time);
         if timeout.is_zero() {

@@ -183,12 +183,7 @@ impl Sandbox for WasmSandbox {
 
     async fn exec(&mut self, req: ExecRequest, tools: Arc<dyn ToolHost>) -> Result<ExecOutcome> {
         let Some(live) = self.live.as_mut() else {
-            return Err(Error::SandboxLost {
-                reason: self
-                    .lost
-                    .clone()
-                    .unwrap_or_else(|| "the sandbox was shut down".into()),
-            });
+            return Err(Error::sandbox_lost(self.lost.as_deref()));
         };
         let started = Instant::now();
         let timeout = req.timeout.unwrap_or(self.spec.limits.wall_time);

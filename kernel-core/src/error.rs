@@ -100,6 +100,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// [`Error::SandboxLost`] for a sandbox with no live guest: `reason` says what ended it
+    /// (a killed run), and no reason means it was shut down.
+    pub fn sandbox_lost(reason: Option<&str>) -> Self {
+        Error::SandboxLost {
+            reason: reason.unwrap_or("it was shut down").to_owned(),
+        }
+    }
+
     /// Shorthand for [`Error::Io`] with a context message.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
