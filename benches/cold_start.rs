@@ -25,7 +25,7 @@ include!("../testdata/test_deps.rs");
 fn startup(c: &mut Criterion) {
     let tokio = tokio::runtime::Runtime::new().expect("tokio runtime");
     let rt = ProcessRuntime::new(ProcessConfig::default()).expect("process backend available");
-    let python = rt.python().executable.clone();
+    let python = rt.python().expect("a python guest").executable.clone();
     let spec = SandboxSpec::default();
     let mut group = c.benchmark_group("startup");
     group.sample_size(20);

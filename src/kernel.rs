@@ -45,7 +45,10 @@ pub(crate) fn make_runtime(name: &str, python: Option<PathBuf>) -> Result<Arc<dy
         #[cfg(feature = "process")]
         "process" => {
             let rt = agentkernel_backend_process::ProcessRuntime::new(
-                agentkernel_backend_process::ProcessConfig { python },
+                agentkernel_backend_process::ProcessConfig {
+                    python,
+                    ..Default::default()
+                },
             )?;
             Ok(Arc::new(rt))
         }

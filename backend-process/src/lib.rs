@@ -42,6 +42,6 @@ mod sandbox;
 mod seccomp;
 
 pub use cgroup::CgroupSupport;
-pub use python::HostPython;
+pub use python::{GuestAgent, HostPython, NativeAgent};
 pub use runtime::{ProcessConfig, ProcessRuntime};
 pub use sandbox::ProcessSandbox;

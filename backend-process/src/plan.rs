@@ -14,7 +14,7 @@ use crate::jail::{
     MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY, RootOp, SANDBOX_ID, SOURCE_FD_BASE,
     locked_flags, open_no_symlinks, under_root,
 };
-use crate::python::HostPython;
+use crate::python::{GuestAgent, HostPython, NativeAgent};
 
 /// `/etc` entries copied (bind-mounted read-only) from the host when present: none holds a
 /// secret, and the dynamic loader, `alternatives` symlinks and TLS roots need them.
@@ -163,24 +163,8 @@ impl RootPlan {
     }
 }
 
-/// The file-system layout of a sandbox for `spec` running `python`.
-pub(crate) fn root_plan(spec: &SandboxSpec, python: &HostPython) -> Result<RootPlan> {
-    let mut p = RootPlan::default();
-    p.bind(Path::new("/usr"), "/usr", false)?;
-    for name in SYSTEM_TOP {
-        let host = Path::new("/").join(name);
-        let Ok(meta) = std::fs::symlink_metadata(&host) else {
-            continue;
-        };
-        let guest = format!("/{name}");
-        if meta.file_type().is_symlink() {
-            let target = std::fs::read_link(&host)
-                .map_err(|e| Error::io(format!("reading link {}", host.display()), e))?;
-            p.symlink(&target, &guest)?;
-        } else if meta.is_dir() {
-            p.bind(&host, &guest, false)?;
-        }
-    }
+/// Binds the interpreter's directories outside `/usr` at their own paths.
+fn bind_python(p: &mut RootPlan, python: &HostPython) -> Result<()> {
     for dir in &python.extra_dirs {
         // These become the sandbox's own (empty) file systems: an interpreter there would
         // vanish from under itself, and the sandbox would die before it said hello.
@@ -197,6 +181,33 @@ pub(crate) fn root_plan(spec: &SandboxSpec, python: &HostPython) -> Result<RootP
             ));
         }
         p.bind(dir, &path_str(dir)?, false)?;
+    }
+    Ok(())
+}
+
+/// The file-system layout of a sandbox for `spec` running `agent`.
+pub(crate) fn root_plan(spec: &SandboxSpec, agent: &GuestAgent) -> Result<RootPlan> {
+    let mut p = RootPlan::default();
+    p.bind(Path::new("/usr"), "/usr", false)?;
+    for name in SYSTEM_TOP {
+        let host = Path::new("/").join(name);
+        let Ok(meta) = std::fs::symlink_metadata(&host) else {
+            continue;
+        };
+        let guest = format!("/{name}");
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&host)
+                .map_err(|e| Error::io(format!("reading link {}", host.display()), e))?;
+            p.symlink(&target, &guest)?;
+        } else if meta.is_dir() {
+            p.bind(&host, &guest, false)?;
+        }
+    }
+    match agent {
+        GuestAgent::Python(python) => bind_python(&mut p, python)?,
+        GuestAgent::Native(native) => {
+            p.bind(&native.executable, NativeAgent::GUEST_PATH, false)?;
+        }
     }
 
     p.mkdirs("/etc")?;
@@ -380,7 +391,7 @@ mod tests {
     fn an_interpreter_under_tmp_is_refused_with_a_hint() {
         let mut py = crate::python::discover(None).unwrap();
         py.extra_dirs.push(PathBuf::from("/tmp/somewhere/venv"));
-        let Err(err) = root_plan(&SandboxSpec::default(), &py) else {
+        let Err(err) = root_plan(&SandboxSpec::default(), &GuestAgent::Python(py)) else {
             panic!("an interpreter under /tmp was accepted");
         };
         assert!(err.to_string().contains("under /tmp"), "{err}");
@@ -398,7 +409,7 @@ mod tests {
             ..SandboxSpec::default()
         };
         let py = crate::python::discover(None).unwrap();
-        let plan = root_plan(&spec, &py).unwrap();
+        let plan = root_plan(&spec, &GuestAgent::Python(py)).unwrap();
         let usr = plan
             .ops
             .iter()

@@ -5,6 +5,36 @@ use std::process::Command;
 
 use agentkernel_core::{Error, Result};
 
+/// What a sandbox of the process backend runs as its guest agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestAgent {
+    /// The host's CPython running the Python guest agent ([`agentkernel_core::guest`]).
+    Python(HostPython),
+    /// A native binary that speaks the same guest protocol (the monty worker).
+    Native(NativeAgent),
+}
+
+/// A native guest agent: a host binary bound read-only into the jail at
+/// [`NativeAgent::GUEST_PATH`] and run there with `args`, in place of the interpreter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NativeAgent {
+    /// The binary on the host (an absolute path; dynamically linked only against what
+    /// `/usr` and `/lib*` provide, which the jail binds).
+    pub executable: PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Its own name for what it runs, shown by `doctor` (e.g. `monty 0.0.23`).
+    pub label: String,
+    /// An exit code that means "out of memory" (monty's allocator exits 65), reported as
+    /// a memory-limit kill.
+    pub memory_exit_code: Option<i32>,
+}
+
+impl NativeAgent {
+    /// Where the binary appears inside the sandbox.
+    pub const GUEST_PATH: &'static str = "/agentkernel/agent";
+}
+
 /// The host interpreter the jail runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostPython {

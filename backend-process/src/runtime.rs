@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use seccompiler::BpfProgram;
 
 use crate::cgroup::{self, CgroupSupport};
-use crate::python::{self, HostPython};
+use crate::python::{self, GuestAgent, HostPython, NativeAgent};
 use crate::sandbox::{self, ProcessSandbox};
 use crate::seccomp;
 
@@ -21,11 +21,14 @@ use crate::seccomp;
 pub struct ProcessConfig {
     /// Interpreter to run; default: `$AGENTKERNEL_PYTHON`, else `python3` on `PATH`.
     pub python: Option<PathBuf>,
+    /// A native guest agent to run instead of Python (how the monty backend's worker mode
+    /// reuses this jail); `python` is then ignored.
+    pub native: Option<NativeAgent>,
 }
 
 /// What every sandbox of one runtime shares (computed once).
 pub(crate) struct Inner {
-    pub python: HostPython,
+    pub agent: GuestAgent,
     pub seccomp: Vec<BpfProgram>,
     pub cgroups: CgroupSupport,
     pub landlock_abi: Option<i32>,
@@ -40,7 +43,7 @@ pub struct ProcessRuntime {
 impl std::fmt::Debug for ProcessRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProcessRuntime")
-            .field("python", &self.inner.python)
+            .field("agent", &self.inner.agent)
             .field("cgroups", &self.inner.cgroups)
             .field("landlock_abi", &self.inner.landlock_abi)
             .finish()
@@ -73,10 +76,25 @@ impl ProcessRuntime {
                 hint: "run on Linux, or use another backend".into(),
             });
         }
-        let python = python::discover(config.python.as_deref())?;
+        let agent = match config.native {
+            Some(native) => {
+                if !native.executable.is_absolute() || !native.executable.is_file() {
+                    return Err(Error::Unavailable {
+                        backend: "process",
+                        reason: format!(
+                            "the guest agent {} is not a file",
+                            native.executable.display()
+                        ),
+                        hint: "give the absolute path of the agent binary".into(),
+                    });
+                }
+                GuestAgent::Native(native)
+            }
+            None => GuestAgent::Python(python::discover(config.python.as_deref())?),
+        };
         Ok(ProcessRuntime {
             inner: Arc::new(Inner {
-                python,
+                agent,
                 seccomp: seccomp::filters()?,
                 cgroups: cgroup::detect(),
                 landlock_abi: landlock_abi(),
@@ -84,9 +102,12 @@ impl ProcessRuntime {
         })
     }
 
-    /// The interpreter sandboxes run.
-    pub fn python(&self) -> &HostPython {
-        &self.inner.python
+    /// The interpreter sandboxes run (`None` when they run a native agent).
+    pub fn python(&self) -> Option<&HostPython> {
+        match &self.inner.agent {
+            GuestAgent::Python(p) => Some(p),
+            GuestAgent::Native(_) => None,
+        }
     }
 
     /// Like [`Runtime::create`], returning the concrete type (for [`ProcessSandbox::hello`]).
@@ -153,14 +174,21 @@ impl Runtime for ProcessRuntime {
 
     async fn diagnose(&self) -> Diagnosis {
         let inner = &self.inner;
-        let mut checks = vec![Check {
-            name: "python".into(),
-            state: CheckState::Active,
-            detail: format!(
-                "{} (Python {})",
-                inner.python.executable.display(),
-                inner.python.version
-            ),
+        let mut checks = vec![match &inner.agent {
+            GuestAgent::Python(python) => Check {
+                name: "python".into(),
+                state: CheckState::Active,
+                detail: format!(
+                    "{} (Python {})",
+                    python.executable.display(),
+                    python.version
+                ),
+            },
+            GuestAgent::Native(native) => Check {
+                name: "agent".into(),
+                state: CheckState::Active,
+                detail: format!("{} ({})", native.executable.display(), native.label),
+            },
         }];
         let started = Instant::now();
         let mut enforced_landlock = None;

@@ -18,6 +18,7 @@ use tokio::process::{Child, ChildStderr, ChildStdout};
 use crate::cgroup::SandboxCgroup;
 use crate::jail::{self, JailPlan};
 use crate::plan;
+use crate::python::{GuestAgent, NativeAgent};
 use crate::runtime::Inner;
 
 /// How long an interpreter may take to start and say hello.
@@ -184,7 +185,7 @@ fn serve_report(
 /// Starts one jailed interpreter for `spec`.
 pub(crate) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec, id: &str) -> Result<Live> {
     // The plan first: it refuses non-canonical workspace and mount paths.
-    let root = plan::root_plan(spec, &inner.python)?;
+    let root = plan::root_plan(spec, &inner.agent)?;
     if let Some(ws) = &spec.workspace {
         plan::prepare_workspace(ws)?;
     }
@@ -240,9 +241,19 @@ pub(crate) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec, id: &str) -> R
         sources: root.sources,
     });
 
-    let mut cmd = tokio::process::Command::new(&inner.python.executable);
-    cmd.args(["-I", "-u", "-B", "-c", AGENT_SOURCE])
-        .env_clear()
+    let mut cmd = match &inner.agent {
+        GuestAgent::Python(python) => {
+            let mut cmd = tokio::process::Command::new(&python.executable);
+            cmd.args(["-I", "-u", "-B", "-c", AGENT_SOURCE]);
+            cmd
+        }
+        GuestAgent::Native(native) => {
+            let mut cmd = tokio::process::Command::new(NativeAgent::GUEST_PATH);
+            cmd.args(&native.args);
+            cmd
+        }
+    };
+    cmd.env_clear()
         .envs(agentkernel_core::default_env())
         .envs(&spec.env)
         .stdin(Stdio::null())
@@ -352,6 +363,35 @@ impl ProcessSandbox {
         self.live.as_ref().map(|l| &l.hello)
     }
 
+    /// The interpreter state of a native agent that can save it (the monty worker); the
+    /// Python agent's cannot be saved ([`Error::Unsupported`]).
+    pub async fn save_state(&mut self) -> Result<Vec<u8>> {
+        if matches!(self.inner.agent, GuestAgent::Python(_)) {
+            return Err(Error::unsupported(
+                "snapshot",
+                "process",
+                "a host process cannot be saved; use a backend whose capabilities include snapshot",
+            ));
+        }
+        let Some(live) = self.live.as_mut() else {
+            return Err(Error::sandbox_lost(self.lost.as_deref()));
+        };
+        live.conn
+            .save_state(Instant::now() + Duration::from_secs(10))
+            .await
+    }
+
+    /// Replaces a native agent's interpreter state with `data` from
+    /// [`ProcessSandbox::save_state`].
+    pub async fn load_state(&mut self, data: &[u8]) -> Result<()> {
+        let Some(live) = self.live.as_mut() else {
+            return Err(Error::sandbox_lost(self.lost.as_deref()));
+        };
+        live.conn
+            .load_state(data, Instant::now() + Duration::from_secs(10))
+            .await
+    }
+
     /// Landlock state the jail reported (0 none, 1 partial, 2 full).
     pub(crate) fn landlock_state(&self) -> Option<u32> {
         self.live.as_ref().map(|l| l.landlock)
@@ -430,8 +470,15 @@ impl Sandbox for ProcessSandbox {
                 let oom_after = live.cgroup.as_ref().map_or(0, SandboxCgroup::oom_kills);
                 let code = self.end("the interpreter exited".into()).await;
                 let cpu_limited = self.spec.limits.cpu_time.is_some();
+                let memory_code = match &self.inner.agent {
+                    GuestAgent::Native(native) => native.memory_exit_code,
+                    GuestAgent::Python(_) => None,
+                };
                 match code {
                     _ if oom_after > oom_before => ExecStatus::Killed {
+                        limit: LimitKind::Memory,
+                    },
+                    Some(c) if Some(c) == memory_code => ExecStatus::Killed {
                         limit: LimitKind::Memory,
                     },
                     Some(c) if c == 128 + libc::SIGXCPU => ExecStatus::Killed {
@@ -491,11 +538,10 @@ impl Sandbox for ProcessSandbox {
     }
 
     async fn snapshot(&mut self) -> Result<Snapshot> {
-        Err(Error::unsupported(
-            "snapshot",
-            "process",
-            "a host process cannot be saved; use a backend whose capabilities include snapshot",
-        ))
+        Ok(Snapshot {
+            backend: "process".into(),
+            data: self.save_state().await?,
+        })
     }
 
     async fn shutdown(mut self: Box<Self>) -> Result<()> {

@@ -242,6 +242,81 @@ fn params(schema: &Value) -> (Vec<Param>, bool) {
     (out, needs_kwargs)
 }
 
+/// Binds a call's positional and keyword arguments to the JSON object the host receives,
+/// exactly as the generated function `tool` would (for backends that cannot import the
+/// stubs and bind on the host instead: monty). Errors read like CPython's `TypeError`s.
+pub fn bind_arguments(
+    tool: &str,
+    schema: &Value,
+    positional: Vec<Value>,
+    keywords: serde_json::Map<String, Value>,
+) -> Result<serde_json::Map<String, Value>, String> {
+    let (params, open) = params(schema);
+    let named: Vec<&Param> = params.iter().filter(|p| p.required).collect();
+    if positional.len() > named.len() {
+        return Err(format!(
+            "{tool}() takes {} positional argument{} but {} were given",
+            named.len(),
+            if named.len() == 1 { "" } else { "s" },
+            positional.len()
+        ));
+    }
+    let mut given: serde_json::Map<String, Value> = serde_json::Map::new();
+    for (p, v) in named.iter().zip(positional) {
+        given.insert(p.name.clone(), v);
+    }
+    let mut extra = serde_json::Map::new();
+    for (k, v) in keywords {
+        if given.contains_key(&k) {
+            return Err(format!("{tool}() got multiple values for argument '{k}'"));
+        }
+        if params.iter().any(|p| p.name == k) {
+            given.insert(k, v);
+        } else if open {
+            extra.insert(k, v);
+        } else {
+            return Err(format!("{tool}() got an unexpected keyword argument '{k}'"));
+        }
+    }
+    let missing: Vec<String> = params
+        .iter()
+        .filter(|p| p.required && !given.contains_key(&p.name))
+        .map(|p| format!("'{}'", p.name))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "{tool}() missing {} required argument{}: {}",
+            missing.len(),
+            if missing.len() == 1 { "" } else { "s" },
+            missing.join(" and ")
+        ));
+    }
+    let mut out = serde_json::Map::new();
+    for p in &params {
+        match given.remove(&p.name) {
+            Some(Value::Null) if !p.required && p.default.is_none() => {}
+            Some(v) => {
+                out.insert(p.name.clone(), v);
+            }
+            None => {
+                if let Some(d) = p
+                    .default
+                    .as_ref()
+                    .and_then(|_| schema_default(schema, &p.name))
+                {
+                    out.insert(p.name.clone(), d);
+                }
+            }
+        }
+    }
+    out.extend(extra);
+    Ok(out)
+}
+
+fn schema_default(schema: &Value, name: &str) -> Option<Value> {
+    schema.get("properties")?.get(name)?.get("default").cloned()
+}
+
 /// The Python signature text of a tool, e.g. `(a: int, b: int, *, round: bool = False)`.
 pub fn signature(schema: &Value) -> String {
     signature_of(&params(schema).0, params(schema).1)
@@ -498,6 +573,53 @@ mod tests {
             "(a: int, b: float | None, *, round: bool = False, tags: list[str] = None, \
              mode: Literal[\"fast\", \"slow\"] = None, **kwargs: Any)"
         );
+    }
+
+    #[test]
+    fn binding_matches_the_generated_signature() {
+        let schema = json!({
+            "type": "object",
+            "properties": {
+                "a": {"type": "integer"},
+                "b": {"type": "integer"},
+                "round": {"type": "boolean", "default": false},
+                "note": {"type": "string"}
+            },
+            "required": ["a", "b"]
+        });
+        let kw = |v: Value| v.as_object().unwrap().clone();
+        let bound = bind_arguments(
+            "add",
+            &schema,
+            vec![json!(1)],
+            kw(json!({"b": 2, "note": null})),
+        );
+        assert_eq!(
+            Value::Object(bound.unwrap()),
+            json!({"a": 1, "b": 2, "round": false})
+        );
+        let err = bind_arguments(
+            "add",
+            &schema,
+            vec![json!(1), json!(2), json!(3)],
+            kw(json!({})),
+        );
+        assert_eq!(
+            err.unwrap_err(),
+            "add() takes 2 positional arguments but 3 were given"
+        );
+        let err = bind_arguments("add", &schema, vec![json!(1)], kw(json!({"a": 2})));
+        assert_eq!(
+            err.unwrap_err(),
+            "add() got multiple values for argument 'a'"
+        );
+        let err = bind_arguments("add", &schema, vec![], kw(json!({"zzz": 2})));
+        assert_eq!(
+            err.unwrap_err(),
+            "add() got an unexpected keyword argument 'zzz'"
+        );
+        let err = bind_arguments("add", &schema, vec![json!(1)], kw(json!({})));
+        assert_eq!(err.unwrap_err(), "add() missing 1 required argument: 'b'");
     }
 
     #[test]

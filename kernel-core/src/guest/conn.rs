@@ -41,6 +41,10 @@ enum HostMsg<'a> {
         code: &'a str,
         sentinel: &'a str,
     },
+    /// Native agents only: save the interpreter state (answered by `saved`).
+    Save,
+    /// Native agents only: replace the interpreter state (answered by `loaded`).
+    Load { data: String },
     ToolResult {
         id: u64,
         ok: bool,
@@ -69,6 +73,11 @@ enum GuestMsg {
     Error {
         message: String,
     },
+    Saved {
+        /// Base64 of the state.
+        data: String,
+    },
+    Loaded,
 }
 
 /// How an exec ended, as far as the protocol can tell.
@@ -230,6 +239,63 @@ where
         }
     }
 
+    /// Asks the agent for its interpreter state (agents that can save it: the native monty
+    /// worker; the Python agent answers with an error). The state travels base64-encoded in
+    /// one guest frame, so it is limited to about 750 KiB.
+    pub async fn save_state(&mut self, deadline: Instant) -> Result<Vec<u8>> {
+        use base64::Engine as _;
+        match self.request(&HostMsg::Save, deadline).await? {
+            GuestMsg::Saved { data } => base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .map_err(|e| Error::Internal(format!("the guest sent bad state: {e}"))),
+            _ => Err(Error::Internal(
+                "the guest answered save with something else".into(),
+            )),
+        }
+    }
+
+    /// Replaces the agent's interpreter state with `data` from [`GuestConn::save_state`].
+    pub async fn load_state(&mut self, data: &[u8], deadline: Instant) -> Result<()> {
+        use base64::Engine as _;
+        let data = base64::engine::general_purpose::STANDARD.encode(data);
+        match self.request(&HostMsg::Load { data }, deadline).await? {
+            GuestMsg::Loaded => Ok(()),
+            _ => Err(Error::Internal(
+                "the guest answered load with something else".into(),
+            )),
+        }
+    }
+
+    /// Sends `msg` and waits for the guest's one answer (an `error` answer is an error).
+    async fn request(&mut self, msg: &HostMsg<'_>, deadline: Instant) -> Result<GuestMsg> {
+        let io = |e| Error::io("talking to the guest agent", e);
+        tokio::time::timeout_at(deadline.into(), write_frame(&mut self.control, msg))
+            .await
+            .map_err(|_| Error::sandbox_lost(Some("the guest agent stopped answering")))?
+            .map_err(io)?;
+        loop {
+            if let Some(answer) = self.take_frame()? {
+                return match answer {
+                    GuestMsg::Error { message } => Err(Error::Internal(format!(
+                        "the guest agent refused: {message}"
+                    ))),
+                    other => Ok(other),
+                };
+            }
+            match tokio::time::timeout_at(deadline.into(), self.control.read_buf(&mut self.rbuf))
+                .await
+            {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(Err(e)) => return Err(io(e)),
+                _ => {
+                    return Err(Error::sandbox_lost(Some(
+                        "the guest agent stopped answering",
+                    )));
+                }
+            }
+        }
+    }
+
     /// Runs `req.code` in the guest. Output is capped at `cap` bytes per stream; tool calls
     /// go to `tools`; at `deadline` it returns [`ExecEnd::TimedOut`] with the output so far.
     pub async fn exec(
@@ -324,6 +390,9 @@ where
                     }
                     GuestMsg::Hello(_) => {
                         return Err(Error::Internal("guest said hello twice".into()));
+                    }
+                    GuestMsg::Saved { .. } | GuestMsg::Loaded => {
+                        return Err(Error::Internal("guest answered a request not made".into()));
                     }
                     GuestMsg::Error { message } => {
                         return Err(Error::Internal(format!("guest agent error: {message}")));

@@ -1,0 +1,405 @@
+//! Tools on Monty: imports rewritten on the host, arguments bound on the host.
+//!
+//! Monty has no import system to mount a `tools` package into, so before a program runs the
+//! host rewrites its tool imports into calls of helpers the engine answers itself
+//! ([`crate::engine`]); everything else of the program is untouched and keeps its line
+//! numbers:
+//!
+//! | program                               | becomes                                              |
+//! |---------------------------------------|------------------------------------------------------|
+//! | `from tools.calc import add, mul as m` | `add = __agentkernel_tool__("calc.add"); m = ...`    |
+//! | `import tools.calc as c`               | `c = __agentkernel_module__("calc", "calc.add", ...)` |
+//! | `import tools` / `import tools.calc`   | `tools = __agentkernel_package__("calc.add", ...)`   |
+//! | `from tools import calc, ToolError`    | `calc = __agentkernel_module__(...); ToolError = RuntimeError` |
+//! | `import _agentkernel`                  | `_agentkernel = __agentkernel_runtime__()`           |
+//!
+//! An unknown server or tool becomes the `ModuleNotFoundError` / `ImportError` CPython would
+//! raise. Calling a tool function sends its positional and keyword arguments to the host,
+//! where [`bind`] turns them into the JSON object the generated CPython stub would have sent
+//! (same names, defaults and `None`-means-absent rule), so validation, policy and results are
+//! the ones every backend gives.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use agentkernel_core::{ToolError, ToolErrorKind, ToolHost, ToolSpec};
+use agentkernel_tool_bridge::stubs::{bind_arguments, python_name};
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+
+/// Helper that returns the external function for one tool (catalog name).
+pub(crate) const TOOL_HELPER: &str = "__agentkernel_tool__";
+/// Helper that returns a module-like object of tools (server, catalog names...).
+pub(crate) const MODULE_HELPER: &str = "__agentkernel_module__";
+/// Helper that returns the whole `tools` package (catalog names...).
+pub(crate) const PACKAGE_HELPER: &str = "__agentkernel_package__";
+/// Helper that returns the `_agentkernel` runtime module (`call_tool`).
+pub(crate) const RUNTIME_HELPER: &str = "__agentkernel_runtime__";
+/// The external function behind `_agentkernel.call_tool(name, args, **kwargs)`.
+pub(crate) const CALL_TOOL: &str = "__agentkernel_call_tool__";
+/// Key under which a tool call's positional arguments travel to the host (keyword
+/// arguments are the other keys; a Python keyword can never be spelled like this).
+pub(crate) const POSITIONAL_KEY: &str = "$args";
+
+/// Catalog names by Python server name, then by Python tool name.
+type Catalog = BTreeMap<String, BTreeMap<String, String>>;
+
+fn catalog_index(specs: &[ToolSpec]) -> Catalog {
+    let mut out: Catalog = BTreeMap::new();
+    for s in specs {
+        let (server, tool) = s.name.split_once('.').unwrap_or(("", &s.name));
+        out.entry(python_name(server))
+            .or_default()
+            .insert(python_name(tool), s.name.clone());
+    }
+    out
+}
+
+/// Whether `code` may import tools at all (so the catalog is only fetched when needed).
+pub(crate) fn mentions_tools(code: &str) -> bool {
+    code.contains("tools") || code.contains("_agentkernel")
+}
+
+/// Rewrites the tool imports of `code` (see the module docs). Lines inside triple-quoted
+/// strings are left alone; a parenthesised `from ... import (...)` over several lines keeps
+/// the program's line numbers (the continuation lines become empty).
+pub fn rewrite_imports<'a>(code: &'a str, specs: &[ToolSpec]) -> Cow<'a, str> {
+    if !mentions_tools(code) {
+        return Cow::Borrowed(code);
+    }
+    let catalog = catalog_index(specs);
+    let lines: Vec<&str> = code.split('\n').collect();
+    let mut out: Vec<String> = Vec::with_capacity(lines.len());
+    let mut changed = false;
+    let mut in_string: Option<&str> = None;
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        i += 1;
+        if let Some(q) = in_string {
+            if line.matches(q).count() % 2 == 1 {
+                in_string = None;
+            }
+            out.push(line.to_owned());
+            continue;
+        }
+        for q in ["\"\"\"", "'''"] {
+            if line.matches(q).count() % 2 == 1 {
+                in_string = Some(q);
+            }
+        }
+        let body = line.trim_start();
+        let indent = &line[..line.len() - body.len()];
+        if !(body.starts_with("import ") || body.starts_with("from ")) || !mentions_tools(body) {
+            out.push(line.to_owned());
+            continue;
+        }
+        // The statement, up to a comment or `;`, joined with its parenthesised continuation.
+        let (mut stmt, mut rest) = split_statement(body);
+        let mut continuation = 0;
+        if stmt.contains('(') && !stmt.contains(')') {
+            while i < lines.len() && !stmt.contains(')') {
+                let (more, tail) = split_statement(lines[i].trim());
+                stmt = format!("{stmt} {more}");
+                rest = tail;
+                i += 1;
+                continuation += 1;
+            }
+        }
+        match rewrite_statement(&stmt, &catalog) {
+            Some(new) => {
+                changed = true;
+                out.push(format!("{indent}{new}{rest}"));
+                out.extend(std::iter::repeat_n(String::new(), continuation));
+            }
+            None => {
+                let start = i - continuation - 1;
+                out.extend(lines[start..i].iter().map(|l| (*l).to_owned()));
+            }
+        }
+    }
+    if changed {
+        Cow::Owned(out.join("\n"))
+    } else {
+        Cow::Borrowed(code)
+    }
+}
+
+/// `(statement, rest)`: the import statement, and what follows it on the line (`; ...` or a
+/// comment), kept verbatim.
+fn split_statement(body: &str) -> (String, &str) {
+    let end = body.find([';', '#']).unwrap_or(body.len());
+    (body[..end].trim_end().to_owned(), &body[end..])
+}
+
+/// A Python string literal.
+fn lit(s: &str) -> String {
+    Value::String(s.to_owned()).to_string()
+}
+
+fn module_expr(server: &str, tools: &BTreeMap<String, String>) -> String {
+    let mut args = vec![lit(server)];
+    args.extend(tools.values().map(|n| lit(n)));
+    format!("{MODULE_HELPER}({})", args.join(", "))
+}
+
+fn package_expr(catalog: &Catalog) -> String {
+    let names: Vec<String> = catalog
+        .values()
+        .flat_map(|t| t.values().map(|n| lit(n)))
+        .collect();
+    format!("{PACKAGE_HELPER}({})", names.join(", "))
+}
+
+/// The replacement of one import statement, or `None` when it imports no tools.
+fn rewrite_statement(stmt: &str, catalog: &Catalog) -> Option<String> {
+    let not_found = |m: &str| format!("raise ModuleNotFoundError(\"No module named '{m}'\")");
+    if let Some(names) = stmt.strip_prefix("import ") {
+        let mut kept = Vec::new();
+        let mut assigns = Vec::new();
+        for item in names.split(',') {
+            let (module, alias) = split_alias(item);
+            let is_tools = module == "tools" || module.starts_with("tools.");
+            if !is_tools && module != "_agentkernel" {
+                kept.push(item.trim().to_owned());
+                continue;
+            }
+            let value = if module == "_agentkernel" {
+                format!("{RUNTIME_HELPER}()")
+            } else if let Some(server) = module.strip_prefix("tools.") {
+                match catalog.get(server) {
+                    Some(tools) if !server.contains('.') => match alias {
+                        Some(_) => module_expr(server, tools),
+                        None => package_expr(catalog),
+                    },
+                    _ => return Some(not_found(module)),
+                }
+            } else {
+                package_expr(catalog)
+            };
+            let target = alias.unwrap_or(if module == "_agentkernel" {
+                "_agentkernel"
+            } else {
+                "tools"
+            });
+            assigns.push(format!("{target} = {value}"));
+        }
+        if assigns.is_empty() {
+            return None;
+        }
+        if !kept.is_empty() {
+            assigns.insert(0, format!("import {}", kept.join(", ")));
+        }
+        return Some(assigns.join("; "));
+    }
+    let rest = stmt.strip_prefix("from ")?;
+    let (module, names) = rest.split_once(" import ")?;
+    let module = module.trim();
+    let names = names.trim().trim_start_matches('(').trim_end_matches(')');
+    let items: Vec<(&str, Option<&str>)> = names
+        .split(',')
+        .filter(|n| !n.trim().is_empty())
+        .map(split_alias)
+        .collect();
+    let mut assigns = Vec::new();
+    if module == "_agentkernel" {
+        for (name, alias) in items {
+            let value = match name {
+                "call_tool" => format!("{RUNTIME_HELPER}().call_tool"),
+                "ToolError" | "ToolLimitError" => "RuntimeError".to_owned(),
+                _ => {
+                    return Some(format!(
+                        "raise ImportError(\"cannot import name '{name}' from '_agentkernel'\")"
+                    ));
+                }
+            };
+            assigns.push(format!("{} = {value}", alias.unwrap_or(name)));
+        }
+    } else if module == "tools" {
+        for (name, alias) in items {
+            let value = match (name, catalog.get(name)) {
+                (_, Some(tools)) => module_expr(name, tools),
+                ("ToolError" | "ToolLimitError", None) => "RuntimeError".to_owned(),
+                _ => {
+                    return Some(format!(
+                        "raise ImportError(\"cannot import name '{name}' from 'tools'\")"
+                    ));
+                }
+            };
+            assigns.push(format!("{} = {value}", alias.unwrap_or(name)));
+        }
+    } else if let Some(server) = module.strip_prefix("tools.") {
+        let Some(tools) = catalog.get(server) else {
+            return Some(not_found(module));
+        };
+        for (name, alias) in items {
+            if name == "*" {
+                for (py, full) in tools {
+                    assigns.push(format!("{py} = {TOOL_HELPER}({})", lit(full)));
+                }
+                continue;
+            }
+            let Some(full) = tools.get(name) else {
+                return Some(format!(
+                    "raise ImportError(\"cannot import name '{name}' from '{module}'\")"
+                ));
+            };
+            assigns.push(format!(
+                "{} = {TOOL_HELPER}({})",
+                alias.unwrap_or(name),
+                lit(full)
+            ));
+        }
+    } else {
+        return None;
+    }
+    if assigns.is_empty() {
+        assigns.push("pass".into());
+    }
+    Some(assigns.join("; "))
+}
+
+/// `"a as b"` → `("a", Some("b"))`.
+fn split_alias(item: &str) -> (&str, Option<&str>) {
+    let item = item.trim();
+    match item.split_once(" as ") {
+        Some((name, alias)) => (name.trim(), Some(alias.trim())),
+        None => (item, None),
+    }
+}
+
+/// Binds a call made from Monty to the JSON arguments of tool `name` (see the module docs).
+/// `args` is the object the program passed: keyword arguments, plus the positional ones
+/// under [`POSITIONAL_KEY`]. Without positional arguments and for unknown tools the
+/// keywords pass unchanged (the host's own checks then answer).
+pub fn bind(specs: &[ToolSpec], name: &str, args: Value) -> Result<Value, ToolError> {
+    let Value::Object(mut keywords) = args else {
+        return Ok(args);
+    };
+    let positional = match keywords.remove(POSITIONAL_KEY) {
+        Some(Value::Array(p)) => p,
+        _ => Vec::new(),
+    };
+    let Some(spec) = specs.iter().find(|s| s.name == name) else {
+        return Ok(Value::Object(keywords));
+    };
+    let short = name.split_once('.').map_or(name, |(_, t)| t);
+    bind_arguments(
+        &python_name(short),
+        &spec.input_schema,
+        positional,
+        keywords,
+    )
+    .map(Value::Object)
+    .map_err(|m| ToolError::new(ToolErrorKind::InvalidArguments, m))
+}
+
+/// The exec's tools, with calls bound by [`bind`] before they reach the host's registry.
+/// Used by worker mode, where the call arrives over the guest protocol.
+pub(crate) struct BoundTools(pub Arc<dyn ToolHost>);
+
+#[async_trait]
+impl ToolHost for BoundTools {
+    fn catalog(&self) -> Vec<ToolSpec> {
+        self.0.catalog()
+    }
+
+    async fn call(&self, name: &str, args: Value) -> Result<Value, ToolError> {
+        let has_positional = args.get(POSITIONAL_KEY).is_some();
+        let args = if has_positional {
+            bind(&self.0.catalog(), name, args)?
+        } else {
+            args
+        };
+        self.0.call(name, args).await
+    }
+}
+
+/// Positional and keyword arguments as the JSON object [`bind`] expects.
+pub(crate) fn call_args(positional: Vec<Value>, mut keywords: Map<String, Value>) -> Value {
+    if !positional.is_empty() {
+        keywords.insert(POSITIONAL_KEY.to_owned(), Value::Array(positional));
+    }
+    Value::Object(keywords)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn specs() -> Vec<ToolSpec> {
+        ["calc.add", "calc.mul", "gh.create-issue"]
+            .into_iter()
+            .map(|n| ToolSpec {
+                name: n.into(),
+                description: String::new(),
+                input_schema: json!({"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}),
+                output_schema: None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tool_imports_become_helper_calls_on_the_same_lines() {
+        let code = "import json\nfrom tools.calc import add, mul as m  # two\nimport tools.gh as g\ndef f():\n    import tools\n    return tools\nx = '''\nimport tools\n'''\nfrom tools.calc import (\n    add,\n)\nprint(1)";
+        let out = rewrite_imports(code, &specs());
+        let lines: Vec<&str> = out.split('\n').collect();
+        assert_eq!(lines.len(), code.split('\n').count());
+        assert_eq!(lines[0], "import json");
+        assert_eq!(
+            lines[1],
+            "add = __agentkernel_tool__(\"calc.add\"); m = __agentkernel_tool__(\"calc.mul\")# two"
+        );
+        assert_eq!(
+            lines[2],
+            "g = __agentkernel_module__(\"gh\", \"gh.create-issue\")"
+        );
+        assert!(
+            lines[4].starts_with("    tools = __agentkernel_package__(\"calc.add\""),
+            "{}",
+            lines[4]
+        );
+        assert_eq!(lines[7], "import tools", "inside a string: untouched");
+        assert_eq!(lines[9], "add = __agentkernel_tool__(\"calc.add\")");
+        assert_eq!(lines[10], "");
+        assert_eq!(lines[12], "print(1)");
+    }
+
+    #[test]
+    fn unknown_servers_and_tools_raise_what_cpython_raises() {
+        assert_eq!(
+            rewrite_imports("from tools.nope import x", &specs()),
+            "raise ModuleNotFoundError(\"No module named 'tools.nope'\")"
+        );
+        assert_eq!(
+            rewrite_imports("from tools.calc import div", &specs()),
+            "raise ImportError(\"cannot import name 'div' from 'tools.calc'\")"
+        );
+        assert_eq!(
+            rewrite_imports("print('tools')", &specs()),
+            "print('tools')"
+        );
+    }
+
+    #[test]
+    fn positional_arguments_bind_to_the_schema_names() {
+        let args = call_args(vec![json!(2)], json!({"b": 3}).as_object().unwrap().clone());
+        assert_eq!(
+            bind(&specs(), "calc.add", args).unwrap(),
+            json!({"a": 2, "b": 3})
+        );
+        let err = bind(
+            &specs(),
+            "calc.add",
+            call_args(vec![json!(1); 3], Map::new()),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind, ToolErrorKind::InvalidArguments);
+        assert_eq!(
+            err.message,
+            "add() takes 2 positional arguments but 3 were given"
+        );
+    }
+}
