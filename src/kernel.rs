@@ -22,7 +22,11 @@ pub const BACKENDS: &[(&str, &str)] = &[
     ),
     (
         "monty",
-        "Monty, an in-process Python-subset interpreter: planned",
+        "Monty, a Python-subset interpreter in Rust, in a jailed worker process per sandbox",
+    ),
+    (
+        "monty-inprocess",
+        "Monty on a thread of the kernel itself: microsecond starts, trusted code only",
     ),
     ("microvm", "a full Linux microVM per sandbox: planned"),
 ];
@@ -35,6 +39,9 @@ pub fn compiled_backends() -> Vec<&'static str> {
     }
     if cfg!(feature = "wasm") {
         out.push("wasm");
+    }
+    if cfg!(feature = "monty") {
+        out.extend(["monty", "monty-inprocess"]);
     }
     out
 }
@@ -54,6 +61,16 @@ pub(crate) fn make_runtime(name: &str, python: Option<PathBuf>) -> Result<Arc<dy
         }
         #[cfg(feature = "wasm")]
         "wasm" => Ok(Arc::new(agentkernel_backend_wasm::WasmRuntime::new())),
+        #[cfg(feature = "monty")]
+        "monty" | "monty-inprocess" => {
+            use agentkernel_backend_monty::{MontyConfig, MontyMode, MontyRuntime};
+            let mode = if name == "monty" {
+                MontyMode::Worker
+            } else {
+                MontyMode::InProcess
+            };
+            Ok(Arc::new(MontyRuntime::new(MontyConfig { mode, worker: None })?))
+        }
         _ if BACKENDS.iter().any(|(b, _)| *b == name) => {
             let _ = python;
             Err(Error::invalid(

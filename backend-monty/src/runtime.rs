@@ -148,6 +148,7 @@ impl MontyRuntime {
                         args: worker.args,
                         label: format!("monty {}", monty_types::MONTY_VERSION),
                         memory_exit_code: Some(monty_types::OOM_EXIT_CODE),
+                        memory_env: Some(crate::worker::MEMORY_ENV.into()),
                     }),
                 })?;
                 Ok(MontyRuntime {

@@ -9,9 +9,10 @@
 //! and exits with the worker's status (so an abort or a stack overflow ends the sandbox
 //! with a signal the host reports, and never the kernel).
 //!
-//! The memory budget comes from the jail's `RLIMIT_AS`: Monty's allocator counts live bytes
-//! against a soft limit below it (`MemoryError`), and ends the worker with exit code
-//! [`monty_types::OOM_EXIT_CODE`] past a hard one, which the host reports as a memory kill.
+//! The memory budget comes in [`MEMORY_ENV`] (the jail sets no `RLIMIT_AS` for this agent):
+//! Monty's allocator counts every live byte of the worker against a soft limit
+//! (`MemoryError`) and ends it with exit code [`monty_types::OOM_EXIT_CODE`] past a hard one
+//! a few MiB above, which the host reports as a memory kill.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -84,35 +85,17 @@ fn init() {
     }
 }
 
-/// The soft memory budget for Monty: what `RLIMIT_AS` leaves after the worker's own
-/// mappings (code, stack) and a margin for the allocator's hard limit.
+/// The environment variable the jail passes the memory limit in (instead of an
+/// `RLIMIT_AS`, which would count this binary's own mappings).
+pub const MEMORY_ENV: &str = "AGENTKERNEL_MONTY_MEMORY";
+
+/// The memory budget: the sandbox's limit, taken out of the environment (the program must
+/// not see it), less a margin for the allocator's hard ceiling above it.
 fn memory_budget() -> Option<usize> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into `lim`.
-    if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut lim) } != 0
-        || lim.rlim_cur == libc::RLIM_INFINITY
-    {
-        return None;
-    }
-    let total = usize::try_from(lim.rlim_cur).ok()?;
-    let mapped = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmSize:"))
-                .and_then(|v| {
-                    v.trim()
-                        .trim_end_matches(" kB")
-                        .trim()
-                        .parse::<usize>()
-                        .ok()
-                })
-        })
-        .map_or(32 << 20, |kb| kb * 1024);
-    Some(total.saturating_sub(mapped + (16 << 20)).max(total / 4))
+    let limit: usize = std::env::var(MEMORY_ENV).ok()?.parse().ok()?;
+    // SAFETY: single-threaded here; nothing else reads the environment concurrently.
+    unsafe { std::env::remove_var(MEMORY_ENV) };
+    Some(limit.saturating_sub(8 << 20).max(limit / 2))
 }
 
 fn protections() -> BTreeMap<String, String> {

@@ -28,6 +28,10 @@ pub struct NativeAgent {
     /// An exit code that means "out of memory" (monty's allocator exits 65), reported as
     /// a memory-limit kill.
     pub memory_exit_code: Option<i32>,
+    /// When set, the agent enforces the memory limit itself (it counts its allocations)
+    /// and gets it in this environment variable, in bytes, instead of an `RLIMIT_AS`
+    /// (which would count a large binary's mappings, not the program's memory).
+    pub memory_env: Option<String>,
 }
 
 impl NativeAgent {

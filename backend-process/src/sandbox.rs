@@ -216,6 +216,10 @@ pub(crate) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec, id: &str) -> R
             hint: "close unused files before creating sandboxes".into(),
         });
     }
+    let memory_env = match &inner.agent {
+        GuestAgent::Native(native) => native.memory_env.clone(),
+        GuestAgent::Python(_) => None,
+    };
     let jail_plan = Arc::new(JailPlan {
         // SAFETY: geteuid cannot fail.
         drop_groups: unsafe { libc::geteuid() } == 0,
@@ -234,7 +238,10 @@ pub(crate) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec, id: &str) -> R
         go_fd: go_r.as_raw_fd(),
         ops: root.ops,
         workdir: c"/workspace".to_owned(),
-        rlimits: plan::rlimits(spec),
+        rlimits: plan::rlimits(spec)
+            .into_iter()
+            .filter(|(r, _, _)| *r != libc::RLIMIT_AS || memory_env.is_none())
+            .collect(),
         writable_dirs: plan::writable_dirs(spec),
         landlock: inner.landlock_abi.is_some(),
         seccomp: inner.seccomp.clone(),
@@ -255,7 +262,11 @@ pub(crate) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec, id: &str) -> R
     };
     cmd.env_clear()
         .envs(agentkernel_core::default_env())
-        .envs(&spec.env)
+        .envs(&spec.env);
+    if let (Some(var), Some(bytes)) = (&memory_env, spec.limits.memory_bytes) {
+        cmd.env(var, bytes.to_string());
+    }
+    cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
