@@ -69,7 +69,10 @@ pub(crate) fn make_runtime(name: &str, python: Option<PathBuf>) -> Result<Arc<dy
             } else {
                 MontyMode::InProcess
             };
-            Ok(Arc::new(MontyRuntime::new(MontyConfig { mode, worker: None })?))
+            Ok(Arc::new(MontyRuntime::new(MontyConfig {
+                mode,
+                worker: None,
+            })?))
         }
         _ if BACKENDS.iter().any(|(b, _)| *b == name) => {
             let _ = python;

@@ -293,14 +293,19 @@ fn main() -> ExitCode {
     #[cfg(feature = "monty")]
     {
         // Before anything else (no threads yet: the worker forks when it is pid 1).
-        if std::env::args_os().nth(1).is_some_and(|a| a == MONTY_WORKER_ARG) {
+        if std::env::args_os()
+            .nth(1)
+            .is_some_and(|a| a == MONTY_WORKER_ARG)
+        {
             agentkernel_backend_monty::worker::main();
         }
         if let Ok(exe) = std::env::current_exe() {
-            agentkernel_backend_monty::set_default_worker(agentkernel_backend_monty::WorkerCommand {
-                executable: exe,
-                args: vec![MONTY_WORKER_ARG.into()],
-            });
+            agentkernel_backend_monty::set_default_worker(
+                agentkernel_backend_monty::WorkerCommand {
+                    executable: exe,
+                    args: vec![MONTY_WORKER_ARG.into()],
+                },
+            );
         }
     }
     let cli = Cli::parse();

@@ -4,6 +4,10 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
+/// The monty-inprocess backend needs allocations counted (as the agentkernel binary does).
+#[global_allocator]
+static ALLOC: monty_alloc::LimitedAllocator = monty_alloc::LimitedAllocator;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -37,6 +41,11 @@ async fn kernel_on(backend: &str, policy: ToolPolicy, call_log: &Path) -> (Kerne
     if backend == "wasm" {
         wasm_guest();
     }
+    // The monty worker is the `agentkernel` binary itself (as when the CLI runs it).
+    agentkernel_backend_monty::set_default_worker(agentkernel_backend_monty::WorkerCommand {
+        executable: env!("CARGO_BIN_EXE_agentkernel").into(),
+        args: vec!["__monty-worker".into()],
+    });
     let registry = ToolRegistry::builder()
         .mcp_server("test", test_server(call_log))
         .function(FunctionTool::new(
@@ -171,6 +180,89 @@ async fn wasm_programs_call_a_rust_tool_and_an_mcp_tool() {
         "the MCP call reached the real server"
     );
     registry.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monty_programs_call_a_rust_tool_and_an_mcp_tool() {
+    for backend in ["monty", "monty-inprocess"] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("calls");
+        let (kernel, registry) = kernel_on(backend, ToolPolicy::default(), &log).await;
+        let out = kernel
+            .execute(
+                "from tools.test import add\n\
+                 import tools.calc as calc\n\
+                 print(calc.mul(6, 7), add(40, b=2))\n",
+            )
+            .await
+            .unwrap();
+        assert_eq!(out.status, ExecStatus::Ok, "{backend}: {:?}", out.status);
+        assert_eq!(out.stdout.text(), "42 42\n", "{backend}");
+        assert_eq!(out.tool_calls.len(), 2, "{backend}");
+        assert_eq!(
+            calls_logged(&log),
+            ["add"],
+            "{backend}: the MCP call reached the real server"
+        );
+        registry.shutdown().await;
+    }
+}
+
+/// Tool failures reach monty programs with the process backend's messages and exception
+/// types (`tools.ToolError` is a `RuntimeError` on monty, which has no exception classes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monty_tool_errors_match_the_process_backend() {
+    let cases = [
+        "add('x', 1)",
+        "add(1)",
+        "add(1, 2, 3)",
+        "slow(30)",
+        "huge(1_000_000)",
+        "fail('upstream said no')",
+    ];
+    let mut seen: Vec<Vec<String>> = Vec::new();
+    for backend in ["process", "monty", "monty-inprocess"] {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = ToolPolicy {
+            allow: ["add", "slow", "huge", "fail"]
+                .iter()
+                .map(|t| format!("test.{t}"))
+                .collect(),
+            timeout: Duration::from_secs(2),
+            max_result_bytes: 100_000,
+            ..ToolPolicy::default()
+        };
+        let (kernel, registry) = kernel_on(backend, policy, &dir.path().join("calls")).await;
+        let mut lines = Vec::new();
+        for call in cases {
+            let program = format!(
+                "from tools.test import *\n\
+                 try:\n    {call}\n    print('no exception')\n\
+                 except Exception as e:\n    print(type(e).__name__, '|', e)\n"
+            );
+            let out = kernel.execute(&program).await.unwrap();
+            assert_eq!(
+                out.status,
+                ExecStatus::Ok,
+                "{backend} {call}: {:?}",
+                out.status
+            );
+            lines.push(
+                out.stdout
+                    .text()
+                    .trim()
+                    .replace("ToolLimitError |", "RuntimeError |")
+                    .replace("ToolError |", "RuntimeError |"),
+            );
+        }
+        seen.push(lines);
+        registry.shutdown().await;
+    }
+    assert_eq!(seen[1], seen[0], "monty (worker) vs process");
+    assert_eq!(seen[2], seen[0], "monty (in-process) vs process");
+    // One documented difference: monty's tool imports come from the catalog the policy
+    // allows, so a denied tool is not there at all (NameError), where the CPython stubs
+    // list every tool and the call is refused (PermissionError). Either way it never runs.
 }
 
 async fn faults_on(backend: &str) {

@@ -452,7 +452,17 @@ fn tool_result(result: Result<Value, ToolError>) -> ExtFunctionResult {
     match result {
         Ok(v) => ExtFunctionResult::Return(from_json(&v)),
         Err(e) => {
+            // A call that does not fit the tool's signature is Python's TypeError, as the
+            // generated CPython stub would raise.
+            let signature = e.kind == ToolErrorKind::InvalidArguments
+                && e.message.split_once("() ").is_some_and(|(f, rest)| {
+                    !f.contains(' ')
+                        && ["takes ", "missing ", "got "]
+                            .iter()
+                            .any(|p| rest.starts_with(p))
+                });
             let exc_type = match e.kind {
+                _ if signature => ExcType::TypeError,
                 ToolErrorKind::NotFound => ExcType::LookupError,
                 ToolErrorKind::InvalidArguments => ExcType::ValueError,
                 ToolErrorKind::Denied => ExcType::PermissionError,

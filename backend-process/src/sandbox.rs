@@ -266,8 +266,7 @@ pub(crate) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec, id: &str) -> R
     if let (Some(var), Some(bytes)) = (&memory_env, spec.limits.memory_bytes) {
         cmd.env(var, bytes.to_string());
     }
-    cmd
-        .stdin(Stdio::null())
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);

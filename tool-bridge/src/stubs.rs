@@ -285,7 +285,7 @@ pub fn bind_arguments(
         .collect();
     if !missing.is_empty() {
         return Err(format!(
-            "{tool}() missing {} required argument{}: {}",
+            "{tool}() missing {} required positional argument{}: {}",
             missing.len(),
             if missing.len() == 1 { "" } else { "s" },
             missing.join(" and ")
@@ -619,7 +619,10 @@ mod tests {
             "add() got an unexpected keyword argument 'zzz'"
         );
         let err = bind_arguments("add", &schema, vec![json!(1)], kw(json!({})));
-        assert_eq!(err.unwrap_err(), "add() missing 1 required argument: 'b'");
+        assert_eq!(
+            err.unwrap_err(),
+            "add() missing 1 required positional argument: 'b'"
+        );
     }
 
     #[test]
