@@ -234,6 +234,38 @@ fn wait_readable() -> std::io::Result<bool> {
     }
 }
 
+/// Largest traceback (and message) sent in a `done` frame: the host refuses frames over
+/// 1 MiB, and a traceback quotes its source line, which can be that long.
+const MAX_REPORT_BYTES: usize = 64 << 10;
+
+/// `s` cut to at most `max` bytes (at a character boundary), keeping its end (where a
+/// traceback names the exception) and marking the cut.
+fn keep_end(s: String, max: usize) -> String {
+    if s.len() <= max {
+        return s;
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("[... {start} bytes cut ...]{}", &s[start..])
+}
+
+fn cap_status(status: ExecStatus) -> ExecStatus {
+    match status {
+        ExecStatus::Exception {
+            type_name,
+            message,
+            traceback,
+        } => ExecStatus::Exception {
+            type_name,
+            message: keep_end(message, MAX_REPORT_BYTES / 4),
+            traceback: keep_end(traceback, MAX_REPORT_BYTES),
+        },
+        other => other,
+    }
+}
+
 fn hello(chan: &mut Channel, reset_token: Option<&str>) -> std::io::Result<()> {
     chan.send(&json!({
         "type": "hello",
@@ -317,6 +349,7 @@ fn agent() -> Result<(), String> {
                     },
                     other => other,
                 };
+                let status = cap_status(status);
                 let mut written = serde_json::Map::new();
                 for (name, fd) in [("stdout", 1), ("stderr", 2)] {
                     // SAFETY: writing a buffer we own to our stdout/stderr.

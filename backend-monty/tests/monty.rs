@@ -1,0 +1,218 @@
+//! Monty-specific behaviour in both modes: limits, crash isolation of worker mode, and
+//! snapshots that resume in another process.
+
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
+#[global_allocator]
+static ALLOC: monty_alloc::LimitedAllocator = monty_alloc::LimitedAllocator;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentkernel_backend_monty::{MontyConfig, MontyMode, MontyRuntime, WorkerCommand};
+use agentkernel_core::conformance::{limited, test_spec};
+use agentkernel_core::{
+    ExecRequest, ExecStatus, LimitKind, NoTools, Runtime, Sandbox, SandboxSpec, Snapshot,
+};
+
+fn runtime(mode: MontyMode) -> MontyRuntime {
+    MontyRuntime::new(MontyConfig {
+        mode,
+        worker: Some(WorkerCommand {
+            executable: env!("CARGO_BIN_EXE_agentkernel-monty-worker").into(),
+            args: Vec::new(),
+        }),
+    })
+    .unwrap()
+}
+
+async fn run(sb: &mut Box<dyn Sandbox>, code: &str) -> agentkernel_core::ExecOutcome {
+    sb.exec(ExecRequest::new(code), Arc::new(NoTools))
+        .await
+        .unwrap()
+}
+
+const MODES: [MontyMode; 2] = [MontyMode::Worker, MontyMode::InProcess];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_stop_programs_and_the_kernel_stays_up() {
+    for mode in MODES {
+        let rt = runtime(mode);
+        let spec = limited(|l| l.memory_bytes = Some(64 << 20));
+        let mut sb = rt.create(&spec).await.unwrap();
+        let out = run(&mut sb, "print('before')\ns = 'a' * 10**10").await;
+        assert_eq!(
+            out.status,
+            ExecStatus::Killed {
+                limit: LimitKind::Memory
+            },
+            "{mode:?}"
+        );
+        assert_eq!(out.stdout.text(), "before\n");
+        sb.reset().await.unwrap();
+        let out = run(
+            &mut sb,
+            "x = []\nwhile True:\n    x.append('y' * 100000 + str(len(x)))",
+        )
+        .await;
+        assert_eq!(
+            out.status,
+            ExecStatus::Killed {
+                limit: LimitKind::Memory
+            },
+            "{mode:?}"
+        );
+        sb.shutdown().await.unwrap();
+
+        let mut sb = rt.create(&test_spec()).await.unwrap();
+        let out = sb
+            .exec(
+                ExecRequest::new("n = 0\nwhile True:\n    n += 1")
+                    .with_timeout(Duration::from_secs(1)),
+                Arc::new(NoTools),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            out.status,
+            ExecStatus::Killed {
+                limit: LimitKind::WallTime
+            },
+            "{mode:?}"
+        );
+        sb.reset().await.unwrap();
+        assert_eq!(run(&mut sb, "print(6 * 7)").await.stdout.text(), "42\n");
+        sb.shutdown().await.unwrap();
+    }
+}
+
+/// A program whose syntax tree is deep enough to overflow Monty's native stack (200 000
+/// chained additions: Monty 0.0.23 guards parentheses but not this) aborts its worker; the
+/// kernel (this test process) reports it and carries on, and the next runs are healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_native_stack_overflow_ends_only_its_worker() {
+    let rt = runtime(MontyMode::Worker);
+    let mut sb = rt.create(&test_spec()).await.unwrap();
+    assert_eq!(run(&mut sb, "x = 41").await.status, ExecStatus::Ok);
+    let code = format!("y = {}", vec!["1"; 200_000].join("+"));
+    let out = run(&mut sb, &code).await;
+    match &out.status {
+        ExecStatus::Crashed { reason } => assert!(reason.contains("SIG"), "{reason}"),
+        other => panic!("expected the worker to crash, got {other:?}"),
+    }
+    // That sandbox is lost until reset; a reset gives a healthy interpreter.
+    assert!(
+        sb.exec(ExecRequest::new("print(1)"), Arc::new(NoTools))
+            .await
+            .is_err()
+    );
+    sb.reset().await.unwrap();
+    assert_eq!(run(&mut sb, "print(6 * 7)").await.stdout.text(), "42\n");
+    sb.shutdown().await.unwrap();
+    // Other sandboxes never noticed.
+    let mut other = rt.create(&test_spec()).await.unwrap();
+    assert_eq!(
+        run(&mut other, "print('fine')").await.stdout.text(),
+        "fine\n"
+    );
+    other.shutdown().await.unwrap();
+}
+
+/// Child half of [`a_snapshot_resumes_in_another_process`]: restores the snapshot file it
+/// is given in a fresh process and runs a program against it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by a_snapshot_resumes_in_another_process in a child process"]
+async fn child_restores_a_snapshot() {
+    let path = std::env::var("AK_TEST_SNAPSHOT").unwrap();
+    let mode = match std::env::var("AK_TEST_MODE").unwrap().as_str() {
+        "worker" => MontyMode::Worker,
+        _ => MontyMode::InProcess,
+    };
+    let snapshot = Snapshot {
+        backend: "monty".into(),
+        data: std::fs::read(path).unwrap(),
+    };
+    let rt = runtime(mode);
+    let mut sb = rt
+        .restore(&SandboxSpec::default(), &snapshot)
+        .await
+        .unwrap();
+    let out = run(&mut sb, "print(x + 1, inc(x))").await;
+    println!("CHILD-RESULT {}", out.stdout.text().trim());
+    sb.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_resumes_in_another_process() {
+    let dir = tempfile::tempdir().unwrap();
+    for (saver, restorer) in [
+        (MontyMode::Worker, "in_process"),
+        (MontyMode::InProcess, "worker"),
+    ] {
+        let rt = runtime(saver);
+        let mut sb = rt.create(&test_spec()).await.unwrap();
+        let out = run(&mut sb, "x = 41\ndef inc(v):\n    return v + 1").await;
+        assert_eq!(out.status, ExecStatus::Ok);
+        let snap = sb.snapshot().await.unwrap();
+        assert_eq!(snap.backend, "monty");
+        sb.shutdown().await.unwrap();
+        let path = dir.path().join("session.snap");
+        std::fs::write(&path, &snap.data).unwrap();
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "child_restores_a_snapshot",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env("AK_TEST_SNAPSHOT", &path)
+            .env("AK_TEST_MODE", restorer)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&child.stdout);
+        assert!(
+            stdout.contains("CHILD-RESULT 42 42"),
+            "saved in {saver:?}, restored in {restorer}: {stdout}\n{}",
+            String::from_utf8_lossy(&child.stderr)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workspace_files_are_the_only_files() {
+    for mode in MODES {
+        let ws = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), "s3cret").unwrap();
+        let spec = SandboxSpec {
+            workspace: Some(ws.path().canonicalize().unwrap()),
+            ..test_spec()
+        };
+        let rt = runtime(mode);
+        let mut sb = rt.create(&spec).await.unwrap();
+        let secret = outside.path().join("secret");
+        let code = format!(
+            "from pathlib import Path\nPath('/workspace/out.txt').write_text('hi')\n\
+             for p in ['{}', '/etc/passwd', '/workspace/../{}']:\n    try:\n        print(Path(p).read_text())\n    except OSError as e:\n        print(type(e).__name__)",
+            secret.display(),
+            secret.strip_prefix("/").unwrap().display()
+        );
+        let out = run(&mut sb, &code).await;
+        assert_eq!(out.status, ExecStatus::Ok, "{mode:?}");
+        assert!(
+            !out.stdout.text().contains("s3cret"),
+            "{mode:?}: {}",
+            out.stdout.text()
+        );
+        assert!(
+            !out.stdout.text().contains("root:"),
+            "{mode:?}: {}",
+            out.stdout.text()
+        );
+        assert_eq!(
+            std::fs::read_to_string(ws.path().join("out.txt")).unwrap(),
+            "hi"
+        );
+        sb.shutdown().await.unwrap();
+    }
+}
