@@ -2,9 +2,11 @@
 //! - `startup`: a fresh sandbox running `print(1)` (`cold_start`), and one taken warm from a
 //!   pool (`pooled`), on the process and wasm backends, beside a bare `python3 -c 'print(1)'`
 //!   of the same interpreter;
+//!   The monty rows: `monty/cold_start` is in-process mode (a thread of this process),
+//!   `monty/worker_cold_start` a fresh jailed worker, `monty/pooled` a worker from a pool;
 //! - `tools`: one tool call from Python in a warm sandbox to the host and back, for a Rust
-//!   tool (process and wasm) and for a real stdio MCP server (testdata/mcp_server.py; the
-//!   official `mcp` SDK is installed by scripts/test-deps).
+//!   tool (process, wasm, monty in-process and worker) and for a real stdio MCP server
+//!   (testdata/mcp_server.py; the official `mcp` SDK is installed by scripts/test-deps).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -12,6 +14,7 @@ use std::time::{Duration, Instant};
 use agentkernel::{
     ExecRequest, ExecStatus, FunctionTool, Kernel, McpServerConfig, ToolPolicy, ToolRegistry,
 };
+use agentkernel_backend_monty::{MontyConfig, MontyMode, MontyRuntime, WorkerCommand};
 use agentkernel_backend_process::{ProcessConfig, ProcessRuntime};
 use agentkernel_backend_wasm::WasmRuntime;
 use agentkernel_core::conformance::run_once;
@@ -21,6 +24,26 @@ use serde_json::json;
 use std::sync::Arc;
 
 include!("../testdata/test_deps.rs");
+
+/// Monty's in-process mode needs allocations counted (as the agentkernel binary does).
+#[global_allocator]
+static ALLOC: monty_alloc::LimitedAllocator = monty_alloc::LimitedAllocator;
+
+fn monty(mode: MontyMode) -> MontyRuntime {
+    MontyRuntime::new(MontyConfig {
+        mode,
+        worker: Some(monty_worker()),
+    })
+    .expect("monty backend")
+}
+
+/// Monty's worker is the agentkernel binary itself.
+fn monty_worker() -> WorkerCommand {
+    WorkerCommand {
+        executable: env!("CARGO_BIN_EXE_agentkernel").into(),
+        args: vec!["__monty-worker".into()],
+    }
+}
 
 fn startup(c: &mut Criterion) {
     let tokio = tokio::runtime::Runtime::new().expect("tokio runtime");
@@ -92,6 +115,28 @@ fn startup(c: &mut Criterion) {
         &mut group,
         "wasm",
         Arc::new(WasmRuntime::new()),
+        &spec,
+    );
+
+    let in_process = monty(MontyMode::InProcess);
+    group.bench_function(BenchmarkId::new("monty", "cold_start"), |b| {
+        b.to_async(&tokio).iter(|| async {
+            let out = run_once(&in_process, &spec, "print(1)").await;
+            assert_eq!(out.stdout.text(), "1\n");
+        });
+    });
+    let worker = monty(MontyMode::Worker);
+    group.bench_function(BenchmarkId::new("monty", "worker_cold_start"), |b| {
+        b.to_async(&tokio).iter(|| async {
+            let out = run_once(&worker, &spec, "print(1)").await;
+            assert_eq!(out.stdout.text(), "1\n");
+        });
+    });
+    bench_pooled(
+        &tokio,
+        &mut group,
+        "monty",
+        Arc::new(monty(MontyMode::Worker)),
         &spec,
     );
 
@@ -183,10 +228,38 @@ fn tools(c: &mut Criterion) {
     let mut group = c.benchmark_group("tools");
     group.sample_size(20);
     wasm_guest();
-    for (backend, id, import) in [
-        ("process", "tool_roundtrip", "from tools.calc import add"),
-        ("process", "mcp_roundtrip", "from tools.test import add"),
-        ("wasm", "tool_roundtrip", "from tools.calc import add"),
+    agentkernel_backend_monty::set_default_worker(monty_worker());
+    for (backend, name, id, import) in [
+        (
+            "process",
+            "process",
+            "tool_roundtrip",
+            "from tools.calc import add",
+        ),
+        (
+            "process",
+            "process",
+            "mcp_roundtrip",
+            "from tools.test import add",
+        ),
+        (
+            "wasm",
+            "wasm",
+            "tool_roundtrip",
+            "from tools.calc import add",
+        ),
+        (
+            "monty-inprocess",
+            "monty",
+            "tool_roundtrip",
+            "from tools.calc import add",
+        ),
+        (
+            "monty",
+            "monty",
+            "worker_tool_roundtrip",
+            "from tools.calc import add",
+        ),
     ] {
         let kernel = Kernel::builder()
             .backend(backend)
@@ -195,7 +268,7 @@ fn tools(c: &mut Criterion) {
             .build()
             .expect("kernel");
         let mut sandbox = tokio.block_on(kernel.sandbox()).expect("sandbox");
-        group.bench_function(BenchmarkId::new(backend, id), |b| {
+        group.bench_function(BenchmarkId::new(name, id), |b| {
             b.iter_custom(|iters| {
                 let program = format!("{import}\nfor i in range({iters}):\n    add(a=i, b=1)\n");
                 tokio.block_on(async {

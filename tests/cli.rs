@@ -240,6 +240,55 @@ fn wasm_without_its_guest_says_how_to_build_it() {
 }
 
 #[test]
+fn monty_backends_run_programs_and_name_their_limits() {
+    for backend in ["monty", "monty-inprocess"] {
+        let out = agentkernel(&["run", "--backend", backend, "-"], "print(6*7)\n");
+        assert_eq!(
+            text(&out.stdout),
+            "42\n",
+            "{backend}: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(0));
+
+        let out = agentkernel(
+            &["run", "--backend", backend, "-"],
+            "def f(n):\n    raise ValueError(f'boom {n}')\nf(7)\n",
+        );
+        assert_eq!(out.status.code(), Some(1), "{backend}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("Traceback (most recent call last)"),
+            "{backend}: {err}"
+        );
+        assert!(err.contains("ValueError: boom 7"), "{backend}: {err}");
+
+        let out = agentkernel(
+            &["run", "--backend", backend, "--timeout", "1", "-"],
+            "print('started')\nwhile True:\n    pass\n",
+        );
+        assert_eq!(text(&out.stdout), "started\n", "{backend}");
+        assert_eq!(out.status.code(), Some(124), "{backend}");
+        assert!(
+            text(&out.stderr).contains("timeout"),
+            "{backend}: {}",
+            text(&out.stderr)
+        );
+
+        let out = agentkernel(
+            &["run", "--backend", backend, "--memory", "64", "-"],
+            "s = 'a' * 10**10\n",
+        );
+        assert_eq!(out.status.code(), Some(137), "{backend}");
+        assert!(
+            text(&out.stderr).contains("memory limit"),
+            "{backend}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
 fn wasm_backend_runs_programs_and_names_its_limits() {
     wasm_guest();
     let out = agentkernel(&["run", "--backend", "wasm", "-"], "print(6*7)\n");

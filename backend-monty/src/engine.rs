@@ -19,6 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use agentkernel_core::{ExecStatus, LimitKind, ToolError, ToolErrorKind};
@@ -46,13 +47,52 @@ const TOOL_PREFIX: &str = "tools.";
 /// calls cannot run forever while the interpreter's own clock is paused.
 const MAX_SUSPENSIONS: usize = 1_000_000;
 
+/// Where a mount's files live.
+#[derive(Debug, Clone)]
+pub enum HostDir {
+    /// An existing directory.
+    Path(PathBuf),
+    /// A private temporary directory, created on the program's first file operation under
+    /// the mount: most programs never touch a file, and creating a directory costs more
+    /// than the rest of an in-process sandbox.
+    Private(Arc<PrivateDir>),
+}
+
+/// A private temporary directory made on first use, removed when the last owner drops it.
+#[derive(Debug, Default)]
+pub struct PrivateDir(Mutex<Option<tempfile::TempDir>>);
+
+impl PrivateDir {
+    /// The directory, created now if it does not exist yet.
+    pub fn path(&self) -> Result<PathBuf, String> {
+        let mut dir = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if dir.is_none() {
+            let made = tempfile::Builder::new()
+                .prefix("agentkernel-monty-")
+                .tempdir()
+                .map_err(|e| format!("creating a sandbox directory: {e}"))?;
+            *dir = Some(made);
+        }
+        Ok(dir
+            .as_ref()
+            .map(|d| d.path().to_path_buf())
+            .unwrap_or_default())
+    }
+
+    /// The directory, if it was created.
+    pub fn created(&self) -> Option<PathBuf> {
+        let dir = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        dir.as_ref().map(|d| d.path().to_path_buf())
+    }
+}
+
 /// A directory the program sees.
 #[derive(Debug, Clone)]
 pub struct MountPoint {
     /// Path inside the program, e.g. `/workspace`.
     pub guest: String,
     /// Directory it maps to.
-    pub host: PathBuf,
+    pub host: HostDir,
     /// Whether the program may write there.
     pub writable: bool,
     /// Total bytes the program may write there per session, if capped.
@@ -83,6 +123,8 @@ pub trait Host: PrintWriterCallback {
 pub struct Session {
     repl: Option<MontyRepl>,
     fs: MountTable,
+    /// Mounts of private directories not created yet (see [`HostDir::Private`]).
+    pending: Vec<MountPoint>,
     config: SessionConfig,
 }
 
@@ -94,18 +136,35 @@ fn limits(config: &SessionConfig) -> ResourceLimits {
     }
 }
 
-fn mount_table(config: &SessionConfig) -> Result<MountTable, String> {
+/// The mount table of `config`'s mounts of existing directories (those of private
+/// directories not created yet are returned, to mount on first use).
+fn mount_table(config: &SessionConfig) -> Result<(MountTable, Vec<MountPoint>), String> {
     let mut fs = MountTable::new();
+    let mut pending = Vec::new();
     for m in &config.mounts {
-        let mode = if m.writable {
-            MountMode::ReadWrite
-        } else {
-            MountMode::ReadOnly
+        let host = match &m.host {
+            HostDir::Path(p) => p.clone(),
+            HostDir::Private(d) => match d.created() {
+                Some(p) => p,
+                None => {
+                    pending.push(m.clone());
+                    continue;
+                }
+            },
         };
-        fs.mount(&m.guest, &m.host, mode, m.write_limit)
-            .map_err(|e| format!("mounting {} at {}: {e}", m.host.display(), m.guest))?;
+        mount(&mut fs, m, &host)?;
     }
-    Ok(fs)
+    Ok((fs, pending))
+}
+
+fn mount(fs: &mut MountTable, m: &MountPoint, host: &std::path::Path) -> Result<(), String> {
+    let mode = if m.writable {
+        MountMode::ReadWrite
+    } else {
+        MountMode::ReadOnly
+    };
+    fs.mount(&m.guest, host, mode, m.write_limit)
+        .map_err(|e| format!("mounting {} at {}: {e}", host.display(), m.guest))
 }
 
 fn options() -> CompileOptions {
@@ -119,9 +178,11 @@ impl Session {
     /// A fresh session.
     pub fn new(config: SessionConfig) -> Result<Session, String> {
         let repl = MontyRepl::new(SCRIPT, ResourceTracker::new(limits(&config)), options());
+        let (fs, pending) = mount_table(&config)?;
         Ok(Session {
             repl: Some(repl),
-            fs: mount_table(&config)?,
+            fs,
+            pending,
             config,
         })
     }
@@ -133,9 +194,11 @@ impl Session {
         let DumpSession::Idle(repl) = dump.state else {
             return Err("the snapshot is of a paused run, not an idle session".into());
         };
+        let (fs, pending) = mount_table(&config)?;
         Ok(Session {
             repl: Some(*repl),
-            fs: mount_table(&config)?,
+            fs,
+            pending,
             config,
         })
     }
@@ -311,6 +374,24 @@ impl Session {
 
     /// A file or environment operation.
     fn os_call(&mut self, call: OsFunctionCall) -> ExtFunctionResult {
+        // First use of a private directory's mount: create and mount it now.
+        if let Some(path) = call.fs_primary_path()
+            && let Some(i) = self.pending.iter().position(|m| {
+                path == m.guest
+                    || path
+                        .strip_prefix(&m.guest)
+                        .is_some_and(|r| r.starts_with('/'))
+            })
+        {
+            let m = self.pending.remove(i);
+            let made = match &m.host {
+                HostDir::Private(d) => d.path(),
+                HostDir::Path(p) => Ok(p.clone()),
+            };
+            if let Err(e) = made.and_then(|host| mount(&mut self.fs, &m, &host)) {
+                return ExtFunctionResult::Error(MontyException::new(ExcType::OSError, Some(e)));
+            }
+        }
         match self.fs.handle_os_call(call) {
             MountCallOutcome::Handled(Ok(value)) => ExtFunctionResult::Return(value),
             MountCallOutcome::Handled(Err(e)) => ExtFunctionResult::Error(e.into_exception()),

@@ -1,14 +1,20 @@
-//! In-process mode: the session runs on a dedicated thread of the kernel's own process.
+//! In-process mode: the session runs in the kernel's own process, on a big stack.
 //!
-//! Each sandbox owns one thread with a big stack ([`STACK_BYTES`]: deeply nested code
-//! overflows Monty's native stack much later than on a default 2 MiB thread). A Rust panic
-//! inside the interpreter is caught (`catch_unwind`) and loses only that sandbox; an abort
-//! (a stack overflow past the guard page, an allocator failure) takes the kernel down,
+//! A run that cannot call tools (its code mentions neither `tools` nor `_agentkernel`, so
+//! no tool helper can be reached) runs right on the caller's thread, switched (`psm`) to a
+//! [`STACK_BYTES`] stack mapped once per thread and reused, inside `block_in_place` on a
+//! multi-threaded runtime: no thread hop and no fresh stack, which would each cost more
+//! than the run. A run that may call tools runs on a pooled sandbox thread with a stack as big, so
+//! it can block on the async tool host. Deeply nested code overflows Monty's native stack
+//! much later than on a default 2 MiB thread.
+//!
+//! A Rust panic inside the interpreter is caught (`catch_unwind`) and loses only that
+//! sandbox; an abort (a native stack overflow, an allocator failure) takes the kernel down,
 //! which is why untrusted code belongs in worker mode.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use agentkernel_core::{
@@ -21,36 +27,33 @@ use monty_types::{MontyException, PrintWriterCallback};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use crate::engine::{Host, Session, SessionConfig};
-use crate::tools::{POSITIONAL_KEY, bind, rewrite_imports};
+use crate::engine::{Host, PrivateDir, Session, SessionConfig};
+use crate::tools::{POSITIONAL_KEY, bind, mentions_tools, rewrite_imports};
 
-/// Stack of a sandbox thread.
+/// Stack a run gets.
 pub const STACK_BYTES: usize = 64 << 20;
 
-/// How long past its deadline a run may go before the host gives up on its thread (Monty
-/// checks its clock between operations; one huge operation can overshoot).
+/// How long past its deadline a run on a sandbox thread may go before the host gives up on
+/// it (Monty checks its clock between operations; one huge operation can overshoot).
 const GRACE: Duration = Duration::from_secs(2);
 
+/// One exec's inputs.
 struct Run {
     code: String,
     timeout: Duration,
     tools: Arc<dyn ToolHost>,
     cap: usize,
     sink: Option<OutputSink>,
-    handle: tokio::runtime::Handle,
+    /// For tool calls (only runs on a sandbox thread can make them).
+    handle: Option<tokio::runtime::Handle>,
 }
 
+/// One exec's results.
 struct Finished {
     status: ExecStatus,
     stdout: CapturedOutput,
     tool_calls: Vec<ToolCallRecord>,
     tool_time: Duration,
-}
-
-enum Command {
-    Exec(Box<Run>, oneshot::Sender<Finished>),
-    Reset(oneshot::Sender<std::result::Result<(), String>>),
-    Dump(oneshot::Sender<std::result::Result<Vec<u8>, String>>),
 }
 
 /// The exec-time host of an in-process run.
@@ -98,9 +101,14 @@ impl Host for LocalHost<'_> {
             Ok(args)
         };
         let result = args.and_then(|args| {
+            let Some(handle) = &self.run.handle else {
+                return Err(ToolError::new(
+                    ToolErrorKind::Failed,
+                    "tools cannot be called from this run",
+                ));
+            };
             let (tools, deadline) = (&self.run.tools, self.deadline);
-            self.run
-                .handle
+            handle
                 .block_on(async move {
                     tokio::time::timeout_at(deadline.into(), tools.call(name, args)).await
                 })
@@ -123,82 +131,188 @@ impl Host for LocalHost<'_> {
     }
 }
 
-/// The sandbox thread: owns the session, serves commands until the sandbox is dropped.
-fn serve(session: Session, config: SessionConfig, commands: mpsc::Receiver<Command>) {
-    let mut session = Some(session);
-    while let Ok(cmd) = commands.recv() {
-        match cmd {
-            Command::Exec(run, reply) => {
-                let deadline = Instant::now() + run.timeout;
-                let mut host = LocalHost {
-                    run: &run,
-                    deadline,
-                    stdout: CapturedOutput::default(),
-                    catalog: None,
-                    calls: Vec::new(),
-                    tool_time: Duration::ZERO,
-                };
-                let status = match session.as_mut() {
-                    None => ExecStatus::Crashed {
-                        reason: "the interpreter was lost by an earlier panic".into(),
-                    },
-                    Some(s) => {
-                        let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                            s.exec(&run.code, run.timeout, &mut host)
-                        }));
-                        ran.unwrap_or_else(|panic| {
-                            session = None;
-                            let what = panic
-                                .downcast_ref::<&str>()
-                                .map(|s| (*s).to_owned())
-                                .or_else(|| panic.downcast_ref::<String>().cloned())
-                                .unwrap_or_default();
-                            ExecStatus::Crashed {
-                                reason: format!("the interpreter panicked: {what}"),
-                            }
-                        })
-                    }
-                };
-                let _ = reply.send(Finished {
-                    status,
-                    stdout: host.stdout,
-                    tool_calls: host.calls,
-                    tool_time: host.tool_time,
-                });
-            }
-            Command::Reset(reply) => {
-                let fresh = Session::new(config.clone());
-                let _ = reply.send(fresh.as_ref().map(|_| ()).map_err(Clone::clone));
-                session = fresh.ok();
-            }
-            Command::Dump(reply) => {
-                let _ = reply.send(match &session {
-                    Some(s) => s.dump(),
-                    None => Err("the interpreter was lost by an earlier panic".into()),
-                });
-            }
+/// Runs `run` in the session in `slot`, catching a panic (which loses the session).
+fn run_in(slot: &Mutex<Option<Session>>, run: &Run) -> Finished {
+    let mut host = LocalHost {
+        run,
+        deadline: Instant::now() + run.timeout,
+        stdout: CapturedOutput::default(),
+        catalog: None,
+        calls: Vec::new(),
+        tool_time: Duration::ZERO,
+    };
+    let mut session = slot.lock().unwrap_or_else(PoisonError::into_inner);
+    let status = match session.as_mut() {
+        None => ExecStatus::Crashed {
+            reason: "the interpreter was lost by an earlier panic".into(),
+        },
+        Some(s) => {
+            let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                s.exec(&run.code, run.timeout, &mut host)
+            }));
+            ran.unwrap_or_else(|panic| {
+                *session = None;
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                ExecStatus::Crashed {
+                    reason: format!("the interpreter panicked: {what}"),
+                }
+            })
         }
+    };
+    Finished {
+        status,
+        stdout: host.stdout,
+        tool_calls: host.calls,
+        tool_time: host.tool_time,
+    }
+}
+
+/// Work for a sandbox thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Idle sandbox threads, each waiting for its next [`Job`]: starting a thread with a big
+/// stack costs more than a whole in-process run, so they are reused.
+static IDLE_THREADS: Mutex<Vec<mpsc::Sender<Job>>> = Mutex::new(Vec::new());
+
+/// Idle sandbox threads kept at most (each reserves [`STACK_BYTES`] of address space; only
+/// the pages a program touched are memory).
+const MAX_IDLE_THREADS: usize = 16;
+
+/// Runs `job` on an idle sandbox thread, or on a new one.
+fn on_big_stack(mut job: Job) -> std::io::Result<()> {
+    loop {
+        let idle = IDLE_THREADS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        match idle {
+            Some(thread) => match thread.send(job) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::SendError(back)) => job = back, // that thread ended: try another
+            },
+            None => break,
+        }
+    }
+    let (me, jobs) = mpsc::channel::<Job>();
+    let _ = me.send(job);
+    std::thread::Builder::new()
+        .name("monty-sandbox".into())
+        .stack_size(STACK_BYTES)
+        .spawn(move || {
+            while let Ok(job) = jobs.recv() {
+                job();
+                let mut idle = IDLE_THREADS.lock().unwrap_or_else(PoisonError::into_inner);
+                if idle.len() >= MAX_IDLE_THREADS {
+                    return;
+                }
+                idle.push(me.clone());
+            }
+        })?;
+    Ok(())
+}
+
+/// Runs `f` on this thread with a [`STACK_BYTES`] stack, letting a multi-threaded tokio
+/// runtime move its other tasks elsewhere meanwhile.
+fn inline<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+            tokio::task::block_in_place(|| on_cached_stack(f))
+        }
+        _ => on_cached_stack(f),
+    }
+}
+
+/// A [`STACK_BYTES`] stack mapped once per thread and reused by every inline run on it
+/// (mapping a fresh one per run, as `stacker::grow` does, costs more than the run), with
+/// an inaccessible guard page below it.
+struct CachedStack {
+    map: *mut libc::c_void,
+    len: usize,
+}
+
+impl Drop for CachedStack {
+    fn drop(&mut self) {
+        // SAFETY: `map`/`len` are exactly the mapping made in `map_stack`, unmapped once.
+        unsafe { libc::munmap(self.map, self.len) };
+    }
+}
+
+const GUARD_BYTES: usize = 64 << 10;
+
+fn map_stack() -> Option<CachedStack> {
+    let len = STACK_BYTES + GUARD_BYTES;
+    // SAFETY: an anonymous private mapping at an address the kernel chooses; checked below.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_STACK,
+            -1,
+            0,
+        )
+    };
+    if map == libc::MAP_FAILED {
+        return None;
+    }
+    let stack = CachedStack { map, len };
+    // SAFETY: the lowest GUARD_BYTES of our own mapping (the stack grows down into it).
+    if unsafe { libc::mprotect(map, GUARD_BYTES, libc::PROT_NONE) } != 0 {
+        return None;
+    }
+    Some(stack)
+}
+
+thread_local! {
+    static STACK: std::cell::RefCell<Option<CachedStack>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` on this thread's cached stack (or, if it cannot be mapped, on a fresh one).
+fn on_cached_stack<T>(f: impl FnOnce() -> T) -> T {
+    let Some(stack) = STACK.with(|s| s.borrow_mut().take()).or_else(map_stack) else {
+        return stacker::grow(STACK_BYTES, f);
+    };
+    let mut f = Some(f);
+    // SAFETY: [map + GUARD_BYTES, map + len) is a mapped, writable, page-aligned region of
+    // STACK_BYTES (a multiple of any stack alignment), owned by this thread and used by
+    // nothing else while it is out of the thread-local; the callback catches every panic, so
+    // no unwind crosses the stack switch.
+    let outcome = unsafe {
+        psm::on_stack(stack.map.cast::<u8>().add(GUARD_BYTES), STACK_BYTES, || {
+            std::panic::catch_unwind(AssertUnwindSafe(|| f.take().map(|f| f())))
+        })
+    };
+    STACK.with(|s| *s.borrow_mut() = Some(stack));
+    match outcome {
+        Ok(Some(v)) => v,
+        Ok(None) => unreachable!("the callback runs once"),
+        Err(panic) => std::panic::resume_unwind(panic),
     }
 }
 
 /// A sandbox of in-process mode.
 pub(crate) struct InProcessSandbox {
     id: String,
-    commands: mpsc::Sender<Command>,
+    session: Arc<Mutex<Option<Session>>>,
+    config: SessionConfig,
     wall_time: Duration,
     output_cap: usize,
     lost: Option<String>,
-    /// Directories the session maps (`/tmp`, a workspace of its own); removed on drop.
-    dirs: Vec<tempfile::TempDir>,
+    /// Private directories the session maps (`/tmp`, a workspace of its own), made on
+    /// first use; removed on drop.
+    dirs: Vec<Arc<PrivateDir>>,
 }
 
 impl InProcessSandbox {
-    /// Starts the sandbox thread with a session from `config` (or one restored from
-    /// `snapshot`).
+    /// A sandbox with a session from `config` (or one restored from `snapshot`).
     pub(crate) fn start(
         id: String,
         config: SessionConfig,
-        dirs: Vec<tempfile::TempDir>,
+        dirs: Vec<Arc<PrivateDir>>,
         wall_time: Duration,
         output_cap: usize,
         snapshot: Option<&[u8]>,
@@ -209,15 +323,10 @@ impl InProcessSandbox {
             None => Session::new(config.clone())
                 .map_err(|e| Error::invalid(e, "check the sandbox's workspace and mounts"))?,
         };
-        let (tx, rx) = mpsc::channel();
-        std::thread::Builder::new()
-            .name(format!("monty-{id}"))
-            .stack_size(STACK_BYTES)
-            .spawn(move || serve(session, config, rx))
-            .map_err(|e| Error::io("starting a monty sandbox thread", e))?;
         Ok(InProcessSandbox {
             id,
-            commands: tx,
+            session: Arc::new(Mutex::new(Some(session))),
+            config,
             wall_time,
             output_cap,
             lost: None,
@@ -225,10 +334,15 @@ impl InProcessSandbox {
         })
     }
 
-    fn send(&self, cmd: Command) -> Result<()> {
-        self.commands
-            .send(cmd)
-            .map_err(|_| Error::sandbox_lost(Some("its interpreter thread ended")))
+    /// The session, unless a run abandoned after its timeout still holds it.
+    fn session(&self) -> Result<std::sync::MutexGuard<'_, Option<Session>>> {
+        match self.session.try_lock() {
+            Ok(s) => Ok(s),
+            Err(std::sync::TryLockError::Poisoned(p)) => Ok(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => Err(Error::sandbox_lost(Some(
+                "a run it was killed in has not ended yet",
+            ))),
+        }
     }
 }
 
@@ -250,42 +364,51 @@ impl Sandbox for InProcessSandbox {
             ));
         }
         let started = Instant::now();
-        let code = if crate::tools::mentions_tools(&req.code) {
+        let may_call_tools = mentions_tools(&req.code);
+        let code = if may_call_tools {
             rewrite_imports(&req.code, &tools.catalog()).into_owned()
         } else {
             req.code
         };
-        let (reply, done) = oneshot::channel();
-        self.send(Command::Exec(
-            Box::new(Run {
-                code,
-                timeout,
-                tools,
-                cap: self.output_cap,
-                sink: req.output,
-                handle: tokio::runtime::Handle::current(),
-            }),
-            reply,
-        ))?;
-        let finished = match tokio::time::timeout(timeout + GRACE, done).await {
-            Ok(Ok(f)) => f,
-            Ok(Err(_)) => {
-                self.lost = Some("its interpreter thread ended".into());
-                return Err(Error::sandbox_lost(self.lost.as_deref()));
-            }
-            Err(_) => {
-                // The thread is still inside one operation; it cannot be stopped from
-                // outside. The sandbox is abandoned (the thread ends when the run does).
-                self.lost = Some(format!("killed after the {timeout:?} timeout"));
-                Finished {
-                    status: ExecStatus::Killed {
-                        limit: LimitKind::WallTime,
-                    },
-                    stdout: CapturedOutput::default(),
-                    tool_calls: Vec::new(),
-                    tool_time: Duration::ZERO,
+        let mut run = Run {
+            code,
+            timeout,
+            tools,
+            cap: self.output_cap,
+            sink: req.output,
+            handle: None,
+        };
+        let finished = if may_call_tools {
+            run.handle = Some(tokio::runtime::Handle::current());
+            let slot = self.session.clone();
+            let (reply, done) = oneshot::channel();
+            on_big_stack(Box::new(move || {
+                let _ = reply.send(run_in(&slot, &run));
+            }))
+            .map_err(|e| Error::io("starting a monty sandbox thread", e))?;
+            match tokio::time::timeout(timeout + GRACE, done).await {
+                Ok(Ok(f)) => f,
+                Ok(Err(_)) => {
+                    self.lost = Some("its interpreter thread ended".into());
+                    return Err(Error::sandbox_lost(self.lost.as_deref()));
+                }
+                Err(_) => {
+                    // The thread is still inside one operation; it cannot be stopped from
+                    // outside. The sandbox is abandoned (the thread ends when the run does).
+                    self.lost = Some(format!("killed after the {timeout:?} timeout"));
+                    Finished {
+                        status: ExecStatus::Killed {
+                            limit: LimitKind::WallTime,
+                        },
+                        stdout: CapturedOutput::default(),
+                        tool_calls: Vec::new(),
+                        tool_time: Duration::ZERO,
+                    }
                 }
             }
+        } else {
+            let slot = &self.session;
+            inline(|| run_in(slot, &run))
         };
         match &finished.status {
             ExecStatus::Killed { limit } => {
@@ -311,21 +434,11 @@ impl Sandbox for InProcessSandbox {
     }
 
     async fn reset(&mut self) -> Result<()> {
-        for d in &self.dirs {
-            crate::engine::empty_dir(d.path());
+        let fresh = Session::new(self.config.clone()).map_err(Error::Internal)?;
+        *self.session()? = Some(fresh);
+        for path in self.dirs.iter().filter_map(|d| d.created()) {
+            crate::engine::empty_dir(&path);
         }
-        let (reply, done) = oneshot::channel();
-        if self.send(Command::Reset(reply)).is_err()
-            || self
-                .lost
-                .as_deref()
-                .is_some_and(|l| l.starts_with("killed after"))
-        {
-            return Err(Error::sandbox_lost(self.lost.as_deref()));
-        }
-        done.await
-            .map_err(|_| Error::sandbox_lost(Some("its interpreter thread ended")))?
-            .map_err(Error::Internal)?;
         self.lost = None;
         Ok(())
     }
@@ -334,12 +447,10 @@ impl Sandbox for InProcessSandbox {
         if let Some(reason) = &self.lost {
             return Err(Error::sandbox_lost(Some(reason)));
         }
-        let (reply, done) = oneshot::channel();
-        self.send(Command::Dump(reply))?;
-        let data = done
-            .await
-            .map_err(|_| Error::sandbox_lost(Some("its interpreter thread ended")))?
-            .map_err(Error::Internal)?;
+        let data = match self.session()?.as_ref() {
+            Some(s) => s.dump().map_err(Error::Internal)?,
+            None => return Err(Error::sandbox_lost(Some("its interpreter panicked"))),
+        };
         Ok(Snapshot {
             backend: "monty".into(),
             data,

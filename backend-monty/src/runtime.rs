@@ -12,7 +12,7 @@ use agentkernel_core::{
 };
 use async_trait::async_trait;
 
-use crate::engine::{MountPoint, SessionConfig, limit_of};
+use crate::engine::{HostDir, MountPoint, PrivateDir, SessionConfig, limit_of};
 use crate::inprocess::InProcessSandbox;
 use crate::tools::{BoundTools, mentions_tools, rewrite_imports};
 
@@ -202,27 +202,23 @@ impl MontyRuntime {
 }
 
 /// An in-process sandbox for `spec`: `/workspace` and `/tmp` map to real directories (a
-/// private temporary one each, unless the spec names a workspace).
+/// private temporary one each, made on first use, unless the spec names a workspace).
 fn in_process(id: String, spec: &SandboxSpec, snapshot: Option<&[u8]>) -> Result<InProcessSandbox> {
     let mut dirs = Vec::new();
-    let mut private = || -> Result<PathBuf> {
-        let d = tempfile::Builder::new()
-            .prefix("agentkernel-monty-")
-            .tempdir()
-            .map_err(|e| Error::io("creating a sandbox directory", e))?;
-        let p = d.path().to_path_buf();
-        dirs.push(d);
-        Ok(p)
+    let mut private = || {
+        let d = Arc::new(PrivateDir::default());
+        dirs.push(d.clone());
+        HostDir::Private(d)
     };
     let workspace = match &spec.workspace {
         Some(w) => {
             std::fs::create_dir_all(w)
                 .map_err(|e| Error::io(format!("creating the workspace {}", w.display()), e))?;
-            w.clone()
+            HostDir::Path(w.clone())
         }
-        None => private()?,
+        None => private(),
     };
-    let tmp = private()?;
+    let tmp = private();
     let mut mounts = vec![
         MountPoint {
             guest: "/workspace".into(),
@@ -244,7 +240,7 @@ fn in_process(id: String, spec: &SandboxSpec, snapshot: Option<&[u8]>) -> Result
     for m in &spec.mounts {
         mounts.push(MountPoint {
             guest: m.guest.to_string_lossy().into_owned(),
-            host: m.host.clone(),
+            host: HostDir::Path(m.host.clone()),
             writable: m.writable,
             write_limit: spec.limits.file_size_bytes,
         });

@@ -26,7 +26,7 @@ use base64::Engine as _;
 use monty_types::{MontyException, PrintWriterCallback};
 use serde_json::{Value, json};
 
-use crate::engine::{Host, MountPoint, Session, SessionConfig, empty_dir};
+use crate::engine::{Host, HostDir, MountPoint, Session, SessionConfig, empty_dir};
 
 const CONTROL_FD: i32 = 3;
 const LIFELINE_FD: i32 = 4;
@@ -112,7 +112,7 @@ fn protections() -> BTreeMap<String, String> {
 fn session_config(memory: Option<usize>) -> SessionConfig {
     let mount = |p: &str| MountPoint {
         guest: p.into(),
-        host: PathBuf::from(p),
+        host: HostDir::Path(PathBuf::from(p)),
         writable: true,
         write_limit: None,
     };

@@ -276,9 +276,17 @@ impl Runtime for ProcessRuntime {
         checks.push(Check {
             name: "rlimits".into(),
             state: CheckState::Active,
-            detail: format!(
-                "address space, processes, file size, CPU, core=0; sandbox runs as host uid {uid}"
-            ),
+            detail: match &inner.agent {
+                GuestAgent::Native(NativeAgent {
+                    memory_env: Some(var),
+                    ..
+                }) => format!(
+                    "processes, file size, CPU, core=0 (memory: counted by the agent's own allocator, limit in {var}); sandbox runs as host uid {uid}"
+                ),
+                _ => format!(
+                    "address space, processes, file size, CPU, core=0; sandbox runs as host uid {uid}"
+                ),
+            },
         });
         Diagnosis {
             available,
