@@ -15,8 +15,11 @@
 //!   ([`serve`]), `agentkernel.toml` ([`config`]) and the CLI;
 //! - `agentkernel-tool-bridge`: the tool registry (Rust functions, MCP servers, local Python
 //!   modules), the generated `/tools` package and the per-call policy;
-//! - `agentkernel-backend-wasm`, `-backend-monty`, `-backend-microsandbox`: planned (their
-//!   `lib.rs` says what they will hold).
+//! - `agentkernel-backend-wasm` (feature `wasm`, default): CPython compiled to WASI on
+//!   wasmtime;
+//! - `agentkernel-backend-monty` (feature `monty`, default): the Monty Python-subset
+//!   interpreter, in a jailed worker process (`monty`) or in-process (`monty-inprocess`);
+//! - `agentkernel-backend-microsandbox`: planned (its `lib.rs` says what it will hold).
 //!
 //! ```no_run
 //! # async fn demo() -> agentkernel::Result<()> {

@@ -223,15 +223,7 @@ async fn monty_tool_errors_match_the_process_backend() {
     let mut seen: Vec<Vec<String>> = Vec::new();
     for backend in ["process", "monty", "monty-inprocess"] {
         let dir = tempfile::tempdir().unwrap();
-        let policy = ToolPolicy {
-            allow: ["add", "slow", "huge", "fail"]
-                .iter()
-                .map(|t| format!("test.{t}"))
-                .collect(),
-            timeout: Duration::from_secs(2),
-            max_result_bytes: 100_000,
-            ..ToolPolicy::default()
-        };
+        let policy = fault_policy(&["add", "slow", "huge", "fail"]);
         let (kernel, registry) = kernel_on(backend, policy, &dir.path().join("calls")).await;
         let mut lines = Vec::new();
         for call in cases {
@@ -265,18 +257,21 @@ async fn monty_tool_errors_match_the_process_backend() {
     // list every tool and the call is refused (PermissionError). Either way it never runs.
 }
 
-async fn faults_on(backend: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("calls");
-    let policy = ToolPolicy {
-        allow: ["add", "slow", "huge", "crash", "fail"]
-            .iter()
-            .map(|t| format!("test.{t}"))
-            .collect(),
+/// The policy the fault tests run under: only `allowed` tools of the test server, a 2 s
+/// timeout and a 100 kB result cap.
+fn fault_policy(allowed: &[&str]) -> ToolPolicy {
+    ToolPolicy {
+        allow: allowed.iter().map(|t| format!("test.{t}")).collect(),
         timeout: Duration::from_secs(2),
         max_result_bytes: 100_000,
         ..ToolPolicy::default()
-    };
+    }
+}
+
+async fn faults_on(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("calls");
+    let policy = fault_policy(&["add", "slow", "huge", "crash", "fail"]);
     let (kernel, registry) = kernel_on(backend, policy, &log).await;
     let mut sandbox = kernel.sandbox().await.unwrap();
     let cases = [

@@ -13,12 +13,11 @@
 #[global_allocator]
 static ALLOC: monty_alloc::LimitedAllocator = monty_alloc::LimitedAllocator;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use agentkernel_backend_monty::{MontyConfig, MontyMode, MontyRuntime};
 use agentkernel_core::conformance::test_spec;
-use agentkernel_core::{ExecRequest, ExecStatus, NoTools, Runtime};
+use agentkernel_core::{ExecRequest, NoTools, Runtime};
 
 /// Programs Monty 0.0.23 runs exactly as `python3` does (a floor: more is progress). The
 /// set is stdlib-heavy on purpose (it was written for full-CPython backends).
@@ -30,27 +29,7 @@ const UNSPECIFIED: &[(&str, &str)] = &[(
     "a set prints in another order (set order is unspecified in Python)",
 )];
 
-#[derive(Debug, PartialEq)]
-struct Ending {
-    stdout: String,
-    code: i32,
-    exception: Option<String>,
-}
-
-fn native(path: &PathBuf) -> Ending {
-    let out = std::process::Command::new("python3")
-        .arg(path)
-        .env("PYTHONIOENCODING", "utf-8")
-        .output()
-        .unwrap();
-    let code = out.status.code().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    Ending {
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        code,
-        exception: (code == 1).then(|| stderr.trim_end().lines().last().unwrap_or("").to_owned()),
-    }
-}
+include!("../../testdata/differential.rs");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn monty_runs_the_differential_set_or_refuses_clearly() {
@@ -59,13 +38,7 @@ async fn monty_runs_the_differential_set_or_refuses_clearly() {
         worker: None,
     })
     .unwrap();
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/programs");
-    let mut programs: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "py"))
-        .collect();
-    programs.sort();
+    let programs = differential_programs();
     let (mut matching, mut wrong) = (0, Vec::new());
     let mut rows = Vec::new();
     for path in &programs {
@@ -76,17 +49,8 @@ async fn monty_runs_the_differential_set_or_refuses_clearly() {
             .await
             .unwrap();
         sb.shutdown().await.unwrap();
-        let monty = Ending {
-            stdout: out.stdout.text(),
-            code: out.status.exit_code(),
-            exception: match &out.status {
-                ExecStatus::Exception {
-                    type_name, message, ..
-                } => Some(format!("{type_name}: {message}")),
-                _ => None,
-            },
-        };
-        let expected = native(path);
+        let monty = Ending::of(&out);
+        let expected = Ending::native(path);
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let verdict = if monty == expected {
             matching += 1;

@@ -216,3 +216,17 @@ async fn workspace_files_are_the_only_files() {
         sb.shutdown().await.unwrap();
     }
 }
+
+/// The worker takes its memory setting out of its environment before any program runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_memory_setting_is_not_visible() {
+    let rt = runtime(MontyMode::Worker);
+    let mut sb = rt.create(&test_spec()).await.unwrap();
+    let out = run(
+        &mut sb,
+        "import os\nprint(os.getenv('AGENTKERNEL_MONTY_MEMORY'), 'AGENTKERNEL_MONTY_MEMORY' in os.environ)",
+    )
+    .await;
+    assert_eq!(out.stdout.text(), "None False\n", "{:?}", out.status);
+    sb.shutdown().await.unwrap();
+}

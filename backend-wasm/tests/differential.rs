@@ -4,51 +4,17 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use agentkernel_core::conformance::test_spec;
-use agentkernel_core::{ExecRequest, ExecStatus, NoTools, Runtime};
+use agentkernel_core::{ExecRequest, NoTools, Runtime};
 
-fn programs() -> Vec<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/programs");
-    let mut out: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "py"))
-        .collect();
-    out.sort();
-    out
-}
-
-/// How a run ended, comparable across the two: exit code and, for an uncaught exception,
-/// its last traceback line (`Type: message`).
-#[derive(Debug, PartialEq)]
-struct Ending {
-    stdout: String,
-    code: i32,
-    exception: Option<String>,
-}
-
-fn native(path: &PathBuf) -> Ending {
-    let out = std::process::Command::new("python3")
-        .arg(path)
-        .env("PYTHONIOENCODING", "utf-8")
-        .output()
-        .expect("run python3");
-    let code = out.status.code().expect("python3 exited");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    Ending {
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        code,
-        exception: (code == 1).then(|| stderr.trim_end().lines().last().unwrap_or("").to_owned()),
-    }
-}
+include!("../../testdata/differential.rs");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wasm_output_matches_native_python() {
     let rt = common::runtime();
-    let programs = programs();
+    let programs = differential_programs();
     assert!(
         programs.len() >= 40,
         "the differential set has {} programs",
@@ -63,17 +29,8 @@ async fn wasm_output_matches_native_python() {
             .await
             .expect("exec");
         sb.shutdown().await.expect("shutdown");
-        let wasm = Ending {
-            stdout: out.stdout.text(),
-            code: out.status.exit_code(),
-            exception: match &out.status {
-                ExecStatus::Exception {
-                    type_name, message, ..
-                } => Some(format!("{type_name}: {message}")),
-                _ => None,
-            },
-        };
-        let expected = native(path);
+        let wasm = Ending::of(&out);
+        let expected = Ending::native(path);
         if wasm != expected {
             mismatches.push(format!(
                 "{}:\n  native: {expected:?}\n  wasm:   {wasm:?}\n  wasm stderr: {}",
