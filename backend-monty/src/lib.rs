@@ -10,9 +10,11 @@
 //!   ([`worker`]) in the process backend's jail (namespaces, seccomp, landlock, rlimits),
 //!   speaking the guest protocol of `agentkernel_core::guest`. An abort, a native stack
 //!   overflow or a memory blow-up ends that worker; the kernel reports it and lives on.
-//!   Memory is counted per worker (Monty's allocator, under `RLIMIT_AS`).
-//! - **in_process** (trusted code): the session runs on a big-stack thread of the kernel
-//!   ([`inprocess`](crate)); panics are caught, but an abort ends the kernel, and the memory
+//!   Memory is counted per worker by Monty's allocator (`monty_alloc`), the limit passed in
+//!   the worker's environment.
+//! - **in_process** (trusted code): the session runs in the kernel on a 64 MiB stack (the
+//!   caller's thread switched to a cached stack, or a pooled thread when the run may call
+//!   tools: `inprocess`); panics are caught, but an abort ends the kernel, and the memory
 //!   limit counts the whole process's allocations (so it needs `monty_alloc` as the global
 //!   allocator, which the `agentkernel` binary installs).
 //!
@@ -25,7 +27,8 @@
 //!   bound to the tool's schema as the generated CPython stubs would.
 //! - [`convert`]: Monty values ↔ JSON.
 //! - [`worker`]: worker mode's guest agent (`agentkernel-monty-worker`, or the
-//!   `agentkernel` binary's hidden `monty-worker` sub-command).
+//!   `agentkernel` binary run with the hidden first argument `__monty-worker`).
+//! - `inprocess`: in-process mode's sandbox.
 //! - `runtime`: [`MontyRuntime`], capabilities and `doctor`.
 //!
 //! Monty runs a subset of Python: what it lacks fails with a Python exception naming it

@@ -48,7 +48,7 @@ impl std::str::FromStr for MontyMode {
 pub struct WorkerCommand {
     /// The binary on the host.
     pub executable: PathBuf,
-    /// Its arguments (e.g. the `agentkernel` binary's hidden `monty-worker` sub-command).
+    /// Its arguments (e.g. `__monty-worker`, which makes the `agentkernel` binary the worker).
     pub args: Vec<String>,
 }
 
