@@ -27,12 +27,26 @@ pub async fn doctor() -> Vec<BackendReport> {
     let mut out = Vec::new();
     for (name, what) in BACKENDS {
         if !compiled.contains(name) {
+            let mut checks = Vec::new();
+            if *name == "microvm" {
+                // Which engine a microVM would get here, before there is one.
+                let kvm = agentkernel_backend_microsandbox::kvm::KvmProbe::detect();
+                checks.push(Check {
+                    name: "kvm".into(),
+                    state: if kvm.is_real() {
+                        CheckState::Active
+                    } else {
+                        CheckState::Inactive
+                    },
+                    detail: kvm.reason(),
+                });
+            }
             out.push(BackendReport {
                 backend: (*name).into(),
                 compiled: false,
                 available: false,
                 reason: Some(format!("not in this build ({what})")),
-                checks: Vec::new(),
+                checks,
             });
             continue;
         }
