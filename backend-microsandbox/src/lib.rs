@@ -5,7 +5,13 @@
 //! real), or microsandbox/libkrun on real KVM. Control runs over virtio-serial with the same
 //! guest agent and framed protocol as the process backend (`agentkernel_core::guest`).
 //!
-//! Built so far: [`kvm`], the probe that tells real hardware KVM from PVM (which `doctor`
-//! reports). The facade exposes no `microvm` backend yet.
+//! Built so far:
+//! - [`kvm`], the probe that tells real hardware KVM from PVM (which `doctor` reports);
+//! - the guest image: `scripts/build-microvm-image` assembles the Debian cloud kernel and an
+//!   initramfs (busybox, python3 minimal, the virtio modules, `guest/init`) from Debian
+//!   packages, cached by their versions; `--check` boots it once under QEMU `-M microvm`
+//!   and requires Python to print 6*7 (`tests/image.rs`).
+//!
+//! The facade exposes no `microvm` backend yet.
 
 pub mod kvm;
