@@ -25,7 +25,10 @@ fn the_image_builds_and_boots_to_python() {
         }
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-microvm-image");
-    let out = Command::new(script).arg("--check").output().expect("run the script");
+    let out = Command::new(script)
+        .arg("--check")
+        .output()
+        .expect("run the script");
     let stderr = String::from_utf8_lossy(&out.stderr);
     if out.status.code() == Some(69) {
         println!("skipped: {stderr}");
