@@ -10,8 +10,11 @@
 //! - the guest image: `scripts/build-microvm-image` assembles the Debian cloud kernel and an
 //!   initramfs (busybox, python3 minimal, the virtio modules, `guest/init`) from Debian
 //!   packages, cached by their versions; `--check` boots it once under QEMU `-M microvm`
-//!   and requires Python to print 6*7 (`tests/image.rs`).
+//!   and requires Python to print 6*7 (`tests/image.rs`);
+//! - [`qemu::QemuVm`]: boots that image with the guest agent on virtio-serial ports and
+//!   speaks the guest protocol to it (`tests/vm.rs` runs a program in it).
 //!
 //! The facade exposes no `microvm` backend yet.
 
 pub mod kvm;
+pub mod qemu;

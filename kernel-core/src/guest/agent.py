@@ -202,23 +202,39 @@ def _remove(path):
 
 
 class _Channel:
+    """Frames over the control fd: a socket (process backend) or a character device such
+    as a virtio-serial port (microvm backend), read and written with plain os calls."""
+
     def __init__(self, fd):
-        import socket
+        import stat
         import threading
 
-        self.sock = socket.socket(fileno=fd)
         os.set_inheritable(fd, False)
+        self.fd = fd
+        self.is_socket = stat.S_ISSOCK(os.fstat(fd).st_mode)
+        if self.is_socket:
+            import socket
+
+            self.sock = socket.socket(fileno=fd)
         self.lock = threading.Lock()
         self.json = __import__("json")
 
     def send(self, msg):
         data = self.json.dumps(msg, default=repr).encode()
-        self.sock.sendall(len(data).to_bytes(4, "big") + data)
+        frame = memoryview(len(data).to_bytes(4, "big") + data)
+        if self.is_socket:
+            self.sock.sendall(frame)
+            return
+        while frame:
+            frame = frame[os.write(self.fd, frame) :]
 
     def _read_exact(self, n):
         buf = bytearray()
         while len(buf) < n:
-            chunk = self.sock.recv(n - len(buf))
+            if self.is_socket:
+                chunk = self.sock.recv(n - len(buf))
+            else:
+                chunk = os.read(self.fd, n - len(buf))
             if not chunk:
                 return None
             buf += chunk
