@@ -40,6 +40,25 @@ pub async fn doctor() -> Vec<BackendReport> {
                     },
                     detail: kvm.reason(),
                 });
+                let accel = if kvm.is_real() {
+                    "hardware KVM"
+                } else {
+                    "software emulation (TCG)"
+                };
+                checks.push(
+                    match agentkernel_backend_microsandbox::qemu::qemu_version() {
+                        Ok(version) => Check {
+                            name: "qemu".into(),
+                            state: CheckState::Active,
+                            detail: format!("{version}; the qemu engine would run under {accel}"),
+                        },
+                        Err(why) => Check {
+                            name: "qemu".into(),
+                            state: CheckState::Inactive,
+                            detail: why,
+                        },
+                    },
+                );
             }
             out.push(BackendReport {
                 backend: (*name).into(),

@@ -28,7 +28,10 @@ pub const BACKENDS: &[(&str, &str)] = &[
         "monty-inprocess",
         "Monty on a thread of the kernel itself: microsecond starts, trusted code only",
     ),
-    ("microvm", "a full Linux microVM per sandbox: planned"),
+    (
+        "microvm",
+        "a full Linux microVM per sandbox: in progress (guest image and QEMU VM built, no backend yet)",
+    ),
 ];
 
 /// Names of the backends compiled into this build.

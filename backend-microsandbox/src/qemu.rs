@@ -40,6 +40,27 @@ fn tsc_khz() -> u64 {
         .map_or(2_000_000, |mhz| (mhz * 1000.0) as u64)
 }
 
+/// The installed QEMU's version line, or why there is none (for `doctor`).
+pub fn qemu_version() -> std::result::Result<String, String> {
+    match std::process::Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+    {
+        Ok(out) if out.status.success() => Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_owned()),
+        Ok(out) => Err(format!(
+            "qemu-system-x86_64 --version failed ({})",
+            out.status
+        )),
+        Err(e) => Err(format!(
+            "no qemu-system-x86_64 ({e}): apt-get install qemu-system-x86"
+        )),
+    }
+}
+
 impl QemuVm {
     /// Boots the image in `image` (a directory with `vmlinuz` and `initrd.img`) with
     /// `memory_mib` of RAM and waits (up to `timeout`) for the guest agent's hello.
