@@ -267,19 +267,15 @@ impl Session {
                     };
                     lookup.resume(result, printer(host))
                 }
-                ReplProgress::FunctionCall(call) => {
-                    let result = self.call(
-                        &call.function_name,
-                        call.args.clone(),
-                        call.kwargs.clone(),
-                        host,
-                    );
+                ReplProgress::FunctionCall(mut call) => {
+                    // The arguments move to the host; the paused call keeps only its place.
+                    let args = std::mem::take(&mut call.args);
+                    let kwargs = std::mem::take(&mut call.kwargs);
+                    let result = self.call(&call.function_name, args, kwargs, host);
                     call.resume(result, printer(host))
                 }
-                ReplProgress::OsCall(os) => {
-                    let result = self.os_call(os.function_call.clone());
-                    os.resume(result, printer(host))
-                }
+                // The call moves into the handler (a write's payload is not copied).
+                ReplProgress::OsCall(os) => os.resume_with(printer(host), |c| self.os_call(c)),
                 ReplProgress::ResolveFutures(futures) => futures.abort(
                     MontyException::new(
                         ExcType::NotImplementedError,
@@ -418,20 +414,6 @@ impl Session {
                 }
                 other => ExtFunctionResult::Error(other.on_no_handler()),
             },
-        }
-    }
-}
-
-/// Empties a directory of the sandbox's own (its private `/tmp`, or a private workspace),
-/// for a reset. Symlinks are removed, never followed.
-pub fn empty_dir(dir: &std::path::Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            let _ = match e.file_type() {
-                Ok(t) if t.is_dir() => std::fs::remove_dir_all(&p),
-                _ => std::fs::remove_file(&p),
-            };
         }
     }
 }

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use agentkernel_core::{
     CapturedOutput, Error, ExecOutcome, ExecRequest, ExecStatus, LimitKind, OutputSink, Result,
     Sandbox, Snapshot, StreamKind, Timings, ToolCallRecord, ToolError, ToolErrorKind, ToolHost,
-    ToolSpec,
 };
 use async_trait::async_trait;
 use monty_types::{MontyException, PrintWriterCallback};
@@ -28,7 +27,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use crate::engine::{Host, PrivateDir, Session, SessionConfig};
-use crate::tools::{POSITIONAL_KEY, bind, mentions_tools, rewrite_imports};
+use crate::tools::{BoundTools, mentions_tools};
 
 /// Stack a run gets.
 pub const STACK_BYTES: usize = 64 << 20;
@@ -41,7 +40,8 @@ const GRACE: Duration = Duration::from_secs(2);
 struct Run {
     code: String,
     timeout: Duration,
-    tools: Arc<dyn ToolHost>,
+    /// Bound as in [`BoundTools`].
+    tools: Arc<BoundTools>,
     cap: usize,
     sink: Option<OutputSink>,
     /// For tool calls (only runs on a sandbox thread can make them).
@@ -61,7 +61,6 @@ struct LocalHost<'a> {
     run: &'a Run,
     deadline: Instant,
     stdout: CapturedOutput,
-    catalog: Option<Vec<ToolSpec>>,
     calls: Vec<ToolCallRecord>,
     tool_time: Duration,
 }
@@ -94,31 +93,25 @@ impl PrintWriterCallback for LocalHost<'_> {
 impl Host for LocalHost<'_> {
     fn call_tool(&mut self, name: &str, args: Value) -> std::result::Result<Value, ToolError> {
         let started = Instant::now();
-        let args = if args.get(POSITIONAL_KEY).is_some() {
-            let catalog = self.catalog.get_or_insert_with(|| self.run.tools.catalog());
-            bind(catalog, name, args)
-        } else {
-            Ok(args)
+        let result = match &self.run.handle {
+            None => Err(ToolError::new(
+                ToolErrorKind::Failed,
+                "tools cannot be called from this run",
+            )),
+            Some(handle) => {
+                let (tools, deadline) = (&self.run.tools, self.deadline);
+                handle
+                    .block_on(async move {
+                        tokio::time::timeout_at(deadline.into(), tools.call(name, args)).await
+                    })
+                    .unwrap_or_else(|_| {
+                        Err(ToolError::new(
+                            ToolErrorKind::Timeout,
+                            "the run's time limit was reached while the tool ran",
+                        ))
+                    })
+            }
         };
-        let result = args.and_then(|args| {
-            let Some(handle) = &self.run.handle else {
-                return Err(ToolError::new(
-                    ToolErrorKind::Failed,
-                    "tools cannot be called from this run",
-                ));
-            };
-            let (tools, deadline) = (&self.run.tools, self.deadline);
-            handle
-                .block_on(async move {
-                    tokio::time::timeout_at(deadline.into(), tools.call(name, args)).await
-                })
-                .unwrap_or_else(|_| {
-                    Err(ToolError::new(
-                        ToolErrorKind::Timeout,
-                        "the run's time limit was reached while the tool ran",
-                    ))
-                })
-        });
         let took = started.elapsed();
         self.tool_time += took;
         self.calls.push(ToolCallRecord {
@@ -137,7 +130,6 @@ fn run_in(slot: &Mutex<Option<Session>>, run: &Run) -> Finished {
         run,
         deadline: Instant::now() + run.timeout,
         stdout: CapturedOutput::default(),
-        catalog: None,
         calls: Vec::new(),
         tool_time: Duration::ZERO,
     };
@@ -365,10 +357,10 @@ impl Sandbox for InProcessSandbox {
         }
         let started = Instant::now();
         let may_call_tools = mentions_tools(&req.code);
-        let code = if may_call_tools {
-            rewrite_imports(&req.code, &tools.catalog()).into_owned()
-        } else {
-            req.code
+        let tools = Arc::new(BoundTools::new(tools));
+        let code = match tools.rewrite(&req.code) {
+            std::borrow::Cow::Owned(rewritten) => rewritten,
+            std::borrow::Cow::Borrowed(_) => req.code,
         };
         let mut run = Run {
             code,
@@ -437,7 +429,8 @@ impl Sandbox for InProcessSandbox {
         let fresh = Session::new(self.config.clone()).map_err(Error::Internal)?;
         *self.session()? = Some(fresh);
         for path in self.dirs.iter().filter_map(|d| d.created()) {
-            crate::engine::empty_dir(&path);
+            agentkernel_core::empty_dir(&path)
+                .map_err(|e| Error::io(format!("emptying {} for a reset", path.display()), e))?;
         }
         self.lost = None;
         Ok(())

@@ -1,5 +1,6 @@
 //! The monty backend's `Runtime`: configuration, the two modes, capabilities, `doctor`.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -14,7 +15,7 @@ use async_trait::async_trait;
 
 use crate::engine::{HostDir, MountPoint, PrivateDir, SessionConfig, limit_of};
 use crate::inprocess::InProcessSandbox;
-use crate::tools::{BoundTools, mentions_tools, rewrite_imports};
+use crate::tools::BoundTools;
 
 /// Where Monty runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -289,10 +290,11 @@ impl Sandbox for WorkerSandbox {
         if let Some(reason) = &self.lost {
             return Err(Error::sandbox_lost(Some(reason)));
         }
-        if mentions_tools(&req.code) {
-            req.code = rewrite_imports(&req.code, &tools.catalog()).into_owned();
+        let tools = Arc::new(BoundTools::new(tools));
+        if let Cow::Owned(code) = tools.rewrite(&req.code) {
+            req.code = code;
         }
-        let mut out = self.inner.exec(req, Arc::new(BoundTools(tools))).await?;
+        let mut out = self.inner.exec(req, tools).await?;
         if let ExecStatus::Exception {
             type_name, message, ..
         } = &out.status

@@ -21,7 +21,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use agentkernel_core::{ToolError, ToolErrorKind, ToolHost, ToolSpec};
 use agentkernel_tool_bridge::stubs::{bind_arguments, python_name};
@@ -295,24 +295,50 @@ pub fn bind(specs: &[ToolSpec], name: &str, args: Value) -> Result<Value, ToolEr
     .map_err(|m| ToolError::new(ToolErrorKind::InvalidArguments, m))
 }
 
-/// The exec's tools, with calls bound by [`bind`] before they reach the host's registry.
-/// Used by worker mode, where the call arrives over the guest protocol.
-pub(crate) struct BoundTools(pub Arc<dyn ToolHost>);
+/// One exec's tools, as both modes use them: the catalog fetched once (for the import
+/// rewrite and for binding), and calls bound by [`bind`] before they reach the host's
+/// registry.
+pub(crate) struct BoundTools {
+    inner: Arc<dyn ToolHost>,
+    specs: OnceLock<Vec<ToolSpec>>,
+}
+
+impl BoundTools {
+    pub(crate) fn new(inner: Arc<dyn ToolHost>) -> BoundTools {
+        BoundTools {
+            inner,
+            specs: OnceLock::new(),
+        }
+    }
+
+    /// The exec's catalog (asked of the host once).
+    fn specs(&self) -> &[ToolSpec] {
+        self.specs.get_or_init(|| self.inner.catalog())
+    }
+
+    /// `code` with its tool imports rewritten ([`rewrite_imports`]).
+    pub(crate) fn rewrite<'a>(&self, code: &'a str) -> Cow<'a, str> {
+        if mentions_tools(code) {
+            rewrite_imports(code, self.specs())
+        } else {
+            Cow::Borrowed(code)
+        }
+    }
+}
 
 #[async_trait]
 impl ToolHost for BoundTools {
     fn catalog(&self) -> Vec<ToolSpec> {
-        self.0.catalog()
+        self.specs().to_vec()
     }
 
     async fn call(&self, name: &str, args: Value) -> Result<Value, ToolError> {
-        let has_positional = args.get(POSITIONAL_KEY).is_some();
-        let args = if has_positional {
-            bind(&self.0.catalog(), name, args)?
+        let args = if args.get(POSITIONAL_KEY).is_some() {
+            bind(self.specs(), name, args)?
         } else {
             args
         };
-        self.0.call(name, args).await
+        self.inner.call(name, args).await
     }
 }
 

@@ -26,7 +26,9 @@ use base64::Engine as _;
 use monty_types::{MontyException, PrintWriterCallback};
 use serde_json::{Value, json};
 
-use crate::engine::{Host, HostDir, MountPoint, Session, SessionConfig, empty_dir};
+use agentkernel_core::empty_dir;
+
+use crate::engine::{Host, HostDir, MountPoint, Session, SessionConfig};
 
 const CONTROL_FD: i32 = 3;
 const LIFELINE_FD: i32 = 4;
@@ -300,9 +302,14 @@ fn agent() -> Result<(), String> {
             }
             let token = std::str::from_utf8(&command[1..]).map_err(|e| e.to_string())?;
             session.reset()?;
-            empty_dir(std::path::Path::new("/tmp"));
+            // Fail closed: a worker that cannot empty them exits, and the host replaces the
+            // sandbox.
+            let wipe = |dir: &str| {
+                empty_dir(std::path::Path::new(dir)).map_err(|e| format!("emptying {dir}: {e}"))
+            };
+            wipe("/tmp")?;
             if command[0] == b'W' {
-                empty_dir(std::path::Path::new("/workspace"));
+                wipe("/workspace")?;
             }
             let mark = format!("\u{1e}AK-RESET-{token}\u{1e}");
             for fd in [1, 2] {

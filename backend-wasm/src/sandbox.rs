@@ -161,20 +161,6 @@ fn set_deadline(store: &mut Store<State>, deadline: Instant) {
     store.set_epoch_deadline(1);
 }
 
-/// Empties a directory without removing it.
-fn empty_dir(dir: &Path) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let path = entry.path();
-        if entry.file_type()?.is_dir() {
-            std::fs::remove_dir_all(&path)?;
-        } else {
-            std::fs::remove_file(&path)?;
-        }
-    }
-    Ok(())
-}
-
 #[async_trait]
 impl Sandbox for WasmSandbox {
     fn id(&self) -> &str {
@@ -251,7 +237,8 @@ impl Sandbox for WasmSandbox {
 
     async fn reset(&mut self) -> Result<()> {
         self.live = None;
-        empty_dir(self.tmp.path()).map_err(|e| Error::io("emptying the sandbox's /tmp", e))?;
+        agentkernel_core::empty_dir(self.tmp.path())
+            .map_err(|e| Error::io("emptying the sandbox's /tmp", e))?;
         self.quota.reset();
         self.live =
             Some(instantiate(&self.prepared, &self.spec, self.tmp.path(), &self.quota).await?);

@@ -17,6 +17,22 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::exec::LimitKind;
 
+/// Empties `dir` without removing it, for a sandbox reset (its private `/tmp`, a private
+/// workspace). Symlinks are removed, never followed. Any failure is an error: a reset that
+/// leaves files behind is not a reset.
+pub fn empty_dir(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
 /// The workspaces under one root directory.
 #[derive(Debug, Clone)]
 pub struct Workspaces {
