@@ -191,9 +191,11 @@ impl Session {
     /// with this process's mounts and environment.
     pub fn load(bytes: &[u8], config: SessionConfig) -> Result<Session, String> {
         let dump = Dump::load(bytes).map_err(|e| format!("not a monty session snapshot: {e}"))?;
-        let DumpSession::Idle(repl) = dump.state else {
+        let DumpSession::Idle(mut repl) = dump.state else {
             return Err("the snapshot is of a paused run, not an idle session".into());
         };
+        // This sandbox's limits, not those of the one the snapshot was taken in.
+        *repl.tracker_mut() = ResourceTracker::new(limits(&config));
         let (fs, pending) = mount_table(&config)?;
         Ok(Session {
             repl: Some(*repl),

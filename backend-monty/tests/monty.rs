@@ -230,3 +230,28 @@ async fn the_worker_memory_setting_is_not_visible() {
     assert_eq!(out.stdout.text(), "None False\n", "{:?}", out.status);
     sb.shutdown().await.unwrap();
 }
+
+/// A restored session obeys the limits of the sandbox it is restored into, not those of
+/// the one its snapshot was taken in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_session_has_the_new_sandboxes_limits() {
+    let rt = runtime(MontyMode::InProcess);
+    let mut sb = rt.create(&test_spec()).await.unwrap();
+    assert_eq!(run(&mut sb, "x = 41").await.status, ExecStatus::Ok);
+    let snap = sb.snapshot().await.unwrap();
+    // 200 MiB fits the default 512 MiB limit...
+    let out = run(&mut sb, "s = 'a' * (200 * 2**20)\ns = None\nprint(x + 1)").await;
+    assert_eq!(out.stdout.text(), "42\n", "{:?}", out.status);
+    sb.shutdown().await.unwrap();
+    // ...but not the 64 MiB one of the sandbox the snapshot is restored into.
+    let spec = limited(|l| l.memory_bytes = Some(64 << 20));
+    let mut restored = rt.restore(&spec, &snap).await.unwrap();
+    let out = run(&mut restored, "s = 'a' * (200 * 2**20)\nprint(x + 1)").await;
+    assert_eq!(
+        out.status,
+        ExecStatus::Killed {
+            limit: LimitKind::Memory
+        }
+    );
+    restored.shutdown().await.unwrap();
+}
