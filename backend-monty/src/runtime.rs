@@ -246,14 +246,9 @@ fn in_process(id: String, spec: &SandboxSpec, snapshot: Option<&[u8]>) -> Result
             write_limit: spec.limits.file_size_bytes,
         });
     }
-    let mut env: std::collections::BTreeMap<String, String> = agentkernel_core::default_env()
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
-    env.extend(spec.env.clone());
     let config = SessionConfig {
         mounts,
-        env,
+        env: spec.guest_env(),
         memory_bytes: spec
             .limits
             .memory_bytes

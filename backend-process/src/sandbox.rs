@@ -260,9 +260,7 @@ pub(crate) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec, id: &str) -> R
             cmd
         }
     };
-    cmd.env_clear()
-        .envs(agentkernel_core::default_env())
-        .envs(&spec.env);
+    cmd.env_clear().envs(spec.guest_env());
     if let (Some(var), Some(bytes)) = (&memory_env, spec.limits.memory_bytes) {
         cmd.env(var, bytes.to_string());
     }

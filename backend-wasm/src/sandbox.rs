@@ -63,17 +63,14 @@ impl WasmSandbox {
 
 /// The guest's environment: the defaults, the spec's variables, and `PWD`.
 fn guest_env(spec: &SandboxSpec) -> Vec<(String, String)> {
-    let mut env: std::collections::BTreeMap<String, String> = agentkernel_core::default_env()
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let mut env = spec.guest_env();
     let pwd = if spec.workspace.is_some() {
         "/workspace"
     } else {
         "/tmp"
     };
-    env.insert("PWD".into(), pwd.into());
-    env.extend(spec.env.clone());
+    // The spec may set its own PWD.
+    env.entry("PWD".into()).or_insert_with(|| pwd.into());
     env.into_iter().collect()
 }
 

@@ -153,6 +153,17 @@ const RESERVED_GUEST_PATHS: &[&str] = &[
 ];
 
 impl SandboxSpec {
+    /// The environment the sandbox's program sees: [`default_env`], then this spec's
+    /// variables over it.
+    pub fn guest_env(&self) -> BTreeMap<String, String> {
+        let mut env: BTreeMap<String, String> = default_env()
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        env.extend(self.env.clone());
+        env
+    }
+
     /// Checks limits, mounts and environment; the error says which entry is wrong.
     pub fn validate(&self) -> Result<()> {
         self.limits.validate()?;
