@@ -1,20 +1,39 @@
 //! # agentkernel-backend-microsandbox
 //!
-//! A full Linux microVM per sandbox (issue 9, in progress): QEMU `-M microvm` with a Debian
-//! kernel and an initramfs built from Debian packages (software emulation where KVM is not
-//! real), or microsandbox/libkrun on real KVM. Control runs over virtio-serial with the same
-//! guest agent and framed protocol as the process backend (`agentkernel_core::guest`).
+//! The `microvm` backend: a full Linux VM per sandbox, so programs get a whole OS
+//! (`subprocess`, a shell, their own kernel) behind a hardware-style boundary.
 //!
-//! Built so far:
-//! - [`kvm`], the probe that tells real hardware KVM from PVM (which `doctor` reports);
-//! - the guest image: `scripts/build-microvm-image` assembles the Debian cloud kernel and an
-//!   initramfs (busybox, python3 minimal, the virtio modules, `guest/init`) from Debian
-//!   packages, cached by their versions; `--check` boots it once under QEMU `-M microvm`
-//!   and requires Python to print 6*7 (`tests/image.rs`);
-//! - [`qemu::QemuVm`]: boots that image with the guest agent on virtio-serial ports and
-//!   speaks the guest protocol to it (`tests/vm.rs` runs a program in it).
+//! - **Engine `qemu`** (this crate's working engine): QEMU `-M microvm` with the Debian
+//!   cloud kernel and an initramfs built from Debian packages by
+//!   `scripts/build-microvm-image` ([`image`]). KVM only when the [`kvm`] probe finds real
+//!   hardware virtualization; otherwise software emulation (TCG), which is what runs on
+//!   machines whose `/dev/kvm` is PVM.
+//! - **Engine `msb`** (microsandbox/libkrun): needs real KVM; not built yet — `doctor` says
+//!   why it is unavailable ([`msb_unavailable_reason`]).
 //!
-//! The facade exposes no `microvm` backend yet.
+//! Inside the VM ([`qemu`]): `/init` starts the *supervisor* (`guest/supervisor.py`, root) on
+//! virtio-serial port 4; it starts the shared guest agent (`agentkernel_core::guest`) as
+//! uid 1000 on ports 1-3, applies the sandbox's limits, and copies shared directories in and
+//! out ([`share`]): there is no shared file system, because a mounted one would block the
+//! snapshots that pooled VMs are restored from. [`runtime`] ties it together: template
+//! states per memory size, a pool of warm VMs, and [`MicroVmSandbox`].
 
+pub mod image;
 pub mod kvm;
 pub mod qemu;
+pub mod runtime;
+pub mod share;
+
+pub use runtime::{MicroVmConfig, MicroVmRuntime, MicroVmSandbox};
+
+/// Why the `msb` engine (microsandbox on libkrun) does not run here.
+pub fn msb_unavailable_reason(kvm: &kvm::KvmProbe) -> String {
+    if kvm.is_real() {
+        "not built yet: the qemu engine runs instead (with KVM)".into()
+    } else {
+        format!(
+            "needs hardware KVM, and {}; the qemu engine runs instead",
+            kvm.reason()
+        )
+    }
+}

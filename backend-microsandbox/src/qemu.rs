@@ -1,7 +1,16 @@
-//! The `qemu` engine's VM (issue 9, in progress): QEMU `-M microvm` booting the image of
-//! `scripts/build-microvm-image` with the guest agent on three virtio-serial ports (control,
-//! stdout, stderr), each a Unix socket QEMU listens on, and [`GuestConn`] on the host side:
-//! the same protocol as the process backend. Software emulation (TCG) unless KVM is real.
+//! The `qemu` engine's machine: QEMU `-M microvm` booting the image of
+//! `scripts/build-microvm-image` (software emulation, TCG, unless KVM is real), with four
+//! virtio-serial ports, each a Unix socket QEMU listens on:
+//!
+//! | port | guest device     | what                                                   |
+//! |------|------------------|--------------------------------------------------------|
+//! | 1    | `/dev/vport0p1`  | the guest agent's control channel ([`GuestConn`])      |
+//! | 2, 3 | `/dev/vport0p2/3`| the program's stdout and stderr                        |
+//! | 4    | `/dev/vport0p4`  | the supervisor (root in the guest): [`SysConn`]        |
+//!
+//! A VM either boots (seconds) or is restored from a state file saved by [`QemuVm::save`]
+//! (QMP `migrate` to a file; restored with `-incoming`), then stays paused until the host
+//! has connected to every port. There is no network device: `-nodefaults` and no `-netdev`.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -9,23 +18,56 @@ use std::time::{Duration, Instant};
 
 use agentkernel_core::guest::{GuestConn, Hello};
 use agentkernel_core::{Error, Result};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 use crate::kvm::KvmProbe;
 
-/// A booted VM and the connection to its guest agent.
-pub struct QemuVm {
-    child: tokio::process::Child,
-    /// The guest agent's connection.
-    pub conn: GuestConn<UnixStream, UnixStream, UnixStream>,
-    /// What the agent reported at start.
-    pub hello: Hello,
-    /// Holds the sockets and the console log.
-    dir: tempfile::TempDir,
+/// The host side of the guest agent's ports.
+pub type AgentConn = GuestConn<UnixStream, UnixStream, UnixStream>;
+
+/// The ports, in the guest's order (`/dev/vport0p1..4`).
+const PORTS: [&str; 4] = ["ctl", "out", "err", "sys"];
+
+/// How to start a VM.
+#[derive(Debug, Clone)]
+pub struct MachineSpec {
+    /// Directory with `vmlinuz` and `initrd.img`.
+    pub image: PathBuf,
+    /// Guest RAM in MiB.
+    pub memory_mib: u32,
+    /// Virtual CPUs.
+    pub vcpus: u32,
+    /// Use KVM (only when the probe says it is real hardware virtualization).
+    pub kvm: bool,
 }
 
-/// The ports, in the guest's order (`/dev/vport0p1..3`).
-const PORTS: [&str; 3] = ["ctl", "out", "err"];
+impl MachineSpec {
+    /// A spec for `image` with `memory_mib`, one vCPU, and KVM if the probe finds it real.
+    pub fn new(image: &Path, memory_mib: u32) -> MachineSpec {
+        MachineSpec {
+            image: image.to_path_buf(),
+            memory_mib,
+            vcpus: 1,
+            kvm: KvmProbe::detect().is_real(),
+        }
+    }
+}
+
+/// A running VM: QEMU, its QMP monitor and the supervisor's port. The agent's ports are
+/// taken by [`QemuVm::agent`] once its hello arrived.
+pub struct QemuVm {
+    child: tokio::process::Child,
+    qmp: Qmp,
+    /// The supervisor's port.
+    pub sys: SysConn,
+    agent_ports: Option<[UnixStream; 3]>,
+    /// Holds the sockets and the console log.
+    dir: tempfile::TempDir,
+    /// The name QEMU runs under (`agentkernel-vm-<id>`, visible in `ps`).
+    pub name: String,
+}
 
 /// The host's TSC frequency in kHz: the guest kernel cannot calibrate it under TCG.
 fn tsc_khz() -> u64 {
@@ -61,63 +103,115 @@ pub fn qemu_version() -> std::result::Result<String, String> {
     }
 }
 
+fn lost(what: impl Into<String>) -> Error {
+    Error::SandboxLost {
+        reason: what.into(),
+    }
+}
+
 impl QemuVm {
-    /// Boots the image in `image` (a directory with `vmlinuz` and `initrd.img`) with
-    /// `memory_mib` of RAM and waits (up to `timeout`) for the guest agent's hello.
-    pub async fn boot(image: &Path, memory_mib: u32, timeout: Duration) -> Result<QemuVm> {
-        let dir = tempfile::tempdir().map_err(|e| Error::io("creating the VM's directory", e))?;
+    /// Boots `spec`'s image and waits (until `deadline`) for the supervisor's `ready`.
+    pub async fn boot(spec: &MachineSpec, deadline: Instant) -> Result<QemuVm> {
+        let mut vm = QemuVm::launch(spec, None).await?;
+        match vm.sys.recv(deadline).await {
+            Ok(msg) if msg["type"] == "ready" => Ok(vm),
+            Ok(other) => Err(lost(format!(
+                "the supervisor said {other} instead of ready"
+            ))),
+            Err(e) => Err(lost(format!(
+                "{e}; the guest console ended with: {}",
+                vm.console_tail()
+            ))),
+        }
+    }
+
+    /// Starts a VM from a state file saved by [`QemuVm::save`] for the same `spec` (image
+    /// and memory), and lets it run once every port is connected.
+    pub async fn restore(spec: &MachineSpec, state: &Path, deadline: Instant) -> Result<QemuVm> {
+        let mut vm = QemuVm::launch(spec, Some(state)).await?;
+        loop {
+            let status = vm.qmp.execute("query-status", json!({})).await?;
+            match status["status"].as_str() {
+                Some("inmigrate") if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Some("paused" | "prelaunch" | "postmigrate") => break,
+                other => {
+                    return Err(lost(format!(
+                        "restoring the VM state failed (status {other:?})"
+                    )));
+                }
+            }
+        }
+        vm.qmp.execute("cont", json!({})).await?;
+        Ok(vm)
+    }
+
+    async fn launch(spec: &MachineSpec, incoming: Option<&Path>) -> Result<QemuVm> {
+        let dir = tempfile::Builder::new()
+            .prefix("agentkernel-vm-")
+            .tempdir()
+            .map_err(|e| Error::io("creating the VM's directory", e))?;
         let sock = |name: &str| dir.path().join(format!("{name}.sock"));
-        let accel = if KvmProbe::detect().is_real() {
-            "kvm"
-        } else {
-            "tcg"
-        };
+        let name = format!(
+            "agentkernel-vm-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
         let mut cmd = tokio::process::Command::new("qemu-system-x86_64");
-        cmd.args(["-M", "microvm", "-accel", accel, "-smp", "1", "-nodefaults"])
-            .args(["-no-user-config", "-nographic", "-no-reboot"])
-            .args(["-m", &memory_mib.to_string()])
+        cmd.args(["-name", &name, "-M", "microvm", "-nodefaults"])
+            .args(["-accel", if spec.kvm { "kvm" } else { "tcg" }])
+            .args(["-smp", &spec.vcpus.to_string()])
+            .args(["-no-user-config", "-nographic", "-no-reboot", "-S"])
+            .args(["-m", &spec.memory_mib.to_string()])
             .arg("-serial")
             .arg(format!("file:{}", dir.path().join("console.log").display()))
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", sock("qmp").display()))
             .arg("-kernel")
-            .arg(image.join("vmlinuz"))
+            .arg(spec.image.join("vmlinuz"))
             .arg("-initrd")
-            .arg(image.join("initrd.img"))
+            .arg(spec.image.join("initrd.img"))
             .arg("-append")
             .arg(format!(
                 "console=ttyS0 quiet panic=-1 tsc_early_khz={} ak.agent=1",
                 tsc_khz()
             ))
             .args(["-device", "virtio-serial-device"]);
-        for (i, name) in PORTS.iter().enumerate() {
+        for (i, port) in PORTS.iter().enumerate() {
             cmd.arg("-chardev")
                 .arg(format!(
-                    "socket,id={name},path={},server=on,wait=off",
-                    sock(name).display()
+                    "socket,id={port},path={},server=on,wait=off",
+                    sock(port).display()
                 ))
                 .arg("-device")
                 .arg(format!(
-                    "virtserialport,chardev={name},nr={},name=ak.{name}",
+                    "virtserialport,chardev={port},nr={},name=ak.{port}",
                     i + 1
                 ));
         }
+        if let Some(state) = incoming {
+            // Read by `cat`: QEMU 7.2 has no `file:` migration URI yet.
+            cmd.arg("-incoming").arg(format!(
+                "exec:cat {}",
+                shlex::try_quote(&state.display().to_string())
+                    .map_err(|_| Error::Internal("state path with a NUL".into()))?
+            ));
+        }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::null())
             .kill_on_drop(true);
         let mut child = cmd.spawn().map_err(|e| Error::Unavailable {
             backend: "microvm",
             reason: format!("cannot run qemu-system-x86_64: {e}"),
             hint: "apt-get install qemu-system-x86".into(),
         })?;
-        let deadline = Instant::now() + timeout;
-        let mut streams = Vec::new();
-        for name in PORTS {
+        // QEMU creates the sockets before it starts the guest (-S): connect to each.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut connect = async |path: PathBuf| -> Result<UnixStream> {
             loop {
-                match UnixStream::connect(sock(name)).await {
-                    Ok(s) => {
-                        streams.push(s);
-                        break;
-                    }
+                match UnixStream::connect(&path).await {
+                    Ok(s) => return Ok(s),
                     Err(_) if Instant::now() < deadline => {
                         if let Ok(Some(status)) = child.try_wait() {
                             return Err(Error::Unavailable {
@@ -126,47 +220,84 @@ impl QemuVm {
                                 hint: "run scripts/build-microvm-image --check to see why".into(),
                             });
                         }
-                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                     Err(e) => return Err(Error::io("connecting to the VM's ports", e)),
                 }
             }
-        }
-        let err = streams
-            .pop()
-            .ok_or_else(|| Error::Internal("no port".into()))?;
-        let out = streams
-            .pop()
-            .ok_or_else(|| Error::Internal("no port".into()))?;
-        let ctl = streams
-            .pop()
-            .ok_or_else(|| Error::Internal("no port".into()))?;
-        let mut conn = GuestConn::new(ctl, out, err);
-        let hello = match conn.hello(deadline).await {
-            Ok(h) => h,
-            Err(e) => {
-                let _ = child.start_kill();
-                let console =
-                    std::fs::read_to_string(dir.path().join("console.log")).unwrap_or_default();
-                return Err(Error::SandboxLost {
-                    reason: format!(
-                        "{e}; the guest console ended with: {}",
-                        console
-                            .lines()
-                            .rev()
-                            .take(5)
-                            .collect::<Vec<_>>()
-                            .join(" / ")
-                    ),
-                });
-            }
         };
-        Ok(QemuVm {
+        let qmp = Qmp::connect(connect(sock("qmp")).await?).await?;
+        let ctl = connect(sock("ctl")).await?;
+        let out = connect(sock("out")).await?;
+        let err = connect(sock("err")).await?;
+        let sys = SysConn::new(connect(sock("sys")).await?);
+        let mut vm = QemuVm {
             child,
-            conn,
-            hello,
+            qmp,
+            sys,
+            agent_ports: Some([ctl, out, err]),
             dir,
-        })
+            name,
+        };
+        if incoming.is_none() {
+            vm.qmp.execute("cont", json!({})).await?;
+        }
+        Ok(vm)
+    }
+
+    /// Saves the VM's whole state to `path` (QMP `migrate`); the VM is paused afterwards
+    /// and should be shut down.
+    pub async fn save(&mut self, path: &Path, deadline: Instant) -> Result<()> {
+        let uri = format!(
+            "exec:cat > {}",
+            shlex::try_quote(&path.display().to_string())
+                .map_err(|_| Error::Internal("state path with a NUL".into()))?
+        );
+        self.qmp.execute("migrate", json!({ "uri": uri })).await?;
+        loop {
+            let info = self.qmp.execute("query-migrate", json!({})).await?;
+            match info["status"].as_str() {
+                Some("completed") => return Ok(()),
+                Some("failed" | "cancelled") => {
+                    return Err(Error::Internal(format!(
+                        "saving the VM state failed: {}",
+                        info["error-desc"]
+                    )));
+                }
+                _ if Instant::now() > deadline => {
+                    return Err(Error::Internal("saving the VM state timed out".into()));
+                }
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    /// Waits for the guest agent's hello (after the supervisor's `start`) and hands out its
+    /// connection.
+    pub async fn agent(&mut self, deadline: Instant) -> Result<(AgentConn, Hello)> {
+        let [ctl, out, err] = self
+            .agent_ports
+            .take()
+            .ok_or_else(|| Error::Internal("the agent's ports were taken already".into()))?;
+        let mut conn = GuestConn::new(ctl, out, err);
+        match conn.hello(deadline).await {
+            Ok(hello) => Ok((conn, hello)),
+            Err(e) => Err(lost(format!(
+                "{e}; the guest console ended with: {}",
+                self.console_tail()
+            ))),
+        }
+    }
+
+    /// The last lines of the guest console (for error messages).
+    pub fn console_tail(&self) -> String {
+        let console = std::fs::read_to_string(self.console_log()).unwrap_or_default();
+        console
+            .lines()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .join(" / ")
     }
 
     /// The guest console's log file.
@@ -174,9 +305,166 @@ impl QemuVm {
         self.dir.path().join("console.log")
     }
 
-    /// Stops the VM and waits for QEMU to exit.
-    pub async fn shutdown(mut self) {
+    /// Whether QEMU is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Stops the VM at once (SIGKILL to QEMU) and waits for QEMU to exit.
+    pub async fn kill(mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
+    }
+}
+
+/// A QMP monitor connection (JSON lines).
+struct Qmp {
+    reader: BufReader<tokio::net::unix::OwnedReadHalf>,
+    writer: tokio::net::unix::OwnedWriteHalf,
+}
+
+impl Qmp {
+    async fn connect(stream: UnixStream) -> Result<Qmp> {
+        let (r, w) = stream.into_split();
+        let mut qmp = Qmp {
+            reader: BufReader::new(r),
+            writer: w,
+        };
+        qmp.read_message().await?; // the greeting
+        qmp.execute("qmp_capabilities", json!({})).await?;
+        Ok(qmp)
+    }
+
+    async fn read_message(&mut self) -> Result<Value> {
+        let mut line = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(60), self.reader.read_line(&mut line))
+            .await
+            .map_err(|_| Error::Internal("QEMU's monitor stopped answering".into()))?
+            .map_err(|e| Error::io("reading QEMU's monitor", e))?;
+        if n == 0 {
+            return Err(lost("QEMU exited"));
+        }
+        serde_json::from_str(&line)
+            .map_err(|e| Error::Internal(format!("QEMU's monitor sent {line:?}: {e}")))
+    }
+
+    async fn execute(&mut self, command: &str, arguments: Value) -> Result<Value> {
+        let mut msg = serde_json::to_vec(&json!({"execute": command, "arguments": arguments}))
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        msg.push(b'\n');
+        self.writer
+            .write_all(&msg)
+            .await
+            .map_err(|e| Error::io("writing to QEMU's monitor", e))?;
+        loop {
+            let reply = self.read_message().await?;
+            if let Some(ret) = reply.get("return") {
+                return Ok(ret.clone());
+            }
+            if let Some(err) = reply.get("error") {
+                return Err(Error::Internal(format!("QEMU refused {command}: {err}")));
+            }
+            // An event: skip it.
+        }
+    }
+}
+
+/// The host side of the supervisor's port: frames of a 4-byte big-endian length and JSON,
+/// some followed by a raw payload. Remembers the agent's death when it is reported while
+/// the host waits for something else.
+pub struct SysConn {
+    stream: UnixStream,
+    /// The `agent_exit` message, once the supervisor sent it.
+    pub agent_exit: Option<Value>,
+}
+
+/// Largest message the supervisor may send (not counting payloads).
+const MAX_SYS_FRAME: usize = 1 << 20;
+
+impl SysConn {
+    fn new(stream: UnixStream) -> SysConn {
+        SysConn {
+            stream,
+            agent_exit: None,
+        }
+    }
+
+    /// Sends `msg`, followed by `payload`.
+    pub async fn send(&mut self, msg: &Value, payload: &[u8]) -> Result<()> {
+        let data = serde_json::to_vec(msg).map_err(|e| Error::Internal(e.to_string()))?;
+        let mut frame = (data.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&data);
+        let write = async {
+            self.stream.write_all(&frame).await?;
+            self.stream.write_all(payload).await
+        };
+        write
+            .await
+            .map_err(|e| lost(format!("the supervisor's port closed: {e}")))
+    }
+
+    /// The next message from the supervisor (an `agent_exit` is recorded and returned too).
+    pub async fn recv(&mut self, deadline: Instant) -> Result<Value> {
+        let read = async {
+            let mut head = [0u8; 4];
+            self.stream.read_exact(&mut head).await?;
+            let len = u32::from_be_bytes(head) as usize;
+            if len > MAX_SYS_FRAME {
+                return Err(std::io::Error::other("frame too large"));
+            }
+            let mut body = vec![0u8; len];
+            self.stream.read_exact(&mut body).await?;
+            serde_json::from_slice::<Value>(&body).map_err(std::io::Error::other)
+        };
+        let msg = tokio::time::timeout_at(deadline.into(), read)
+            .await
+            .map_err(|_| lost("the guest supervisor did not answer in time"))?
+            .map_err(|e| lost(format!("the guest supervisor's port failed: {e}")))?;
+        if msg["type"] == "agent_exit" {
+            self.agent_exit = Some(msg.clone());
+        }
+        Ok(msg)
+    }
+
+    /// Sends `msg` (+ `payload`) and waits for the reply of type `expect` (skipping an
+    /// `agent_exit`, which is recorded). An `error` reply is an error.
+    pub async fn call(
+        &mut self,
+        msg: &Value,
+        payload: &[u8],
+        expect: &str,
+        deadline: Instant,
+    ) -> Result<Value> {
+        self.send(msg, payload).await?;
+        loop {
+            let reply = self.recv(deadline).await?;
+            match reply["type"].as_str() {
+                Some(t) if t == expect => return Ok(reply),
+                Some("agent_exit") => continue,
+                Some("error") => {
+                    return Err(lost(format!(
+                        "the guest supervisor failed: {}",
+                        reply["message"].as_str().unwrap_or("?")
+                    )));
+                }
+                _ => return Err(lost(format!("the guest supervisor sent {reply}"))),
+            }
+        }
+    }
+
+    /// Reads a payload of `size` bytes that followed the last message, refusing more than
+    /// `max`.
+    pub async fn payload(&mut self, size: u64, max: u64, deadline: Instant) -> Result<Vec<u8>> {
+        if size > max {
+            return Err(lost(format!(
+                "the guest sent {size} bytes of files, over the {max}-byte limit"
+            )));
+        }
+        let mut data = vec![0u8; size as usize];
+        tokio::time::timeout_at(deadline.into(), self.stream.read_exact(&mut data))
+            .await
+            .map_err(|_| lost("the guest's files did not arrive in time"))?
+            .map_err(|e| lost(format!("the guest supervisor's port failed: {e}")))?;
+        Ok(data)
     }
 }

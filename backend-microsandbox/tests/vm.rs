@@ -1,72 +1,168 @@
-//! A program runs in a QEMU microVM through the guest protocol: the image from
-//! `scripts/build-microvm-image`, the guest agent on virtio-serial. Skips, saying why, on a
-//! machine without QEMU or cpio.
+//! The microvm backend on this machine (QEMU, software emulation unless KVM is real): a
+//! program with a subprocess runs in a VM, its files reach the host workspace and the next
+//! VM, a pooled VM is handed out warm, and limits are judged from the host side. Skips,
+//! saying why, on a machine without QEMU or cpio.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agentkernel_backend_microsandbox::qemu::QemuVm;
-use agentkernel_core::guest::ExecEnd;
-use agentkernel_core::{ExecRequest, ExecStatus, NoTools};
-
-fn image() -> Option<PathBuf> {
-    for cmd in ["qemu-system-x86_64", "cpio", "apt-get"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {cmd}")])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            println!("skipped: {cmd} is missing (apt-get install qemu-system-x86 cpio)");
-            return None;
-        }
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-microvm-image");
-    let out = Command::new(script).output().expect("run the image script");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-}
+use agentkernel_backend_microsandbox::{MicroVmConfig, MicroVmRuntime};
+use agentkernel_core::conformance::{count_host_processes, test_spec};
+use agentkernel_core::{
+    ExecRequest, ExecStatus, LimitKind, NoTools, Runtime, Sandbox, SandboxSpec,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_program_runs_in_the_vm_with_a_subprocess() {
-    let Some(image) = image() else { return };
+async fn a_program_runs_in_a_vm_and_its_files_reach_the_host() {
+    let Some(image) = common::image() else { return };
+    let rt = MicroVmRuntime::new(MicroVmConfig {
+        image: Some(image),
+        pool_size: 1,
+        ..MicroVmConfig::default()
+    });
+    let workspace = tempfile::tempdir().unwrap();
+    std::fs::write(workspace.path().join("from-host.txt"), "hello VM").unwrap();
+    let spec = SandboxSpec {
+        workspace: Some(workspace.path().to_path_buf()),
+        ..test_spec()
+    };
     let started = Instant::now();
-    let mut vm = QemuVm::boot(&image, 512, Duration::from_secs(120))
-        .await
-        .expect("boot");
+    let mut sb = rt.create_sandbox(&spec).await.expect("create");
     println!(
-        "booted in {:.1} s: Python {}",
+        "first sandbox (template restore) in {:.1} s: Python {}",
         started.elapsed().as_secs_f64(),
-        vm.hello.python
+        sb.hello().map_or("?", |h| h.python.as_str())
     );
-    assert!(vm.hello.python.starts_with("3.11"), "{:?}", vm.hello);
-    let code = "import subprocess, os\nprint(6 * 7)\nprint(subprocess.run(['sh', '-c', 'echo from-a-shell; uname -s'], capture_output=True, text=True).stdout, end='')\nprint(os.getcwd())\nraise ValueError('boom')";
-    let report = vm
-        .conn
+    let code = r#"
+import os, subprocess
+print(6 * 7)
+print(subprocess.run(['sh', '-c', 'echo from-a-shell; uname -s; id -u'], capture_output=True, text=True).stdout, end='')
+print(os.getcwd(), open('from-host.txt').read())
+os.makedirs('out/deep', exist_ok=True)
+open('out/deep/result.txt', 'w').write('written in the VM')
+raise ValueError('boom')
+"#;
+    let out = sb
+        .exec(ExecRequest::new(code), Arc::new(NoTools))
+        .await
+        .expect("exec");
+    assert_eq!(
+        out.stdout.text(),
+        "42\nfrom-a-shell\nLinux\n1000\n/workspace hello VM\n",
+        "stderr: {}",
+        out.stderr.text()
+    );
+    assert!(
+        matches!(&out.status, ExecStatus::Exception { type_name, .. } if type_name == "ValueError"),
+        "{:?}",
+        out.status
+    );
+    assert_eq!(
+        std::fs::read_to_string(workspace.path().join("out/deep/result.txt")).unwrap(),
+        "written in the VM",
+        "a file written in the VM is on the host after the exec"
+    );
+    // A change made on the host between execs is seen by the next one; a deletion in the
+    // VM reaches the host.
+    std::fs::write(
+        workspace.path().join("from-host.txt"),
+        "changed on the host",
+    )
+    .unwrap();
+    let out = sb
         .exec(
-            &ExecRequest::new(code),
+            ExecRequest::new(
+                "import shutil\nprint(open('from-host.txt').read())\nshutil.rmtree('out')",
+            ),
             Arc::new(NoTools),
-            1 << 20,
-            Instant::now() + Duration::from_secs(60),
         )
         .await
         .expect("exec");
     assert_eq!(
-        report.stdout.text(),
-        "42\nfrom-a-shell\nLinux\n/workspace\n",
-        "stderr: {}",
-        report.stderr.text()
+        out.stdout.text(),
+        "changed on the host\n",
+        "{}",
+        out.stderr.text()
     );
-    match report.end {
-        ExecEnd::Finished(ExecStatus::Exception { type_name, .. }) => {
-            assert_eq!(type_name, "ValueError")
-        }
-        other => panic!("expected the program's exception, got {other:?}"),
+    assert!(
+        !workspace.path().join("out").exists(),
+        "the deletion reached the host"
+    );
+    let vm_name = sb.id().to_owned();
+    assert_eq!(
+        count_host_processes(&vm_name),
+        1,
+        "one QEMU runs this sandbox"
+    );
+    Box::new(sb).shutdown().await.unwrap();
+    assert_eq!(count_host_processes(&vm_name), 0, "shutdown ends the VM");
+
+    // The pool makes a warm VM meanwhile: the next sandbox starts from it and sees the file.
+    let waited = Instant::now();
+    while rt.warm_vms() == 0 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(120),
+            "the pool never filled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    vm.shutdown().await;
+    let started = Instant::now();
+    let mut sb = rt
+        .create_sandbox(&spec)
+        .await
+        .expect("create from the pool");
+    let created = started.elapsed();
+    let out = sb
+        .exec(
+            ExecRequest::new("print(open('/workspace/from-host.txt').read())"),
+            Arc::new(NoTools),
+        )
+        .await
+        .expect("exec");
+    println!(
+        "pooled sandbox: create {:.2} s, then print {:.2} s",
+        created.as_secs_f64(),
+        (started.elapsed() - created).as_secs_f64()
+    );
+    assert_eq!(out.stdout.text(), "changed on the host\n");
+    Box::new(sb).shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_ends_the_vm_and_keeps_the_files_written_before() {
+    let Some(image) = common::image() else { return };
+    let rt = MicroVmRuntime::new(MicroVmConfig {
+        image: Some(image),
+        pool_size: 0,
+        ..MicroVmConfig::default()
+    });
+    let workspace = tempfile::tempdir().unwrap();
+    let spec = SandboxSpec {
+        workspace: Some(workspace.path().to_path_buf()),
+        ..test_spec()
+    };
+    let mut sb = rt.create(&spec).await.expect("create");
+    let vm_name = sb.id().to_owned();
+    let out = sb
+        .exec(
+            ExecRequest::new("open('partial.txt', 'w').write('saved')\nwhile True:\n    pass")
+                .with_timeout(Duration::from_secs(2)),
+            Arc::new(NoTools),
+        )
+        .await
+        .expect("exec");
+    assert_eq!(
+        out.status,
+        ExecStatus::Killed {
+            limit: LimitKind::WallTime
+        }
+    );
+    assert_eq!(count_host_processes(&vm_name), 0, "the VM is gone");
+    assert_eq!(
+        std::fs::read_to_string(workspace.path().join("partial.txt")).unwrap(),
+        "saved"
+    );
+    sb.shutdown().await.unwrap();
 }

@@ -413,19 +413,6 @@ impl ProcessSandbox {
     }
 }
 
-fn signal_name(sig: i32) -> String {
-    match sig {
-        libc::SIGKILL => "SIGKILL".into(),
-        libc::SIGSEGV => "SIGSEGV".into(),
-        libc::SIGABRT => "SIGABRT".into(),
-        libc::SIGBUS => "SIGBUS".into(),
-        libc::SIGXCPU => "SIGXCPU".into(),
-        libc::SIGXFSZ => "SIGXFSZ".into(),
-        libc::SIGTERM => "SIGTERM".into(),
-        other => format!("signal {other}"),
-    }
-}
-
 #[async_trait]
 impl Sandbox for ProcessSandbox {
     fn id(&self) -> &str {
@@ -482,30 +469,12 @@ impl Sandbox for ProcessSandbox {
                     GuestAgent::Native(native) => native.memory_exit_code,
                     GuestAgent::Python(_) => None,
                 };
-                match code {
-                    _ if oom_after > oom_before => ExecStatus::Killed {
-                        limit: LimitKind::Memory,
-                    },
-                    Some(c) if Some(c) == memory_code => ExecStatus::Killed {
-                        limit: LimitKind::Memory,
-                    },
-                    Some(c) if c == 128 + libc::SIGXCPU => ExecStatus::Killed {
-                        limit: LimitKind::CpuTime,
-                    },
-                    Some(c) if c == 128 + libc::SIGKILL && cpu_limited => ExecStatus::Killed {
-                        limit: LimitKind::CpuTime,
-                    },
-                    Some(c) if c == 128 + libc::SIGXFSZ => ExecStatus::Killed {
-                        limit: LimitKind::FileSize,
-                    },
-                    Some(c) if (0..128).contains(&c) => ExecStatus::Exited { code: c },
-                    Some(c) => ExecStatus::Crashed {
-                        reason: format!("the interpreter was killed by {}", signal_name(c - 128)),
-                    },
-                    None => ExecStatus::Crashed {
-                        reason: "the interpreter vanished".into(),
-                    },
-                }
+                agentkernel_core::guest::agent_exit_status(
+                    code,
+                    oom_after > oom_before,
+                    cpu_limited,
+                    memory_code,
+                )
             }
         };
         if let ExecStatus::Killed { limit } = &status {

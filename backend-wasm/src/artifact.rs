@@ -39,18 +39,7 @@ pub fn guest_key() -> String {
     hex(&h.finalize()[..8])
 }
 
-/// AgentKernel's cache directory: `$AGENTKERNEL_CACHE`, else `$XDG_CACHE_HOME/agentkernel`,
-/// else `~/.cache/agentkernel` (the scripts use the same rule).
-pub fn cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("AGENTKERNEL_CACHE").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir);
-    }
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir).join("agentkernel");
-    }
-    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
-    PathBuf::from(home).join(".cache").join("agentkernel")
-}
+pub use agentkernel_core::cache_dir;
 
 /// Where the guest component is: `$AGENTKERNEL_WASM_GUEST`, else the cache entry for
 /// [`guest_key`].

@@ -17,6 +17,20 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::exec::LimitKind;
 
+/// AgentKernel's cache directory (built guests, VM images and states): `$AGENTKERNEL_CACHE`,
+/// else `$XDG_CACHE_HOME/agentkernel`, else `~/.cache/agentkernel` (the scripts use the same
+/// rule).
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("AGENTKERNEL_CACHE").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("agentkernel");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+    PathBuf::from(home).join(".cache").join("agentkernel")
+}
+
 /// Empties `dir` without removing it, for a sandbox reset (its private `/tmp`, a private
 /// workspace). Symlinks are removed, never followed. Any failure is an error: a reset that
 /// leaves files behind is not a reset.

@@ -346,7 +346,39 @@ def _agent(reset_token=None):
         chan.send({"type": "done", "id": msg["id"], "status": status, "sentinels": written})
 
 
+def _vm_configure(config_fd, ready_fd):
+    """In a microVM (started by the guest supervisor as uid 1000): warm up, say so on
+    `ready_fd`, then wait for this sandbox's configuration on `config_fd` (environment,
+    limits, working directory) and apply it. Until then no program has run."""
+    import json
+    import resource
+
+    _preimport()
+    os.write(ready_fd, b"w")
+    os.close(ready_fd)
+    chunks = []
+    while True:
+        chunk = os.read(config_fd, 1 << 16)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(config_fd)
+    config = json.loads(b"".join(chunks))
+    os.environ.clear()
+    os.environ.update(config["env"])
+    limits = config["limits"]
+    for name, key in (("RLIMIT_NPROC", "processes"), ("RLIMIT_FSIZE", "file_size_bytes")):
+        if limits.get(key) is not None:
+            resource.setrlimit(getattr(resource, name), (limits[key], limits[key]))
+    if limits.get("cpu_seconds") is not None:
+        cpu = limits["cpu_seconds"]
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    os.chdir(config["cwd"])
+
+
 if os.getpid() == 1:
     _init()
 else:
+    if sys.argv[1:2] == ["--vm-config-fd"]:
+        _vm_configure(int(sys.argv[2]), int(sys.argv[3]))
     _agent()

@@ -305,6 +305,23 @@ where
         cap: usize,
         deadline: Instant,
     ) -> Result<ExecReport> {
+        self.exec_watching(req, tools, cap, deadline, std::future::pending())
+            .await
+    }
+
+    /// [`GuestConn::exec`] for a guest whose control channel does not close when the agent
+    /// dies (a virtio-serial port): `gone` resolves when something else learns of the death
+    /// (the microVM's supervisor), and the exec then ends with [`ExecEnd::GuestGone`] and the
+    /// output printed until then.
+    pub async fn exec_watching(
+        &mut self,
+        req: &ExecRequest,
+        tools: Arc<dyn ToolHost>,
+        cap: usize,
+        deadline: Instant,
+        gone: impl Future<Output = ()>,
+    ) -> Result<ExecReport> {
+        let mut gone = std::pin::pin!(gone);
         self.next_id += 1;
         let id = self.next_id;
         let sentinel = format!("\u{1e}AK-END-{}\u{1e}", uuid::Uuid::new_v4().simple());
@@ -462,6 +479,10 @@ where
                         Ok(Err(_)) => { self.drain_after_death(&mut report, cap, req).await; return Ok(report); }
                         Ok(Ok(())) => {}
                     }
+                }
+                () = &mut gone => {
+                    self.drain_after_death(&mut report, cap, req).await;
+                    return Ok(report);
                 }
                 () = tokio::time::sleep_until(deadline.into()) => {
                     report.end = ExecEnd::TimedOut;

@@ -25,6 +25,8 @@ mod stream;
 
 pub use conn::{ExecEnd, ExecReport, GuestConn, Hello};
 
+use crate::exec::{ExecStatus, LimitKind};
+
 /// Source of the guest agent, run with `python3 -I -u -c AGENT_SOURCE`: the shared
 /// program runner ([`PROGRAM_SOURCE`]) followed by the process agent (`agent.py`).
 pub const AGENT_SOURCE: &str = concat!(include_str!("program.py"), include_str!("agent.py"));
@@ -42,3 +44,44 @@ pub const MAX_GUEST_FRAME_BYTES: usize = 1 << 20;
 
 /// Tool calls one exec may have in flight at once; more is a protocol error.
 pub const MAX_CONCURRENT_TOOL_CALLS: usize = 16;
+
+/// How an exec ended when the guest agent died under it: `code` is its exit status as a
+/// shell reports it (128 + signal for a signal, `None` if unknown), `oom` whether the
+/// kernel's OOM killer struck meanwhile, `cpu_limited` whether a CPU-time limit was set
+/// (the kernel ends an over-limit process with SIGKILL after SIGXCPU), and
+/// `memory_exit_code` the code a native agent exits with when out of memory.
+pub fn agent_exit_status(
+    code: Option<i32>,
+    oom: bool,
+    cpu_limited: bool,
+    memory_exit_code: Option<i32>,
+) -> ExecStatus {
+    let killed = |limit| ExecStatus::Killed { limit };
+    match code {
+        _ if oom => killed(LimitKind::Memory),
+        Some(c) if Some(c) == memory_exit_code => killed(LimitKind::Memory),
+        Some(c) if c == 128 + libc::SIGXCPU => killed(LimitKind::CpuTime),
+        Some(c) if c == 128 + libc::SIGKILL && cpu_limited => killed(LimitKind::CpuTime),
+        Some(c) if c == 128 + libc::SIGXFSZ => killed(LimitKind::FileSize),
+        Some(c) if (0..128).contains(&c) => ExecStatus::Exited { code: c },
+        Some(c) => ExecStatus::Crashed {
+            reason: format!("the interpreter was killed by {}", signal_name(c - 128)),
+        },
+        None => ExecStatus::Crashed {
+            reason: "the interpreter vanished".into(),
+        },
+    }
+}
+
+fn signal_name(sig: i32) -> String {
+    match sig {
+        libc::SIGKILL => "SIGKILL".into(),
+        libc::SIGSEGV => "SIGSEGV".into(),
+        libc::SIGABRT => "SIGABRT".into(),
+        libc::SIGBUS => "SIGBUS".into(),
+        libc::SIGXCPU => "SIGXCPU".into(),
+        libc::SIGXFSZ => "SIGXFSZ".into(),
+        libc::SIGTERM => "SIGTERM".into(),
+        other => format!("signal {other}"),
+    }
+}

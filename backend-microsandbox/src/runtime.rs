@@ -1,0 +1,787 @@
+//! [`MicroVmRuntime`] and [`MicroVmSandbox`]: one QEMU microVM per sandbox.
+//!
+//! How a sandbox starts:
+//! 1. a *warm VM* is taken from the pool, or made: restored from the saved *template*
+//!    state for its memory size (booted and saved once per image, memory size and QEMU
+//!    version, then cached on disk), or booted when snapshots are off; the supervisor then
+//!    starts a guest agent that imports what it needs (which also warms QEMU's translation
+//!    cache) and waits;
+//! 2. the host copies the workspace and the read-only mounts (e.g. `/tools`) in;
+//! 3. the supervisor passes the sandbox's environment and limits to the agent, which
+//!    applies them and says hello.
+//!
+//! After each exec, what the program changed in `/workspace` is copied back to the host
+//! (also after a timeout or a memory kill: the supervisor outlives the program). `reset`
+//! replaces the VM with a fresh one; `shutdown` kills QEMU.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agentkernel_core::guest::{ExecEnd, Hello, agent_exit_status};
+use agentkernel_core::{
+    Capabilities, Check, CheckState, Diagnosis, Error, ExecOutcome, ExecRequest, ExecStatus,
+    Isolation, LimitKind, LimitSupport, NetworkPolicy, Result, Runtime, Sandbox, SandboxSpec,
+    Snapshot, StartupClass, Timings, ToolHost,
+};
+use async_trait::async_trait;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::image::GuestImage;
+use crate::kvm::KvmProbe;
+use crate::qemu::{AgentConn, MachineSpec, QemuVm, qemu_version};
+use crate::share::{self, Manifest};
+
+/// Guest RAM when the spec sets no memory limit.
+pub const DEFAULT_MEMORY_MIB: u32 = 512;
+/// Smallest guest RAM: the kernel, the initramfs (in RAM) and Python need about this much.
+pub const MIN_MEMORY_MIB: u32 = 192;
+/// How long a boot, a restore or the agent's start may take (software emulation is slow,
+/// more so on a loaded machine).
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the supervisor may take to copy files or stop the program.
+const SUPERVISOR_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How the runtime starts VMs.
+#[derive(Debug, Clone)]
+pub struct MicroVmConfig {
+    /// The guest image directory; `None`: the one `scripts/build-microvm-image` published
+    /// (`$AGENTKERNEL_MICROVM_IMAGE` overrides).
+    pub image: Option<PathBuf>,
+    /// Restore VMs from a saved template state (seconds faster) instead of booting each.
+    pub snapshots: bool,
+    /// Warm VMs kept ready per memory size (restored, agent waiting), at most the number
+    /// of CPU cores; 0 disables the pool.
+    pub pool_size: usize,
+    /// Virtual CPUs per VM.
+    pub vcpus: u32,
+}
+
+impl Default for MicroVmConfig {
+    fn default() -> Self {
+        MicroVmConfig {
+            image: None,
+            snapshots: true,
+            pool_size: 1,
+            vcpus: 1,
+        }
+    }
+}
+
+/// The `microvm` backend (engine `qemu`).
+#[derive(Clone)]
+pub struct MicroVmRuntime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: MicroVmConfig,
+    image: std::result::Result<GuestImage, String>,
+    kvm: KvmProbe,
+    /// Template state files by memory size (one creation at a time).
+    templates: tokio::sync::Mutex<HashMap<u32, PathBuf>>,
+    /// Warm VMs by memory size, and how many are being made.
+    pool: Mutex<HashMap<u32, (Vec<QemuVm>, usize)>>,
+}
+
+impl MicroVmRuntime {
+    /// A runtime with `config`. Never fails: a missing image or QEMU makes `create` answer
+    /// [`Error::Unavailable`] with the fix, and `doctor` explain.
+    pub fn new(config: MicroVmConfig) -> MicroVmRuntime {
+        let image = match &config.image {
+            Some(dir) => GuestImage::at(dir),
+            None => GuestImage::find(),
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let config = MicroVmConfig {
+            pool_size: config.pool_size.min(cores),
+            ..config
+        };
+        MicroVmRuntime {
+            inner: Arc::new(Inner {
+                config,
+                image,
+                kvm: KvmProbe::detect(),
+                templates: tokio::sync::Mutex::new(HashMap::new()),
+                pool: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Like [`Runtime::create`], returning the concrete type.
+    pub async fn create_sandbox(&self, spec: &SandboxSpec) -> Result<MicroVmSandbox> {
+        let memory_mib = check_supported(spec)?;
+        let mut shares = Vec::new();
+        if let Some(host) = &spec.workspace {
+            shares.push(Share::new(host, "/workspace", true));
+        }
+        for mount in &spec.mounts {
+            shares.push(Share::new(
+                &mount.host,
+                &mount.guest.display().to_string(),
+                mount.writable,
+            ));
+        }
+        let mut sandbox = MicroVmSandbox {
+            inner: self.inner.clone(),
+            spec: spec.clone(),
+            memory_mib,
+            shares,
+            live: None,
+            lost: None,
+            id: String::new(),
+        };
+        sandbox.start().await?;
+        Ok(sandbox)
+    }
+
+    /// Warm VMs ready in the pool (all memory sizes).
+    pub fn warm_vms(&self) -> usize {
+        let pool = self.inner.pool.lock().unwrap_or_else(|e| e.into_inner());
+        pool.values().map(|(ready, _)| ready.len()).sum()
+    }
+
+    /// Whether VMs run under software emulation (TCG) rather than KVM.
+    pub fn emulated(&self) -> bool {
+        !self.inner.kvm.is_real()
+    }
+}
+
+/// The VM memory for `spec`, or why the spec cannot be run.
+fn check_supported(spec: &SandboxSpec) -> Result<u32> {
+    spec.validate()?;
+    if let NetworkPolicy::AllowList(hosts) = &spec.network
+        && !hosts.is_empty()
+    {
+        return Err(Error::unsupported(
+            "a network allow-list",
+            "microvm",
+            "microVMs have no network device at all; use NetworkPolicy::Deny",
+        ));
+    }
+    let memory_mib = spec.limits.memory_bytes.map_or(DEFAULT_MEMORY_MIB, |b| {
+        u32::try_from(b >> 20).unwrap_or(u32::MAX)
+    });
+    if memory_mib < MIN_MEMORY_MIB {
+        return Err(Error::invalid(
+            format!("a {memory_mib} MiB microVM cannot start"),
+            format!(
+                "give the microvm backend at least {MIN_MEMORY_MIB} MiB (--memory {MIN_MEMORY_MIB})"
+            ),
+        ));
+    }
+    Ok(memory_mib)
+}
+
+impl Inner {
+    fn image(&self) -> Result<&GuestImage> {
+        self.image.as_ref().map_err(|why| Error::Unavailable {
+            backend: "microvm",
+            reason: why.clone(),
+            hint: "run scripts/build-microvm-image (scripts/setup does), then `agentkernel doctor`"
+                .into(),
+        })
+    }
+
+    fn machine(&self, memory_mib: u32) -> Result<MachineSpec> {
+        Ok(MachineSpec {
+            image: self.image()?.dir.clone(),
+            memory_mib,
+            vcpus: self.config.vcpus,
+            kvm: self.kvm.is_real(),
+        })
+    }
+
+    /// A VM whose agent waits for its configuration: from the pool, else made now. Asks
+    /// for the pool to be refilled.
+    async fn take_vm(self: &Arc<Self>, memory_mib: u32) -> Result<QemuVm> {
+        let pooled = {
+            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            pool.entry(memory_mib).or_default().0.pop()
+        };
+        let from_pool = pooled.is_some();
+        let vm = match pooled {
+            Some(mut vm) => {
+                if vm.running() {
+                    vm
+                } else {
+                    self.warm_vm(memory_mib).await?
+                }
+            }
+            None => self.warm_vm(memory_mib).await?,
+        };
+        tracing::debug!(from_pool, "took a warm microVM");
+        self.refill(memory_mib);
+        Ok(vm)
+    }
+
+    /// Starts background work until the pool for `memory_mib` holds `pool_size` VMs.
+    fn refill(self: &Arc<Self>, memory_mib: u32) {
+        let wanted = self.config.pool_size;
+        let missing = {
+            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            let (ready, making) = pool.entry(memory_mib).or_default();
+            let missing = wanted.saturating_sub(ready.len() + *making);
+            *making += missing;
+            missing
+        };
+        for _ in 0..missing {
+            let inner = self.clone();
+            tokio::spawn(async move {
+                let made = inner.warm_vm(memory_mib).await;
+                let mut pool = inner.pool.lock().unwrap_or_else(|e| e.into_inner());
+                let (ready, making) = pool.entry(memory_mib).or_default();
+                *making -= 1;
+                match made {
+                    Ok(vm) => ready.push(vm),
+                    Err(e) => tracing::warn!("could not make a warm microVM: {e}"),
+                }
+            });
+        }
+    }
+
+    /// Makes a VM whose agent waits for its configuration.
+    async fn warm_vm(&self, memory_mib: u32) -> Result<QemuVm> {
+        let machine = self.machine(memory_mib)?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut vm = if self.config.snapshots {
+            let state = self.template(memory_mib).await?;
+            match QemuVm::restore(&machine, &state, deadline).await {
+                Ok(vm) => vm,
+                Err(e) => {
+                    // A damaged or stale state: forget it, boot this time.
+                    tracing::warn!(
+                        "restoring {} failed ({e}); booting instead",
+                        state.display()
+                    );
+                    let _ = std::fs::remove_file(&state);
+                    self.templates.lock().await.remove(&memory_mib);
+                    QemuVm::boot(&machine, deadline).await?
+                }
+            }
+        } else {
+            QemuVm::boot(&machine, deadline).await?
+        };
+        vm.sys
+            .call(&json!({"type": "prepare"}), &[], "prepared", deadline)
+            .await?;
+        Ok(vm)
+    }
+
+    /// The template state for `memory_mib`: cached on disk, else made by booting a VM and
+    /// saving it right after its supervisor said `ready`.
+    async fn template(&self, memory_mib: u32) -> Result<PathBuf> {
+        let mut templates = self.templates.lock().await;
+        if let Some(path) = templates.get(&memory_mib)
+            && path.exists()
+        {
+            return Ok(path.clone());
+        }
+        let machine = self.machine(memory_mib)?;
+        let image = self.image()?;
+        let mut key = Sha256::new();
+        key.update(image.dir.display().to_string());
+        key.update(&image.guest_sha);
+        key.update(qemu_version().unwrap_or_default());
+        key.update(format!("{memory_mib}/{}/{}", machine.vcpus, machine.kvm));
+        let key = format!("{:x}", key.finalize());
+        let dir = agentkernel_core::cache_dir().join("microvm");
+        let path = dir.join(format!("state-{}.bin", &key[..16]));
+        if !path.exists() {
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating the cache", e))?;
+            tracing::info!(
+                memory_mib,
+                "booting a microVM to save its state (once per image)"
+            );
+            let deadline = Instant::now() + START_TIMEOUT;
+            let mut vm = QemuVm::boot(&machine, deadline).await?;
+            let partial = dir.join(format!(
+                ".state-{}.{}",
+                &key[..16],
+                uuid::Uuid::new_v4().simple()
+            ));
+            let saved = vm.save(&partial, deadline).await;
+            vm.kill().await;
+            saved
+                .and_then(|()| {
+                    std::fs::rename(&partial, &path)
+                        .map_err(|e| Error::io("storing the VM state", e))
+                })
+                .inspect_err(|_| {
+                    let _ = std::fs::remove_file(&partial);
+                })?;
+        }
+        templates.insert(memory_mib, path.clone());
+        Ok(path)
+    }
+}
+
+#[async_trait]
+impl Runtime for MicroVmRuntime {
+    fn name(&self) -> &'static str {
+        "microvm"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            isolation: Isolation::MicroVm,
+            full_cpython: true,
+            native_extensions: false,
+            workspace: true,
+            network_allow_list: false,
+            subprocess: true,
+            snapshot: false,
+            reset: true,
+            startup: StartupClass::Seconds,
+            limits: LimitSupport {
+                wall_time: true,
+                cpu_time: true,
+                memory: true,
+                processes: true,
+                file_size: true,
+                output: true,
+                tmp: true,
+            },
+        }
+    }
+
+    async fn create(&self, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>> {
+        Ok(Box::new(self.create_sandbox(spec).await?))
+    }
+
+    async fn diagnose(&self) -> Diagnosis {
+        let inner = &self.inner;
+        let mut checks = vec![engine_check(&inner.kvm)];
+        checks.push(match qemu_version() {
+            Ok(v) => Check {
+                name: "qemu".into(),
+                state: CheckState::Active,
+                detail: v,
+            },
+            Err(e) => Check {
+                name: "qemu".into(),
+                state: CheckState::Failed,
+                detail: e,
+            },
+        });
+        checks.push(match &inner.image {
+            Ok(image) => Check {
+                name: "image".into(),
+                state: CheckState::Active,
+                detail: image.dir.display().to_string(),
+            },
+            Err(e) => Check {
+                name: "image".into(),
+                state: CheckState::Failed,
+                detail: e.clone(),
+            },
+        });
+        checks.push(Check {
+            name: "msb engine".into(),
+            state: CheckState::Inactive,
+            detail: crate::msb_unavailable_reason(&inner.kvm),
+        });
+        let mut reason = checks
+            .iter()
+            .find(|c| c.state == CheckState::Failed)
+            .map(|c| format!("{}: {}", c.name, c.detail));
+        if reason.is_none() {
+            // A real sandbox: boot (or restore), run a program, and say how long it took.
+            let started = Instant::now();
+            let probe = async {
+                let mut sb = self.create_sandbox(&SandboxSpec::default()).await?;
+                let out = sb
+                    .exec(
+                        ExecRequest::new("print(6 * 7)"),
+                        Arc::new(agentkernel_core::NoTools),
+                    )
+                    .await?;
+                Box::new(sb).shutdown().await?;
+                Ok::<_, Error>(out.stdout.text())
+            };
+            match probe.await {
+                Ok(text) if text == "42\n" => checks.push(Check {
+                    name: "probe sandbox".into(),
+                    state: CheckState::Active,
+                    detail: format!(
+                        "a VM started and ran print(6*7) in {:.1} s",
+                        started.elapsed().as_secs_f64()
+                    ),
+                }),
+                Ok(text) => reason = Some(format!("the probe sandbox printed {text:?}")),
+                Err(e) => reason = Some(format!("the probe sandbox failed: {e}")),
+            }
+        }
+        Diagnosis {
+            available: reason.is_none(),
+            reason,
+            checks,
+        }
+    }
+}
+
+/// The `engine` line of `doctor`: which engine runs, and why.
+pub fn engine_check(kvm: &KvmProbe) -> Check {
+    if kvm.is_real() {
+        Check {
+            name: "engine".into(),
+            state: CheckState::Active,
+            detail: format!("qemu with {}", kvm.reason()),
+        }
+    } else {
+        Check {
+            name: "engine".into(),
+            state: CheckState::Partial,
+            detail: format!(
+                "qemu under software emulation: {}. The VM boundary is the same; programs run several times slower than under KVM",
+                kvm.reason()
+            ),
+        }
+    }
+}
+
+/// A host directory copied into the VM (and, when writable, back after each exec).
+struct Share {
+    host: PathBuf,
+    guest: String,
+    writable: bool,
+    /// The host directory as of the last copy in either direction.
+    manifest: Manifest,
+}
+
+impl Share {
+    fn new(host: &Path, guest: &str, writable: bool) -> Share {
+        Share {
+            host: host.to_path_buf(),
+            guest: guest.to_owned(),
+            writable,
+            manifest: Manifest::new(),
+        }
+    }
+
+    /// Copies what changed on the host since the last copy into the VM.
+    async fn push(&mut self, vm: &mut QemuVm) -> Result<()> {
+        let now = share::scan(&self.host);
+        let (changed, deleted) = share::diff(&self.manifest, &now);
+        if changed.is_empty() && deleted.is_empty() && !self.manifest.is_empty() {
+            return Ok(());
+        }
+        let data = share::bundle(&self.host, &changed)?;
+        let msg = json!({
+            "type": "put", "dir": self.guest, "writable": self.writable,
+            "deleted": deleted, "size": data.len(),
+        });
+        vm.sys
+            .call(&msg, &data, "put_done", Instant::now() + SUPERVISOR_TIMEOUT)
+            .await
+            .map_err(|e| match e {
+                Error::SandboxLost { reason } => Error::SandboxLost {
+                    reason: format!(
+                        "copying {} ({} bytes) into the VM failed: {reason}; if it does not fit in the VM's memory, raise the memory limit",
+                        self.host.display(),
+                        data.len()
+                    ),
+                },
+                other => other,
+            })?;
+        self.manifest = now;
+        Ok(())
+    }
+
+    /// Copies what the program changed in the VM back to the host.
+    async fn collect(
+        &mut self,
+        vm: &mut QemuVm,
+        spec: &SandboxSpec,
+        memory_mib: u32,
+    ) -> Result<()> {
+        let deadline = Instant::now() + SUPERVISOR_TIMEOUT;
+        let reply = vm
+            .sys
+            .call(
+                &json!({"type": "collect", "dir": self.guest}),
+                &[],
+                "changes",
+                deadline,
+            )
+            .await?;
+        let size = reply["size"].as_u64().unwrap_or(0);
+        let data = vm
+            .sys
+            .payload(size, u64::from(memory_mib) << 20, deadline)
+            .await?;
+        let deleted: Vec<String> = reply["deleted"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        share::apply(&self.host, &deleted, &data, spec.limits.file_size_bytes)?;
+        self.manifest = share::scan(&self.host);
+        Ok(())
+    }
+}
+
+/// One sandbox: a VM and its agent.
+pub struct MicroVmSandbox {
+    inner: Arc<Inner>,
+    spec: SandboxSpec,
+    memory_mib: u32,
+    shares: Vec<Share>,
+    live: Option<Live>,
+    lost: Option<String>,
+    id: String,
+}
+
+struct Live {
+    vm: QemuVm,
+    conn: AgentConn,
+    hello: Hello,
+}
+
+impl MicroVmSandbox {
+    /// What the guest agent reported at start.
+    pub fn hello(&self) -> Option<&Hello> {
+        self.live.as_ref().map(|l| &l.hello)
+    }
+
+    /// Takes a warm VM, copies the shared directories in, and starts the agent.
+    async fn start(&mut self) -> Result<()> {
+        let begun = Instant::now();
+        let mut vm = self.inner.take_vm(self.memory_mib).await?;
+        self.id = vm.name.clone();
+        let took_vm = begun.elapsed();
+        for share in &mut self.shares {
+            share.manifest = Manifest::new();
+            share.push(&mut vm).await?;
+        }
+        let pushed = begun.elapsed();
+        let limits = &self.spec.limits;
+        let config = json!({
+            "type": "start",
+            "env": self.spec.guest_env(),
+            "cwd": "/workspace",
+            "limits": {
+                "processes": limits.processes,
+                "file_size_bytes": limits.file_size_bytes,
+                "tmp_bytes": limits.tmp_bytes,
+                "cpu_seconds": limits.cpu_time.map(|t| t.as_secs().max(1)),
+            },
+        });
+        let deadline = Instant::now() + START_TIMEOUT;
+        vm.sys.call(&config, &[], "started", deadline).await?;
+        let configured = begun.elapsed();
+        let (conn, hello) = vm.agent(deadline).await?;
+        tracing::debug!(
+            vm = %self.id,
+            ?took_vm,
+            ?pushed,
+            ?configured,
+            hello = ?begun.elapsed(),
+            "microVM sandbox started"
+        );
+        self.live = Some(Live { vm, conn, hello });
+        self.lost = None;
+        Ok(())
+    }
+
+    /// Ends the VM; later execs fail with `SandboxLost { reason }` until `reset`.
+    async fn lose(&mut self, reason: String) {
+        if let Some(live) = self.live.take() {
+            live.vm.kill().await;
+        }
+        self.lost = Some(reason);
+    }
+
+    /// Copies the writable shares back; a failure loses the sandbox.
+    async fn collect_all(&mut self) -> Result<()> {
+        let Some(live) = self.live.as_mut() else {
+            return Ok(());
+        };
+        for share in self.shares.iter_mut().filter(|s| s.writable) {
+            if let Err(e) = share
+                .collect(&mut live.vm, &self.spec, self.memory_mib)
+                .await
+            {
+                self.lose(format!("copying files back failed: {e}")).await;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An exit status as Python's `os.waitstatus_to_exitcode` reports it (negative for a
+/// signal), as a shell would (128 + signal).
+fn shell_code(status: i64) -> i32 {
+    if status < 0 {
+        128 - status as i32
+    } else {
+        status as i32
+    }
+}
+
+#[async_trait]
+impl Sandbox for MicroVmSandbox {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    async fn exec(&mut self, req: ExecRequest, tools: Arc<dyn ToolHost>) -> Result<ExecOutcome> {
+        if let Some(reason) = &self.lost {
+            return Err(Error::SandboxLost {
+                reason: reason.clone(),
+            });
+        }
+        let timeout = req.timeout.unwrap_or(self.spec.limits.wall_time);
+        let started = Instant::now();
+        let live = self
+            .live
+            .as_mut()
+            .ok_or_else(|| Error::sandbox_lost(None))?;
+        for share in self.shares.iter_mut().filter(|s| s.writable) {
+            if let Err(e) = share.push(&mut live.vm).await {
+                self.lose(format!("copying files in failed: {e}")).await;
+                return Err(e);
+            }
+        }
+        let deadline = started + timeout;
+        let Live { vm, conn, .. } = live;
+        let sys = &mut vm.sys;
+        // The agent's ports do not close when it dies: the supervisor says so instead.
+        let gone = async {
+            while sys.agent_exit.is_none() {
+                if sys.recv(deadline + START_TIMEOUT).await.is_err() {
+                    break;
+                }
+            }
+        };
+        let report = conn
+            .exec_watching(&req, tools, self.spec.limits.output_bytes, deadline, gone)
+            .await;
+        let report = match report {
+            Ok(r) => r,
+            Err(e) => {
+                self.lose(format!("killed after a protocol error: {e}"))
+                    .await;
+                return Err(e);
+            }
+        };
+        let status = match report.end {
+            ExecEnd::Finished(status) => {
+                self.collect_all().await?;
+                status
+            }
+            ExecEnd::TimedOut => {
+                // Stop the program, keep its files, then end the VM.
+                let stopped = vm
+                    .sys
+                    .call(
+                        &json!({"type": "stop"}),
+                        &[],
+                        "stopped",
+                        Instant::now() + SUPERVISOR_TIMEOUT,
+                    )
+                    .await;
+                if stopped.is_ok() {
+                    let _ = self.collect_all().await;
+                }
+                self.lose(format!("killed after the {timeout:?} timeout"))
+                    .await;
+                ExecStatus::Killed {
+                    limit: LimitKind::WallTime,
+                }
+            }
+            ExecEnd::GuestGone => {
+                let exit = vm.sys.agent_exit.take();
+                let code = exit
+                    .as_ref()
+                    .and_then(|e| e["status"].as_i64())
+                    .map(shell_code);
+                let oom = exit.as_ref().is_some_and(|e| e["oom"] == true);
+                let status =
+                    agent_exit_status(code, oom, self.spec.limits.cpu_time.is_some(), None);
+                if exit.is_some() {
+                    let _ = self.collect_all().await;
+                }
+                self.lose("the interpreter exited".into()).await;
+                status
+            }
+        };
+        if let ExecStatus::Killed { limit } = &status {
+            tracing::info!(%limit, "microVM sandbox killed by a limit");
+        }
+        Ok(ExecOutcome {
+            status,
+            stdout: report.stdout,
+            stderr: report.stderr,
+            timings: Timings {
+                exec: started.elapsed(),
+                tool_calls: report.tool_time,
+                ..Timings::default()
+            },
+            tool_calls: report.tool_calls,
+        })
+    }
+
+    async fn reset(&mut self) -> Result<()> {
+        if let Some(live) = self.live.take() {
+            live.vm.kill().await;
+        }
+        self.start().await
+    }
+
+    async fn snapshot(&mut self) -> Result<Snapshot> {
+        Err(Error::unsupported(
+            "snapshots of a microVM sandbox",
+            "microvm",
+            "keep state in /workspace (it persists), or use the process or monty backend",
+        ))
+    }
+
+    async fn shutdown(mut self: Box<Self>) -> Result<()> {
+        if let Some(live) = self.live.take() {
+            live.vm.kill().await;
+        }
+        Ok(())
+    }
+}
+
+impl MicroVmSandbox {
+    /// The image the sandbox's VM runs.
+    pub fn image(&self) -> Option<&Path> {
+        self.inner.image.as_ref().ok().map(|i| i.dir.as_path())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_read_like_a_shell() {
+        assert_eq!(shell_code(3), 3);
+        assert_eq!(shell_code(-9), 137);
+    }
+
+    #[test]
+    fn specs_the_backend_cannot_run_are_refused() {
+        let mut spec = SandboxSpec::default();
+        spec.limits.memory_bytes = Some(64 << 20);
+        assert!(matches!(
+            check_supported(&spec),
+            Err(Error::InvalidRequest { .. })
+        ));
+        spec.limits.memory_bytes = None;
+        assert_eq!(check_supported(&spec).unwrap(), DEFAULT_MEMORY_MIB);
+        spec.network = NetworkPolicy::AllowList(vec!["example.com:443".into()]);
+        assert!(matches!(
+            check_supported(&spec),
+            Err(Error::Unsupported { .. })
+        ));
+    }
+}
