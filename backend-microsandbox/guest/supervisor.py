@@ -190,6 +190,9 @@ class Supervisor:
                 os.dup2(ready_w, 5)
                 os.closerange(6, 1 << 16)
                 os.setsid()
+                # The supervisor's immunity to the OOM killer is not inherited by the program.
+                with open("/proc/self/oom_score_adj", "w") as f:
+                    f.write("0")
                 os.setgroups([])
                 os.setgid(GID)
                 os.setuid(UID)

@@ -280,7 +280,22 @@ impl QemuVm {
             .take()
             .ok_or_else(|| Error::Internal("the agent's ports were taken already".into()))?;
         let mut conn = GuestConn::new(ctl, out, err);
-        match conn.hello(deadline).await {
+        let sys = &mut self.sys;
+        let died = async {
+            while sys.agent_exit.is_none() {
+                if sys.recv(deadline).await.is_err() {
+                    break;
+                }
+            }
+        };
+        let hello = tokio::select! {
+            hello = conn.hello(deadline) => hello,
+            () = died => Err(lost(format!(
+                "the guest agent ended before it started ({})",
+                self.sys.agent_exit.as_ref().map_or("no status".into(), ToString::to_string)
+            ))),
+        };
+        match hello {
             Ok(hello) => Ok((conn, hello)),
             Err(e) => Err(lost(format!(
                 "{e}; the guest console ended with: {}",
@@ -295,7 +310,7 @@ impl QemuVm {
         console
             .lines()
             .rev()
-            .take(5)
+            .take(12)
             .collect::<Vec<_>>()
             .join(" / ")
     }

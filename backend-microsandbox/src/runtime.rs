@@ -703,8 +703,17 @@ impl Sandbox for MicroVmSandbox {
                     .and_then(|e| e["status"].as_i64())
                     .map(shell_code);
                 let oom = exit.as_ref().is_some_and(|e| e["oom"] == true);
-                let status =
-                    agent_exit_status(code, oom, self.spec.limits.cpu_time.is_some(), None);
+                let status = match exit {
+                    Some(_) => {
+                        agent_exit_status(code, oom, self.spec.limits.cpu_time.is_some(), None)
+                    }
+                    None => ExecStatus::Crashed {
+                        reason: format!(
+                            "the VM stopped; its console ended with: {}",
+                            vm.console_tail()
+                        ),
+                    },
+                };
                 if exit.is_some() {
                     let _ = self.collect_all().await;
                 }

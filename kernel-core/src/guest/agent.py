@@ -371,7 +371,9 @@ def _vm_configure(config_fd, ready_fd):
         if limits.get(key) is not None:
             resource.setrlimit(getattr(resource, name), (limits[key], limits[key]))
     if limits.get("cpu_seconds") is not None:
-        cpu = limits["cpu_seconds"]
+        # Counted from now: starting the agent has used CPU time already.
+        used = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = int(used.ru_utime + used.ru_stime) + 1 + limits["cpu_seconds"]
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     os.chdir(config["cwd"])
 

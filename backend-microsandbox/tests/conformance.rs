@@ -1,0 +1,28 @@
+//! The shared conformance suite on the microvm backend (engine qemu; software emulation on
+//! machines without real KVM). Needs QEMU and cpio (`scripts/setup` installs them); the
+//! escape attempts are judged from the host side.
+
+mod common;
+
+use std::sync::OnceLock;
+
+use agentkernel_backend_microsandbox::{MicroVmConfig, MicroVmRuntime};
+
+/// One runtime for all checks, so the template state is made once; no warm pool (each
+/// check's VMs live on that check's tokio runtime).
+fn runtime() -> MicroVmRuntime {
+    static RUNTIME: OnceLock<MicroVmRuntime> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            let image = common::image()
+                .expect("the microvm conformance suite needs QEMU and cpio: run scripts/setup");
+            MicroVmRuntime::new(MicroVmConfig {
+                image: Some(image),
+                pool_size: 0,
+                ..MicroVmConfig::default()
+            })
+        })
+        .clone()
+}
+
+agentkernel_core::conformance_suite!(runtime());
