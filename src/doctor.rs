@@ -27,39 +27,7 @@ pub async fn doctor() -> Vec<BackendReport> {
     let mut out = Vec::new();
     for (name, what) in BACKENDS {
         if !compiled.contains(name) {
-            let mut checks = Vec::new();
-            if *name == "microvm" {
-                // Which engine a microVM would get here, before there is one.
-                let kvm = agentkernel_backend_microsandbox::kvm::KvmProbe::detect();
-                checks.push(Check {
-                    name: "kvm".into(),
-                    state: if kvm.is_real() {
-                        CheckState::Active
-                    } else {
-                        CheckState::Inactive
-                    },
-                    detail: kvm.reason(),
-                });
-                let accel = if kvm.is_real() {
-                    "hardware KVM"
-                } else {
-                    "software emulation (TCG)"
-                };
-                checks.push(
-                    match agentkernel_backend_microsandbox::qemu::qemu_version() {
-                        Ok(version) => Check {
-                            name: "qemu".into(),
-                            state: CheckState::Active,
-                            detail: format!("{version}; the qemu engine would run under {accel}"),
-                        },
-                        Err(why) => Check {
-                            name: "qemu".into(),
-                            state: CheckState::Inactive,
-                            detail: why,
-                        },
-                    },
-                );
-            }
+            let checks = Vec::new();
             out.push(BackendReport {
                 backend: (*name).into(),
                 compiled: false,

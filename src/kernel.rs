@@ -30,7 +30,7 @@ pub const BACKENDS: &[(&str, &str)] = &[
     ),
     (
         "microvm",
-        "a full Linux microVM per sandbox: in progress (guest image and QEMU VM built, no backend yet)",
+        "a full Linux microVM per sandbox (QEMU microvm; software emulation without real KVM)",
     ),
 ];
 
@@ -45,6 +45,9 @@ pub fn compiled_backends() -> Vec<&'static str> {
     }
     if cfg!(feature = "monty") {
         out.extend(["monty", "monty-inprocess"]);
+    }
+    if cfg!(feature = "microvm") {
+        out.push("microvm");
     }
     out
 }
@@ -77,6 +80,12 @@ pub(crate) fn make_runtime(name: &str, python: Option<PathBuf>) -> Result<Arc<dy
                 worker: None,
             })?))
         }
+        #[cfg(feature = "microvm")]
+        "microvm" => Ok(Arc::new(
+            agentkernel_backend_microsandbox::MicroVmRuntime::new(
+                agentkernel_backend_microsandbox::MicroVmConfig::default(),
+            ),
+        )),
         _ if BACKENDS.iter().any(|(b, _)| *b == name) => {
             let _ = python;
             Err(Error::invalid(

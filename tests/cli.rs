@@ -324,3 +324,90 @@ fn wasm_backend_runs_programs_and_names_its_limits() {
     );
     assert_eq!(out.status.code(), Some(1), "no processes in a wasm guest");
 }
+
+/// The microvm image, built (or found cached) by the project's script; `None` (with the
+/// reason printed) on a machine without QEMU or cpio.
+fn microvm_image() -> Option<()> {
+    for cmd in ["qemu-system-x86_64", "cpio"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {cmd}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            println!("skipped: {cmd} is missing (scripts/setup installs it)");
+            return None;
+        }
+    }
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-microvm-image");
+    let out = Command::new(script).output().expect("run the image script");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    Some(())
+}
+
+#[test]
+fn microvm_runs_programs_with_subprocesses_and_keeps_workspace_files() {
+    if microvm_image().is_none() {
+        return;
+    }
+    let out = agentkernel(&["run", "--backend", "microvm", "-"], "print(6*7)\n");
+    assert_eq!(text(&out.stdout), "42\n", "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0));
+
+    let ws = tempfile::tempdir().expect("tempdir");
+    let ws_arg = ws.path().display().to_string();
+    let out = agentkernel(
+        &["run", "--backend", "microvm", "--workspace", &ws_arg, "-"],
+        "import subprocess\nprint(subprocess.run(['sh', '-c', 'echo $((6*7)) from $(uname -s)'], capture_output=True, text=True).stdout, end='')\nopen('/workspace/note.txt', 'w').write('from the VM')\n",
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "42 from Linux\n",
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("note.txt")).expect("the file is on the host"),
+        "from the VM"
+    );
+    let out = agentkernel(
+        &["run", "--backend", "microvm", "--workspace", &ws_arg, "-"],
+        "print(open('/workspace/note.txt').read())\n",
+    );
+    assert_eq!(text(&out.stdout), "from the VM\n", "{}", text(&out.stderr));
+}
+
+#[test]
+fn doctor_says_which_engine_runs_microvms_and_why() {
+    if microvm_image().is_none() {
+        return;
+    }
+    let out = agentkernel(&["doctor", "--json"], "");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let microvm = v
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|r| r["backend"] == "microvm")
+        .expect("microvm listed");
+    assert_eq!(microvm["available"], true, "{microvm}");
+    let check = |name: &str| -> String {
+        microvm["checks"]
+            .as_array()
+            .expect("checks")
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} check in {microvm}"))["detail"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    let engine = check("engine");
+    let msb = check("msb engine");
+    println!("engine: {engine}\nmsb: {msb}");
+    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        assert!(engine.contains("software emulation"), "{engine}");
+        assert!(msb.contains("PVM"), "{msb}");
+    }
+    assert!(check("probe sandbox").contains("print(6*7)"));
+}
