@@ -12,6 +12,7 @@
 #                                           -> {"type": "put_done", "files": n}
 #   {"type": "start", "env", "limits", "cwd"}  configure and release the waiting agent,
 #                                           which then says hello on port 1 -> {"type": "started"}
+#   {"type": "warm"}                        run a throw-away program (see warm()) -> {"type": "warmed"}
 #   {"type": "stop"}                        kill every process of the sandbox user
 #                                           -> {"type": "stopped"}
 #   {"type": "collect", "dir"}              what changed in a writable shared directory
@@ -34,6 +35,20 @@ AGENT_PORTS = ("/dev/vport0p1", "/dev/vport0p2", "/dev/vport0p3")  # fds 3, 1, 2
 AGENT = "/agent.py"
 UID = GID = 1000
 MAX_HEADER = 1 << 16
+# What warm() runs: the agent's start-up imports, then a program compiled and run the way
+# the agent runs one, with output, an exception and a subprocess.
+WARM_UP = """
+import ast, json, linecache, socket, threading, traceback, subprocess, os, sys
+code = compile("x = [i * i for i in range(100)]\nprint(sum(x))", "main.py", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+exec(code, {"__name__": "__main__"})
+try:
+    raise ValueError("warm")
+except ValueError:
+    traceback.format_exc()
+json.dumps(json.loads('{"a": [1, 2.5, "x"]}'))
+subprocess.run(["sh", "-c", "echo warm"], capture_output=True)
+sys.stdout.flush()
+"""
 
 
 class Port:
@@ -245,6 +260,26 @@ class Supervisor:
         self.manifests[top] = now
         return deleted, bundle(top, changed, now)
 
+    def warm(self):
+        """Runs a throw-away program like the agent's first exec, as the sandbox user, so a
+        VM restored from a snapshot (whose emulator starts with an empty translation cache)
+        serves its first real exec warm. Address randomization is off in the guest, so the
+        interpreter's code sits at the same addresses in every process and the translations
+        carry over to the agent."""
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setgroups([])
+                os.setgid(GID)
+                os.setuid(UID)
+                null = os.open("/dev/null", os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(null, fd)
+                os.execve("/usr/bin/python3", ["python3", "-I", "-B", "-c", WARM_UP], {"HOME": "/tmp"})
+            finally:
+                os._exit(127)
+        os.waitpid(pid, 0)
+
     def stop(self):
         """Kills every process of the sandbox user (the agent, the program, whatever it
         started), so the host can still collect files after a timeout."""
@@ -315,6 +350,9 @@ class Supervisor:
                 elif kind == "start":
                     self.start(msg)
                     self.port.send({"type": "started"})
+                elif kind == "warm":
+                    self.warm()
+                    self.port.send({"type": "warmed"})
                 elif kind == "stop":
                     self.stop()
                     self.port.send({"type": "stopped"})

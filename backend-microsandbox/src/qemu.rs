@@ -173,7 +173,7 @@ impl QemuVm {
             .arg(spec.image.join("initrd.img"))
             .arg("-append")
             .arg(format!(
-                "console=ttyS0 quiet panic=-1 tsc_early_khz={} ak.agent=1",
+                "console=ttyS0 quiet panic=-1 norandmaps tsc_early_khz={} ak.agent=1",
                 tsc_khz()
             ))
             .args(["-device", "virtio-serial-device"]);

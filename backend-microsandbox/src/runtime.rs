@@ -207,10 +207,10 @@ impl Inner {
                 if vm.running() {
                     vm
                 } else {
-                    self.warm_vm(memory_mib).await?
+                    self.warm_vm(memory_mib, false).await?
                 }
             }
-            None => self.warm_vm(memory_mib).await?,
+            None => self.warm_vm(memory_mib, false).await?,
         };
         tracing::debug!(from_pool, "took a warm microVM");
         self.refill(memory_mib);
@@ -230,7 +230,7 @@ impl Inner {
         for _ in 0..missing {
             let inner = self.clone();
             tokio::spawn(async move {
-                let made = inner.warm_vm(memory_mib).await;
+                let made = inner.warm_vm(memory_mib, true).await;
                 let mut pool = inner.pool.lock().unwrap_or_else(|e| e.into_inner());
                 let (ready, making) = pool.entry(memory_mib).or_default();
                 *making -= 1;
@@ -242,14 +242,17 @@ impl Inner {
         }
     }
 
-    /// Makes a VM whose agent waits for its configuration.
-    async fn warm_vm(&self, memory_mib: u32) -> Result<QemuVm> {
+    /// Makes a VM whose agent waits for its configuration: restored from the template
+    /// (whose agent waits already), or booted. `warm`: also run a throw-away program, so
+    /// the first exec does not pay for the emulator's cold translation cache.
+    async fn warm_vm(&self, memory_mib: u32, warm: bool) -> Result<QemuVm> {
         let machine = self.machine(memory_mib)?;
         let deadline = Instant::now() + START_TIMEOUT;
-        let mut vm = if self.config.snapshots {
+        let mut restored = None;
+        if self.config.snapshots {
             let state = self.template(memory_mib).await?;
             match QemuVm::restore(&machine, &state, deadline).await {
-                Ok(vm) => vm,
+                Ok(vm) => restored = Some(vm),
                 Err(e) => {
                     // A damaged or stale state: forget it, boot this time.
                     tracing::warn!(
@@ -258,20 +261,23 @@ impl Inner {
                     );
                     let _ = std::fs::remove_file(&state);
                     self.templates.lock().await.remove(&memory_mib);
-                    QemuVm::boot(&machine, deadline).await?
                 }
             }
-        } else {
-            QemuVm::boot(&machine, deadline).await?
+        }
+        let mut vm = match restored {
+            Some(vm) => vm,
+            None => booted_and_prepared(&machine, deadline).await?,
         };
-        vm.sys
-            .call(&json!({"type": "prepare"}), &[], "prepared", deadline)
-            .await?;
+        if warm {
+            vm.sys
+                .call(&json!({"type": "warm"}), &[], "warmed", deadline)
+                .await?;
+        }
         Ok(vm)
     }
 
     /// The template state for `memory_mib`: cached on disk, else made by booting a VM and
-    /// saving it right after its supervisor said `ready`.
+    /// saving it once its agent waits for a configuration.
     async fn template(&self, memory_mib: u32) -> Result<PathBuf> {
         let mut templates = self.templates.lock().await;
         if let Some(path) = templates.get(&memory_mib)
@@ -296,7 +302,7 @@ impl Inner {
                 "booting a microVM to save its state (once per image)"
             );
             let deadline = Instant::now() + START_TIMEOUT;
-            let mut vm = QemuVm::boot(&machine, deadline).await?;
+            let mut vm = booted_and_prepared(&machine, deadline).await?;
             let partial = dir.join(format!(
                 ".state-{}.{}",
                 &key[..16],
@@ -316,6 +322,15 @@ impl Inner {
         templates.insert(memory_mib, path.clone());
         Ok(path)
     }
+}
+
+/// Boots a VM and has its supervisor start an agent that waits for its configuration.
+async fn booted_and_prepared(machine: &MachineSpec, deadline: Instant) -> Result<QemuVm> {
+    let mut vm = QemuVm::boot(machine, deadline).await?;
+    vm.sys
+        .call(&json!({"type": "prepare"}), &[], "prepared", deadline)
+        .await?;
+    Ok(vm)
 }
 
 #[async_trait]
