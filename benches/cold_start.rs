@@ -4,6 +4,9 @@
 //!   of the same interpreter;
 //!   The monty rows: `monty/cold_start` is in-process mode (a thread of this process),
 //!   `monty/worker_cold_start` a fresh jailed worker, `monty/pooled` a worker from a pool;
+//!   the microvm rows (QEMU; software emulation without real KVM) are a booted VM
+//!   (`cold_boot`), one restored from the saved template (`restore`), and a warm VM from
+//!   the runtime's pool (`pooled`);
 //! - `tools`: one tool call from Python in a warm sandbox to the host and back, for a Rust
 //!   tool (process, wasm, monty in-process and worker) and for a real stdio MCP server
 //!   (testdata/mcp_server.py; the official `mcp` SDK is installed by scripts/test-deps).
@@ -140,7 +143,81 @@ fn startup(c: &mut Criterion) {
         &spec,
     );
 
+    microvm(&tokio, &mut group, &spec);
     group.finish();
+}
+
+/// The microvm rows (seconds per sample under software emulation: 10 flat samples each).
+/// `cold_boot`: a VM booted for the sandbox; `restore`: restored from the saved template;
+/// `pooled`: a warm VM from the runtime's pool (the refill between samples is not timed).
+/// Each sample: create, `print(1)`, shutdown.
+fn microvm(
+    tokio: &tokio::runtime::Runtime,
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    spec: &SandboxSpec,
+) {
+    use agentkernel_backend_microsandbox::{MicroVmConfig, MicroVmRuntime};
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/build-microvm-image");
+    match Command::new(script).output() {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => {
+            println!(
+                "microvm rows skipped: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return;
+        }
+        Err(e) => {
+            println!("microvm rows skipped: {e}");
+            return;
+        }
+    }
+    group.sample_size(10);
+    group.sampling_mode(criterion::SamplingMode::Flat);
+    group.warm_up_time(Duration::from_millis(1));
+    let runtime = |snapshots: bool, pool_size: usize| {
+        MicroVmRuntime::new(MicroVmConfig {
+            snapshots,
+            pool_size,
+            ..MicroVmConfig::default()
+        })
+    };
+    for (id, rt) in [
+        ("cold_boot", runtime(false, 0)),
+        ("restore", runtime(true, 0)),
+    ] {
+        // The template state is made (once per image) before the timed samples.
+        let _ = tokio.block_on(run_once(&rt, spec, "pass"));
+        group.bench_function(BenchmarkId::new("microvm", id), |b| {
+            b.to_async(tokio).iter(|| async {
+                let out = run_once(&rt, spec, "print(1)").await;
+                assert_eq!(out.stdout.text(), "1\n");
+            });
+        });
+    }
+    let pooled = runtime(true, 1);
+    tokio.block_on(async {
+        let _ = run_once(&pooled, spec, "pass").await;
+    });
+    group.bench_function(BenchmarkId::new("microvm", "pooled"), |b| {
+        b.iter_custom(|iters| {
+            tokio.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let waited = Instant::now();
+                    while pooled.warm_vms() == 0 {
+                        assert!(waited.elapsed() < Duration::from_secs(120), "no warm VM");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    let started = Instant::now();
+                    let out = run_once(&pooled, spec, "print(1)").await;
+                    total += started.elapsed();
+                    assert_eq!(out.stdout.text(), "1\n");
+                }
+                total
+            })
+        });
+    });
 }
 
 /// Warm acquire from a pool + `print(1)` + return. The pool resets returned sandboxes in
