@@ -208,6 +208,50 @@ async fn monty_programs_call_a_rust_tool_and_an_mcp_tool() {
     }
 }
 
+/// The generated `tools` package is copied into a microVM (there is no shared file system)
+/// and its calls cross the VM's control port to a Rust tool and a real MCP server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn microvm_programs_import_and_call_tools() {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-microvm-image");
+    let have_qemu = std::process::Command::new("sh")
+        .args(["-c", "command -v qemu-system-x86_64 && command -v cpio"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_qemu {
+        println!("skipped: QEMU or cpio is missing (scripts/setup installs them)");
+        return;
+    }
+    let built = std::process::Command::new(script)
+        .output()
+        .expect("image script");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("calls");
+    let (kernel, registry) = kernel_on("microvm", ToolPolicy::default(), &log).await;
+    let out = kernel
+        .execute(
+            "from tools.test import add\n\
+             import tools.calc as calc\n\
+             print(calc.mul(6, 7), add(40, b=2))\n",
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.status, ExecStatus::Ok, "{}", out.stderr.text());
+    assert_eq!(out.stdout.text(), "42 42\n");
+    assert_eq!(out.tool_calls.len(), 2);
+    assert_eq!(
+        calls_logged(&log),
+        ["add"],
+        "the MCP call reached the real server"
+    );
+    registry.shutdown().await;
+}
+
 /// Tool failures reach monty programs with the process backend's messages and exception
 /// types (`tools.ToolError` is a `RuntimeError` on monty, which has no exception classes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
