@@ -22,6 +22,11 @@
 //! idle_ttl_secs = 300
 //! acquire_timeout_secs = 10
 //!
+//! [microvm]                     # the microvm backend
+//! pool_size = 1                 # warm VMs kept per memory size (at most one per core; 0: none)
+//! vcpus = 1
+//! snapshots = true              # restore VMs from a saved state instead of booting each
+//!
 //! [mcp_servers.github]
 //! command = "npx"
 //! args = ["-y", "@modelcontextprotocol/server-github"]
@@ -64,6 +69,21 @@ pub struct Config {
     pub mcp_servers: BTreeMap<String, McpServerConfig>,
     /// Pre-warmed sandboxes (for `serve`, `worker` and library kernels); none when absent.
     pub pool: Option<agentkernel_core::PoolConfig>,
+    /// `[microvm]`.
+    #[serde(default)]
+    pub microvm: MicroVmSettings,
+}
+
+/// `[microvm]`: how the microvm backend starts VMs (unset: its defaults).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MicroVmSettings {
+    /// Warm VMs kept ready per memory size (at most one per core; 0 disables the pool).
+    pub pool_size: Option<usize>,
+    /// Virtual CPUs per VM.
+    pub vcpus: Option<u32>,
+    /// Restore VMs from a saved template state (true) or boot each one (false).
+    pub snapshots: Option<bool>,
 }
 
 /// `[sandbox]`: defaults for every run (command-line flags override them).
@@ -241,6 +261,13 @@ impl Config {
             pool.validate()?;
             b = b.pool(pool.clone());
         }
+        if self.microvm.vcpus == Some(0) {
+            return Err(Error::invalid(
+                "[microvm] vcpus is 0",
+                "give a VM at least 1 vCPU",
+            ));
+        }
+        b = b.microvm(self.microvm.clone());
         if let Some(reg) = self.tool_registry().await? {
             b = b.tools(reg);
         }
@@ -291,6 +318,9 @@ max_calls = 7
 [pool]
 min_idle = 1
 acquire_timeout_secs = 2.5
+[microvm]
+pool_size = 0
+vcpus = 2
 [mcp_servers.calc]
 command = "python3"
 args = ["server.py"]
@@ -303,6 +333,14 @@ env = { TOKEN = "Bearer ${AK_TEST_TOKEN_X}" }
         assert_eq!(c.sandbox.python, Some(PathBuf::from("python3")));
         assert_eq!(c.tools.dir, Some(dir.path().join("tools")));
         assert_eq!(c.mcp_servers["calc"].env["TOKEN"], "Bearer sekrit");
+        assert_eq!(
+            c.microvm,
+            MicroVmSettings {
+                pool_size: Some(0),
+                vcpus: Some(2),
+                snapshots: None
+            }
+        );
         let pool = c.pool.clone().unwrap();
         assert_eq!((pool.min_idle, pool.max_size), (1, 8));
         assert_eq!(pool.acquire_timeout, std::time::Duration::from_millis(2500));

@@ -37,7 +37,7 @@ pub async fn doctor() -> Vec<BackendReport> {
             });
             continue;
         }
-        let report = match make_runtime(name, None) {
+        let report = match make_runtime(name, None, &Default::default()) {
             Ok(rt) => {
                 let d = rt.diagnose().await;
                 BackendReport {

@@ -10,6 +10,8 @@ use agentkernel_core::{
 };
 use agentkernel_tool_bridge::{ToolPolicy, ToolRegistry};
 
+use crate::config::MicroVmSettings;
+
 /// Every backend AgentKernel knows, with whether this build has it and what it is.
 pub const BACKENDS: &[(&str, &str)] = &[
     (
@@ -53,7 +55,11 @@ pub fn compiled_backends() -> Vec<&'static str> {
 }
 
 /// Builds the runtime named `name`.
-pub(crate) fn make_runtime(name: &str, python: Option<PathBuf>) -> Result<Arc<dyn Runtime>> {
+pub(crate) fn make_runtime(
+    name: &str,
+    python: Option<PathBuf>,
+    microvm: &MicroVmSettings,
+) -> Result<Arc<dyn Runtime>> {
     match name {
         #[cfg(feature = "process")]
         "process" => {
@@ -81,13 +87,18 @@ pub(crate) fn make_runtime(name: &str, python: Option<PathBuf>) -> Result<Arc<dy
             })?))
         }
         #[cfg(feature = "microvm")]
-        "microvm" => Ok(Arc::new(
-            agentkernel_backend_microsandbox::MicroVmRuntime::new(
-                agentkernel_backend_microsandbox::MicroVmConfig::default(),
-            ),
-        )),
+        "microvm" => {
+            use agentkernel_backend_microsandbox::{MicroVmConfig, MicroVmRuntime};
+            let defaults = MicroVmConfig::default();
+            Ok(Arc::new(MicroVmRuntime::new(MicroVmConfig {
+                pool_size: microvm.pool_size.unwrap_or(defaults.pool_size),
+                vcpus: microvm.vcpus.unwrap_or(defaults.vcpus),
+                snapshots: microvm.snapshots.unwrap_or(defaults.snapshots),
+                ..defaults
+            })))
+        }
         _ if BACKENDS.iter().any(|(b, _)| *b == name) => {
-            let _ = python;
+            let _ = (python, microvm);
             Err(Error::invalid(
                 format!("backend {name:?} is not part of this build"),
                 format!("use one of: {}", compiled_backends().join(", ")),
@@ -127,6 +138,7 @@ pub struct KernelBuilder {
     tools: Option<ToolRegistry>,
     tool_policy: Option<ToolPolicy>,
     python: Option<PathBuf>,
+    microvm: MicroVmSettings,
     named_workspace: Option<String>,
     data_dir: Option<PathBuf>,
     workspace_quota: Option<u64>,
@@ -142,6 +154,7 @@ impl Default for KernelBuilder {
             tools: None,
             tool_policy: None,
             python: None,
+            microvm: MicroVmSettings::default(),
             named_workspace: None,
             data_dir: None,
             workspace_quota: None,
@@ -245,6 +258,12 @@ impl KernelBuilder {
         self
     }
 
+    /// How the microvm backend starts VMs (`[microvm]` in `agentkernel.toml`).
+    pub fn microvm(mut self, settings: MicroVmSettings) -> Self {
+        self.microvm = settings;
+        self
+    }
+
     /// Interpreter for the process backend (default: `$AGENTKERNEL_PYTHON` or `python3`).
     pub fn python(mut self, path: impl Into<PathBuf>) -> Self {
         self.python = Some(path.into());
@@ -316,7 +335,7 @@ impl KernelBuilder {
             }
             (None, None) => None,
         };
-        let mut runtime = make_runtime(&self.backend, self.python)?;
+        let mut runtime = make_runtime(&self.backend, self.python, &self.microvm)?;
         let mut pool = None;
         if let Some(config) = self.pool {
             let p = Pool::new(runtime, self.spec.clone(), config)?;

@@ -55,7 +55,7 @@ pub use agentkernel_core::{
 };
 pub use agentkernel_tool_bridge as tools;
 pub use agentkernel_tool_bridge::{FunctionTool, McpServerConfig, ToolPolicy, ToolRegistry};
-pub use config::Config;
+pub use config::{Config, MicroVmSettings};
 pub use doctor::{BackendReport, doctor};
 pub use kernel::{BACKENDS, Kernel, KernelBuilder, compiled_backends};
 pub use session::{Session, SessionInfo};
