@@ -185,27 +185,39 @@ async fn wasm_programs_call_a_rust_tool_and_an_mcp_tool() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn monty_programs_call_a_rust_tool_and_an_mcp_tool() {
     for backend in ["monty", "monty-inprocess"] {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("calls");
-        let (kernel, registry) = kernel_on(backend, ToolPolicy::default(), &log).await;
-        let out = kernel
-            .execute(
-                "from tools.test import add\n\
-                 import tools.calc as calc\n\
-                 print(calc.mul(6, 7), add(40, b=2))\n",
-            )
-            .await
-            .unwrap();
-        assert_eq!(out.status, ExecStatus::Ok, "{backend}: {:?}", out.status);
-        assert_eq!(out.stdout.text(), "42 42\n", "{backend}");
-        assert_eq!(out.tool_calls.len(), 2, "{backend}");
-        assert_eq!(
-            calls_logged(&log),
-            ["add"],
-            "{backend}: the MCP call reached the real server"
-        );
-        registry.shutdown().await;
+        imports_and_calls_tools(backend).await;
     }
+}
+
+/// `from tools.test import add` and `import tools.calc as calc` on `backend`: both calls
+/// succeed and the MCP call reaches the real server.
+async fn imports_and_calls_tools(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("calls");
+    let (kernel, registry) = kernel_on(backend, ToolPolicy::default(), &log).await;
+    let out = kernel
+        .execute(
+            "from tools.test import add\n\
+             import tools.calc as calc\n\
+             print(calc.mul(6, 7), add(40, b=2))\n",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status,
+        ExecStatus::Ok,
+        "{backend}: {:?} {}",
+        out.status,
+        out.stderr.text()
+    );
+    assert_eq!(out.stdout.text(), "42 42\n", "{backend}");
+    assert_eq!(out.tool_calls.len(), 2, "{backend}");
+    assert_eq!(
+        calls_logged(&log),
+        ["add"],
+        "{backend}: the MCP call reached the real server"
+    );
+    registry.shutdown().await;
 }
 
 /// The generated `tools` package is copied into a microVM (there is no shared file system)
@@ -230,26 +242,7 @@ async fn microvm_programs_import_and_call_tools() {
         "{}",
         String::from_utf8_lossy(&built.stderr)
     );
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("calls");
-    let (kernel, registry) = kernel_on("microvm", ToolPolicy::default(), &log).await;
-    let out = kernel
-        .execute(
-            "from tools.test import add\n\
-             import tools.calc as calc\n\
-             print(calc.mul(6, 7), add(40, b=2))\n",
-        )
-        .await
-        .unwrap();
-    assert_eq!(out.status, ExecStatus::Ok, "{}", out.stderr.text());
-    assert_eq!(out.stdout.text(), "42 42\n");
-    assert_eq!(out.tool_calls.len(), 2);
-    assert_eq!(
-        calls_logged(&log),
-        ["add"],
-        "the MCP call reached the real server"
-    );
-    registry.shutdown().await;
+    imports_and_calls_tools("microvm").await;
 }
 
 /// Tool failures reach monty programs with the process backend's messages and exception

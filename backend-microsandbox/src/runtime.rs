@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use agentkernel_core::guest::{ExecEnd, Hello, agent_exit_status};
 use agentkernel_core::{
     Capabilities, Check, CheckState, Diagnosis, Error, ExecOutcome, ExecRequest, ExecStatus,
-    Isolation, LimitKind, LimitSupport, NetworkPolicy, Result, Runtime, Sandbox, SandboxSpec,
-    Snapshot, StartupClass, Timings, ToolHost,
+    Isolation, LimitKind, LimitSupport, Result, Runtime, Sandbox, SandboxSpec, Snapshot,
+    StartupClass, ToolHost,
 };
 use async_trait::async_trait;
 use serde_json::json;
@@ -152,15 +152,10 @@ impl MicroVmRuntime {
 /// The VM memory for `spec`, or why the spec cannot be run.
 fn check_supported(spec: &SandboxSpec) -> Result<u32> {
     spec.validate()?;
-    if let NetworkPolicy::AllowList(hosts) = &spec.network
-        && !hosts.is_empty()
-    {
-        return Err(Error::unsupported(
-            "a network allow-list",
-            "microvm",
-            "microVMs have no network device at all; use NetworkPolicy::Deny",
-        ));
-    }
+    spec.refuse_network(
+        "microvm",
+        "microVMs have no network device at all; use NetworkPolicy::Deny",
+    )?;
     let memory_mib = spec.limits.memory_bytes.map_or(DEFAULT_MEMORY_MIB, |b| {
         u32::try_from(b >> 20).unwrap_or(u32::MAX)
     });
@@ -686,7 +681,7 @@ impl Sandbox for MicroVmSandbox {
                 return Err(e);
             }
         };
-        let status = match report.end {
+        let status = match report.end.clone() {
             ExecEnd::Finished(status) => {
                 self.collect_all().await?;
                 status
@@ -736,20 +731,7 @@ impl Sandbox for MicroVmSandbox {
                 status
             }
         };
-        if let ExecStatus::Killed { limit } = &status {
-            tracing::info!(%limit, "microVM sandbox killed by a limit");
-        }
-        Ok(ExecOutcome {
-            status,
-            stdout: report.stdout,
-            stderr: report.stderr,
-            timings: Timings {
-                exec: started.elapsed(),
-                tool_calls: report.tool_time,
-                ..Timings::default()
-            },
-            tool_calls: report.tool_calls,
-        })
+        Ok(report.into_outcome(status, started.elapsed()))
     }
 
     async fn reset(&mut self) -> Result<()> {
@@ -785,6 +767,7 @@ impl MicroVmSandbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use agentkernel_core::NetworkPolicy;
 
     #[test]
     fn exit_codes_read_like_a_shell() {

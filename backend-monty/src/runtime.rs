@@ -8,8 +8,8 @@ use std::time::Instant;
 use agentkernel_backend_process::{NativeAgent, ProcessConfig, ProcessRuntime, ProcessSandbox};
 use agentkernel_core::{
     Capabilities, Check, CheckState, Diagnosis, Error, ExecOutcome, ExecRequest, ExecStatus,
-    Isolation, LimitSupport, NetworkPolicy, NoTools, Result, Runtime, Sandbox, SandboxSpec,
-    Snapshot, StartupClass, ToolHost,
+    Isolation, LimitSupport, NoTools, Result, Runtime, Sandbox, SandboxSpec, Snapshot,
+    StartupClass, ToolHost,
 };
 use async_trait::async_trait;
 
@@ -167,15 +167,10 @@ impl MontyRuntime {
 
     fn check_supported(&self, spec: &SandboxSpec) -> Result<()> {
         spec.validate()?;
-        if let NetworkPolicy::AllowList(hosts) = &spec.network
-            && !hosts.is_empty()
-        {
-            return Err(Error::unsupported(
-                "a network allow-list",
-                "monty",
-                "Monty programs have no network at all; call a tool instead",
-            ));
-        }
+        spec.refuse_network(
+            "monty",
+            "Monty programs have no network at all; call a tool instead",
+        )?;
         if spec.limits.cpu_time.is_some() && self.mode == MontyMode::InProcess {
             return Err(Error::unsupported(
                 "a CPU-time limit in in-process mode",

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use agentkernel_core::{
     Capabilities, Check, CheckState, Diagnosis, Error, ExecRequest, ExecStatus, Isolation,
-    LimitSupport, NetworkPolicy, NoTools, Result, Runtime, Sandbox, SandboxSpec, StartupClass,
+    LimitSupport, NoTools, Result, Runtime, Sandbox, SandboxSpec, StartupClass,
 };
 use async_trait::async_trait;
 use seccompiler::BpfProgram;
@@ -126,15 +126,10 @@ impl ProcessRuntime {
 
     fn check_supported(&self, spec: &SandboxSpec) -> Result<()> {
         spec.validate()?;
-        if let NetworkPolicy::AllowList(hosts) = &spec.network
-            && !hosts.is_empty()
-        {
-            return Err(Error::unsupported(
-                "a network allow-list",
-                "process",
-                "sandboxes of this backend have no network at all; use NetworkPolicy::Deny",
-            ));
-        }
+        spec.refuse_network(
+            "process",
+            "sandboxes of this backend have no network at all; use NetworkPolicy::Deny",
+        )?;
         Ok(())
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use agentkernel_core::guest::{AGENT_SOURCE, ExecEnd, GuestConn, Hello};
 use agentkernel_core::{
     Error, ExecOutcome, ExecRequest, ExecStatus, LimitKind, Result, Sandbox, SandboxSpec, Snapshot,
-    Timings, ToolHost,
+    ToolHost,
 };
 use async_trait::async_trait;
 use tokio::process::{Child, ChildStderr, ChildStdout};
@@ -452,7 +452,7 @@ impl Sandbox for ProcessSandbox {
                 return Err(e);
             }
         };
-        let status = match report.end {
+        let status = match report.end.clone() {
             ExecEnd::Finished(status) => status,
             ExecEnd::TimedOut => {
                 self.end(format!("killed after the {timeout:?} timeout"))
@@ -477,20 +477,7 @@ impl Sandbox for ProcessSandbox {
                 )
             }
         };
-        if let ExecStatus::Killed { limit } = &status {
-            tracing::info!(%limit, "sandbox killed by a limit");
-        }
-        Ok(ExecOutcome {
-            status,
-            stdout: report.stdout,
-            stderr: report.stderr,
-            timings: Timings {
-                exec: started.elapsed(),
-                tool_calls: report.tool_time,
-                ..Timings::default()
-            },
-            tool_calls: report.tool_calls,
-        })
+        Ok(report.into_outcome(status, started.elapsed()))
     }
 
     async fn reset(&mut self) -> Result<()> {

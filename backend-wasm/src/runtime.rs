@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use agentkernel_core::{
     Capabilities, Check, CheckState, Diagnosis, Error, ExecRequest, Isolation, LimitSupport,
-    NetworkPolicy, NoTools, Result, Runtime, Sandbox, SandboxSpec, StartupClass,
+    NoTools, Result, Runtime, Sandbox, SandboxSpec, StartupClass,
 };
 use async_trait::async_trait;
 
@@ -109,13 +109,10 @@ impl Runtime for WasmRuntime {
                 "a wasm guest runs on one thread: use the wall-time limit (--timeout) instead",
             ));
         }
-        if let NetworkPolicy::AllowList(_) = spec.network {
-            return Err(Error::unsupported(
-                "network access",
-                "wasm",
-                "the wasm guest has no sockets; use the process backend for network access",
-            ));
-        }
+        spec.refuse_network(
+            "wasm",
+            "the wasm guest has no sockets; use the process backend for network access",
+        )?;
         let prepared = self.prepared().await?;
         Ok(Box::new(WasmSandbox::start(prepared, spec.clone()).await?))
     }

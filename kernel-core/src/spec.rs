@@ -164,6 +164,17 @@ impl SandboxSpec {
         env
     }
 
+    /// For a backend without any network: refuses a (non-empty) allow-list with
+    /// [`Error::Unsupported`] naming `backend` and `hint`, instead of ignoring it.
+    pub fn refuse_network(&self, backend: &'static str, hint: &str) -> Result<()> {
+        match &self.network {
+            NetworkPolicy::AllowList(hosts) if !hosts.is_empty() => {
+                Err(Error::unsupported("a network allow-list", backend, hint))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Checks limits, mounts and environment; the error says which entry is wrong.
     pub fn validate(&self) -> Result<()> {
         self.limits.validate()?;

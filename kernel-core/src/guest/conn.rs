@@ -107,6 +107,27 @@ pub struct ExecReport {
     pub tool_time: Duration,
 }
 
+impl ExecReport {
+    /// The outcome of an exec that ended with `status` and took `exec` in all (the limit
+    /// kill is logged here, once for every backend).
+    pub fn into_outcome(self, status: ExecStatus, exec: Duration) -> crate::exec::ExecOutcome {
+        if let ExecStatus::Killed { limit } = &status {
+            tracing::info!(%limit, "sandbox killed by a limit");
+        }
+        crate::exec::ExecOutcome {
+            status,
+            stdout: self.stdout,
+            stderr: self.stderr,
+            timings: crate::exec::Timings {
+                exec,
+                tool_calls: self.tool_time,
+                ..crate::exec::Timings::default()
+            },
+            tool_calls: self.tool_calls,
+        }
+    }
+}
+
 /// The host's connection to one guest agent: control channel plus output pipes.
 pub struct GuestConn<C, O, E> {
     control: C,
