@@ -283,12 +283,12 @@ impl Inner {
         let machine = self.machine(memory_mib)?;
         let image = self.image()?;
         let mut key = Sha256::new();
-        key.update(image.dir.display().to_string());
         key.update(&image.guest_sha);
         key.update(qemu_version().unwrap_or_default());
         key.update(format!("{memory_mib}/{}/{}", machine.vcpus, machine.kvm));
         let key = format!("{:x}", key.finalize());
-        let dir = agentkernel_core::cache_dir().join("microvm");
+        // Beside the image: pruning an old image prunes its states.
+        let dir = image.dir.clone();
         let path = dir.join(format!("state-{}.bin", &key[..16]));
         if !path.exists() {
             std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating the cache", e))?;

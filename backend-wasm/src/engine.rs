@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use agentkernel_core::{Error, Result};
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::artifact;
 use crate::bindings::{Agent, AgentPre};
@@ -25,6 +25,7 @@ pub fn engine() -> &'static Engine {
         // Copy-on-write memory images: instantiating maps the snapshot's memory instead of
         // copying it.
         config.memory_init_cow(true);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling()));
         let engine = Engine::new(&config).expect("the wasmtime configuration is valid");
         let ticker = engine.weak();
         std::thread::Builder::new()
@@ -40,6 +41,30 @@ pub fn engine() -> &'static Engine {
         engine
     })
 }
+
+/// The pooling allocator's slots: instantiating a sandbox takes a slot whose memory and
+/// tables are already mapped, and a slot given back keeps its touched pages resident (reset
+/// to the snapshot's contents by copying), so the next sandbox does not fault them in again.
+fn pooling() -> PoolingAllocationConfig {
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(POOL_SLOTS)
+        .total_core_instances(POOL_SLOTS * 16)
+        .total_memories(POOL_SLOTS * 4)
+        .total_tables(POOL_SLOTS * 16)
+        .total_stacks(POOL_SLOTS)
+        .max_core_instances_per_component(16)
+        .max_memories_per_component(4)
+        .max_tables_per_component(16)
+        .table_elements(64 << 10)
+        .max_component_instance_size(1 << 20)
+        .max_core_instance_size(1 << 20)
+        .linear_memory_keep_resident(64 << 20)
+        .table_keep_resident(1 << 20);
+    pool
+}
+
+/// Sandboxes of this backend alive at once in one process.
+pub const POOL_SLOTS: u32 = 256;
 
 /// The guest component, compiled and linked against the host's imports.
 pub struct Prepared {

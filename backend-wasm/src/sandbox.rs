@@ -132,7 +132,20 @@ async fn instantiate(
         .pre
         .instantiate_async(&mut store)
         .await
-        .map_err(internal)?;
+        .map_err(|e| {
+            if format!("{e:#}").contains("maximum concurrent") {
+                Error::Unavailable {
+                    backend: "wasm",
+                    reason: format!(
+                        "{} wasm sandboxes are alive in this process already",
+                        crate::engine::POOL_SLOTS
+                    ),
+                    hint: "shut some down (or use a Pool with a max_size below that)".into(),
+                }
+            } else {
+                internal(e)
+            }
+        })?;
     agent
         .call_configure(&mut store, &env)
         .await
