@@ -8,8 +8,9 @@
 //!   `scripts/build-microvm-image` ([`image`]). KVM only when the [`kvm`] probe finds real
 //!   hardware virtualization; otherwise software emulation (TCG), which is what runs on
 //!   machines whose `/dev/kvm` is PVM.
-//! - **Engine `msb`** (microsandbox/libkrun): needs real KVM; not built yet — `doctor` says
-//!   why it is unavailable ([`msb_unavailable_reason`]).
+//! - **Engine `msb`** (microsandbox/libkrun, feature `msb`, off by default): needs real KVM.
+//!   The `msb` module runs one program per sandbox; it is not yet selected by the runtime,
+//!   and `doctor` says why it is unavailable ([`msb_unavailable_reason`]).
 //!
 //! Inside the VM ([`qemu`]): `/init` starts the *supervisor* (`guest/supervisor.py`, root) on
 //! virtio-serial port 4; it starts the shared guest agent (`agentkernel_core::guest`) as
@@ -20,6 +21,8 @@
 
 pub mod image;
 pub mod kvm;
+#[cfg(feature = "msb")]
+pub mod msb;
 pub mod qemu;
 pub mod runtime;
 pub mod share;
@@ -29,7 +32,12 @@ pub use runtime::{MicroVmConfig, MicroVmRuntime, MicroVmSandbox};
 /// Why the `msb` engine (microsandbox on libkrun) does not run here.
 pub fn msb_unavailable_reason(kvm: &kvm::KvmProbe) -> String {
     if kvm.is_real() {
-        "not built yet: the qemu engine runs instead (with KVM)".into()
+        if cfg!(feature = "msb") {
+            "not yet selected by the microvm runtime: the qemu engine runs instead (with KVM)"
+                .into()
+        } else {
+            "not built in (feature `msb` is off): the qemu engine runs instead (with KVM)".into()
+        }
     } else {
         format!(
             "needs hardware KVM, and {}; the qemu engine runs instead",
