@@ -52,8 +52,8 @@ pub struct MicroVmConfig {
     pub image: Option<PathBuf>,
     /// Restore VMs from a saved template state (seconds faster) instead of booting each.
     pub snapshots: bool,
-    /// Warm VMs kept ready per memory size (restored, agent waiting), at most the number
-    /// of CPU cores; 0 disables the pool.
+    /// Warm VMs kept ready per memory size (restored, agent waiting); all sizes together
+    /// never more than the number of CPU cores. 0 disables the pool.
     pub pool_size: usize,
     /// Virtual CPUs per VM.
     pub vcpus: u32,
@@ -93,11 +93,6 @@ impl MicroVmRuntime {
         let image = match &config.image {
             Some(dir) => GuestImage::at(dir),
             None => GuestImage::find(),
-        };
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let config = MicroVmConfig {
-            pool_size: config.pool_size.min(cores),
-            ..config
         };
         MicroVmRuntime {
             inner: Arc::new(Inner {
@@ -212,13 +207,18 @@ impl Inner {
         Ok(vm)
     }
 
-    /// Starts background work until the pool for `memory_mib` holds `pool_size` VMs.
+    /// Starts background work until the pool for `memory_mib` holds `pool_size` VMs,
+    /// keeping all memory sizes together at no more warm VMs than CPU cores.
     fn refill(self: &Arc<Self>, memory_mib: u32) {
         let wanted = self.config.pool_size;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let missing = {
             let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            let total: usize = pool.values().map(|(r, m)| r.len() + m).sum();
             let (ready, making) = pool.entry(memory_mib).or_default();
-            let missing = wanted.saturating_sub(ready.len() + *making);
+            let missing = wanted
+                .saturating_sub(ready.len() + *making)
+                .min(cores.saturating_sub(total));
             *making += missing;
             missing
         };
