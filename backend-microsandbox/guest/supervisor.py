@@ -10,7 +10,7 @@
 #   {"type": "put", "dir", "writable", "deleted": [...], "size"} + bundle
 #                                           write files into a shared directory
 #                                           -> {"type": "put_done", "files": n}
-#   {"type": "start", "env", "limits", "cwd"}  configure and release the waiting agent,
+#   {"type": "start", "env", "limits", "cwd", "entropy"}  reseed the kernel's RNG, configure and release the waiting agent,
 #                                           which then says hello on port 1 -> {"type": "started"}
 #   {"type": "warm"}                        run a throw-away program (see warm()) -> {"type": "warmed"}
 #   {"type": "stop"}                        kill every process of the sandbox user
@@ -171,6 +171,22 @@ def apply(top, data, deleted, owner):
     return count
 
 
+def reseed(entropy):
+    """Every VM restored from one saved state starts with the same kernel random state:
+    mix in the host's fresh bytes and force the kernel's CRNG to reseed from them
+    (RNDRESEEDCRNG), so `os.urandom` and `random` differ between sandboxes."""
+    import fcntl
+
+    if not entropy:
+        raise ValueError("no entropy from the host")
+    fd = os.open("/dev/urandom", os.O_WRONLY)
+    try:
+        os.write(fd, entropy)
+        fcntl.ioctl(fd, 0x5207)  # RNDRESEEDCRNG = _IO('R', 0x07)
+    finally:
+        os.close(fd)
+
+
 def oom_kills():
     try:
         with open("/proc/vmstat") as f:
@@ -227,6 +243,7 @@ class Supervisor:
             raise RuntimeError("the guest agent did not start")
 
     def start(self, msg):
+        reseed(bytes.fromhex(msg.get("entropy", "")))
         limits = msg.get("limits", {})
         tmp = int(limits.get("tmp_bytes", 64 << 20))
         os.system("mount -o remount,size=%d /tmp" % tmp)

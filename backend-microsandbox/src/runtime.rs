@@ -573,6 +573,7 @@ impl MicroVmSandbox {
         let limits = &self.spec.limits;
         let config = json!({
             "type": "start",
+            "entropy": host_entropy()?,
             "env": self.spec.guest_env(),
             "cwd": "/workspace",
             "limits": {
@@ -623,6 +624,17 @@ impl MicroVmSandbox {
         }
         Ok(())
     }
+}
+
+/// 32 fresh random bytes from the host, hex-encoded, for the guest's kernel RNG (VMs restored
+/// from one state would otherwise share its random state).
+fn host_entropy() -> Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| Error::io("reading /dev/urandom", e))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// An exit status as Python's `os.waitstatus_to_exitcode` reports it (negative for a

@@ -166,3 +166,33 @@ async fn a_timeout_ends_the_vm_and_keeps_the_files_written_before() {
     );
     sb.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vms_restored_from_one_state_do_not_share_random_numbers() {
+    let Some(image) = common::image() else { return };
+    let rt = MicroVmRuntime::new(MicroVmConfig {
+        image: Some(image),
+        pool_size: 0,
+        ..MicroVmConfig::default()
+    });
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let mut sb = rt.create(&test_spec()).await.expect("create");
+        let out = sb
+            .exec(
+                ExecRequest::new(
+                    "import os, random\nprint(os.urandom(16).hex(), random.getrandbits(64))",
+                ),
+                Arc::new(NoTools),
+            )
+            .await
+            .expect("exec");
+        assert_eq!(out.status, ExecStatus::Ok, "{}", out.stderr.text());
+        seen.push(out.stdout.text());
+        sb.shutdown().await.unwrap();
+    }
+    assert_ne!(
+        seen[0], seen[1],
+        "two sandboxes drew the same random numbers"
+    );
+}
