@@ -13,6 +13,11 @@
 # writes a reset command (one byte + a token) on the lifeline instead, init kills every
 # other process, empties the private tmpfs mounts and forks a fresh agent, whose hello and
 # output mark carry the token.
+#
+# In a microVM (`--vm-config-fd CONFIG READY`), the guest's supervisor starts the agent as
+# an unprivileged user before the sandbox exists: it imports what it needs, writes one byte
+# on READY, and applies the environment, limits and working directory it then reads from
+# CONFIG (see _vm_configure) before its hello.
 import os
 import sys
 

@@ -1,5 +1,5 @@
 //! The guest agent and its protocol, shared by every backend that runs real CPython in its
-//! own process or VM (process today; microvm later).
+//! own process or VM (process, and microvm, whose supervisor starts it in the VM).
 //!
 //! The guest agent ([`AGENT_SOURCE`]) is a small Python program run as the interpreter's main
 //! program (`python3 -c AGENT_SOURCE`). It expects:
