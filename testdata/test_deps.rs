@@ -60,3 +60,26 @@ pub fn run_with_stdin(mut cmd: std::process::Command, stdin: &str) -> std::proce
         .expect("write stdin");
     child.wait_with_output().expect("wait")
 }
+
+/// The microvm guest image, built (or found cached) by `scripts/build-microvm-image`, or
+/// `None` after printing why the test is skipped, on a machine without QEMU, cpio or apt
+/// (`scripts/setup` installs them).
+#[allow(dead_code)]
+fn microvm_image() -> Option<std::path::PathBuf> {
+    static IMAGE: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            for cmd in ["qemu-system-x86_64", "cpio", "apt-get"] {
+                let found = std::process::Command::new("sh")
+                    .args(["-c", &format!("command -v {cmd}")])
+                    .output()
+                    .is_ok_and(|o| o.status.success());
+                if !found {
+                    println!("skipped: {cmd} is missing (scripts/setup installs it)");
+                    return None;
+                }
+            }
+            Some(script_output("build-microvm-image"))
+        })
+        .clone()
+}

@@ -325,26 +325,6 @@ fn wasm_backend_runs_programs_and_names_its_limits() {
     assert_eq!(out.status.code(), Some(1), "no processes in a wasm guest");
 }
 
-/// The microvm image, built (or found cached) by the project's script; `None` (with the
-/// reason printed) on a machine without QEMU or cpio.
-fn microvm_image() -> Option<()> {
-    for cmd in ["qemu-system-x86_64", "cpio"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {cmd}")])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            println!("skipped: {cmd} is missing (scripts/setup installs it)");
-            return None;
-        }
-    }
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-microvm-image");
-    let out = Command::new(script).output().expect("run the image script");
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    Some(())
-}
-
 #[test]
 fn microvm_runs_programs_with_subprocesses_and_keeps_workspace_files() {
     if microvm_image().is_none() {
