@@ -22,8 +22,6 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-use crate::kvm::KvmProbe;
-
 /// The host side of the guest agent's ports.
 pub type AgentConn = GuestConn<UnixStream, UnixStream, UnixStream>;
 
@@ -41,18 +39,6 @@ pub struct MachineSpec {
     pub vcpus: u32,
     /// Use KVM (only when the probe says it is real hardware virtualization).
     pub kvm: bool,
-}
-
-impl MachineSpec {
-    /// A spec for `image` with `memory_mib`, one vCPU, and KVM if the probe finds it real.
-    pub fn new(image: &Path, memory_mib: u32) -> MachineSpec {
-        MachineSpec {
-            image: image.to_path_buf(),
-            memory_mib,
-            vcpus: 1,
-            kvm: KvmProbe::detect().is_real(),
-        }
-    }
 }
 
 /// A running VM: QEMU, its QMP monitor and the supervisor's port. The agent's ports are

@@ -137,11 +137,6 @@ impl MicroVmRuntime {
         let pool = self.inner.pool.lock().unwrap_or_else(|e| e.into_inner());
         pool.values().map(|(ready, _)| ready.len()).sum()
     }
-
-    /// Whether VMs run under software emulation (TCG) rather than KVM.
-    pub fn emulated(&self) -> bool {
-        !self.inner.kvm.is_real()
-    }
 }
 
 /// The VM memory for `spec`, or why the spec cannot be run.
@@ -291,7 +286,6 @@ impl Inner {
         let dir = image.dir.clone();
         let path = dir.join(format!("state-{}.bin", &key[..16]));
         if !path.exists() {
-            std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating the cache", e))?;
             tracing::info!(
                 memory_mib,
                 "booting a microVM to save its state (once per image)"
@@ -766,13 +760,6 @@ impl Sandbox for MicroVmSandbox {
             live.vm.kill().await;
         }
         Ok(())
-    }
-}
-
-impl MicroVmSandbox {
-    /// The image the sandbox's VM runs.
-    pub fn image(&self) -> Option<&Path> {
-        self.inner.image.as_ref().ok().map(|i| i.dir.as_path())
     }
 }
 

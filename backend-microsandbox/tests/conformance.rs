@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::OnceLock;
 
-use agentkernel_backend_microsandbox::{MicroVmConfig, MicroVmRuntime};
+use agentkernel_backend_microsandbox::MicroVmRuntime;
 
 /// One runtime for all checks, so the template state is made once; no warm pool (each
 /// check's VMs live on that check's tokio runtime).
@@ -14,13 +14,8 @@ fn runtime() -> MicroVmRuntime {
     static RUNTIME: OnceLock<MicroVmRuntime> = OnceLock::new();
     RUNTIME
         .get_or_init(|| {
-            let image = common::image()
-                .expect("the microvm conformance suite needs QEMU and cpio: run scripts/setup");
-            MicroVmRuntime::new(MicroVmConfig {
-                image: Some(image),
-                pool_size: 0,
-                ..MicroVmConfig::default()
-            })
+            common::runtime(0)
+                .expect("the microvm conformance suite needs QEMU and cpio: run scripts/setup")
         })
         .clone()
 }

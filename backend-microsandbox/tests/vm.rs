@@ -8,7 +8,6 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agentkernel_backend_microsandbox::{MicroVmConfig, MicroVmRuntime};
 use agentkernel_core::conformance::{count_host_processes, test_spec};
 use agentkernel_core::{
     ExecRequest, ExecStatus, LimitKind, NoTools, Runtime, Sandbox, SandboxSpec,
@@ -16,12 +15,9 @@ use agentkernel_core::{
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_program_runs_in_a_vm_and_its_files_reach_the_host() {
-    let Some(image) = common::image() else { return };
-    let rt = MicroVmRuntime::new(MicroVmConfig {
-        image: Some(image),
-        pool_size: 1,
-        ..MicroVmConfig::default()
-    });
+    let Some(rt) = common::runtime(1) else {
+        return;
+    };
     let workspace = tempfile::tempdir().unwrap();
     std::fs::write(workspace.path().join("from-host.txt"), "hello VM").unwrap();
     let spec = SandboxSpec {
@@ -132,12 +128,9 @@ raise ValueError('boom')
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timeout_ends_the_vm_and_keeps_the_files_written_before() {
-    let Some(image) = common::image() else { return };
-    let rt = MicroVmRuntime::new(MicroVmConfig {
-        image: Some(image),
-        pool_size: 0,
-        ..MicroVmConfig::default()
-    });
+    let Some(rt) = common::runtime(0) else {
+        return;
+    };
     let workspace = tempfile::tempdir().unwrap();
     let spec = SandboxSpec {
         workspace: Some(workspace.path().to_path_buf()),
@@ -169,12 +162,9 @@ async fn a_timeout_ends_the_vm_and_keeps_the_files_written_before() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vms_restored_from_one_state_do_not_share_random_numbers() {
-    let Some(image) = common::image() else { return };
-    let rt = MicroVmRuntime::new(MicroVmConfig {
-        image: Some(image),
-        pool_size: 0,
-        ..MicroVmConfig::default()
-    });
+    let Some(rt) = common::runtime(0) else {
+        return;
+    };
     let mut seen = Vec::new();
     for _ in 0..2 {
         let mut sb = rt.create(&test_spec()).await.expect("create");

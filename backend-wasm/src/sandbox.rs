@@ -133,7 +133,9 @@ async fn instantiate(
         .instantiate_async(&mut store)
         .await
         .map_err(|e| {
-            if format!("{e:#}").contains("maximum concurrent") {
+            if e.chain()
+                .any(|c| c.is::<wasmtime::PoolConcurrencyLimitError>())
+            {
                 Error::Unavailable {
                     backend: "wasm",
                     reason: format!(
