@@ -23,6 +23,8 @@ pub mod image;
 pub mod kvm;
 #[cfg(feature = "msb")]
 pub mod msb;
+#[cfg(any(feature = "msb", test))]
+pub mod mux;
 pub mod qemu;
 pub mod runtime;
 pub mod share;
