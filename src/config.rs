@@ -26,6 +26,8 @@
 //! pool_size = 1                 # warm VMs kept per memory size (at most one per core; 0: none)
 //! vcpus = 1
 //! snapshots = true              # restore VMs from a saved state instead of booting each
+//! engine = "auto"               # "auto": msb on hardware KVM (with feature msb), else qemu;
+//!                               # "qemu" or "msb" to insist
 //!
 //! [mcp_servers.github]
 //! command = "npx"
@@ -84,6 +86,8 @@ pub struct MicroVmSettings {
     pub vcpus: Option<u32>,
     /// Restore VMs from a saved template state (true) or boot each one (false).
     pub snapshots: Option<bool>,
+    /// Which engine runs the VMs: `auto`, `qemu` or `msb`.
+    pub engine: Option<String>,
 }
 
 /// `[sandbox]`: defaults for every run (command-line flags override them).
@@ -267,6 +271,14 @@ impl Config {
                 "give a VM at least 1 vCPU",
             ));
         }
+        if let Some(engine) = &self.microvm.engine
+            && !["auto", "qemu", "msb"].contains(&engine.as_str())
+        {
+            return Err(Error::invalid(
+                format!("[microvm] engine {engine:?} is unknown"),
+                "use \"auto\" (msb on hardware KVM, else qemu), \"qemu\" or \"msb\"",
+            ));
+        }
         b = b.microvm(self.microvm.clone());
         if let Some(reg) = self.tool_registry().await? {
             b = b.tools(reg);
@@ -321,6 +333,7 @@ acquire_timeout_secs = 2.5
 [microvm]
 pool_size = 0
 vcpus = 2
+engine = "qemu"
 [mcp_servers.calc]
 command = "python3"
 args = ["server.py"]
@@ -338,7 +351,8 @@ env = { TOKEN = "Bearer ${AK_TEST_TOKEN_X}" }
             MicroVmSettings {
                 pool_size: Some(0),
                 vcpus: Some(2),
-                snapshots: None
+                snapshots: None,
+                engine: Some("qemu".into()),
             }
         );
         let pool = c.pool.clone().unwrap();
@@ -377,6 +391,19 @@ env = { TOKEN = "Bearer ${AK_TEST_TOKEN_X}" }
                 .unwrap_err()
                 .to_string()
                 .contains("bogus")
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_microvm_engine_is_refused_with_the_choices() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CONFIG_FILE);
+        std::fs::write(&path, "[microvm]\nengine = \"firecracker\"\n").unwrap();
+        let config = Config::load(&path).unwrap();
+        let e = config.kernel_builder().await.err().unwrap().to_string();
+        assert!(
+            e.contains("\"firecracker\" is unknown") && e.contains("\"msb\""),
+            "{e}"
         );
     }
 }

@@ -94,6 +94,10 @@ pub(crate) fn make_runtime(
                 pool_size: microvm.pool_size.unwrap_or(defaults.pool_size),
                 vcpus: microvm.vcpus.unwrap_or(defaults.vcpus),
                 snapshots: microvm.snapshots.unwrap_or(defaults.snapshots),
+                engine: match &microvm.engine {
+                    Some(engine) => engine.parse()?,
+                    None => defaults.engine,
+                },
                 ..defaults
             })))
         }

@@ -9,8 +9,11 @@
 //!   hardware virtualization; otherwise software emulation (TCG), which is what runs on
 //!   machines whose `/dev/kvm` is PVM.
 //! - **Engine `msb`** (microsandbox/libkrun, feature `msb`, off by default): needs real KVM.
-//!   The `msb` module runs one program per sandbox; it is not yet selected by the runtime,
-//!   and `doctor` says why it is unavailable ([`msb_unavailable_reason`]).
+//!   The runtime selects it ([`EngineKind::Auto`]) where the [`kvm`] probe finds hardware
+//!   KVM and its runtime files are there (`scripts/fetch-msb-runtime`); its root filesystem
+//!   is the image's `rootfs/`. Its guest agent talks through one exec stream (`mux.rs`); no
+//!   pool or snapshots (a libkrun VM boots in well under a second on real KVM). `doctor` says
+//!   which engine runs and why.
 //!
 //! Inside the VM ([`qemu`]): `/init` starts the *supervisor* (`guest/supervisor.py`, root) on
 //! virtio-serial port 4; it starts the shared guest agent (`agentkernel_core::guest`) as
@@ -29,21 +32,4 @@ pub mod qemu;
 pub mod runtime;
 pub mod share;
 
-pub use runtime::{MicroVmConfig, MicroVmRuntime, MicroVmSandbox};
-
-/// Why the `msb` engine (microsandbox on libkrun) does not run here.
-pub fn msb_unavailable_reason(kvm: &kvm::KvmProbe) -> String {
-    if kvm.is_real() {
-        if cfg!(feature = "msb") {
-            "not yet selected by the microvm runtime: the qemu engine runs instead (with KVM)"
-                .into()
-        } else {
-            "not built in (feature `msb` is off): the qemu engine runs instead (with KVM)".into()
-        }
-    } else {
-        format!(
-            "needs hardware KVM, and {}; the qemu engine runs instead",
-            kvm.reason()
-        )
-    }
-}
+pub use runtime::{EngineKind, MicroVmConfig, MicroVmRuntime, MicroVmSandbox};

@@ -1,21 +1,34 @@
-//! The `msb` engine: a microVM per run from the `microsandbox` crate (0.7.11), which boots
-//! libkrun guests through its `msb` runtime executable. It needs real KVM (see [`crate::kvm`]):
-//! under PVM or without `/dev/kvm` the `qemu` engine runs instead.
+//! The `msb` engine: a microVM per sandbox from the `microsandbox` crate (0.7.11), which
+//! boots libkrun guests through its `msb` runtime executable. It needs real KVM (see
+//! [`crate::kvm`]): under PVM or without `/dev/kvm` the `qemu` engine runs instead.
 //!
-//! Nothing is downloaded: the runtime pair comes from the PyPI wheel `microsandbox==0.7.11`
-//! (it contains `msb` and `libkrunfw.so.5.6.1`), and the guest's root filesystem is a local
-//! directory built from Debian packages, bound as the guest's `/` (no image pull). The
-//! `microsandbox` crate reads `MSB_PATH`, `MSB_LIBKRUNFW_PATH` and `MSB_HOME` from the
-//! environment itself; [`MsbEngine::from_env`] checks them first so a missing file is reported
-//! with what to do, not as a failed boot.
+//! Nothing is pulled at run time: the runtime pair comes from the PyPI wheel
+//! `microsandbox==0.7.11` (`scripts/fetch-msb-runtime` unpacks its `msb` and
+//! `libkrunfw.so.5.6.1`), and the guest's root filesystem is the microVM image's `rootfs/`
+//! (built from Debian packages by `scripts/build-microvm-image`), bound as the guest's `/`.
+//! [`MsbEngine::from_env`] finds and checks them, so a missing file is reported with what to
+//! do, not as a failed boot.
+//!
+//! A sandbox ([`MsbSandbox`]) is one VM: the workspace and mounts are bound into it (virtiofs;
+//! no copying), `/tmp` is a tmpfs of the spec's size, and there is no network. The shared
+//! guest agent runs as uid 1000 behind the stdio multiplexer ([`crate::mux`]), started by one
+//! long-lived exec as root, so every backend speaks the same protocol.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use agentkernel_core::{Error, LimitKind, Result};
+use agentkernel_core::guest::{AGENT_SOURCE, ExecEnd, Hello, agent_exit_status};
+use agentkernel_core::{
+    Error, ExecOutcome, ExecRequest, ExecStatus, LimitKind, Result, SandboxSpec, Snapshot, ToolHost,
+};
+use async_trait::async_trait;
 use microsandbox::sandbox::DestroyOptions;
-use microsandbox::{Backend, LocalBackend, MicrosandboxError, Sandbox};
+use microsandbox::{Backend, ExecEvent, LocalBackend, MicrosandboxError, Sandbox};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::mux::{self, AgentExit, MUX_SOURCE, MuxAgent};
 
 /// The `msb` runtime executable (from the wheel `microsandbox==0.7.11`).
 pub const MSB_PATH_ENV: &str = "MSB_PATH";
@@ -27,18 +40,21 @@ pub const MSB_HOME_ENV: &str = "MSB_HOME";
 pub const ROOTFS_ENV: &str = "AGENTKERNEL_MSB_ROOTFS";
 
 /// The `msb` version this build's `microsandbox` crate speaks to (it is pinned with `=`).
-const RUNTIME_VERSION: &str = "0.7.11";
+pub const RUNTIME_VERSION: &str = "0.7.11";
 /// How long a sandbox may take to boot before the run is abandoned.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a sandbox gets to shut down gracefully before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
-/// Beyond the program's timeout (which the guest agent enforces with SIGKILL), how long the
-/// host waits for the guest agent's answer before it counts the sandbox as lost.
+/// How long the host waits for the multiplexer's report of the agent's exit.
 const ANSWER_GRACE: Duration = Duration::from_secs(10);
+/// The longest a sandbox lives: microsandbox's own backstop, for when this process is gone.
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// The guest user programs run as (root only inside the VM starts them).
+const SANDBOX_UID: u32 = 1000;
 
-const WHEEL_HINT: &str = "install the PyPI wheel microsandbox==0.7.11 (e.g. `pip download \
-     microsandbox==0.7.11 --no-deps` and unzip it), then set MSB_PATH to its `msb` and \
-     MSB_LIBKRUNFW_PATH to its `libkrunfw.so.5.6.1`";
+const WHEEL_HINT: &str = "run scripts/fetch-msb-runtime (it fetches the PyPI wheel \
+     microsandbox==0.7.11 and unpacks `msb` and `libkrunfw.so.5.6.1`), or set MSB_PATH and \
+     MSB_LIBKRUNFW_PATH to those files";
 
 /// The `msb` engine's configuration: the runtime files, microsandbox's home and the guest
 /// root filesystem, as found in the environment, and a microsandbox local backend for them.
@@ -79,14 +95,29 @@ fn is_executable(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
+/// Where `scripts/fetch-msb-runtime` puts the runtime pair.
+pub fn fetched_runtime_dir() -> PathBuf {
+    agentkernel_core::cache_dir()
+        .join("msb")
+        .join(format!("runtime-{RUNTIME_VERSION}"))
+}
+
+/// `name`'s value, else `default` when that exists; `None` when neither.
+fn env_or_default(name: &str, default: PathBuf) -> Option<PathBuf> {
+    env_path(name).or_else(|| default.exists().then_some(default))
+}
+
 impl MsbEngine {
-    /// The engine described by `MSB_PATH`, `MSB_LIBKRUNFW_PATH`, `MSB_HOME` and
-    /// `AGENTKERNEL_MSB_ROOTFS`. The error says which is missing or wrong and how to fix it.
+    /// The engine with its files found: `MSB_PATH` and `MSB_LIBKRUNFW_PATH`, else the pair
+    /// `scripts/fetch-msb-runtime` fetched ([`fetched_runtime_dir`]); `MSB_HOME`, else
+    /// `<cache>/msb/home`; `AGENTKERNEL_MSB_ROOTFS`, else `image_rootfs` (the microVM
+    /// image's `rootfs/`). The error says which is missing or wrong and how to fix it.
     /// It also reads the version embedded in `msb` (nothing is run), which must be
     /// 0.7.11, and asks microsandbox to resolve its runtime pair the way a launch does (that
     /// checks presence only: a wrong `libkrunfw` shows only when a sandbox starts).
-    pub fn from_env() -> std::result::Result<MsbEngine, String> {
-        let msb = env_path(MSB_PATH_ENV)
+    pub fn from_env(image_rootfs: Option<&Path>) -> std::result::Result<MsbEngine, String> {
+        let fetched = fetched_runtime_dir();
+        let msb = env_or_default(MSB_PATH_ENV, fetched.join("msb"))
             .ok_or_else(|| env_problem(MSB_PATH_ENV, "is not set", WHEEL_HINT))?;
         if !is_executable(&msb) {
             return Err(env_problem(
@@ -95,7 +126,7 @@ impl MsbEngine {
                 &format!("{WHEEL_HINT} (an unzip that drops modes needs `chmod +x msb`)"),
             ));
         }
-        let libkrunfw = env_path(MSB_LIBKRUNFW_ENV)
+        let libkrunfw = env_or_default(MSB_LIBKRUNFW_ENV, fetched.join("libkrunfw.so.5.6.1"))
             .ok_or_else(|| env_problem(MSB_LIBKRUNFW_ENV, "is not set", WHEEL_HINT))?;
         if !libkrunfw.is_file() {
             return Err(env_problem(
@@ -104,14 +135,8 @@ impl MsbEngine {
                 WHEEL_HINT,
             ));
         }
-        let home = env_path(MSB_HOME_ENV).ok_or_else(|| {
-            env_problem(
-                MSB_HOME_ENV,
-                "is not set",
-                "set it to a directory for microsandbox's state (created if missing; a short \
-                 path, since sandbox sockets live under it)",
-            )
-        })?;
+        let home = env_path(MSB_HOME_ENV)
+            .unwrap_or_else(|| agentkernel_core::cache_dir().join("msb").join("home"));
         if home.exists() && !home.is_dir() {
             return Err(env_problem(
                 MSB_HOME_ENV,
@@ -119,19 +144,23 @@ impl MsbEngine {
                 "point it at a directory (created if missing)",
             ));
         }
-        let rootfs = env_path(ROOTFS_ENV).ok_or_else(|| {
-            env_problem(
-                ROOTFS_ENV,
-                "is not set",
-                "set it to a root filesystem directory with python3 (e.g. one unpacked from \
-                 Debian packages); it is bound as the guest's / and nothing is pulled",
-            )
-        })?;
+        let rootfs = env_path(ROOTFS_ENV)
+            .or_else(|| image_rootfs.map(Path::to_path_buf))
+            .ok_or_else(|| {
+                env_problem(
+                    ROOTFS_ENV,
+                    "is not set and there is no microVM image",
+                    "run scripts/build-microvm-image (its rootfs/ is the guest's root \
+                     filesystem), or point the variable at a root filesystem directory with \
+                     python3",
+                )
+            })?;
         if !rootfs.join("usr/bin/python3").exists() {
             return Err(env_problem(
                 ROOTFS_ENV,
                 &format!("({}) has no usr/bin/python3", rootfs.display()),
-                "point it at a root filesystem directory with python3 installed",
+                "rebuild the image with scripts/build-microvm-image, or point the variable \
+                 at a root filesystem directory with python3 installed",
             ));
         }
         match microsandbox::setup::resolve_runtime_version(&msb) {
@@ -161,6 +190,10 @@ impl MsbEngine {
                 ));
             }
         }
+        // microsandbox resolves the pair itself at launch; its environment variables win over
+        // these, so it finds the same files either way.
+        microsandbox::config::set_sdk_msb_path(&msb);
+        microsandbox::config::set_sdk_libkrunfw_path(&libkrunfw);
         let local = LocalBackend::builder()
             .home(&home)
             .build_lazy()
@@ -199,56 +232,58 @@ impl MsbEngine {
         &self.rootfs
     }
 
-    /// Runs `python3 -c code` in a new sandbox of `memory_mib` MiB (one vCPU, no network) and
-    /// returns its (stdout, stderr, exit code); the sandbox is stopped and removed afterwards.
-    /// The root filesystem directory is bound writable, as microsandbox binds it: what a
-    /// program writes there stays, so concurrent runs share it.
-    ///
-    /// Errors: [`Error::Unavailable`] when no sandbox could be started (runtime files, KVM,
-    /// root filesystem), [`Error::LimitExceeded`] ([`LimitKind::WallTime`]) when the program
-    /// ran longer than `timeout` (its output is lost), [`Error::SandboxLost`] when the sandbox
-    /// stopped answering or died during the run.
-    pub async fn run_python(
-        &self,
-        code: &str,
-        memory_mib: u32,
-        timeout: Duration,
-    ) -> Result<(String, String, i32)> {
-        let name = format!(
-            "agentkernel-{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..12]
-        );
-        microsandbox::with_backend(
-            self.backend.clone(),
-            self.run_in(&name, code, memory_mib, timeout),
-        )
-        .await
-    }
-
-    async fn run_in(
+    /// Boots a sandbox named `name` for `spec`: `memory_mib` MiB and `vcpus` vCPUs, no
+    /// network, the root filesystem bound as `/`, the workspace bound at `/workspace` (files
+    /// appear owned by the sandbox user), the spec's mounts bound (read-only unless
+    /// writable), and a private tmpfs of `tmp_bytes` at `/tmp`.
+    async fn boot(
         &self,
         name: &str,
-        code: &str,
+        spec: &SandboxSpec,
         memory_mib: u32,
-        timeout: Duration,
-    ) -> Result<(String, String, i32)> {
-        let lifetime = BOOT_TIMEOUT + timeout + ANSWER_GRACE + STOP_TIMEOUT;
+        vcpus: u8,
+    ) -> Result<Sandbox> {
         let rootfs = self.rootfs.clone();
-        let create = Sandbox::builder(name)
+        let mut builder = Sandbox::builder(name)
             .image_with(|image| image.bind(rootfs))
             .memory(memory_mib)
-            .cpus(1)
+            .cpus(vcpus)
             .disable_network()
             .ephemeral(true)
             // A backstop: the runtime ends the sandbox even if this process vanishes.
-            .max_duration(lifetime.as_secs())
-            .create();
-        let sandbox = match tokio::time::timeout(BOOT_TIMEOUT, create).await {
-            Ok(Ok(sandbox)) => sandbox,
-            Ok(Err(e)) => return Err(self.start_failed(&e)),
+            .max_duration(MAX_LIFETIME.as_secs())
+            .volume("/tmp", |m| {
+                m.tmpfs().size(
+                    u32::try_from(spec.limits.tmp_bytes.div_ceil(1 << 20)).unwrap_or(u32::MAX),
+                )
+            });
+        if let Some(ws) = &spec.workspace {
+            let ws = ws.clone();
+            builder = builder.volume("/workspace", move |m| {
+                m.bind(ws).owner(SANDBOX_UID, SANDBOX_UID)
+            });
+        }
+        for mount in &spec.mounts {
+            let host = mount.host.clone();
+            let writable = mount.writable;
+            builder = builder.volume(mount.guest.display().to_string(), move |m| {
+                let m = m.bind(host);
+                if writable {
+                    m.owner(SANDBOX_UID, SANDBOX_UID)
+                } else {
+                    m.readonly()
+                }
+            });
+        }
+        let create = microsandbox::with_backend(self.backend.clone(), builder.create());
+        match tokio::time::timeout(BOOT_TIMEOUT, create).await {
+            Ok(Ok(sandbox)) => Ok(sandbox),
+            Ok(Err(e)) => Err(self.start_failed(&e)),
             Err(_) => {
                 // The create future is gone; a half-started sandbox may remain.
-                if let Ok(handle) = Sandbox::get(name).await {
+                let leftover =
+                    microsandbox::with_backend(self.backend.clone(), Sandbox::get(name)).await;
+                if let Ok(handle) = leftover {
                     let force = DestroyOptions {
                         force: true,
                         timeout: STOP_TIMEOUT,
@@ -257,60 +292,13 @@ impl MsbEngine {
                         tracing::warn!(sandbox = name, error = %e, "msb: could not remove a sandbox that did not boot");
                     }
                 }
-                return Err(Error::Unavailable {
+                Err(Error::Unavailable {
                     backend: "microvm",
                     reason: format!("the msb engine's sandbox did not boot in {BOOT_TIMEOUT:?}"),
                     hint: start_hint(),
-                });
-            }
-        };
-
-        let exec = sandbox.exec_with("python3", |e| e.args(["-c", code]).timeout(timeout));
-        let result = match tokio::time::timeout(timeout + ANSWER_GRACE, exec).await {
-            Ok(Ok(out)) => Ok((
-                String::from_utf8_lossy(out.stdout_bytes()).into_owned(),
-                String::from_utf8_lossy(out.stderr_bytes()).into_owned(),
-                out.status().code,
-            )),
-            Ok(Err(MicrosandboxError::ExecTimeout(after))) => Err(Error::LimitExceeded {
-                limit: LimitKind::WallTime,
-                detail: format!("python3 ran longer than {after:?} and was killed"),
-            }),
-            Ok(Err(MicrosandboxError::ExecFailed(failed))) => Err(Error::Unavailable {
-                backend: "microvm",
-                reason: format!("the msb guest could not start python3: {}", failed.message),
-                hint: format!(
-                    "{ROOTFS_ENV} ({}) must hold a working python3 for the guest",
-                    self.rootfs.display()
-                ),
-            }),
-            Ok(Err(e)) => Err(Error::SandboxLost {
-                reason: format!("the msb sandbox failed during the run: {e}"),
-            }),
-            Err(_) => Err(Error::SandboxLost {
-                reason: format!(
-                    "the msb guest did not answer within {:?}",
-                    timeout + ANSWER_GRACE
-                ),
-            }),
-        };
-
-        // Stop and remove it; a graceful stop first, then force.
-        let graceful = DestroyOptions {
-            force: false,
-            timeout: STOP_TIMEOUT,
-        };
-        if let Err(e) = sandbox.destroy_with(graceful).await {
-            tracing::debug!(sandbox = name, error = %e, "msb: graceful stop failed, killing");
-            let force = DestroyOptions {
-                force: true,
-                timeout: STOP_TIMEOUT,
-            };
-            if let Err(e) = sandbox.destroy_with(force).await {
-                tracing::warn!(sandbox = name, error = %e, "msb: could not remove the sandbox");
+                })
             }
         }
-        result
     }
 
     /// [`Error::Unavailable`] for a sandbox that did not start, with a hint for its cause.
@@ -341,4 +329,274 @@ fn start_hint() -> String {
          under MSB_HOME; the qemu engine runs without it",
         kvm.reason()
     )
+}
+
+/// Stops and removes `sandbox`: gracefully first unless `force`, then by force.
+async fn destroy(sandbox: &Sandbox, force: bool) {
+    if !force {
+        let graceful = DestroyOptions {
+            force: false,
+            timeout: STOP_TIMEOUT,
+        };
+        match sandbox.destroy_with(graceful).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::debug!(sandbox = sandbox.name(), error = %e, "msb: graceful stop failed, killing");
+            }
+        }
+    }
+    let forced = DestroyOptions {
+        force: true,
+        timeout: STOP_TIMEOUT,
+    };
+    if let Err(e) = sandbox.destroy_with(forced).await {
+        tracing::warn!(sandbox = sandbox.name(), error = %e, "msb: could not remove the sandbox");
+    }
+}
+
+/// A sandbox of the `msb` engine: a libkrun microVM with the guest agent behind the stdio
+/// multiplexer ([`crate::mux`]), started by one long-lived exec. The workspace and mounts are
+/// shared directories (virtiofs), so files need no copying; a timeout or the agent's death
+/// ends the VM, and `reset` boots a new one.
+pub struct MsbSandbox {
+    engine: MsbEngine,
+    spec: SandboxSpec,
+    memory_mib: u32,
+    vcpus: u8,
+    id: String,
+    live: Option<MsbLive>,
+    lost: Option<String>,
+}
+
+struct MsbLive {
+    sandbox: Sandbox,
+    agent: MuxAgent,
+    hello: Hello,
+}
+
+impl MsbSandbox {
+    /// Boots a VM for `spec` and starts its agent.
+    pub async fn start(
+        engine: MsbEngine,
+        spec: &SandboxSpec,
+        memory_mib: u32,
+        vcpus: u8,
+    ) -> Result<MsbSandbox> {
+        let mut sandbox = MsbSandbox {
+            engine,
+            spec: spec.clone(),
+            memory_mib,
+            vcpus,
+            id: String::new(),
+            live: None,
+            lost: None,
+        };
+        sandbox.boot().await?;
+        Ok(sandbox)
+    }
+
+    /// What the guest agent reported at start.
+    pub fn hello(&self) -> Option<&Hello> {
+        self.live.as_ref().map(|l| &l.hello)
+    }
+
+    async fn boot(&mut self) -> Result<()> {
+        let name = format!(
+            "agentkernel-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        let sandbox = self
+            .engine
+            .boot(&name, &self.spec, self.memory_mib, self.vcpus)
+            .await?;
+        self.id = name;
+        match self.start_agent(&sandbox).await {
+            Ok((agent, hello)) => {
+                self.live = Some(MsbLive {
+                    sandbox,
+                    agent,
+                    hello,
+                });
+                self.lost = None;
+                Ok(())
+            }
+            Err(e) => {
+                destroy(&sandbox, true).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs the multiplexer as root (it drops to the sandbox user for the agent) and starts
+    /// the agent through it.
+    async fn start_agent(&self, sandbox: &Sandbox) -> Result<(MuxAgent, Hello)> {
+        let mut handle = sandbox
+            .exec_stream_with("python3", |e| {
+                e.args(["-I", "-u", "-c", MUX_SOURCE]).stdin_pipe()
+            })
+            .await
+            .map_err(|e| Error::Unavailable {
+                backend: "microvm",
+                reason: format!("the msb guest could not start python3: {e}"),
+                hint: format!(
+                    "{ROOTFS_ENV} ({}) must hold a working python3 for the guest",
+                    self.engine.rootfs.display()
+                ),
+            })?;
+        let sink = handle.take_stdin().ok_or_else(|| {
+            Error::Internal("msb: the exec stream has no stdin although it was asked for".into())
+        })?;
+        let (in_tx, in_rx) = mpsc::channel::<Vec<u8>>(64);
+        let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(64);
+        let name = sandbox.name().to_owned();
+        tokio::spawn(async move {
+            while let Some(event) = handle.recv().await {
+                let go_on = match event {
+                    ExecEvent::Stdout(bytes) => in_tx.send(bytes.to_vec()).await.is_ok(),
+                    ExecEvent::Stderr(bytes) => {
+                        tracing::warn!(
+                            sandbox = %name,
+                            "msb: the guest's multiplexer says: {}",
+                            String::from_utf8_lossy(&bytes).trim_end()
+                        );
+                        true
+                    }
+                    ExecEvent::Exited { .. } | ExecEvent::Failed(_) => false,
+                    _ => true,
+                };
+                if !go_on {
+                    break;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Some(bytes) = out_rx.recv().await {
+                if sink.write(&bytes).await.is_err() {
+                    break;
+                }
+            }
+            let _ = sink.close().await;
+        });
+        let limits = &self.spec.limits;
+        let config = json!({
+            "env": self.spec.guest_env(),
+            "cwd": if self.spec.workspace.is_some() { "/workspace" } else { "/tmp" },
+            "uid": SANDBOX_UID,
+            "limits": {
+                "processes": limits.processes,
+                "file_size_bytes": limits.file_size_bytes,
+                "cpu_seconds": limits.cpu_time.map(|t| t.as_secs().max(1)),
+            },
+        });
+        mux::start(
+            in_rx,
+            out_tx,
+            AGENT_SOURCE,
+            &config,
+            Instant::now() + BOOT_TIMEOUT,
+        )
+        .await
+    }
+
+    /// Ends the VM; later execs fail with `SandboxLost { reason }` until `reset`.
+    async fn lose(&mut self, reason: String) {
+        if let Some(live) = self.live.take() {
+            destroy(&live.sandbox, true).await;
+        }
+        self.lost = Some(reason);
+    }
+}
+
+#[async_trait]
+impl agentkernel_core::Sandbox for MsbSandbox {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    async fn exec(&mut self, req: ExecRequest, tools: Arc<dyn ToolHost>) -> Result<ExecOutcome> {
+        if let Some(reason) = &self.lost {
+            return Err(Error::SandboxLost {
+                reason: reason.clone(),
+            });
+        }
+        let live = self
+            .live
+            .as_mut()
+            .ok_or_else(|| Error::sandbox_lost(None))?;
+        let timeout = req.timeout.unwrap_or(self.spec.limits.wall_time);
+        let started = Instant::now();
+        let report = live
+            .agent
+            .conn
+            .exec(
+                &req,
+                tools,
+                self.spec.limits.output_bytes,
+                started + timeout,
+            )
+            .await;
+        let report = match report {
+            Ok(r) => r,
+            Err(e) => {
+                self.lose(format!("killed after a protocol error: {e}"))
+                    .await;
+                return Err(e);
+            }
+        };
+        let status = match report.end.clone() {
+            ExecEnd::Finished(status) => status,
+            ExecEnd::TimedOut => {
+                // The workspace is shared: what the program wrote stays when the VM ends.
+                self.lose(format!("killed after the {timeout:?} timeout"))
+                    .await;
+                ExecStatus::Killed {
+                    limit: LimitKind::WallTime,
+                }
+            }
+            ExecEnd::GuestGone => {
+                let mut exit = live.agent.exit.clone();
+                let exit = tokio::time::timeout(ANSWER_GRACE, exit.wait_for(Option::is_some))
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok().and_then(|e| *e));
+                let status = match exit {
+                    Some(AgentExit { code, oom }) if code >= 0 => agent_exit_status(
+                        Some(code),
+                        oom,
+                        self.spec.limits.cpu_time.is_some(),
+                        None,
+                    ),
+                    _ => ExecStatus::Crashed {
+                        reason: "the msb sandbox stopped answering (its VM or multiplexer died)"
+                            .into(),
+                    },
+                };
+                self.lose("the interpreter exited".into()).await;
+                status
+            }
+        };
+        Ok(report.into_outcome(status, started.elapsed()))
+    }
+
+    async fn reset(&mut self) -> Result<()> {
+        if let Some(live) = self.live.take() {
+            destroy(&live.sandbox, true).await;
+        }
+        self.boot().await
+    }
+
+    async fn snapshot(&mut self) -> Result<Snapshot> {
+        Err(Error::unsupported(
+            "snapshots of a microVM sandbox",
+            "microvm",
+            "keep state in /workspace (it persists), or use the process or monty backend",
+        ))
+    }
+
+    async fn shutdown(mut self: Box<Self>) -> Result<()> {
+        if let Some(live) = self.live.take() {
+            destroy(&live.sandbox, false).await;
+        }
+        Ok(())
+    }
 }

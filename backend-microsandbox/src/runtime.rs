@@ -57,6 +57,37 @@ pub struct MicroVmConfig {
     pub pool_size: usize,
     /// Virtual CPUs per VM.
     pub vcpus: u32,
+    /// Which engine starts the VMs.
+    pub engine: EngineKind,
+}
+
+/// Which engine runs the microvm backend's VMs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EngineKind {
+    /// `msb` where the KVM probe finds hardware KVM, the build has feature `msb` and its
+    /// runtime files are there; `qemu` otherwise.
+    #[default]
+    Auto,
+    /// Always QEMU (with KVM when real, else software emulation).
+    Qemu,
+    /// Always microsandbox; sandboxes fail with the reason when it cannot run.
+    Msb,
+}
+
+impl std::str::FromStr for EngineKind {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<EngineKind> {
+        match s {
+            "auto" => Ok(EngineKind::Auto),
+            "qemu" => Ok(EngineKind::Qemu),
+            "msb" => Ok(EngineKind::Msb),
+            other => Err(Error::invalid(
+                format!("unknown microvm engine {other:?}"),
+                "use \"auto\", \"qemu\" or \"msb\"",
+            )),
+        }
+    }
 }
 
 impl Default for MicroVmConfig {
@@ -66,6 +97,7 @@ impl Default for MicroVmConfig {
             snapshots: true,
             pool_size: 1,
             vcpus: 1,
+            engine: EngineKind::Auto,
         }
     }
 }
@@ -84,6 +116,45 @@ struct Inner {
     templates: tokio::sync::Mutex<HashMap<u32, PathBuf>>,
     /// Warm VMs by memory size, and how many are being made.
     pool: Mutex<HashMap<u32, (Vec<QemuVm>, usize)>>,
+    /// Whether the msb engine runs the sandboxes instead of QEMU.
+    msb: MsbState,
+}
+
+/// The msb engine, when it runs this runtime's sandboxes, or why it does not.
+enum MsbState {
+    #[cfg(feature = "msb")]
+    Selected(crate::msb::MsbEngine),
+    NotSelected(String),
+}
+
+impl MsbState {
+    fn select(
+        engine: EngineKind,
+        kvm: &KvmProbe,
+        image: &std::result::Result<GuestImage, String>,
+    ) -> MsbState {
+        if engine == EngineKind::Qemu {
+            return MsbState::NotSelected("the configuration asks for the qemu engine".into());
+        }
+        if engine == EngineKind::Auto && !kvm.is_real() {
+            return MsbState::NotSelected(format!("needs hardware KVM, and {}", kvm.reason()));
+        }
+        #[cfg(feature = "msb")]
+        {
+            let rootfs = image.as_ref().ok().map(|i| i.dir.join("rootfs"));
+            match crate::msb::MsbEngine::from_env(rootfs.as_deref()) {
+                Ok(engine) => MsbState::Selected(engine),
+                Err(why) => MsbState::NotSelected(why),
+            }
+        }
+        #[cfg(not(feature = "msb"))]
+        {
+            let _ = image;
+            MsbState::NotSelected(
+                "not built in (feature `msb` is off; build with `--features msb`)".into(),
+            )
+        }
+    }
 }
 
 impl MicroVmRuntime {
@@ -94,11 +165,14 @@ impl MicroVmRuntime {
             Some(dir) => GuestImage::at(dir),
             None => GuestImage::find(),
         };
+        let kvm = KvmProbe::detect();
+        let msb = MsbState::select(config.engine, &kvm, &image);
         MicroVmRuntime {
             inner: Arc::new(Inner {
                 config,
                 image,
-                kvm: KvmProbe::detect(),
+                kvm,
+                msb,
                 templates: tokio::sync::Mutex::new(HashMap::new()),
                 pool: Mutex::new(HashMap::new()),
             }),
@@ -352,41 +426,85 @@ impl Runtime for MicroVmRuntime {
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>> {
-        Ok(Box::new(self.create_sandbox(spec).await?))
+        match &self.inner.msb {
+            #[cfg(feature = "msb")]
+            MsbState::Selected(engine) => {
+                let memory_mib = check_supported(spec)?;
+                let vcpus = u8::try_from(self.inner.config.vcpus).unwrap_or(u8::MAX);
+                Ok(Box::new(
+                    crate::msb::MsbSandbox::start(engine.clone(), spec, memory_mib, vcpus).await?,
+                ))
+            }
+            MsbState::NotSelected(why) if self.inner.config.engine == EngineKind::Msb => {
+                Err(Error::Unavailable {
+                    backend: "microvm",
+                    reason: format!("the msb engine was asked for and cannot run: {why}"),
+                    hint: "see `agentkernel doctor`; or set [microvm] engine = \"auto\"".into(),
+                })
+            }
+            MsbState::NotSelected(_) => Ok(Box::new(self.create_sandbox(spec).await?)),
+        }
     }
 
     async fn diagnose(&self) -> Diagnosis {
         let inner = &self.inner;
-        let mut checks = vec![engine_check(&inner.kvm)];
-        checks.push(match qemu_version() {
-            Ok(v) => Check {
-                name: "qemu".into(),
-                state: CheckState::Active,
-                detail: v,
-            },
-            Err(e) => Check {
-                name: "qemu".into(),
-                state: CheckState::Failed,
-                detail: e,
-            },
-        });
-        checks.push(match &inner.image {
-            Ok(image) => Check {
-                name: "image".into(),
-                state: CheckState::Active,
-                detail: image.dir.display().to_string(),
-            },
-            Err(e) => Check {
-                name: "image".into(),
-                state: CheckState::Failed,
-                detail: e.clone(),
-            },
-        });
-        checks.push(Check {
-            name: "msb engine".into(),
-            state: CheckState::Inactive,
-            detail: crate::msb_unavailable_reason(&inner.kvm),
-        });
+        let mut checks = Vec::new();
+        match &inner.msb {
+            #[cfg(feature = "msb")]
+            MsbState::Selected(engine) => {
+                checks.push(Check {
+                    name: "engine".into(),
+                    state: CheckState::Active,
+                    detail: format!(
+                        "msb (microsandbox {} on libkrun) with {}: {}, root filesystem {}",
+                        crate::msb::RUNTIME_VERSION,
+                        inner.kvm.reason(),
+                        engine.msb_path().display(),
+                        engine.rootfs().display()
+                    ),
+                });
+            }
+            MsbState::NotSelected(why) => {
+                checks.push(engine_check(&inner.kvm));
+                checks.push(Check {
+                    name: "msb engine".into(),
+                    state: if inner.config.engine == EngineKind::Msb {
+                        CheckState::Failed
+                    } else {
+                        CheckState::Inactive
+                    },
+                    detail: if inner.config.engine == EngineKind::Msb {
+                        format!("{why}; the configuration asks for it, so sandboxes fail")
+                    } else {
+                        format!("{why}; the qemu engine runs instead")
+                    },
+                });
+                checks.push(match qemu_version() {
+                    Ok(v) => Check {
+                        name: "qemu".into(),
+                        state: CheckState::Active,
+                        detail: v,
+                    },
+                    Err(e) => Check {
+                        name: "qemu".into(),
+                        state: CheckState::Failed,
+                        detail: e,
+                    },
+                });
+                checks.push(match &inner.image {
+                    Ok(image) => Check {
+                        name: "image".into(),
+                        state: CheckState::Active,
+                        detail: image.dir.display().to_string(),
+                    },
+                    Err(e) => Check {
+                        name: "image".into(),
+                        state: CheckState::Failed,
+                        detail: e.clone(),
+                    },
+                });
+            }
+        }
         let mut reason = checks
             .iter()
             .find(|c| c.state == CheckState::Failed)
@@ -395,14 +513,14 @@ impl Runtime for MicroVmRuntime {
             // A real sandbox: boot (or restore), run a program, and say how long it took.
             let started = Instant::now();
             let probe = async {
-                let mut sb = self.create_sandbox(&SandboxSpec::default()).await?;
+                let mut sb = self.create(&SandboxSpec::default()).await?;
                 let out = sb
                     .exec(
                         ExecRequest::new("print(6 * 7)"),
                         Arc::new(agentkernel_core::NoTools),
                     )
                     .await?;
-                Box::new(sb).shutdown().await?;
+                sb.shutdown().await?;
                 Ok::<_, Error>(out.stdout.text())
             };
             match probe.await {
@@ -789,5 +907,51 @@ mod tests {
             check_supported(&spec),
             Err(Error::Unsupported { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn an_msb_engine_that_cannot_run_is_refused_and_doctor_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing_image = dir.path().join("no-image");
+        let rt = MicroVmRuntime::new(MicroVmConfig {
+            image: Some(missing_image),
+            engine: EngineKind::Msb,
+            ..MicroVmConfig::default()
+        });
+        #[cfg_attr(
+            not(feature = "msb"),
+            allow(
+                irrefutable_let_patterns,
+                reason = "only msb builds can select the engine"
+            )
+        )]
+        if let MsbState::NotSelected(why) = &rt.inner.msb {
+            // Without the feature, or without the engine's files (no image here, so no root
+            // filesystem unless AGENTKERNEL_MSB_ROOTFS names one).
+            let e = rt.create(&SandboxSpec::default()).await.err().unwrap();
+            assert!(
+                matches!(&e, Error::Unavailable { reason, .. } if reason.contains(why.as_str())),
+                "{e}"
+            );
+            let diagnosis = rt.diagnose().await;
+            assert!(!diagnosis.available);
+            let line = diagnosis
+                .checks
+                .iter()
+                .find(|c| c.name == "msb engine")
+                .expect("an msb engine line");
+            assert_eq!(line.state, CheckState::Failed, "{line:?}");
+        }
+        // Asking for qemu never selects msb.
+        let rt = MicroVmRuntime::new(MicroVmConfig {
+            engine: EngineKind::Qemu,
+            ..MicroVmConfig::default()
+        });
+        assert!(
+            matches!(&rt.inner.msb, MsbState::NotSelected(why) if why.contains("qemu")),
+            "msb was selected although qemu was asked for"
+        );
+        assert!("kvm".parse::<EngineKind>().is_err());
+        assert_eq!("msb".parse::<EngineKind>().unwrap(), EngineKind::Msb);
     }
 }

@@ -1,37 +1,78 @@
-//! The `msb` engine end to end: only where the KVM probe finds hardware KVM and the runtime
-//! files and root filesystem are configured (see `MsbEngine::from_env`); elsewhere the test
-//! prints why it skipped.
+//! The `msb` engine end to end: the shared conformance suite on a runtime that must use it.
+//! Runs only where the KVM probe finds hardware KVM and the engine's files are there (see
+//! `MsbEngine::from_env`: `scripts/fetch-msb-runtime` and the microVM image); elsewhere each
+//! check prints why it skipped.
 #![cfg(feature = "msb")]
 
-use std::time::Duration;
+use std::sync::OnceLock;
 
 use agentkernel_backend_microsandbox::kvm::KvmProbe;
 use agentkernel_backend_microsandbox::msb::MsbEngine;
+use agentkernel_backend_microsandbox::{EngineKind, MicroVmConfig, MicroVmRuntime};
 
-/// The engine, or why this machine cannot run it.
-fn engine() -> Result<MsbEngine, String> {
-    let kvm = KvmProbe::detect();
-    if !kvm.is_real() {
-        return Err(kvm.reason());
-    }
-    MsbEngine::from_env()
+include!("../../testdata/test_deps.rs");
+
+/// A runtime on the msb engine, or why this machine cannot run it.
+fn runtime() -> Result<MicroVmRuntime, String> {
+    static RUNTIME: OnceLock<Result<MicroVmRuntime, String>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            let kvm = KvmProbe::detect();
+            if !kvm.is_real() {
+                return Err(kvm.reason());
+            }
+            let image = microvm_image()
+                .ok_or("the microVM image (the engine's root filesystem) cannot be built")?;
+            let engine = MsbEngine::from_env(Some(&image.join("rootfs")))?;
+            println!("msb engine: {engine:?}");
+            Ok(MicroVmRuntime::new(MicroVmConfig {
+                image: Some(image),
+                engine: EngineKind::Msb,
+                ..MicroVmConfig::default()
+            }))
+        })
+        .clone()
 }
 
-#[tokio::test]
-async fn msb_runs_python() {
-    let engine = match engine() {
-        Ok(engine) => engine,
-        Err(reason) => {
-            println!("skipped: {reason}");
-            return;
-        }
+/// Runs one conformance check on the msb runtime, or prints why it is skipped.
+macro_rules! msb_checks {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                match runtime() {
+                    Ok(rt) => agentkernel_core::conformance::$name(&rt).await,
+                    Err(reason) => println!("skipped: {reason}"),
+                }
+            }
+        )*
     };
-    println!("msb engine: {engine:?}");
-    let run = engine.run_python("print(6*7)", 512, Duration::from_secs(60));
-    assert_send(&run);
-    let (stdout, stderr, code) = run.await.expect("the msb engine runs python3");
-    assert_eq!((stdout.as_str(), code), ("42\n", 0), "stderr: {stderr}");
 }
 
-/// The run can be spawned on a multi-threaded runtime.
-fn assert_send<T: Send>(_: &T) {}
+// The whole suite, as `conformance_suite!` runs it on the qemu engine.
+msb_checks!(
+    output_capture,
+    exception_with_traceback,
+    exit_code_is_reported,
+    state_persists_across_exec,
+    reset_clears_state,
+    snapshot_matches_capabilities,
+    network_allow_list_matches_capabilities,
+    wall_time_limit_kills,
+    cpu_time_limit_kills,
+    memory_limit_holds,
+    output_limit_truncates,
+    process_limit_holds,
+    file_size_limit_holds,
+    tmp_is_capped,
+    workspace_persists_across_sandboxes,
+    environment_is_explicit,
+    tool_calls_round_trip,
+    escape_read_planted_file,
+    escape_read_etc_shadow,
+    escape_host_processes,
+    escape_network,
+    escape_write_host_usr,
+    kill_leaves_no_process,
+    shutdown_leaves_no_process,
+);
