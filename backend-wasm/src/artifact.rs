@@ -6,7 +6,8 @@
 //! first 16 hex digits of the SHA-256 of the inputs concatenated in this order. This crate
 //! embeds the same inputs, so it finds exactly the component its own guest sources describe;
 //! any change to them means a new key and a rebuild. The native code wasmtime compiles from
-//! the component is cached beside it, keyed by the component and the engine's configuration.
+//! the component is cached beside it, keyed by the component and the engine's configuration;
+//! when a new one is compiled, those unused for 3 days are removed ([`prune_stale`]).
 
 use std::path::{Path, PathBuf};
 
@@ -92,6 +93,46 @@ pub fn lock(path: &Path) -> Option<std::fs::File> {
     Some(file)
 }
 
+/// How long a compiled guest nobody loaded stays in the cache.
+pub const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(3 * 24 * 3600);
+
+/// Marks the compiled guest at `path` as used now, so [`prune_stale`] keeps it.
+pub fn touch(path: &Path) {
+    if let Ok(file) = std::fs::File::options().append(true).open(path) {
+        let _ = file.set_modified(std::time::SystemTime::now());
+    }
+}
+
+/// Removes the compiled guests (and their lock files) beside `keep` that were last used
+/// more than `max_age` ago: each wasmtime upgrade, configuration change or guest rebuild
+/// leaves a ~45 MB file behind. Returns how many were removed.
+pub fn prune_stale(keep: &Path, max_age: std::time::Duration) -> usize {
+    let Some(dir) = keep.parent() else { return 0 };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if path == keep || !(name.starts_with("compiled-") && name.ends_with(".cwasm")) {
+            continue;
+        }
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > max_age);
+        if old && std::fs::remove_file(&path).is_ok() {
+            let _ = std::fs::remove_file(path.with_extension("lock"));
+            removed += 1;
+        }
+    }
+    removed
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -99,6 +140,36 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compiled_guests_unused_for_days_are_pruned_and_the_current_one_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, age_days: u64| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, b"x").unwrap();
+            std::fs::write(path.with_extension("lock"), b"").unwrap();
+            let when =
+                std::time::SystemTime::now() - std::time::Duration::from_secs(age_days * 24 * 3600);
+            std::fs::File::options()
+                .append(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(when)
+                .unwrap();
+            path
+        };
+        let keep = file("compiled-keep.cwasm", 10);
+        let stale = file("compiled-stale.cwasm", 4);
+        let recent = file("compiled-recent.cwasm", 1);
+        let guest = file("guest-0123.wasm", 10);
+        assert_eq!(prune_stale(&keep, STALE_AFTER), 1);
+        assert!(!stale.exists() && !stale.with_extension("lock").exists());
+        assert!(keep.exists() && recent.exists() && guest.exists());
+        // Using a compiled guest keeps it.
+        touch(&recent);
+        assert_eq!(prune_stale(&keep, std::time::Duration::from_secs(3600)), 0);
+        assert!(recent.exists());
+    }
 
     #[test]
     fn key_is_stable_and_short() {

@@ -80,7 +80,10 @@ pub fn prepare(path: &std::path::Path) -> Result<Arc<Prepared>> {
     // One compile per machine at a time: other processes wait here, then load its result.
     let _lock = artifact::lock(&compiled);
     let component = match load_compiled(engine, &compiled) {
-        Some(c) => c,
+        Some(c) => {
+            artifact::touch(&compiled);
+            c
+        }
         None => {
             tracing::info!(guest = %path.display(), "compiling the wasm guest: once per machine, about 30 s");
             let bytes = std::fs::read(path).map_err(|e| missing_guest(path, &e.to_string()))?;
@@ -89,6 +92,10 @@ pub fn prepare(path: &std::path::Path) -> Result<Arc<Prepared>> {
                 .map_err(|e| unusable_guest(path, "compile", e))?;
             if let Err(e) = artifact::write_atomically(&compiled, &native) {
                 tracing::warn!(path = %compiled.display(), "cannot cache the compiled guest: {e}");
+            }
+            let pruned = artifact::prune_stale(&compiled, artifact::STALE_AFTER);
+            if pruned > 0 {
+                tracing::info!(pruned, "removed compiled wasm guests unused for 3 days");
             }
             // SAFETY: `native` was produced just now by `precompile_component` of this very
             // engine, which is exactly what `Component::deserialize` requires.
