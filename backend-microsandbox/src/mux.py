@@ -115,8 +115,22 @@ sources = {control: b"c", out_r: b"o", err_r: b"e"}
 watched = [IN, control, out_r, err_r]
 status = None
 drain_until = None  # after the agent's exit, how long its output may still take to end
+# Bytes from the host not yet taken by the agent: the control socket is written only when
+# it has room, so a busy agent never stalls the copying of its output (which could otherwise
+# deadlock against a host that waits for that output before reading more).
+pending = bytearray()
+host_end.setblocking(False)
 while sources and (drain_until is None or time.monotonic() < drain_until):
-    readable, _, _ = select.select(watched, [], [], 0.2)
+    wanted = [fd for fd in watched if fd != IN or len(pending) < (1 << 20)]
+    writable = [control] if pending and control in sources else []
+    readable, ready, _ = select.select(wanted, writable, [], 0.2)
+    if ready:
+        try:
+            del pending[: host_end.send(pending)]
+        except BlockingIOError:
+            pass
+        except OSError:  # the agent is gone; its exit is reported below
+            pending.clear()
     for fd in readable:
         if fd == IN:
             data = os.read(IN, 1 << 16)
@@ -126,12 +140,14 @@ while sources and (drain_until is None or time.monotonic() < drain_until):
                 except OSError:
                     pass
                 sys.exit(0)
-            try:
-                host_end.sendall(data)
-            except OSError:  # the agent is gone; its exit is reported below
-                pass
+            pending += data
             continue
-        data = host_end.recv(1 << 16) if fd == control else os.read(fd, 1 << 16)
+        try:
+            data = host_end.recv(1 << 16) if fd == control else os.read(fd, 1 << 16)
+        except BlockingIOError:
+            continue
+        except OSError:  # e.g. the agent reset its end: the same as its end closing
+            data = b""
         if data:
             send(sources[fd], data)
         else:

@@ -275,7 +275,7 @@ mod tests {
             .exec(
                 &ExecRequest::new(code),
                 Arc::new(NoTools),
-                1 << 20,
+                8 << 20,
                 deadline(),
             )
             .await
@@ -312,6 +312,17 @@ mod tests {
         assert_eq!(
             report.stdout.text(),
             format!("42\n{}\n", "y".repeat(300_000))
+        );
+        // A large program crosses the control socket in many pieces, while a large output
+        // comes back.
+        let big = format!(
+            "s = '{}'\nprint(len(s))\nprint('z' * 2000000)",
+            "q".repeat(3 << 20)
+        );
+        let report = run(&mut agent, &big).await;
+        assert_eq!(
+            report.stdout.text(),
+            format!("{}\n{}\n", 3 << 20, "z".repeat(2_000_000))
         );
         let report = run(&mut agent, "raise ValueError('bad')").await;
         assert!(
