@@ -267,12 +267,10 @@ impl MsbEngine {
             let host = mount.host.clone();
             let writable = mount.writable;
             builder = builder.volume(mount.guest.display().to_string(), move |m| {
-                let m = m.bind(host);
-                if writable {
-                    m.owner(SANDBOX_UID, SANDBOX_UID)
-                } else {
-                    m.readonly()
-                }
+                // Owned by the sandbox user either way, so a host mode of 0700 does not hide
+                // it; read-only mounts are enforced by the host's virtiofs server too.
+                let m = m.bind(host).owner(SANDBOX_UID, SANDBOX_UID);
+                if writable { m } else { m.readonly() }
             });
         }
         let create = microsandbox::with_backend(self.backend.clone(), builder.create());
@@ -326,7 +324,7 @@ fn start_hint() -> String {
     let kvm = crate::kvm::KvmProbe::detect();
     format!(
         "the msb engine needs hardware KVM ({}) and read-write access to /dev/kvm; its logs are \
-         under MSB_HOME; the qemu engine runs without it",
+         under MSB_HOME; set [microvm] engine = \"qemu\" in agentkernel.toml to use QEMU instead",
         kvm.reason()
     )
 }
@@ -449,6 +447,9 @@ impl MsbSandbox {
         let (in_tx, in_rx) = mpsc::channel::<Vec<u8>>(64);
         let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(64);
         let name = sandbox.name().to_owned();
+        // Why the multiplexer could not start, if microsandbox says so.
+        let failed = Arc::new(std::sync::Mutex::new(None::<String>));
+        let failure = failed.clone();
         tokio::spawn(async move {
             while let Some(event) = handle.recv().await {
                 let go_on = match event {
@@ -461,7 +462,12 @@ impl MsbSandbox {
                         );
                         true
                     }
-                    ExecEvent::Exited { .. } | ExecEvent::Failed(_) => false,
+                    ExecEvent::Failed(f) => {
+                        tracing::warn!(sandbox = %name, "msb: the guest could not start python3: {}", f.message);
+                        *failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(f.message);
+                        false
+                    }
+                    ExecEvent::Exited { .. } => false,
                     _ => true,
                 };
                 if !go_on {
@@ -488,14 +494,27 @@ impl MsbSandbox {
                 "cpu_seconds": limits.cpu_time.map(|t| t.as_secs().max(1)),
             },
         });
-        mux::start(
+        let started = mux::start(
             in_rx,
             out_tx,
             AGENT_SOURCE,
             &config,
             Instant::now() + BOOT_TIMEOUT,
         )
-        .await
+        .await;
+        let failure = failed.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match (started, failure) {
+            (Err(_), Some(message)) => Err(Error::Unavailable {
+                backend: "microvm",
+                reason: format!("the msb guest could not start python3: {message}"),
+                hint: format!(
+                    "{ROOTFS_ENV} ({}) must hold a working python3 for the guest (rebuild the \
+                     image with scripts/build-microvm-image)",
+                    self.engine.rootfs.display()
+                ),
+            }),
+            (started, _) => started,
+        }
     }
 
     /// Ends the VM; later execs fail with `SandboxLost { reason }` until `reset`.
@@ -598,5 +617,17 @@ impl agentkernel_core::Sandbox for MsbSandbox {
             destroy(&live.sandbox, false).await;
         }
         Ok(())
+    }
+}
+
+impl Drop for MsbSandbox {
+    /// A sandbox dropped without `shutdown` (an error path, a cancelled request) must not
+    /// leave its VM running until microsandbox's backstop: it is destroyed in the background.
+    fn drop(&mut self) {
+        if let Some(live) = self.live.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move { destroy(&live.sandbox, true).await });
+        }
     }
 }

@@ -11,7 +11,9 @@
 #
 # The agent runs in its own session (as `uid` when given, for which the shim must be root),
 # with fd 3 a socket to the shim and fds 1 and 2 pipes. When the agent exits, or stdin ends
-# (the host is gone), every process of that session is killed and the shim exits.
+# (the host is gone), its process group is killed, and with `uid` every process of that
+# user (a child in a session of its own too); then the shim exits.
+import atexit
 import json
 import os
 import resource
@@ -65,6 +67,25 @@ def write_quietly(path, text):
         pass
 
 
+def kill_all(pid, uid):
+    """Kills the agent's process group and, with `uid`, every process of that user."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        pass
+    if uid is None:
+        return
+    killer = os.fork()
+    if killer == 0:
+        try:
+            os.setgid(uid)
+            os.setuid(uid)
+            os.kill(-1, signal.SIGKILL)  # every process this user may signal (not itself)
+        finally:
+            os._exit(0)
+    os.waitpid(killer, 0)
+
+
 source = read_block()
 config = json.loads(read_block())
 limits = config.get("limits") or {}
@@ -78,7 +99,9 @@ pid = os.fork()
 if pid == 0:
     try:
         os.setsid()
-        write_quietly("/proc/self/oom_score_adj", "1000")
+        # The OOM killer's first choice (never inherit the shim's -1000).
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
         null = os.open("/dev/null", os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(out_w, 1)
@@ -107,6 +130,8 @@ if pid == 0:
         os.write(2, ("agentkernel mux: cannot start the agent: %r\n" % (e,)).encode())
     os._exit(127)
 
+# However the shim ends (even by an exception, e.g. its stdout broken), the agent goes too.
+atexit.register(kill_all, pid, config.get("uid"))
 guest_end.close()
 os.close(out_w)
 os.close(err_w)
@@ -135,10 +160,7 @@ while sources and (drain_until is None or time.monotonic() < drain_until):
         if fd == IN:
             data = os.read(IN, 1 << 16)
             if not data:  # the host is gone
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except OSError:
-                    pass
+                kill_all(pid, config.get("uid"))
                 sys.exit(0)
             pending += data
             continue
@@ -158,12 +180,10 @@ while sources and (drain_until is None or time.monotonic() < drain_until):
         if done:
             status = os.waitstatus_to_exitcode(wait_status)
             drain_until = time.monotonic() + 2
-            # The agent is gone: end the rest of its session too, so its pipes close.
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except OSError:
-                pass
+            # The agent is gone: end what it started too, so its pipes close.
+            kill_all(pid, config.get("uid"))
 if status is None:
     _, wait_status = os.waitpid(pid, 0)
     status = os.waitstatus_to_exitcode(wait_status)
+    kill_all(pid, config.get("uid"))
 send(b"x", json.dumps({"status": status, "oom": oom_kills() > oom_before}).encode())

@@ -32,7 +32,8 @@ const MAX_FRAME: usize = 1 << 20;
 /// How the agent ended, as the multiplexer saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AgentExit {
-    /// Exit status as a shell reports it (128 + signal for a signal).
+    /// Exit status as a shell reports it (128 + signal for a signal); -1 when unknown (the
+    /// multiplexer died or sent no valid status).
     pub code: i32,
     /// Whether the guest kernel's OOM killer struck while the agent ran.
     pub oom: bool,
@@ -102,79 +103,125 @@ fn block(bytes: &[u8]) -> Vec<u8> {
 
 /// Moves bytes between the transport and the three streams until the agent is gone (its
 /// exit frame, or the transport ending); the streams then end, so the connection sees EOF.
+///
+/// Nothing here waits on one stream while another has data: host → guest bytes have their
+/// own task, and each guest → host stream is written by its own task from a queue, so a
+/// stream nobody reads (stdout between execs) never holds up control frames or stderr.
+/// Each queue holds at most [`QUEUE_CAP`] bytes; beyond that, chunks are dropped (output
+/// the connection would discard past its cap anyway) and a warning is logged.
 async fn pump(
     mut incoming: mpsc::Receiver<Vec<u8>>,
     outgoing: mpsc::Sender<Vec<u8>>,
-    mut control: DuplexStream,
-    mut stdout: DuplexStream,
-    mut stderr: DuplexStream,
+    control: DuplexStream,
+    stdout: DuplexStream,
+    stderr: DuplexStream,
     exit: watch::Sender<Option<AgentExit>>,
 ) {
+    let (mut from_host, to_host) = tokio::io::split(control);
+    // Host → guest: ends when the connection is dropped, which drops `outgoing`, so the
+    // multiplexer sees its stdin end and kills the agent.
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 << 10];
+        while let Ok(n) = from_host.read(&mut buf).await {
+            if n == 0 || outgoing.send(buf[..n].to_vec()).await.is_err() {
+                break;
+            }
+        }
+    });
+    let control = StreamQueue::spawn(to_host, "control");
+    let stdout = StreamQueue::spawn(stdout, "stdout");
+    let stderr = StreamQueue::spawn(stderr, "stderr");
     let mut frames = Deframer::default();
-    let mut from_host = vec![0u8; 64 << 10];
-    let mut host_open = true;
-    loop {
-        tokio::select! {
-            n = control.read(&mut from_host), if host_open => match n {
-                Ok(n) if n > 0 => {
-                    if outgoing.send(from_host[..n].to_vec()).await.is_err() {
-                        break;
-                    }
+    let mut agent_exit = AgentExit {
+        code: -1,
+        oom: false,
+    };
+    'transport: while let Some(chunk) = incoming.recv().await {
+        frames.push(&chunk);
+        loop {
+            match frames.next() {
+                Ok(Some((b'c', payload))) => control.push(payload),
+                Ok(Some((b'o', payload))) => stdout.push(payload),
+                Ok(Some((b'e', payload))) => stderr.push(payload),
+                Ok(Some((b'x', payload))) => {
+                    agent_exit = parse_exit(&payload);
+                    break 'transport;
                 }
-                _ => host_open = false,
-            },
-            chunk = incoming.recv() => {
-                let Some(chunk) = chunk else { break };
-                frames.push(&chunk);
-                loop {
-                    match frames.next() {
-                        Ok(Some((tag, payload))) => {
-                            let written = match tag {
-                                b'c' => control.write_all(&payload).await,
-                                b'o' => stdout.write_all(&payload).await,
-                                b'e' => stderr.write_all(&payload).await,
-                                b'x' => {
-                                    let _ = exit.send(Some(parse_exit(&payload)));
-                                    return;
-                                }
-                                other => {
-                                    tracing::warn!(tag = other, "msb: unknown frame from the guest's multiplexer");
-                                    Ok(())
-                                }
-                            };
-                            if written.is_err() {
-                                // The connection is gone (the sandbox was dropped).
-                                return;
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            tracing::warn!("msb: {e}; ending the connection");
-                            let _ = exit.send(Some(AgentExit { code: -1, oom: false }));
-                            return;
-                        }
-                    }
+                Ok(Some((other, _))) => {
+                    tracing::warn!(
+                        tag = other,
+                        "msb: unknown frame from the guest's multiplexer"
+                    );
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!("msb: {e}; ending the connection");
+                    break 'transport;
                 }
             }
         }
     }
-    // The transport ended without an exit frame: the multiplexer itself died.
-    let _ = exit.send(Some(AgentExit {
-        code: -1,
-        oom: false,
-    }));
+    // The exit is known before the streams end, so whoever sees EOF can read it.
+    let _ = exit.send(Some(agent_exit));
+    drop((control, stdout, stderr));
+}
+
+/// Largest backlog of one stream between the transport and the connection.
+const QUEUE_CAP: usize = 64 << 20;
+
+/// A byte-capped queue into one stream, drained by its own task.
+struct StreamQueue {
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+    queued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    name: &'static str,
+}
+
+impl StreamQueue {
+    fn spawn(
+        mut stream: impl tokio::io::AsyncWrite + Unpin + Send + 'static,
+        name: &'static str,
+    ) -> StreamQueue {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let queued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let drained = queued.clone();
+        tokio::spawn(async move {
+            while let Some(bytes) = rx.recv().await {
+                drained.fetch_sub(bytes.len(), std::sync::atomic::Ordering::Relaxed);
+                if stream.write_all(&bytes).await.is_err() {
+                    break; // the connection is gone
+                }
+            }
+            // All senders are gone: ending the stream tells the connection.
+            let _ = stream.shutdown().await;
+        });
+        StreamQueue { tx, queued, name }
+    }
+
+    fn push(&self, bytes: Vec<u8>) {
+        use std::sync::atomic::Ordering;
+        if self.queued.load(Ordering::Relaxed) + bytes.len() > QUEUE_CAP {
+            tracing::warn!(
+                stream = self.name,
+                "msb: dropping guest output nobody reads ({QUEUE_CAP} bytes queued)"
+            );
+            return;
+        }
+        self.queued.fetch_add(bytes.len(), Ordering::Relaxed);
+        let _ = self.tx.send(bytes);
+    }
 }
 
 /// The exit frame's JSON: `{"status": n, "oom": bool}` (negative status: the signal).
 fn parse_exit(payload: &[u8]) -> AgentExit {
     let value: Value = serde_json::from_slice(payload).unwrap_or(Value::Null);
-    let status = value["status"].as_i64().unwrap_or(-1);
+    let code = match value["status"].as_i64() {
+        // Killed by a signal: as a shell reports it.
+        Some(status) if status < 0 => 128 - i32::try_from(status).unwrap_or(-1),
+        Some(status) => i32::try_from(status).unwrap_or(i32::MAX),
+        None => -1,
+    };
     AgentExit {
-        code: if status < 0 {
-            128 - i32::try_from(status).unwrap_or(-1)
-        } else {
-            i32::try_from(status).unwrap_or(i32::MAX)
-        },
+        code,
         oom: value["oom"] == true,
     }
 }
@@ -331,6 +378,39 @@ mod tests {
             report.end
         );
         assert_eq!(agent.exited(), None);
+    }
+
+    #[tokio::test]
+    async fn output_nobody_reads_does_not_hold_up_the_end_of_an_exec() {
+        let (_child, incoming, outgoing) = local_mux();
+        let (mut agent, _) = start(
+            incoming,
+            outgoing,
+            AGENT_SOURCE,
+            &config(json!({})),
+            deadline(),
+        )
+        .await
+        .expect("hello");
+        // A thread keeps printing after the program's end: once the connection has seen the
+        // stdout sentinel it stops reading stdout, and the stderr sentinel and the `done`
+        // frame must still get through.
+        let report = run(
+            &mut agent,
+            "import sys, threading, time\n\
+             def spam():\n    for _ in range(6000):\n        sys.stdout.write('b' * 1000 + '\\n')\n\
+             threading.Thread(target=spam, daemon=True).start()\n\
+             time.sleep(0.01)\nprint('main done', file=sys.stderr)",
+        )
+        .await;
+        assert!(
+            matches!(report.end, ExecEnd::Finished(ExecStatus::Ok)),
+            "{:?}",
+            report.end
+        );
+        assert_eq!(report.stderr.text(), "main done\n");
+        let report = run(&mut agent, "import time; time.sleep(0.5); print('next')").await;
+        assert!(report.stdout.text().ends_with("next\n"));
     }
 
     #[tokio::test]

@@ -139,6 +139,16 @@ impl MsbState {
         if engine == EngineKind::Auto && !kvm.is_real() {
             return MsbState::NotSelected(format!("needs hardware KVM, and {}", kvm.reason()));
         }
+        if engine == EngineKind::Auto
+            && let Err(e) = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/kvm")
+        {
+            return MsbState::NotSelected(format!(
+                "cannot open /dev/kvm read-write ({e}): add this user to the `kvm` group"
+            ));
+        }
         #[cfg(feature = "msb")]
         {
             let rootfs = image.as_ref().ok().map(|i| i.dir.join("rootfs"));

@@ -12,10 +12,12 @@ use agentkernel_backend_microsandbox::{EngineKind, MicroVmConfig, MicroVmRuntime
 
 include!("../../testdata/test_deps.rs");
 
-/// A runtime on the msb engine, or why this machine cannot run it.
+/// A runtime on the msb engine (a new one per check: each check runs on its own tokio
+/// runtime, and microsandbox's backend holds connections made on the runtime that used it
+/// first), or why this machine cannot run it.
 fn runtime() -> Result<MicroVmRuntime, String> {
-    static RUNTIME: OnceLock<Result<MicroVmRuntime, String>> = OnceLock::new();
-    RUNTIME
+    static IMAGE: OnceLock<Result<std::path::PathBuf, String>> = OnceLock::new();
+    let image = IMAGE
         .get_or_init(|| {
             let kvm = KvmProbe::detect();
             if !kvm.is_real() {
@@ -25,13 +27,14 @@ fn runtime() -> Result<MicroVmRuntime, String> {
                 .ok_or("the microVM image (the engine's root filesystem) cannot be built")?;
             let engine = MsbEngine::from_env(Some(&image.join("rootfs")))?;
             println!("msb engine: {engine:?}");
-            Ok(MicroVmRuntime::new(MicroVmConfig {
-                image: Some(image),
-                engine: EngineKind::Msb,
-                ..MicroVmConfig::default()
-            }))
+            Ok(image)
         })
-        .clone()
+        .clone()?;
+    Ok(MicroVmRuntime::new(MicroVmConfig {
+        image: Some(image),
+        engine: EngineKind::Msb,
+        ..MicroVmConfig::default()
+    }))
 }
 
 /// Runs one conformance check on the msb runtime, or prints why it is skipped.
