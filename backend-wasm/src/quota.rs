@@ -1,4 +1,4 @@
-//! File-size and `/tmp` limits inside the guest.
+//! File-size and `/tmp` limits inside the guest, and no opening of FIFOs or devices.
 //!
 //! WASI has no such limits of its own, so the host shadows the guest's file-writing
 //! imports (`descriptor.write`, `write-via-stream`, `append-via-stream`, `set-size`) with
@@ -18,7 +18,9 @@ use std::sync::{Arc, Mutex};
 use agentkernel_core::LimitKind;
 use wasmtime::component::{Linker, Resource};
 use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemView};
-use wasmtime_wasi::p2::bindings::filesystem::types::{ErrorCode, HostDescriptor};
+use wasmtime_wasi::p2::bindings::filesystem::types::{
+    DescriptorFlags, ErrorCode, HostDescriptor, OpenFlags, PathFlags,
+};
 use wasmtime_wasi::p2::{
     DynOutputStream, FsError, OutputStream, Pollable, StreamError, StreamResult,
 };
@@ -214,6 +216,36 @@ pub fn add_to_linker(linker: &mut Linker<State>) -> wasmtime::Result<()> {
         },
     )?;
     types.func_wrap_async(
+        "[method]descriptor.open-at",
+        |mut store,
+         (fd, path_flags, path, oflags, flags): (
+            Resource<Descriptor>,
+            PathFlags,
+            String,
+            OpenFlags,
+            DescriptorFlags,
+        )| {
+            Box::new(async move {
+                let state = store.data_mut();
+                if let Descriptor::Dir(dir) = state.table.get(&fd)?
+                    && is_special_file(&dir.dir, &path)
+                {
+                    return Ok((Err(ErrorCode::Access),));
+                }
+                let r = HostDescriptor::open_at(
+                    &mut state.filesystem(),
+                    fd,
+                    path_flags,
+                    path,
+                    oflags,
+                    flags,
+                )
+                .await;
+                Ok((split(r)?,))
+            })
+        },
+    )?;
+    types.func_wrap_async(
         "[method]descriptor.set-size",
         |mut store, (fd, size): (Resource<Descriptor>, u64)| {
             Box::new(async move {
@@ -231,6 +263,24 @@ pub fn add_to_linker(linker: &mut Linker<State>) -> wasmtime::Result<()> {
         },
     )?;
     Ok(())
+}
+
+/// Whether `path` under `dir` is a FIFO, socket or device (following symlinks, resolved
+/// inside `dir` as the guest's open would be). Opening a FIFO blocks until someone opens
+/// its other end, which would stall the kernel's thread past any time limit; the guest
+/// cannot make such files (WASI has no `mknod`), but a host workspace can hold them.
+fn is_special_file(dir: &std::fs::File, path: &str) -> bool {
+    let Ok(handle) = dir.try_clone() else {
+        return false;
+    };
+    let dir = cap_std::fs::Dir::from_std_file(handle);
+    match dir.metadata(path) {
+        Ok(meta) => {
+            let kind = meta.file_type();
+            !(kind.is_file() || kind.is_dir())
+        }
+        Err(_) => false, // missing (a file to create) or unreachable: the open decides
+    }
 }
 
 /// Swaps the stream wasmtime-wasi made for one that checks each write.

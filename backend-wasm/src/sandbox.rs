@@ -89,7 +89,12 @@ async fn instantiate(
         .envs(&env)
         .allow_tcp(false)
         .allow_udp(false)
-        .allow_ip_name_lookup(false);
+        .allow_ip_name_lookup(false)
+        // File operations run on the calling thread instead of tokio's blocking pool: a
+        // thread hand-off per call cost more than the calls themselves (a back-to-back cold
+        // start went from ~3.8 ms to ~2.4 ms). Local file operations do not wait on anyone:
+        // opening a FIFO or device, which could, is refused (`quota::is_special_file`).
+        .allow_blocking_current_thread(true);
     let preopen = |wasi: &mut WasiCtxBuilder, host: &Path, guest: &str, writable: bool| {
         let perms = if writable {
             FsPerms::ReadWrite

@@ -37,6 +37,39 @@ async fn symlinks_and_dot_dot_cannot_leave_the_workspace() {
     assert_eq!(text.matches("denied").count(), 4, "{text}");
 }
 
+/// A FIFO in the workspace (a host user can make one; the guest cannot) is refused when
+/// opened, directly or through a symlink: opening it would wait for a writer forever on the
+/// kernel's thread, past the time limit. Regular files beside it still open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifos_in_the_workspace_are_refused_not_waited_on() {
+    let ws = tempfile::tempdir().unwrap();
+    let fifo = ws.path().join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    std::os::unix::fs::symlink("fifo", ws.path().join("link")).unwrap();
+    std::fs::write(ws.path().join("plain.txt"), "plain").unwrap();
+    let spec = SandboxSpec {
+        workspace: Some(ws.path().to_path_buf()),
+        ..test_spec()
+    };
+    let code = "for p in ['/workspace/fifo', '/workspace/link']:\n    try:\n        open(p).read()\n        print('opened')\n    except PermissionError:\n        print('refused')\nprint(open('/workspace/plain.txt').read())";
+    let req = ExecRequest::new(code).with_timeout(std::time::Duration::from_secs(20));
+    let rt = common::runtime();
+    let mut sb = rt.create(&spec).await.unwrap();
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        sb.exec(req, Arc::new(NoTools)),
+    )
+    .await
+    .expect("the exec returns: nothing waits on the FIFO")
+    .unwrap();
+    assert_eq!(out.stdout.text(), "refused\nrefused\nplain\n", "{out:?}");
+    sb.shutdown().await.unwrap();
+}
+
 /// A read-only mount (such as `/tools`) cannot be written, and nothing appears on the host.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_mounts_stay_read_only() {
