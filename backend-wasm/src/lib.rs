@@ -16,7 +16,8 @@
 //!   `/workspace`, and the spec's mounts (e.g. the read-only `/tools` package) preopened; no
 //!   sockets. Limits: epoch interruption for wall time, `StoreLimits` for memory (Python
 //!   sees `MemoryError`), host-side checks of every file write ([`quota`]) for file size and
-//!   `/tmp`, and capped output. A trap (deadline, exit, crash) loses the instance; `reset`
+//!   `/tmp`, and capped output. File operations run on the calling thread (no blocking-pool
+//!   hand-off), and opening a FIFO or device is refused, so none can wait forever. A trap (deadline, exit, crash) loses the instance; `reset`
 //!   instantiates a fresh one from the pre-initialised snapshot.
 //! - **Tools**: `_agentkernel.call_tool` (and the generated `tools.<server>.<tool>`
 //!   functions) call the `host-call` import, served by the exec's `ToolHost`.
