@@ -312,6 +312,21 @@ mod tests {
         json!({"env": {"PATH": "/usr/bin:/bin", "AK_TEST": "mux"}, "cwd": "/tmp", "uid": null, "limits": limits})
     }
 
+    /// A local multiplexer with an agent that said hello, under `limits`.
+    async fn started(limits: Value) -> (tokio::process::Child, MuxAgent, Hello) {
+        let (child, incoming, outgoing) = local_mux();
+        let (agent, hello) = start(
+            incoming,
+            outgoing,
+            AGENT_SOURCE,
+            &config(limits),
+            deadline(),
+        )
+        .await
+        .expect("hello");
+        (child, agent, hello)
+    }
+
     fn deadline() -> Instant {
         Instant::now() + Duration::from_secs(30)
     }
@@ -331,16 +346,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_agent_runs_programs_and_keeps_their_globals_through_the_multiplexer() {
-        let (_child, incoming, outgoing) = local_mux();
-        let (mut agent, hello) = start(
-            incoming,
-            outgoing,
-            AGENT_SOURCE,
-            &config(json!({})),
-            deadline(),
-        )
-        .await
-        .expect("hello");
+        let (_child, mut agent, hello) = started(json!({})).await;
         assert!(hello.python.starts_with("3."), "{hello:?}");
         let report = run(
             &mut agent,
@@ -382,16 +388,7 @@ mod tests {
 
     #[tokio::test]
     async fn output_nobody_reads_does_not_hold_up_the_end_of_an_exec() {
-        let (_child, incoming, outgoing) = local_mux();
-        let (mut agent, _) = start(
-            incoming,
-            outgoing,
-            AGENT_SOURCE,
-            &config(json!({})),
-            deadline(),
-        )
-        .await
-        .expect("hello");
+        let (_child, mut agent, _) = started(json!({})).await;
         // A thread keeps printing after the program's end: once the connection has seen the
         // stdout sentinel it stops reading stdout, and the stderr sentinel and the `done`
         // frame must still get through.
@@ -415,16 +412,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_agents_death_ends_the_exec_with_its_exit_status_and_output() {
-        let (mut child, incoming, outgoing) = local_mux();
-        let (mut agent, _) = start(
-            incoming,
-            outgoing,
-            AGENT_SOURCE,
-            &config(json!({})),
-            deadline(),
-        )
-        .await
-        .expect("hello");
+        let (mut child, mut agent, _) = started(json!({})).await;
         let report = run(
             &mut agent,
             "print('bye', flush=True)\nimport os\nos._exit(7)",
@@ -450,16 +438,7 @@ mod tests {
 
     #[tokio::test]
     async fn limits_from_the_config_bind_the_agent_and_a_signal_reads_like_a_shell() {
-        let (_child, incoming, outgoing) = local_mux();
-        let (mut agent, _) = start(
-            incoming,
-            outgoing,
-            AGENT_SOURCE,
-            &config(json!({"file_size_bytes": 1000})),
-            deadline(),
-        )
-        .await
-        .expect("hello");
+        let (_child, mut agent, _) = started(json!({"file_size_bytes": 1000})).await;
         let dir = tempfile::tempdir().expect("tempdir");
         let big = dir.path().join("big");
         let code = format!(
@@ -483,16 +462,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_multiplexer_that_dies_ends_the_connection() {
-        let (mut child, incoming, outgoing) = local_mux();
-        let (mut agent, _) = start(
-            incoming,
-            outgoing,
-            AGENT_SOURCE,
-            &config(json!({})),
-            deadline(),
-        )
-        .await
-        .expect("hello");
+        let (mut child, mut agent, _) = started(json!({})).await;
         child.kill().await.expect("kill the multiplexer");
         let report = run(&mut agent, "print(1)").await;
         assert!(matches!(report.end, ExecEnd::GuestGone), "{:?}", report.end);
