@@ -12,7 +12,8 @@
 //!   The runtime selects it ([`EngineKind::Auto`]) where the [`kvm`] probe finds hardware
 //!   KVM and its runtime files are there (`scripts/fetch-msb-runtime`); its root filesystem
 //!   is the image's `rootfs/`. Its guest agent talks through one exec stream (`mux.rs`); no
-//!   pool or snapshots (a libkrun VM boots in well under a second on real KVM). `doctor` says
+//!   pool or snapshots (libkrun is made to boot in a fraction of a second on real KVM; not
+//!   measured here). `doctor` says
 //!   which engine runs and why.
 //!
 //! Inside the VM ([`qemu`]): `/init` starts the *supervisor* (`guest/supervisor.py`, root) on

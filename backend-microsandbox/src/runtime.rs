@@ -102,7 +102,7 @@ impl Default for MicroVmConfig {
     }
 }
 
-/// The `microvm` backend (engine `qemu`).
+/// The `microvm` backend: engine `qemu`, or `msb` where [`EngineKind`] selects it.
 #[derive(Clone)]
 pub struct MicroVmRuntime {
     inner: Arc<Inner>,
