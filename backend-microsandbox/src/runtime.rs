@@ -189,7 +189,7 @@ impl MicroVmRuntime {
         }
     }
 
-    /// Like [`Runtime::create`], returning the concrete type.
+    /// A sandbox of the qemu engine, whichever engine [`Runtime::create`] would pick.
     pub async fn create_sandbox(&self, spec: &SandboxSpec) -> Result<MicroVmSandbox> {
         let memory_mib = check_supported(spec)?;
         let mut shares = Vec::new();
