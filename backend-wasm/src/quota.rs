@@ -270,11 +270,8 @@ pub fn add_to_linker(linker: &mut Linker<State>) -> wasmtime::Result<()> {
 /// its other end, which would stall the kernel's thread past any time limit; the guest
 /// cannot make such files (WASI has no `mknod`), but a host workspace can hold them.
 fn is_special_file(dir: &std::fs::File, path: &str) -> bool {
-    let Ok(handle) = dir.try_clone() else {
-        return false;
-    };
-    let dir = cap_std::fs::Dir::from_std_file(handle);
-    match dir.metadata(path) {
+    use cap_primitives::fs::FollowSymlinks;
+    match cap_primitives::fs::stat(dir, Path::new(path), FollowSymlinks::Yes) {
         Ok(meta) => {
             let kind = meta.file_type();
             !(kind.is_file() || kind.is_dir())
