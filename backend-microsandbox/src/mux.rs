@@ -14,7 +14,7 @@
 
 use std::time::Instant;
 
-use agentkernel_core::guest::{GuestConn, Hello};
+use agentkernel_core::guest::{GuestConn, Hello, length_prefixed};
 use agentkernel_core::{Error, Result};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
@@ -68,11 +68,11 @@ pub async fn start(
         reason: "the guest's multiplexer ended before the agent started".into(),
     };
     outgoing
-        .send(block(agent_source.as_bytes()))
+        .send(length_prefixed(agent_source.as_bytes()))
         .await
         .map_err(|_| gone())?;
     outgoing
-        .send(block(config.to_string().as_bytes()))
+        .send(length_prefixed(config.to_string().as_bytes()))
         .await
         .map_err(|_| gone())?;
     let (control, control_pump) = tokio::io::duplex(STREAM_BUFFER);
@@ -90,15 +90,6 @@ pub async fn start(
     let mut conn = GuestConn::new(control, stdout, stderr);
     let hello = conn.hello(deadline).await?;
     Ok((MuxAgent { conn, exit }, hello))
-}
-
-/// A length-prefixed block of the multiplexer's start-up input.
-fn block(bytes: &[u8]) -> Vec<u8> {
-    let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
-    let mut out = Vec::with_capacity(bytes.len() + 4);
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(bytes);
-    out
 }
 
 /// Moves bytes between the transport and the three streams until the agent is gone (its

@@ -393,8 +393,7 @@ impl SysConn {
     /// Sends `msg`, followed by `payload`.
     pub async fn send(&mut self, msg: &Value, payload: &[u8]) -> Result<()> {
         let data = serde_json::to_vec(msg).map_err(|e| Error::Internal(e.to_string()))?;
-        let mut frame = (data.len() as u32).to_be_bytes().to_vec();
-        frame.extend_from_slice(&data);
+        let frame = agentkernel_core::guest::length_prefixed(&data);
         let write = async {
             self.stream.write_all(&frame).await?;
             self.stream.write_all(payload).await

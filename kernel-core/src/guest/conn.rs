@@ -595,11 +595,7 @@ async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
     if body.len() > MAX_FRAME_BYTES {
         return Err(std::io::Error::other("frame too large"));
     }
-    let len = u32::try_from(body.len()).map_err(std::io::Error::other)?;
-    let mut frame = Vec::with_capacity(4 + body.len());
-    frame.extend_from_slice(&len.to_be_bytes());
-    frame.extend_from_slice(&body);
-    w.write_all(&frame).await?;
+    w.write_all(&super::length_prefixed(&body)).await?;
     w.flush().await
 }
 

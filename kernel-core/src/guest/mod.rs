@@ -38,6 +38,16 @@ pub const PROGRAM_SOURCE: &str = include_str!("program.py");
 /// Largest host → guest frame (64 MiB): a tool result larger than this is refused.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
 
+/// `body` framed as the guest protocols frame it: a 4-byte big-endian length, then the bytes.
+/// Callers keep frames far below 4 GiB (see [`MAX_FRAME_BYTES`]).
+pub fn length_prefixed(body: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(body.len()).expect("a protocol frame is far below 4 GiB");
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(body);
+    frame
+}
+
 /// Largest guest → host frame (1 MiB): caps tool-call arguments, so a guest cannot make
 /// the host parse (and hold) huge JSON. A larger frame is a protocol error.
 pub const MAX_GUEST_FRAME_BYTES: usize = 1 << 20;
