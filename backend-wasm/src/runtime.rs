@@ -179,6 +179,21 @@ impl Runtime for WasmRuntime {
                         detail: detail.into(),
                     });
                 }
+                // Speed, not isolation: either way a slot is reset to the snapshot before reuse.
+                checks.push(Check {
+                    name: "memory reset".into(),
+                    state: if engine::precise_reset() {
+                        CheckState::Active
+                    } else {
+                        CheckState::Inactive
+                    },
+                    detail: if engine::precise_reset() {
+                        "a finished sandbox's memory slot gets back only the pages it wrote (PAGEMAP_SCAN)"
+                    } else {
+                        "PAGEMAP_SCAN needs Linux 6.7+: a finished sandbox's memory slot is reset by copying back its first 8 MiB (correct, but starts fault more pages in)"
+                    }
+                    .into(),
+                });
                 Diagnosis {
                     available: true,
                     reason: None,

@@ -118,6 +118,36 @@ async fn sandboxes_do_not_share_random_state() {
     }
 }
 
+/// Sandboxes reuse wasmtime's memory slots, reset page by page: a program that marks
+/// objects all over the snapshot's heap (every module's namespace, a big new allocation)
+/// leaves nothing for the sandboxes that reuse its slot. Sequential sandboxes of one
+/// process are handed the most recently returned slot of their thread's shard, so most
+/// checks land in a slot a marking program just used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_memory_slot_keeps_nothing_of_the_previous_sandbox() {
+    let rt = common::runtime();
+    let mark = "import sys\n\
+                for m in list(sys.modules.values()):\n\
+                \x20   try: m.__dict__['ak_mark'] = 1\n\
+                \x20   except Exception: pass\n\
+                sys.ak_big = bytearray(b'AK' * 4_000_000)\n\
+                print(sum(hasattr(m, 'ak_mark') for m in list(sys.modules.values())) > 100)";
+    let check = "import sys\n\
+                 print(sum(hasattr(m, 'ak_mark') for m in list(sys.modules.values())), hasattr(sys, 'ak_big'))";
+    for round in 0..8 {
+        let out = run_once(&rt, &test_spec(), mark).await;
+        assert_eq!(out.stdout.text(), "True\n", "round {round}: {:?}", out.status);
+        // The slot is reset off the caller's path: let it come back before the next start.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let out = run_once(&rt, &test_spec(), check).await;
+        assert_eq!(
+            out.stdout.text(),
+            "0 False\n",
+            "round {round}: a fresh sandbox saw the previous one's objects"
+        );
+    }
+}
+
 /// A guest crash (native stack exhausted by deep recursion in C code) ends that run only:
 /// the kernel process and other sandboxes carry on, and `reset` revives the sandbox.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
