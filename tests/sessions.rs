@@ -326,3 +326,49 @@ fn cli_sessions_keep_state_across_invocations() {
     }
     assert!(gone, "the idle session server did not exit");
 }
+
+/// On a backend that snapshots (monty), a session's state can be saved as plain bytes (here
+/// through JSON, as a task store or a file would keep it) and resumed by another kernel.
+#[cfg(feature = "monty")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monty_session_saved_in_one_kernel_resumes_in_another() {
+    // The monty worker is the `agentkernel` binary itself (as when the CLI runs it).
+    agentkernel_backend_monty::set_default_worker(agentkernel_backend_monty::WorkerCommand {
+        executable: env!("CARGO_BIN_EXE_agentkernel").into(),
+        args: vec!["__monty-worker".into()],
+    });
+    let data = tempfile::tempdir().unwrap();
+    let monty_kernel = || {
+        Kernel::builder()
+            .data_dir(data.path())
+            .backend("monty")
+            .build()
+            .unwrap()
+    };
+    let saved = {
+        let kernel = monty_kernel();
+        let s = kernel.session("paused").await.unwrap();
+        s.exec("x = 41\nnotes = {'step': 'fetched'}").await.unwrap();
+        let snapshot = s.save().await.unwrap();
+        assert_eq!(snapshot.backend, "monty");
+        serde_json::to_vec(&snapshot).unwrap()
+    };
+    let kernel = monty_kernel();
+    let snapshot: agentkernel::core::Snapshot = serde_json::from_slice(&saved).unwrap();
+    let s = kernel.resume_session("paused", &snapshot).await.unwrap();
+    let out = s.exec("print(x + 1, notes['step'])").await.unwrap();
+    assert_eq!(out.stdout.text(), "42 fetched\n", "{:?}", out.status);
+    // A snapshot of another backend is refused with a clear error, not misread.
+    let foreign = agentkernel::core::Snapshot {
+        backend: "process".into(),
+        data: snapshot.data.clone(),
+    };
+    let err = kernel.resume_session("other", &foreign).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidRequest { .. } | Error::Unsupported { .. }
+        ),
+        "{err}"
+    );
+}

@@ -136,7 +136,12 @@ async fn a_reused_memory_slot_keeps_nothing_of_the_previous_sandbox() {
                  print(sum(hasattr(m, 'ak_mark') for m in list(sys.modules.values())), hasattr(sys, 'ak_big'))";
     for round in 0..8 {
         let out = run_once(&rt, &test_spec(), mark).await;
-        assert_eq!(out.stdout.text(), "True\n", "round {round}: {:?}", out.status);
+        assert_eq!(
+            out.stdout.text(),
+            "True\n",
+            "round {round}: {:?}",
+            out.status
+        );
         // The slot is reset off the caller's path: let it come back before the next start.
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let out = run_once(&rt, &test_spec(), check).await;
