@@ -260,8 +260,9 @@ struct RunArgs {
     /// Wall-clock limit in seconds [default: 30, or the config's].
     #[arg(long, value_name = "S", allow_negative_numbers = true)]
     timeout: Option<f64>,
-    /// Memory limit in MiB [default: 512, or the config's].
-    #[arg(long, value_name = "MIB")]
+    /// Memory limit in MiB (or with a unit: 256M, 1G, 512MiB) [default: 512, or the
+    /// config's].
+    #[arg(long, value_name = "MIB", value_parser = parse_mib)]
     memory: Option<u64>,
     /// Run in session NAME: globals persist across runs (kept by a background session
     /// server, started on first use), and /workspace is the named workspace NAME.
@@ -1070,5 +1071,62 @@ async fn doctor(json: bool) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// `--memory`: a whole number of MiB, or one with a unit (`K`/`KiB`, `M`/`MiB`,
+/// `G`/`GiB`, any case), rounded up to whole MiB.
+fn parse_mib(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let bad = || {
+        format!(
+            "{text:?} is not a size: give MiB as a whole number (e.g. 512) or with a unit (256M, 1G)"
+        )
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let kib_per_unit: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "m" | "mb" | "mib" => 1024,
+        "g" | "gb" | "gib" => 1024 * 1024,
+        "k" | "kb" | "kib" => 1,
+        _ => return Err(bad()),
+    };
+    let mib = n
+        .checked_mul(kib_per_unit)
+        .map(|kib| kib.div_ceil(1024))
+        .ok_or_else(bad)?;
+    if mib == 0 {
+        return Err(format!(
+            "{text:?} is zero: a sandbox needs some memory (e.g. --memory 256)"
+        ));
+    }
+    Ok(mib)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_mib;
+
+    #[test]
+    fn memory_sizes_take_units_and_refuse_nonsense() {
+        assert_eq!(parse_mib("512"), Ok(512));
+        assert_eq!(parse_mib("256M"), Ok(256));
+        assert_eq!(parse_mib("256MiB"), Ok(256));
+        assert_eq!(parse_mib("1G"), Ok(1024));
+        assert_eq!(parse_mib("2gib"), Ok(2048));
+        assert_eq!(parse_mib("1536K"), Ok(2));
+        for bad in [
+            "",
+            "M",
+            "-1",
+            "1.5G",
+            "256 apples",
+            "0",
+            "99999999999999999999",
+        ] {
+            let err = parse_mib(bad).unwrap_err();
+            assert!(err.contains("e.g."), "{bad}: {err}");
+        }
     }
 }
