@@ -188,7 +188,7 @@ impl Runtime for WasmRuntime {
                         CheckState::Inactive
                     },
                     detail: if engine::precise_reset() {
-                        "a finished sandbox's memory slot gets back only the pages it wrote (PAGEMAP_SCAN)"
+                        "a finished sandbox's memory slot is page-scanned (PAGEMAP_SCAN): pages it wrote are copied back, not its whole memory"
                     } else {
                         "PAGEMAP_SCAN needs Linux 6.7+: a finished sandbox's memory slot is reset by copying back its first 8 MiB (correct, but starts fault more pages in)"
                     }
