@@ -52,7 +52,10 @@ pub fn engine() -> &'static Engine {
 /// 2-core machine back-to-back starts paid for it: bimodal, p90 ~6 ms). With the
 /// `PAGEMAP_SCAN` ioctl (Linux ≥ 6.7) only pages that were written are copied, and
 /// wasmtime releases the rest; 8 MiB bounds that copy after a program that wrote a lot.
-/// Measured back to back (`print(1)`, 400 starts): mean 2.8 → 2.2 ms, p90 5.9 → 2.3 ms.
+/// (wasmtime 48's scan stops after 32 runs of written pages, and CPython's writes scatter
+/// over more, so most of the memory is released and faults in again: ~1 ms of the start.)
+/// Measured back to back (`print(1)`, 400 starts): mean 2.3–3.1 → 2.1–2.5 ms, p90
+/// 4.6–6.3 → 2.2–2.9 ms, in four interleaved rounds.
 fn pooling() -> PoolingAllocationConfig {
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(POOL_SLOTS)
