@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use agentkernel_core::{Error, Result};
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::artifact;
 use crate::bindings::{Agent, AgentPre};
@@ -43,19 +43,15 @@ pub fn engine() -> &'static Engine {
 }
 
 /// The pooling allocator's slots: instantiating a sandbox takes a slot whose memory and
-/// tables are already mapped, and a slot given back keeps some of its pages resident (reset
-/// to the snapshot's contents by copying), so the next sandbox faults fewer of them in again.
+/// tables are already mapped, and a slot given back keeps its touched pages resident (reset
+/// to the snapshot's contents by copying), so the next sandbox does not fault them in again.
 ///
-/// Resetting a slot is the expensive half of a sandbox's life. Without a page scan wasmtime
-/// copies the whole kept-resident prefix back from the image: the guest's memory is ~22 MB,
-/// so keeping it all resident meant a 3 ms copy per sandbox (in the background, but on a
-/// 2-core machine back-to-back starts paid for it: bimodal, p90 ~6 ms). With the
-/// `PAGEMAP_SCAN` ioctl (Linux ≥ 6.7) only pages that were written are copied, and
-/// wasmtime releases the rest; 8 MiB bounds that copy after a program that wrote a lot.
-/// (wasmtime 48's scan stops after 32 runs of written pages, and CPython's writes scatter
-/// over more, so most of the memory is released and faults in again: ~1 ms of the start.)
-/// Measured back to back (`print(1)`, 400 starts): mean 2.3–3.1 → 2.1–2.5 ms, p90
-/// 4.6–6.3 → 2.2–2.9 ms, in four interleaved rounds.
+/// That reset copies the guest's whole memory (~22 MB, ~3 ms) back from the image, off the
+/// caller's path. wasmtime's `pagemap_scan` would copy only written pages, but its scan
+/// stops after 32 runs of them (wasmtime 48) and CPython's writes scatter over more, so the
+/// rest is released and faults in again in the next sandbox. Measured with criterion in one
+/// session, alternating: cold starts gained ~5% with it, and `pooled` lost 60% (0.85–0.93 →
+/// 1.37–1.55 ms), since a warm sandbox's first program then pays those faults.
 fn pooling() -> PoolingAllocationConfig {
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(POOL_SLOTS)
@@ -69,16 +65,9 @@ fn pooling() -> PoolingAllocationConfig {
         .table_elements(64 << 10)
         .max_component_instance_size(1 << 20)
         .max_core_instance_size(1 << 20)
-        .linear_memory_keep_resident(8 << 20)
-        .table_keep_resident(1 << 20)
-        .pagemap_scan(Enabled::Auto);
+        .linear_memory_keep_resident(64 << 20)
+        .table_keep_resident(1 << 20);
     pool
-}
-
-/// Whether returned slots are reset page-precisely (the `PAGEMAP_SCAN` ioctl, Linux ≥ 6.7),
-/// for `doctor`.
-pub fn precise_reset() -> bool {
-    PoolingAllocationConfig::is_pagemap_scan_available()
 }
 
 /// Sandboxes of this backend alive at once in one process.

@@ -179,21 +179,6 @@ impl Runtime for WasmRuntime {
                         detail: detail.into(),
                     });
                 }
-                // Speed, not isolation: either way a slot is reset to the snapshot before reuse.
-                checks.push(Check {
-                    name: "memory reset".into(),
-                    state: if engine::precise_reset() {
-                        CheckState::Active
-                    } else {
-                        CheckState::Inactive
-                    },
-                    detail: if engine::precise_reset() {
-                        "a finished sandbox's memory slot is page-scanned (PAGEMAP_SCAN): pages it wrote are copied back, not its whole memory"
-                    } else {
-                        "PAGEMAP_SCAN needs Linux 6.7+: a finished sandbox's memory slot is reset by copying back its first 8 MiB (correct, but starts fault more pages in)"
-                    }
-                    .into(),
-                });
                 Diagnosis {
                     available: true,
                     reason: None,

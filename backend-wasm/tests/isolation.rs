@@ -118,11 +118,11 @@ async fn sandboxes_do_not_share_random_state() {
     }
 }
 
-/// Sandboxes reuse wasmtime's memory slots, reset page by page: a program that marks
-/// objects all over the snapshot's heap (every module's namespace, a big new allocation)
-/// leaves nothing for the sandboxes that reuse its slot. Sequential sandboxes of one
-/// process are handed the most recently returned slot of their thread's shard, so most
-/// checks land in a slot a marking program just used.
+/// Sandboxes reuse wasmtime's memory slots, reset to the snapshot when given back: a
+/// program that marks objects all over the snapshot's heap (every module's namespace, a
+/// big new allocation) leaves nothing for the sandboxes that reuse its slot. Sequential
+/// sandboxes of one process are handed the most recently returned slot of their thread's
+/// shard, so most checks land in a slot a marking program just used.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reused_memory_slot_keeps_nothing_of_the_previous_sandbox() {
     let rt = common::runtime();
