@@ -3,54 +3,45 @@
 # scripts/build-wasm-guest; the host is backend-wasm/src.
 #
 # Everything imported at module level is imported at build time and lives in the
-# component's snapshot: a new instance starts with it already in memory. Only the modules
-# imported here exist inside the sandbox (there is no stdlib on disk at run time), so the
-# list is generous.
+# component's snapshot: a new instance starts with it already in memory. The rest of the
+# standard library is exported at build time (compiled, by guest/export_stdlib.py) beside
+# the component, and the host mounts it read-only at /python, where CPython found it at
+# build time: any other stdlib module imports from there on first use.
+#
+# The snapshot is kept to what agent programs use most, because its size is paid on every
+# sandbox: each finished sandbox's memory is reset by copying the snapshot back.
 import sys
 
 import program  # shared with the process backend: kernel-core/src/guest/program.py
 import wit_world
 from componentize_py_types import Err
 
-# The standard library a sandboxed program can import (pure Python and built-in modules).
-STDLIB = """
-abc argparse array ast asyncio base64 binascii bisect builtins calendar cmath codecs
-collections collections.abc colorsys contextlib contextvars copy copyreg csv dataclasses
-datetime decimal difflib enum errno fnmatch fractions functools gc getopt glob graphlib
-gzip hashlib heapq hmac html html.parser html.entities http http.client http.cookies
-importlib importlib.abc importlib.machinery importlib.metadata importlib.resources
-importlib.util inspect io ipaddress itertools json keyword linecache locale logging
-lzma marshal math mimetypes numbers operator os os.path pathlib pickle pkgutil platform
-pprint queue quopri random re reprlib sched secrets shlex shutil signal sqlite3 stat
-statistics string stringprep struct sys tarfile tempfile textwrap threading time timeit
-token tokenize tomllib traceback types typing typing_extensions unicodedata urllib
-urllib.parse uuid warnings weakref xml xml.dom xml.dom.minidom xml.etree
-xml.etree.ElementTree zipfile zlib zoneinfo __future__ bz2 email email.message
-email.utils json.decoder json.encoder concurrent concurrent.futures _strptime
-_markupbase email.mime email.mime.text email.parser email.policy email.header
-email.charset email.encoders email.feedparser email.generator email.headerregistry
-email.quoprimime email.base64mime email._policybase email._encoded_words
-email._parseaddr email._header_value_parser email.iterators email.contentmanager
-xml.sax xml.sax.saxutils xml.parsers.expat xml.etree.ElementPath cmath opcode dis
-asyncio.queues asyncio.subprocess asyncio.taskgroups asyncio.timeouts
+# Imported into the snapshot: what agent programs use most (and what the guest needs).
+PREIMPORTED = """
+abc array ast asyncio base64 binascii bisect builtins codecs collections collections.abc
+contextlib contextvars copy copyreg csv dataclasses datetime decimal enum errno fnmatch
+fractions functools gc hashlib heapq hmac inspect io itertools json json.decoder
+json.encoder keyword linecache math numbers operator os os.path pathlib pprint random re
+reprlib secrets shlex sqlite3 stat statistics string struct textwrap time traceback types
+typing typing_extensions unicodedata uuid warnings weakref zlib _strptime __future__
 """.split()
 
-
-def _all_codecs():
-    """Every codec in `encodings`: codecs are imported lazily by name, so import them all."""
-    import encodings
-    import pkgutil
-
-    return ["encodings." + m.name for m in pkgutil.iter_modules(encodings.__path__)]
-
-
-AVAILABLE = []
-for _name in STDLIB + _all_codecs():
+for _name in PREIMPORTED:
     try:
         __import__(_name)
-        AVAILABLE.append(_name)
-    except ImportError:
+    except ImportError:  # typing_extensions is not stdlib: only if the build machine has it
         pass
+
+
+# Where the standard library is at build time, and where the host mounts its exported
+# copy (guest/export_stdlib.py; backend-wasm/src/sandbox.rs: STDLIB_MOUNT).
+STDLIB_MOUNT = "/python"
+if sys.prefix != STDLIB_MOUNT:
+    raise RuntimeError(f"the standard library is at {sys.prefix}, not {STDLIB_MOUNT}")
+# At run time only the standard library is on the path (the build's other directories,
+# e.g. the staging directory, do not exist there); the finders look afresh.
+sys.path[:] = [STDLIB_MOUNT]
+sys.path_importer_cache.clear()
 
 
 def _asyncio_without_self_pipe():

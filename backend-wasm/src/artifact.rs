@@ -15,6 +15,8 @@ use sha2::{Digest, Sha256};
 
 /// The guest program (the component's Python application).
 pub const GUEST_AGENT: &str = include_str!("../guest/wasm_agent.py");
+/// The build step that exports the standard library outside the snapshot.
+pub const GUEST_STDLIB_EXPORT: &str = include_str!("../guest/export_stdlib.py");
 /// The WIT world between host and guest.
 pub const GUEST_WIT: &str = include_str!("../guest/wit/agentkernel.wit");
 /// The `componentize-py` version the component is built with.
@@ -31,6 +33,7 @@ pub fn guest_key() -> String {
     let mut h = Sha256::new();
     for part in [
         GUEST_AGENT,
+        GUEST_STDLIB_EXPORT,
         agentkernel_core::guest::PROGRAM_SOURCE,
         GUEST_WIT,
         COMPONENTIZE_PY_VERSION,
@@ -51,6 +54,13 @@ pub fn guest_path() -> PathBuf {
             .join("wasm")
             .join(format!("guest-{}.wasm", guest_key())),
     }
+}
+
+/// The standard library directory that belongs to the component at `guest`: beside it, as
+/// `<name>.stdlib` (the build writes `guest-<key>.stdlib` next to `guest-<key>.wasm`).
+/// Sandboxes see it read-only at `/python`; it holds the modules outside the snapshot.
+pub fn stdlib_path(guest: &Path) -> PathBuf {
+    guest.with_extension("stdlib")
 }
 
 /// Where the compiled form of the component at `guest` for an engine whose compatibility

@@ -77,12 +77,26 @@ pub const POOL_SLOTS: u32 = 256;
 pub struct Prepared {
     /// Instantiates a new guest in a few milliseconds.
     pub pre: AgentPre<State>,
+    /// The standard library outside the snapshot, mounted read-only at `/python`.
+    pub stdlib: std::path::PathBuf,
 }
 
 /// Loads (compiling at most once per machine) and links the guest component at `path`.
 pub fn prepare(path: &std::path::Path) -> Result<Arc<Prepared>> {
     let engine = engine();
     let meta = std::fs::metadata(path).map_err(|e| missing_guest(path, &e.to_string()))?;
+    let stdlib = artifact::stdlib_path(path);
+    if !stdlib.join("os.py").is_file() {
+        return Err(Error::Unavailable {
+            backend: "wasm",
+            reason: format!(
+                "the guest component {} has no standard library beside it ({} is missing or incomplete)",
+                path.display(),
+                stdlib.display()
+            ),
+            hint: format!("rebuild it with {}", artifact::BUILD_COMMAND),
+        });
+    }
     let compiled = artifact::compiled_path(path, &meta, engine_hash(engine));
     // One compile per machine at a time: other processes wait here, then load its result.
     let _lock = artifact::lock(&compiled);
@@ -117,7 +131,7 @@ pub fn prepare(path: &std::path::Path) -> Result<Arc<Prepared>> {
         .instantiate_pre(&component)
         .map_err(|e| unusable_guest(path, "link", e))?;
     let pre = AgentPre::new(pre).map_err(internal)?;
-    Ok(Arc::new(Prepared { pre }))
+    Ok(Arc::new(Prepared { pre, stdlib }))
 }
 
 fn load_compiled(engine: &Engine, path: &std::path::Path) -> Option<Component> {

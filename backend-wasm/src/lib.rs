@@ -7,13 +7,17 @@
 //!   with the process backend, `kernel-core/src/guest/program.py`) and a WIT world
 //!   (`guest/wit/agentkernel.wit`: export `configure` and `run`, import `host-call`).
 //!   `scripts/build-wasm-guest` turns them into a pre-initialised component with PyPI's
-//!   `componentize-py`: the interpreter and a generous standard library are already imported
-//!   in its snapshot. The component is cached by a hash of those inputs ([`artifact`]).
+//!   `componentize-py`: the interpreter and the modules agent programs use most are already
+//!   imported in its snapshot. The rest of the standard library is exported beside it,
+//!   compiled (`guest/export_stdlib.py`), and mounted read-only at `/python` in every sandbox:
+//!   the snapshot stays small, because every sandbox pays for its size when its memory is
+//!   reset. Both are cached by a hash of those inputs ([`artifact`]).
 //! - **Engine** ([`engine`]): one wasmtime engine per process, an epoch ticker thread, the
 //!   component compiled once per machine (native code cached beside it) and linked into an
 //!   `InstancePre`, so a sandbox is a new store plus an instantiation.
 //! - **Sandbox** (`sandbox`): WASI with only the sandbox's private `/tmp`, the workspace at
-//!   `/workspace`, and the spec's mounts (e.g. the read-only `/tools` package) preopened; no
+//!   `/workspace`, the read-only standard library at `/python`, and the spec's mounts (e.g.
+//!   the read-only `/tools` package) preopened; no
 //!   sockets. Limits: epoch interruption for wall time, `StoreLimits` for memory (Python
 //!   sees `MemoryError`), host-side checks of every file write ([`quota`]) for file size and
 //!   `/tmp`, and capped output. File operations run on the calling thread (no blocking-pool

@@ -169,7 +169,7 @@ impl Runtime for WasmRuntime {
                     ),
                     (
                         "filesystem",
-                        "only /tmp (private), /workspace and /tools are visible",
+                        "only /tmp (private), /workspace, /tools and /python (the standard library, read-only) are visible",
                     ),
                     ("network", "no sockets (no TCP, UDP or name lookup)"),
                 ] {

@@ -61,6 +61,10 @@ impl WasmSandbox {
     }
 }
 
+/// Where the guest finds the standard library outside its snapshot (read-only; the same path
+/// it had at build time, `STDLIB_MOUNT` in guest/wasm_agent.py).
+const STDLIB_MOUNT: &str = "/python";
+
 /// The guest's environment: the defaults, the spec's variables, and `PWD`.
 fn guest_env(spec: &SandboxSpec) -> Vec<(String, String)> {
     let mut env = spec.guest_env();
@@ -107,6 +111,7 @@ async fn instantiate(
                 Error::Internal(format!("opening {} for the guest: {e:#}", host.display()))
             })
     };
+    preopen(&mut wasi, &prepared.stdlib, STDLIB_MOUNT, false)?;
     preopen(&mut wasi, tmp, "/tmp", true)?;
     if let Some(ws) = &spec.workspace {
         preopen(&mut wasi, ws, "/workspace", true)?;

@@ -47,3 +47,35 @@ async fn wasm_output_matches_native_python() {
         mismatches.join("\n")
     );
 }
+
+/// Modules outside the snapshot (here `email`, `xml.dom.minidom`, `tomllib`, a codec) are
+/// not in memory when a sandbox starts, and import on first use from the standard library
+/// mounted at `/python`, compiled; they work as under native python3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modules_outside_the_snapshot_import_from_the_standard_library_mount() {
+    let code = "import sys\n\
+        lazy = ['email', 'xml.dom.minidom', 'tomllib', 'encodings.cp1252']\n\
+        print([m in sys.modules for m in lazy])\n\
+        import email.mime.text, xml.dom.minidom, tomllib\n\
+        print(email.mime.text.MIMEText('hi')['Content-Type'])\n\
+        print(xml.dom.minidom.parseString('<a><b>x</b></a>').documentElement.tagName)\n\
+        print(tomllib.loads('a = 1'), 'é'.encode('cp1252'))\n\
+        print(email.__file__, email.__cached__ is not None)";
+    let mut sb = common::runtime().create(&test_spec()).await.unwrap();
+    let out = sb
+        .exec(ExecRequest::new(code), Arc::new(NoTools))
+        .await
+        .unwrap();
+    assert_eq!(
+        out.stdout.text(),
+        "[False, False, False, False]\n\
+         text/plain; charset=\"us-ascii\"\n\
+         a\n\
+         {'a': 1} b'\\xe9'\n\
+         /python/email/__init__.py True\n",
+        "{:?} {}",
+        out.status,
+        out.stderr.text()
+    );
+    sb.shutdown().await.unwrap();
+}

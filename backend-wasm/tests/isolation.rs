@@ -203,3 +203,59 @@ fn uuid_like() -> String {
             .as_nanos()
     )
 }
+
+/// The standard library outside the snapshot is one directory shared by every sandbox,
+/// mounted read-only at `/python`: a program can neither change a module there (which the
+/// next sandbox would import), nor add, remove or rename anything; the host's copy is left
+/// exactly as it was (WASI's `chmod` is a no-op: the mode is checked on the host).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standard_library_mount_cannot_be_changed() {
+    let guest = common::wasm_guest();
+    let stdlib = agentkernel_backend_wasm::artifact::stdlib_path(&guest);
+    let listing = |dir: &std::path::Path| {
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        names
+    };
+    let module = stdlib.join("email/__init__.py");
+    let mode = |p: &std::path::Path| {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::metadata(p).unwrap().permissions().mode()
+    };
+    let (before, email_before, mode_before) = (
+        listing(&stdlib),
+        std::fs::read(&module).unwrap(),
+        mode(&module),
+    );
+    let code = "import os\n\
+        attempts = {\n\
+        \x20   'overwrite': lambda: open('/python/email/__init__.py', 'w').write('raise SystemExit'),\n\
+        \x20   'append': lambda: open('/python/email/__init__.py', 'a').write('X = 1'),\n\
+        \x20   'create': lambda: open('/python/sitecustomize.py', 'w').write('X = 1'),\n\
+        \x20   'remove': lambda: os.remove('/python/email/__init__.py'),\n\
+        \x20   'rename': lambda: os.rename('/python/email', '/python/email2'),\n\
+        \x20   'mkdir': lambda: os.mkdir('/python/new'),\n\
+        }\n\
+        for name, f in attempts.items():\n\
+        \x20   try:\n\
+        \x20       f()\n\
+        \x20       print(name, 'DONE')\n\
+        \x20   except OSError as e:\n\
+        \x20       print(name, 'denied')\n\
+        try:\n\
+        \x20   os.chmod('/python/email/__init__.py', 0o777)\n\
+        except OSError:\n\
+        \x20   pass\n\
+        import email\n\
+        print(email.__file__)";
+    let out = run_once(&common::runtime(), &test_spec(), code).await;
+    let text = out.stdout.text();
+    assert!(!text.contains("DONE"), "{text}");
+    assert!(text.ends_with("/python/email/__init__.py\n"), "{text}");
+    assert_eq!(listing(&stdlib), before);
+    assert_eq!(std::fs::read(&module).unwrap(), email_before);
+    assert_eq!(mode(&module), mode_before);
+}
