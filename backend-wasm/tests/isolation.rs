@@ -153,6 +153,33 @@ async fn a_reused_memory_slot_keeps_nothing_of_the_previous_sandbox() {
     }
 }
 
+/// Finished sandboxes' `/tmp` directories are emptied and reused by new sandboxes: what a
+/// program leaves there (files, nested directories, symlinks) is gone for the next ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_tmp_directory_starts_empty() {
+    let rt = common::runtime();
+    let litter = "import os\n\
+                  os.makedirs('/tmp/a/b/c')\n\
+                  open('/tmp/a/b/c/deep.txt', 'w').write('x' * 1000)\n\
+                  open('/tmp/secret.txt', 'w').write('from the previous sandbox')\n\
+                  os.symlink('secret.txt', '/tmp/link')\n\
+                  print(sorted(os.listdir('/tmp')))";
+    for round in 0..8 {
+        let out = run_once(&rt, &test_spec(), litter).await;
+        assert_eq!(
+            out.stdout.text(),
+            "['a', 'link', 'secret.txt']\n",
+            "round {round}: {:?} {}",
+            out.status,
+            out.stderr.text()
+        );
+        // The directory is emptied off the caller's path: let it come back first.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let out = run_once(&rt, &test_spec(), "import os\nprint(os.listdir('/tmp'))").await;
+        assert_eq!(out.stdout.text(), "[]\n", "round {round}");
+    }
+}
+
 /// A guest crash (native stack exhausted by deep recursion in C code) ends that run only:
 /// the kernel process and other sandboxes carry on, and `reset` revives the sandbox.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
