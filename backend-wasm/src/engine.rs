@@ -46,8 +46,9 @@ pub fn engine() -> &'static Engine {
 /// tables are already mapped, and a slot given back keeps its touched pages resident (reset
 /// to the snapshot's contents by copying), so the next sandbox does not fault them in again.
 ///
-/// That reset copies the guest's whole memory (~22 MB, ~3 ms) back from the image, off the
-/// caller's path. wasmtime's `pagemap_scan` would copy only written pages, but its scan
+/// That reset copies the guest's whole memory back from the image, off the caller's path;
+/// its cost follows the snapshot's size (3 ms at 22 MB), which is why the guest's snapshot
+/// holds only the modules programs use most (guest/wasm_agent.py). wasmtime's `pagemap_scan` would copy only written pages, but its scan
 /// stops after 32 runs of them (wasmtime 48) and CPython's writes scatter over more, so the
 /// rest is released and faults in again in the next sandbox. Measured with criterion in one
 /// session, alternating: cold starts gained ~5% with it, and `pooled` lost 60% (0.85–0.93 →
