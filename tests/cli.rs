@@ -239,6 +239,26 @@ fn wasm_without_its_guest_says_how_to_build_it() {
     assert!(err.contains("scripts/build-wasm-guest"), "{err}");
 }
 
+/// A guest component whose standard library directory is missing (e.g. copied alone) is
+/// refused before it is compiled, with what is missing and how to rebuild.
+#[test]
+fn wasm_guest_without_its_standard_library_says_how_to_rebuild() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lone = dir.path().join("guest.wasm");
+    std::fs::copy(wasm_guest(), &lone).expect("copy the guest");
+    let out = Command::new(env!("CARGO_BIN_EXE_agentkernel"))
+        .args(["run", "--backend", "wasm", "-"])
+        .env("AGENTKERNEL_WASM_GUEST", &lone)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(69), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("no standard library beside it"), "{err}");
+    assert!(err.contains("guest.stdlib"), "{err}");
+    assert!(err.contains("scripts/build-wasm-guest"), "{err}");
+}
+
 #[test]
 fn monty_backends_run_programs_and_name_their_limits() {
     for backend in ["monty", "monty-inprocess"] {
