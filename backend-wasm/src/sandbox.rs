@@ -65,14 +65,17 @@ static SPARE_TMP: std::sync::Mutex<Vec<tempfile::TempDir>> = std::sync::Mutex::n
 /// At most this many spare `/tmp` directories are kept.
 const SPARE_TMP_MAX: usize = 32;
 
+/// Name prefix of each process's parent directory of sandbox `/tmp`s (followed by its pid).
+const TMP_PARENT_PREFIX: &str = "agentkernel-wasm-";
+
 /// A `/tmp` directory for a new sandbox: an emptied spare, or a new one.
 fn take_tmp() -> Result<tempfile::TempDir> {
     if let Some(tmp) = SPARE_TMP.lock().ok().and_then(|mut spare| spare.pop()) {
         return Ok(tmp);
     }
     tempfile::Builder::new()
-        .prefix("agentkernel-wasm-tmp-")
-        .tempdir()
+        .prefix("tmp-")
+        .tempdir_in(tmp_parent()?)
         .map_err(|e| Error::io("creating the sandbox's /tmp", e))
 }
 
@@ -84,6 +87,57 @@ fn give_back_tmp(tmp: tempfile::TempDir) {
         && spare.len() < SPARE_TMP_MAX
     {
         spare.push(tmp);
+    }
+}
+
+/// This process's directory of sandbox `/tmp`s, `agentkernel-wasm-<pid>-…` in the system's
+/// temporary directory. It outlives the process (spares, and directories of sandboxes still
+/// being dropped at exit); the first wasm sandbox of a later process removes it.
+fn tmp_parent() -> Result<&'static std::path::Path> {
+    static PARENT: std::sync::OnceLock<std::result::Result<std::path::PathBuf, String>> =
+        std::sync::OnceLock::new();
+    PARENT
+        .get_or_init(|| {
+            let system = std::env::temp_dir();
+            remove_dead_tmp_parents(&system);
+            tempfile::Builder::new()
+                .prefix(&format!("{TMP_PARENT_PREFIX}{}-", std::process::id()))
+                .tempdir_in(&system)
+                .map(tempfile::TempDir::keep)
+                .map_err(|e| e.to_string())
+        })
+        .as_deref()
+        .map_err(|e| {
+            Error::io(
+                "creating the directory of the wasm sandboxes' /tmp",
+                std::io::Error::other(e.clone()),
+            )
+        })
+}
+
+/// Removes the `/tmp` parents of processes that are gone from `dir`.
+pub(crate) fn remove_dead_tmp_parents(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(TMP_PARENT_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // No signal is sent: this only asks whether the process exists.
+        let gone = matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+            Err(nix::errno::Errno::ESRCH)
+        );
+        if gone && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 
@@ -340,5 +394,41 @@ fn trap_status(err: &wasmtime::Error, memory_refused: bool) -> ExecStatus {
         _ => ExecStatus::Crashed {
             reason: format!("{err:#}"),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tmp_parents_of_gone_processes_are_removed_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = child.id();
+        child.wait().unwrap();
+        let me = std::process::id();
+        for name in [
+            format!("{TMP_PARENT_PREFIX}{gone}-abc"),
+            format!("{TMP_PARENT_PREFIX}{me}-def"),
+            format!("{TMP_PARENT_PREFIX}notapid"),
+            "unrelated-1".to_string(),
+        ] {
+            std::fs::create_dir_all(dir.path().join(&name).join("tmp-x")).unwrap();
+        }
+        remove_dead_tmp_parents(dir.path());
+        let mut left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                format!("{TMP_PARENT_PREFIX}{me}-def"),
+                format!("{TMP_PARENT_PREFIX}notapid"),
+                "unrelated-1".to_string()
+            ]
+        );
     }
 }
