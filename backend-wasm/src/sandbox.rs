@@ -115,7 +115,8 @@ fn tmp_parent() -> Result<&'static std::path::Path> {
         })
 }
 
-/// Removes the `/tmp` parents of processes that are gone from `dir`.
+/// Removes the `/tmp` parents of processes that are gone from `dir`. (A kernel in another
+/// pid namespace sharing this temporary directory would look gone: give each its own.)
 pub(crate) fn remove_dead_tmp_parents(dir: &std::path::Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
