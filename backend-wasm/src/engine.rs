@@ -48,11 +48,14 @@ pub fn engine() -> &'static Engine {
 ///
 /// That reset copies the guest's whole memory back from the image, off the caller's path;
 /// its cost follows the snapshot's size (3 ms at 22 MB), which is why the guest's snapshot
-/// holds only the modules programs use most (guest/wasm_agent.py). wasmtime's `pagemap_scan` would copy only written pages, but its scan
-/// stops after 32 runs of them (wasmtime 48) and CPython's writes scatter over more, so the
-/// rest is released and faults in again in the next sandbox. Measured with criterion in one
-/// session, alternating: cold starts gained ~5% with it, and `pooled` lost 60% (0.85–0.93 →
-/// 1.37–1.55 ms), since a warm sandbox's first program then pays those faults.
+/// holds only the modules programs use most (guest/wasm_agent.py).
+///
+/// wasmtime's `pagemap_scan` would copy only written pages, but its scan stops after 32
+/// runs of them (wasmtime 48) and CPython's writes scatter over more, so the rest is
+/// released and faults in again in the next sandbox. Measured with criterion in one
+/// session, alternating (22 MB snapshot): cold starts gained ~5% with it, and `pooled` lost
+/// 60% (0.85–0.93 → 1.37–1.55 ms), since a warm sandbox's first program then pays those
+/// faults.
 fn pooling() -> PoolingAllocationConfig {
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(POOL_SLOTS)
