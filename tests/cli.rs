@@ -4,8 +4,14 @@ use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
 fn agentkernel(args: &[&str], stdin: &str) -> Output {
+    agentkernel_with_env(args, &[], stdin)
+}
+
+/// [`agentkernel`] with environment variables `env` set.
+fn agentkernel_with_env(args: &[&str], env: &[(&str, &std::path::Path)], stdin: &str) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_agentkernel"))
         .args(args)
+        .envs(env.iter().copied())
         .env_remove("AGENTKERNEL_LOG")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -228,12 +234,11 @@ fn doctor_reports_the_wasm_backend_with_its_guest() {
 #[test]
 fn wasm_without_its_guest_says_how_to_build_it() {
     let cache = tempfile::tempdir().expect("tempdir");
-    let out = Command::new(env!("CARGO_BIN_EXE_agentkernel"))
-        .args(["run", "--backend", "wasm", "-"])
-        .env("AGENTKERNEL_CACHE", cache.path())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run");
+    let out = agentkernel_with_env(
+        &["run", "--backend", "wasm", "-"],
+        &[("AGENTKERNEL_CACHE", cache.path())],
+        "",
+    );
     assert_eq!(out.status.code(), Some(69), "{}", text(&out.stderr));
     let err = text(&out.stderr);
     assert!(err.contains("scripts/build-wasm-guest"), "{err}");
@@ -246,12 +251,11 @@ fn wasm_guest_without_its_standard_library_says_how_to_rebuild() {
     let dir = tempfile::tempdir().expect("tempdir");
     let lone = dir.path().join("guest.wasm");
     std::fs::copy(wasm_guest(), &lone).expect("copy the guest");
-    let out = Command::new(env!("CARGO_BIN_EXE_agentkernel"))
-        .args(["run", "--backend", "wasm", "-"])
-        .env("AGENTKERNEL_WASM_GUEST", &lone)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run");
+    let out = agentkernel_with_env(
+        &["run", "--backend", "wasm", "-"],
+        &[("AGENTKERNEL_WASM_GUEST", &lone)],
+        "",
+    );
     assert_eq!(out.status.code(), Some(69), "{}", text(&out.stderr));
     let err = text(&out.stderr);
     assert!(err.contains("no standard library beside it"), "{err}");
