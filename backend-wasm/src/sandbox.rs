@@ -143,7 +143,8 @@ pub(crate) fn remove_dead_tmp_parents(dir: &std::path::Path) {
 }
 
 /// Where the guest finds the standard library outside its snapshot (read-only; the same path
-/// it had at build time, `STDLIB_MOUNT` in guest/wasm_agent.py).
+/// it had at build time, `STDLIB_MOUNT` in guest/wasm_agent.py). A spec cannot mount over
+/// it: kernel-core reserves the path.
 const STDLIB_MOUNT: &str = "/python";
 
 /// The guest's environment: the defaults, the spec's variables, and `PWD`.

@@ -150,6 +150,8 @@ const RESERVED_GUEST_PATHS: &[&str] = &[
     "/dev",
     "/tmp",
     "/workspace",
+    // The wasm backend's standard library outside its snapshot (read-only, shared).
+    "/python",
 ];
 
 impl SandboxSpec {
@@ -271,5 +273,15 @@ mod tests {
             ..SandboxSpec::default()
         };
         assert!(spec.validate().is_err());
+        let spec = SandboxSpec {
+            mounts: vec![Mount {
+                host: std::env::temp_dir(),
+                guest: "/python".into(),
+                writable: true,
+            }],
+            ..SandboxSpec::default()
+        };
+        let err = spec.validate().unwrap_err().to_string();
+        assert!(err.contains("/python is reserved"), "{err}");
     }
 }
