@@ -349,20 +349,31 @@ fn tools(c: &mut Criterion) {
         let mut sandbox = tokio.block_on(kernel.sandbox()).expect("sandbox");
         group.bench_function(BenchmarkId::new(name, id), |b| {
             b.iter_custom(|iters| {
-                let program = format!("{import}\nfor i in range({iters}):\n    add(a=i, b=1)\n");
-                tokio.block_on(async {
-                    let started = Instant::now();
-                    let out = sandbox
-                        .exec(
-                            ExecRequest::new(program).with_timeout(Duration::from_secs(600)),
-                            kernel.tools(),
-                        )
-                        .await
-                        .expect("exec");
-                    let took = started.elapsed();
-                    assert_eq!(out.status, ExecStatus::Ok, "{}", out.stderr.text());
-                    took
-                })
+                // Criterion picks more iterations on a faster machine; one exec may make only
+                // so many host calls (monty caps a run's suspensions), so large counts are
+                // split over several execs and their times added: no bench depends on the
+                // machine's speed to finish.
+                let mut total = Duration::ZERO;
+                let mut left = iters;
+                while left > 0 {
+                    let n = left.min(CALLS_PER_EXEC);
+                    left -= n;
+                    let program = format!("{import}\nfor i in range({n}):\n    add(a=i, b=1)\n");
+                    total += tokio.block_on(async {
+                        let started = Instant::now();
+                        let out = sandbox
+                            .exec(
+                                ExecRequest::new(program).with_timeout(Duration::from_secs(600)),
+                                kernel.tools(),
+                            )
+                            .await
+                            .expect("exec");
+                        let took = started.elapsed();
+                        assert_eq!(out.status, ExecStatus::Ok, "{}", out.stderr.text());
+                        took
+                    });
+                }
+                total
             });
         });
         let _ = tokio.block_on(sandbox.shutdown());
@@ -370,6 +381,10 @@ fn tools(c: &mut Criterion) {
     group.finish();
     tokio.block_on(registry.shutdown());
 }
+
+/// The most tool calls one benchmark exec makes (well under monty's cap on a run's host
+/// calls, `MAX_SUSPENSIONS` in backend-monty/src/engine.rs).
+const CALLS_PER_EXEC: u64 = 100_000;
 
 criterion_group!(benches, startup, tools);
 criterion_main!(benches);

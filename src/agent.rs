@@ -92,7 +92,8 @@ impl Agent {
 }
 
 /// An agent on the default kernel, configured the way the seed's `create_agent()` is:
-/// `./agentkernel.toml` (or `$AGENTKERNEL_CONFIG`) when present, else default limits; and
+/// the file named by `$AGENTKERNEL_CONFIG` when set (never `./agentkernel.toml` implicitly:
+/// see [`crate::config`]), else default limits; and
 /// when no config names a tools directory, `./tools` (if it exists) provides local tool
 /// modules, so `from tools.data_analysis import load_dataset` works as in the seed.
 /// MCP servers start on the first task.

@@ -39,10 +39,14 @@
 //! headers = { Authorization = "Bearer ${SEARCH_TOKEN}" }
 //! ```
 //!
-//! Where it is looked for: `--config FILE`, else `$AGENTKERNEL_CONFIG`, else
-//! `./agentkernel.toml` when it exists. Secrets should stay in the host's environment and be
-//! referenced as `${VAR}`; nothing from this file reaches the sandbox except the generated tool
-//! stubs.
+//! Where it is looked for: `--config FILE`, else `$AGENTKERNEL_CONFIG`. Never implicitly in
+//! the current directory: this file starts host commands (`[mcp_servers]`), picks the backend
+//! and the workspace, and a sandbox whose workspace is (or was) the directory the next run
+//! starts in could have written `./agentkernel.toml` itself. A file is loaded only when it
+//! belongs to the invoking user (or root) and no one else can write it or its directory, and
+//! a kernel built from it refuses any workspace that holds it (or an MCP server's command or
+//! directory). Secrets should stay in the host's environment and be referenced as `${VAR}`;
+//! nothing from this file reaches the sandbox except the generated tool stubs.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -74,6 +78,10 @@ pub struct Config {
     /// `[microvm]`.
     #[serde(default)]
     pub microvm: MicroVmSettings,
+    /// The file this was read from (resolved), if any: kernels built from it refuse to let
+    /// sandboxes write where it is.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// `[microvm]`: how the microvm backend starts VMs (unset: its defaults).
@@ -129,12 +137,7 @@ impl Config {
     /// Reads and checks `path`. Relative paths in it are resolved against its directory and
     /// `${VAR}` in MCP `env`/`headers` values is replaced from the environment.
     pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::invalid(
-                format!("cannot read config file {}: {e}", path.display()),
-                "pass an existing file to --config",
-            )
-        })?;
+        let text = read_trusted(path)?;
         let mut config: Config = toml::from_str(&text).map_err(|e| {
             Error::invalid(
                 format!("config file {}: {e}", path.display()),
@@ -177,20 +180,57 @@ impl Config {
             server.validate(name)?;
         }
         config.policy()?;
+        config.source = std::fs::canonicalize(path).ok();
         Ok(config)
     }
 
-    /// `explicit`, else `$AGENTKERNEL_CONFIG`, else `./agentkernel.toml` if present; `None`
-    /// when there is no config at all.
+    /// `explicit`, else `$AGENTKERNEL_CONFIG`; `None` when neither names a file. A
+    /// `./agentkernel.toml` is never read implicitly (see the module docs); when one is there
+    /// and unused, a warning says how to use it.
     pub fn discover(explicit: Option<&Path>) -> Result<Option<Config>> {
         let path = match explicit {
             Some(p) => Some(p.to_path_buf()),
-            None => match std::env::var_os("AGENTKERNEL_CONFIG") {
-                Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
-                _ => Some(PathBuf::from(CONFIG_FILE)).filter(|p| p.is_file()),
-            },
+            None => std::env::var_os("AGENTKERNEL_CONFIG")
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from),
         };
+        if path.is_none()
+            && let Some(ignored) = Self::ignored_local_file()
+        {
+            tracing::warn!(
+                "{} is not read implicitly (a sandbox whose workspace was this directory could \
+                 have written it): pass --config {} or set AGENTKERNEL_CONFIG to use it",
+                ignored.display(),
+                ignored.display()
+            );
+        }
         path.map(|p| Config::load(&p)).transpose()
+    }
+
+    /// `./agentkernel.toml` when it exists and neither `$AGENTKERNEL_CONFIG` nor an explicit
+    /// file is in play would have been read by earlier versions; callers say it is ignored.
+    pub fn ignored_local_file() -> Option<PathBuf> {
+        let local = PathBuf::from(CONFIG_FILE);
+        (std::env::var_os("AGENTKERNEL_CONFIG").is_none_or(|p| p.is_empty()) && local.exists())
+            .then_some(local)
+    }
+
+    /// Host paths a sandbox must never be able to write, because the host trusts them:
+    /// this file, and each stdio MCP server's working directory, command (when a path) and
+    /// arguments that name existing files (its script).
+    pub fn trusted_paths(&self) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = self.source.iter().cloned().collect();
+        for server in self.mcp_servers.values() {
+            let base = server.cwd.clone().unwrap_or_else(|| PathBuf::from("."));
+            out.extend(server.cwd.iter().cloned());
+            for word in server.command.iter().chain(server.args.iter()) {
+                let p = base.join(word);
+                if (word.contains('/') || p.exists()) && p.exists() {
+                    out.push(p);
+                }
+            }
+        }
+        out
     }
 
     /// The tool policy: defaults with this file's settings applied.
@@ -242,10 +282,31 @@ impl Config {
         Ok(Some(b.build().await?))
     }
 
+    /// Refuses `workspace` (a host directory about to be mounted writable) when it holds a
+    /// path this file makes the host trust ([`Config::trusted_paths`]), the home directory or
+    /// AgentKernel's own directories. Checked before any MCP server starts; the kernel builder
+    /// checks again when it resolves the workspace.
+    pub fn check_workspace(&self, workspace: &Path) -> Result<()> {
+        let Ok(real) = std::fs::canonicalize(workspace) else {
+            return Ok(()); // not there yet: it holds nothing
+        };
+        agentkernel_core::hostdirs::check_workspace_dir(
+            &real,
+            &agentkernel_core::Workspaces::data_dir(),
+            &self.trusted_paths(),
+        )
+    }
+
     /// A kernel builder with this file's `[sandbox]` settings and tools.
     pub async fn kernel_builder(&self) -> Result<KernelBuilder> {
         let s = &self.sandbox;
+        if let Some(ws) = &s.workspace {
+            self.check_workspace(ws)?;
+        }
         let mut b = KernelBuilder::default();
+        for p in self.trusted_paths() {
+            b = b.protect_path(p);
+        }
         if let Some(v) = &s.backend {
             b = b.backend(v);
         }
@@ -285,6 +346,73 @@ impl Config {
         }
         Ok(b)
     }
+}
+
+/// Reads a configuration file after checking it can be trusted: it belongs to the invoking
+/// user or root, and neither it nor its directory is writable by anyone else (so no other
+/// user, nor a sandbox running as another uid, can have written it).
+fn read_trusted(path: &Path) -> Result<String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::MetadataExt;
+    let mut file = agentkernel_core::hostdirs::private_file()
+        .read(true)
+        .open(path)
+        .map_err(|e| {
+            Error::invalid(
+                format!("cannot read config file {}: {e}", path.display()),
+                "pass an existing regular file (not a symlink) to --config",
+            )
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io(format!("checking {}", path.display()), e))?;
+    let me = agentkernel_core::hostdirs::euid();
+    let untrusted = |why: String| {
+        Error::invalid(
+            format!(
+                "refusing config file {}: {why}; it starts host commands, so only a file that you alone could have written is read",
+                path.display()
+            ),
+            format!(
+                "check its contents, then `chown {me} {0}` and `chmod go-w {0}` (and its directory)",
+                path.display()
+            ),
+        )
+    };
+    if !meta.is_file() {
+        return Err(untrusted("it is not a regular file".into()));
+    }
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(untrusted(format!(
+            "it belongs to uid {}, not to you (uid {me}) or root",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(untrusted(format!(
+            "others can write it (mode {:o})",
+            meta.mode() & 0o7777
+        )));
+    }
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if let Ok(d) = std::fs::metadata(dir) {
+        let sticky = d.mode() & 0o1000 != 0;
+        if (d.uid() != me && d.uid() != 0) || (d.mode() & 0o022 != 0 && !sticky) {
+            return Err(untrusted(format!(
+                "its directory {} can be written by others (owner uid {}, mode {:o}), who could replace it",
+                dir.display(),
+                d.uid(),
+                d.mode() & 0o7777
+            )));
+        }
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .map_err(|e| Error::io(format!("reading config file {}", path.display()), e))?;
+    Ok(text)
 }
 
 /// Replaces `${VAR}` with the variable's value; `Err(VAR)` names an unset one.

@@ -145,6 +145,7 @@ pub struct KernelBuilder {
     microvm: MicroVmSettings,
     named_workspace: Option<String>,
     data_dir: Option<PathBuf>,
+    protected: Vec<PathBuf>,
     workspace_quota: Option<u64>,
     pool: Option<PoolConfig>,
     session_idle: Duration,
@@ -161,6 +162,7 @@ impl Default for KernelBuilder {
             microvm: MicroVmSettings::default(),
             named_workspace: None,
             data_dir: None,
+            protected: Vec::new(),
             workspace_quota: None,
             pool: None,
             session_idle: crate::session::DEFAULT_IDLE_TIMEOUT,
@@ -212,6 +214,14 @@ impl KernelBuilder {
     /// [`Workspaces::data_dir`]).
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// A host file or directory the host trusts (e.g. the configuration file in use): a
+    /// workspace or writable mount that is, or holds, it is refused at [`KernelBuilder::build`],
+    /// as are `/`, the home directory and AgentKernel's data and cache dirs.
+    pub fn protect_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.protected.push(path.into());
         self
     }
 
@@ -277,12 +287,8 @@ impl KernelBuilder {
     /// Checks the configuration and starts the backend (and the pool's warm-up, which needs
     /// a Tokio runtime).
     pub fn build(mut self) -> Result<Kernel> {
-        let mut workspaces = Workspaces::at(
-            self.data_dir
-                .clone()
-                .unwrap_or_else(Workspaces::data_dir)
-                .join("workspaces"),
-        );
+        let data_dir = self.data_dir.clone().unwrap_or_else(Workspaces::data_dir);
+        let mut workspaces = Workspaces::at(data_dir.join("workspaces"));
         if let Some(q) = self.workspace_quota {
             workspaces = workspaces.with_quota(q);
             // One file can never exceed the quota.
@@ -302,7 +308,13 @@ impl KernelBuilder {
             // symlink in the path (a sandbox could plant one).
             let real = std::fs::canonicalize(&ws)
                 .map_err(|e| Error::io(format!("resolving workspace {}", ws.display()), e))?;
+            agentkernel_core::hostdirs::check_workspace_dir(&real, &data_dir, &self.protected)?;
             self.spec.workspace = Some(real);
+        }
+        for m in self.spec.mounts.iter().filter(|m| m.writable) {
+            let real = std::fs::canonicalize(&m.host)
+                .map_err(|e| Error::io(format!("resolving mount {}", m.host.display()), e))?;
+            agentkernel_core::hostdirs::check_workspace_dir(&real, &data_dir, &self.protected)?;
         }
         if let Some(reg) = &self.tools {
             if let Some(m) = self

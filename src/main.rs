@@ -192,7 +192,8 @@ enum WorkspaceCommand {
 /// Where tools come from: `agentkernel.toml` plus command-line additions.
 #[derive(clap::Args)]
 struct ToolArgs {
-    /// Configuration file (default: $AGENTKERNEL_CONFIG, else ./agentkernel.toml if present).
+    /// Configuration file (default: $AGENTKERNEL_CONFIG; ./agentkernel.toml is never read
+    /// implicitly, since a sandbox could have written it).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Add an MCP server: NAME=COMMAND (a stdio server, split like a shell would) or NAME=URL
@@ -401,6 +402,13 @@ async fn run(args: RunArgs) -> ExitCode {
         }
         return run_in_session(&args, name, code, timeout).await;
     }
+    // Before any MCP server of the config starts: a workspace must not hold what the host
+    // trusts (the config itself, a server's script, the home or data dir).
+    if let Some(ws) = args.workspace.as_ref().filter(|w| w.contains('/'))
+        && let Err(e) = config.check_workspace(std::path::Path::new(ws))
+    {
+        return fail(&e);
+    }
     let mut builder = match config.kernel_builder().await {
         Ok(b) => b,
         Err(e) => return fail(&e),
@@ -571,14 +579,16 @@ fn spawn_background(
     args: &[std::ffi::OsString],
 ) -> Result<(), Error> {
     let dir = data_dir();
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    agentkernel::core::hostdirs::private_dir(&dir)?;
     let log_name = format!("{subcommand}.log");
-    let log = std::fs::OpenOptions::new()
+    let log = agentkernel::core::hostdirs::private_file()
         .create(true)
         .append(true)
         .open(dir.join(&log_name))
         .map_err(|e| Error::io(format!("opening {log_name}"), e))?;
+    // A log made 0644 by an older version becomes its owner's alone.
+    agentkernel::core::hostdirs::restrict_to_owner(&log)
+        .map_err(|e| Error::io(format!("restricting {log_name}"), e))?;
     let exe =
         std::env::current_exe().map_err(|e| Error::io("finding the agentkernel binary", e))?;
     let idle = std::env::var(idle_env)
@@ -744,9 +754,8 @@ async fn task_client() -> Result<agentkernel::tasks::Tasks, Error> {
 /// Starts `agentkernel worker` in the background unless one holds the worker lock.
 fn ensure_worker() -> Result<bool, Error> {
     let dir = data_dir();
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-    let lock = std::fs::OpenOptions::new()
+    agentkernel::core::hostdirs::private_dir(&dir)?;
+    let lock = agentkernel::core::hostdirs::private_file()
         .create(true)
         .truncate(false)
         .write(true)
@@ -920,11 +929,11 @@ fn describe_task(r: &agentkernel::tasks::TaskRecord) -> String {
 
 async fn worker(args: WorkerArgs) -> ExitCode {
     let dir = data_dir();
-    if let Err(e) = std::fs::create_dir_all(&dir) {
-        return fail(&Error::io(format!("creating {}", dir.display()), e));
+    if let Err(e) = agentkernel::core::hostdirs::private_dir(&dir) {
+        return fail(&e);
     }
     // A shared lock for as long as this worker lives: `task submit` sees a worker is running.
-    let lock = std::fs::OpenOptions::new()
+    let lock = agentkernel::core::hostdirs::private_file()
         .create(true)
         .truncate(false)
         .write(true)

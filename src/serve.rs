@@ -90,14 +90,15 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 /// Serves `kernel`'s sessions on `socket` until `idle_exit` passes with no open session and
 /// no connection.
 pub async fn serve(kernel: Kernel, socket: &Path, idle_exit: Option<Duration>) -> Result<()> {
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-    }
+    let dir = socket
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    agentkernel_core::hostdirs::private_dir(dir)?;
     // One server per socket: held for the server's life, so two servers started at once
     // (two `run --session` racing) cannot both take over the path.
     let lock_path = socket.with_extension("sock.lock");
-    let lock = std::fs::OpenOptions::new()
+    let lock = agentkernel_core::hostdirs::private_file()
         .create(true)
         .truncate(false)
         .write(true)
@@ -109,19 +110,32 @@ pub async fn serve(kernel: Kernel, socket: &Path, idle_exit: Option<Duration>) -
             "use it (agentkernel run --session NAME), or stop it first",
         ));
     }
-    // Bound under a private name, restricted to its owner, then moved into place: no
-    // moment when another user could connect.
-    let staging = socket.with_extension(format!("sock.{}", std::process::id()));
-    let _ = std::fs::remove_file(&staging);
-    let listener = UnixListener::bind(&staging)
-        .map_err(|e| Error::io(format!("listening on {}", staging.display()), e))?;
+    // Bound inside a directory only its owner can enter, restricted to its owner, then
+    // moved into place: there is no moment when another user could connect (the socket's
+    // first mode comes from the umask, but no one else can reach it through the 0700
+    // directory).
+    let staging_dir = dir.join(format!(".sock-staging.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging_dir);
     {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| Error::io("restricting the socket to its owner", e))?;
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&staging_dir)
+            .map_err(|e| Error::io(format!("creating {}", staging_dir.display()), e))?;
     }
-    std::fs::rename(&staging, socket)
-        .map_err(|e| Error::io(format!("moving the socket to {}", socket.display()), e))?;
+    let staging = staging_dir.join("agentkernel.sock");
+    let bound = UnixListener::bind(&staging)
+        .map_err(|e| Error::io(format!("listening on {}", staging.display()), e))
+        .and_then(|l| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| Error::io("restricting the socket to its owner", e))?;
+            std::fs::rename(&staging, socket)
+                .map_err(|e| Error::io(format!("moving the socket to {}", socket.display()), e))?;
+            Ok(l)
+        });
+    let _ = std::fs::remove_dir_all(&staging_dir);
+    let listener = bound?;
     tracing::info!(socket = %socket.display(), "session server listening");
     let active = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut idle_since = tokio::time::Instant::now();

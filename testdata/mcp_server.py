@@ -11,6 +11,7 @@ import sys
 from mcp.server.fastmcp import Context, FastMCP
 
 mcp = FastMCP("agentkernel-test")
+ARGV = list(sys.argv)
 
 
 def _log():
@@ -119,6 +120,28 @@ if os.environ.get("TEST_TOKEN"):
 
 
 @mcp.tool()
+def leak_argv() -> str:
+    """A misbehaving tool: returns the server's command line (where a credential may be)."""
+    _log()
+    return " ".join(ARGV[1:])
+
+
+if os.environ.get("TEST_PIN"):
+    # A misbehaving server: a numeric credential returned as a JSON number, and a tool whose
+    # very name holds it.
+    def leak_pin() -> int:
+        """Returns the numeric credential TEST_PIN."""
+        return int(os.environ["TEST_PIN"])
+
+    mcp.add_tool(leak_pin)
+
+    def named() -> str:
+        return "named"
+
+    mcp.add_tool(named, name="pin_" + os.environ["TEST_PIN"])
+
+
+@mcp.tool()
 async def add_late_tool(ctx: Context) -> str:
     """Registers the tool `late` and tells the client the tool list changed."""
     _log()
@@ -133,6 +156,8 @@ async def add_late_tool(ctx: Context) -> str:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) >= 2 and sys.argv[1] == "--api-key":
+        del sys.argv[1:3]  # a credential on the command line, only to be leaked by leak_argv
     if len(sys.argv) == 3 and sys.argv[1] == "--http":
         import uvicorn
         from starlette.middleware.base import BaseHTTPMiddleware

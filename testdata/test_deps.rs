@@ -61,9 +61,34 @@ pub fn run_with_stdin(mut cmd: std::process::Command, stdin: &str) -> std::proce
     child.wait_with_output().expect("wait")
 }
 
+/// Reports that `test` did not run on `backend`, and why: a `SKIPPED <backend> <test>:
+/// <reason>` line written straight to stderr (not through `eprintln!`, which the test
+/// harness swallows for passing tests), and appended to the file `$AGENTKERNEL_SKIP_LOG`
+/// names, where `.ci/run` looks for skips of backends that `doctor` says work here.
+#[allow(dead_code)]
+pub fn skip(backend: &str, test: &str, reason: &str) {
+    use std::io::Write as _;
+    let line = format!("SKIPPED {backend} {test}: {reason}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    if let Some(path) = std::env::var_os("AGENTKERNEL_SKIP_LOG").filter(|p| !p.is_empty())
+        && let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path)
+    {
+        let _ = f.write_all(line.as_bytes());
+    }
+}
+
 /// The microvm guest image, built (or found cached) by `scripts/build-microvm-image`, or
-/// `None` after printing why the test is skipped, on a machine without QEMU, cpio or apt
-/// (`scripts/setup` installs them).
+/// `None` after reporting `test` as skipped (see [`skip`]) on a machine without QEMU, cpio
+/// or apt (`scripts/setup` installs them).
+#[allow(dead_code)]
+fn microvm_image_for(test: &str) -> Option<std::path::PathBuf> {
+    let image = microvm_image();
+    if image.is_none() {
+        skip("microvm", test, "QEMU, cpio or apt-get is missing (scripts/setup installs them)");
+    }
+    image
+}
+
 #[allow(dead_code)]
 fn microvm_image() -> Option<std::path::PathBuf> {
     static IMAGE: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
@@ -75,7 +100,6 @@ fn microvm_image() -> Option<std::path::PathBuf> {
                     .output()
                     .is_ok_and(|o| o.status.success());
                 if !found {
-                    println!("skipped: {cmd} is missing (scripts/setup installs it)");
                     return None;
                 }
             }

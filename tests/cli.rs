@@ -351,7 +351,9 @@ fn wasm_backend_runs_programs_and_names_its_limits() {
 
 #[test]
 fn microvm_runs_programs_with_subprocesses_and_keeps_workspace_files() {
-    if microvm_image().is_none() {
+    if microvm_image_for("microvm_runs_programs_with_subprocesses_and_keeps_workspace_files")
+        .is_none()
+    {
         return;
     }
     let out = agentkernel(&["run", "--backend", "microvm", "-"], "print(6*7)\n");
@@ -383,7 +385,7 @@ fn microvm_runs_programs_with_subprocesses_and_keeps_workspace_files() {
 
 #[test]
 fn doctor_says_which_engine_runs_microvms_and_why() {
-    if microvm_image().is_none() {
+    if microvm_image_for("doctor_says_which_engine_runs_microvms_and_why").is_none() {
         return;
     }
     let out = agentkernel(&["doctor", "--json"], "");

@@ -1,6 +1,6 @@
 //! The seed's quick example, as its README shows it: `create_agent()` with no arguments, a
 //! local `tools/data_analysis.py` (pandas), and a CSV file. Its own test binary, because
-//! `create_agent()` reads the current directory (`./agentkernel.toml`, `./tools`).
+//! `create_agent()` reads the current directory (`./tools`) and `$AGENTKERNEL_CONFIG`.
 
 include!("../testdata/test_deps.rs");
 
@@ -21,7 +21,8 @@ async fn create_agent_runs_the_seed_example_from_the_current_directory() {
     )
     .expect("csv");
     // The config names the interpreter (a venv with pandas) and the workspace; `./tools` is
-    // found by convention.
+    // found by convention. The config is named by $AGENTKERNEL_CONFIG: a file in the current
+    // directory is never read implicitly.
     std::fs::write(
         root.join("agentkernel.toml"),
         format!(
@@ -31,6 +32,8 @@ async fn create_agent_runs_the_seed_example_from_the_current_directory() {
     )
     .expect("config");
     std::env::set_current_dir(root).expect("chdir");
+    // SAFETY: this test binary has one test and sets the variable before any thread reads it.
+    unsafe { std::env::set_var("AGENTKERNEL_CONFIG", "agentkernel.toml") };
 
     let agent = agentkernel::create_agent().expect("agent");
     let result = agent

@@ -224,7 +224,7 @@ async fn imports_and_calls_tools(backend: &str) {
 /// and its calls cross the VM's control port to a Rust tool and a real MCP server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn microvm_programs_import_and_call_tools() {
-    if microvm_image().is_none() {
+    if microvm_image_for("microvm_programs_import_and_call_tools").is_none() {
         return;
     }
     imports_and_calls_tools("microvm").await;
@@ -471,6 +471,65 @@ print("found:", found)
     if let Some(r) = kernel.tool_registry() {
         r.shutdown().await;
     }
+}
+
+/// Credentials the tool layer must recognise beyond `env` and headers: an option's value on
+/// the server's command line, a numeric one returned as a JSON number, and one in a tool's
+/// name (which becomes a module name the sandbox reads).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_in_args_numbers_and_tool_names_never_reach_the_program() {
+    const ARG_KEY: &str = "ak-arg-credential-77d1e0";
+    const PIN: &str = "90817263";
+    let server = McpServerConfig::stdio(
+        test_python().to_string_lossy(),
+        [
+            testdata("mcp_server.py").to_string_lossy().into_owned(),
+            "--api-key".into(),
+            ARG_KEY.into(),
+        ],
+    )
+    .with_env("TEST_PIN_SECRET", PIN)
+    .with_env("TEST_PIN", PIN);
+    let registry = ToolRegistry::builder()
+        .mcp_server("test", server)
+        .build()
+        .await
+        .expect("registry");
+    let kernel = Kernel::builder()
+        .timeout_secs(60.0)
+        .tools(registry.clone())
+        .build()
+        .expect("kernel");
+    let program = r#"
+import os
+names = sorted(os.listdir("/tools/test")) if os.path.isdir("/tools/test") else []
+print("names:", [n for n in names if n.startswith("pin")])
+from tools.test import leak_argv, leak_pin
+print("argv:", leak_argv())
+print("pin:", repr(leak_pin()))
+"#;
+    let out = kernel.execute(program).await.expect("exec");
+    let text = out.stdout.text();
+    assert_eq!(out.status, ExecStatus::Ok, "{text}{}", out.stderr.text());
+    assert!(text.contains("argv: "), "{text}");
+    assert!(
+        text.contains("names: []"),
+        "a tool named after the PIN was dropped: {text}"
+    );
+    assert!(
+        !text.contains(ARG_KEY) && !text.contains(PIN),
+        "a credential reached the program: {text}"
+    );
+    assert!(text.contains("[redacted]"), "{text}");
+    let listing = std::process::Command::new("find")
+        .arg(registry.mounts()[0].host.clone())
+        .output()
+        .expect("find");
+    assert!(
+        !String::from_utf8_lossy(&listing.stdout).contains(PIN),
+        "no generated stub is named after the PIN"
+    );
+    registry.shutdown().await;
 }
 
 fn seed_example_dir() -> (tempfile::TempDir, PathBuf, PathBuf) {

@@ -11,7 +11,8 @@
 //!   [`ExecOutcome`] (one run of a program), [`Capabilities`] (what a backend can do, so
 //!   callers never guess), and the one [`Error`] enum, whose messages say what to do next.
 //! - [`Pool`]: pre-warmed sandboxes of any backend, itself a [`Runtime`]; [`Workspaces`]:
-//!   named persistent directories mounted at `/workspace`.
+//!   named persistent directories mounted at `/workspace`; [`hostdirs`]: the data and cache
+//!   directories, checked to be the user's own.
 //! - [`guest`]: the Python guest agent and the framed JSON protocol spoken over a socket by
 //!   every backend that runs a real CPython in its own process or VM.
 //! - `conformance` (feature `conformance`): async checks that take any [`Runtime`] and verify
@@ -35,6 +36,7 @@
 mod error;
 mod exec;
 pub mod guest;
+pub mod hostdirs;
 mod output;
 mod pool;
 mod runtime;
@@ -50,6 +52,7 @@ pub use exec::{
     ExecOutcome, ExecRequest, ExecStatus, LimitKind, OutputSink, StreamKind, Timings,
     ToolCallRecord,
 };
+pub use hostdirs::cache_dir;
 pub use output::CapturedOutput;
 pub use pool::{Pool, PoolConfig, PoolStats};
 pub use runtime::{
@@ -59,6 +62,5 @@ pub use runtime::{
 pub use spec::{Limits, Mount, NetworkPolicy, SandboxSpec, default_env};
 pub use tools::{FnTools, NoTools, ToolError, ToolErrorKind, ToolFn, ToolHost, ToolSpec, tool_fn};
 pub use workspace::{
-    Workspace, WorkspaceInfo, Workspaces, cache_dir, empty_dir,
-    validate_name as validate_workspace_name,
+    Workspace, WorkspaceInfo, Workspaces, empty_dir, validate_name as validate_workspace_name,
 };

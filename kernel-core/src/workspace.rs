@@ -17,20 +17,6 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::exec::LimitKind;
 
-/// AgentKernel's cache directory (built guests, VM images and states): `$AGENTKERNEL_CACHE`,
-/// else `$XDG_CACHE_HOME/agentkernel`, else `~/.cache/agentkernel` (the scripts use the same
-/// rule).
-pub fn cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("AGENTKERNEL_CACHE").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir);
-    }
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir).join("agentkernel");
-    }
-    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
-    PathBuf::from(home).join(".cache").join("agentkernel")
-}
-
 /// Empties `dir` without removing it, for a sandbox reset (its private `/tmp`, a private
 /// workspace). Symlinks are removed, never followed. Any failure is an error: a reset that
 /// leaves files behind is not a reset.
@@ -101,15 +87,7 @@ impl Workspaces {
     /// `$XDG_DATA_HOME/agentkernel`, else `~/.local/share/agentkernel`. Workspaces live in
     /// its `workspaces/`, the task store in `tasks.db`.
     pub fn data_dir() -> PathBuf {
-        if let Some(d) = std::env::var_os("AGENTKERNEL_DATA_DIR").filter(|d| !d.is_empty()) {
-            return PathBuf::from(d);
-        }
-        std::env::var_os("XDG_DATA_HOME")
-            .filter(|d| !d.is_empty())
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-            .unwrap_or_else(|| PathBuf::from("/tmp"))
-            .join("agentkernel")
+        crate::hostdirs::data_dir()
     }
 
     /// The default root: `workspaces/` in [`Workspaces::data_dir`].
@@ -144,12 +122,12 @@ impl Workspaces {
     /// The root, created if missing, with the caller's symlinks resolved (backends refuse
     /// workspace paths through symlinks).
     fn real_root(&self) -> Result<PathBuf> {
-        std::fs::create_dir_all(&self.root).map_err(|e| {
-            Error::io(
-                format!("creating workspace root {}", self.root.display()),
-                e,
-            )
-        })?;
+        // The data dir and the root are checked as AgentKernel's own (owned by this user,
+        // writable by no one else): whoever controls them controls what gets mounted.
+        if let Some(parent) = self.root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            crate::hostdirs::private_dir(parent)?;
+        }
+        crate::hostdirs::private_dir(&self.root)?;
         self.root.canonicalize().map_err(|e| {
             Error::io(
                 format!("resolving workspace root {}", self.root.display()),

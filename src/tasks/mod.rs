@@ -243,6 +243,7 @@ impl Tasks {
             return Ok(Arc::new(SqlStore::open(&url).await?));
         }
         let data = agentkernel_core::Workspaces::data_dir();
+        agentkernel_core::hostdirs::private_dir(&data)?;
         Ok(Arc::new(
             SqlStore::open_sqlite(&data.join("tasks.db")).await?,
         ))

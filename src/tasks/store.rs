@@ -134,6 +134,17 @@ impl SqlStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         }
+        // Created here, not by SQLite, so it is the owner's alone (it holds programs and
+        // their output) and a symlink in its place is refused rather than followed.
+        let db = agentkernel_core::hostdirs::private_file()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io(format!("opening the task database {}", path.display()), e))?;
+        agentkernel_core::hostdirs::restrict_to_owner(&db)
+            .map_err(|e| Error::io(format!("restricting {}", path.display()), e))?;
+        drop(db);
         sqlx::any::install_default_drivers();
         let url = format!("sqlite://{}?mode=rwc", path.display());
         let pool = AnyPoolOptions::new()

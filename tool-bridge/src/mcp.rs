@@ -131,9 +131,10 @@ impl McpServerConfig {
 
     /// Values that must never reach the sandbox: every header value, the values of `env`
     /// variables whose name says they are secret (`*TOKEN*`, `*KEY*`, `*SECRET*`,
-    /// `*PASSWORD*`, `*PASS*`, `*AUTH*`, `*CREDENTIAL*`, `*PRIVATE*`), and a user name,
-    /// password or query values inside `url`. Only values of 6+ characters (shorter ones
-    /// would redact ordinary words).
+    /// `*PASSWORD*`, `*PASS*`, `*AUTH*`, `*CREDENTIAL*`, `*PRIVATE*`), command-line
+    /// arguments given to an option so named (`--api-key VALUE`, `--token=VALUE`), and a
+    /// user name, password or query values inside `url`. Only values of 6+ characters
+    /// (shorter ones would redact ordinary words).
     fn secrets(&self) -> Vec<String> {
         const SECRET_WORDS: &[&str] = &[
             "TOKEN",
@@ -146,13 +147,28 @@ impl McpServerConfig {
             "PRIVATE",
         ];
         let mut values: Vec<&str> = self.headers.values().map(String::as_str).collect();
-        values.extend(self.env.iter().filter_map(|(k, v)| {
+        let secret_name = |k: &str| {
             let k = k.to_ascii_uppercase();
-            SECRET_WORDS
+            SECRET_WORDS.iter().any(|w| k.contains(w))
+        };
+        values.extend(
+            self.env
                 .iter()
-                .any(|w| k.contains(w))
-                .then_some(v.as_str())
-        }));
+                .filter_map(|(k, v)| secret_name(k).then_some(v.as_str())),
+        );
+        // `--token VALUE` and `--token=VALUE` (any option whose name says it is secret).
+        for (i, arg) in self.args.iter().enumerate() {
+            if !arg.starts_with('-') {
+                continue;
+            }
+            match arg.split_once('=') {
+                Some((name, value)) if secret_name(name) => values.push(value),
+                None if secret_name(arg) => {
+                    values.extend(self.args.get(i + 1).map(String::as_str));
+                }
+                _ => {}
+            }
+        }
         let mut url_parts: Vec<String> = Vec::new();
         if let Some(url) = &self.url {
             let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
@@ -510,6 +526,12 @@ impl McpServer {
         })?;
         let mut tools: Vec<Arc<McpTool>> = Vec::new();
         for t in listed {
+            // A name becomes a module name the sandbox reads, and cannot be rewritten (calls
+            // need it): a tool whose name holds a credential is dropped.
+            if self.redact(&t.name) != t.name {
+                tracing::warn!(server = %self.name, "skipping a tool whose name contains a credential");
+                continue;
+            }
             let py = stubs::python_name(&t.name);
             if !stubs::is_tool_name(&py) {
                 tracing::warn!(server = %self.name, "skipping a tool whose name cannot be a Python module ({} bytes)", t.name.len());
@@ -690,6 +712,10 @@ impl McpServer {
                     .map(|(k, v)| (self.redact(&k), self.redact_value(v)))
                     .collect(),
             ),
+            // A numeric credential (an account number, a PIN) returned as a JSON number.
+            Value::Number(n) if self.redact(&n.to_string()) != n.to_string() => {
+                Value::String(self.redact(&n.to_string()))
+            }
             other => other,
         }
     }
@@ -733,5 +759,30 @@ fn content_value(content: &[ContentBlock]) -> Value {
         [] => Value::Null,
         [single] => one(single),
         many => Value::Array(many.iter().map(one).collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn option_values_named_as_secrets_count_as_credentials() {
+        let c = McpServerConfig::stdio(
+            "server",
+            [
+                "--api-key",
+                "abcdef123",
+                "--token=zyxwvu987",
+                "--label",
+                "plain-label",
+            ],
+        )
+        .with_env("MY_SECRET", "90817263");
+        let s = c.secrets();
+        assert!(s.contains(&"abcdef123".to_owned()), "{s:?}");
+        assert!(s.contains(&"zyxwvu987".to_owned()), "{s:?}");
+        assert!(s.contains(&"90817263".to_owned()), "{s:?}");
+        assert!(!s.contains(&"plain-label".to_owned()), "{s:?}");
     }
 }
