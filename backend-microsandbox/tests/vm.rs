@@ -1,7 +1,8 @@
 //! The microvm backend on this machine (QEMU, software emulation unless KVM is real): a
 //! program with a subprocess runs in a VM, its files reach the host workspace and the next
-//! VM, a pooled VM is handed out warm, and limits are judged from the host side. Skips,
-//! saying why, on a machine without QEMU or cpio.
+//! VM, a pooled VM is handed out warm, and limits are judged from the host side. Skips on a
+//! machine without QEMU, cpio or apt-get, saying so (`SKIPPED <test>: <reason>` on stderr
+//! and in `$AGENTKERNEL_SKIP_LOG`, see `common/skip.rs`).
 
 mod common;
 
@@ -15,7 +16,7 @@ use agentkernel_core::{
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_program_runs_in_a_vm_and_its_files_reach_the_host() {
-    let Some(rt) = common::runtime(1) else {
+    let Some(rt) = common::runtime("a_program_runs_in_a_vm_and_its_files_reach_the_host", 1) else {
         return;
     };
     let workspace = tempfile::tempdir().unwrap();
@@ -128,7 +129,10 @@ raise ValueError('boom')
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timeout_ends_the_vm_and_keeps_the_files_written_before() {
-    let Some(rt) = common::runtime(0) else {
+    let Some(rt) = common::runtime(
+        "a_timeout_ends_the_vm_and_keeps_the_files_written_before",
+        0,
+    ) else {
         return;
     };
     let workspace = tempfile::tempdir().unwrap();
@@ -162,7 +166,8 @@ async fn a_timeout_ends_the_vm_and_keeps_the_files_written_before() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vms_restored_from_one_state_do_not_share_random_numbers() {
-    let Some(rt) = common::runtime(0) else {
+    let Some(rt) = common::runtime("vms_restored_from_one_state_do_not_share_random_numbers", 0)
+    else {
         return;
     };
     let mut seen = Vec::new();
