@@ -568,6 +568,29 @@ mod tests {
     }
 
     #[test]
+    fn a_bundle_for_the_vm_never_reads_through_a_symlink() {
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("secret"), "host secret").unwrap();
+        let top = tempfile::tempdir().unwrap();
+        fs::create_dir(top.path().join("dir")).unwrap();
+        fs::write(top.path().join("dir/ok"), "shared").unwrap();
+        let paths: Vec<String> = ["dir", "dir/ok", "dir/secret", "file"]
+            .map(str::to_owned)
+            .into();
+        // What a scan found: a directory and files. Then another program swaps the
+        // directory and a file for symlinks to the outside before the bundle is read.
+        fs::remove_dir_all(top.path().join("dir")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), top.path().join("dir")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), top.path().join("file")).unwrap();
+        let data = bundle(top.path(), &paths).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&data).contains("host secret"),
+            "a host file outside the directory went into the bundle"
+        );
+        assert!(scan(top.path()).is_empty(), "symlinks are not listed");
+    }
+
+    #[test]
     fn a_directory_swapped_for_a_symlink_during_apply_is_not_followed() {
         use std::sync::Arc;
         use std::sync::atomic::{AtomicBool, Ordering};
