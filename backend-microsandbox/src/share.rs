@@ -13,7 +13,7 @@
 //! file-size limit. The host directory is not trusted to stay still either (another program
 //! may write it meanwhile): it is opened once, and every path beneath it is resolved from
 //! that fd one component at a time without following any symlink (`openat2` with
-//! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`, see [`crate::fsat`]); files are written to a new
+//! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`, see `src/fsat.rs`); files are written to a new
 //! file renamed into place, and modes set with `fchmod` on open fds. [`scan`] and [`bundle`]
 //! read the host directory the same way.
 
