@@ -11,7 +11,10 @@
 //!    applies them and says hello.
 //!
 //! After each exec, what the program changed in `/workspace` is copied back to the host
-//! (also after a timeout or a memory kill: the supervisor outlives the program). `reset`
+//! (also after a timeout or a memory kill: the supervisor outlives the program), if that
+//! ends within [`COPY_BACK_GRACE`] of the exec's deadline: otherwise the VM is killed and
+//! the exec ends as killed at the wall-time limit, so no guest (one that wrote hundreds of
+//! MiB, or a supervisor that stopped answering) holds a run past its deadline. `reset`
 //! replaces the VM with a fresh one; `shutdown` kills QEMU.
 
 use std::collections::HashMap;
@@ -21,9 +24,9 @@ use std::time::{Duration, Instant};
 
 use agentkernel_core::guest::{ExecEnd, Hello, agent_exit_status};
 use agentkernel_core::{
-    Capabilities, Check, CheckState, Diagnosis, Error, ExecOutcome, ExecRequest, ExecStatus,
-    Isolation, LimitKind, LimitSupport, Result, Runtime, Sandbox, SandboxSpec, Snapshot,
-    StartupClass, ToolHost,
+    Capabilities, CapturedOutput, Check, CheckState, Diagnosis, Error, ExecOutcome, ExecRequest,
+    ExecStatus, Isolation, LimitKind, LimitSupport, Result, Runtime, Sandbox, SandboxSpec,
+    Snapshot, StartupClass, Timings, ToolHost,
 };
 use async_trait::async_trait;
 use serde_json::json;
@@ -41,8 +44,12 @@ pub const MIN_MEMORY_MIB: u32 = 192;
 /// How long a boot, a restore or the agent's start may take (software emulation is slow,
 /// more so on a loaded machine).
 const START_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long the supervisor may take to copy files or stop the program.
+/// How long the supervisor may take to copy files in.
 const SUPERVISOR_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long past an exec's deadline stopping the program and copying its files back may
+/// take: then the VM is killed whatever the guest is doing (files not back by then are
+/// lost), so a wall-time limit lands within this of its deadline.
+pub const COPY_BACK_GRACE: Duration = Duration::from_secs(5);
 
 /// How the runtime starts VMs.
 #[derive(Debug, Clone)]
@@ -593,8 +600,9 @@ impl Share {
         }
     }
 
-    /// Copies what changed on the host since the last copy into the VM.
-    async fn push(&mut self, vm: &mut QemuVm) -> Result<()> {
+    /// Copies what changed on the host since the last copy into the VM (the supervisor
+    /// answering by `deadline`).
+    async fn push(&mut self, vm: &mut QemuVm, deadline: Instant) -> Result<()> {
         let now = share::scan(&self.host);
         let (changed, deleted) = share::diff(&self.manifest, &now);
         if changed.is_empty() && deleted.is_empty() && !self.manifest.is_empty() {
@@ -606,7 +614,7 @@ impl Share {
             "deleted": deleted, "size": data.len(),
         });
         vm.sys
-            .call(&msg, &data, "put_done", Instant::now() + SUPERVISOR_TIMEOUT)
+            .call(&msg, &data, "put_done", deadline)
             .await
             .map_err(|e| match e {
                 Error::SandboxLost { reason } => Error::SandboxLost {
@@ -622,28 +630,39 @@ impl Share {
         Ok(())
     }
 
-    /// Copies what the program changed in the VM back to the host.
+    /// Copies what the program changed in the VM back to the host, if the guest sends it
+    /// all by `deadline` ([`Error::LimitExceeded`] otherwise).
     async fn collect(
         &mut self,
         vm: &mut QemuVm,
         spec: &SandboxSpec,
         memory_mib: u32,
+        deadline: Instant,
     ) -> Result<()> {
-        let deadline = Instant::now() + SUPERVISOR_TIMEOUT;
-        let reply = vm
-            .sys
-            .call(
-                &json!({"type": "collect", "dir": self.guest}),
-                &[],
-                "changes",
-                deadline,
-            )
-            .await?;
-        let size = reply["size"].as_u64().unwrap_or(0);
-        let data = vm
-            .sys
-            .payload(size, u64::from(memory_mib) << 20, deadline)
-            .await?;
+        let transfer = async {
+            let reply = vm
+                .sys
+                .call(
+                    &json!({"type": "collect", "dir": self.guest}),
+                    &[],
+                    "changes",
+                    deadline,
+                )
+                .await?;
+            let size = reply["size"].as_u64().unwrap_or(0);
+            let data = vm
+                .sys
+                .payload(size, u64::from(memory_mib) << 20, deadline)
+                .await?;
+            Ok::<_, Error>((reply, data))
+        };
+        // Sending the request has no deadline of its own: bound the whole exchange. A step
+        // that gave up at the deadline is late too, whichever timer fired first.
+        let (reply, data) = match tokio::time::timeout_at(deadline.into(), transfer).await {
+            Ok(Ok(got)) => got,
+            Ok(Err(e)) if Instant::now() < deadline => return Err(e),
+            _ => return Err(copy_back_late(&self.host)),
+        };
         let deleted: Vec<String> = reply["deleted"]
             .as_array()
             .map(|a| {
@@ -689,7 +708,9 @@ impl MicroVmSandbox {
         let took_vm = begun.elapsed();
         for share in &mut self.shares {
             share.manifest = Manifest::new();
-            share.push(&mut vm).await?;
+            share
+                .push(&mut vm, Instant::now() + SUPERVISOR_TIMEOUT)
+                .await?;
         }
         let pushed = begun.elapsed();
         let limits = &self.spec.limits;
@@ -730,14 +751,14 @@ impl MicroVmSandbox {
         self.lost = Some(reason);
     }
 
-    /// Copies the writable shares back; a failure loses the sandbox.
-    async fn collect_all(&mut self) -> Result<()> {
+    /// Copies the writable shares back by `deadline`; a failure loses the sandbox.
+    async fn collect_all(&mut self, deadline: Instant) -> Result<()> {
         let Some(live) = self.live.as_mut() else {
             return Ok(());
         };
         for share in self.shares.iter_mut().filter(|s| s.writable) {
             if let Err(e) = share
-                .collect(&mut live.vm, &self.spec, self.memory_mib)
+                .collect(&mut live.vm, &self.spec, self.memory_mib, deadline)
                 .await
             {
                 self.lose(format!("copying files back failed: {e}")).await;
@@ -745,6 +766,17 @@ impl MicroVmSandbox {
             }
         }
         Ok(())
+    }
+}
+
+/// The copy back of `host` did not finish in the time left.
+fn copy_back_late(host: &Path) -> Error {
+    Error::LimitExceeded {
+        limit: LimitKind::WallTime,
+        detail: format!(
+            "copying the files the program changed back to {} did not finish within {COPY_BACK_GRACE:?} of the time limit, so the VM was killed and those files are lost; write less to the workspace, or raise the time limit",
+            host.display()
+        ),
     }
 }
 
@@ -787,13 +819,38 @@ impl Sandbox for MicroVmSandbox {
             .live
             .as_mut()
             .ok_or_else(|| Error::sandbox_lost(None))?;
+        let deadline = started + timeout;
+        // Copying files in counts against the exec's time too (a process the program left
+        // running could slow the guest down): it may end at most COPY_BACK_GRACE late.
+        let push_by = deadline + COPY_BACK_GRACE;
         for share in self.shares.iter_mut().filter(|s| s.writable) {
-            if let Err(e) = share.push(&mut live.vm).await {
-                self.lose(format!("copying files in failed: {e}")).await;
-                return Err(e);
+            // Sending has no deadline of its own: bound the whole exchange.
+            match tokio::time::timeout_at(push_by.into(), share.push(&mut live.vm, push_by)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) if Instant::now() < push_by => {
+                    self.lose(format!("copying files in failed: {e}")).await;
+                    return Err(e);
+                }
+                _ => {
+                    self.lose(format!(
+                        "copying files in did not end within {COPY_BACK_GRACE:?} of the {timeout:?} timeout"
+                    ))
+                    .await;
+                    return Ok(ExecOutcome {
+                        status: ExecStatus::Killed {
+                            limit: LimitKind::WallTime,
+                        },
+                        stdout: CapturedOutput::default(),
+                        stderr: CapturedOutput::default(),
+                        timings: Timings {
+                            exec: started.elapsed(),
+                            ..Timings::default()
+                        },
+                        tool_calls: Vec::new(),
+                    });
+                }
             }
         }
-        let deadline = started + timeout;
         let Live { vm, conn, .. } = live;
         let sys = &mut vm.sys;
         // The agent's ports do not close when it dies: the supervisor says so instead.
@@ -815,24 +872,29 @@ impl Sandbox for MicroVmSandbox {
                 return Err(e);
             }
         };
+        // Whatever the guest does from now on (a huge copy back, a supervisor that does not
+        // answer), the exec ends by this time.
+        let copy_back_by = deadline.max(Instant::now()) + COPY_BACK_GRACE;
         let status = match report.end.clone() {
-            ExecEnd::Finished(status) => {
-                self.collect_all().await?;
-                status
-            }
+            ExecEnd::Finished(status) => match self.collect_all(copy_back_by).await {
+                Ok(()) => status,
+                // The copy back is part of the exec's time.
+                Err(Error::LimitExceeded {
+                    limit: LimitKind::WallTime,
+                    ..
+                }) => ExecStatus::Killed {
+                    limit: LimitKind::WallTime,
+                },
+                Err(e) => return Err(e),
+            },
             ExecEnd::TimedOut => {
                 // Stop the program, keep its files, then end the VM.
-                let stopped = vm
-                    .sys
-                    .call(
-                        &json!({"type": "stop"}),
-                        &[],
-                        "stopped",
-                        Instant::now() + SUPERVISOR_TIMEOUT,
-                    )
-                    .await;
-                if stopped.is_ok() {
-                    let _ = self.collect_all().await;
+                let msg = json!({"type": "stop"});
+                let stop = vm.sys.call(&msg, &[], "stopped", copy_back_by);
+                // Sending has no deadline of its own: bound the whole call.
+                let stopped = tokio::time::timeout_at(copy_back_by.into(), stop).await;
+                if matches!(stopped, Ok(Ok(_))) {
+                    let _ = self.collect_all(copy_back_by).await;
                 }
                 self.lose(format!("killed after the {timeout:?} timeout"))
                     .await;
@@ -859,7 +921,7 @@ impl Sandbox for MicroVmSandbox {
                     },
                 };
                 if exit.is_some() {
-                    let _ = self.collect_all().await;
+                    let _ = self.collect_all(copy_back_by).await;
                 }
                 self.lose("the interpreter exited".into()).await;
                 status

@@ -9,20 +9,27 @@
 //! special files are not shared (in either direction).
 //!
 //! What comes back from the guest is untrusted: [`apply`] accepts only plain relative paths
-//! (no `..`, no absolute paths), never follows a symlink on the host (a directory on the
-//! way that is a symlink is an error; a file is opened with `O_NOFOLLOW`), strips set-id
-//! bits, and caps each file at the sandbox's file-size limit.
+//! (no `..`, no absolute paths), strips set-id bits, and caps each file at the sandbox's
+//! file-size limit. The host directory is not trusted to stay still either (another program
+//! may write it meanwhile): it is opened once, and every path beneath it is resolved from
+//! that fd one component at a time without following any symlink (`openat2` with
+//! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`, see `src/fsat.rs`); files are written to a new
+//! file renamed into place, and modes set with `fchmod` on open fds. [`scan`] and [`bundle`]
+//! read the host directory the same way.
 
 use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
 use agentkernel_core::{Error, Result};
+
+use crate::fsat::{Dir, Kind};
 
 /// One bundle entry's header.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,48 +56,64 @@ pub struct Stamp {
 /// The regular files and directories under a directory, by relative path.
 pub type Manifest = BTreeMap<String, Stamp>;
 
-/// Scans `top` (symlinks and special files are skipped; a missing `top` is empty).
+/// Scans `top` (symlinks and special files are skipped; a missing `top` is empty). Every
+/// directory is opened beneath `top` without following a symlink, so a directory swapped for
+/// a symlink meanwhile is skipped, not listed.
 pub fn scan(top: &Path) -> Manifest {
     let mut found = Manifest::new();
+    let Ok(root) = Dir::open_root(top) else {
+        return found;
+    };
     let mut todo = vec![String::new()];
     while let Some(rel) = todo.pop() {
-        let Ok(entries) = fs::read_dir(top.join(&rel)) else {
+        let parts: Vec<&OsStr> = Path::new(&rel)
+            .components()
+            .map(Component::as_os_str)
+            .collect();
+        let Ok(Some(dir)) = walk(&root, &parts, false) else {
             continue;
         };
-        for entry in entries.flatten() {
-            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+        let Ok(names) = dir.names() else {
+            continue;
+        };
+        for name in names {
+            let Ok(Some(st)) = dir.stat(&name) else {
+                continue;
+            };
+            let Some(name) = name.to_str() else {
                 continue; // not UTF-8: cannot be named in a bundle
             };
             let r = if rel.is_empty() {
-                name
+                name.to_owned()
             } else {
                 format!("{rel}/{name}")
             };
-            let Ok(meta) = fs::symlink_metadata(top.join(&r)) else {
-                continue;
-            };
-            let mode = meta.permissions().mode() & 0o777;
-            if meta.is_dir() {
-                found.insert(
-                    r.clone(),
-                    Stamp {
-                        dir: true,
-                        size: 0,
-                        mtime: None,
-                        mode,
-                    },
-                );
-                todo.push(r);
-            } else if meta.is_file() {
-                found.insert(
-                    r,
-                    Stamp {
-                        dir: false,
-                        size: meta.len(),
-                        mtime: meta.modified().ok(),
-                        mode,
-                    },
-                );
+            let mode = st.mode & 0o777;
+            match st.kind {
+                Kind::Dir => {
+                    found.insert(
+                        r.clone(),
+                        Stamp {
+                            dir: true,
+                            size: 0,
+                            mtime: None,
+                            mode,
+                        },
+                    );
+                    todo.push(r);
+                }
+                Kind::File => {
+                    found.insert(
+                        r,
+                        Stamp {
+                            dir: false,
+                            size: st.size,
+                            mtime: st.mtime,
+                            mode,
+                        },
+                    );
+                }
+                Kind::Other => {}
             }
         }
     }
@@ -116,28 +139,63 @@ pub fn diff(before: &Manifest, now: &Manifest) -> (Vec<String>, Vec<String>) {
     (changed, deleted)
 }
 
-/// A bundle of `paths` under `top` (paths that vanished meanwhile are left out).
+/// A bundle of `paths` under `top` (paths that vanished meanwhile, or turned into symlinks
+/// or special files, are left out). Files are opened beneath `top` without following a
+/// symlink, so a swapped-in symlink cannot bring a host file into the VM.
 pub fn bundle(top: &Path, paths: &[String]) -> Result<Vec<u8>> {
     let mut out = Vec::new();
+    let Ok(root) = Dir::open_root(top) else {
+        return Ok(out);
+    };
     for rel in paths {
-        let path = top.join(rel);
-        let Ok(meta) = fs::symlink_metadata(&path) else {
+        let parts: Vec<&OsStr> = Path::new(rel)
+            .components()
+            .map(Component::as_os_str)
+            .collect();
+        let Some((name, dirs)) = parts.split_last() else {
             continue;
         };
-        let (kind, body) = if meta.is_dir() {
-            ("dir", Vec::new())
-        } else if meta.is_file() {
-            match fs::read(&path) {
-                Ok(body) => ("file", body),
-                Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
-            }
-        } else {
+        let Ok(Some(parent)) = walk(&root, dirs, false) else {
             continue;
+        };
+        let Ok(Some(st)) = parent.stat(name) else {
+            continue;
+        };
+        let (kind, body, mode) = match st.kind {
+            Kind::Dir => ("dir", Vec::new(), st.mode),
+            Kind::File => {
+                let mut file = match parent.open_file(name) {
+                    Ok(file) => file,
+                    Err(e)
+                        if matches!(
+                            e.raw_os_error(),
+                            Some(libc::ENOENT | libc::ELOOP | libc::EINVAL)
+                        ) =>
+                    {
+                        continue;
+                    }
+                    Err(e) => {
+                        return Err(Error::io(
+                            format!(
+                                "reading {} (check its permissions)",
+                                top.join(rel).display()
+                            ),
+                            e,
+                        ));
+                    }
+                };
+                let mode = file.metadata().map_or(st.mode, |m| m.permissions().mode());
+                let mut body = Vec::new();
+                file.read_to_end(&mut body)
+                    .map_err(|e| Error::io(format!("reading {}", top.join(rel).display()), e))?;
+                ("file", body, mode)
+            }
+            Kind::Other => continue,
         };
         let head = serde_json::to_vec(&Entry {
             path: rel.clone(),
             kind: kind.into(),
-            mode: meta.permissions().mode() & 0o777,
+            mode: mode & 0o777,
             size: body.len() as u64,
         })
         .map_err(|e| Error::Internal(format!("encoding a bundle entry: {e}")))?;
@@ -154,8 +212,8 @@ fn bad(what: impl Into<String>) -> Error {
     }
 }
 
-/// `rel` as a path under `top`, if it is a plain relative path.
-fn checked(top: &Path, rel: &str) -> Result<PathBuf> {
+/// The components of `rel`, if it is a plain relative path (no `..`, `.`, or root).
+fn checked(rel: &str) -> Result<Vec<&OsStr>> {
     let path = Path::new(rel);
     let plain = !rel.is_empty()
         && rel.len() < 4096
@@ -163,51 +221,131 @@ fn checked(top: &Path, rel: &str) -> Result<PathBuf> {
     if !plain {
         return Err(bad(format!("path {rel:?} is not a plain relative path")));
     }
-    Ok(top.join(path))
+    Ok(path.components().map(Component::as_os_str).collect())
 }
 
-/// Creates the directories from `top` down to `dir`, refusing any that is a symlink.
-fn make_dirs(top: &Path, dir: &Path) -> Result<()> {
-    let rel = dir.strip_prefix(top).unwrap_or(Path::new(""));
-    let mut at = top.to_path_buf();
-    for part in rel.components() {
-        at.push(part);
-        match fs::symlink_metadata(&at) {
-            Ok(meta) if meta.is_dir() => {}
-            Ok(_) => {
-                // A file (or symlink) where the guest has a directory: the guest's wins, but
-                // never by following a link.
-                fs::remove_file(&at)
-                    .map_err(|e| Error::io(format!("replacing {}", at.display()), e))?;
-                fs::create_dir(&at)
-                    .map_err(|e| Error::io(format!("creating {}", at.display()), e))?;
-            }
-            Err(_) => fs::create_dir(&at)
-                .map_err(|e| Error::io(format!("creating {}", at.display()), e))?,
+/// How often one step is retried when the directory changes under it (another program
+/// swapping a directory and a symlink, say) before giving up.
+const ATTEMPTS: usize = 16;
+
+fn changed_meanwhile() -> io::Error {
+    io::Error::other("it kept changing while files were copied back")
+}
+
+/// The directory `name` in `parent`, created if missing; a file or symlink there is
+/// replaced (the guest's directory wins, but never by following a link).
+fn ensure_dir(parent: &Dir, name: &OsStr) -> io::Result<Dir> {
+    for _ in 0..ATTEMPTS {
+        match parent.open_dir(name) {
+            Ok(dir) => return Ok(dir),
+            Err(e) => match e.raw_os_error() {
+                Some(libc::ENOENT) => match parent.mkdir(name) {
+                    Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
+                    _ => {}
+                },
+                Some(libc::ELOOP | libc::ENOTDIR) => match parent.unlink(name) {
+                    Err(e) if !matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EISDIR)) => {
+                        return Err(e);
+                    }
+                    _ => {}
+                },
+                _ => return Err(e),
+            },
         }
     }
-    Ok(())
+    Err(changed_meanwhile())
 }
 
-fn remove(path: &Path) -> Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
-        Ok(_) => fs::remove_file(path),
-        Err(_) => return Ok(()),
+/// Opens the directories `parts` beneath `root`, one component at a time. `create`:
+/// create (or replace) what is missing; otherwise answer `None` where a part is missing or
+/// not a directory.
+fn walk(root: &Dir, parts: &[&OsStr], create: bool) -> io::Result<Option<Dir>> {
+    let mut at = root.try_clone()?;
+    for part in parts {
+        at = if create {
+            ensure_dir(&at, part)?
+        } else {
+            match at.open_dir(part) {
+                Ok(dir) => dir,
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
+                    ) =>
+                {
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+            }
+        };
     }
-    .map_err(|e| Error::io(format!("removing {}", path.display()), e))
+    Ok(Some(at))
+}
+
+/// Writes `body` as the file `name` in `parent`: into a new file (so nothing already there,
+/// a hard link to a file elsewhere included, is written through), then renamed over `name`
+/// (a symlink there is replaced, never followed; a directory there is removed first).
+fn write_file(parent: &Dir, name: &OsStr, body: &[u8], mode: u32) -> io::Result<()> {
+    let tmp = OsString::from(format!(
+        ".agentkernel-{}.part",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let written = (|| -> io::Result<()> {
+        let mut file = parent.create_new(&tmp)?;
+        file.write_all(body)?;
+        // fchmod on the open file: no path is followed.
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        for _ in 0..ATTEMPTS {
+            match parent.rename(&tmp, name) {
+                Ok(()) => return Ok(()),
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EISDIR | libc::ENOTEMPTY | libc::EEXIST)
+                    ) =>
+                {
+                    parent.remove_all(name)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(changed_meanwhile())
+    })();
+    if written.is_err() {
+        let _ = parent.unlink(&tmp);
+    }
+    written
 }
 
 /// Applies what the guest sent for the shared directory `top`: deletes `deleted`, then
 /// writes the bundle's entries. Files larger than `max_file` are an error. Answers how many
 /// files were written.
+///
+/// `top` is opened once; every path beneath it is resolved from that fd one component at a
+/// time, refusing symlinks (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`), and modes
+/// are set with `fchmod` on open fds, so another program changing the directory meanwhile
+/// cannot redirect a write, a deletion or a chmod outside it.
 pub fn apply(top: &Path, deleted: &[String], data: &[u8], max_file: Option<u64>) -> Result<usize> {
+    let failed = |what: &str, rel: &str, e: io::Error| {
+        let hint = if e.raw_os_error() == Some(libc::ENOSYS) {
+            " (openat2 needs Linux 5.6 or later)"
+        } else {
+            " (if another program writes this directory while a sandbox runs, stop it)"
+        };
+        Error::io(format!("{what} {rel} in {}{hint}", top.display()), e)
+    };
+    let root = Dir::open_root(top).map_err(|e| failed("opening", ".", e))?;
     for rel in deleted {
-        let path = checked(top, rel)?;
-        if let Some(parent) = path.parent() {
-            make_dirs(top, parent)?;
+        let parts = checked(rel)?;
+        let Some((name, dirs)) = parts.split_last() else {
+            continue;
+        };
+        let parent = walk(&root, dirs, false).map_err(|e| failed("removing", rel, e))?;
+        if let Some(parent) = parent {
+            parent
+                .remove_all(name)
+                .map_err(|e| failed("removing", rel, e))?;
         }
-        remove(&path)?;
     }
     let mut rest = data;
     let mut files = 0;
@@ -228,13 +366,16 @@ pub fn apply(top: &Path, deleted: &[String], data: &[u8], max_file: Option<u64>)
         }
         let (body, next) = after.split_at(size);
         rest = next;
-        let path = checked(top, &entry.path)?;
+        let parts = checked(&entry.path)?;
+        let rel = entry.path.as_str();
         let mode = entry.mode & 0o777;
         match entry.kind.as_str() {
             "dir" => {
-                make_dirs(top, &path)?;
-                fs::set_permissions(&path, fs::Permissions::from_mode(mode | 0o700))
-                    .map_err(|e| Error::io(format!("chmod {}", path.display()), e))?;
+                let dir = walk(&root, &parts, true)
+                    .map_err(|e| failed("creating", rel, e))?
+                    .ok_or_else(|| failed("creating", rel, changed_meanwhile()))?;
+                dir.chmod(mode | 0o700)
+                    .map_err(|e| failed("chmod", rel, e))?;
             }
             "file" => {
                 if let Some(max) = max_file
@@ -245,24 +386,14 @@ pub fn apply(top: &Path, deleted: &[String], data: &[u8], max_file: Option<u64>)
                         entry.path, entry.size
                     )));
                 }
-                if let Some(parent) = path.parent() {
-                    make_dirs(top, parent)?;
-                }
-                if fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) {
-                    remove(&path)?;
-                }
-                let mut file = fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&path)
-                    .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
-                file.write_all(body)
-                    .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
-                file.set_permissions(fs::Permissions::from_mode(mode | 0o600))
-                    .map_err(|e| Error::io(format!("chmod {}", path.display()), e))?;
+                let Some((name, dirs)) = parts.split_last() else {
+                    return Err(bad("an empty path"));
+                };
+                let parent = walk(&root, dirs, true)
+                    .map_err(|e| failed("writing", rel, e))?
+                    .ok_or_else(|| failed("writing", rel, changed_meanwhile()))?;
+                write_file(&parent, name, body, mode | 0o600)
+                    .map_err(|e| failed("writing", rel, e))?;
                 files += 1;
             }
             other => return Err(bad(format!("entry kind {other:?}"))),
@@ -361,5 +492,190 @@ mod tests {
         // Truncated data is an error, not a panic.
         let data = one("t", b"abc");
         assert!(apply(top.path(), &[], &data[..data.len() - 1], None).is_err());
+    }
+
+    fn entry(path: &str, kind: &str, mode: u32, body: &[u8]) -> Vec<u8> {
+        let head = serde_json::to_vec(&Entry {
+            path: path.into(),
+            kind: kind.into(),
+            mode,
+            size: body.len() as u64,
+        })
+        .unwrap();
+        let mut out = (head.len() as u32).to_be_bytes().to_vec();
+        out.extend(head);
+        out.extend(body);
+        out
+    }
+
+    /// The names in `dir` and its permission bits: what the tests check outside.
+    fn look(dir: &Path) -> (Vec<String>, u32) {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let mode = fs::symlink_metadata(dir).unwrap().permissions().mode() & 0o7777;
+        (names, mode)
+    }
+
+    #[test]
+    fn links_planted_in_the_host_directory_are_never_written_through() {
+        let outside = tempfile::tempdir().unwrap();
+        let top = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        fs::write(&victim, "kept").unwrap();
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o640)).unwrap();
+        fs::set_permissions(outside.path(), fs::Permissions::from_mode(0o750)).unwrap();
+        // A hard link to a file outside (same file system), a symlinked directory, a
+        // symlinked file, and a symlinked directory the guest's bundle names as a directory
+        // with a mode (a chmod that followed it would change the outside directory).
+        fs::hard_link(&victim, top.path().join("hard")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), top.path().join("dir-link")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), top.path().join("mode-link")).unwrap();
+        std::os::unix::fs::symlink(&victim, top.path().join("file-link")).unwrap();
+        let mut data = entry("hard", "file", 0o4777, b"evil");
+        data.extend(entry("mode-link", "dir", 0o777, b""));
+        data.extend(entry("dir-link/f", "file", 0o644, b"evil"));
+        data.extend(entry("file-link", "file", 0o777, b"evil"));
+        apply(top.path(), &[], &data, None).unwrap();
+        assert_eq!(
+            fs::read_to_string(&victim).unwrap(),
+            "kept",
+            "wrote through a link"
+        );
+        assert_eq!(
+            fs::metadata(&victim).unwrap().permissions().mode() & 0o7777,
+            0o640,
+            "chmodded through a link"
+        );
+        assert_eq!(look(outside.path()), (vec!["victim".to_owned()], 0o750));
+        // The guest's files took the links' places, inside.
+        for name in ["hard", "dir-link/f", "file-link"] {
+            let path = top.path().join(name);
+            assert!(fs::symlink_metadata(&path).unwrap().is_file(), "{name}");
+            assert_eq!(fs::read_to_string(&path).unwrap(), "evil", "{name}");
+        }
+        assert!(
+            fs::symlink_metadata(top.path().join("mode-link"))
+                .unwrap()
+                .is_dir()
+        );
+        // A deletion beneath a symlinked directory deletes nothing outside.
+        std::os::unix::fs::symlink(outside.path(), top.path().join("del-link")).unwrap();
+        apply(top.path(), &["del-link/victim".to_owned()], &[], None).unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "kept");
+    }
+
+    #[test]
+    fn a_bundle_for_the_vm_never_reads_through_a_symlink() {
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("secret"), "host secret").unwrap();
+        let top = tempfile::tempdir().unwrap();
+        fs::create_dir(top.path().join("dir")).unwrap();
+        fs::write(top.path().join("dir/ok"), "shared").unwrap();
+        let paths: Vec<String> = ["dir", "dir/ok", "dir/secret", "file"]
+            .map(str::to_owned)
+            .into();
+        // What a scan found: a directory and files. Then another program swaps the
+        // directory and a file for symlinks to the outside before the bundle is read.
+        fs::remove_dir_all(top.path().join("dir")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), top.path().join("dir")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), top.path().join("file")).unwrap();
+        let data = bundle(top.path(), &paths).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&data).contains("host secret"),
+            "a host file outside the directory went into the bundle"
+        );
+        assert!(scan(top.path()).is_empty(), "symlinks are not listed");
+    }
+
+    #[test]
+    fn a_directory_swapped_for_a_symlink_during_apply_is_not_followed() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::time::{Duration, Instant};
+
+        let outside = tempfile::tempdir().unwrap();
+        fs::set_permissions(outside.path(), fs::Permissions::from_mode(0o750)).unwrap();
+        let top = tempfile::tempdir().unwrap();
+        let d = top.path().join("d");
+        let swap = top.path().join("swap");
+        // Another writer of the workspace: exchanges `d` (a directory) and `swap` (a symlink
+        // to the outside directory) as fast as it can, atomically (RENAME_EXCHANGE), so a
+        // check of `d` and a use of `d` see different things.
+        let racer = {
+            let stop = Arc::new(AtomicBool::new(false));
+            let (d, swap, outside) = (d.clone(), swap.clone(), outside.path().to_path_buf());
+            let flag = stop.clone();
+            let handle = std::thread::spawn(move || {
+                let a = std::ffi::CString::new(d.as_os_str().as_encoded_bytes()).unwrap();
+                let b = std::ffi::CString::new(swap.as_os_str().as_encoded_bytes()).unwrap();
+                let mut swaps = 0u64;
+                while !flag.load(Ordering::Relaxed) {
+                    // Put the pair back (a directory and a symlink) when `apply` replaced or
+                    // removed one of them.
+                    let link = |p: &Path| {
+                        fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink())
+                    };
+                    if !link(&d) && !link(&swap) {
+                        let _ = fs::remove_dir_all(&swap);
+                        let _ = fs::remove_file(&swap);
+                        let _ = std::os::unix::fs::symlink(&outside, &swap);
+                    }
+                    for p in [&d, &swap] {
+                        if fs::symlink_metadata(p).is_err() {
+                            let _ = fs::create_dir(p);
+                        }
+                    }
+                    for _ in 0..64 {
+                        // SAFETY: two NUL-terminated paths that outlive the call.
+                        let rc = unsafe {
+                            libc::renameat2(
+                                libc::AT_FDCWD,
+                                a.as_ptr(),
+                                libc::AT_FDCWD,
+                                b.as_ptr(),
+                                libc::RENAME_EXCHANGE,
+                            )
+                        };
+                        swaps += u64::from(rc == 0);
+                    }
+                }
+                swaps
+            });
+            (stop, handle)
+        };
+        let mut data = entry("d", "dir", 0o777, b"");
+        for k in 0..8 {
+            data.extend(entry(&format!("d/f{k}"), "file", 0o644, b"escaped"));
+        }
+        data.extend(entry("d/sub", "dir", 0o777, b""));
+        data.extend(entry("d/sub/g", "file", 0o644, b"escaped"));
+        let started = Instant::now();
+        let (mut applied, mut succeeded) = (0, 0);
+        while applied < 400 && started.elapsed() < Duration::from_secs(5) {
+            // Failing is fine (the directory keeps changing); leaving is not.
+            succeeded += usize::from(apply(top.path(), &[], &data, None).is_ok());
+            let _ = apply(top.path(), &["d/sub".to_owned()], &[], None);
+            applied += 1;
+            let seen = look(outside.path());
+            assert_eq!(
+                seen,
+                (Vec::new(), 0o750),
+                "after {applied} applies, something was written or chmodded outside"
+            );
+        }
+        racer.0.store(true, Ordering::Relaxed);
+        let swaps = racer.1.join().unwrap();
+        assert!(swaps > 0, "the racer never swapped");
+        assert!(
+            succeeded > 0,
+            "no apply completed: the race exercised no writes"
+        );
+        println!(
+            "{applied} applies ({succeeded} complete) raced {swaps} swaps; nothing left the directory"
+        );
+        assert_eq!(look(outside.path()), (Vec::new(), 0o750));
     }
 }

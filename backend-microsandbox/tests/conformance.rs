@@ -14,8 +14,9 @@ fn runtime() -> MicroVmRuntime {
     static RUNTIME: OnceLock<MicroVmRuntime> = OnceLock::new();
     RUNTIME
         .get_or_init(|| {
-            common::runtime(0)
-                .expect("the microvm conformance suite needs QEMU and cpio: run scripts/setup")
+            common::image_runtime(0).unwrap_or_else(|why| {
+                panic!("the microvm conformance suite cannot run ({why}): run scripts/setup")
+            })
         })
         .clone()
 }

@@ -1,9 +1,14 @@
 //! The guest image builds from Debian packages and boots under QEMU `-M microvm` to a
-//! working Python (`scripts/build-microvm-image --check`). Skips, saying why, on a machine
-//! without QEMU, cpio or Debian package lists.
+//! working Python (`scripts/build-microvm-image --check`). Skips on a machine without QEMU,
+//! cpio or Debian package lists, saying so (`common/skip.rs`).
 
 use std::path::Path;
 use std::process::Command;
+
+#[path = "common/skip.rs"]
+mod skip;
+
+const TEST: &str = "the_image_builds_and_boots_to_python";
 
 fn have(cmd: &str) -> bool {
     Command::new("sh")
@@ -20,7 +25,7 @@ fn the_image_builds_and_boots_to_python() {
         ("apt-get", "a Debian/Ubuntu machine"),
     ] {
         if !have(cmd) {
-            println!("skipped: {cmd} is missing ({fix})");
+            skip::skip(TEST, &format!("{cmd} is missing ({fix})"));
             return;
         }
     }
@@ -31,7 +36,7 @@ fn the_image_builds_and_boots_to_python() {
         .expect("run the script");
     let stderr = String::from_utf8_lossy(&out.stderr);
     if out.status.code() == Some(69) {
-        println!("skipped: {stderr}");
+        skip::skip(TEST, &stderr);
         return;
     }
     assert!(out.status.success(), "{stderr}");

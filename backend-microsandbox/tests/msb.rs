@@ -1,7 +1,7 @@
 //! The `msb` engine end to end: the shared conformance suite on a runtime that must use it.
 //! Runs only where the KVM probe finds hardware KVM and the engine's files are there (see
 //! `MsbEngine::from_env`: `scripts/fetch-msb-runtime` and the microVM image); elsewhere each
-//! check prints why it skipped.
+//! check records that it skipped and why (`common/skip.rs`).
 #![cfg(feature = "msb")]
 
 use std::sync::OnceLock;
@@ -11,6 +11,9 @@ use agentkernel_backend_microsandbox::msb::MsbEngine;
 use agentkernel_backend_microsandbox::{EngineKind, MicroVmConfig, MicroVmRuntime};
 
 include!("../../testdata/test_deps.rs");
+
+#[path = "common/skip.rs"]
+mod skip;
 
 /// A runtime on the msb engine (a new one per check: each check runs on its own tokio
 /// runtime, and microsandbox's backend holds connections made on the runtime that used it
@@ -37,7 +40,8 @@ fn runtime() -> Result<MicroVmRuntime, String> {
     }))
 }
 
-/// Runs one conformance check on the msb runtime, or prints why it is skipped.
+/// Runs one conformance check on the msb runtime, or says it is skipped and why
+/// (`SKIPPED msb::<check>: <reason>`, also in `$AGENTKERNEL_SKIP_LOG`).
 macro_rules! msb_checks {
     ($($name:ident),* $(,)?) => {
         $(
@@ -45,7 +49,7 @@ macro_rules! msb_checks {
             async fn $name() {
                 match runtime() {
                     Ok(rt) => agentkernel_core::conformance::$name(&rt).await,
-                    Err(reason) => println!("skipped: {reason}"),
+                    Err(reason) => skip::skip(concat!("msb::", stringify!($name)), &reason),
                 }
             }
         )*

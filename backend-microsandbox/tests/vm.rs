@@ -1,7 +1,8 @@
 //! The microvm backend on this machine (QEMU, software emulation unless KVM is real): a
 //! program with a subprocess runs in a VM, its files reach the host workspace and the next
-//! VM, a pooled VM is handed out warm, and limits are judged from the host side. Skips,
-//! saying why, on a machine without QEMU or cpio.
+//! VM, a pooled VM is handed out warm, and limits are judged from the host side. Skips on a
+//! machine without QEMU, cpio or apt-get, saying so (`SKIPPED <test>: <reason>` on stderr
+//! and in `$AGENTKERNEL_SKIP_LOG`, see `common/skip.rs`).
 
 mod common;
 
@@ -15,7 +16,7 @@ use agentkernel_core::{
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_program_runs_in_a_vm_and_its_files_reach_the_host() {
-    let Some(rt) = common::runtime(1) else {
+    let Some(rt) = common::runtime("a_program_runs_in_a_vm_and_its_files_reach_the_host", 1) else {
         return;
     };
     let workspace = tempfile::tempdir().unwrap();
@@ -128,7 +129,10 @@ raise ValueError('boom')
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timeout_ends_the_vm_and_keeps_the_files_written_before() {
-    let Some(rt) = common::runtime(0) else {
+    let Some(rt) = common::runtime(
+        "a_timeout_ends_the_vm_and_keeps_the_files_written_before",
+        0,
+    ) else {
         return;
     };
     let workspace = tempfile::tempdir().unwrap();
@@ -162,7 +166,8 @@ async fn a_timeout_ends_the_vm_and_keeps_the_files_written_before() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vms_restored_from_one_state_do_not_share_random_numbers() {
-    let Some(rt) = common::runtime(0) else {
+    let Some(rt) = common::runtime("vms_restored_from_one_state_do_not_share_random_numbers", 0)
+    else {
         return;
     };
     let mut seen = Vec::new();
@@ -185,4 +190,83 @@ async fn vms_restored_from_one_state_do_not_share_random_numbers() {
         seen[0], seen[1],
         "two sandboxes drew the same random numbers"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_lands_while_the_program_floods_the_workspace_and_tmp() {
+    let test = "a_timeout_lands_while_the_program_floods_the_workspace_and_tmp";
+    let Some(rt) = common::runtime(test, 0) else {
+        return;
+    };
+    let workspace = tempfile::tempdir().unwrap();
+    let mut spec = SandboxSpec {
+        workspace: Some(workspace.path().to_path_buf()),
+        ..test_spec()
+    };
+    spec.limits.memory_bytes = Some(1 << 30);
+    let limits = spec.limits.clone();
+    let mut sb = rt.create(&spec).await.expect("create");
+    let vm_name = sb.id().to_owned();
+    // Writes as fast as it can, forever: 8 MiB files over and over in /workspace (up to
+    // 480 MiB of them, so the program itself fits in the guest's memory) and /tmp (up to
+    // its cap), saying how far it got.
+    let code = r#"
+import sys
+chunk = b'\xa5' * (8 << 20)
+i = 0
+while True:
+    for d, n in (('/workspace', 60), ('/tmp', 7)):
+        try:
+            with open('%s/fill-%d' % (d, i % n), 'wb') as f:
+                f.write(chunk)
+        except OSError:
+            pass
+    i += 1
+    print(i, flush=True)
+"#;
+    let timeout = Duration::from_secs(10);
+    let started = Instant::now();
+    let out = tokio::time::timeout(
+        timeout + Duration::from_secs(180),
+        sb.exec(
+            ExecRequest::new(code).with_timeout(timeout),
+            Arc::new(NoTools),
+        ),
+    )
+    .await
+    .expect("the exec never returned")
+    .expect("exec");
+    let took = started.elapsed();
+    let mut total = 0;
+    for entry in std::fs::read_dir(workspace.path()).unwrap() {
+        let meta = entry.unwrap().metadata().unwrap();
+        // What reached the host (if anything) stays within the caps.
+        assert!(meta.len() <= limits.file_size_bytes.unwrap_or(u64::MAX));
+        total += meta.len();
+    }
+    assert!(total <= limits.memory_bytes.unwrap_or(u64::MAX));
+    println!(
+        "a {timeout:?} timeout while writing ({} rounds of 8 MiB files) returned after {:.1} s; {} MiB reached the host",
+        out.stdout.text().lines().last().unwrap_or("0"),
+        took.as_secs_f64(),
+        total >> 20
+    );
+    assert_eq!(
+        out.status,
+        ExecStatus::Killed {
+            limit: LimitKind::WallTime
+        },
+        "{}",
+        out.stderr.text()
+    );
+    // Not a speed check: a bound well above the copy-back grace (5 s) that a run which
+    // waits on the guest's copy back without a deadline (a minute per step before) misses.
+    let bound = timeout + Duration::from_secs(15);
+    assert!(
+        took < bound,
+        "the run ended {:.1} s after its start, later than {bound:?}",
+        took.as_secs_f64()
+    );
+    assert_eq!(count_host_processes(&vm_name), 0, "the VM is gone");
+    sb.shutdown().await.unwrap();
 }

@@ -1,0 +1,294 @@
+//! File operations relative to a directory fd, never following a symlink: what [`crate::share`]
+//! uses to write a guest's files into (and read the host's files out of) a host directory that
+//! other programs may be changing at the same time.
+//!
+//! A [`Dir`] is an open directory. Every name passed to it is one path component, resolved with
+//! `openat2(2)` and `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS` (or with a
+//! `*at` call that does not follow a final symlink: `mkdirat`, `unlinkat`, `renameat`,
+//! `fstatat(AT_SYMLINK_NOFOLLOW)`), and permissions are changed with `fchmod` on an fd already
+//! open. So swapping a directory for a symlink between a check and a use cannot redirect
+//! anything: the directory we hold is the one we checked, and a symlink is never resolved.
+
+use std::ffi::{CStr, CString, OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+const RESOLVE_BENEATH: u64 = 0x08;
+
+/// `struct open_how` of `openat2(2)`.
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+fn cstr(name: &OsStr) -> io::Result<CString> {
+    CString::new(name.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// `openat2(dir, name, flags, mode)` resolving beneath `dir` and refusing every symlink.
+fn openat2(dir: RawFd, name: &CStr, flags: libc::c_int, mode: u32) -> io::Result<OwnedFd> {
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64,
+        mode: u64::from(mode),
+        resolve: RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: `name` is NUL-terminated and outlives the call; `how` is a correctly sized
+    // `struct open_how`; `dir` is an fd the caller holds open.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir,
+            name.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us, and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// What is at a name in a directory (the link itself for a symlink).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Dir,
+    File,
+    /// A symlink, a FIFO, a socket, a device.
+    Other,
+}
+
+/// What [`Dir::stat`] found.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stat {
+    pub(crate) kind: Kind,
+    /// Permission bits (with set-id and sticky bits).
+    pub(crate) mode: u32,
+    pub(crate) size: u64,
+    pub(crate) mtime: Option<SystemTime>,
+}
+
+/// An open directory; names are resolved beneath it and never through a symlink.
+#[derive(Debug)]
+pub(crate) struct Dir {
+    fd: OwnedFd,
+}
+
+/// How deep [`Dir::remove_all`] goes before giving up.
+const MAX_DEPTH: usize = 512;
+
+impl Dir {
+    /// Opens the directory `path` (the trusted root, e.g. a configured workspace; a symlink
+    /// in `path` itself is followed, as the user wrote it).
+    pub(crate) fn open_root(path: &Path) -> io::Result<Dir> {
+        let c = cstr(path.as_os_str())?;
+        // SAFETY: `c` is NUL-terminated and outlives the call.
+        let fd = check(unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        })?;
+        // SAFETY: the kernel just returned this fd to us, and nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Dir { fd })
+    }
+
+    /// The directory `name` in this one: `ELOOP` for a symlink, `ENOTDIR` for anything else
+    /// that is not a directory, `ENOENT` when missing.
+    pub(crate) fn open_dir(&self, name: &OsStr) -> io::Result<Dir> {
+        let fd = openat2(
+            self.fd.as_raw_fd(),
+            &cstr(name)?,
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        )?;
+        Ok(Dir { fd })
+    }
+
+    /// The regular file `name`, opened for reading (`ELOOP` for a symlink, `EINVAL` for
+    /// anything that is not a regular file: a FIFO is never waited on).
+    pub(crate) fn open_file(&self, name: &OsStr) -> io::Result<File> {
+        let fd = openat2(
+            self.fd.as_raw_fd(),
+            &cstr(name)?,
+            libc::O_RDONLY | libc::O_NONBLOCK,
+            0,
+        )?;
+        let file = File::from(fd);
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        Ok(file)
+    }
+
+    /// Creates the file `name` (which must not exist) with mode 0600, for writing.
+    pub(crate) fn create_new(&self, name: &OsStr) -> io::Result<File> {
+        let fd = openat2(
+            self.fd.as_raw_fd(),
+            &cstr(name)?,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+            0o600,
+        )?;
+        Ok(File::from(fd))
+    }
+
+    /// Creates the directory `name` with mode 0700.
+    pub(crate) fn mkdir(&self, name: &OsStr) -> io::Result<()> {
+        let c = cstr(name)?;
+        // SAFETY: `c` is NUL-terminated and outlives the call; the fd is open.
+        check(unsafe { libc::mkdirat(self.fd.as_raw_fd(), c.as_ptr(), 0o700) }).map(drop)
+    }
+
+    /// What is at `name`, without following a symlink; `None` when nothing is there.
+    pub(crate) fn stat(&self, name: &OsStr) -> io::Result<Option<Stat>> {
+        let c = cstr(name)?;
+        // SAFETY: an all-zero `stat` is a valid value for fstatat to overwrite.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `c` is NUL-terminated, `st` is a valid out-pointer, the fd is open.
+        let rc = unsafe {
+            libc::fstatat(
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                &mut st,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::ENOENT) => Ok(None),
+                _ => Err(e),
+            };
+        }
+        let mtime = u64::try_from(st.st_mtime).ok().map(|s| {
+            SystemTime::UNIX_EPOCH + Duration::new(s, u32::try_from(st.st_mtime_nsec).unwrap_or(0))
+        });
+        Ok(Some(Stat {
+            kind: match st.st_mode & libc::S_IFMT {
+                libc::S_IFDIR => Kind::Dir,
+                libc::S_IFREG => Kind::File,
+                _ => Kind::Other,
+            },
+            mode: st.st_mode & 0o7777,
+            size: u64::try_from(st.st_size).unwrap_or(0),
+            mtime,
+        }))
+    }
+
+    /// Another fd for this directory.
+    pub(crate) fn try_clone(&self) -> io::Result<Dir> {
+        Ok(Dir {
+            fd: self.fd.try_clone()?,
+        })
+    }
+
+    /// Removes `name` if it is not a directory (a symlink itself, never its target).
+    pub(crate) fn unlink(&self, name: &OsStr) -> io::Result<()> {
+        let c = cstr(name)?;
+        // SAFETY: `c` is NUL-terminated and outlives the call; the fd is open.
+        check(unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), 0) }).map(drop)
+    }
+
+    /// Renames `from` to `to` within this directory, replacing a file or symlink at `to`
+    /// (`EISDIR` if `to` is a directory).
+    pub(crate) fn rename(&self, from: &OsStr, to: &OsStr) -> io::Result<()> {
+        let (f, t) = (cstr(from)?, cstr(to)?);
+        let fd = self.fd.as_raw_fd();
+        // SAFETY: both names are NUL-terminated and outlive the call; the fd is open.
+        check(unsafe { libc::renameat(fd, f.as_ptr(), fd, t.as_ptr()) }).map(drop)
+    }
+
+    /// Sets this directory's permission bits (on the open fd: no path is followed).
+    pub(crate) fn chmod(&self, mode: u32) -> io::Result<()> {
+        // SAFETY: the fd is open.
+        check(unsafe { libc::fchmod(self.fd.as_raw_fd(), mode as libc::mode_t) }).map(drop)
+    }
+
+    /// The names in this directory (without `.` and `..`).
+    pub(crate) fn names(&self) -> io::Result<Vec<OsString>> {
+        // fdopendir takes ownership of the fd it is given: give it a duplicate.
+        let dup = self.fd.try_clone()?;
+        // SAFETY: `dup` is an open directory fd, whose ownership passes to the DIR stream.
+        let dirp = unsafe { libc::fdopendir(std::os::fd::IntoRawFd::into_raw_fd(dup)) };
+        if dirp.is_null() {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `dirp` is a fresh DIR stream; a duplicated fd shares the file offset, so
+        // start from the beginning.
+        unsafe { libc::rewinddir(dirp) };
+        let mut names = Vec::new();
+        loop {
+            // SAFETY: `dirp` is a valid DIR stream not yet closed.
+            let entry = unsafe { libc::readdir64(dirp) };
+            if entry.is_null() {
+                break;
+            }
+            // SAFETY: readdir64 returned a valid entry whose `d_name` is NUL-terminated and
+            // stays valid until the next readdir64 on this stream; it is copied at once.
+            let name = unsafe { CStr::from_ptr((*entry).d_name.as_ptr()) }.to_bytes();
+            if name != b"." && name != b".." {
+                names.push(OsString::from_vec(name.to_vec()));
+            }
+        }
+        // SAFETY: `dirp` is valid and closed exactly once (closing the duplicated fd).
+        unsafe { libc::closedir(dirp) };
+        Ok(names)
+    }
+
+    /// Removes `name` and, if it is a directory, everything beneath it; every step relative
+    /// to an open directory and never through a symlink. Nothing there is not an error.
+    pub(crate) fn remove_all(&self, name: &OsStr) -> io::Result<()> {
+        self.remove_all_depth(name, 0)
+    }
+
+    fn remove_all_depth(&self, name: &OsStr, depth: usize) -> io::Result<()> {
+        match self.unlink(name) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {}
+            Err(e) => return Err(e),
+        }
+        if depth >= MAX_DEPTH {
+            return Err(io::Error::other(format!(
+                "more than {MAX_DEPTH} nested directories"
+            )));
+        }
+        let dir = match self.open_dir(name) {
+            Ok(dir) => dir,
+            // Swapped for something else meanwhile: remove that instead.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
+                return self.unlink(name);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for child in dir.names()? {
+            dir.remove_all_depth(&child, depth + 1)?;
+        }
+        let c = cstr(name)?;
+        // SAFETY: `c` is NUL-terminated and outlives the call; the fd is open.
+        match check(unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), libc::AT_REMOVEDIR) })
+        {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            other => other.map(drop),
+        }
+    }
+}
