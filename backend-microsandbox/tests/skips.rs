@@ -1,4 +1,4 @@
-//! A VM test that cannot run here says so: `SKIPPED <test>: <reason>` on stderr and, with
+//! A VM test that cannot run here says so: `SKIPPED <backend> <test>: <reason>` on stderr and, with
 //! `AGENTKERNEL_SKIP_LOG` set, the same line appended to that file (CI reads it). Checked by
 //! running this test binary again on a `PATH` without QEMU, so the shared runtime helper
 //! (`common::runtime`, what every VM test starts with) has to skip.
@@ -43,7 +43,7 @@ fn a_vm_test_without_qemu_says_it_skipped_on_stderr_and_in_the_skip_log() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "the child failed: {stderr}");
-    let line = "SKIPPED skips::child: qemu-system-x86_64 is missing";
+    let line = "SKIPPED microvm skips::child: qemu-system-x86_64 is missing";
     assert!(stderr.contains(line), "stderr: {stderr}");
     let logged = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<&str> = logged.lines().collect();

@@ -1,11 +1,9 @@
 //! Shared by the VM tests: the guest image, built (or found cached) by the project's script
-//! (`microvm_image`, from the workspace's shared test helpers), runtimes on it, and [`skip`].
+//! (`microvm_image`, from the workspace's shared test helpers), runtimes on it, and [`skip::skip`].
 
 #![allow(dead_code, reason = "each test file uses a part")]
 
 pub mod skip;
-
-pub use skip::skip;
 
 use agentkernel_backend_microsandbox::{MicroVmConfig, MicroVmRuntime};
 
@@ -42,9 +40,9 @@ pub fn image_runtime(pool_size: usize) -> Result<MicroVmRuntime, String> {
     }))
 }
 
-/// [`image_runtime`], or `None` after [`skip`] recorded why `test` is skipped.
+/// [`image_runtime`], or `None` after [`skip::skip`] recorded why `test` is skipped.
 pub fn runtime(test: &str, pool_size: usize) -> Option<MicroVmRuntime> {
     image_runtime(pool_size)
-        .inspect_err(|why| skip(test, why))
+        .inspect_err(|why| skip::skip(test, why))
         .ok()
 }
