@@ -740,6 +740,39 @@ pub async fn escape_write_host_usr(rt: &dyn Runtime) {
     );
 }
 
+/// A program over the program-size cap ([`ExecRequest::MAX_CODE_BYTES`], 1 MiB) is refused
+/// with an [`Error::InvalidRequest`] that names the cap, before the backend does any work
+/// on it; the sandbox carries on.
+pub async fn programs_over_the_size_cap_are_refused(rt: &dyn Runtime) {
+    let mut sb = rt.create(&test_spec()).await.expect("create");
+    // 2 MiB of statements (not only a comment, so nothing may skip over it cheaply).
+    let code = "x = 1\n".repeat((2 << 20) / 6);
+    let refused = sb.exec(ExecRequest::new(code), Arc::new(NoTools)).await;
+    match refused {
+        Err(err @ Error::InvalidRequest { .. }) => {
+            let msg = err.to_string();
+            assert!(
+                msg.contains("program-size cap of 1 MiB"),
+                "{}: the refusal does not name the cap: {msg}",
+                rt.name()
+            );
+        }
+        Err(other) => panic!("{}: refused with the wrong error: {other}", rt.name()),
+        Ok(out) => panic!(
+            "{}: a 2 MiB program ran ({:?}): the backend's Sandbox::exec must call ExecRequest::check_size first",
+            rt.name(),
+            out.status
+        ),
+    }
+    let out = sb
+        .exec(ExecRequest::new("print(1)"), Arc::new(NoTools))
+        .await
+        .expect("exec after the refusal");
+    assert_ok(&out);
+    assert_eq!(out.stdout.text(), "1\n");
+    sb.shutdown().await.expect("shutdown");
+}
+
 /// What identifies a sandbox's processes on the host: `marker` (which its programs put in
 /// their command lines) for a backend whose processes are host processes, or the sandbox's
 /// id for a microVM, whose processes live inside the VM: on the host there is only the
@@ -880,7 +913,7 @@ macro_rules! conformance_suite {
             tmp_is_capped, workspace_persists_across_sandboxes, environment_is_explicit,
             tool_calls_round_trip, escape_read_planted_file, escape_read_etc_shadow,
             escape_host_processes, escape_network, escape_write_host_usr, kill_leaves_no_process,
-            shutdown_leaves_no_process);
+            shutdown_leaves_no_process, programs_over_the_size_cap_are_refused);
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {
         $(
