@@ -274,21 +274,24 @@ struct WorkerSandbox {
 
 impl WorkerSandbox {
     /// The outcome of a run whose wall time ran out in the host's import rewrite, before
-    /// the worker got it. The worker is untouched, but a killed run ends its sandbox on
-    /// every backend: `reset` revives it.
-    fn killed_before_start(&mut self, started: Instant) -> ExecOutcome {
+    /// the worker got it. A killed run ends its sandbox's processes on every backend, so
+    /// the worker is killed the way any timed-out run's is (the process backend's kill at
+    /// the deadline of a run given 1 ms); `reset` revives it.
+    async fn killed_before_start(&mut self, started: Instant) -> Result<ExecOutcome> {
         let limit = LimitKind::WallTime;
+        let stop = ExecRequest::new("while True:\n    pass").with_timeout(Duration::from_millis(1));
+        let out = self.inner.exec(stop, Arc::new(NoTools)).await?;
         self.lost = Some(format!("it was stopped by the {limit} limit"));
-        ExecOutcome {
+        Ok(ExecOutcome {
             status: ExecStatus::Killed { limit },
             stdout: CapturedOutput::default(),
             stderr: CapturedOutput::default(),
             timings: Timings {
                 exec: started.elapsed(),
-                ..Timings::default()
+                ..out.timings
             },
             tool_calls: Vec::new(),
-        }
+        })
     }
 }
 
@@ -321,11 +324,11 @@ impl Sandbox for WorkerSandbox {
         match tools.rewrite(&req.code, deadline)? {
             Some(Cow::Owned(code)) => req.code = code,
             Some(Cow::Borrowed(_)) => {}
-            None => return Ok(self.killed_before_start(started)),
+            None => return self.killed_before_start(started).await,
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Ok(self.killed_before_start(started));
+            return self.killed_before_start(started).await;
         }
         req.timeout = Some(left);
         let mut out = self.inner.exec(req, tools).await?;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentkernel_backend_monty::{MontyConfig, MontyMode, MontyRuntime, WorkerCommand};
-use agentkernel_core::conformance::{limited, test_spec};
+use agentkernel_core::conformance::{count_host_processes_where, limited, test_spec};
 use agentkernel_core::{
     ExecRequest, ExecStatus, LimitKind, NoTools, Runtime, Sandbox, SandboxSpec, Snapshot,
 };
@@ -359,6 +359,57 @@ async fn a_program_over_the_size_cap_is_refused_with_the_cap_named() {
         assert!(msg.contains("program-size cap of 1 MiB"), "{mode:?}: {msg}");
         assert!(msg.contains("workspace"), "{mode:?}: {msg}");
         assert_eq!(run(&mut sb, "print(1)").await.stdout.text(), "1\n");
+        sb.shutdown().await.unwrap();
+    }
+}
+
+/// A run whose wall time runs out in the host's import rewrite (a 1 ms limit, far less
+/// than rewriting 340k lines takes) is a wall-time kill like any other: in worker mode the
+/// worker process is gone afterwards (found by a marker in its environment), the sandbox
+/// reports it was lost, and `reset` revives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_time_runs_out_in_the_import_rewrite_is_killed() {
+    let code = unclosed_tool_import(340_000, "print('end')\n");
+    for mode in MODES {
+        let marker = format!("ak-rewrite-{}", uuid::Uuid::new_v4().simple());
+        let mut spec = test_spec();
+        spec.env.insert("AK_TEST_MARKER".into(), marker.clone());
+        let needle = format!("AK_TEST_MARKER={marker}");
+        let workers = || {
+            count_host_processes_where("environ", |env| {
+                env.split(|b| *b == 0).any(|v| v == needle.as_bytes())
+            })
+        };
+        let mut sb = runtime(mode).create(&spec).await.unwrap();
+        assert_eq!(run(&mut sb, "print(1)").await.stdout.text(), "1\n");
+        if mode == MontyMode::Worker {
+            assert!(workers() > 0, "the worker cannot be seen in /proc");
+        }
+        let out = sb
+            .exec(
+                ExecRequest::new(code.clone()).with_timeout(Duration::from_millis(1)),
+                Arc::new(NoTools),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            out.status,
+            ExecStatus::Killed {
+                limit: LimitKind::WallTime
+            },
+            "{mode:?}"
+        );
+        assert_eq!(workers(), 0, "{mode:?}: the worker outlived the kill");
+        assert!(
+            matches!(
+                sb.exec(ExecRequest::new("print(2)"), Arc::new(NoTools))
+                    .await,
+                Err(agentkernel_core::Error::SandboxLost { .. })
+            ),
+            "{mode:?}"
+        );
+        sb.reset().await.unwrap();
+        assert_eq!(run(&mut sb, "print(3)").await.stdout.text(), "3\n");
         sb.shutdown().await.unwrap();
     }
 }
