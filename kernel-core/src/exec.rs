@@ -36,7 +36,7 @@ pub struct ExecRequest {
 
 impl ExecRequest {
     /// The program-size cap: the largest `code` (in bytes of UTF-8) a sandbox runs, 1 MiB,
-    /// on every backend (the same size as the guest protocol's largest guest → host frame,
+    /// for every backend (the same size as the guest protocol's largest guest → host frame,
     /// [`crate::guest::MAX_GUEST_FRAME_BYTES`]). Larger programs are refused by
     /// [`ExecRequest::check_size`] before any work is done on them: a host-side step over
     /// the source (monty's import rewrite, framing, parsing) then stays small. Data belongs
