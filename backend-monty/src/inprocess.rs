@@ -336,6 +336,24 @@ impl InProcessSandbox {
             ))),
         }
     }
+
+    /// The outcome of a run whose wall time ran out before Monty started it (in the host's
+    /// import rewrite). The session was not touched, but a killed run ends its sandbox on
+    /// every backend: `reset` revives it.
+    fn killed_before_start(&mut self, started: Instant) -> ExecOutcome {
+        let limit = LimitKind::WallTime;
+        self.lost = Some(format!("it was stopped by the {limit} limit"));
+        ExecOutcome {
+            status: ExecStatus::Killed { limit },
+            stdout: CapturedOutput::default(),
+            stderr: CapturedOutput::default(),
+            timings: Timings {
+                exec: started.elapsed(),
+                ..Timings::default()
+            },
+            tool_calls: Vec::new(),
+        }
+    }
 }
 
 #[async_trait]
@@ -345,6 +363,7 @@ impl Sandbox for InProcessSandbox {
     }
 
     async fn exec(&mut self, req: ExecRequest, tools: Arc<dyn ToolHost>) -> Result<ExecOutcome> {
+        req.check_size()?;
         if let Some(reason) = &self.lost {
             return Err(Error::sandbox_lost(Some(reason)));
         }
@@ -356,15 +375,23 @@ impl Sandbox for InProcessSandbox {
             ));
         }
         let started = Instant::now();
+        let deadline = started + timeout;
         let may_call_tools = mentions_tools(&req.code);
         let tools = Arc::new(BoundTools::new(tools));
-        let code = match tools.rewrite(&req.code) {
-            std::borrow::Cow::Owned(rewritten) => rewritten,
-            std::borrow::Cow::Borrowed(_) => req.code,
+        // The rewrite counts against the run's wall time: what is left of it is the run's.
+        let rewritten = tools.rewrite(&req.code, deadline)?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let code = match rewritten {
+            Some(std::borrow::Cow::Owned(rewritten)) => rewritten,
+            Some(std::borrow::Cow::Borrowed(_)) => req.code,
+            None => return Ok(self.killed_before_start(started)),
         };
+        if left.is_zero() {
+            return Ok(self.killed_before_start(started));
+        }
         let mut run = Run {
             code,
-            timeout,
+            timeout: left,
             tools,
             cap: self.output_cap,
             sink: req.output,
@@ -378,7 +405,7 @@ impl Sandbox for InProcessSandbox {
                 let _ = reply.send(run_in(&slot, &run));
             }))
             .map_err(|e| Error::io("starting a monty sandbox thread", e))?;
-            match tokio::time::timeout(timeout + GRACE, done).await {
+            match tokio::time::timeout(left + GRACE, done).await {
                 Ok(Ok(f)) => f,
                 Ok(Err(_)) => {
                     self.lost = Some("its interpreter thread ended".into());

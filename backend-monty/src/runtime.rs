@@ -3,13 +3,13 @@
 use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use agentkernel_backend_process::{NativeAgent, ProcessConfig, ProcessRuntime, ProcessSandbox};
 use agentkernel_core::{
-    Capabilities, Check, CheckState, Diagnosis, Error, ExecOutcome, ExecRequest, ExecStatus,
-    Isolation, LimitSupport, NoTools, Result, Runtime, Sandbox, SandboxSpec, Snapshot,
-    StartupClass, ToolHost,
+    Capabilities, CapturedOutput, Check, CheckState, Diagnosis, Error, ExecOutcome, ExecRequest,
+    ExecStatus, Isolation, LimitKind, LimitSupport, NoTools, Result, Runtime, Sandbox, SandboxSpec,
+    Snapshot, StartupClass, Timings, ToolHost,
 };
 use async_trait::async_trait;
 
@@ -191,7 +191,11 @@ impl MontyRuntime {
                 if let Some(bytes) = snapshot {
                     inner.load_state(bytes).await?;
                 }
-                Ok(Box::new(WorkerSandbox { inner, lost: None }))
+                Ok(Box::new(WorkerSandbox {
+                    inner,
+                    lost: None,
+                    wall_time: spec.limits.wall_time,
+                }))
             }
         }
     }
@@ -264,6 +268,31 @@ fn in_process(id: String, spec: &SandboxSpec, snapshot: Option<&[u8]>) -> Result
 struct WorkerSandbox {
     inner: ProcessSandbox,
     lost: Option<String>,
+    /// The spec's wall-time limit (a request's timeout overrides it).
+    wall_time: Duration,
+}
+
+impl WorkerSandbox {
+    /// The outcome of a run whose wall time ran out in the host's import rewrite, before
+    /// the worker got it. A killed run ends its sandbox's processes on every backend, so
+    /// the worker is killed the way any timed-out run's is (the process backend's kill at
+    /// the deadline of a run given 1 ms); `reset` revives it.
+    async fn killed_before_start(&mut self, started: Instant) -> Result<ExecOutcome> {
+        let limit = LimitKind::WallTime;
+        let stop = ExecRequest::new("while True:\n    pass").with_timeout(Duration::from_millis(1));
+        let out = self.inner.exec(stop, Arc::new(NoTools)).await?;
+        self.lost = Some(format!("it was stopped by the {limit} limit"));
+        Ok(ExecOutcome {
+            status: ExecStatus::Killed { limit },
+            stdout: CapturedOutput::default(),
+            stderr: CapturedOutput::default(),
+            timings: Timings {
+                exec: started.elapsed(),
+                ..out.timings
+            },
+            tool_calls: Vec::new(),
+        })
+    }
 }
 
 #[async_trait]
@@ -277,13 +306,31 @@ impl Sandbox for WorkerSandbox {
         mut req: ExecRequest,
         tools: Arc<dyn ToolHost>,
     ) -> Result<ExecOutcome> {
+        req.check_size()?;
         if let Some(reason) = &self.lost {
             return Err(Error::sandbox_lost(Some(reason)));
         }
-        let tools = Arc::new(BoundTools::new(tools));
-        if let Cow::Owned(code) = tools.rewrite(&req.code) {
-            req.code = code;
+        let started = Instant::now();
+        let timeout = req.timeout.unwrap_or(self.wall_time);
+        if timeout.is_zero() {
+            return Err(Error::invalid(
+                "timeout is zero",
+                "give a timeout of at least 1 ms",
+            ));
         }
+        let deadline = started + timeout;
+        let tools = Arc::new(BoundTools::new(tools));
+        // The rewrite counts against the run's wall time: the worker gets what is left.
+        match tools.rewrite(&req.code, deadline)? {
+            Some(Cow::Owned(code)) => req.code = code,
+            Some(Cow::Borrowed(_)) => {}
+            None => return self.killed_before_start(started).await,
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return self.killed_before_start(started).await;
+        }
+        req.timeout = Some(left);
         let mut out = self.inner.exec(req, tools).await?;
         if let ExecStatus::Exception {
             type_name, message, ..

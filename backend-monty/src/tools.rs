@@ -22,8 +22,9 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
-use agentkernel_core::{ToolError, ToolErrorKind, ToolHost, ToolSpec};
+use agentkernel_core::{Error, ToolError, ToolErrorKind, ToolHost, ToolSpec};
 use agentkernel_tool_bridge::stubs::{bind_arguments, python_name};
 use async_trait::async_trait;
 use serde_json::{Map, Value};
@@ -61,27 +62,77 @@ pub(crate) fn mentions_tools(code: &str) -> bool {
     code.contains("tools") || code.contains("_agentkernel")
 }
 
+/// Why [`rewrite_imports_until`] stopped before the end of the program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RewriteStop {
+    /// The exec's deadline passed (the run is then a wall-time kill).
+    TimedOut,
+    /// The rewritten program would pass [`MAX_REWRITTEN_BYTES`] (each tool import expands
+    /// to the catalog names it binds, so many imports of a large catalog multiply).
+    TooLarge,
+}
+
+/// Largest program the import rewrite may produce (16 MiB): 16 times the program-size cap,
+/// far above what real imports need, and a bound on the host memory one exec can make the
+/// rewrite hold.
+pub const MAX_REWRITTEN_BYTES: usize = 16 << 20;
+
+/// How many lines the rewrite handles between two looks at the clock.
+const LINES_PER_CLOCK_CHECK: usize = 4096;
+
 /// Rewrites the tool imports of `code` (see the module docs). Lines inside triple-quoted
 /// strings are left alone; a parenthesised `from ... import (...)` over several lines keeps
 /// the program's line numbers (the continuation lines become empty).
 pub fn rewrite_imports<'a>(code: &'a str, specs: &[ToolSpec]) -> Cow<'a, str> {
+    match rewrite_imports_until(code, specs, None) {
+        Ok(out) => out,
+        // Only reached past the expansion cap: the program is left as it is (its tool
+        // imports then fail in Monty as unknown modules).
+        Err(_) => Cow::Borrowed(code),
+    }
+}
+
+/// [`rewrite_imports`] within the exec's `deadline`: it stops with [`RewriteStop::TimedOut`]
+/// once the deadline has passed (the clock is read every few thousand lines), and with
+/// [`RewriteStop::TooLarge`] when the result would pass [`MAX_REWRITTEN_BYTES`]. Linear in
+/// the size of `code`: each line is read once, also the continuation lines of an unclosed
+/// `from tools import (` (the audit's 2 MB program of 200k such lines held a host thread
+/// 88 s when every line re-copied and re-scanned the statement so far).
+pub fn rewrite_imports_until<'a>(
+    code: &'a str,
+    specs: &[ToolSpec],
+    deadline: Option<Instant>,
+) -> Result<Cow<'a, str>, RewriteStop> {
     if !mentions_tools(code) {
-        return Cow::Borrowed(code);
+        return Ok(Cow::Borrowed(code));
     }
     let catalog = catalog_index(specs);
     let lines: Vec<&str> = code.split('\n').collect();
-    let mut out: Vec<String> = Vec::with_capacity(lines.len());
+    let mut out: Vec<Cow<'a, str>> = Vec::with_capacity(lines.len());
     let mut changed = false;
     let mut in_string: Option<&str> = None;
     let mut i = 0;
+    let mut next_clock_check = LINES_PER_CLOCK_CHECK;
+    // Bytes the replacements add (an over-estimate: the replaced statements stay counted).
+    let mut grown = 0usize;
+    let past_deadline = |i: usize, next: &mut usize| {
+        if i < *next {
+            return false;
+        }
+        *next = i + LINES_PER_CLOCK_CHECK;
+        deadline.is_some_and(|d| Instant::now() >= d)
+    };
     while i < lines.len() {
+        if past_deadline(i, &mut next_clock_check) {
+            return Err(RewriteStop::TimedOut);
+        }
         let line = lines[i];
         i += 1;
         if let Some(q) = in_string {
             if line.matches(q).count() % 2 == 1 {
                 in_string = None;
             }
-            out.push(line.to_owned());
+            out.push(Cow::Borrowed(line));
             continue;
         }
         for q in ["\"\"\"", "'''"] {
@@ -92,45 +143,55 @@ pub fn rewrite_imports<'a>(code: &'a str, specs: &[ToolSpec]) -> Cow<'a, str> {
         let body = line.trim_start();
         let indent = &line[..line.len() - body.len()];
         if !(body.starts_with("import ") || body.starts_with("from ")) || !mentions_tools(body) {
-            out.push(line.to_owned());
+            out.push(Cow::Borrowed(line));
             continue;
         }
         // The statement, up to a comment or `;`, joined with its parenthesised continuation.
-        let (mut stmt, mut rest) = split_statement(body);
+        // Each continuation line is appended once and only it is searched for the `)`.
+        let (first, mut rest) = split_statement(body);
+        let mut stmt = first.to_owned();
         let mut continuation = 0;
-        if stmt.contains('(') && !stmt.contains(')') {
-            while i < lines.len() && !stmt.contains(')') {
-                let (more, tail) = split_statement(lines[i].trim());
-                stmt = format!("{stmt} {more}");
-                rest = tail;
-                i += 1;
-                continuation += 1;
+        let mut open = stmt.contains('(') && !stmt.contains(')');
+        while open && i < lines.len() {
+            if past_deadline(i, &mut next_clock_check) {
+                return Err(RewriteStop::TimedOut);
             }
+            let (more, tail) = split_statement(lines[i].trim());
+            stmt.push(' ');
+            stmt.push_str(more);
+            open = !more.contains(')');
+            rest = tail;
+            i += 1;
+            continuation += 1;
         }
-        match rewrite_statement(&stmt, &catalog) {
+        match rewrite_statement(&stmt, &catalog)? {
             Some(new) => {
                 changed = true;
-                out.push(format!("{indent}{new}{rest}"));
-                out.extend(std::iter::repeat_n(String::new(), continuation));
+                grown += new.len();
+                if code.len() + grown > MAX_REWRITTEN_BYTES {
+                    return Err(RewriteStop::TooLarge);
+                }
+                out.push(Cow::Owned(format!("{indent}{new}{rest}")));
+                out.extend(std::iter::repeat_n(Cow::Borrowed(""), continuation));
             }
             None => {
                 let start = i - continuation - 1;
-                out.extend(lines[start..i].iter().map(|l| (*l).to_owned()));
+                out.extend(lines[start..i].iter().map(|l| Cow::Borrowed(*l)));
             }
         }
     }
-    if changed {
+    Ok(if changed {
         Cow::Owned(out.join("\n"))
     } else {
         Cow::Borrowed(code)
-    }
+    })
 }
 
 /// `(statement, rest)`: the import statement, and what follows it on the line (`; ...` or a
 /// comment), kept verbatim.
-fn split_statement(body: &str) -> (String, &str) {
+fn split_statement(body: &str) -> (&str, &str) {
     let end = body.find([';', '#']).unwrap_or(body.len());
-    (body[..end].trim_end().to_owned(), &body[end..])
+    (body[..end].trim_end(), &body[end..])
 }
 
 /// A Python string literal.
@@ -152,8 +213,22 @@ fn package_expr(catalog: &Catalog) -> String {
     format!("{PACKAGE_HELPER}({})", names.join(", "))
 }
 
-/// The replacement of one import statement, or `None` when it imports no tools.
-fn rewrite_statement(stmt: &str, catalog: &Catalog) -> Option<String> {
+/// The replacement of one import statement, or `None` when it imports no tools;
+/// [`RewriteStop::TooLarge`] past [`MAX_REWRITTEN_BYTES`].
+fn rewrite_statement(stmt: &str, catalog: &Catalog) -> Result<Option<String>, RewriteStop> {
+    // The replacement's size so far: many imports of a large catalog in one statement
+    // stop at the cap instead of building a huge string.
+    let mut size = 0usize;
+    macro_rules! push {
+        ($assigns:expr, $item:expr) => {{
+            let item: String = $item;
+            size += item.len() + 2;
+            if size > MAX_REWRITTEN_BYTES {
+                return Err(RewriteStop::TooLarge);
+            }
+            $assigns.push(item);
+        }};
+    }
     let not_found = |m: &str| format!("raise ModuleNotFoundError(\"No module named '{m}'\")");
     if let Some(names) = stmt.strip_prefix("import ") {
         let mut kept = Vec::new();
@@ -173,7 +248,7 @@ fn rewrite_statement(stmt: &str, catalog: &Catalog) -> Option<String> {
                         Some(_) => module_expr(server, tools),
                         None => package_expr(catalog),
                     },
-                    _ => return Some(not_found(module)),
+                    _ => return Ok(Some(not_found(module))),
                 }
             } else {
                 package_expr(catalog)
@@ -183,18 +258,22 @@ fn rewrite_statement(stmt: &str, catalog: &Catalog) -> Option<String> {
             } else {
                 "tools"
             });
-            assigns.push(format!("{target} = {value}"));
+            push!(assigns, format!("{target} = {value}"));
         }
         if assigns.is_empty() {
-            return None;
+            return Ok(None);
         }
         if !kept.is_empty() {
             assigns.insert(0, format!("import {}", kept.join(", ")));
         }
-        return Some(assigns.join("; "));
+        return Ok(Some(assigns.join("; ")));
     }
-    let rest = stmt.strip_prefix("from ")?;
-    let (module, names) = rest.split_once(" import ")?;
+    let Some(rest) = stmt.strip_prefix("from ") else {
+        return Ok(None);
+    };
+    let Some((module, names)) = rest.split_once(" import ") else {
+        return Ok(None);
+    };
     let module = module.trim();
     let names = names.trim().trim_start_matches('(').trim_end_matches(')');
     let items: Vec<(&str, Option<&str>)> = names
@@ -209,12 +288,12 @@ fn rewrite_statement(stmt: &str, catalog: &Catalog) -> Option<String> {
                 "call_tool" => format!("{RUNTIME_HELPER}().call_tool"),
                 "ToolError" | "ToolLimitError" => "RuntimeError".to_owned(),
                 _ => {
-                    return Some(format!(
+                    return Ok(Some(format!(
                         "raise ImportError(\"cannot import name '{name}' from '_agentkernel'\")"
-                    ));
+                    )));
                 }
             };
-            assigns.push(format!("{} = {value}", alias.unwrap_or(name)));
+            push!(assigns, format!("{} = {value}", alias.unwrap_or(name)));
         }
     } else if module == "tools" {
         for (name, alias) in items {
@@ -222,42 +301,41 @@ fn rewrite_statement(stmt: &str, catalog: &Catalog) -> Option<String> {
                 (_, Some(tools)) => module_expr(name, tools),
                 ("ToolError" | "ToolLimitError", None) => "RuntimeError".to_owned(),
                 _ => {
-                    return Some(format!(
+                    return Ok(Some(format!(
                         "raise ImportError(\"cannot import name '{name}' from 'tools'\")"
-                    ));
+                    )));
                 }
             };
-            assigns.push(format!("{} = {value}", alias.unwrap_or(name)));
+            push!(assigns, format!("{} = {value}", alias.unwrap_or(name)));
         }
     } else if let Some(server) = module.strip_prefix("tools.") {
         let Some(tools) = catalog.get(server) else {
-            return Some(not_found(module));
+            return Ok(Some(not_found(module)));
         };
         for (name, alias) in items {
             if name == "*" {
                 for (py, full) in tools {
-                    assigns.push(format!("{py} = {TOOL_HELPER}({})", lit(full)));
+                    push!(assigns, format!("{py} = {TOOL_HELPER}({})", lit(full)));
                 }
                 continue;
             }
             let Some(full) = tools.get(name) else {
-                return Some(format!(
+                return Ok(Some(format!(
                     "raise ImportError(\"cannot import name '{name}' from '{module}'\")"
-                ));
+                )));
             };
-            assigns.push(format!(
-                "{} = {TOOL_HELPER}({})",
-                alias.unwrap_or(name),
-                lit(full)
-            ));
+            push!(
+                assigns,
+                format!("{} = {TOOL_HELPER}({})", alias.unwrap_or(name), lit(full))
+            );
         }
     } else {
-        return None;
+        return Ok(None);
     }
     if assigns.is_empty() {
-        assigns.push("pass".into());
+        push!(assigns, "pass".into());
     }
-    Some(assigns.join("; "))
+    Ok(Some(assigns.join("; ")))
 }
 
 /// `"a as b"` → `("a", Some("b"))`.
@@ -316,12 +394,28 @@ impl BoundTools {
         self.specs.get_or_init(|| self.inner.catalog())
     }
 
-    /// `code` with its tool imports rewritten ([`rewrite_imports`]).
-    pub(crate) fn rewrite<'a>(&self, code: &'a str) -> Cow<'a, str> {
-        if mentions_tools(code) {
-            rewrite_imports(code, self.specs())
-        } else {
-            Cow::Borrowed(code)
+    /// `code` with its tool imports rewritten ([`rewrite_imports_until`]) by `deadline`
+    /// (the exec's: the rewrite is part of the run's wall time). `Ok(None)`: the deadline
+    /// passed, and the run is a wall-time kill. A rewrite that would grow past
+    /// [`MAX_REWRITTEN_BYTES`] is refused.
+    pub(crate) fn rewrite<'a>(
+        &self,
+        code: &'a str,
+        deadline: Instant,
+    ) -> Result<Option<Cow<'a, str>>, Error> {
+        if !mentions_tools(code) {
+            return Ok(Some(Cow::Borrowed(code)));
+        }
+        match rewrite_imports_until(code, self.specs(), Some(deadline)) {
+            Ok(out) => Ok(Some(out)),
+            Err(RewriteStop::TimedOut) => Ok(None),
+            Err(RewriteStop::TooLarge) => Err(Error::invalid(
+                format!(
+                    "the program's tool imports expand it past {} MiB on monty (each import of `tools` or of a server lists the tools it binds)",
+                    MAX_REWRITTEN_BYTES >> 20
+                ),
+                "import each tools server once, at the top of the program, and use the names from there",
+            )),
         }
     }
 }
@@ -407,6 +501,45 @@ mod tests {
             rewrite_imports("print('tools')", &specs()),
             "print('tools')"
         );
+    }
+
+    #[test]
+    fn the_rewrite_stops_at_the_exec_deadline() {
+        let code = format!("from tools import (\n{}", "calc,\n".repeat(100_000));
+        assert_eq!(
+            rewrite_imports_until(&code, &specs(), Some(Instant::now())),
+            Err(RewriteStop::TimedOut)
+        );
+        // With time to spare, the same program is rewritten: one statement, same lines.
+        let far = Instant::now() + std::time::Duration::from_secs(3600);
+        let out = rewrite_imports_until(&code, &specs(), Some(far)).unwrap();
+        assert_eq!(out.split('\n').count(), code.split('\n').count());
+        assert!(out.starts_with("calc = __agentkernel_module__(\"calc\""));
+    }
+
+    #[test]
+    fn tool_imports_cannot_expand_a_program_without_bound() {
+        // 2000 tools: each `import tools` lists all of them (about 50 KB).
+        let big: Vec<ToolSpec> = (0..2000)
+            .map(|i| ToolSpec {
+                name: format!("server{}.tool_with_a_long_name_{i}", i % 7),
+                description: String::new(),
+                input_schema: json!({"type": "object"}),
+                output_schema: None,
+            })
+            .collect();
+        let one_line = format!("import {}", vec!["tools"; 1000].join(", "));
+        let many_lines = "import tools\n".repeat(1000);
+        for code in [one_line, many_lines] {
+            assert!(code.len() < 16 << 10);
+            assert_eq!(
+                rewrite_imports_until(&code, &big, None),
+                Err(RewriteStop::TooLarge)
+            );
+        }
+        // A few imports of the same catalog are fine.
+        let few = "import tools\nfrom tools import server1\n";
+        assert!(rewrite_imports_until(few, &big, None).is_ok());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentkernel_backend_monty::{MontyConfig, MontyMode, MontyRuntime, WorkerCommand};
-use agentkernel_core::conformance::{limited, test_spec};
+use agentkernel_core::conformance::{count_host_processes_where, limited, test_spec};
 use agentkernel_core::{
     ExecRequest, ExecStatus, LimitKind, NoTools, Runtime, Sandbox, SandboxSpec, Snapshot,
 };
@@ -254,4 +254,162 @@ async fn a_restored_session_has_the_new_sandboxes_limits() {
         }
     );
     restored.shutdown().await.unwrap();
+}
+
+/// `from tools import (` left open, then `lines` continuation lines of `a,`, inside a `try`
+/// that prints the refusal, then `tail`.
+fn unclosed_tool_import(lines: usize, tail: &str) -> String {
+    let mut code = String::from("try:\n    from tools import (\n");
+    for _ in 0..lines {
+        code.push_str("a,\n");
+    }
+    code.push_str(")\nexcept ImportError as e:\n    print('refused:', e)\n");
+    code.push_str(tail);
+    code
+}
+
+/// Runs `req` on a fresh sandbox of `mode` on its own thread and runtime, so a host step
+/// that never yields cannot stall the test's runtime; `None` if it has not finished after
+/// `guard` (a guard against hangs, not a timing assertion).
+fn exec_on_a_thread(
+    mode: MontyMode,
+    req: ExecRequest,
+    guard: Duration,
+) -> Option<agentkernel_core::Result<agentkernel_core::ExecOutcome>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let out = rt.block_on(async {
+            let mut sb = runtime(mode).create(&test_spec()).await.unwrap();
+            let out = sb.exec(req, Arc::new(NoTools)).await;
+            sb.shutdown().await.unwrap();
+            out
+        });
+        let _ = tx.send(out);
+    });
+    rx.recv_timeout(guard).ok()
+}
+
+/// The audit's program: an unclosed `from tools import (` with a continuation line per
+/// 3 bytes, just under the 1 MiB program-size cap (340k lines). The rewrite used to re-copy
+/// the statement for every line (quadratic: a 2 MB program held the host 88 s, outside any
+/// time limit); now it is linear and counted in the run's wall time. With a loop after the
+/// import and a 1 s limit, the run ends as a wall-time kill (in a debug build the rewrite
+/// alone may use up that second); with no loop and time to spare, it runs to its end.
+/// The 60 s bound only guards against a hang; the assertions are on the outcomes.
+#[test]
+fn an_unclosed_tool_import_of_many_lines_is_rewritten_within_the_time_limit() {
+    const LINES: usize = 340_000;
+    let looping = unclosed_tool_import(LINES, "while True:\n    pass\n");
+    let ending = unclosed_tool_import(LINES, "print('end')\n");
+    assert!(
+        looping.len() <= ExecRequest::MAX_CODE_BYTES,
+        "{}",
+        looping.len()
+    );
+    let guard = Duration::from_secs(60);
+    for mode in MODES {
+        let req = ExecRequest::new(looping.clone()).with_timeout(Duration::from_secs(1));
+        let out = exec_on_a_thread(mode, req, guard)
+            .unwrap_or_else(|| panic!("{mode:?}: the run had not ended after {guard:?}"))
+            .unwrap();
+        assert_eq!(
+            out.status,
+            ExecStatus::Killed {
+                limit: LimitKind::WallTime
+            },
+            "{mode:?}: {:?}",
+            out.stdout.text()
+        );
+
+        let req = ExecRequest::new(ending.clone()).with_timeout(Duration::from_secs(30));
+        let out = exec_on_a_thread(mode, req, guard)
+            .unwrap_or_else(|| panic!("{mode:?}: the run had not ended after {guard:?}"))
+            .unwrap();
+        assert_eq!(out.status, ExecStatus::Ok, "{mode:?}");
+        assert_eq!(
+            out.stdout.text(),
+            "refused: cannot import name 'a' from 'tools'\nend\n",
+            "{mode:?}"
+        );
+    }
+}
+
+/// A program over the 1 MiB program-size cap is refused before any host-side work, with
+/// the cap named and what to do instead; the sandbox carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_over_the_size_cap_is_refused_with_the_cap_named() {
+    let code = unclosed_tool_import(700_000, "");
+    assert!(code.len() > 2_000_000);
+    for mode in MODES {
+        let mut sb = runtime(mode).create(&test_spec()).await.unwrap();
+        let err = sb
+            .exec(ExecRequest::new(code.clone()), Arc::new(NoTools))
+            .await
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(err, agentkernel_core::Error::InvalidRequest { .. }),
+            "{mode:?}: {msg}"
+        );
+        assert!(msg.contains("program-size cap of 1 MiB"), "{mode:?}: {msg}");
+        assert!(msg.contains("workspace"), "{mode:?}: {msg}");
+        assert_eq!(run(&mut sb, "print(1)").await.stdout.text(), "1\n");
+        sb.shutdown().await.unwrap();
+    }
+}
+
+/// A run whose wall time runs out in the host's import rewrite (a 1 ms limit, far less
+/// than rewriting 340k lines takes) is a wall-time kill like any other: in worker mode the
+/// worker process is gone afterwards (found by a marker in its environment), the sandbox
+/// reports it was lost, and `reset` revives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_time_runs_out_in_the_import_rewrite_is_killed() {
+    let code = unclosed_tool_import(340_000, "print('end')\n");
+    for mode in MODES {
+        let marker = format!("ak-rewrite-{}", uuid::Uuid::new_v4().simple());
+        let mut spec = test_spec();
+        spec.env.insert("AK_TEST_MARKER".into(), marker.clone());
+        let needle = format!("AK_TEST_MARKER={marker}");
+        let workers = || {
+            count_host_processes_where("environ", |env| {
+                env.split(|b| *b == 0).any(|v| v == needle.as_bytes())
+            })
+        };
+        let mut sb = runtime(mode).create(&spec).await.unwrap();
+        assert_eq!(run(&mut sb, "print(1)").await.stdout.text(), "1\n");
+        if mode == MontyMode::Worker {
+            assert!(workers() > 0, "the worker cannot be seen in /proc");
+        }
+        let out = sb
+            .exec(
+                ExecRequest::new(code.clone()).with_timeout(Duration::from_millis(1)),
+                Arc::new(NoTools),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            out.status,
+            ExecStatus::Killed {
+                limit: LimitKind::WallTime
+            },
+            "{mode:?}"
+        );
+        assert_eq!(workers(), 0, "{mode:?}: the worker outlived the kill");
+        assert!(
+            matches!(
+                sb.exec(ExecRequest::new("print(2)"), Arc::new(NoTools))
+                    .await,
+                Err(agentkernel_core::Error::SandboxLost { .. })
+            ),
+            "{mode:?}"
+        );
+        sb.reset().await.unwrap();
+        assert_eq!(run(&mut sb, "print(3)").await.stdout.text(), "3\n");
+        sb.shutdown().await.unwrap();
+    }
 }

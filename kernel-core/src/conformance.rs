@@ -83,6 +83,40 @@ pub fn refused_by_subset(rt: &dyn Runtime, out: &ExecOutcome) -> bool {
     refused
 }
 
+/// Environment variable naming a file [`skip`] appends its lines to, so a CI script can
+/// list (and grep for) every check that did not run: `AGENTKERNEL_SKIP_LOG=skips.txt cargo
+/// test ...`, then `grep SKIPPED skips.txt`.
+pub const SKIP_LOG_ENV: &str = "AGENTKERNEL_SKIP_LOG";
+
+/// Reports that `check` does not apply to `backend`, and why: a check that does not run
+/// must say so, never pass silently. Prints `SKIPPED <check> on <backend>: <reason>` to
+/// stderr (shown by `cargo test -- --nocapture`) and, when the environment variable
+/// `AGENTKERNEL_SKIP_LOG` ([`SKIP_LOG_ENV`]) names a file, appends the same line to it
+/// (created if missing; a file that cannot be written fails the test, so a CI script that
+/// set it never reads a partial list). Usable from any test, not only this suite:
+///
+/// ```ignore
+/// if !available { return agentkernel_core::conformance::skip("my_test", "qemu", "no /dev/kvm"); }
+/// ```
+pub fn skip(check: &str, backend: &str, reason: &str) {
+    let line = format!("SKIPPED {check} on {backend}: {reason}");
+    eprintln!("{line}");
+    if let Some(path) = std::env::var_os(SKIP_LOG_ENV) {
+        use std::io::Write;
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| writeln!(f, "{line}"));
+        if let Err(e) = written {
+            panic!(
+                "{SKIP_LOG_ENV}={}: cannot append the skip line: {e}",
+                std::path::Path::new(&path).display()
+            );
+        }
+    }
+}
+
 fn assert_ok(out: &ExecOutcome) {
     assert_eq!(
         out.status,
@@ -740,6 +774,39 @@ pub async fn escape_write_host_usr(rt: &dyn Runtime) {
     );
 }
 
+/// A program over the program-size cap ([`ExecRequest::MAX_CODE_BYTES`], 1 MiB) is refused
+/// with an [`Error::InvalidRequest`] that names the cap, before the backend does any work
+/// on it; the sandbox carries on.
+pub async fn programs_over_the_size_cap_are_refused(rt: &dyn Runtime) {
+    let mut sb = rt.create(&test_spec()).await.expect("create");
+    // 2 MiB of statements (not only a comment, so nothing may skip over it cheaply).
+    let code = "x = 1\n".repeat((2 << 20) / 6);
+    let refused = sb.exec(ExecRequest::new(code), Arc::new(NoTools)).await;
+    match refused {
+        Err(err @ Error::InvalidRequest { .. }) => {
+            let msg = err.to_string();
+            assert!(
+                msg.contains("program-size cap of 1 MiB"),
+                "{}: the refusal does not name the cap: {msg}",
+                rt.name()
+            );
+        }
+        Err(other) => panic!("{}: refused with the wrong error: {other}", rt.name()),
+        Ok(out) => panic!(
+            "{}: a 2 MiB program ran ({:?}): the backend's Sandbox::exec must call ExecRequest::check_size first",
+            rt.name(),
+            out.status
+        ),
+    }
+    let out = sb
+        .exec(ExecRequest::new("print(1)"), Arc::new(NoTools))
+        .await
+        .expect("exec after the refusal");
+    assert_ok(&out);
+    assert_eq!(out.stdout.text(), "1\n");
+    sb.shutdown().await.expect("shutdown");
+}
+
 /// What identifies a sandbox's processes on the host: `marker` (which its programs put in
 /// their command lines) for a backend whose processes are host processes, or the sandbox's
 /// id for a microVM, whose processes live inside the VM: on the host there is only the
@@ -753,9 +820,13 @@ fn host_marker(rt: &dyn Runtime, sb: &dyn crate::Sandbox, marker: &str) -> Strin
 }
 
 /// When a run is killed, every process it started is gone, including children that
-/// ignore SIGTERM (checked by scanning the host's `/proc`).
+/// ignore SIGTERM (checked by scanning the host's `/proc`). A backend without subprocesses
+/// whose sandbox is a host process of its own (monty's worker) is checked for that process;
+/// one that runs in the kernel's own process (wasm, monty in-process) has no process to
+/// leave behind, and the check is reported skipped ([`skip`]).
 pub async fn kill_leaves_no_process(rt: &dyn Runtime) {
     if !rt.capabilities().subprocess {
+        sandbox_process_is_gone_after(rt, "kill_leaves_no_process", Ending::Kill).await;
         return;
     }
     let marker = format!("ak-orphan-{}", uuid::Uuid::new_v4().simple());
@@ -803,9 +874,11 @@ print("spawned")
     sb.shutdown().await.expect("shutdown");
 }
 
-/// Dropping or shutting down a sandbox kills its processes too.
+/// Dropping or shutting down a sandbox kills its processes too (for a backend without
+/// subprocesses: its own host process, as in [`kill_leaves_no_process`]).
 pub async fn shutdown_leaves_no_process(rt: &dyn Runtime) {
     if !rt.capabilities().subprocess {
+        sandbox_process_is_gone_after(rt, "shutdown_leaves_no_process", Ending::Shutdown).await;
         return;
     }
     let marker = format!("ak-orphan-{}", uuid::Uuid::new_v4().simple());
@@ -829,6 +902,107 @@ pub async fn shutdown_leaves_no_process(rt: &dyn Runtime) {
         0,
         "processes outlived shutdown"
     );
+}
+
+/// How [`sandbox_process_is_gone_after`] ends a sandbox.
+#[derive(Clone, Copy)]
+enum Ending {
+    /// A run killed by its wall-time limit (then the sandbox is shut down).
+    Kill,
+    /// `shutdown`.
+    Shutdown,
+}
+
+/// For a backend without subprocesses: the sandbox's own host processes (found by a marker
+/// variable in the sandbox's environment, which such a backend's process is started with)
+/// are gone after `ending`. Skipped ([`skip`]) where the sandbox is not a host process.
+async fn sandbox_process_is_gone_after(rt: &dyn Runtime, check: &str, ending: Ending) {
+    let isolation = rt.capabilities().isolation;
+    if matches!(
+        isolation,
+        crate::Isolation::InProcess | crate::Isolation::Wasm
+    ) {
+        skip(
+            check,
+            rt.name(),
+            &format!(
+                "its sandboxes run inside the kernel's own process (isolation {isolation:?}) and programs cannot start processes: there is no process to outlive the sandbox"
+            ),
+        );
+        return;
+    }
+    // A microVM's sandbox is its VM process, which runs under the sandbox's id (QEMU's
+    // `-name`); any other sandbox process is started with the sandbox's environment.
+    let microvm = isolation == crate::Isolation::MicroVm;
+    let marker = format!("ak-sandbox-{}", uuid::Uuid::new_v4().simple());
+    let mut spec = test_spec();
+    spec.env
+        .insert("AGENTKERNEL_CONFORMANCE_MARKER".into(), marker.clone());
+    let mut sb = rt.create(&spec).await.expect("create");
+    let id = sb.id().to_owned();
+    let needle = format!("AGENTKERNEL_CONFORMANCE_MARKER={marker}");
+    let count = || {
+        if microvm {
+            count_host_processes(&id)
+        } else {
+            count_host_processes_where("environ", |environ| {
+                environ
+                    .split(|b| *b == 0)
+                    .any(|var| var == needle.as_bytes())
+            })
+        }
+    };
+    let out = sb
+        .exec(ExecRequest::new("print('up')"), Arc::new(NoTools))
+        .await
+        .expect("exec");
+    assert_ok(&out);
+    let mut seen = 0;
+    for _ in 0..200 {
+        seen = count();
+        if seen > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        seen > 0,
+        "{}: the check cannot see the sandbox's process in the host's /proc",
+        rt.name()
+    );
+    match ending {
+        Ending::Kill => {
+            let out = sb
+                .exec(
+                    ExecRequest::new("while True:\n    pass").with_timeout(Duration::from_secs(1)),
+                    Arc::new(NoTools),
+                )
+                .await
+                .expect("exec");
+            assert_eq!(
+                out.status,
+                ExecStatus::Killed {
+                    limit: LimitKind::WallTime
+                }
+            );
+            assert_eq!(
+                count(),
+                0,
+                "{}: the process of a killed sandbox survived the kill",
+                rt.name()
+            );
+            sb.shutdown().await.expect("shutdown");
+        }
+        Ending::Shutdown => {
+            sb.shutdown().await.expect("shutdown");
+            assert_eq!(
+                count(),
+                0,
+                "{}: the sandbox's process outlived shutdown",
+                rt.name()
+            );
+        }
+    }
 }
 
 /// Waits (up to 10 s, polling) until at least `n` host processes carry `marker`.
@@ -880,7 +1054,7 @@ macro_rules! conformance_suite {
             tmp_is_capped, workspace_persists_across_sandboxes, environment_is_explicit,
             tool_calls_round_trip, escape_read_planted_file, escape_read_etc_shadow,
             escape_host_processes, escape_network, escape_write_host_usr, kill_leaves_no_process,
-            shutdown_leaves_no_process);
+            shutdown_leaves_no_process, programs_over_the_size_cap_are_refused);
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {
         $(

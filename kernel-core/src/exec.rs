@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::{Error, Result};
 use crate::output::CapturedOutput;
 
 /// Which output stream a chunk came from.
@@ -34,6 +35,32 @@ pub struct ExecRequest {
 }
 
 impl ExecRequest {
+    /// The program-size cap: the largest `code` (in bytes of UTF-8) a sandbox runs, 1 MiB,
+    /// for every backend (the same size as the guest protocol's largest guest → host frame,
+    /// [`crate::guest::MAX_GUEST_FRAME_BYTES`]). Larger programs are refused by
+    /// [`ExecRequest::check_size`] before any work is done on them: a host-side step over
+    /// the source (monty's import rewrite, framing, parsing) then stays small. Data belongs
+    /// in files, not in the program: put it in the workspace and read it from there.
+    pub const MAX_CODE_BYTES: usize = 1 << 20;
+
+    /// Refuses a program larger than [`ExecRequest::MAX_CODE_BYTES`] with an
+    /// [`Error::InvalidRequest`] that names the cap and says what to do. Each backend's
+    /// `Sandbox::exec` must call it before anything else; the conformance check
+    /// `programs_over_the_size_cap_are_refused` holds every backend to it.
+    pub fn check_size(&self) -> Result<()> {
+        let size = self.code.len();
+        if size <= Self::MAX_CODE_BYTES {
+            return Ok(());
+        }
+        Err(Error::invalid(
+            format!(
+                "the program is {size} bytes, over the program-size cap of 1 MiB ({} bytes, ExecRequest::MAX_CODE_BYTES)",
+                Self::MAX_CODE_BYTES
+            ),
+            "split it into several execs in one sandbox (globals persist between them), or put its data in a file in the workspace and read the file from the program",
+        ))
+    }
+
     /// A request to run `code` with the sandbox's limits and no live output.
     pub fn new(code: impl Into<String>) -> Self {
         ExecRequest {
@@ -251,6 +278,19 @@ mod tests {
             .exit_code(),
             137
         );
+    }
+
+    #[test]
+    fn programs_over_the_size_cap_are_refused_with_the_cap_named() {
+        let at_cap = ExecRequest::new("#".repeat(ExecRequest::MAX_CODE_BYTES));
+        assert!(at_cap.check_size().is_ok());
+        let over = ExecRequest::new("#".repeat(ExecRequest::MAX_CODE_BYTES + 1));
+        let err = over.check_size().unwrap_err();
+        assert!(matches!(err, Error::InvalidRequest { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains("program-size cap of 1 MiB"), "{msg}");
+        assert!(msg.contains("1048576 bytes"), "{msg}");
+        assert!(err.hint().is_some_and(|h| h.contains("workspace")), "{msg}");
     }
 
     #[test]
