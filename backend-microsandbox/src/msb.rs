@@ -533,6 +533,7 @@ impl agentkernel_core::Sandbox for MsbSandbox {
     }
 
     async fn exec(&mut self, req: ExecRequest, tools: Arc<dyn ToolHost>) -> Result<ExecOutcome> {
+        req.check_size()?;
         if let Some(reason) = &self.lost {
             return Err(Error::SandboxLost {
                 reason: reason.clone(),

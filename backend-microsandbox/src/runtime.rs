@@ -808,6 +808,7 @@ impl Sandbox for MicroVmSandbox {
     }
 
     async fn exec(&mut self, req: ExecRequest, tools: Arc<dyn ToolHost>) -> Result<ExecOutcome> {
+        req.check_size()?;
         if let Some(reason) = &self.lost {
             return Err(Error::SandboxLost {
                 reason: reason.clone(),

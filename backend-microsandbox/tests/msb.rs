@@ -41,7 +41,7 @@ fn runtime() -> Result<MicroVmRuntime, String> {
 }
 
 /// Runs one conformance check on the msb runtime, or says it is skipped and why
-/// (`SKIPPED msb::<check>: <reason>`, also in `$AGENTKERNEL_SKIP_LOG`).
+/// (`SKIPPED msb msb::<check>: <reason>`, also in `$AGENTKERNEL_SKIP_LOG`).
 macro_rules! msb_checks {
     ($($name:ident),* $(,)?) => {
         $(
@@ -82,4 +82,5 @@ msb_checks!(
     escape_write_host_usr,
     kill_leaves_no_process,
     shutdown_leaves_no_process,
+    programs_over_the_size_cap_are_refused,
 );

@@ -1,7 +1,7 @@
 //! The microvm backend on this machine (QEMU, software emulation unless KVM is real): a
 //! program with a subprocess runs in a VM, its files reach the host workspace and the next
 //! VM, a pooled VM is handed out warm, and limits are judged from the host side. Skips on a
-//! machine without QEMU, cpio or apt-get, saying so (`SKIPPED <test>: <reason>` on stderr
+//! machine without QEMU, cpio or apt-get, saying so (`SKIPPED microvm <test>: <reason>` on stderr
 //! and in `$AGENTKERNEL_SKIP_LOG`, see `common/skip.rs`).
 
 mod common;

@@ -28,7 +28,7 @@ fn a_check_that_does_not_apply_is_reported_skipped() {
         .output()
         .expect("run the check in a child");
     assert!(out.status.success(), "{out:?}");
-    let expected = "SKIPPED kill_leaves_no_process on monty: ";
+    let expected = "SKIPPED monty kill_leaves_no_process (does not apply): ";
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(expected), "stderr: {stderr}");
     let logged = std::fs::read_to_string(&log).expect("the skip log was written");

@@ -89,8 +89,9 @@ pub fn refused_by_subset(rt: &dyn Runtime, out: &ExecOutcome) -> bool {
 pub const SKIP_LOG_ENV: &str = "AGENTKERNEL_SKIP_LOG";
 
 /// Reports that `check` does not apply to `backend`, and why: a check that does not run
-/// must say so, never pass silently. Prints `SKIPPED <check> on <backend>: <reason>` to
-/// stderr (shown by `cargo test -- --nocapture`) and, when the environment variable
+/// must say so, never pass silently. Prints `SKIPPED <backend> <check> (does not apply):
+/// <reason>` straight to stderr (not through `eprintln!`, which the test harness swallows
+/// for passing tests) and, when the environment variable
 /// `AGENTKERNEL_SKIP_LOG` ([`SKIP_LOG_ENV`]) names a file, appends the same line to it
 /// (created if missing; a file that cannot be written fails the test, so a CI script that
 /// set it never reads a partial list). Usable from any test, not only this suite:
@@ -99,8 +100,11 @@ pub const SKIP_LOG_ENV: &str = "AGENTKERNEL_SKIP_LOG";
 /// if !available { return agentkernel_core::conformance::skip("my_test", "qemu", "no /dev/kvm"); }
 /// ```
 pub fn skip(check: &str, backend: &str, reason: &str) {
-    let line = format!("SKIPPED {check} on {backend}: {reason}");
-    eprintln!("{line}");
+    let line = format!("SKIPPED {backend} {check} (does not apply): {reason}");
+    {
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "{line}");
+    }
     if let Some(path) = std::env::var_os(SKIP_LOG_ENV) {
         use std::io::Write;
         let written = std::fs::OpenOptions::new()

@@ -245,7 +245,13 @@ mod tests {
             let err = private_dir(&theirs).expect_err("another user's dir is refused");
             assert!(err.to_string().contains("belongs to uid 65534"), "{err}");
         } else {
-            eprintln!("SKIPPED another-user's-directory case: needs root to chown");
+            {
+                use std::io::Write as _;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "SKIPPED host hostdirs::another_users_directory: needs root to chown"
+                );
+            }
         }
     }
 
