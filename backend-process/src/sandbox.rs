@@ -477,8 +477,11 @@ impl Sandbox for ProcessSandbox {
         let status = match report.end.clone() {
             ExecEnd::Finished(status) => status,
             ExecEnd::TimedOut => {
-                self.end(format!("killed after the {timeout:?} timeout"))
-                    .await;
+                let reason = match report.limit {
+                    Some(limit) => format!("killed by the {limit} limit"),
+                    None => format!("killed after the {timeout:?} timeout"),
+                };
+                self.end(reason).await;
                 ExecStatus::Killed {
                     limit: LimitKind::WallTime,
                 }

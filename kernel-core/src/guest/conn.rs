@@ -13,7 +13,7 @@ use tracing::Instrument;
 use super::stream::SentinelStream;
 use super::{MAX_CONCURRENT_TOOL_CALLS, MAX_FRAME_BYTES, MAX_GUEST_FRAME_BYTES};
 use crate::error::{Error, Result};
-use crate::exec::{ExecRequest, ExecStatus, StreamKind, ToolCallRecord};
+use crate::exec::{ExecRequest, ExecStatus, LimitKind, StreamKind, ToolCallRecord};
 use crate::output::CapturedOutput;
 use crate::tools::{ToolError, ToolHost};
 
@@ -105,12 +105,21 @@ pub struct ExecReport {
     pub tool_calls: Vec<ToolCallRecord>,
     /// Sum of tool call durations.
     pub tool_time: Duration,
+    /// A limit the host enforced while the program ran: the output limit, when output
+    /// passes through live ([`ExecRequest::output`]) and a stream went past it. `end` is
+    /// then [`ExecEnd::TimedOut`] (the caller kills the sandbox) and
+    /// [`ExecReport::into_outcome`] reports this limit.
+    pub limit: Option<LimitKind>,
 }
 
 impl ExecReport {
     /// The outcome of an exec that ended with `status` and took `exec` in all (the limit
     /// kill is logged here, once for every backend).
     pub fn into_outcome(self, status: ExecStatus, exec: Duration) -> crate::exec::ExecOutcome {
+        let status = match self.limit {
+            Some(limit) => ExecStatus::Killed { limit },
+            None => status,
+        };
         if let ExecStatus::Killed { limit } = &status {
             tracing::info!(%limit, "sandbox killed by a limit");
         }
@@ -400,6 +409,7 @@ where
             stderr: CapturedOutput::default(),
             tool_calls: Vec::new(),
             tool_time: Duration::ZERO,
+            limit: None,
         };
         let sink = req.output.as_ref();
         let exec = HostMsg::Exec {
@@ -487,6 +497,13 @@ where
                         return Err(Error::Internal(format!("guest agent error: {message}")));
                     }
                 }
+            }
+            if sink.is_some() && (report.stdout.truncated || report.stderr.truncated) {
+                // Output passes through live, and no caller gets more than the limit: the
+                // run ends here, named by it.
+                report.limit = Some(LimitKind::Output);
+                report.end = ExecEnd::TimedOut;
+                break;
             }
             out_done |= self.out_state.eof;
             err_done |= self.err_state.eof;
