@@ -152,6 +152,15 @@ impl RootPlan {
         Ok(())
     }
 
+    fn mqueue(&mut self, guest: &str) -> Result<()> {
+        self.parent_of(guest)?;
+        self.made.insert(guest.to_owned());
+        self.ops.push(RootOp::Mqueue {
+            dst: cstr(under_root(guest))?,
+        });
+        Ok(())
+    }
+
     fn tmpfs(&mut self, guest: &str, data: String) -> Result<()> {
         self.parent_of(guest)?;
         self.made.insert(guest.to_owned());
@@ -241,6 +250,9 @@ pub(crate) fn root_plan(spec: &SandboxSpec, agent: &GuestAgent) -> Result<RootPl
     ] {
         p.symlink(Path::new(target), link)?;
     }
+    // The ipc namespace's POSIX message queues, listed by the guest's init at each reset
+    // (read-only: programs make queues with `mq_open`, not through this directory).
+    p.mqueue("/dev/mqueue")?;
     let tmp_opts = |size: u64| format!("mode=1777,size={size},uid={SANDBOX_ID},gid={SANDBOX_ID}");
     p.tmpfs("/dev/shm", tmp_opts(spec.limits.tmp_bytes))?;
     p.ops.push(RootOp::Proc {

@@ -40,6 +40,7 @@ RESET_TOKEN_LEN = 32  # follows the command byte; the new agent echoes it on std
 # Byte + token + the exec's timeout in milliseconds (10 digits) the host writes on the
 # lifeline before each exec: init marks its end, and ends what it leaves at its time limit.
 EXEC_START = b"X"
+MQUEUE_DIR = "/dev/mqueue"  # the ipc namespace's message queues (mounted by the jail)
 EXEC_TIMEOUT_DIGITS = 10
 
 
@@ -266,8 +267,8 @@ def _process_state():
 
 def _reset(wipe_workspace, baseline):
     """Makes the sandbox as clean as a new one, from its init: every other process killed,
-    the private tmpfs mounts emptied, the shared fds restored, no System V IPC left, init's
-    own limits unchanged. Raises if anything would carry over (the caller then exits, and
+    the private tmpfs mounts emptied, the shared fds restored, no System V IPC or POSIX
+    message queue left, init's own limits unchanged. Raises if anything would carry over (the caller then exits, and
     the host replaces the sandbox)."""
     import signal
     import socket
@@ -304,6 +305,14 @@ def _reset(wipe_workspace, baseline):
                     raise RuntimeError("System V IPC objects left: " + kind)
         except FileNotFoundError:
             pass
+    # POSIX message queues live in the ipc namespace too, not in a file system the reset
+    # empties: the jail mounts the namespace's mqueue file system at MQUEUE_DIR to list
+    # them. Without that mount they cannot be seen, so the reset cannot vouch for them.
+    with open("/proc/self/mounts") as f:
+        if not any(line.split()[1:3] == [MQUEUE_DIR, "mqueue"] for line in f):
+            raise RuntimeError("POSIX message queues cannot be listed")
+    if os.listdir(MQUEUE_DIR):
+        raise RuntimeError("POSIX message queues left")
 
 
 def _remove(path):
