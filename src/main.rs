@@ -440,7 +440,10 @@ async fn run(args: RunArgs) -> ExitCode {
                 StreamKind::Stderr => std::io::stderr().lock().write_all(bytes),
             };
         });
-        req = req.with_output(sink);
+        // Never more than the output limit reaches the caller, whatever the backend does
+        // past it (the `process` backend also ends the run there).
+        let limit = kernel.spec().limits.output_bytes;
+        req = req.with_output(agentkernel::core::CapturedOutput::capped_sink(sink, limit));
     }
     let outcome = match kernel.execute_request(req).await {
         Ok(o) => o,

@@ -2,7 +2,10 @@
 //!
 //! `kernel.session("conv-1")` returns the session, starting it on first use. Interpreter
 //! globals persist across its `exec` calls; files persist in its workspace (also across
-//! kernel restarts, as the workspace lives in the data dir). A session unused for the idle
+//! kernel restarts, as the workspace lives in the data dir). Processes do not: on `process`
+//! what an exec leaves running is killed at its time limit or when the next exec starts,
+//! whichever comes first, and threads it left in the interpreter wait, stopped, until the
+//! next exec. A session unused for the idle
 //! timeout is closed: its sandbox stops, its workspace stays, and the next
 //! `kernel.session(..)` of that name starts a fresh interpreter on the same files.
 //!

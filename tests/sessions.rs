@@ -372,3 +372,57 @@ async fn a_monty_session_saved_in_one_kernel_resumes_in_another() {
         "{err}"
     );
 }
+
+/// A session's exec that leaves processes behind (a `sleep` in its own session, a child
+/// that ignores SIGTERM), run with `--timeout 3` as through the CLI: the host runs none of
+/// them once the exec's time limit is over, while the session itself goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sessions_background_processes_end_at_its_time_limit() {
+    let data = tempfile::tempdir().unwrap();
+    let kernel = kernel_in(data.path());
+    let s = kernel.session("bg").await.unwrap();
+    // `sleep` takes fractional seconds: the argument marks these processes on the host.
+    let marker = format!("600.{}", std::process::id());
+    let code = format!(
+        r#"
+import os, subprocess, sys, time
+subprocess.Popen(["sleep", "{marker}"], start_new_session=True)
+subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)", "{marker}"])
+def running():
+    n = 0
+    for p in os.listdir("/proc"):
+        try:
+            if p.isdigit() and "{marker}" in open("/proc/%s/cmdline" % p).read():
+                n += 1
+        except OSError:
+            pass
+    return n
+for _ in range(500):
+    if running() == 2:
+        break
+    time.sleep(0.01)
+print("running", running())
+kept = 1
+"#
+    );
+    let out = s
+        .exec_request(agentkernel::ExecRequest::new(code).with_timeout(Duration::from_secs(3)))
+        .await
+        .unwrap();
+    assert_eq!(out.stdout.text(), "running 2\n", "{}", out.stderr.text());
+    let mut gone = false;
+    for _ in 0..600 {
+        if agentkernel::core::conformance::count_host_processes(&marker) == 0 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        gone,
+        "a background process outlived its session exec's time limit"
+    );
+    let out = s.exec("print(kept)").await.unwrap();
+    assert_eq!(out.stdout.text(), "1\n", "{}", out.stderr.text());
+    kernel.close_session("bg").await.unwrap();
+}

@@ -127,6 +127,11 @@ pub(crate) enum RootOp {
     Proc {
         dst: CString,
     },
+    /// The ipc namespace's message-queue file system, read-only. Best effort: where it
+    /// cannot be mounted, the guest's init finds no such mount and never resets in place.
+    Mqueue {
+        dst: CString,
+    },
 }
 
 /// Everything the child needs, prepared by the parent.
@@ -598,6 +603,17 @@ unsafe fn build(op: &RootOp) -> Result<(), ()> {
                     libc::MS_NOSUID | libc::MS_NODEV,
                     data.as_ptr().cast(),
                 ))
+            }
+            RootOp::Mqueue { dst } => {
+                mkdir(dst)?;
+                libc::mount(
+                    c"mqueue".as_ptr(),
+                    dst.as_ptr(),
+                    c"mqueue".as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY,
+                    null().cast(),
+                );
+                Ok(())
             }
             RootOp::Proc { dst } => {
                 mkdir(dst)?;

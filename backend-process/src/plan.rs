@@ -152,6 +152,15 @@ impl RootPlan {
         Ok(())
     }
 
+    fn mqueue(&mut self, guest: &str) -> Result<()> {
+        self.parent_of(guest)?;
+        self.made.insert(guest.to_owned());
+        self.ops.push(RootOp::Mqueue {
+            dst: cstr(under_root(guest))?,
+        });
+        Ok(())
+    }
+
     fn tmpfs(&mut self, guest: &str, data: String) -> Result<()> {
         self.parent_of(guest)?;
         self.made.insert(guest.to_owned());
@@ -241,7 +250,15 @@ pub(crate) fn root_plan(spec: &SandboxSpec, agent: &GuestAgent) -> Result<RootPl
     ] {
         p.symlink(Path::new(target), link)?;
     }
-    let tmp_opts = |size: u64| format!("mode=1777,size={size},uid={SANDBOX_ID},gid={SANDBOX_ID}");
+    // The ipc namespace's POSIX message queues, listed by the guest's init at each reset
+    // (read-only: programs make queues with `mq_open`, not through this directory).
+    p.mqueue("/dev/mqueue")?;
+    let tmp_opts = |size: u64| {
+        format!(
+            "mode=1777,size={size},nr_inodes={},uid={SANDBOX_ID},gid={SANDBOX_ID}",
+            tmpfs_inodes(size)
+        )
+    };
     p.tmpfs("/dev/shm", tmp_opts(spec.limits.tmp_bytes))?;
     p.ops.push(RootOp::Proc {
         dst: cstr(under_root("/proc"))?,
@@ -252,8 +269,9 @@ pub(crate) fn root_plan(spec: &SandboxSpec, agent: &GuestAgent) -> Result<RootPl
         None => p.tmpfs(
             "/workspace",
             format!(
-                "mode=0755,size={},uid={SANDBOX_ID},gid={SANDBOX_ID}",
-                spec.limits.tmp_bytes
+                "mode=0755,size={},nr_inodes={},uid={SANDBOX_ID},gid={SANDBOX_ID}",
+                spec.limits.tmp_bytes,
+                tmpfs_inodes(spec.limits.tmp_bytes)
             ),
         )?,
     }
@@ -261,6 +279,20 @@ pub(crate) fn root_plan(spec: &SandboxSpec, agent: &GuestAgent) -> Result<RootPl
         p.bind_user(&m.host, &path_str(&m.guest)?, m.writable)?;
     }
     Ok(p)
+}
+
+/// Bytes of a tmpfs's size cap per inode it may hold: a tmpfs of `size` bytes holds at most
+/// `size / TMPFS_BYTES_PER_INODE` files, directories and symlinks (at least
+/// [`TMPFS_MIN_INODES`]). Without a cap a tmpfs allows millions of (empty) files whatever
+/// its size, each costing kernel memory that the size cap does not count.
+pub(crate) const TMPFS_BYTES_PER_INODE: u64 = 8 << 10;
+
+/// The fewest inodes a sandbox tmpfs gets, however small its size cap.
+pub(crate) const TMPFS_MIN_INODES: u64 = 256;
+
+/// The `nr_inodes=` of a sandbox tmpfs of `size` bytes.
+pub(crate) fn tmpfs_inodes(size: u64) -> u64 {
+    (size / TMPFS_BYTES_PER_INODE).max(TMPFS_MIN_INODES)
 }
 
 /// Guest directories the sandbox may write (for landlock).

@@ -102,6 +102,21 @@ impl ProcessRuntime {
         })
     }
 
+    /// This runtime with landlock switched off, as on a kernel without it (which the
+    /// backend supports): for tests that check what the other layers hold on their own.
+    #[doc(hidden)]
+    pub fn without_landlock(self) -> Self {
+        let inner = &self.inner;
+        ProcessRuntime {
+            inner: Arc::new(Inner {
+                agent: inner.agent.clone(),
+                seccomp: inner.seccomp.clone(),
+                cgroups: inner.cgroups.clone(),
+                landlock_abi: None,
+            }),
+        }
+    }
+
     /// The interpreter sandboxes run (`None` when they run a native agent).
     pub fn python(&self) -> Option<&HostPython> {
         match &self.inner.agent {

@@ -57,6 +57,24 @@ impl Live {
         Ok(())
     }
 
+    /// Tells the guest's init that an exec with `timeout` starts (`X`, a fresh token and
+    /// the timeout on the lifeline, which only init reads): init kills what the previous
+    /// exec left running, continues the agent (stopped since its last exec), marks this
+    /// exec's end with the token, and at `timeout` kills what this exec left running.
+    /// Returns the token. A failed write means init is gone; the exec then finds the agent
+    /// gone too.
+    fn start_exec(&mut self, timeout: Duration) -> String {
+        use std::io::Write as _;
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let millis = timeout.as_millis().min(9_999_999_999);
+        let command = format!("X{token}{millis:010}");
+        // 43 bytes: one atomic pipe write.
+        if let Err(e) = (&self.lifeline).write_all(command.as_bytes()) {
+            tracing::debug!(error = %e, "the sandbox's init is gone");
+        }
+        token
+    }
+
     /// SIGKILL to pid 1 of the sandbox: the kernel then kills every process in its pid
     /// namespace.
     fn kill(&mut self) {
@@ -434,16 +452,20 @@ impl Sandbox for ProcessSandbox {
         let oom_before = live.cgroup.as_ref().map_or(0, SandboxCgroup::oom_kills);
         let span = tracing::info_span!("exec", backend = "process", sandbox = %self.id);
         let _enter = span.enter();
-        let report = match live
-            .conn
-            .exec(
-                &req,
-                tools,
-                self.spec.limits.output_bytes,
-                started + timeout,
-            )
-            .await
-        {
+        let cap = self.spec.limits.output_bytes;
+        let report = match &self.inner.agent {
+            GuestAgent::Python(_) => {
+                // The exec's end is marked by the guest's init with a token only it and we
+                // know (the program cannot forge it), after it killed every other process.
+                let token = live.start_exec(timeout);
+                live.conn
+                    .exec_ended_by_init(&req, tools, cap, started + timeout, &token)
+                    .await
+            }
+            // The native worker (monty) runs no program code that can reach its fds.
+            GuestAgent::Native(_) => live.conn.exec(&req, tools, cap, started + timeout).await,
+        };
+        let report = match report {
             Ok(r) => r,
             Err(e) => {
                 // A guest that broke the protocol cannot be trusted to stop: kill it.
@@ -455,8 +477,11 @@ impl Sandbox for ProcessSandbox {
         let status = match report.end.clone() {
             ExecEnd::Finished(status) => status,
             ExecEnd::TimedOut => {
-                self.end(format!("killed after the {timeout:?} timeout"))
-                    .await;
+                let reason = match report.limit {
+                    Some(limit) => format!("killed by the {limit} limit"),
+                    None => format!("killed after the {timeout:?} timeout"),
+                };
+                self.end(reason).await;
                 ExecStatus::Killed {
                     limit: LimitKind::WallTime,
                 }

@@ -150,3 +150,68 @@ async fn symlinked_workspace_cannot_redirect_the_mount() {
         "the symlink target was handed to the sandbox user"
     );
 }
+
+/// The sandbox's tmpfs mounts (`/tmp`, `/dev/shm`, the private `/workspace`) hold a number
+/// of inodes proportional to their size (`nr_inodes=`): creating files past it fails with
+/// `ENOSPC`, `statvfs` shows the cap, and the host sees the option on the mounts and no more
+/// files than the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tmpfs_inodes_are_capped() {
+    let rt = ProcessRuntime::new(ProcessConfig::default()).expect("process backend");
+    let spec = agentkernel_core::conformance::limited(|l| l.tmp_bytes = 4 << 20);
+    // 4 MiB at one inode per 8 KiB.
+    let cap = 512;
+    let mut sb = rt.create(&spec).await.expect("sandbox");
+    let out = sb
+        .exec(
+            ExecRequest::new(format!(
+                r#"
+import errno, os
+for top in ("/tmp", "/dev/shm", "/workspace"):
+    made, err = 0, None
+    try:
+        for i in range({cap} + 100):
+            open("%s/f%d" % (top, i), "w").close()
+            made += 1
+    except OSError as e:
+        err = errno.errorcode[e.errno]
+    print(top, os.statvfs(top).f_files, made <= {cap}, err)
+print(os.readlink("/proc/self/ns/pid"))
+"#
+            )),
+            Arc::new(NoTools),
+        )
+        .await
+        .expect("exec");
+    assert_eq!(out.status, ExecStatus::Ok, "{}", out.stderr.text());
+    let text = out.stdout.text();
+    let mut lines = text.lines();
+    for top in ["/tmp", "/dev/shm", "/workspace"] {
+        assert_eq!(
+            lines.next(),
+            Some(format!("{top} {cap} True ENOSPC").as_str()),
+            "{text}"
+        );
+    }
+    // From the host: a process of the sandbox (found by its pid namespace) shows the mounts.
+    let ns = lines.next().expect("pid namespace").to_owned();
+    let pid = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| std::fs::read_link(p.join("ns/pid")).is_ok_and(|l| l.to_string_lossy() == ns))
+        .expect("a host process in the sandbox's pid namespace");
+    let mountinfo = std::fs::read_to_string(pid.join("mountinfo")).expect("mountinfo");
+    for top in ["/tmp", "/dev/shm", "/workspace"] {
+        let line = mountinfo
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some(top))
+            .unwrap_or_else(|| panic!("no {top} mount: {mountinfo}"));
+        assert!(line.contains(&format!("nr_inodes={cap}")), "{line}");
+        let files = std::fs::read_dir(pid.join("root").join(&top[1..]))
+            .expect("host listing of the sandbox's mount")
+            .count();
+        assert!(files < cap, "{top} holds {files} files");
+    }
+    sb.shutdown().await.expect("shutdown");
+}

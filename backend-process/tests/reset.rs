@@ -228,3 +228,44 @@ async fn shared_fd_flags_are_restored_by_a_reset() {
     );
     sb.shutdown().await.expect("shutdown");
 }
+
+/// A POSIX message queue outlives the program that made it (and, like System V IPC, is not
+/// a file under `/tmp`): the reset finds it and starts a new jail, so the next program
+/// cannot open it. Landlock does not govern `mq_open`; it is off here, as on kernels
+/// without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posix_message_queues_do_not_survive_a_reset() {
+    let rt = ProcessRuntime::new(ProcessConfig::default())
+        .expect("process backend")
+        .without_landlock();
+    let mut sb = rt.create(&test_spec()).await.expect("sandbox");
+    let mq = r#"
+import ctypes, os
+rt = ctypes.CDLL("librt.so.1", use_errno=True)
+rt.mq_open.restype = ctypes.c_int
+rt.mq_open.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
+"#;
+    let made = exec(
+        &mut sb,
+        &format!(
+            "{mq}\nfd = rt.mq_open(b'/ak-left', os.O_CREAT | os.O_RDWR, 0o600, None)\nprint(fd >= 0, ctypes.get_errno())"
+        ),
+    )
+    .await;
+    assert_eq!(made.stdout.text(), "True 0\n", "{}", made.stderr.text());
+    sb.reset().await.expect("reset");
+    let out = exec(
+        &mut sb,
+        &format!(
+            "{mq}\nfd = rt.mq_open(b'/ak-left', os.O_RDWR, 0, None)\nprint(fd, os.strerror(ctypes.get_errno()) if fd < 0 else 'opened')"
+        ),
+    )
+    .await;
+    assert!(
+        out.stdout.text().starts_with("-1 No such file"),
+        "the next program opened the previous program's queue: {}{}",
+        out.stdout.text(),
+        out.stderr.text()
+    );
+    sb.shutdown().await.expect("shutdown");
+}

@@ -4,8 +4,15 @@
 # socket on fd 3. The host sends {"type": "exec", "id", "code", "sentinel"} and
 # {"type": "tool_result", "id", "ok", "value" | "error"}; the guest sends {"type": "hello"},
 # {"type": "tool_call", "id", "name", "args"} and {"type": "done", "id", "status", ...}.
-# Program output goes to fds 1 and 2 (pipes read by the host); after each exec the agent
-# writes the exec's sentinel to both so the host knows where that exec's output ends.
+# Program output goes to fds 1 and 2 (pipes read by the host). Where the output of one exec
+# ends is marked on both:
+# - under this file's init (process backend): the program runs in the agent's own process,
+#   so nothing the agent knows is secret from it. The host writes `X` + a per-exec token +
+#   the exec's timeout on the lifeline (which only init reads) before each exec; after
+#   `done` the agent stops itself (SIGSTOP); init, on seeing it stopped, writes the token's
+#   mark on fds 1 and 2. The agent stays stopped until the next `X`. Processes the exec
+#   left running are killed at its time limit or at the next `X`, whichever comes first.
+# - elsewhere (a microVM), the agent writes the exec's sentinel on both.
 #
 # If this process is pid 1 of a fresh pid namespace, it forks: the child is the agent, and
 # pid 1 stays a tiny init that reaps orphans and exits (taking the whole namespace with it)
@@ -30,11 +37,17 @@ TOOLS_PARENT = "/"  # parent of the generated `tools` package mounted at /tools
 RESET = b"R"
 RESET_WIPE_WORKSPACE = b"W"
 RESET_TOKEN_LEN = 32  # follows the command byte; the new agent echoes it on stdout and stderr
+# Byte + token + the exec's timeout in milliseconds (10 digits) the host writes on the
+# lifeline before each exec: init marks its end, and ends what it leaves at its time limit.
+EXEC_START = b"X"
+MQUEUE_DIR = "/dev/mqueue"  # the ipc namespace's message queues (mounted by the jail)
+EXEC_TIMEOUT_DIGITS = 10
 
 
 def _init():
     import select
     import signal
+    import time
 
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
@@ -44,20 +57,24 @@ def _init():
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     def spawn_agent(reset_token=None):
+        """Forks an agent; returns its pid and the write end of its go pipe (one byte per
+        exec, written once init has dealt with what the previous exec left)."""
+        go_r, go_w = os.pipe()
         pid = os.fork()
         if pid == 0:
             signal.set_wakeup_fd(-1)
-            for fd in (wake_r, wake_w, LIFELINE_FD):
+            for fd in (wake_r, wake_w, LIFELINE_FD, go_w):
                 os.close(fd)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.default_int_handler)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             _set_dumpable(1)
             try:
-                _agent(reset_token)
+                _agent(reset_token, go_fd=go_r)
             finally:
                 os._exit(0)
-        return pid
+        os.close(go_r)
+        return pid, go_w
 
     # Not dumpable, before any agent exists: sandboxed code cannot open /proc/1/mem (or
     # /proc/1/fd) to take over its init. Agents turn it back on for themselves.
@@ -70,41 +87,146 @@ def _init():
     gc.freeze()
     # What a program could change about init (same uid): checked at every reset.
     baseline = _process_state()
-    agent_pid = spawn_agent()
+    agent_pid, go_w = spawn_agent()
+    # The token of the exec in progress (from the host's `X`), until init has marked its end.
+    exec_token = None
+    # When the time limit of the current (or last) exec runs out (time.monotonic()).
+    deadline = None
     # CONTROL_FD stays open (unused here): an agent forked after a reset speaks on it.
     while True:
+        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
-            ready, _, _ = select.select([LIFELINE_FD, wake_r], [], [])
+            ready, _, _ = select.select([LIFELINE_FD, wake_r], [], [], wait)
         except InterruptedError:
+            continue
+        if not ready:
+            # The last exec's time is up. If it still runs, the host is killing the sandbox;
+            # if it ended, what it left behind ends now.
+            deadline = None
+            if exec_token is None:
+                _end_leftovers(agent_pid)
             continue
         if LIFELINE_FD in ready:
             command = os.read(LIFELINE_FD, 1)
-            if command not in (RESET, RESET_WIPE_WORKSPACE):
+            if command not in (RESET, RESET_WIPE_WORKSPACE, EXEC_START):
                 os._exit(0)  # EOF: the host is gone; the namespace dies with us
             try:
                 token = os.read(LIFELINE_FD, RESET_TOKEN_LEN).decode("ascii")
                 if len(token) != RESET_TOKEN_LEN or not token.isalnum():
-                    raise ValueError("bad reset token")
+                    raise ValueError("bad token")
+                if command == EXEC_START:
+                    millis = int(os.read(LIFELINE_FD, EXEC_TIMEOUT_DIGITS).decode("ascii"))
+                    # Nothing the previous exec left runs into this one.
+                    _end_leftovers(agent_pid)
+                    exec_token = token
+                    deadline = time.monotonic() + millis / 1000
+                    # The agent waits stopped since the previous exec's end (or, before its
+                    # first, for the go): it cannot stop for this exec before this go.
+                    os.kill(agent_pid, signal.SIGCONT)
+                    os.write(go_w, b"g")
+                    continue
                 _reset(command == RESET_WIPE_WORKSPACE, baseline)
             except BaseException:  # noqa: BLE001 - fail closed: the host replaces the sandbox
                 os._exit(1)
-            agent_pid = spawn_agent(token)
+            exec_token = deadline = None
+            os.close(go_w)
+            agent_pid, go_w = spawn_agent(token)
             continue
         try:
             os.read(wake_r, 4096)
         except BlockingIOError:
             pass
+        _reap(agent_pid)
+        # Did the agent stop (the end of an exec)? Continue events need no action here.
+        try:
+            pid, status = os.waitpid(agent_pid, os.WNOHANG | os.WUNTRACED)
+        except ChildProcessError:
+            continue
+        if pid == agent_pid and not os.WIFSTOPPED(status):
+            _agent_ended(status)
+        if pid == agent_pid and exec_token is not None:
+            _mark_end(exec_token)
+            exec_token = None
+
+
+def _agent_ended(status):
+    """Init exits as its agent did (the namespace dies with it)."""
+    if os.WIFSIGNALED(status):
+        os._exit(128 + os.WTERMSIG(status))
+    os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+
+
+def _reap(agent_pid):
+    """Reaps init's exited children (orphans); exits if the agent itself exited."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        if pid == agent_pid:
+            _agent_ended(status)
+
+
+def _proc_state(pid):
+    """The state letter of `pid` in /proc (`R`, `S`, `T`, `Z`...), None if it is gone."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3].decode("ascii", "replace")
+
+
+def _kill_all_but(agent_pid):
+    """SIGKILLs every process of the sandbox but init and the agent, until none is left
+    (zombies, which run nothing, are left to their parents)."""
+    import signal
+    import time
+
+    while True:
+        alive = False
+        for name in os.listdir("/proc"):
+            if not name.isdigit() or int(name) in (1, agent_pid):
+                continue
+            if _proc_state(int(name)) in (None, "Z", "X"):
+                continue
+            alive = True
+            try:
+                os.kill(int(name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        _reap(agent_pid)
+        if not alive:
+            return
+        time.sleep(0.001)
+
+
+def _end_leftovers(agent_pid):
+    """Stops the agent and kills every other process of the sandbox: what an exec left
+    running lives until its time limit or the next exec, whichever comes first."""
+    import signal
+
+    os.kill(agent_pid, signal.SIGSTOP)
+    _kill_all_but(agent_pid)
+
+
+def _mark_end(token):
+    """Marks the end of the exec's output on fds 1 and 2, with the token of the exec that
+    only init and the host know (the agent has stopped: its output is all written)."""
+    import select
+
+    mark = memoryview(("\x1eAK-END-" + token + "\x1e").encode())
+    for fd in (1, 2):
+        # Shorter than PIPE_BUF: written whole, never interleaved. Processes the exec left
+        # may have made the shared pipe non-blocking.
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
+                os.write(fd, mark)
                 break
-            if pid == 0:
-                break
-            if pid == agent_pid:
-                if os.WIFSIGNALED(status):
-                    os._exit(128 + os.WTERMSIG(status))
-                os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+            except BlockingIOError:
+                select.select([], [fd], [])
 
 
 def _preimport():
@@ -145,8 +267,8 @@ def _process_state():
 
 def _reset(wipe_workspace, baseline):
     """Makes the sandbox as clean as a new one, from its init: every other process killed,
-    the private tmpfs mounts emptied, the shared fds restored, no System V IPC left, init's
-    own limits unchanged. Raises if anything would carry over (the caller then exits, and
+    the private tmpfs mounts emptied, the shared fds restored, no System V IPC or POSIX
+    message queue left, init's own limits unchanged. Raises if anything would carry over (the caller then exits, and
     the host replaces the sandbox)."""
     import signal
     import socket
@@ -183,6 +305,14 @@ def _reset(wipe_workspace, baseline):
                     raise RuntimeError("System V IPC objects left: " + kind)
         except FileNotFoundError:
             pass
+    # POSIX message queues live in the ipc namespace too, not in a file system the reset
+    # empties: the jail mounts the namespace's mqueue file system at MQUEUE_DIR to list
+    # them. Without that mount they cannot be seen, so the reset cannot vouch for them.
+    with open("/proc/self/mounts") as f:
+        if not any(line.split()[1:3] == [MQUEUE_DIR, "mqueue"] for line in f):
+            raise RuntimeError("POSIX message queues cannot be listed")
+    if os.listdir(MQUEUE_DIR):
+        raise RuntimeError("POSIX message queues left")
 
 
 def _remove(path):
@@ -293,7 +423,11 @@ def _protections():
     return found
 
 
-def _agent(reset_token=None):
+def _agent(reset_token=None, go_fd=None):
+    """The agent. Under init (`go_fd` given) it waits for init's go before each exec and
+    stops itself after each `done` (see the top of this file)."""
+    import signal
+
     # What every exec needs is imported before "hello" (by init, before it forked us): a
     # pre-warmed sandbox's first run then costs no more than its later ones.
     if reset_token:
@@ -332,6 +466,8 @@ def _agent(reset_token=None):
         if msg.get("type") != "exec":
             chan.send({"type": "error", "message": "unexpected message " + str(msg.get("type"))})
             continue
+        if go_fd is not None and not os.read(go_fd, 1):
+            return  # init is gone
         runs += 1
         filename = "main.py" if runs == 1 else "main-%d.py" % runs
         status = run_program(msg["code"], user_globals, filename, (AGENT_FILE,))
@@ -343,12 +479,17 @@ def _agent(reset_token=None):
                     stream.flush()
             except Exception:  # noqa: BLE001 - a broken user stream must not break the protocol
                 pass
+            if go_fd is not None:
+                continue  # init marks the end (see the top of this file)
             try:
                 os.write(fd, sentinel)
                 written[name] = True
             except OSError:
                 written[name] = False
         chan.send({"type": "done", "id": msg["id"], "status": status, "sentinels": written})
+        if go_fd is not None:
+            # Init ends the exec once we are stopped, and continues us for the next one.
+            os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def _vm_configure(config_fd, ready_fd):

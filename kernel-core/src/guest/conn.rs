@@ -13,7 +13,7 @@ use tracing::Instrument;
 use super::stream::SentinelStream;
 use super::{MAX_CONCURRENT_TOOL_CALLS, MAX_FRAME_BYTES, MAX_GUEST_FRAME_BYTES};
 use crate::error::{Error, Result};
-use crate::exec::{ExecRequest, ExecStatus, StreamKind, ToolCallRecord};
+use crate::exec::{ExecRequest, ExecStatus, LimitKind, StreamKind, ToolCallRecord};
 use crate::output::CapturedOutput;
 use crate::tools::{ToolError, ToolHost};
 
@@ -105,12 +105,21 @@ pub struct ExecReport {
     pub tool_calls: Vec<ToolCallRecord>,
     /// Sum of tool call durations.
     pub tool_time: Duration,
+    /// A limit the host enforced while the program ran: the output limit, when output
+    /// passes through live ([`ExecRequest::output`]) and a stream went past it. `end` is
+    /// then [`ExecEnd::TimedOut`] (the caller kills the sandbox) and
+    /// [`ExecReport::into_outcome`] reports this limit.
+    pub limit: Option<LimitKind>,
 }
 
 impl ExecReport {
     /// The outcome of an exec that ended with `status` and took `exec` in all (the limit
     /// kill is logged here, once for every backend).
     pub fn into_outcome(self, status: ExecStatus, exec: Duration) -> crate::exec::ExecOutcome {
+        let status = match self.limit {
+            Some(limit) => ExecStatus::Killed { limit },
+            None => status,
+        };
         if let ExecStatus::Killed { limit } = &status {
             tracing::info!(%limit, "sandbox killed by a limit");
         }
@@ -342,16 +351,65 @@ where
         deadline: Instant,
         gone: impl Future<Output = ()>,
     ) -> Result<ExecReport> {
+        self.run_exec(req, tools, cap, deadline, gone, None).await
+    }
+
+    /// [`GuestConn::exec`] for the Python agent under the guest's init (process backend),
+    /// whose end the program cannot forge: the caller has just sent `token` to the guest's
+    /// init (out of the program's reach, on the lifeline), and init writes
+    /// [`exec_end_mark`]`(token)` on both output streams once the agent stopped after its
+    /// `done` and every other process of the sandbox is dead. Until both marks arrive the
+    /// exec goes on, whatever `done` frames or sentinels the program writes; its status is
+    /// the last `done` the agent sent before the marks.
+    pub async fn exec_ended_by_init(
+        &mut self,
+        req: &ExecRequest,
+        tools: Arc<dyn ToolHost>,
+        cap: usize,
+        deadline: Instant,
+        token: &str,
+    ) -> Result<ExecReport>
+    where
+        C: std::os::fd::AsRawFd,
+    {
+        let fd = self.control.as_raw_fd();
+        self.run_exec(
+            req,
+            tools,
+            cap,
+            deadline,
+            std::future::pending(),
+            Some((token, fd)),
+        )
+        .await
+    }
+
+    async fn run_exec(
+        &mut self,
+        req: &ExecRequest,
+        tools: Arc<dyn ToolHost>,
+        cap: usize,
+        deadline: Instant,
+        gone: impl Future<Output = ()>,
+        init: Option<(&str, std::os::fd::RawFd)>,
+    ) -> Result<ExecReport> {
+        let init_token = init.map(|(token, _)| token);
         let mut gone = std::pin::pin!(gone);
         self.next_id += 1;
         let id = self.next_id;
         let sentinel = format!("\u{1e}AK-END-{}\u{1e}", uuid::Uuid::new_v4().simple());
+        // Where this exec's output ends on each stream: init's mark, or the agent's sentinel.
+        let end_mark = match init_token {
+            Some(token) => exec_end_mark(token),
+            None => sentinel.clone(),
+        };
         let mut report = ExecReport {
             end: ExecEnd::GuestGone,
             stdout: CapturedOutput::default(),
             stderr: CapturedOutput::default(),
             tool_calls: Vec::new(),
             tool_time: Duration::ZERO,
+            limit: None,
         };
         let sink = req.output.as_ref();
         let exec = HostMsg::Exec {
@@ -422,9 +480,12 @@ where
                         }
                         status = Some(st);
                         // A stream the agent could not write its sentinel to will never
-                        // show one: stop waiting for it.
-                        out_done |= !sentinels.get("stdout").copied().unwrap_or(false);
-                        err_done |= !sentinels.get("stderr").copied().unwrap_or(false);
+                        // show one: stop waiting for it. (Under init, init's marks always
+                        // come, and only they end the exec.)
+                        if init_token.is_none() {
+                            out_done |= !sentinels.get("stdout").copied().unwrap_or(false);
+                            err_done |= !sentinels.get("stderr").copied().unwrap_or(false);
+                        }
                     }
                     GuestMsg::Hello(_) => {
                         return Err(Error::Internal("guest said hello twice".into()));
@@ -437,9 +498,56 @@ where
                     }
                 }
             }
+            if sink.is_some() && (report.stdout.truncated || report.stderr.truncated) {
+                // Output passes through live, and no caller gets more than the limit: the
+                // run ends here, named by it.
+                report.limit = Some(LimitKind::Output);
+                report.end = ExecEnd::TimedOut;
+                break;
+            }
             out_done |= self.out_state.eof;
             err_done |= self.err_state.eof;
-            if let Some(st) = &status
+            if init_token.is_some() && out_seen && err_seen {
+                // Init marked the end: the agent is stopped and alone, so its `done` (sent
+                // before it stopped) is already in the socket. The last one counts: a
+                // program may have forged earlier ones.
+                if let Some((_, fd)) = init {
+                    self.read_queued_frames(fd)?;
+                }
+                while let Some(msg) = self.take_frame()? {
+                    match msg {
+                        GuestMsg::Done {
+                            id: done_id,
+                            status: st,
+                            ..
+                        } if done_id == id
+                            && !matches!(
+                                st,
+                                ExecStatus::Killed { .. } | ExecStatus::Crashed { .. }
+                            ) =>
+                        {
+                            status = Some(st);
+                        }
+                        // A tool call the stopped agent can no longer wait for.
+                        GuestMsg::ToolCall { .. } => {}
+                        _ => {
+                            return Err(Error::Internal(
+                                "guest sent an unexpected frame at the end of an exec".into(),
+                            ));
+                        }
+                    }
+                }
+                calls.abort_all();
+                let Some(st) = status else {
+                    return Err(Error::Internal(
+                        "the program stopped its interpreter before its run ended".into(),
+                    ));
+                };
+                report.end = ExecEnd::Finished(st);
+                return Ok(report);
+            }
+            if init_token.is_none()
+                && let Some(st) = &status
                 && out_done
                 && err_done
             {
@@ -467,7 +575,7 @@ where
                     match n {
                         Ok(0) | Err(_) => self.out_state.eof = true,
                         Ok(n) => {
-                            out_seen = self.out_state.feed(&out_buf[..n], sentinel.as_bytes(), &mut report.stdout, cap, sink);
+                            out_seen = self.out_state.feed(&out_buf[..n], end_mark.as_bytes(), &mut report.stdout, cap, sink);
                             out_done = out_seen;
                         }
                     }
@@ -476,7 +584,7 @@ where
                     match n {
                         Ok(0) | Err(_) => self.err_state.eof = true,
                         Ok(n) => {
-                            err_seen = self.err_state.feed(&err_buf[..n], sentinel.as_bytes(), &mut report.stderr, cap, sink);
+                            err_seen = self.err_state.feed(&err_buf[..n], end_mark.as_bytes(), &mut report.stderr, cap, sink);
                             err_done = err_seen;
                         }
                     }
@@ -544,6 +652,38 @@ where
         report.end = ExecEnd::GuestGone;
     }
 
+    /// Moves what the control socket `fd` (this connection's) holds right now into the
+    /// read buffer, without waiting for more. Reads the socket directly: the runtime may not
+    /// have seen its readiness yet, and what the agent sent before it stopped must count.
+    fn read_queued_frames(&mut self, fd: std::os::fd::RawFd) -> Result<()> {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            // SAFETY: `recv` writes at most `buf.len()` bytes into `buf`, which we own; `fd`
+            // is the control socket, kept open by `self.control`.
+            let n =
+                unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+            match usize::try_from(n) {
+                Ok(0) => return Ok(()),
+                Ok(n) => {
+                    self.rbuf.extend_from_slice(&buf[..n]);
+                    if self.rbuf.len() > 4 * MAX_GUEST_FRAME_BYTES {
+                        return Err(Error::Internal(
+                            "guest queued too many frames at the end of an exec".into(),
+                        ));
+                    }
+                }
+                Err(_) => {
+                    let e = std::io::Error::last_os_error();
+                    match e.kind() {
+                        std::io::ErrorKind::Interrupted => {}
+                        std::io::ErrorKind::WouldBlock => return Ok(()),
+                        _ => return Err(Error::io("reading from the guest agent", e)),
+                    }
+                }
+            }
+        }
+    }
+
     /// Parses one complete frame from the read buffer, if there is one.
     fn take_frame(&mut self) -> Result<Option<GuestMsg>> {
         if self.rbuf.len() < 4 {
@@ -564,6 +704,12 @@ where
         self.rbuf.drain(..4 + len);
         msg.map(Some)
     }
+}
+
+/// What the guest's init writes on stdout and stderr at the end of an exec started with
+/// `token` (see [`GuestConn::exec_ended_by_init`]).
+pub fn exec_end_mark(token: &str) -> String {
+    format!("\u{1e}AK-END-{token}\u{1e}")
 }
 
 /// Moves everything `reader` still yields (until end-of-file or `until`) into `out`.

@@ -11,8 +11,10 @@
 //! - fds 1 and 2: pipes the host reads as the program's stdout and stderr.
 //!
 //! Each `exec` runs in one persistent globals dict, so state survives between calls. At the
-//! end of each `exec` the agent writes a per-exec random *sentinel* to fds 1 and 2; the host
-//! reads each stream up to its sentinel, so output of one exec never bleeds into the next.
+//! end of each `exec` a per-exec random mark is written to fds 1 and 2; the host reads each
+//! stream up to it, so output of one exec never bleeds into the next. Under the guest's init
+//! (process backend) init writes it, with a token the program cannot learn
+//! ([`GuestConn::exec_ended_by_init`]); elsewhere the agent writes the exec's *sentinel*.
 //! Tool calls go guest → host as `tool_call` frames and come back as `tool_result` frames;
 //! inside the sandbox they are `_agentkernel.call_tool(name, args)`.
 //!
@@ -23,7 +25,7 @@
 mod conn;
 mod stream;
 
-pub use conn::{ExecEnd, ExecReport, GuestConn, Hello};
+pub use conn::{ExecEnd, ExecReport, GuestConn, Hello, exec_end_mark};
 
 use crate::exec::{ExecStatus, LimitKind};
 

@@ -60,10 +60,8 @@ impl SentinelStream {
         if self.pending.is_empty() {
             return;
         }
-        if let Some(sink) = sink {
-            sink(self.kind, &self.pending);
-        }
-        out.push(&self.pending, cap);
+        // Live output is capped as the capture is: never more than `cap` reaches the sink.
+        out.push_live(&self.pending, cap, sink, self.kind);
         self.pending.clear();
     }
 }

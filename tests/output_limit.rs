@@ -1,0 +1,41 @@
+//! The output limit holds for what the CLI passes through live, not only for what it
+//! captures: a program printing far more than the limit delivers at most the limit to the
+//! caller, and the run ends naming the limit.
+
+use std::process::{Command, Stdio};
+
+#[test]
+fn cli_passthrough_stops_at_the_output_limit() {
+    // 64 MiB on stdout (the default limit is 1 MiB), then a line that must never arrive.
+    let program = "import sys\nline = 'x' * 1023 + '\\n'\nfor _ in range(64 << 10):\n    sys.stdout.write(line)\nprint('UNREACHED')\n";
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_agentkernel"))
+        .args(["run", "--timeout", "120", "-"])
+        .env("AGENTKERNEL_DATA_DIR", data.path())
+        .env_remove("AGENTKERNEL_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn agentkernel");
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(program.as_bytes()).expect("write program");
+    }
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let limit = agentkernel::core::Limits::default().output_bytes;
+    assert!(
+        out.stdout.len() <= limit,
+        "the caller received {} bytes, more than the {limit}-byte limit; stderr: {stderr}",
+        out.stdout.len()
+    );
+    assert!(out.stdout.len() >= limit / 2, "{} bytes", out.stdout.len());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("UNREACHED"));
+    assert_ne!(out.status.code(), Some(0), "stderr: {stderr}");
+    assert!(
+        stderr.contains("killed: output size limit exceeded"),
+        "the limit is not named: {stderr}"
+    );
+}
