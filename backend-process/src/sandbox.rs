@@ -438,6 +438,11 @@ impl Sandbox for ProcessSandbox {
     }
 
     async fn exec(&mut self, req: ExecRequest, tools: Arc<dyn ToolHost>) -> Result<ExecOutcome> {
+        // A native agent (the monty worker) gets a program its runtime already checked and
+        // rewrote (tool imports expanded), which may be larger than the caller's.
+        if matches!(self.inner.agent, GuestAgent::Python(_)) {
+            req.check_size()?;
+        }
         let Some(live) = self.live.as_mut() else {
             return Err(Error::sandbox_lost(self.lost.as_deref()));
         };
