@@ -82,6 +82,63 @@ pub fn compiled_path(guest: &Path, meta: &std::fs::Metadata, engine_hash: u64) -
         .join(format!("compiled-{}.cwasm", hex(&h.finalize()[..8])))
 }
 
+/// Where the SHA-256 of the compiled guest at `compiled` is recorded when it is written.
+pub fn digest_path(compiled: &Path) -> PathBuf {
+    compiled.with_extension("cwasm.sha256")
+}
+
+/// Caches `native` (compiled guest code) at `compiled` with its SHA-256 beside it, both
+/// written atomically and readable by their owner only.
+pub fn store_compiled(compiled: &Path, native: &[u8]) -> std::io::Result<()> {
+    write_atomically(compiled, native)?;
+    write_atomically(&digest_path(compiled), hex(&Sha256::digest(native)).as_bytes())
+}
+
+/// The compiled guest at `compiled`, if it can be trusted as what this user's kernel wrote:
+/// a regular file (not a symlink) owned by this user and writable by no one else, whose
+/// SHA-256 is the one recorded beside it (same checks) when it was compiled. The kernel
+/// loads it as native code, so anything else is refused (`Err` says why; the caller then
+/// compiles anew and overwrites it); `Ok(None)` when there is none.
+pub fn load_trusted_compiled(compiled: &Path) -> Result<Option<Vec<u8>>, String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::MetadataExt;
+    let read_owned = |path: &Path| -> Result<Option<Vec<u8>>, String> {
+        let mut file = match agentkernel_core::hostdirs::private_file().read(true).open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        let meta = file
+            .metadata()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let me = agentkernel_core::hostdirs::euid();
+        if !meta.is_file() || meta.uid() != me || meta.mode() & 0o022 != 0 {
+            return Err(format!(
+                "{} is not a file only you could have written (owner uid {}, mode {:o})",
+                path.display(),
+                meta.uid(),
+                meta.mode() & 0o7777
+            ));
+        }
+        let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+        file.read_to_end(&mut bytes)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Some(bytes))
+    };
+    let Some(native) = read_owned(compiled)? else {
+        return Ok(None);
+    };
+    let recorded = read_owned(&digest_path(compiled))?
+        .ok_or_else(|| format!("{} has no recorded digest", compiled.display()))?;
+    if recorded != hex(&Sha256::digest(&native)).as_bytes() {
+        return Err(format!(
+            "{} does not match the digest recorded when it was compiled",
+            compiled.display()
+        ));
+    }
+    Ok(Some(native))
+}
+
 /// Writes `bytes` to `path` atomically (a temporary file in the same directory, renamed).
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -127,6 +184,12 @@ pub fn prune_stale(keep: &Path, max_age: std::time::Duration) -> usize {
         let name = entry.file_name();
         let name = name.to_string_lossy();
         if path == keep || !(name.starts_with("compiled-") && name.ends_with(".cwasm")) {
+            if name.starts_with("compiled-")
+                && name.ends_with(".cwasm.sha256")
+                && !path.with_extension("").exists()
+            {
+                let _ = std::fs::remove_file(&path); // the digest of a pruned guest
+            }
             continue;
         }
         let old = entry
@@ -179,6 +242,46 @@ mod tests {
         touch(&recent);
         assert_eq!(prune_stale(&keep, std::time::Duration::from_secs(3600)), 0);
         assert!(recent.exists());
+    }
+
+    #[test]
+    fn a_compiled_guest_is_loaded_only_with_its_digest_and_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let compiled = dir.path().join("compiled-x.cwasm");
+        assert_eq!(load_trusted_compiled(&compiled), Ok(None));
+        store_compiled(&compiled, b"native code").unwrap();
+        assert_eq!(
+            load_trusted_compiled(&compiled),
+            Ok(Some(b"native code".to_vec()))
+        );
+        // Replaced by someone else's code: refused.
+        write_atomically(&compiled, b"other code!").unwrap();
+        let err = load_trusted_compiled(&compiled).unwrap_err();
+        assert!(err.contains("does not match the digest"), "{err}");
+        // Writable by others: refused, whatever its digest.
+        store_compiled(&compiled, b"native code").unwrap();
+        std::fs::set_permissions(&compiled, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let err = load_trusted_compiled(&compiled).unwrap_err();
+        assert!(err.contains("not a file only you"), "{err}");
+        // A symlink in its place: refused, never followed.
+        store_compiled(&compiled, b"native code").unwrap();
+        let real = dir.path().join("elsewhere.cwasm");
+        std::fs::rename(&compiled, &real).unwrap();
+        std::os::unix::fs::symlink(&real, &compiled).unwrap();
+        assert!(load_trusted_compiled(&compiled).is_err());
+        // No recorded digest: refused.
+        std::fs::remove_file(&compiled).unwrap();
+        std::fs::rename(&real, &compiled).unwrap();
+        std::fs::remove_file(digest_path(&compiled)).unwrap();
+        let err = load_trusted_compiled(&compiled).unwrap_err();
+        assert!(err.contains("no recorded digest"), "{err}");
+        if agentkernel_core::hostdirs::euid() == 0 {
+            store_compiled(&compiled, b"native code").unwrap();
+            std::os::unix::fs::chown(&compiled, Some(65534), None).unwrap();
+            let err = load_trusted_compiled(&compiled).unwrap_err();
+            assert!(err.contains("owner uid 65534"), "{err}");
+        }
     }
 
     #[test]

@@ -102,6 +102,13 @@ pub fn prepare(path: &std::path::Path) -> Result<Arc<Prepared>> {
         });
     }
     let compiled = artifact::compiled_path(path, &meta, engine_hash(engine));
+    // The compiled guest is native code the kernel runs: its directories must be this
+    // user's own (no one else could have put a file there).
+    let cache = artifact::cache_dir();
+    agentkernel_core::hostdirs::private_dir(&cache)?;
+    if let Some(dir) = compiled.parent() {
+        agentkernel_core::hostdirs::private_dir(dir)?;
+    }
     // One compile per machine at a time: other processes wait here, then load its result.
     let _lock = artifact::lock(&compiled);
     let component = match load_compiled(engine, &compiled) {
@@ -115,7 +122,7 @@ pub fn prepare(path: &std::path::Path) -> Result<Arc<Prepared>> {
             let native = engine
                 .precompile_component(&bytes)
                 .map_err(|e| unusable_guest(path, "compile", e))?;
-            if let Err(e) = artifact::write_atomically(&compiled, &native) {
+            if let Err(e) = artifact::store_compiled(&compiled, &native) {
                 tracing::warn!(path = %compiled.display(), "cannot cache the compiled guest: {e}");
             }
             let pruned = artifact::prune_stale(&compiled, artifact::STALE_AFTER);
@@ -139,13 +146,20 @@ pub fn prepare(path: &std::path::Path) -> Result<Arc<Prepared>> {
 }
 
 fn load_compiled(engine: &Engine, path: &std::path::Path) -> Option<Component> {
-    if !path.is_file() {
-        return None;
-    }
-    // SAFETY: the file is in AgentKernel's own cache directory and was written (atomically)
-    // by `prepare` from `precompile_component`; its name includes the engine's compatibility
-    // hash, and wasmtime itself rejects a file made by another engine version or config.
-    match unsafe { Component::deserialize_file(engine, path) } {
+    let native = match artifact::load_trusted_compiled(path) {
+        Ok(Some(native)) => native,
+        Ok(None) => return None,
+        Err(why) => {
+            tracing::warn!("not loading a compiled guest that may not be ours, compiling anew: {why}");
+            return None;
+        }
+    };
+    // SAFETY: these bytes are what `prepare` wrote from `precompile_component`: the file is
+    // this user's own, in directories only this user can write, and matches the SHA-256
+    // recorded when it was compiled (`load_trusted_compiled`); its name includes the
+    // engine's compatibility hash, and wasmtime itself rejects bytes made by another engine
+    // version or config.
+    match unsafe { Component::deserialize(engine, &native) } {
         Ok(c) => Some(c),
         Err(e) => {
             tracing::warn!(path = %path.display(), "ignoring a stale compiled guest: {e:#}");
