@@ -1,0 +1,92 @@
+//! Attempts to exhaust the kernel's own resources (memory, file descriptors, disk and inodes)
+//! from inside a wasm guest, judged from the host side (SECURITY.md, "Backend wasm").
+//!
+//! These tests measure the test process itself (`/proc/self/status`, `/proc/self/fd`), so
+//! they run one at a time: each takes [`SERIAL`] first.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+mod common;
+
+use std::sync::Arc;
+
+use agentkernel_core::conformance::test_spec;
+use agentkernel_core::{ExecRequest, NoTools, Runtime, Sandbox};
+
+/// One measuring test at a time in this process.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A `/proc/self/status` field, in KiB.
+fn status_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .unwrap_or_else(|| panic!("no {field} in /proc/self/status"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Resets this process's peak resident size (`VmHWM`) to its current one.
+fn reset_peak_rss() {
+    std::fs::write("/proc/self/clear_refs", "5").unwrap();
+}
+
+async fn exec(sb: &mut Box<dyn Sandbox>, code: &str) -> agentkernel_core::ExecOutcome {
+    sb.exec(ExecRequest::new(code), Arc::new(NoTools))
+        .await
+        .unwrap()
+}
+
+/// A guest passing 16 MiB of `[0,0,…]` JSON to `host-call` (with or without tools) is
+/// refused before the host parses it: parsing would cost the host 16–30× the bytes, outside
+/// the guest's memory limit. The host's peak resident size grows by about the one copy the
+/// call's argument takes, not by the parse (measured on the host: `VmHWM`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_tool_call_argument_is_refused_before_the_host_parses_it() {
+    let _serial = SERIAL.lock().await;
+    let rt = common::runtime();
+    let mut sb = rt.create(&test_spec()).await.unwrap();
+    // The argument is built in one run, so the guest's own memory has grown before the
+    // measured run starts.
+    let out = exec(&mut sb, "s = '[' + '0,' * (8 << 20) + '0]'\nprint(len(s))").await;
+    assert_eq!(
+        out.stdout.text(),
+        format!("{}\n", (16 << 20) + 3),
+        "{out:?}"
+    );
+    reset_peak_rss();
+    let before = status_kib("VmRSS:");
+    let out = exec(
+        &mut sb,
+        "import wit_world\n\
+         from componentize_py_types import Err\n\
+         try:\n\
+         \x20   wit_world.host_call('anything', s)\n\
+         \x20   print('accepted')\n\
+         except Err as e:\n\
+         \x20   print(e.value.kind)",
+    )
+    .await;
+    let growth_mib = status_kib("VmHWM:").saturating_sub(before) >> 10;
+    assert_eq!(out.stdout.text(), "limit_exceeded\n", "{out:?}");
+    // One copy of the argument is 16 MiB; parsing it took 250+ MiB.
+    assert!(
+        growth_mib < 64,
+        "the host's peak memory grew by {growth_mib} MiB for a 16 MiB tool call"
+    );
+    // Through the tools module too: a `ToolLimitError`, and the sandbox carries on.
+    let out = exec(
+        &mut sb,
+        "import _agentkernel\n\
+         try:\n\
+         \x20   _agentkernel.call_tool('anything', {'x': 'y' * (2 << 20)})\n\
+         except _agentkernel.ToolLimitError as e:\n\
+         \x20   print('ToolLimitError', 'limit' in str(e))\n\
+         print('alive')",
+    )
+    .await;
+    assert_eq!(out.stdout.text(), "ToolLimitError True\nalive\n", "{out:?}");
+    assert_eq!(out.tool_calls.len(), 1);
+    assert!(!out.tool_calls[0].ok);
+    sb.shutdown().await.unwrap();
+}
