@@ -13,7 +13,7 @@
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use agentkernel_core::LimitKind;
 use wasmtime::component::{Linker, Resource};
@@ -43,6 +43,42 @@ struct QuotaInner {
     /// Bytes `/tmp` held at the last scan, plus growth charged since (an over-estimate:
     /// deletions are only seen by the next scan).
     tmp_used: Mutex<u64>,
+    /// The host files and directories the guest opened (alive while the guest, or a
+    /// stream of it, holds them): one host file descriptor each.
+    open_files: Mutex<Vec<Weak<File>>>,
+}
+
+/// Host file descriptors one sandbox's guest may hold open at once (files and directories
+/// it opened; its preopens are not counted). The guest's own descriptor table (the WASI
+/// preview-1 adapter inside the component) holds 128 entries, stdio and preopens included,
+/// so this is what a program meets first. Past it `open` fails with `OSError` (`ENOMEM`:
+/// WASI has no `EMFILE`, and `ENOMEM` is what the guest's own full table answers too).
+pub const MAX_OPEN_FILES: usize = 64;
+
+/// The open files of every wasm guest in this process, against [`open_files_budget`].
+static ALL_OPEN_FILES: Mutex<Vec<Weak<File>>> = Mutex::new(Vec::new());
+
+/// Host file descriptors all wasm guests of this process may hold together: a quarter of
+/// the process's soft `RLIMIT_NOFILE` (at least 32), so guests can never take the
+/// descriptors the kernel itself needs (its database, MCP pipes, process jails, other
+/// sandboxes' preopens).
+pub fn open_files_budget() -> usize {
+    static BUDGET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map(|(soft, _hard)| soft)
+            .unwrap_or(1024);
+        usize::try_from(soft / 4).unwrap_or(usize::MAX).max(32)
+    })
+}
+
+/// Whether `open` (holding at most `cap` alive) has room for one more, forgetting the
+/// closed ones when it looks full.
+fn has_room(open: &mut Vec<Weak<File>>, cap: usize) -> bool {
+    if open.len() >= cap {
+        open.retain(|f| f.strong_count() > 0);
+    }
+    open.len() < cap
 }
 
 /// Why a write is refused.
@@ -91,6 +127,7 @@ impl Quota {
                 tmp_dir,
                 tmp_cap,
                 tmp_used: Mutex::new(0),
+                open_files: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -102,6 +139,37 @@ impl Quota {
             .tmp_used
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = 0;
+    }
+
+    /// Refuses an `open` when this sandbox, or all wasm guests together, hold as many host
+    /// files open as they may ([`MAX_OPEN_FILES`], [`open_files_budget`]).
+    fn admit_open(&self) -> Result<(), ErrorCode> {
+        let mut mine = self
+            .inner
+            .open_files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if !has_room(&mut mine, MAX_OPEN_FILES) {
+            return Err(ErrorCode::InsufficientMemory);
+        }
+        let mut all = ALL_OPEN_FILES.lock().unwrap_or_else(|e| e.into_inner());
+        if !has_room(&mut all, open_files_budget()) {
+            return Err(ErrorCode::InsufficientMemory);
+        }
+        Ok(())
+    }
+
+    /// Counts a file or directory the guest just opened.
+    fn track_open(&self, file: &Arc<File>) {
+        self.inner
+            .open_files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::downgrade(file));
+        ALL_OPEN_FILES
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::downgrade(file));
     }
 
     /// Whether `file` lives under this sandbox's `/tmp`.
@@ -232,6 +300,10 @@ pub fn add_to_linker(linker: &mut Linker<State>) -> wasmtime::Result<()> {
                 {
                     return Ok((Err(ErrorCode::Access),));
                 }
+                let quota = state.quota.clone();
+                if let Err(code) = quota.admit_open() {
+                    return Ok((Err(code),));
+                }
                 let r = HostDescriptor::open_at(
                     &mut state.filesystem(),
                     fd,
@@ -241,7 +313,14 @@ pub fn add_to_linker(linker: &mut Linker<State>) -> wasmtime::Result<()> {
                     flags,
                 )
                 .await;
-                Ok((split(r)?,))
+                let r = split(r)?;
+                if let Ok(opened) = &r {
+                    match state.table.get(opened)? {
+                        Descriptor::File(f) => quota.track_open(&f.file),
+                        Descriptor::Dir(d) => quota.track_open(&d.dir),
+                    }
+                }
+                Ok((r,))
             })
         },
     )?;

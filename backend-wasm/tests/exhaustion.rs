@@ -90,3 +90,87 @@ async fn a_huge_tool_call_argument_is_refused_before_the_host_parses_it() {
     assert!(!out.tool_calls[0].ok);
     sb.shutdown().await.unwrap();
 }
+
+/// Host file descriptors this process has open now.
+fn host_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Tools with one tool, `host_fds`, answering the host's open file descriptor count: the
+/// guest calls it while it holds its files open.
+fn fd_probe() -> Arc<agentkernel_core::FnTools> {
+    Arc::new(agentkernel_core::FnTools::new().with(
+        "host_fds",
+        "the host's open file descriptors",
+        serde_json::json!({"type": "object"}),
+        |_| async { Ok(serde_json::json!(host_fds())) },
+    ))
+}
+
+/// Opens files in `/tmp` until refused, keeps them open, and prints how many it opened,
+/// the refusal and the host's descriptor count meanwhile.
+const OPEN_UNTIL_REFUSED: &str = "import errno, _agentkernel\n\
+    held = []\n\
+    try:\n\
+    \x20   for i in range(100000):\n\
+    \x20       held.append(open(f'/tmp/f{i % 8}', 'w'))\n\
+    \x20   print('never refused')\n\
+    except OSError as e:\n\
+    \x20   print(len(held), type(e).__name__, errno.errorcode.get(e.errno))\n\
+    print(_agentkernel.call_tool('host_fds'))";
+
+/// A guest opening files until refused holds at most its cap of host descriptors, gets an
+/// `OSError`, and leaves the kernel healthy: another sandbox opens files and runs, and once
+/// the guest is gone the host's descriptor count is back where it was (`/proc/self/fd`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_opening_files_until_refused_holds_a_bounded_number_of_host_fds() {
+    let _serial = SERIAL.lock().await;
+    let rt = common::runtime();
+    // Warm up (the compiled guest, the engine, a first sandbox) before counting.
+    let mut bystander = rt.create(&test_spec()).await.unwrap();
+    exec(&mut bystander, "print(1)").await;
+    let before = host_fds();
+    let mut sb = rt.create(&test_spec()).await.unwrap();
+    let out = sb
+        .exec(ExecRequest::new(OPEN_UNTIL_REFUSED), fd_probe())
+        .await
+        .unwrap();
+    let text = out.stdout.text();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{out:?}");
+    let (opened, refusal) = lines[0].split_once(' ').unwrap();
+    let opened: usize = opened.parse().unwrap();
+    let during: usize = lines[1].parse().unwrap();
+    let max = agentkernel_backend_wasm::quota::MAX_OPEN_FILES;
+    assert_eq!(refusal, "OSError ENOMEM", "{out:?}");
+    assert!(
+        opened <= max,
+        "the guest opened {opened} files, over its cap of {max}"
+    );
+    assert!(
+        during <= before + max + 8,
+        "the host held {during} descriptors while the guest held its files ({before} before)"
+    );
+    // Another sandbox of the same kernel still opens files and runs.
+    let out = exec(
+        &mut bystander,
+        "fs = [open(f'/tmp/g{i}', 'w') for i in range(16)]\nprint(len(fs))",
+    )
+    .await;
+    assert_eq!(out.stdout.text(), "16\n", "{out:?}");
+    sb.shutdown().await.unwrap();
+    bystander.shutdown().await.unwrap();
+    // Sandboxes are dropped off the caller's path: wait for their descriptors to close.
+    let mut after = host_fds();
+    for _ in 0..100 {
+        if after <= before + 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        after = host_fds();
+    }
+    assert!(
+        after <= before + 4,
+        "the host holds {after} descriptors after the guests are gone ({before} before)"
+    );
+}
