@@ -174,3 +174,128 @@ async fn a_guest_opening_files_until_refused_holds_a_bounded_number_of_host_fds(
         "the host holds {after} descriptors after the guests are gone ({before} before)"
     );
 }
+
+/// Files, directories and symlinks (not only the bytes in files) under `dir` on the host.
+fn count_entries(dir: &std::path::Path) -> usize {
+    let mut n = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            n += 1;
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    n
+}
+
+/// Creates empty files, directories and symlinks in `dir` until refused, and prints how
+/// many it made and the error.
+fn create_until_refused(dir: &str) -> String {
+    format!(
+        "import os, errno\n\
+         n = 0\n\
+         try:\n\
+         \x20   for i in range(100000):\n\
+         \x20       k = i % 3\n\
+         \x20       if k == 0: open(f'{dir}/e{{i}}', 'w').close()\n\
+         \x20       elif k == 1: os.mkdir(f'{dir}/d{{i}}')\n\
+         \x20       else: os.symlink('e0', f'{dir}/l{{i}}')\n\
+         \x20       n += 1\n\
+         \x20   print('never refused')\n\
+         except OSError as e:\n\
+         \x20   print(n, errno.errorcode.get(e.errno))"
+    )
+}
+
+/// The `/tmp` cap bounds inodes, not only bytes: empty files, directories and symlinks are
+/// charged a block each, so a 1 MiB `/tmp` takes at most 256 of them (`ENOSPC` after);
+/// counted on the host, in this process's directory of sandbox `/tmp`s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tmp_entries_are_bounded_not_only_tmp_bytes() {
+    let _serial = SERIAL.lock().await;
+    let rt = common::runtime();
+    let spec = agentkernel_core::conformance::limited(|l| l.tmp_bytes = 1 << 20);
+    let mut sb = rt.create(&spec).await.unwrap();
+    let out = exec(&mut sb, &create_until_refused("/tmp")).await;
+    let text = out.stdout.text();
+    let (made, code) = text.trim().split_once(' ').unwrap();
+    let made: usize = made.parse().unwrap();
+    assert_eq!(code, "ENOSPC", "{out:?}");
+    let cap = (1 << 20) / agentkernel_backend_wasm::quota::ENTRY_BYTES as usize;
+    assert!(made <= cap, "the guest made {made} entries in a 1 MiB /tmp");
+    // On the host: every sandbox /tmp of this process (only this one holds anything).
+    let prefix = format!("agentkernel-wasm-{}-", std::process::id());
+    let on_host: usize = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| count_entries(&e.path()))
+        .sum();
+    assert!(
+        on_host <= cap + 64,
+        "the host's sandbox /tmp directories hold {on_host} entries"
+    );
+    sb.shutdown().await.unwrap();
+}
+
+/// One run cannot fill the host's inodes through the workspace: past
+/// `HOST_DIR_ENTRIES_PER_RUN` new files, directories and symlinks it gets `EDQUOT`
+/// (host listing of the workspace), and the next run may create again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_run_creates_a_bounded_number_of_workspace_entries() {
+    let _serial = SERIAL.lock().await;
+    let ws = tempfile::tempdir().unwrap();
+    let spec = agentkernel_core::SandboxSpec {
+        workspace: Some(ws.path().to_path_buf()),
+        ..test_spec()
+    };
+    let rt = common::runtime();
+    let mut sb = rt.create(&spec).await.unwrap();
+    let out = exec(&mut sb, &create_until_refused("/workspace")).await;
+    let text = out.stdout.text();
+    let cap = agentkernel_backend_wasm::quota::HOST_DIR_ENTRIES_PER_RUN as usize;
+    assert_eq!(text, format!("{cap} EDQUOT\n"), "{out:?}");
+    assert_eq!(count_entries(ws.path()), cap);
+    let out = exec(
+        &mut sb,
+        "open('/workspace/next-run', 'w').close()\nprint('ok')",
+    )
+    .await;
+    assert_eq!(out.stdout.text(), "ok\n", "{out:?}");
+    sb.shutdown().await.unwrap();
+}
+
+/// One run cannot fill the host's disk through the workspace either: its files may grow by
+/// `HOST_DIR_FILE_SIZES_PER_RUN` × the file-size limit in total; the write past it stops
+/// the run naming the disk limit, and the host's workspace holds no more than the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_run_writes_a_bounded_number_of_workspace_bytes() {
+    let _serial = SERIAL.lock().await;
+    let ws = tempfile::tempdir().unwrap();
+    let mut spec = agentkernel_core::conformance::limited(|l| l.file_size_bytes = Some(1 << 20));
+    spec.workspace = Some(ws.path().to_path_buf());
+    let rt = common::runtime();
+    let mut sb = rt.create(&spec).await.unwrap();
+    let out = exec(
+        &mut sb,
+        "for i in range(64):\n    with open(f'/workspace/f{i}', 'wb') as f:\n        f.write(b'x' * (1 << 20))\nprint('wrote all')",
+    )
+    .await;
+    assert_eq!(
+        out.status,
+        agentkernel_core::ExecStatus::Killed {
+            limit: agentkernel_core::LimitKind::Disk
+        },
+        "{out:?}"
+    );
+    let total: u64 = std::fs::read_dir(ws.path())
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    let cap = agentkernel_backend_wasm::quota::HOST_DIR_FILE_SIZES_PER_RUN << 20;
+    assert!(total <= cap, "one run wrote {total} bytes to the workspace");
+    sb.shutdown().await.unwrap();
+}
