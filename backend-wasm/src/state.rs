@@ -187,17 +187,17 @@ impl Capture {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Keeps `bytes` up to the cap, and hands all of them to the exec's sink: the
+    /// `OutputSink` contract is every chunk as it arrives, including chunks past the cap.
     fn push(&self, bytes: &[u8]) {
         let mut s = self.lock();
         let cap = s.cap;
-        let before = s.out.bytes.len();
         s.out.push(bytes, cap);
-        let kept = s.out.bytes.len() - before;
-        if kept > 0
+        if !bytes.is_empty()
             && let Some(sink) = s.sink.clone()
         {
             drop(s);
-            sink(self.kind, &bytes[..kept]);
+            sink(self.kind, bytes);
         }
     }
 }

@@ -286,3 +286,38 @@ async fn the_standard_library_mount_cannot_be_changed() {
     assert_eq!(std::fs::read(&module).unwrap(), email_before);
     assert_eq!(mode(&module), mode_before);
 }
+
+/// The exec's `OutputSink` gets every chunk the program writes, including those past the
+/// capture cap (its contract in kernel-core), while the outcome keeps only the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_output_sink_gets_every_byte_past_the_cap() {
+    let seen: Arc<std::sync::Mutex<Vec<u8>>> = Arc::default();
+    let sink: agentkernel_core::OutputSink = {
+        let seen = seen.clone();
+        Arc::new(move |kind, bytes: &[u8]| {
+            if kind == agentkernel_core::StreamKind::Stdout {
+                seen.lock().unwrap().extend_from_slice(bytes);
+            }
+        })
+    };
+    let spec = agentkernel_core::conformance::limited(|l| l.output_bytes = 16);
+    let rt = common::runtime();
+    let mut sb = rt.create(&spec).await.unwrap();
+    let out = sb
+        .exec(
+            ExecRequest::new("for i in range(100):\n    print(f'line {i:03}')").with_output(sink),
+            Arc::new(NoTools),
+        )
+        .await
+        .unwrap();
+    let expected: String = (0..100).map(|i| format!("line {i:03}\n")).collect();
+    assert_eq!(out.stdout.bytes, expected.as_bytes()[..16]);
+    assert!(out.stdout.truncated);
+    assert_eq!(out.stdout.total_bytes, expected.len() as u64);
+    assert_eq!(
+        String::from_utf8_lossy(&seen.lock().unwrap()),
+        expected,
+        "the sink saw only part of the output"
+    );
+    sb.shutdown().await.unwrap();
+}
