@@ -19,8 +19,9 @@
 //!   `/workspace`, the read-only standard library at `/python`, and the spec's mounts (e.g.
 //!   the read-only `/tools` package) preopened; no
 //!   sockets. Limits: epoch interruption for wall time, `StoreLimits` for memory (Python
-//!   sees `MemoryError`), host-side checks of every file write ([`quota`]) for file size and
-//!   `/tmp`, and capped output. File operations run on the calling thread (no blocking-pool
+//!   sees `MemoryError`), host-side checks of every file write and create ([`quota`]) for file size,
+//!   `/tmp` (bytes and inodes), the workspace within a run and open files, and capped
+//!   output; `host-call` arguments are capped before they are parsed. File operations run on the calling thread (no blocking-pool
 //!   hand-off), and opening a FIFO or device is refused, so none can wait forever. A trap (deadline, exit, crash) loses the instance; `reset`
 //!   instantiates a fresh one from the pre-initialised snapshot.
 //! - **Tools**: `_agentkernel.call_tool` (and the generated `tools.<server>.<tool>`

@@ -1,11 +1,28 @@
-//! File-size and `/tmp` limits inside the guest, and no opening of FIFOs or devices.
+//! File-size, `/tmp`, workspace and open-file limits inside the guest, and no opening of
+//! FIFOs or devices.
 //!
-//! WASI has no such limits of its own, so the host shadows the guest's file-writing
-//! imports (`descriptor.write`, `write-via-stream`, `append-via-stream`, `set-size`) with
-//! checked versions. A write that would make a file larger than `file_size_bytes`, or the
-//! sandbox's private `/tmp` directory hold more than `tmp_bytes`, is refused:
-//! - positioned writes and truncations (`descriptor.write`, `set-size`) fail with `EFBIG` /
-//!   `ENOSPC`, as on the process backend;
+//! WASI has no such limits of its own, so the host shadows the guest's file-writing and
+//! file-creating imports (`descriptor.write`, `write-via-stream`, `append-via-stream`,
+//! `set-size`, `open-at`, `create-directory-at`, `symlink-at`, `link-at`, `rename-at`) with
+//! checked versions. Refused are:
+//! - a write that would make a file larger than `file_size_bytes`;
+//! - growth of the sandbox's private `/tmp` past `tmp_bytes`, where every file, directory
+//!   and symlink created there is charged at least one block ([`ENTRY_BYTES`]), so the cap
+//!   bounds its inodes too;
+//! - within one run, more than [`HOST_DIR_ENTRIES_PER_RUN`] new entries or
+//!   [`HOST_DIR_FILE_SIZES_PER_RUN`] × `file_size_bytes` of growth in the host directories
+//!   the guest may write besides `/tmp` (the workspace and writable mounts): the workspace
+//!   quota is checked between runs, these bound what one run can do to the host's disk and
+//!   inodes;
+//! - an `open` past [`MAX_OPEN_FILES`] for the sandbox or [`open_files_budget`] for all
+//!   guests of the process;
+//! - renames and hard links between `/tmp` and another directory (`EXDEV`, as between the
+//!   process backend's tmpfs and its workspace), which would move usage out of its account.
+//!
+//! How a refusal shows:
+//! - creations, positioned writes and truncations (`descriptor.write`, `set-size`) fail
+//!   with `ENOSPC` (`/tmp`), `EDQUOT` (the per-run caps) or `EFBIG`, as on the process
+//!   backend;
 //! - writes through a file stream (what Python's `f.write` uses) stop the run with the limit
 //!   named ([`QuotaExceeded`]): the guest's libc turns every stream error into `EIO`, so an
 //!   error code there would be a misleading one.
@@ -13,7 +30,7 @@
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use agentkernel_core::LimitKind;
 use wasmtime::component::{Linker, Resource};
@@ -43,12 +60,78 @@ struct QuotaInner {
     /// Bytes `/tmp` held at the last scan, plus growth charged since (an over-estimate:
     /// deletions are only seen by the next scan).
     tmp_used: Mutex<u64>,
+    /// The host files and directories the guest opened (alive while the guest, or a
+    /// stream of it, holds them): one host file descriptor each.
+    open_files: Mutex<Vec<Weak<File>>>,
+    /// What the current run added to the host directories outside `/tmp`.
+    run: Mutex<RunUsage>,
+}
+
+/// Entries and bytes one run added outside `/tmp` (the workspace and writable mounts).
+#[derive(Default)]
+struct RunUsage {
+    entries: u64,
+    bytes: u64,
+}
+
+/// What each file, directory or symlink created in `/tmp` is charged at least, in bytes
+/// (one block): so the `/tmp` cap bounds its inodes (`tmp_bytes / ENTRY_BYTES`, 16,384 for
+/// the default 64 MiB), not only the bytes in its files.
+pub const ENTRY_BYTES: u64 = 4096;
+
+/// Files, directories and links one run may create in the workspace and writable mounts.
+/// The spec has no workspace limit of this kind; this bounds the host inodes a single run
+/// can use (the workspace's byte quota, where set, is checked between runs).
+pub const HOST_DIR_ENTRIES_PER_RUN: u64 = 10_000;
+
+/// Bytes by which one run may grow files in the workspace and writable mounts, in total:
+/// this many times `file_size_bytes` (each file is also capped by that), or
+/// [`HOST_DIR_BYTES_PER_RUN`] without a file-size limit.
+pub const HOST_DIR_FILE_SIZES_PER_RUN: u64 = 4;
+
+/// Bytes by which one run may grow files in the workspace and writable mounts without a
+/// file-size limit (1 GiB; 4 × the default file-size limit is the same).
+pub const HOST_DIR_BYTES_PER_RUN: u64 = 1 << 30;
+
+/// Host file descriptors one sandbox's guest may hold open at once (files and directories
+/// it opened; its preopens are not counted). The guest's own descriptor table (the WASI
+/// preview-1 adapter inside the component) holds 128 entries, stdio and preopens included,
+/// so this is what a program meets first. Past it `open` fails with `OSError` (`ENOMEM`:
+/// WASI has no `EMFILE`, and `ENOMEM` is what the guest's own full table answers too).
+pub const MAX_OPEN_FILES: usize = 64;
+
+/// The open files of every wasm guest in this process, against [`open_files_budget`].
+static ALL_OPEN_FILES: Mutex<Vec<Weak<File>>> = Mutex::new(Vec::new());
+
+/// Host file descriptors all wasm guests of this process may hold together: a quarter of
+/// the process's soft `RLIMIT_NOFILE` (at least 32), so guests can never take the
+/// descriptors the kernel itself needs (its database, MCP pipes, process jails, other
+/// sandboxes' preopens).
+pub fn open_files_budget() -> usize {
+    static BUDGET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map(|(soft, _hard)| soft)
+            .unwrap_or(1024);
+        usize::try_from(soft / 4).unwrap_or(usize::MAX).max(32)
+    })
+}
+
+/// Whether `open` (holding at most `cap` alive) has room for one more, forgetting the
+/// closed ones when it looks full.
+fn has_room(open: &mut Vec<Weak<File>>, cap: usize) -> bool {
+    if open.len() >= cap {
+        open.retain(|f| f.strong_count() > 0);
+    }
+    open.len() < cap
 }
 
 /// Why a write is refused.
 enum Refusal {
     TooLarge,
     NoSpace,
+    /// A per-run cap on the workspace and writable mounts.
+    RunQuota,
 }
 
 /// A trap that stops a run whose file write broke a limit.
@@ -67,7 +150,7 @@ impl Refusal {
     fn limit(&self) -> LimitKind {
         match self {
             Refusal::TooLarge => LimitKind::FileSize,
-            Refusal::NoSpace => LimitKind::Disk,
+            Refusal::NoSpace | Refusal::RunQuota => LimitKind::Disk,
         }
     }
 
@@ -75,6 +158,7 @@ impl Refusal {
         match self {
             Refusal::TooLarge => ErrorCode::FileTooLarge,
             Refusal::NoSpace => ErrorCode::InsufficientSpace,
+            Refusal::RunQuota => ErrorCode::Quota,
         }
     }
 }
@@ -91,6 +175,8 @@ impl Quota {
                 tmp_dir,
                 tmp_cap,
                 tmp_used: Mutex::new(0),
+                open_files: Mutex::new(Vec::new()),
+                run: Mutex::new(RunUsage::default()),
             }),
         }
     }
@@ -102,6 +188,55 @@ impl Quota {
             .tmp_used
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = 0;
+    }
+
+    /// Starts a run: its caps on the workspace and writable mounts start from zero.
+    pub fn begin_run(&self) {
+        *self.inner.run.lock().unwrap_or_else(|e| e.into_inner()) = RunUsage::default();
+    }
+
+    /// Refuses an `open` when this sandbox, or all wasm guests together, hold as many host
+    /// files open as they may ([`MAX_OPEN_FILES`], [`open_files_budget`]).
+    fn admit_open(&self) -> Result<(), ErrorCode> {
+        let mut mine = self
+            .inner
+            .open_files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if !has_room(&mut mine, MAX_OPEN_FILES) {
+            return Err(ErrorCode::InsufficientMemory);
+        }
+        let mut all = ALL_OPEN_FILES.lock().unwrap_or_else(|e| e.into_inner());
+        if !has_room(&mut all, open_files_budget()) {
+            return Err(ErrorCode::InsufficientMemory);
+        }
+        Ok(())
+    }
+
+    /// Counts a file or directory the guest just opened.
+    fn track_open(&self, file: &Arc<File>) {
+        self.inner
+            .open_files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::downgrade(file));
+        ALL_OPEN_FILES
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::downgrade(file));
+    }
+
+    /// Checks (and charges) one new file, directory or link in the directory `dir`.
+    fn charge_entry(&self, dir: &File) -> Result<(), Refusal> {
+        if self.in_tmp(dir) {
+            return self.charge_tmp(ENTRY_BYTES);
+        }
+        let mut run = self.inner.run.lock().unwrap_or_else(|e| e.into_inner());
+        if run.entries >= HOST_DIR_ENTRIES_PER_RUN {
+            return Err(Refusal::RunQuota);
+        }
+        run.entries += 1;
+        Ok(())
     }
 
     /// Whether `file` lives under this sandbox's `/tmp`.
@@ -116,14 +251,27 @@ impl Quota {
         if self.inner.file_size.is_some_and(|max| end > max) {
             return Err(Refusal::TooLarge);
         }
-        if !in_tmp {
-            return Ok(());
-        }
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         let growth = end.saturating_sub(size);
         if growth == 0 {
             return Ok(());
         }
+        if !in_tmp {
+            let mut run = self.inner.run.lock().unwrap_or_else(|e| e.into_inner());
+            let cap = self.inner.file_size.map_or(HOST_DIR_BYTES_PER_RUN, |max| {
+                max.saturating_mul(HOST_DIR_FILE_SIZES_PER_RUN)
+            });
+            if run.bytes.saturating_add(growth) > cap {
+                return Err(Refusal::RunQuota);
+            }
+            run.bytes += growth;
+            return Ok(());
+        }
+        self.charge_tmp(growth)
+    }
+
+    /// Charges `growth` bytes to `/tmp`, or refuses them.
+    fn charge_tmp(&self, growth: u64) -> Result<(), Refusal> {
         let mut used = self
             .inner
             .tmp_used
@@ -141,7 +289,8 @@ impl Quota {
     }
 }
 
-/// Bytes the files under `dir` hold (allocated blocks, like `du`).
+/// Bytes the entries under `dir` hold (allocated blocks, like `du`), each file, directory
+/// and symlink counted as at least [`ENTRY_BYTES`].
 fn dir_usage(dir: &Path) -> u64 {
     let mut total = 0;
     let mut stack = vec![dir.to_path_buf()];
@@ -153,8 +302,9 @@ fn dir_usage(dir: &Path) -> u64 {
             let Ok(m) = e.metadata() else { continue };
             if m.is_dir() {
                 stack.push(e.path());
+                total += ENTRY_BYTES;
             } else {
-                total += (m.blocks() * 512).max(m.len());
+                total += (m.blocks() * 512).max(m.len()).max(ENTRY_BYTES);
             }
         }
     }
@@ -227,10 +377,22 @@ pub fn add_to_linker(linker: &mut Linker<State>) -> wasmtime::Result<()> {
         )| {
             Box::new(async move {
                 let state = store.data_mut();
-                if let Descriptor::Dir(dir) = state.table.get(&fd)?
-                    && is_special_file(&dir.dir, &path)
-                {
-                    return Ok((Err(ErrorCode::Access),));
+                let quota = state.quota.clone();
+                if let Descriptor::Dir(dir) = state.table.get(&fd)? {
+                    let target = stat(&dir.dir, &path);
+                    if target.as_ref().is_some_and(is_special) {
+                        return Ok((Err(ErrorCode::Access),));
+                    }
+                    if let Err(code) = quota.admit_open() {
+                        return Ok((Err(code),));
+                    }
+                    // A new file (`O_CREAT` of a missing one) is charged before it exists.
+                    if oflags.contains(OpenFlags::CREATE)
+                        && target.is_none()
+                        && let Err(refusal) = quota.charge_entry(&dir.dir)
+                    {
+                        return Ok((Err(refusal.code()),));
+                    }
                 }
                 let r = HostDescriptor::open_at(
                     &mut state.filesystem(),
@@ -239,6 +401,96 @@ pub fn add_to_linker(linker: &mut Linker<State>) -> wasmtime::Result<()> {
                     path,
                     oflags,
                     flags,
+                )
+                .await;
+                let r = split(r)?;
+                if let Ok(opened) = &r {
+                    match state.table.get(opened)? {
+                        Descriptor::File(f) => quota.track_open(&f.file),
+                        Descriptor::Dir(d) => quota.track_open(&d.dir),
+                    }
+                }
+                Ok((r,))
+            })
+        },
+    )?;
+    types.func_wrap_async(
+        "[method]descriptor.create-directory-at",
+        |mut store, (fd, path): (Resource<Descriptor>, String)| {
+            Box::new(async move {
+                let state = store.data_mut();
+                if let Err(code) = charge_new_entry(state, &fd) {
+                    return Ok((Err(code),));
+                }
+                let r =
+                    HostDescriptor::create_directory_at(&mut state.filesystem(), fd, path).await;
+                Ok((split(r)?,))
+            })
+        },
+    )?;
+    types.func_wrap_async(
+        "[method]descriptor.symlink-at",
+        |mut store, (fd, target, path): (Resource<Descriptor>, String, String)| {
+            Box::new(async move {
+                let state = store.data_mut();
+                if let Err(code) = charge_new_entry(state, &fd) {
+                    return Ok((Err(code),));
+                }
+                let r = HostDescriptor::symlink_at(&mut state.filesystem(), fd, target, path).await;
+                Ok((split(r)?,))
+            })
+        },
+    )?;
+    types.func_wrap_async(
+        "[method]descriptor.link-at",
+        |mut store,
+         (fd, flags, old_path, new_fd, new_path): (
+            Resource<Descriptor>,
+            PathFlags,
+            String,
+            Resource<Descriptor>,
+            String,
+        )| {
+            Box::new(async move {
+                let state = store.data_mut();
+                if let Err(code) =
+                    across_tmp(state, &fd, &new_fd).and_then(|()| charge_new_entry(state, &new_fd))
+                {
+                    return Ok((Err(code),));
+                }
+                let r = HostDescriptor::link_at(
+                    &mut state.filesystem(),
+                    fd,
+                    flags,
+                    old_path,
+                    new_fd,
+                    new_path,
+                )
+                .await;
+                Ok((split(r)?,))
+            })
+        },
+    )?;
+    types.func_wrap_async(
+        "[method]descriptor.rename-at",
+        |mut store,
+         (fd, old_path, new_fd, new_path): (
+            Resource<Descriptor>,
+            String,
+            Resource<Descriptor>,
+            String,
+        )| {
+            Box::new(async move {
+                let state = store.data_mut();
+                if let Err(code) = across_tmp(state, &fd, &new_fd) {
+                    return Ok((Err(code),));
+                }
+                let r = HostDescriptor::rename_at(
+                    &mut state.filesystem(),
+                    fd,
+                    old_path,
+                    new_fd,
+                    new_path,
                 )
                 .await;
                 Ok((split(r)?,))
@@ -265,19 +517,50 @@ pub fn add_to_linker(linker: &mut Linker<State>) -> wasmtime::Result<()> {
     Ok(())
 }
 
-/// Whether `path` under `dir` is a FIFO, socket or device (following symlinks, resolved
-/// inside `dir` as the guest's open would be). Opening a FIFO blocks until someone opens
+/// What `path` under `dir` is (following symlinks, resolved inside `dir` as the guest's
+/// open would be); `None` when it is missing (a file to create) or unreachable (the open
+/// decides).
+fn stat(dir: &std::fs::File, path: &str) -> Option<cap_primitives::fs::Metadata> {
+    use cap_primitives::fs::FollowSymlinks;
+    cap_primitives::fs::stat(dir, Path::new(path), FollowSymlinks::Yes).ok()
+}
+
+/// Whether `meta` is a FIFO, socket or device. Opening a FIFO blocks until someone opens
 /// its other end, which would stall the kernel's thread past any time limit; the guest
 /// cannot make such files (WASI has no `mknod`), but a host workspace can hold them.
-fn is_special_file(dir: &std::fs::File, path: &str) -> bool {
-    use cap_primitives::fs::FollowSymlinks;
-    match cap_primitives::fs::stat(dir, Path::new(path), FollowSymlinks::Yes) {
-        Ok(meta) => {
-            let kind = meta.file_type();
-            !(kind.is_file() || kind.is_dir())
-        }
-        Err(_) => false, // missing (a file to create) or unreachable: the open decides
+fn is_special(meta: &cap_primitives::fs::Metadata) -> bool {
+    let kind = meta.file_type();
+    !(kind.is_file() || kind.is_dir())
+}
+
+/// Charges a new entry in the directory `fd` (nothing when it is not a directory: the
+/// operation itself then fails).
+fn charge_new_entry(state: &mut State, fd: &Resource<Descriptor>) -> Result<(), ErrorCode> {
+    let Ok(Descriptor::Dir(dir)) = state.table.get(fd) else {
+        return Ok(());
+    };
+    state
+        .quota
+        .charge_entry(&dir.dir)
+        .map_err(|refusal| refusal.code())
+}
+
+/// Refuses (`EXDEV`) a rename or hard link between `/tmp` and another directory: it would
+/// move usage out of the account that charged it.
+fn across_tmp(
+    state: &mut State,
+    from: &Resource<Descriptor>,
+    to: &Resource<Descriptor>,
+) -> Result<(), ErrorCode> {
+    let (Ok(Descriptor::Dir(a)), Ok(Descriptor::Dir(b))) =
+        (state.table.get(from), state.table.get(to))
+    else {
+        return Ok(());
+    };
+    if state.quota.in_tmp(&a.dir) != state.quota.in_tmp(&b.dir) {
+        return Err(ErrorCode::CrossDevice);
     }
+    Ok(())
 }
 
 /// Swaps the stream wasmtime-wasi made for one that checks each write.

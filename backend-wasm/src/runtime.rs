@@ -164,8 +164,8 @@ impl Runtime for WasmRuntime {
                         "wasmtime StoreLimits on linear memory: MemoryError in Python",
                     ),
                     (
-                        "file-size and /tmp limits",
-                        "checked host-side on every file write",
+                        "file-size, /tmp, workspace and open-file limits",
+                        "checked host-side on every file write, create and open",
                     ),
                     (
                         "filesystem",

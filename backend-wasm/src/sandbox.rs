@@ -179,7 +179,7 @@ async fn instantiate(
         // File operations run on the calling thread instead of tokio's blocking pool: a
         // thread hand-off per call cost more than the calls themselves (a back-to-back cold
         // start went from ~3.8 ms to ~2.4 ms). Local file operations do not wait on anyone:
-        // opening a FIFO or device, which could, is refused (`quota::is_special_file`).
+        // opening a FIFO or device, which could, is refused (`quota::is_special`).
         .allow_blocking_current_thread(true);
     let preopen = |wasi: &mut WasiCtxBuilder, host: &Path, guest: &str, writable: bool| {
         let perms = if writable {
@@ -279,6 +279,7 @@ impl Sandbox for WasmSandbox {
         let timeout = req.timeout.unwrap_or(self.spec.limits.wall_time);
         let deadline = started + timeout;
         let cap = self.spec.limits.output_bytes;
+        self.quota.begin_run();
         live.stdout.begin(cap, req.output.clone());
         live.stderr.begin(cap, req.output.clone());
         live.store.data_mut().exec = ExecState {

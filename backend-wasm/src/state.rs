@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use agentkernel_core::guest::MAX_GUEST_FRAME_BYTES;
 use agentkernel_core::{
     CapturedOutput, OutputSink, StreamKind, ToolCallRecord, ToolErrorKind, ToolHost,
 };
@@ -44,6 +45,27 @@ pub struct ExecState {
 
 impl AgentImports for State {
     async fn host_call(&mut self, name: String, args_json: String) -> Result<String, ToolError> {
+        // The size cap comes before anything else looks at the bytes: parsing N bytes of
+        // JSON such as `[0,0,…]` costs the host 16–30×N, outside the guest's memory limit.
+        // The same cap as the process backend's guest frames (name and arguments).
+        let frame_bytes = name.len().saturating_add(args_json.len());
+        if frame_bytes > MAX_GUEST_FRAME_BYTES {
+            drop(args_json);
+            self.exec.tool_calls.push(ToolCallRecord {
+                name,
+                duration: std::time::Duration::ZERO,
+                ok: false,
+                error: Some(ToolErrorKind::LimitExceeded),
+            });
+            return Err(tool_error(
+                ToolErrorKind::LimitExceeded,
+                format!(
+                    "the tool call's name and arguments are {frame_bytes} bytes, over the \
+                     {MAX_GUEST_FRAME_BYTES}-byte limit: pass large data through a file in \
+                     /workspace or /tmp instead"
+                ),
+            ));
+        }
         let Some(tools) = self.exec.tools.clone() else {
             return Err(tool_error(
                 ToolErrorKind::NotFound,
@@ -165,17 +187,17 @@ impl Capture {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Keeps `bytes` up to the cap, and hands all of them to the exec's sink: the
+    /// `OutputSink` contract is every chunk as it arrives, including chunks past the cap.
     fn push(&self, bytes: &[u8]) {
         let mut s = self.lock();
         let cap = s.cap;
-        let before = s.out.bytes.len();
         s.out.push(bytes, cap);
-        let kept = s.out.bytes.len() - before;
-        if kept > 0
+        if !bytes.is_empty()
             && let Some(sink) = s.sink.clone()
         {
             drop(s);
-            sink(self.kind, &bytes[..kept]);
+            sink(self.kind, bytes);
         }
     }
 }

@@ -118,39 +118,168 @@ async fn sandboxes_do_not_share_random_state() {
     }
 }
 
-/// Sandboxes reuse wasmtime's memory slots, reset to the snapshot when given back: a
-/// program that marks objects all over the snapshot's heap (every module's namespace, a
-/// big new allocation) leaves nothing for the sandboxes that reuse its slot. Sequential
-/// sandboxes of one process are handed the most recently returned slot of their thread's
-/// shard, so most checks land in a slot a marking program just used.
+/// Sandboxes reuse wasmtime's memory slots, reset to the snapshot when given back: what a
+/// program wrote into its linear memory is gone from the host's memory once its sandbox is
+/// finished, and a sandbox started after it (sequential sandboxes of one process are handed
+/// the most recently returned slot) holds none of it either.
+///
+/// Judged from the host: the program fills 4 MiB with a random 16-byte marker; the test
+/// finds that fill in its own process's memory (`/proc/self/mem`, which proves the scan
+/// sees guest memory), then checks it is gone from that address after the sandbox is shut
+/// down, and from the whole process once the next sandbox has run. Python objects marked in
+/// every module are checked too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reused_memory_slot_keeps_nothing_of_the_previous_sandbox() {
     let rt = common::runtime();
-    let mark = "import sys\n\
-                for m in list(sys.modules.values()):\n\
-                \x20   try: m.__dict__['ak_mark'] = 1\n\
-                \x20   except Exception: pass\n\
-                sys.ak_big = bytearray(b'AK' * 4_000_000)\n\
-                print(sum(hasattr(m, 'ak_mark') for m in list(sys.modules.values())) > 100)";
-    let check = "import sys\n\
-                 print(sum(hasattr(m, 'ak_mark') for m in list(sys.modules.values())), hasattr(sys, 'ak_big'))";
-    for round in 0..8 {
-        let out = run_once(&rt, &test_spec(), mark).await;
-        assert_eq!(
-            out.stdout.text(),
-            "True\n",
-            "round {round}: {:?}",
-            out.status
+    for round in 0..2 {
+        let marker = uuid_like_bytes(round);
+        let needle: Vec<u8> = marker.repeat(4);
+        let mark = format!(
+            "import sys\n\
+             for m in list(sys.modules.values()):\n\
+             \x20   try: m.__dict__['ak_mark'] = 1\n\
+             \x20   except Exception: pass\n\
+             sys.ak_big = bytearray(bytes.fromhex('{}') * (4 << 16))\n\
+             print(sum(hasattr(m, 'ak_mark') for m in list(sys.modules.values())) > 100)",
+            hex(&marker)
         );
-        // The slot is reset off the caller's path: let it come back before the next start.
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        let out = run_once(&rt, &test_spec(), check).await;
+        let mut sb = rt.create(&test_spec()).await.unwrap();
+        let out = sb
+            .exec(ExecRequest::new(mark), Arc::new(NoTools))
+            .await
+            .unwrap();
+        assert_eq!(out.stdout.text(), "True\n", "round {round}: {out:?}");
+        let at = find_in_memory(&needle, None)
+            .unwrap_or_else(|| panic!("round {round}: the scan did not find the guest's fill"));
+        sb.shutdown().await.unwrap();
+        // The slot is reset off the caller's path, on a thread of its own: wait (bounded)
+        // for the fill to leave that address.
+        let mut left = true;
+        for _ in 0..200 {
+            left = find_in_memory(&needle, Some((at, 4 << 20))).is_some();
+            if !left {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(
+            !left,
+            "round {round}: the finished sandbox's memory still holds its fill at {at:#x}"
+        );
+        let check = "import sys\n\
+                     big = bytearray(8 << 20)\n\
+                     print(sum(hasattr(m, 'ak_mark') for m in list(sys.modules.values())), hasattr(sys, 'ak_big'))";
+        let mut next = rt.create(&test_spec()).await.unwrap();
+        let out = next
+            .exec(ExecRequest::new(check), Arc::new(NoTools))
+            .await
+            .unwrap();
         assert_eq!(
             out.stdout.text(),
             "0 False\n",
             "round {round}: a fresh sandbox saw the previous one's objects"
         );
+        assert_eq!(
+            find_in_memory(&needle, None),
+            None,
+            "round {round}: the previous sandbox's fill is in the process's memory"
+        );
+        next.shutdown().await.unwrap();
     }
+}
+
+/// 16 bytes unlikely to be anywhere else in memory.
+fn uuid_like_bytes(round: u8) -> Vec<u8> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let mut m = nanos.to_le_bytes().to_vec();
+    m[15] = round;
+    m[14] = 0xa5;
+    m[13] = 0x5a;
+    m
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A buffer zeroed when dropped: what the scan copied (the guest's fill) must not stay in
+/// freed host memory, where a later scan would find it.
+struct Zeroed(Vec<u8>);
+
+impl Drop for Zeroed {
+    fn drop(&mut self) {
+        self.0.fill(0);
+        std::hint::black_box(&self.0);
+    }
+}
+
+/// Where `needle` is in this process's writable memory (`/proc/self/maps` and
+/// `/proc/self/mem`), or in `range` (start, length) only; unreadable memory holds nothing.
+/// The scan's own buffers (and the needle) are left out.
+fn find_in_memory(needle: &[u8], range: Option<(u64, u64)>) -> Option<u64> {
+    use std::os::unix::fs::FileExt as _;
+    const CHUNK: usize = 4 << 20;
+    let mem = std::fs::File::open("/proc/self/mem").unwrap();
+    let mut buf = Zeroed(vec![0u8; CHUNK + needle.len()]);
+    let buf = &mut buf.0;
+    let own = [
+        (needle.as_ptr() as u64, needle.len() as u64),
+        (buf.as_ptr() as u64, buf.len() as u64),
+    ];
+    let regions: Vec<(u64, u64)> = match range {
+        Some((start, len)) => vec![(start, start + len)],
+        None => std::fs::read_to_string("/proc/self/maps")
+            .unwrap()
+            .lines()
+            .filter_map(|line| {
+                let mut parts = line.split_whitespace();
+                let (span, perms) = (parts.next()?, parts.next()?);
+                let (a, b) = span.split_once('-')?;
+                let path = parts.nth(3).unwrap_or("");
+                (perms.starts_with("rw") && !path.starts_with("[v"))
+                    .then(|| {
+                        Some((
+                            u64::from_str_radix(a, 16).ok()?,
+                            u64::from_str_radix(b, 16).ok()?,
+                        ))
+                    })
+                    .flatten()
+            })
+            .collect(),
+    };
+    for (start, end) in regions {
+        let mut at = start;
+        while at < end {
+            let want = usize::try_from((end - at).min(buf.len() as u64)).unwrap();
+            buf[..want].fill(0);
+            let Ok(got) = mem.read_at(&mut buf[..want], at) else {
+                break;
+            };
+            if got == 0 {
+                break;
+            }
+            // The fill starts 8-aligned in the guest, and guest memory is page-aligned on
+            // the host: 8-byte steps see it (and keep the scan fast in a debug build).
+            let first = u64::from_ne_bytes(needle[..8].try_into().unwrap());
+            let mut i = 0;
+            while i + needle.len() <= got {
+                let addr = at + i as u64;
+                if u64::from_ne_bytes(buf[i..i + 8].try_into().unwrap()) == first
+                    && buf[i..i + needle.len()] == *needle
+                    && !own.iter().any(|(o, l)| addr >= *o && addr < o + l)
+                {
+                    return Some(addr);
+                }
+                i += 8;
+            }
+            // Overlap by the needle's length, so a match across chunks is seen.
+            at += (got.saturating_sub(needle.len()).max(8) & !7) as u64;
+        }
+    }
+    None
 }
 
 /// Finished sandboxes' `/tmp` directories are emptied and reused by new sandboxes: what a
@@ -285,4 +414,39 @@ async fn the_standard_library_mount_cannot_be_changed() {
     assert_eq!(listing(&stdlib), before);
     assert_eq!(std::fs::read(&module).unwrap(), email_before);
     assert_eq!(mode(&module), mode_before);
+}
+
+/// The exec's `OutputSink` gets every chunk the program writes, including those past the
+/// capture cap (its contract in kernel-core), while the outcome keeps only the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_output_sink_gets_every_byte_past_the_cap() {
+    let seen: Arc<std::sync::Mutex<Vec<u8>>> = Arc::default();
+    let sink: agentkernel_core::OutputSink = {
+        let seen = seen.clone();
+        Arc::new(move |kind, bytes: &[u8]| {
+            if kind == agentkernel_core::StreamKind::Stdout {
+                seen.lock().unwrap().extend_from_slice(bytes);
+            }
+        })
+    };
+    let spec = agentkernel_core::conformance::limited(|l| l.output_bytes = 16);
+    let rt = common::runtime();
+    let mut sb = rt.create(&spec).await.unwrap();
+    let out = sb
+        .exec(
+            ExecRequest::new("for i in range(100):\n    print(f'line {i:03}')").with_output(sink),
+            Arc::new(NoTools),
+        )
+        .await
+        .unwrap();
+    let expected: String = (0..100).map(|i| format!("line {i:03}\n")).collect();
+    assert_eq!(out.stdout.bytes, expected.as_bytes()[..16]);
+    assert!(out.stdout.truncated);
+    assert_eq!(out.stdout.total_bytes, expected.len() as u64);
+    assert_eq!(
+        String::from_utf8_lossy(&seen.lock().unwrap()),
+        expected,
+        "the sink saw only part of the output"
+    );
+    sb.shutdown().await.unwrap();
 }
