@@ -272,6 +272,7 @@ impl Sandbox for WasmSandbox {
     }
 
     async fn exec(&mut self, req: ExecRequest, tools: Arc<dyn ToolHost>) -> Result<ExecOutcome> {
+        req.check_size()?;
         let Some(live) = self.live.as_mut() else {
             return Err(Error::sandbox_lost(self.lost.as_deref()));
         };
