@@ -91,7 +91,10 @@ pub fn digest_path(compiled: &Path) -> PathBuf {
 /// written atomically and readable by their owner only.
 pub fn store_compiled(compiled: &Path, native: &[u8]) -> std::io::Result<()> {
     write_atomically(compiled, native)?;
-    write_atomically(&digest_path(compiled), hex(&Sha256::digest(native)).as_bytes())
+    write_atomically(
+        &digest_path(compiled),
+        hex(&Sha256::digest(native)).as_bytes(),
+    )
 }
 
 /// The compiled guest at `compiled`, if it can be trusted as what this user's kernel wrote:
@@ -103,7 +106,10 @@ pub fn load_trusted_compiled(compiled: &Path) -> Result<Option<Vec<u8>>, String>
     use std::io::Read as _;
     use std::os::unix::fs::MetadataExt;
     let read_owned = |path: &Path| -> Result<Option<Vec<u8>>, String> {
-        let mut file = match agentkernel_core::hostdirs::private_file().read(true).open(path) {
+        let mut file = match agentkernel_core::hostdirs::private_file()
+            .read(true)
+            .open(path)
+        {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(format!("{}: {e}", path.display())),

@@ -150,7 +150,9 @@ fn load_compiled(engine: &Engine, path: &std::path::Path) -> Option<Component> {
         Ok(Some(native)) => native,
         Ok(None) => return None,
         Err(why) => {
-            tracing::warn!("not loading a compiled guest that may not be ours, compiling anew: {why}");
+            tracing::warn!(
+                "not loading a compiled guest that may not be ours, compiling anew: {why}"
+            );
             return None;
         }
     };
