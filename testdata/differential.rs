@@ -43,6 +43,12 @@ impl Ending {
     /// How `path` ends under the host's `python3`.
     #[allow(dead_code)]
     fn native(path: &std::path::Path) -> Ending {
+        Self::native_with_stderr(path).0
+    }
+
+    /// [`Ending::native`], and what `python3` wrote to stderr.
+    #[allow(dead_code)]
+    fn native_with_stderr(path: &std::path::Path) -> (Ending, String) {
         let out = std::process::Command::new("python3")
             .arg(path)
             .env("PYTHONIOENCODING", "utf-8")
@@ -50,11 +56,12 @@ impl Ending {
             .expect("run python3");
         let code = out.status.code().expect("python3 exited");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        Ending {
+        let ending = Ending {
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             code,
             exception: (code == 1)
                 .then(|| stderr.trim_end().lines().last().unwrap_or("").to_owned()),
-        }
+        };
+        (ending, stderr.into_owned())
     }
 }

@@ -199,6 +199,14 @@ fn doctor_reports_the_process_backend_and_its_protections() {
         .find(|c| c["name"] == "seccomp")
         .expect("seccomp");
     assert_eq!(seccomp["state"], "active");
+    // Read back from the probe sandbox's init on the host, not assumed.
+    let rlimits = process["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["name"] == "rlimits")
+        .expect("rlimits");
+    assert_eq!(rlimits["state"], "active", "{rlimits}");
 }
 
 include!("../testdata/test_deps.rs");

@@ -142,26 +142,54 @@ pub struct SandboxCgroup {
 }
 
 impl SandboxCgroup {
-    /// Creates the cgroup(s) for sandbox `id` with `limits`. `None` when the machine has no
-    /// usable cgroup or creation failed (rlimits still apply).
-    pub fn create(support: &CgroupSupport, id: &str, limits: &Limits) -> Option<SandboxCgroup> {
+    /// Creates the cgroup(s) for sandbox `id` with `limits`. `Ok(None)` when the machine
+    /// has no usable cgroup; `Err` says what failed (anything already created is removed;
+    /// rlimits still apply, and the failure is recorded for `doctor`:
+    /// [`last_setup_failure`]).
+    pub fn create(
+        support: &CgroupSupport,
+        id: &str,
+        limits: &Limits,
+    ) -> Result<Option<SandboxCgroup>, String> {
+        let created = Self::try_create(support, id, limits);
+        if let Err(why) = &created
+            && let Ok(mut last) = LAST_SETUP_FAILURE.lock()
+        {
+            *last = Some(why.clone());
+        }
+        created
+    }
+
+    fn try_create(
+        support: &CgroupSupport,
+        id: &str,
+        limits: &Limits,
+    ) -> Result<Option<SandboxCgroup>, String> {
         let name = format!("agentkernel-{id}");
+        // Dropped on an error: removes what was made.
         let mut cg = SandboxCgroup {
             dirs: Vec::new(),
             procs_files: Vec::new(),
             oom_file: None,
         };
+        let mkdir = |dir: &PathBuf| {
+            fs::create_dir(dir).map_err(|e| format!("creating cgroup {}: {e}", dir.display()))
+        };
+        let write = |file: PathBuf, value: String| {
+            fs::write(&file, &value)
+                .map_err(|e| format!("writing {value} to {}: {e}", file.display()))
+        };
         match support {
             CgroupSupport::V2 { parent } => {
                 let dir = parent.join(&name);
-                fs::create_dir(&dir).ok()?;
+                mkdir(&dir)?;
                 cg.dirs.push(dir.clone());
                 if let Some(m) = limits.memory_bytes {
-                    fs::write(dir.join("memory.max"), m.to_string()).ok()?;
+                    write(dir.join("memory.max"), m.to_string())?;
                     let _ = fs::write(dir.join("memory.swap.max"), "0");
                 }
                 if let Some(p) = limits.processes {
-                    fs::write(dir.join("pids.max"), p.to_string()).ok()?;
+                    write(dir.join("pids.max"), p.to_string())?;
                 }
                 cg.procs_files.push(dir.join("cgroup.procs"));
                 cg.oom_file = Some(dir.join("memory.events"));
@@ -169,10 +197,10 @@ impl SandboxCgroup {
             CgroupSupport::V1 { memory, pids } => {
                 if let Some(parent) = memory {
                     let dir = parent.join(&name);
-                    fs::create_dir(&dir).ok()?;
+                    mkdir(&dir)?;
                     cg.dirs.push(dir.clone());
                     if let Some(m) = limits.memory_bytes {
-                        fs::write(dir.join("memory.limit_in_bytes"), m.to_string()).ok()?;
+                        write(dir.join("memory.limit_in_bytes"), m.to_string())?;
                         let _ = fs::write(dir.join("memory.memsw.limit_in_bytes"), m.to_string());
                     }
                     cg.procs_files.push(dir.join("cgroup.procs"));
@@ -180,17 +208,17 @@ impl SandboxCgroup {
                 }
                 if let Some(parent) = pids {
                     let dir = parent.join(&name);
-                    fs::create_dir(&dir).ok()?;
+                    mkdir(&dir)?;
                     cg.dirs.push(dir.clone());
                     if let Some(p) = limits.processes {
-                        fs::write(dir.join("pids.max"), p.to_string()).ok()?;
+                        write(dir.join("pids.max"), p.to_string())?;
                     }
                     cg.procs_files.push(dir.join("cgroup.procs"));
                 }
             }
-            CgroupSupport::None { .. } => return None,
+            CgroupSupport::None { .. } => return Ok(None),
         }
-        Some(cg)
+        Ok(Some(cg))
     }
 
     /// How many processes of the sandbox the OOM killer has killed so far.
@@ -203,6 +231,14 @@ impl SandboxCgroup {
             .and_then(|n| n.trim().parse().ok())
             .unwrap_or(0)
     }
+}
+
+/// The last sandbox cgroup set-up failure in this process, for `doctor`.
+static LAST_SETUP_FAILURE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Why the last sandbox cgroup could not be set up in this process, if one could not.
+pub fn last_setup_failure() -> Option<String> {
+    LAST_SETUP_FAILURE.lock().ok().and_then(|l| l.clone())
 }
 
 impl Drop for SandboxCgroup {
@@ -229,5 +265,33 @@ impl Drop for SandboxCgroup {
             }
             tracing::warn!(?dirs, "could not remove a sandbox cgroup");
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_setup_is_an_error_remembered_for_doctor_and_leaves_nothing() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        // A memory parent that works and a pids parent that does not: the memory cgroup
+        // made first must be removed again.
+        let memory = tmp.path().join("memory");
+        fs::create_dir(&memory).expect("mkdir");
+        let support = CgroupSupport::V1 {
+            memory: Some(memory.clone()),
+            pids: Some(tmp.path().join("no-such-pids-hierarchy")),
+        };
+        let Err(err) = SandboxCgroup::create(&support, "t1", &Limits::default()) else {
+            panic!("set-up with a missing pids hierarchy succeeded");
+        };
+        assert!(err.contains("creating cgroup"), "{err}");
+        assert_eq!(last_setup_failure().as_deref(), Some(err.as_str()));
+        assert_eq!(
+            fs::read_dir(&memory).expect("list").count(),
+            0,
+            "the half-made cgroup is removed"
+        );
     }
 }

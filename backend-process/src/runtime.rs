@@ -212,14 +212,27 @@ impl Runtime for ProcessRuntime {
                 )
             });
             let landlock = sb.landlock_state();
+            let memory_counted_by_agent = matches!(
+                &self.inner.agent,
+                GuestAgent::Native(NativeAgent {
+                    memory_env: Some(_),
+                    ..
+                })
+            );
+            let expected: Vec<_> = crate::plan::rlimits(&SandboxSpec::default())
+                .into_iter()
+                .filter(|(r, _, _)| *r != libc::RLIMIT_AS || !memory_counted_by_agent)
+                .collect();
+            let rlimits = sb.verify_rlimits(&expected);
             let out = sb
                 .exec(ExecRequest::new("print('ok')"), Arc::new(NoTools))
                 .await;
             Box::new(sb).shutdown().await?;
-            Ok::<_, Error>((out?, hello, landlock))
+            Ok::<_, Error>((out?, hello, landlock, rlimits))
         };
+        let mut rlimits_found = Err("no probe sandbox ran".to_owned());
         let (available, reason) = match probe.await {
-            Ok((out, hello, landlock))
+            Ok((out, hello, landlock, rlimits))
                 if out.status == ExecStatus::Ok && out.stdout.text() == "ok\n" =>
             {
                 checks.push(Check {
@@ -250,9 +263,10 @@ impl Runtime for ProcessRuntime {
                     });
                 }
                 enforced_landlock = landlock;
+                rlimits_found = rlimits;
                 (true, None)
             }
-            Ok((out, _, _)) => (
+            Ok((out, _, _, _)) => (
                 false,
                 Some(format!(
                     "a probe sandbox ran but printed {:?} with status {:?}",
@@ -274,19 +288,35 @@ impl Runtime for ProcessRuntime {
                 None => "not offered by this kernel (namespaces and seccomp still apply)".into(),
             },
         });
+        // The probe sandbox above tried to set its cgroup up: a failure there is reported,
+        // not hidden behind the machine's cgroup support.
+        let setup_failure = cgroup::last_setup_failure();
         checks.push(Check {
             name: "cgroup".into(),
-            state: match inner.cgroups {
-                CgroupSupport::V2 { .. } | CgroupSupport::V1 { .. } => CheckState::Active,
-                CgroupSupport::None { .. } => CheckState::Inactive,
+            state: match (&inner.cgroups, &setup_failure) {
+                (CgroupSupport::None { .. }, _) => CheckState::Inactive,
+                (_, Some(_)) => CheckState::Failed,
+                _ => CheckState::Active,
             },
-            detail: inner.cgroups.describe(),
+            detail: match &setup_failure {
+                Some(why) if !matches!(inner.cgroups, CgroupSupport::None { .. }) => format!(
+                    "{}, but a sandbox's cgroup could not be set up ({why}): limits hold per process only",
+                    inner.cgroups.describe()
+                ),
+                _ => inner.cgroups.describe(),
+            },
         });
         let (uid, _) = crate::plan::host_ids();
         checks.push(Check {
             name: "rlimits".into(),
-            state: CheckState::Active,
-            detail: match &inner.agent {
+            // Read back from the host's /proc for the probe sandbox's init, not assumed.
+            state: match &rlimits_found {
+                Ok(()) => CheckState::Active,
+                Err(_) => CheckState::Failed,
+            },
+            detail: match &rlimits_found {
+                Err(why) => format!("not as set: {why}"),
+                Ok(()) => match &inner.agent {
                 GuestAgent::Native(NativeAgent {
                     memory_env: Some(var),
                     ..
@@ -296,6 +326,7 @@ impl Runtime for ProcessRuntime {
                 _ => format!(
                     "address space, processes, file size, CPU, core=0; sandbox runs as host uid {uid}"
                 ),
+                },
             },
         });
         Diagnosis {

@@ -207,7 +207,14 @@ pub(crate) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec, id: &str) -> R
     if let Some(ws) = &spec.workspace {
         plan::prepare_workspace(ws)?;
     }
-    let cgroup = SandboxCgroup::create(&inner.cgroups, id, &spec.limits);
+    let cgroup = match SandboxCgroup::create(&inner.cgroups, id, &spec.limits) {
+        Ok(c) => c,
+        Err(why) => {
+            // Not silent: logged here and reported by `doctor` (cgroup::last_setup_failure).
+            tracing::warn!(%why, "sandbox cgroup not set up: memory and process limits hold per process (rlimits) only");
+            None
+        }
+    };
     let (host_ctl, guest_ctl) = std::os::unix::net::UnixStream::pair()
         .map_err(|e| Error::io("creating the control socket", e))?;
     let guest_ctl = jail::high_fd(OwnedFd::from(guest_ctl))
@@ -382,6 +389,60 @@ impl ProcessSandbox {
             live: Some(live),
             lost: None,
         }
+    }
+
+    /// Compares the resource limits the host kernel reports for the guest's init (host
+    /// `/proc/<pid>/limits`, read from outside the sandbox) with `expected` (resource, soft,
+    /// hard); `Err` names the first that differs, or why they could not be read.
+    pub(crate) fn verify_rlimits(
+        &self,
+        expected: &[(libc::__rlimit_resource_t, u64, u64)],
+    ) -> std::result::Result<(), String> {
+        use std::os::fd::AsRawFd;
+        let live = self.live.as_ref().ok_or("the sandbox is gone")?;
+        let fdinfo =
+            std::fs::read_to_string(format!("/proc/self/fdinfo/{}", live.pid1.as_raw_fd()))
+                .map_err(|e| format!("reading the init's pidfd info: {e}"))?;
+        let pid = fdinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("Pid:"))
+            .map(str::trim)
+            .ok_or("the init's pidfd names no pid")?;
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))
+            .map_err(|e| format!("reading /proc/{pid}/limits: {e}"))?;
+        for &(resource, soft, hard) in expected {
+            let row = match resource {
+                libc::RLIMIT_CPU => "Max cpu time",
+                libc::RLIMIT_FSIZE => "Max file size",
+                libc::RLIMIT_CORE => "Max core file size",
+                libc::RLIMIT_NPROC => "Max processes",
+                libc::RLIMIT_NOFILE => "Max open files",
+                libc::RLIMIT_AS => "Max address space",
+                other => return Err(format!("no /proc row known for resource {other}")),
+            };
+            let values: Vec<&str> = limits
+                .lines()
+                .find_map(|l| l.strip_prefix(row))
+                .map(|rest| rest.split_whitespace().take(2).collect())
+                .ok_or_else(|| format!("{row} missing from /proc/{pid}/limits"))?;
+            let parse = |v: &str| {
+                if v == "unlimited" {
+                    Some(u64::MAX)
+                } else {
+                    v.parse::<u64>().ok()
+                }
+            };
+            let found = (
+                values.first().copied().and_then(parse),
+                values.get(1).copied().and_then(parse),
+            );
+            if found != (Some(soft), Some(hard)) {
+                return Err(format!(
+                    "{row}: the guest has {values:?}, the jail set {soft}/{hard}"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// What the guest reported at start (Python version, seccomp state...).

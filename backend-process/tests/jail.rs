@@ -46,6 +46,35 @@ attempt("clone_newuser", libc.syscall(nr, 0x10000000 | 17, None, None, None, Non
     }
 }
 
+/// The guest's init is not dumpable, so a program (same uid) cannot open its memory, its fds
+/// or its executable link to take it over.
+#[tokio::test]
+async fn the_guest_init_cannot_be_taken_over_through_proc() {
+    let out = run(r#"
+import os
+for path in ("/proc/1/mem", "/proc/1/fd/0", "/proc/1/environ"):
+    try:
+        open(path, "rb").close()
+        print(path, "opened")
+    except OSError as e:
+        print(path, type(e).__name__)
+try:
+    os.readlink("/proc/1/exe")
+    print("exe readable")
+except OSError as e:
+    print("exe", type(e).__name__)
+"#)
+    .await;
+    for line in [
+        "/proc/1/mem PermissionError",
+        "/proc/1/fd/0 PermissionError",
+        "/proc/1/environ PermissionError",
+        "exe PermissionError",
+    ] {
+        assert!(out.contains(line), "init is reachable through /proc: {out}");
+    }
+}
+
 #[tokio::test]
 async fn guest_has_no_capabilities_and_no_new_privs() {
     let out = run("print(open('/proc/self/status').read())").await;

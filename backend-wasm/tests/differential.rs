@@ -1,6 +1,8 @@
 //! Differential test: every program in `testdata/programs` prints the same stdout and ends
 //! with the same exit status (and, for an uncaught exception, the same exception) on the
-//! wasm backend as under the host's native `python3`.
+//! wasm backend as under the host's native `python3`; a program that does not raise also
+//! prints the same stderr (a traceback names files differently, so only its last line, the
+//! exception, is compared).
 
 mod common;
 
@@ -30,10 +32,16 @@ async fn wasm_output_matches_native_python() {
             .expect("exec");
         sb.shutdown().await.expect("shutdown");
         let wasm = Ending::of(&out);
-        let expected = Ending::native(path);
+        let (expected, native_stderr) = Ending::native_with_stderr(path);
         if wasm != expected {
             mismatches.push(format!(
                 "{}:\n  native: {expected:?}\n  wasm:   {wasm:?}\n  wasm stderr: {}",
+                path.display(),
+                out.stderr.text()
+            ));
+        } else if expected.exception.is_none() && out.stderr.text() != native_stderr {
+            mismatches.push(format!(
+                "{}: stderr differs\n  native: {native_stderr:?}\n  wasm:   {:?}",
                 path.display(),
                 out.stderr.text()
             ));

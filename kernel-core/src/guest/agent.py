@@ -77,8 +77,11 @@ def _init():
         return pid, go_w
 
     # Not dumpable, before any agent exists: sandboxed code cannot open /proc/1/mem (or
-    # /proc/1/fd) to take over its init. Agents turn it back on for themselves.
-    _set_dumpable(0)
+    # /proc/1/fd) to take over its init. Agents turn it back on for themselves. Without it
+    # the sandbox must not start: init exits, and the host reports the failed start.
+    if not _set_dumpable(0):
+        os.write(2, b"agentkernel init: cannot make itself non-dumpable (prctl PR_SET_DUMPABLE); refusing to start\n")
+        os._exit(70)
     # What every agent needs, imported once here: each forked agent starts warm. Frozen
     # objects are left alone by the collector, so forked agents share their pages longer.
     _preimport()
@@ -239,12 +242,15 @@ def _preimport():
 
 
 def _set_dumpable(flag):
+    """Sets this process's dumpable flag; whether it now reads back as `flag`."""
     try:
         import ctypes
 
-        ctypes.CDLL(None).prctl(4, flag, 0, 0, 0)  # PR_SET_DUMPABLE = 4
-    except Exception:  # noqa: BLE001 - landlock and the pid namespace still hold without it
-        pass
+        libc = ctypes.CDLL(None)
+        libc.prctl(4, flag, 0, 0, 0)  # PR_SET_DUMPABLE = 4
+        return libc.prctl(3, 0, 0, 0, 0) == flag  # PR_GET_DUMPABLE = 3
+    except Exception:  # noqa: BLE001 - reported to the caller, which decides
+        return False
 
 
 def _process_state():
