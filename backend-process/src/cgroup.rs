@@ -283,7 +283,13 @@ mod tests {
             memory: Some(memory.clone()),
             pids: Some(tmp.path().join("no-such-pids-hierarchy")),
         };
-        let Err(err) = SandboxCgroup::create(&support, "t1", &Limits::default()) else {
+        // No limit files: in a real cgroup they are virtual, here they would be real files.
+        let limits = Limits {
+            memory_bytes: None,
+            processes: None,
+            ..Limits::default()
+        };
+        let Err(err) = SandboxCgroup::create(&support, "t1", &limits) else {
             panic!("set-up with a missing pids hierarchy succeeded");
         };
         assert!(err.contains("creating cgroup"), "{err}");

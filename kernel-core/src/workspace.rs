@@ -122,10 +122,11 @@ impl Workspaces {
     /// The root, created if missing, with the caller's symlinks resolved (backends refuse
     /// workspace paths through symlinks).
     fn real_root(&self) -> Result<PathBuf> {
-        // The data dir and the root are checked as AgentKernel's own (owned by this user,
-        // writable by no one else): whoever controls them controls what gets mounted.
-        if let Some(parent) = self.root.parent().filter(|p| !p.as_os_str().is_empty()) {
-            crate::hostdirs::private_dir(parent)?;
+        // The root (and the data dir, when it is the root's parent) is checked as AgentKernel's
+        // own (owned by this user, writable by no one else): whoever controls it controls what
+        // gets mounted.
+        if self.root.parent() == Some(crate::hostdirs::data_dir().as_path()) {
+            crate::hostdirs::private_dir(&crate::hostdirs::data_dir())?;
         }
         crate::hostdirs::private_dir(&self.root)?;
         self.root.canonicalize().map_err(|e| {
