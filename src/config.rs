@@ -223,9 +223,11 @@ impl Config {
         for server in self.mcp_servers.values() {
             let base = server.cwd.clone().unwrap_or_else(|| PathBuf::from("."));
             out.extend(server.cwd.iter().cloned());
+            // A command or argument that names an existing file (relative to the server's
+            // directory, or absolute) is code or data the server runs on the host.
             for word in server.command.iter().chain(server.args.iter()) {
                 let p = base.join(word);
-                if (word.contains('/') || p.exists()) && p.exists() {
+                if p.exists() {
                     out.push(p);
                 }
             }
