@@ -637,13 +637,26 @@ for name, args in [("nope", {}), ("add", {"a": "x", "b": 1}), ("fail", {})]:
 
 /// A file planted on the host outside the sandbox's mounts cannot be read.
 pub async fn escape_read_planted_file(rt: &dyn Runtime) {
-    let dir = tempfile::tempdir().expect("tempdir");
+    // Readable by every user of the host (a 0755 directory, a 0644 file), in the host's
+    // temp dir and in `/var/tmp`: only the sandbox's own view of the file system keeps
+    // them out, not file permissions.
+    let mut dirs = vec![world_accessible_dir(&std::env::temp_dir(), 0o755)];
+    if std::path::Path::new("/var/tmp").is_dir() {
+        dirs.push(world_accessible_dir(
+            std::path::Path::new("/var/tmp"),
+            0o755,
+        ));
+    }
     let secret = format!("secret-{}", uuid::Uuid::new_v4());
-    let path = dir.path().join("planted.txt");
-    std::fs::write(&path, &secret).expect("plant");
+    let mut paths = Vec::new();
+    for dir in &dirs {
+        let path = dir.path().join("planted.txt");
+        std::fs::write(&path, &secret).expect("plant");
+        set_mode(&path, 0o644);
+        paths.push(path.display().to_string());
+    }
     let code = format!(
-        "import os\nfor p in [{path:?}, '/proc/1/root' + {path:?}, '/proc/self/root' + {path:?}]:\n    try:\n        print(open(p).read())\n    except OSError as e:\n        print('denied', type(e).__name__)\n",
-        path = path.display().to_string()
+        "import os\nfor h in {paths:?}:\n    for p in [h, '/proc/1/root' + h, '/proc/self/root' + h]:\n        try:\n            print(open(p).read())\n        except OSError as e:\n            print('denied', type(e).__name__)\n"
     );
     let out = run_once(rt, &test_spec(), &code).await;
     assert!(
@@ -753,13 +766,62 @@ pub async fn escape_network(rt: &dyn Runtime) {
     );
 }
 
-/// The host's `/usr` (and the sandbox's root) cannot be written.
+/// A host directory of mode `mode` (e.g. 0755: every user may read it; 0777: write it)
+/// under `parent`, removed when dropped.
+fn world_accessible_dir(parent: &std::path::Path, mode: u32) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("agentkernel-escape-")
+        .tempdir_in(parent)
+        .expect("tempdir");
+    set_mode(dir.path(), mode);
+    dir
+}
+
+fn set_mode(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// The host's `/usr` (and the sandbox's root) cannot be written, nor a host directory that
+/// every user may write (mode 0777, in the host's temp dir and `/var/tmp`): file permissions
+/// would let any uid in, so only the sandbox's view of the file system keeps it out.
 pub async fn escape_write_host_usr(rt: &dyn Runtime) {
     let name = format!("agentkernel-escape-{}", uuid::Uuid::new_v4().simple());
+    let mut open_dirs = vec![world_accessible_dir(&std::env::temp_dir(), 0o777)];
+    if std::path::Path::new("/var/tmp").is_dir() {
+        open_dirs.push(world_accessible_dir(
+            std::path::Path::new("/var/tmp"),
+            0o777,
+        ));
+    }
+    let mut targets = vec![
+        format!("/usr/{name}"),
+        format!("/usr/bin/{name}"),
+        format!("/{name}"),
+        format!("/etc/{name}"),
+    ];
+    targets.extend(
+        open_dirs
+            .iter()
+            .map(|d| d.path().join(&name).display().to_string()),
+    );
     let code = format!(
-        "for p in ['/usr/{name}', '/usr/bin/{name}', '/{name}', '/etc/{name}']:\n    try:\n        open(p, 'w').write('x')\n        print('wrote', p)\n    except OSError as e:\n        print('refused', type(e).__name__)"
+        "for p in {targets:?}:\n    try:\n        open(p, 'w').write('x')\n        print('wrote', p)\n    except OSError as e:\n        print('refused', type(e).__name__)"
     );
     let out = run_once(rt, &test_spec(), &code).await;
+    for dir in &open_dirs {
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(
+            left.is_empty(),
+            "{}: the sandbox wrote into the host's {}: {left:?}",
+            rt.name(),
+            dir.path().display()
+        );
+    }
     for host in [
         format!("/usr/{name}"),
         format!("/usr/bin/{name}"),
