@@ -671,14 +671,49 @@ pub async fn escape_read_planted_file(rt: &dyn Runtime) {
     );
 }
 
-/// `/etc/shadow` (and the host's `/etc` beyond a harmless few files) is not readable.
+/// `/etc/shadow` (and the host's `/etc` beyond a harmless few files) is not readable. Where
+/// the test runs as root, it also plants a world-readable file in the host's `/etc` (removed
+/// afterwards): permissions would let any uid read that one, so only the sandbox's own
+/// `/etc` keeps it out.
 pub async fn escape_read_etc_shadow(rt: &dyn Runtime) {
+    /// Removes the planted file however the check ends.
+    struct Planted(std::path::PathBuf);
+    impl Drop for Planted {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let secret = format!("etc-secret-{}", uuid::Uuid::new_v4().simple());
+    let planted = std::path::PathBuf::from(format!("/etc/{secret}"));
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let guard = (root && std::fs::write(&planted, &secret).is_ok()).then(|| {
+        set_mode(&planted, 0o644);
+        Planted(planted.clone())
+    });
+    if guard.is_none() {
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {} escape_read_etc_shadow/planted (does not apply): only root can plant a file in the host's /etc",
+            rt.name()
+        );
+    }
     let out = run_once(
         rt,
         &test_spec(),
-        "try:\n    print(open('/etc/shadow').read())\nexcept OSError as e:\n    print('denied', type(e).__name__)",
+        &format!(
+            "try:\n    print(open('/etc/shadow').read())\nexcept OSError as e:\n    print('denied', type(e).__name__)\ntry:\n    print(open({planted:?}).read())\nexcept OSError as e:\n    print('planted denied', type(e).__name__)",
+            planted = planted.display().to_string()
+        ),
     )
     .await;
+    assert!(
+        !out.stdout.text().contains(&secret),
+        "{}: the sandbox read a file planted in the host's /etc: {}",
+        rt.name(),
+        out.stdout.text()
+    );
     assert!(
         out.stdout.text().starts_with("denied"),
         "{}",
