@@ -299,3 +299,45 @@ print(os.readlink("/proc/self/ns/pid"))
     }
     sb.shutdown().await.expect("shutdown");
 }
+
+/// The guest protocol's frame cap: a program that writes a frame header announcing 4 GiB on
+/// the control socket (the agent's fd 3, which a program in the agent's process can reach)
+/// is refused at once, before the host reads or allocates the body: the exec ends as a
+/// crash (not at its time limit, as it would if the host waited for the body), the host's
+/// peak memory does not grow by the announced size, and the runtime goes on.
+#[tokio::test]
+async fn an_oversized_guest_frame_is_refused_at_once() {
+    fn peak_rss_kib() -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .expect("status")
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .expect("VmHWM")
+    }
+    let rt = ProcessRuntime::new(ProcessConfig::default()).expect("process backend available");
+    let before = peak_rss_kib();
+    let mut sb = rt.create(&SandboxSpec::default()).await.expect("create");
+    let req = ExecRequest::new(
+        "import os, time\nos.write(3, (0xFFFFFFF0).to_bytes(4, 'big') + b'{' * 65536)\ntime.sleep(30)\n",
+    )
+    .with_timeout(std::time::Duration::from_secs(20));
+    let out = sb.exec(req, Arc::new(NoTools)).await;
+    match &out {
+        Ok(o) => assert!(
+            matches!(o.status, ExecStatus::Crashed { .. }),
+            "the oversized frame was not refused at once: {:?}",
+            o.status
+        ),
+        Err(e) => assert!(e.to_string().contains("frame"), "{e}"),
+    }
+    let _ = Box::new(sb).shutdown().await;
+    let grown = peak_rss_kib().saturating_sub(before);
+    assert!(
+        grown < 256 * 1024,
+        "the host's peak memory grew by {grown} KiB reading one frame"
+    );
+    // The runtime carries on.
+    let next = run_once(&rt, &SandboxSpec::default(), "print(6*7)").await;
+    assert_eq!(next.stdout.text(), "42\n");
+}
