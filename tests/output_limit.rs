@@ -6,11 +6,21 @@ use std::process::{Command, Stdio};
 
 #[test]
 fn cli_passthrough_stops_at_the_output_limit() {
+    passthrough_stops_at_the_output_limit("process");
+}
+
+/// The same on wasm, whose guest writes through the host's stream: the run is stopped there.
+#[test]
+fn cli_passthrough_stops_at_the_output_limit_on_wasm() {
+    passthrough_stops_at_the_output_limit("wasm");
+}
+
+fn passthrough_stops_at_the_output_limit(backend: &str) {
     // 64 MiB on stdout (the default limit is 1 MiB), then a line that must never arrive.
     let program = "import sys\nline = 'x' * 1023 + '\\n'\nfor _ in range(64 << 10):\n    sys.stdout.write(line)\nprint('UNREACHED')\n";
     let data = tempfile::tempdir().expect("tempdir");
     let mut child = Command::new(env!("CARGO_BIN_EXE_agentkernel"))
-        .args(["run", "--timeout", "120", "-"])
+        .args(["run", "--backend", backend, "--timeout", "120", "-"])
         .env("AGENTKERNEL_DATA_DIR", data.path())
         .env_remove("AGENTKERNEL_LOG")
         .stdin(Stdio::piped())
@@ -28,7 +38,7 @@ fn cli_passthrough_stops_at_the_output_limit() {
     let limit = agentkernel::core::Limits::default().output_bytes;
     assert!(
         out.stdout.len() <= limit,
-        "the caller received {} bytes, more than the {limit}-byte limit; stderr: {stderr}",
+        "{backend}: the caller received {} bytes, more than the {limit}-byte limit; stderr: {stderr}",
         out.stdout.len()
     );
     assert!(out.stdout.len() >= limit / 2, "{} bytes", out.stdout.len());
@@ -36,6 +46,6 @@ fn cli_passthrough_stops_at_the_output_limit() {
     assert_ne!(out.status.code(), Some(0), "stderr: {stderr}");
     assert!(
         stderr.contains("killed: output size limit exceeded"),
-        "the limit is not named: {stderr}"
+        "{backend}: the limit is not named: {stderr}"
     );
 }

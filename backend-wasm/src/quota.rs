@@ -134,13 +134,13 @@ enum Refusal {
     RunQuota,
 }
 
-/// A trap that stops a run whose file write broke a limit.
+/// A trap that stops a run whose write (to a file, or to its output) broke a limit.
 #[derive(Debug)]
 pub struct QuotaExceeded(pub LimitKind);
 
 impl std::fmt::Display for QuotaExceeded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "a file write broke the {} limit", self.0)
+        write!(f, "a write broke the {} limit", self.0)
     }
 }
 

@@ -187,18 +187,24 @@ impl Capture {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Keeps `bytes` up to the cap, and hands all of them to the exec's sink: the
-    /// `OutputSink` contract is every chunk as it arrives, including chunks past the cap.
-    fn push(&self, bytes: &[u8]) {
+    /// Keeps `bytes` up to the cap and hands the kept bytes to the exec's sink (the
+    /// `OutputSink` contract: never more than the output limit). `false` when a live sink is
+    /// attached and the output has passed the limit: the run must stop (`Killed{Output}`).
+    fn push(&self, bytes: &[u8]) -> bool {
         let mut s = self.lock();
         let cap = s.cap;
+        let sink = s.sink.clone();
+        let kept_before = s.out.bytes.len();
         s.out.push(bytes, cap);
-        if !bytes.is_empty()
-            && let Some(sink) = s.sink.clone()
+        let kept = s.out.bytes[kept_before..].to_vec();
+        let over = sink.is_some() && s.out.truncated;
+        drop(s);
+        if let Some(sink) = sink
+            && !kept.is_empty()
         {
-            drop(s);
-            sink(self.kind, bytes);
+            sink(self.kind, &kept);
         }
+        !over
     }
 }
 
@@ -220,8 +226,13 @@ impl StdoutStream for Capture {
 
 impl OutputStream for Capture {
     fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
-        self.push(&bytes);
-        Ok(())
+        if self.push(&bytes) {
+            Ok(())
+        } else {
+            Err(wasmtime_wasi::p2::StreamError::Trap(wasmtime::Error::new(
+                crate::quota::QuotaExceeded(agentkernel_core::LimitKind::Output),
+            )))
+        }
     }
 
     fn flush(&mut self) -> StreamResult<()> {
@@ -244,8 +255,11 @@ impl tokio::io::AsyncWrite for Capture {
         _cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        self.push(buf);
-        std::task::Poll::Ready(Ok(buf.len()))
+        std::task::Poll::Ready(if self.push(buf) {
+            Ok(buf.len())
+        } else {
+            Err(std::io::Error::other("the output limit was exceeded"))
+        })
     }
 
     fn poll_flush(

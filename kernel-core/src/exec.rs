@@ -20,7 +20,10 @@ pub enum StreamKind {
 }
 
 /// Receives output while the program runs (e.g. the CLI passes it through live).
-/// Called with every chunk as it arrives, including chunks past the capture cap.
+/// Called with each chunk as it arrives, up to the output limit: it receives exactly the
+/// bytes the capture keeps, never more. A program whose output passes the limit while a
+/// sink is attached is stopped, `Killed { limit: Output }`; without a sink its output is
+/// truncated and it runs on.
 pub type OutputSink = Arc<dyn Fn(StreamKind, &[u8]) + Send + Sync>;
 
 /// A program to run in a sandbox.
