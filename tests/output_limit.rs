@@ -15,9 +15,16 @@ fn cli_passthrough_stops_at_the_output_limit_on_wasm() {
     passthrough_stops_at_the_output_limit("wasm");
 }
 
+/// The same on monty in the kernel's own process, whose engine prints through the host.
+#[test]
+fn cli_passthrough_stops_at_the_output_limit_on_monty_inprocess() {
+    passthrough_stops_at_the_output_limit("monty-inprocess");
+}
+
 fn passthrough_stops_at_the_output_limit(backend: &str) {
-    // 64 MiB on stdout (the default limit is 1 MiB), then a line that must never arrive.
-    let program = "import sys\nline = 'x' * 1023 + '\\n'\nfor _ in range(64 << 10):\n    sys.stdout.write(line)\nprint('UNREACHED')\n";
+    // 64 MiB on stdout (the default limit is 1 MiB), then a line that must never arrive;
+    // a program that catches the limit's exception gets no further.
+    let program = "line = 'x' * 1023\nfor _ in range(64 << 10):\n    try:\n        print(line)\n    except Exception:\n        pass\nprint('UNREACHED')\n";
     let data = tempfile::tempdir().expect("tempdir");
     let mut child = Command::new(env!("CARGO_BIN_EXE_agentkernel"))
         .args(["run", "--backend", backend, "--timeout", "120", "-"])

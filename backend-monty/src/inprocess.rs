@@ -22,7 +22,7 @@ use agentkernel_core::{
     Sandbox, Snapshot, StreamKind, Timings, ToolCallRecord, ToolError, ToolErrorKind, ToolHost,
 };
 use async_trait::async_trait;
-use monty_types::{MontyException, PrintWriterCallback};
+use monty_types::{ExcType, MontyException, PrintWriterCallback};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
@@ -63,14 +63,32 @@ struct LocalHost<'a> {
     stdout: CapturedOutput,
     calls: Vec<ToolCallRecord>,
     tool_time: Duration,
+    /// The output passed the limit while a live sink was attached: the run ends
+    /// `Killed{Output}` whatever the program does about the exception it gets.
+    output_exceeded: bool,
 }
 
 impl LocalHost<'_> {
-    fn write(&mut self, text: &str) {
+    /// Keeps `text` up to the cap and passes the kept bytes to the live sink (the
+    /// `OutputSink` contract: never more than the output limit). With a sink attached,
+    /// passing the limit stops the program.
+    fn write(&mut self, text: &str) -> std::result::Result<(), MontyException> {
+        let before = self.stdout.bytes.len();
         self.stdout.push(text.as_bytes(), self.run.cap);
         if let Some(sink) = &self.run.sink {
-            sink(StreamKind::Stdout, text.as_bytes());
+            let kept = &self.stdout.bytes[before..];
+            if !kept.is_empty() {
+                sink(StreamKind::Stdout, kept);
+            }
+            if self.stdout.truncated {
+                self.output_exceeded = true;
+                return Err(MontyException::new(
+                    ExcType::RuntimeError,
+                    Some("output size limit exceeded".into()),
+                ));
+            }
         }
+        Ok(())
     }
 }
 
@@ -79,14 +97,12 @@ impl PrintWriterCallback for LocalHost<'_> {
         &mut self,
         output: std::borrow::Cow<'_, str>,
     ) -> std::result::Result<(), MontyException> {
-        self.write(&output);
-        Ok(())
+        self.write(&output)
     }
 
     fn stdout_push(&mut self, end: char) -> std::result::Result<(), MontyException> {
         let mut buf = [0u8; 4];
-        self.write(end.encode_utf8(&mut buf));
-        Ok(())
+        self.write(end.encode_utf8(&mut buf))
     }
 }
 
@@ -132,6 +148,7 @@ fn run_in(slot: &Mutex<Option<Session>>, run: &Run) -> Finished {
         stdout: CapturedOutput::default(),
         calls: Vec::new(),
         tool_time: Duration::ZERO,
+        output_exceeded: false,
     };
     let mut session = slot.lock().unwrap_or_else(PoisonError::into_inner);
     let status = match session.as_mut() {
@@ -154,6 +171,13 @@ fn run_in(slot: &Mutex<Option<Session>>, run: &Run) -> Finished {
                 }
             })
         }
+    };
+    let status = if host.output_exceeded {
+        ExecStatus::Killed {
+            limit: LimitKind::Output,
+        }
+    } else {
+        status
     };
     Finished {
         status,
