@@ -186,12 +186,18 @@ pub fn restrict_to_owner(file: &std::fs::File) -> std::io::Result<()> {
 
 /// Refuses `workspace` (a canonical host path about to be mounted read-write at
 /// `/workspace`) when it is, or holds, a directory whose files the host trusts: `/`, the
-/// user's home, the data dir (`data_dir`, whose `workspaces/` subdirectories are fine) or
-/// the cache dir, or any path in `protected` (e.g. the configuration file in use). A
+/// user's home, the data dir (`data_dir`, and the default one when that is another; their
+/// `workspaces/` subdirectories are fine) or the cache dir, or any path in `protected` (e.g. the configuration file in use). A
 /// program could otherwise plant shell start-up files, tasks, compiled code or
 /// configuration that the host runs later.
 pub fn check_workspace_dir(workspace: &Path, data_dir: &Path, protected: &[PathBuf]) -> Result<()> {
-    let mut trusted: Vec<PathBuf> = vec![PathBuf::from("/"), data_dir.to_path_buf(), cache_dir()];
+    // The default data dir too, when the caller uses another one: it holds this user's tasks.
+    let mut trusted: Vec<PathBuf> = vec![
+        PathBuf::from("/"),
+        data_dir.to_path_buf(),
+        self::data_dir(),
+        cache_dir(),
+    ];
     trusted.extend(home_dir());
     trusted.extend(protected.iter().cloned());
     for t in trusted {
