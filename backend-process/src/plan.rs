@@ -364,8 +364,7 @@ pub(crate) fn require_no_symlinks(path: &Path) -> Result<()> {
 /// symlinks and changed through that fd, so a symlink swapped in meanwhile is refused.
 pub(crate) fn prepare_workspace(ws: &Path) -> Result<()> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if agentkernel_core::hostdirs::euid() != 0 {
         return Ok(());
     }
     let (uid, gid) = host_ids();

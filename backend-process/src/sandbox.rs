@@ -246,8 +246,7 @@ pub(crate) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec, id: &str) -> R
         GuestAgent::Python(_) => None,
     };
     let jail_plan = Arc::new(JailPlan {
-        // SAFETY: geteuid cannot fail.
-        drop_groups: unsafe { libc::geteuid() } == 0,
+        drop_groups: agentkernel_core::hostdirs::euid() == 0,
         cgroup_procs: cgroup
             .as_ref()
             .map(|c| {

@@ -25,7 +25,7 @@ use serde_json::json;
 
 use crate::{
     Error, ExecOutcome, ExecRequest, ExecStatus, FnTools, LimitKind, Limits, NetworkPolicy,
-    NoTools, Runtime, SandboxSpec, ToolError, ToolErrorKind, ToolHost,
+    NoTools, Runtime, Sandbox, SandboxSpec, ToolError, ToolErrorKind, ToolHost,
 };
 
 /// A spec with limits suited to tests.
@@ -685,8 +685,7 @@ pub async fn escape_read_etc_shadow(rt: &dyn Runtime) {
     }
     let secret = format!("etc-secret-{}", uuid::Uuid::new_v4().simple());
     let planted = std::path::PathBuf::from(format!("/etc/{secret}"));
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = crate::hostdirs::euid() == 0;
     let guard = (root && std::fs::write(&planted, &secret).is_ok()).then(|| {
         set_mode(&planted, 0o644);
         Planted(planted.clone())
@@ -954,19 +953,7 @@ print("spawned")
         wait_for_processes(&on_host, expected).await,
         "the check cannot see the sandbox's children"
     );
-    let out = sb
-        .exec(
-            ExecRequest::new("while True:\n    pass").with_timeout(Duration::from_secs(1)),
-            Arc::new(NoTools),
-        )
-        .await
-        .expect("exec");
-    assert_eq!(
-        out.status,
-        ExecStatus::Killed {
-            limit: LimitKind::WallTime
-        }
-    );
+    kill_a_busy_loop_by_its_time_limit(sb.as_mut()).await;
     assert_eq!(
         count_host_processes(&on_host),
         0,
@@ -1002,6 +989,23 @@ pub async fn shutdown_leaves_no_process(rt: &dyn Runtime) {
         count_host_processes(&on_host),
         0,
         "processes outlived shutdown"
+    );
+}
+
+/// Runs a busy loop in `sb` with a 1 s time limit and checks the run was killed by it.
+async fn kill_a_busy_loop_by_its_time_limit(sb: &mut dyn Sandbox) {
+    let out = sb
+        .exec(
+            ExecRequest::new("while True:\n    pass").with_timeout(Duration::from_secs(1)),
+            Arc::new(NoTools),
+        )
+        .await
+        .expect("exec");
+    assert_eq!(
+        out.status,
+        ExecStatus::Killed {
+            limit: LimitKind::WallTime
+        }
     );
 }
 
@@ -1073,19 +1077,7 @@ async fn sandbox_process_is_gone_after(rt: &dyn Runtime, check: &str, ending: En
     );
     match ending {
         Ending::Kill => {
-            let out = sb
-                .exec(
-                    ExecRequest::new("while True:\n    pass").with_timeout(Duration::from_secs(1)),
-                    Arc::new(NoTools),
-                )
-                .await
-                .expect("exec");
-            assert_eq!(
-                out.status,
-                ExecStatus::Killed {
-                    limit: LimitKind::WallTime
-                }
-            );
+            kill_a_busy_loop_by_its_time_limit(sb.as_mut()).await;
             assert_eq!(
                 count(),
                 0,
