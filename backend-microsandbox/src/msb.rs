@@ -539,11 +539,14 @@ impl agentkernel_core::Sandbox for MsbSandbox {
                 reason: reason.clone(),
             });
         }
+        let timeout = req.timeout.unwrap_or(self.spec.limits.wall_time);
+        // One program at a time per workspace.
+        let _workspace =
+            agentkernel_core::WorkspaceLock::of(self.spec.workspace.as_deref(), timeout).await?;
         let live = self
             .live
             .as_mut()
             .ok_or_else(|| Error::sandbox_lost(None))?;
-        let timeout = req.timeout.unwrap_or(self.spec.limits.wall_time);
         let started = Instant::now();
         let report = live
             .agent

@@ -26,7 +26,7 @@ use agentkernel_core::guest::{ExecEnd, Hello, agent_exit_status};
 use agentkernel_core::{
     Capabilities, CapturedOutput, Check, CheckState, Diagnosis, Error, ExecOutcome, ExecRequest,
     ExecStatus, Isolation, LimitKind, LimitSupport, Result, Runtime, Sandbox, SandboxSpec,
-    Snapshot, StartupClass, Timings, ToolHost,
+    Snapshot, StartupClass, Timings, ToolHost, WorkspaceLock,
 };
 use async_trait::async_trait;
 use serde_json::json;
@@ -815,6 +815,8 @@ impl Sandbox for MicroVmSandbox {
             });
         }
         let timeout = req.timeout.unwrap_or(self.spec.limits.wall_time);
+        // One program at a time per workspace, from the copy in to the copy back.
+        let _workspace = WorkspaceLock::of(self.spec.workspace.as_deref(), timeout).await?;
         let started = Instant::now();
         let live = self
             .live

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use agentkernel_core::{
     CapturedOutput, Error, ExecOutcome, ExecRequest, ExecStatus, LimitKind, OutputSink, Result,
     Sandbox, Snapshot, StreamKind, Timings, ToolCallRecord, ToolError, ToolErrorKind, ToolHost,
+    WorkspaceLock,
 };
 use async_trait::async_trait;
 use monty_types::{ExcType, MontyException, PrintWriterCallback};
@@ -46,6 +47,8 @@ struct Run {
     sink: Option<OutputSink>,
     /// For tool calls (only runs on a sandbox thread can make them).
     handle: Option<tokio::runtime::Handle>,
+    /// Held for as long as the run (an abandoned run's thread keeps it until it ends).
+    _workspace: Option<WorkspaceLock>,
 }
 
 /// One exec's results.
@@ -321,6 +324,8 @@ pub(crate) struct InProcessSandbox {
     /// Private directories the session maps (`/tmp`, a workspace of its own), made on
     /// first use; removed on drop.
     dirs: Vec<Arc<PrivateDir>>,
+    /// The host workspace, locked for each run (`None`: a private one).
+    workspace: Option<std::path::PathBuf>,
 }
 
 impl InProcessSandbox {
@@ -329,6 +334,7 @@ impl InProcessSandbox {
         id: String,
         config: SessionConfig,
         dirs: Vec<Arc<PrivateDir>>,
+        workspace: Option<std::path::PathBuf>,
         wall_time: Duration,
         output_cap: usize,
         snapshot: Option<&[u8]>,
@@ -347,6 +353,7 @@ impl InProcessSandbox {
             output_cap,
             lost: None,
             dirs,
+            workspace,
         })
     }
 
@@ -398,6 +405,7 @@ impl Sandbox for InProcessSandbox {
                 "give a timeout of at least 1 ms",
             ));
         }
+        let workspace = WorkspaceLock::of(self.workspace.as_deref(), timeout).await?;
         let started = Instant::now();
         let deadline = started + timeout;
         let may_call_tools = mentions_tools(&req.code);
@@ -420,6 +428,7 @@ impl Sandbox for InProcessSandbox {
             cap: self.output_cap,
             sink: req.output,
             handle: None,
+            _workspace: workspace,
         };
         let finished = if may_call_tools {
             run.handle = Some(tokio::runtime::Handle::current());

@@ -257,6 +257,7 @@ fn in_process(id: String, spec: &SandboxSpec, snapshot: Option<&[u8]>) -> Result
         id,
         config,
         dirs,
+        spec.workspace.clone(),
         spec.limits.wall_time,
         spec.limits.output_bytes,
         snapshot,

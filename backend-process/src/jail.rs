@@ -127,6 +127,12 @@ pub(crate) enum RootOp {
     Proc {
         dst: CString,
     },
+    /// Attach the detached mount tree `fd` (an idmapped copy of a host directory made by
+    /// the host, see `hostids::idmapped_tree`) at `dst` (created first) with `move_mount`.
+    MoveTree {
+        fd: RawFd,
+        dst: CString,
+    },
     /// The ipc namespace's message-queue file system, read-only. Best effort: where it
     /// cannot be mounted, the guest's init finds no such mount and never resets in place.
     Mqueue {
@@ -151,7 +157,13 @@ pub(crate) struct JailPlan {
     /// Host paths of bind sources, opened by the child into fds `SOURCE_FD_BASE + i`;
     /// `true` marks paths that must not traverse any symlink (workspace, user mounts).
     pub sources: Vec<(CString, bool)>,
+    /// Detached mount trees the child attaches (`RootOp::MoveTree`); kept open across the
+    /// child's first fd sweep. At most [`MAX_TREES`].
+    pub trees: Vec<RawFd>,
 }
+
+/// Most detached trees (idmapped writable directories) one jail can attach.
+pub(crate) const MAX_TREES: usize = 8;
 
 /// First fd number of the bind sources in the child. Every fd of the plan must be below it.
 pub(crate) const SOURCE_FD_BASE: RawFd = 512;
@@ -271,7 +283,12 @@ pub(crate) unsafe fn enter(plan: &JailPlan) -> std::io::Result<()> {
         // below, so CLOEXEC does not help yet): copies of other sandboxes' lifelines and
         // sockets would keep those sandboxes alive after the host dies, and our own copy of
         // the `go` pipe's write end would make the read below wait forever if it did.
-        close_all_but(&[0, 1, 2, 3, 4, report, plan.go_fd]);
+        let mut keep = [-1; 7 + MAX_TREES];
+        keep[..7].copy_from_slice(&[0, 1, 2, 3, 4, report, plan.go_fd]);
+        for (slot, fd) in keep[7..].iter_mut().zip(&plan.trees) {
+            *slot = *fd;
+        }
+        close_all_but(&keep);
 
         let mut buf = [0u8; 12];
         let pid = itoa(libc::getpid() as u32, &mut buf);
@@ -449,13 +466,14 @@ pub(crate) unsafe fn enter(plan: &JailPlan) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Closes every fd not in `keep` (at most 8; best effort: `close_range`, Linux 5.9+).
+/// Closes every fd not in `keep` (at most 16, negative entries ignored; best effort:
+/// `close_range`, Linux 5.9+).
 /// Allocates nothing: this runs between fork and exec of a multi-threaded process.
 ///
 /// # Safety
 /// Only in the forked child: fds the rest of the process uses disappear.
 unsafe fn close_all_but(keep: &[RawFd]) {
-    let mut fds = [u32::MAX; 8];
+    let mut fds = [u32::MAX; 16];
     let mut n = 0;
     for &fd in keep.iter().take(fds.len()) {
         if let Ok(fd) = u32::try_from(fd) {
@@ -594,6 +612,19 @@ unsafe fn build(op: &RootOp) -> Result<(), ()> {
                     Ok(())
                 }
             }
+            RootOp::MoveTree { fd, dst } => {
+                mkdir(dst)?;
+                ok(libc::syscall(
+                    libc::SYS_move_mount,
+                    *fd,
+                    c"".as_ptr(),
+                    libc::AT_FDCWD,
+                    dst.as_ptr(),
+                    MOVE_MOUNT_F_EMPTY_PATH,
+                ) as libc::c_int)?;
+                libc::close(*fd);
+                Ok(())
+            }
             RootOp::Tmpfs { dst, data } => {
                 mkdir(dst)?;
                 ok(libc::mount(
@@ -629,7 +660,9 @@ unsafe fn build(op: &RootOp) -> Result<(), ()> {
     }
 }
 
-const AT_RECURSIVE: libc::c_uint = 0x8000;
+pub(crate) const AT_RECURSIVE: libc::c_uint = 0x8000;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+pub(crate) const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 pub(crate) const MOUNT_ATTR_RDONLY: u64 = 0x1;
 pub(crate) const MOUNT_ATTR_NOSUID: u64 = 0x2;
 pub(crate) const MOUNT_ATTR_NODEV: u64 = 0x4;
@@ -638,11 +671,11 @@ const RESOLVE_NO_SYMLINKS: u64 = 0x04;
 
 /// `struct mount_attr` of `mount_setattr(2)`.
 #[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
+pub(crate) struct MountAttr {
+    pub attr_set: u64,
+    pub attr_clr: u64,
+    pub propagation: u64,
+    pub userns_fd: u64,
 }
 
 /// `struct open_how` of `openat2(2)`.

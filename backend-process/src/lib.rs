@@ -34,6 +34,7 @@
 compile_error!("agentkernel-backend-process needs Linux (namespaces, seccomp, landlock)");
 
 mod cgroup;
+mod hostids;
 mod jail;
 mod plan;
 mod python;

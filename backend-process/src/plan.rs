@@ -4,9 +4,7 @@
 use std::collections::BTreeSet;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
-#[cfg(test)]
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use agentkernel_core::{Error, Result, SandboxSpec};
 
@@ -95,6 +93,29 @@ impl RootPlan {
     pub fn bind_user(&mut self, host: &Path, guest: &str, writable: bool) -> Result<()> {
         require_no_symlinks(host)?;
         self.bind_source(host, guest, writable, true)
+    }
+
+    /// [`RootPlan::bind_user`], or the attach of `host`'s tree when `trees` has one.
+    fn bind_user_or_tree(
+        &mut self,
+        host: &Path,
+        guest: &str,
+        writable: bool,
+        trees: &[(PathBuf, std::os::fd::RawFd)],
+    ) -> Result<()> {
+        match trees.iter().find(|(p, _)| p == host) {
+            Some((_, fd)) if writable => {
+                require_no_symlinks(host)?;
+                self.parent_of(guest)?;
+                self.made.insert(guest.to_owned());
+                self.ops.push(RootOp::MoveTree {
+                    fd: *fd,
+                    dst: cstr(under_root(guest))?,
+                });
+                Ok(())
+            }
+            _ => self.bind_user(host, guest, writable),
+        }
     }
 
     fn bind_source(
@@ -194,8 +215,14 @@ fn bind_python(p: &mut RootPlan, python: &HostPython) -> Result<()> {
     Ok(())
 }
 
-/// The file-system layout of a sandbox for `spec` running `agent`.
-pub(crate) fn root_plan(spec: &SandboxSpec, agent: &GuestAgent) -> Result<RootPlan> {
+/// The file-system layout of a sandbox for `spec` running `agent`. A writable host
+/// directory listed in `trees` (with a detached, idmapped copy of its mount: see
+/// `hostids`) is attached from that tree instead of bound.
+pub(crate) fn root_plan(
+    spec: &SandboxSpec,
+    agent: &GuestAgent,
+    trees: &[(PathBuf, std::os::fd::RawFd)],
+) -> Result<RootPlan> {
     let mut p = RootPlan::default();
     p.bind(Path::new("/usr"), "/usr", false)?;
     for name in SYSTEM_TOP {
@@ -265,7 +292,7 @@ pub(crate) fn root_plan(spec: &SandboxSpec, agent: &GuestAgent) -> Result<RootPl
     });
     p.tmpfs("/tmp", tmp_opts(spec.limits.tmp_bytes))?;
     match &spec.workspace {
-        Some(ws) => p.bind_user(ws, "/workspace", true)?,
+        Some(ws) => p.bind_user_or_tree(ws, "/workspace", true, trees)?,
         None => p.tmpfs(
             "/workspace",
             format!(
@@ -276,7 +303,7 @@ pub(crate) fn root_plan(spec: &SandboxSpec, agent: &GuestAgent) -> Result<RootPl
         )?,
     }
     for m in &spec.mounts {
-        p.bind_user(&m.host, &path_str(&m.guest)?, m.writable)?;
+        p.bind_user_or_tree(&m.host, &path_str(&m.guest)?, m.writable, trees)?;
     }
     Ok(p)
 }
@@ -332,14 +359,6 @@ pub(crate) fn rlimits(spec: &SandboxSpec) -> Vec<(libc::__rlimit_resource_t, u64
     out
 }
 
-/// The host uid/gid that sandbox uid/gid 1000 maps to: the caller's own ids, except that
-/// root's sandboxes run as `nobody` so that nothing in them is host uid 0.
-pub(crate) fn host_ids() -> (u32, u32) {
-    // SAFETY: geteuid/getegid cannot fail.
-    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    if uid == 0 { (65534, 65534) } else { (uid, gid) }
-}
-
 /// Refuses a host path that is relative or goes through a symlink: mounts and ownership
 /// changes must not be redirectable by whoever can write a directory along the path.
 pub(crate) fn require_no_symlinks(path: &Path) -> Result<()> {
@@ -358,16 +377,13 @@ pub(crate) fn require_no_symlinks(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// When the sandbox user is `nobody` (host root), the workspace directory must be usable
-/// by it: hand the directory itself (not its contents) to that user. `ws` must already have
-/// passed [`require_no_symlinks`] (as [`root_plan`] does); it is opened without following
-/// symlinks and changed through that fd, so a symlink swapped in meanwhile is refused.
-pub(crate) fn prepare_workspace(ws: &Path) -> Result<()> {
+/// The fallback where a writable directory cannot be idmapped (see `hostids`): hand the
+/// directory itself (not its contents) to the sandbox's host uid so it can write there.
+/// Returns the owner and group it had, to give everything back when the sandbox ends, or
+/// `None` when nothing changed. `ws` must already have passed [`require_no_symlinks`]; it
+/// is opened without following symlinks and changed through that fd.
+pub(crate) fn hand_over(ws: &Path, uid: u32, gid: u32) -> Result<Option<(u32, u32)>> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    if agentkernel_core::hostdirs::euid() != 0 {
-        return Ok(());
-    }
-    let (uid, gid) = host_ids();
     let fd = open_no_symlinks(&cstr(ws.as_os_str().as_bytes())?);
     if fd < 0 {
         return Err(Error::io(
@@ -385,19 +401,19 @@ pub(crate) fn prepare_workspace(ws: &Path) -> Result<()> {
             "pass a directory",
         ));
     }
-    if st.st_uid != uid {
-        // SAFETY: fchownat on an O_PATH fd we own, with an empty path and AT_EMPTY_PATH.
-        let rc =
-            unsafe { libc::fchownat(fd.as_raw_fd(), c"".as_ptr(), uid, gid, libc::AT_EMPTY_PATH) };
-        if rc < 0 {
-            return Err(Error::io(
-                format!("handing workspace {} to the sandbox user", ws.display()),
-                std::io::Error::last_os_error(),
-            ));
-        }
-        tracing::info!(workspace = %ws.display(), uid, "workspace directory handed to the sandbox user");
+    if st.st_uid == uid {
+        return Ok(None);
     }
-    Ok(())
+    // SAFETY: fchownat on an O_PATH fd we own, with an empty path and AT_EMPTY_PATH.
+    let rc = unsafe { libc::fchownat(fd.as_raw_fd(), c"".as_ptr(), uid, gid, libc::AT_EMPTY_PATH) };
+    if rc < 0 {
+        return Err(Error::io(
+            format!("handing workspace {} to the sandbox user", ws.display()),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    tracing::info!(workspace = %ws.display(), uid, "workspace directory handed to the sandbox user until it ends");
+    Ok(Some((st.st_uid, st.st_gid)))
 }
 
 /// Guest-side mount targets of a plan (for tests).
@@ -422,7 +438,7 @@ mod tests {
     fn an_interpreter_under_tmp_is_refused_with_a_hint() {
         let mut py = crate::python::discover(None).unwrap();
         py.extra_dirs.push(PathBuf::from("/tmp/somewhere/venv"));
-        let Err(err) = root_plan(&SandboxSpec::default(), &GuestAgent::Python(py)) else {
+        let Err(err) = root_plan(&SandboxSpec::default(), &GuestAgent::Python(py), &[]) else {
             panic!("an interpreter under /tmp was accepted");
         };
         assert!(err.to_string().contains("under /tmp"), "{err}");
@@ -440,7 +456,7 @@ mod tests {
             ..SandboxSpec::default()
         };
         let py = crate::python::discover(None).unwrap();
-        let plan = root_plan(&spec, &GuestAgent::Python(py)).unwrap();
+        let plan = root_plan(&spec, &GuestAgent::Python(py), &[]).unwrap();
         let usr = plan
             .ops
             .iter()

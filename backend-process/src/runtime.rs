@@ -306,7 +306,17 @@ impl Runtime for ProcessRuntime {
                 _ => inner.cgroups.describe(),
             },
         });
-        let (uid, _) = crate::plan::host_ids();
+        let who = if agentkernel_core::hostdirs::euid() == 0 {
+            let r = crate::hostids::UID_RANGE;
+            format!(
+                "each sandbox runs as a host uid of its own ({}..{}, leased under {}), its workspace idmapped to it",
+                r.start,
+                r.end,
+                crate::hostids::LEASE_DIR
+            )
+        } else {
+            format!("sandbox runs as host uid {}", agentkernel_core::hostdirs::euid())
+        };
         checks.push(Check {
             name: "rlimits".into(),
             // Read back from the host's /proc for the probe sandbox's init, not assumed.
@@ -321,10 +331,10 @@ impl Runtime for ProcessRuntime {
                     memory_env: Some(var),
                     ..
                 }) => format!(
-                    "processes, file size, CPU, core=0 (memory: counted by the agent's own allocator, limit in {var}); sandbox runs as host uid {uid}"
+                    "processes, file size, CPU, core=0 (memory: counted by the agent's own allocator, limit in {var}); {who}"
                 ),
                 _ => format!(
-                    "address space, processes, file size, CPU, core=0; sandbox runs as host uid {uid}"
+                    "address space, processes, file size, CPU, core=0; {who}"
                 ),
                 },
             },

@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 use agentkernel_core::guest::{AGENT_SOURCE, ExecEnd, GuestConn, Hello};
 use agentkernel_core::{
     Error, ExecOutcome, ExecRequest, ExecStatus, LimitKind, Result, Sandbox, SandboxSpec, Snapshot,
-    ToolHost,
+    ToolHost, WorkspaceLock,
 };
 use async_trait::async_trait;
 use tokio::process::{Child, ChildStderr, ChildStdout};
 
 use crate::cgroup::SandboxCgroup;
+use crate::hostids::{self, HostIds};
 use crate::jail::{self, JailPlan};
 use crate::plan;
 use crate::python::{GuestAgent, NativeAgent};
@@ -36,6 +37,21 @@ pub(crate) struct Live {
     pub hello: Hello,
     /// Landlock state the jail reported (`jail::LANDLOCK_*`).
     pub landlock: u32,
+    /// Directories lent to the sandbox's uid (no idmapped mount there): given back when
+    /// the sandbox is gone.
+    lent: Vec<Lent>,
+    /// The sandbox's host ids (and, as root, their lease: dropped after everything else).
+    _ids: HostIds,
+}
+
+/// A host directory handed to a sandbox's uid for its life (see `plan::hand_over`).
+struct Lent {
+    dir: std::path::PathBuf,
+    /// The sandbox's host uid: entries it owns are given back.
+    from: u32,
+    /// The directory's owner and group before.
+    uid: u32,
+    gid: u32,
 }
 
 impl Live {
@@ -99,6 +115,13 @@ impl Drop for Live {
     fn drop(&mut self) {
         self.kill();
         let _ = self.outer.start_kill();
+        // After `ProcessSandbox::end` every process of the sandbox is gone; on a bare drop
+        // they are dying (SIGKILL sent), which is as good as it gets without waiting.
+        for lent in &self.lent {
+            if let Err(e) = hostids::restore_owner(&lent.dir, lent.from, lent.uid, lent.gid) {
+                tracing::warn!(dir = %lent.dir.display(), error = %e, "could not give a workspace's files back to its owner");
+            }
+        }
     }
 }
 
@@ -132,8 +155,7 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     Ok((high(r)?, high(w)?))
 }
 
-fn write_maps(pid: u32) -> std::io::Result<()> {
-    let (uid, gid) = plan::host_ids();
+fn write_maps(pid: u32, (uid, gid): (u32, u32)) -> std::io::Result<()> {
     std::fs::write(format!("/proc/{pid}/setgroups"), "deny")?;
     std::fs::write(
         format!("/proc/{pid}/uid_map"),
@@ -152,6 +174,7 @@ fn serve_report(
     report: OwnedFd,
     go: OwnedFd,
     plan: &JailPlan,
+    ids: (u32, u32),
 ) -> std::result::Result<(u32, u32), String> {
     let mut file = std::fs::File::from(report);
     let mut go = Some(std::fs::File::from(go));
@@ -161,7 +184,7 @@ fn serve_report(
         let value = u32::from_le_bytes([rec[1], rec[2], rec[3], rec[4]]);
         match rec[0] {
             jail::TAG_UNSHARED => {
-                if let Err(e) = write_maps(value) {
+                if let Err(e) = write_maps(value, ids) {
                     return Err(format!("writing the sandbox's uid/gid maps failed: {e}"));
                 }
                 if let Some(mut g) = go.take() {
@@ -202,11 +225,57 @@ fn serve_report(
 
 /// Starts one jailed interpreter for `spec`.
 pub(crate) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec, id: &str) -> Result<Live> {
-    // The plan first: it refuses non-canonical workspace and mount paths.
-    let root = plan::root_plan(spec, &inner.agent)?;
-    if let Some(ws) = &spec.workspace {
-        plan::prepare_workspace(ws)?;
+    // Who the sandbox is on the host: the caller, or (root) a uid of its own.
+    let ids = HostIds::for_new_sandbox()?;
+    // As root, writable directories are attached through idmapped trees (their owner on
+    // disk appears as the sandbox), else the workspace directory is lent to the sandbox.
+    let mut trees: Vec<(std::path::PathBuf, OwnedFd)> = Vec::new();
+    let mut lent = Vec::new();
+    if ids.leased() {
+        let writable = spec.workspace.iter().chain(
+            spec.mounts
+                .iter()
+                .filter(|m| m.writable)
+                .map(|m| &m.host),
+        );
+        for dir in writable {
+            plan::require_no_symlinks(dir)?;
+            match hostids::idmapped_tree(dir, &ids)? {
+                Some((tree, _, _)) => {
+                    let tree = jail::high_fd(tree)
+                        .map_err(|e| Error::io("duplicating a mount tree fd", e))?;
+                    trees.push((dir.clone(), tree));
+                }
+                None if Some(dir) == spec.workspace.as_ref() => {
+                    if let Some((uid, gid)) = plan::hand_over(dir, ids.uid, ids.gid)? {
+                        lent.push(Lent {
+                            dir: dir.clone(),
+                            from: ids.uid,
+                            uid,
+                            gid,
+                        });
+                    }
+                }
+                None => {}
+            }
+        }
+        if trees.len() > jail::MAX_TREES {
+            return Err(Error::invalid(
+                format!(
+                    "{} writable mounts; a sandbox started as root takes at most {}",
+                    trees.len(),
+                    jail::MAX_TREES
+                ),
+                "mount fewer writable directories (a parent directory covers its children)",
+            ));
+        }
     }
+    let tree_fds: Vec<_> = trees
+        .iter()
+        .map(|(p, fd)| (p.clone(), fd.as_raw_fd()))
+        .collect();
+    // The plan: it refuses non-canonical workspace and mount paths.
+    let root = plan::root_plan(spec, &inner.agent, &tree_fds)?;
     let cgroup = match SandboxCgroup::create(&inner.cgroups, id, &spec.limits) {
         Ok(c) => c,
         Err(why) => {
@@ -230,6 +299,7 @@ pub(crate) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec, id: &str) -> R
         go_r.as_raw_fd(),
     ]
     .iter()
+    .chain(tree_fds.iter().map(|(_, fd)| fd))
     .any(|fd| *fd >= jail::SOURCE_FD_BASE)
     {
         return Err(Error::Unavailable {
@@ -270,6 +340,7 @@ pub(crate) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec, id: &str) -> R
         landlock: inner.landlock_abi.is_some(),
         seccomp: inner.seccomp.clone(),
         sources: root.sources,
+        trees: tree_fds.iter().map(|(_, fd)| *fd).collect(),
     });
 
     let mut cmd = match &inner.agent {
@@ -299,9 +370,11 @@ pub(crate) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec, id: &str) -> R
         cmd.pre_exec(move || jail::enter(&child_plan));
     }
 
+    let (map_uid, map_gid) = (ids.uid, ids.gid);
     let spawned = tokio::task::spawn_blocking(move || {
         let plan = jail_plan.clone();
-        let reporter = std::thread::spawn(move || serve_report(report_r, go_w, &plan));
+        let reporter =
+            std::thread::spawn(move || serve_report(report_r, go_w, &plan, (map_uid, map_gid)));
         // spawn() returns once pid 1 has exec'd (or the jail failed); the report thread
         // meanwhile answers the child's request for id maps.
         let child = cmd.spawn();
@@ -310,6 +383,8 @@ pub(crate) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec, id: &str) -> R
         drop(guest_ctl);
         drop(life_r);
         drop(jail_plan);
+        // The child has its copies (attached by now, or failed): ours can go.
+        drop(trees);
         let report = reporter
             .join()
             .unwrap_or_else(|_| Err("the report thread panicked".into()));
@@ -367,6 +442,8 @@ pub(crate) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec, id: &str) -> R
         cgroup,
         hello,
         landlock,
+        lent,
+        _ids: ids,
     })
 }
 
@@ -513,6 +590,9 @@ impl Sandbox for ProcessSandbox {
                 "give a timeout of at least 1 ms",
             ));
         }
+        // One program at a time per workspace (held until this exec returns; init has then
+        // killed whatever the program left running).
+        let _workspace = WorkspaceLock::of(self.spec.workspace.as_deref(), timeout).await?;
         let started = Instant::now();
         let oom_before = live.cgroup.as_ref().map_or(0, SandboxCgroup::oom_kills);
         let span = tracing::info_span!("exec", backend = "process", sandbox = %self.id);

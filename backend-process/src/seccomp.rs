@@ -3,8 +3,10 @@
 //! The jail's main walls are namespaces; seccomp removes the kernel interfaces that matter
 //! most for escaping them or attacking the kernel: new namespaces, mounts, ptrace, module
 //! and keyring calls, BPF, perf, io_uring (which would bypass this filter), vsock (not
-//! covered by network namespaces) and terminal injection. Everything else is allowed, so
-//! ordinary Python (threads, subprocess, multiprocessing) works.
+//! covered by network namespaces) and terminal injection; and set-id bits on files, which
+//! would outlive the sandbox in a host workspace (a set-uid file there runs as its owner
+//! for any host user who can reach it). Everything else is allowed, so ordinary Python
+//! (threads, subprocess, multiprocessing) works.
 
 use std::collections::BTreeMap;
 
@@ -86,6 +88,51 @@ const DENIED_IOCTLS: &[u64] = &[libc::TIOCSTI, 0x541C /* TIOCLINUX */];
 /// `socket` families denied: vsock reaches the hypervisor and is not namespaced.
 const DENIED_SOCKET_FAMILIES: &[u64] = &[libc::AF_VSOCK as u64];
 
+/// Mode bits a program may not give a file: set-uid and set-gid.
+const SET_ID_BITS: &[u64] = &[libc::S_ISUID as u64, libc::S_ISGID as u64];
+
+/// Calls that set a file's mode, and which argument holds it (`chmod` family, `mknod`).
+/// `open`/`openat`/`creat` are handled apart (their mode counts only when creating), and
+/// `openat2` (mode in memory a filter cannot read) fails with `ENOSYS`, so libc uses
+/// `openat`.
+const MODE_SETTERS: &[(i64, u8)] = &[
+    #[cfg(target_arch = "x86_64")]
+    (libc::SYS_chmod, 1),
+    (libc::SYS_fchmod, 1),
+    (libc::SYS_fchmodat, 2),
+    (libc::SYS_fchmodat2, 2),
+    #[cfg(target_arch = "x86_64")]
+    (libc::SYS_mknod, 1),
+    (libc::SYS_mknodat, 2),
+    #[cfg(target_arch = "x86_64")]
+    (libc::SYS_creat, 1),
+];
+
+/// `open` and `openat`, with the arguments holding their flags and mode.
+const OPENERS: &[(i64, u8, u8)] = &[
+    #[cfg(target_arch = "x86_64")]
+    (libc::SYS_open, 1, 2),
+    (libc::SYS_openat, 2, 3),
+];
+
+/// Rules matching a set-id bit in the 32-bit `mode` argument (with `extra` conditions).
+fn set_id_rules(mode_arg: u8, extra: &[(u8, u64)]) -> Result<Vec<SeccompRule>> {
+    let masked = |arg, bits| {
+        SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::MaskedEq(bits), bits)
+            .map_err(|e| Error::Internal(format!("bad seccomp condition: {e}")))
+    };
+    SET_ID_BITS
+        .iter()
+        .map(|bit| {
+            let mut conds = vec![masked(mode_arg, *bit)?];
+            for (arg, bits) in extra {
+                conds.push(masked(*arg, *bits)?);
+            }
+            rule(conds)
+        })
+        .collect()
+}
+
 /// The names of the syscalls denied outright (for `doctor` and SECURITY.md).
 pub fn denied_syscall_names() -> impl Iterator<Item = &'static str> {
     DENIED.iter().map(|(name, _)| *name)
@@ -140,8 +187,9 @@ fn compile(rules: BTreeMap<i64, Vec<SeccompRule>>, errno: u32) -> Result<BpfProg
 
 /// The filters to install, in order. On x86_64 the first refuses x32-ABI numbers; then one
 /// denies with `EPERM`; the last makes
-/// `clone3` fail with `ENOSYS` (its flags live in memory a filter cannot read), so libc
-/// falls back to `clone`, whose flags the first filter checks.
+/// `clone3` and `openat2` fail with `ENOSYS` (their flags live in memory a filter cannot
+/// read), so libc falls back to `clone` and `openat`, whose arguments the first filter
+/// checks.
 pub fn filters() -> Result<Vec<BpfProgram>> {
     let mut deny: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for (_, nr) in DENIED {
@@ -159,8 +207,19 @@ pub fn filters() -> Result<Vec<BpfProgram>> {
         libc::SYS_socket,
         equal_arg_rules(0, DENIED_SOCKET_FAMILIES)?,
     );
+    for (nr, mode_arg) in MODE_SETTERS {
+        deny.insert(*nr, set_id_rules(*mode_arg, &[])?);
+    }
+    for (nr, flags_arg, mode_arg) in OPENERS {
+        // The mode counts only with O_CREAT or O_TMPFILE (otherwise the register holds
+        // whatever the caller left there, which must not be judged).
+        let mut rules = set_id_rules(*mode_arg, &[(*flags_arg, libc::O_CREAT as u64)])?;
+        rules.extend(set_id_rules(*mode_arg, &[(*flags_arg, libc::O_TMPFILE as u64)])?);
+        deny.insert(*nr, rules);
+    }
     let mut enosys: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     enosys.insert(libc::SYS_clone3, vec![]);
+    enosys.insert(libc::SYS_openat2, vec![]);
     let mut out = Vec::new();
     if cfg!(target_arch = "x86_64") {
         out.push(deny_x32());

@@ -1,6 +1,7 @@
 //! Process-backend specifics the shared suite cannot know: the jail's own layers, attempted
 //! from inside the sandbox.
 
+use std::os::unix::process::CommandExt;
 use std::sync::Arc;
 
 use agentkernel_backend_process::{ProcessConfig, ProcessRuntime};
@@ -340,4 +341,185 @@ async fn an_oversized_guest_frame_is_refused_at_once() {
     // The runtime carries on.
     let next = run_once(&rt, &SandboxSpec::default(), "print(6*7)").await;
     assert_eq!(next.stdout.text(), "42\n");
+}
+
+/// Host uids of the processes now running whose uid is in `range`.
+fn host_uids_in(range: std::ops::Range<u32>) -> Vec<(u32, u32)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        let uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok());
+        if let Some(uid) = uid.filter(|u| range.contains(u)) {
+            found.push((pid, uid));
+        }
+    }
+    found
+}
+
+const SANDBOX_UIDS: std::ops::Range<u32> = 0x7000_0000..0x7001_0000;
+
+/// Started by root, each sandbox is a host uid of its own (not `nobody`, not another
+/// sandbox's): seen from the host's `/proc`, two live sandboxes run as two distinct uids of
+/// the sandbox range, and a host process running as `nobody` cannot signal them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as_root_each_sandbox_is_its_own_host_uid() {
+    if agentkernel_core::hostdirs::euid() != 0 {
+        return agentkernel_core::conformance::skip(
+            "as_root_each_sandbox_is_its_own_host_uid",
+            "process",
+            "only a kernel run as root gives sandboxes uids of their own",
+        );
+    }
+    let rt = ProcessRuntime::new(ProcessConfig::default()).expect("process backend available");
+    let before: std::collections::BTreeSet<u32> =
+        host_uids_in(SANDBOX_UIDS).into_iter().map(|(_, u)| u).collect();
+    let a = rt.create(&SandboxSpec::default()).await.expect("create a");
+    let b = rt.create(&SandboxSpec::default()).await.expect("create b");
+    let now = host_uids_in(SANDBOX_UIDS);
+    let new: std::collections::BTreeMap<u32, u32> = now
+        .iter()
+        .filter(|(_, u)| !before.contains(u))
+        .map(|(pid, uid)| (*uid, *pid))
+        .collect();
+    assert!(
+        new.len() >= 2,
+        "two live sandboxes should run as two distinct uids of {SANDBOX_UIDS:?}; the host sees {now:?}"
+    );
+    // A host process running as nobody (what root's sandboxes used to be) tries kill(pid, 0).
+    for pid in new.values() {
+        let out = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import os, sys\ntry:\n    os.kill(int(sys.argv[1]), 0)\n    print('signalled')\nexcept PermissionError:\n    print('refused')",
+                &pid.to_string(),
+            ])
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .expect("python3 as nobody");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(text.trim(), "refused", "nobody could signal sandbox pid {pid}: {text} {:?}", out.stderr);
+    }
+    a.shutdown().await.expect("shutdown a");
+    b.shutdown().await.expect("shutdown b");
+}
+
+/// Started by root, a sandbox writes its workspace through an idmapped mount: the directory
+/// keeps its owner, and what the program creates belongs to that owner on the host (not to
+/// `nobody`, not to the sandbox's uid), whoever the owner is.
+#[tokio::test]
+async fn as_root_a_workspace_keeps_its_owner() {
+    use std::os::unix::fs::MetadataExt;
+    if agentkernel_core::hostdirs::euid() != 0 {
+        return agentkernel_core::conformance::skip(
+            "as_root_a_workspace_keeps_its_owner",
+            "process",
+            "only root can run sandboxes as another uid than its own",
+        );
+    }
+    let rt = ProcessRuntime::new(ProcessConfig::default()).expect("process backend available");
+    let root = tempfile::tempdir().expect("tempdir");
+    for (owner, group) in [(0u32, 0u32), (4242, 4343)] {
+        let ws = root.path().join(format!("ws-{owner}"));
+        std::fs::create_dir(&ws).expect("ws");
+        std::os::unix::fs::chown(&ws, Some(owner), Some(group)).expect("chown");
+        std::fs::write(ws.join("old.txt"), "before").expect("old file");
+        std::os::unix::fs::chown(ws.join("old.txt"), Some(owner), Some(group)).expect("chown");
+        let spec = SandboxSpec {
+            workspace: Some(ws.clone()),
+            ..SandboxSpec::default()
+        };
+        let mut sb = rt.create(&spec).await.expect("create");
+        let out = sb
+            .exec(
+                ExecRequest::new(
+                    "import os\nos.makedirs('/workspace/d/e')\nopen('/workspace/d/e/new.txt', 'w').write('x')\nopen('/workspace/old.txt', 'a').write(' after')\nprint(os.stat('/workspace').st_uid, os.getuid())",
+                ),
+                Arc::new(NoTools),
+            )
+            .await
+            .expect("exec");
+        assert_eq!(out.status, ExecStatus::Ok, "{}", out.stderr.text());
+        assert_eq!(out.stdout.text(), "1000 1000\n", "inside, the workspace is the sandbox's own");
+        sb.shutdown().await.expect("shutdown");
+        for path in [
+            ws.clone(),
+            ws.join("d"),
+            ws.join("d/e"),
+            ws.join("d/e/new.txt"),
+            ws.join("old.txt"),
+        ] {
+            let m = std::fs::symlink_metadata(&path).expect("stat");
+            assert_eq!(
+                (m.uid(), m.gid()),
+                (owner, group),
+                "{} is not owned by the workspace's owner after the run",
+                path.display()
+            );
+        }
+        assert_eq!(std::fs::read_to_string(ws.join("old.txt")).unwrap(), "before after");
+    }
+}
+
+/// A program cannot give a file set-uid or set-gid bits (which would outlive the sandbox in
+/// a host workspace, where a set-uid file runs as its owner for any host user): `chmod`,
+/// `os.open(O_CREAT)` and `mknod` with those bits are refused, and the host sees no such bit.
+#[tokio::test]
+async fn set_id_bits_cannot_be_given_to_workspace_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let rt = ProcessRuntime::new(ProcessConfig::default()).expect("process backend available");
+    let ws = tempfile::tempdir().expect("tempdir");
+    let spec = SandboxSpec {
+        workspace: Some(ws.path().to_path_buf()),
+        ..SandboxSpec::default()
+    };
+    let out = run_once(
+        &rt,
+        &spec,
+        r#"
+import os, shutil, stat
+shutil.copy('/usr/bin/true', '/workspace/t')
+def attempt(name, f):
+    try:
+        f()
+        print(name, 'allowed')
+    except OSError as e:
+        print(name, 'refused', e.errno)
+attempt('chmod_suid', lambda: os.chmod('/workspace/t', 0o4755))
+attempt('chmod_sgid', lambda: os.chmod('/workspace/t', 0o2755))
+fd = os.open('/workspace/t', os.O_RDONLY)
+attempt('fchmod_suid', lambda: os.fchmod(fd, 0o4755))
+attempt('open_creat_suid', lambda: os.close(os.open('/workspace/c', os.O_CREAT | os.O_WRONLY, 0o4755)))
+attempt('mknod_suid', lambda: os.mknod('/workspace/n', 0o4755 | stat.S_IFREG))
+attempt('chmod_plain', lambda: os.chmod('/workspace/t', 0o755))
+attempt('open_plain', lambda: os.close(os.open('/workspace/p', os.O_CREAT | os.O_WRONLY, 0o644)))
+"#,
+    )
+    .await;
+    let text = out.stdout.text();
+    assert_eq!(out.status, ExecStatus::Ok, "{}", out.stderr.text());
+    for name in ["chmod_suid", "chmod_sgid", "fchmod_suid", "open_creat_suid", "mknod_suid"] {
+        assert!(text.contains(&format!("{name} refused 1\n")), "{name} was not refused with EPERM:\n{text}");
+    }
+    for name in ["chmod_plain", "open_plain"] {
+        assert!(text.contains(&format!("{name} allowed\n")), "{name} must still work:\n{text}");
+    }
+    for entry in std::fs::read_dir(ws.path()).expect("list") {
+        let entry = entry.expect("entry");
+        let mode = entry.metadata().expect("stat").permissions().mode();
+        assert_eq!(
+            mode & 0o6000,
+            0,
+            "{} has set-id bits on the host (mode {mode:o})",
+            entry.path().display()
+        );
+    }
 }

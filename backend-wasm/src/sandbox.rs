@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use agentkernel_core::{
     Error, ExecOutcome, ExecRequest, ExecStatus, LimitKind, Result, Sandbox, SandboxSpec, Snapshot,
-    StreamKind, Timings, ToolHost,
+    StreamKind, Timings, ToolHost, WorkspaceLock,
 };
 use async_trait::async_trait;
 use wasmtime::{Store, StoreLimitsBuilder, Trap, UpdateDeadline};
@@ -276,8 +276,10 @@ impl Sandbox for WasmSandbox {
         let Some(live) = self.live.as_mut() else {
             return Err(Error::sandbox_lost(self.lost.as_deref()));
         };
-        let started = Instant::now();
         let timeout = req.timeout.unwrap_or(self.spec.limits.wall_time);
+        // One program at a time per workspace (the guest stops with this exec).
+        let _workspace = WorkspaceLock::of(self.spec.workspace.as_deref(), timeout).await?;
+        let started = Instant::now();
         let deadline = started + timeout;
         let cap = self.spec.limits.output_bytes;
         self.quota.begin_run();

@@ -6,6 +6,9 @@ use crate::exec::LimitKind;
 /// What to do about [`Error::SandboxLost`].
 const SANDBOX_LOST_HINT: &str = "call reset() or create a new sandbox";
 
+/// What to do about [`Error::WorkspaceBusy`].
+const WORKSPACE_BUSY_HINT: &str = "one program at a time runs with a workspace: wait for the other to finish (this run waits up to its time limit), or give this run its own workspace";
+
 /// What to do about [`Error::PoolExhausted`].
 const POOL_HINT: &str =
     "shut down sandboxes you are done with, or raise the pool's max_size or acquire_timeout";
@@ -75,6 +78,18 @@ pub enum Error {
         /// The pool's `max_size`.
         max_size: usize,
         /// How long the acquire waited.
+        waited: std::time::Duration,
+    },
+    /// Another program ran with the same workspace for the whole wait (one program at a
+    /// time writes a workspace: see [`crate::WorkspaceLock`]).
+    #[error(
+        "workspace {} stayed in use by another program for {waited:?}. Hint: {WORKSPACE_BUSY_HINT}",
+        path.display()
+    )]
+    WorkspaceBusy {
+        /// The workspace directory.
+        path: std::path::PathBuf,
+        /// How long this run waited.
         waited: std::time::Duration,
     },
     /// The sandbox died or was killed earlier and cannot run more code.
@@ -159,6 +174,7 @@ impl Error {
             | Error::InvalidRequest { hint, .. } => Some(hint),
             Error::SandboxLost { .. } => Some(SANDBOX_LOST_HINT),
             Error::PoolExhausted { .. } => Some(POOL_HINT),
+            Error::WorkspaceBusy { .. } => Some(WORKSPACE_BUSY_HINT),
             _ => None,
         }
     }

@@ -33,6 +33,76 @@ pub fn empty_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Exclusive use of a workspace directory by one running program, across sandboxes,
+/// backends and processes: an `flock` on the directory itself, taken by every backend for
+/// the whole of an exec (including the microVM's copies in and out) and released when
+/// dropped. Two programs never write one workspace at the same time; the second waits.
+///
+/// The lock is advisory for other host processes (they are not sandboxes); what protects
+/// the host from a workspace changing under it is that every host-side file operation on a
+/// workspace is fd-relative and never follows a symlink.
+#[derive(Debug)]
+pub struct WorkspaceLock {
+    _dir: std::fs::File,
+}
+
+impl WorkspaceLock {
+    /// [`WorkspaceLock::acquire`] when there is a workspace (`None`: a private one, nothing
+    /// to lock). Backends call this at the start of each exec with the exec's time limit as
+    /// `wait`; the run then gets its whole time limit once it has the lock.
+    ///
+    /// # Errors
+    /// As [`WorkspaceLock::acquire`].
+    pub async fn of(
+        workspace: Option<&Path>,
+        wait: std::time::Duration,
+    ) -> Result<Option<WorkspaceLock>> {
+        match workspace {
+            Some(dir) => Ok(Some(Self::acquire(dir, wait).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Takes the lock on `dir`, waiting up to `wait` for another program to finish with it.
+    /// `dir` is opened without following a symlink at its last component.
+    ///
+    /// # Errors
+    /// [`Error::WorkspaceBusy`] when another program held it for the whole of `wait`;
+    /// [`Error::Io`] when `dir` cannot be opened.
+    pub async fn acquire(dir: &Path, wait: std::time::Duration) -> Result<WorkspaceLock> {
+        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::fd::AsRawFd;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(dir)
+            .map_err(|e| Error::io(format!("opening workspace {} to lock it", dir.display()), e))?;
+        let started = std::time::Instant::now();
+        let mut said = false;
+        loop {
+            // SAFETY: flock on an fd owned by `file`.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(WorkspaceLock { _dir: file });
+            }
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(Error::io(format!("locking workspace {}", dir.display()), err));
+            }
+            if started.elapsed() >= wait {
+                return Err(Error::WorkspaceBusy {
+                    path: dir.to_path_buf(),
+                    waited: wait,
+                });
+            }
+            if !said {
+                tracing::info!(workspace = %dir.display(), "another program runs with this workspace: waiting for it");
+                said = true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
 /// The workspaces under one root directory.
 #[derive(Debug, Clone)]
 pub struct Workspaces {
