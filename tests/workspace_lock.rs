@@ -10,7 +10,13 @@ use std::time::{Duration, Instant};
 /// Starts `agentkernel run` of `program` on `backend` with `workspace`.
 fn start(backend: &str, workspace: &Path, data: &Path, timeout: u32, program: &str) -> Child {
     let mut child = Command::new(env!("CARGO_BIN_EXE_agentkernel"))
-        .args(["run", "--backend", backend, "--timeout", &timeout.to_string()])
+        .args([
+            "run",
+            "--backend",
+            backend,
+            "--timeout",
+            &timeout.to_string(),
+        ])
         .arg("--workspace")
         .arg(workspace)
         .arg("-")
@@ -52,7 +58,11 @@ fn wait_for_line(log: &Path, line: &str, first: &mut Child) {
         if let Ok(Some(status)) = first.try_wait() {
             panic!("the first run ended ({status}) before it wrote {line:?}");
         }
-        assert!(Instant::now() < until, "{line:?} never appeared in {}", log.display());
+        assert!(
+            Instant::now() < until,
+            "{line:?} never appeared in {}",
+            log.display()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -82,7 +92,10 @@ fn two_backends_take_turns_on_one_workspace() {
     let second = start("process", &workspace, &data, 60, &program("B", 0.0));
     let a = finish(first, "wasm run");
     let b = finish(second, "process run");
-    assert!(a.status.success() && b.status.success(), "both runs succeed");
+    assert!(
+        a.status.success() && b.status.success(),
+        "both runs succeed"
+    );
 
     let lines = std::fs::read_to_string(&log).expect("read log");
     assert_eq!(

@@ -23,7 +23,8 @@ use std::path::{Path, PathBuf};
 use agentkernel_core::{Error, Result};
 
 use crate::jail::{
-    AT_RECURSIVE, MOUNT_ATTR_IDMAP, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MountAttr, open_no_symlinks,
+    AT_RECURSIVE, MOUNT_ATTR_IDMAP, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MountAttr,
+    open_no_symlinks,
 };
 
 /// Host uids (and gids) given to sandboxes started by root: 65,536 ids from 1,879,048,192
@@ -84,8 +85,7 @@ fn lease(dir: &Path) -> Result<(u32, std::fs::File)> {
     };
     // Created 0711 and checked to be root's and writable by no one else: a lease directory
     // another user planted or can write would let them hand out (or hold) sandbox uids.
-    agentkernel_core::hostdirs::private_dir(dir)
-        .map_err(|e| unavailable(e.to_string()))?;
+    agentkernel_core::hostdirs::private_dir(dir).map_err(|e| unavailable(e.to_string()))?;
     let count = UID_RANGE.end - UID_RANGE.start;
     let start = u32::from_le_bytes(
         uuid::Uuid::new_v4().as_bytes()[..4]
@@ -108,9 +108,7 @@ fn lease(dir: &Path) -> Result<(u32, std::fs::File)> {
             return Ok((id, file));
         }
     }
-    Err(unavailable(format!(
-        "all {count} sandbox uids are in use"
-    )))
+    Err(unavailable(format!("all {count} sandbox uids are in use")))
 }
 
 const OPEN_TREE_CLONE: libc::c_uint = 1;
@@ -302,15 +300,27 @@ fn chown_if(
 ) -> std::io::Result<bool> {
     // SAFETY: fstatat into a zeroed stat buffer with a NUL-terminated name.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstatat(dirfd, name.as_ptr(), &mut st, flags | libc::AT_SYMLINK_NOFOLLOW) }
-        < 0
+    if unsafe {
+        libc::fstatat(
+            dirfd,
+            name.as_ptr(),
+            &mut st,
+            flags | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    } < 0
     {
         return Err(std::io::Error::last_os_error());
     }
     if st.st_uid == from {
         // SAFETY: fchownat with the same dirfd and name, never following a symlink.
         if unsafe {
-            libc::fchownat(dirfd, name.as_ptr(), uid, gid, flags | libc::AT_SYMLINK_NOFOLLOW)
+            libc::fchownat(
+                dirfd,
+                name.as_ptr(),
+                uid,
+                gid,
+                flags | libc::AT_SYMLINK_NOFOLLOW,
+            )
         } < 0
         {
             return Err(std::io::Error::last_os_error());
@@ -356,7 +366,13 @@ fn restore_below(dir: OwnedFd, from: u32, uid: u32, gid: u32, depth: u32) -> std
             continue;
         }
         // SAFETY: a fresh fd, owned by nobody else.
-        restore_below(unsafe { OwnedFd::from_raw_fd(raw) }, from, uid, gid, depth + 1)?;
+        restore_below(
+            unsafe { OwnedFd::from_raw_fd(raw) },
+            from,
+            uid,
+            gid,
+            depth + 1,
+        )?;
     }
     Ok(())
 }
@@ -414,6 +430,10 @@ mod tests {
         let m = std::fs::metadata(&outside).expect("stat");
         assert_eq!(m.uid(), sandbox, "the symlink's target outside was changed");
         let m = std::fs::metadata(root.path()).expect("stat");
-        assert_eq!(m.uid(), 0, "the directory a symlink points up to was changed");
+        assert_eq!(
+            m.uid(),
+            0,
+            "the directory a symlink points up to was changed"
+        );
     }
 }

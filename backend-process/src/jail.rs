@@ -758,3 +758,37 @@ pub(crate) fn high_fd(fd: OwnedFd) -> std::io::Result<OwnedFd> {
     // SAFETY: `new` is a freshly created fd owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The second half of the symlinked-workspace fix: even a path that was canonical when
+    /// the plan checked it cannot be redirected afterwards, because the jail opens it with
+    /// `openat2(RESOLVE_NO_SYMLINKS)`, which refuses a symlink at any component (here the
+    /// middle one and the last), while a real path opens.
+    #[test]
+    fn open_no_symlinks_refuses_a_symlink_anywhere_along_the_path() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let real = root.path().join("real");
+        std::fs::create_dir_all(real.join("ws")).expect("dirs");
+        std::os::unix::fs::symlink(&real, root.path().join("link")).expect("symlink");
+        std::os::unix::fs::symlink(real.join("ws"), real.join("wslink")).expect("symlink");
+        let c =
+            |p: std::path::PathBuf| CString::new(p.into_os_string().into_encoded_bytes()).unwrap();
+        let fd = open_no_symlinks(&c(real.join("ws")));
+        assert!(
+            fd >= 0,
+            "a real path must open: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: closing the fd we just opened.
+        unsafe { libc::close(fd) };
+        for bad in [root.path().join("link/ws"), real.join("wslink")] {
+            let fd = open_no_symlinks(&c(bad.clone()));
+            let err = std::io::Error::last_os_error();
+            assert!(fd < 0, "{} opened through a symlink", bad.display());
+            assert_eq!(err.raw_os_error(), Some(libc::ELOOP), "{}", bad.display());
+        }
+    }
+}

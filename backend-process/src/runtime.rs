@@ -315,7 +315,10 @@ impl Runtime for ProcessRuntime {
                 crate::hostids::LEASE_DIR
             )
         } else {
-            format!("sandbox runs as host uid {}", agentkernel_core::hostdirs::euid())
+            format!(
+                "sandbox runs as host uid {}",
+                agentkernel_core::hostdirs::euid()
+            )
         };
         checks.push(Check {
             name: "rlimits".into(),

@@ -232,12 +232,10 @@ pub(crate) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec, id: &str) -> R
     let mut trees: Vec<(std::path::PathBuf, OwnedFd)> = Vec::new();
     let mut lent = Vec::new();
     if ids.leased() {
-        let writable = spec.workspace.iter().chain(
-            spec.mounts
-                .iter()
-                .filter(|m| m.writable)
-                .map(|m| &m.host),
-        );
+        let writable = spec
+            .workspace
+            .iter()
+            .chain(spec.mounts.iter().filter(|m| m.writable).map(|m| &m.host));
         for dir in writable {
             plan::require_no_symlinks(dir)?;
             match hostids::idmapped_tree(dir, &ids)? {

@@ -118,8 +118,13 @@ const OPENERS: &[(i64, u8, u8)] = &[
 /// Rules matching a set-id bit in the 32-bit `mode` argument (with `extra` conditions).
 fn set_id_rules(mode_arg: u8, extra: &[(u8, u64)]) -> Result<Vec<SeccompRule>> {
     let masked = |arg, bits| {
-        SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::MaskedEq(bits), bits)
-            .map_err(|e| Error::Internal(format!("bad seccomp condition: {e}")))
+        SeccompCondition::new(
+            arg,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::MaskedEq(bits),
+            bits,
+        )
+        .map_err(|e| Error::Internal(format!("bad seccomp condition: {e}")))
     };
     SET_ID_BITS
         .iter()
@@ -214,7 +219,10 @@ pub fn filters() -> Result<Vec<BpfProgram>> {
         // The mode counts only with O_CREAT or O_TMPFILE (otherwise the register holds
         // whatever the caller left there, which must not be judged).
         let mut rules = set_id_rules(*mode_arg, &[(*flags_arg, libc::O_CREAT as u64)])?;
-        rules.extend(set_id_rules(*mode_arg, &[(*flags_arg, libc::O_TMPFILE as u64)])?);
+        rules.extend(set_id_rules(
+            *mode_arg,
+            &[(*flags_arg, libc::O_TMPFILE as u64)],
+        )?);
         deny.insert(*nr, rules);
     }
     let mut enosys: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();

@@ -62,5 +62,6 @@ pub use runtime::{
 pub use spec::{Limits, Mount, NetworkPolicy, SandboxSpec, default_env};
 pub use tools::{FnTools, NoTools, ToolError, ToolErrorKind, ToolFn, ToolHost, ToolSpec, tool_fn};
 pub use workspace::{
-    Workspace, WorkspaceInfo, WorkspaceLock, Workspaces, empty_dir, validate_name as validate_workspace_name,
+    Workspace, WorkspaceInfo, WorkspaceLock, Workspaces, empty_dir,
+    validate_name as validate_workspace_name,
 };

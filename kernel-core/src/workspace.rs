@@ -70,8 +70,8 @@ impl WorkspaceLock {
     /// [`Error::WorkspaceBusy`] when another program held it for the whole of `wait`;
     /// [`Error::Io`] when `dir` cannot be opened.
     pub async fn acquire(dir: &Path, wait: std::time::Duration) -> Result<WorkspaceLock> {
-        use std::os::unix::fs::OpenOptionsExt;
         use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
         let file = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
@@ -86,7 +86,10 @@ impl WorkspaceLock {
             }
             let err = std::io::Error::last_os_error();
             if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                return Err(Error::io(format!("locking workspace {}", dir.display()), err));
+                return Err(Error::io(
+                    format!("locking workspace {}", dir.display()),
+                    err,
+                ));
             }
             if started.elapsed() >= wait {
                 return Err(Error::WorkspaceBusy {
