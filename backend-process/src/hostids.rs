@@ -16,7 +16,7 @@
 //! ([`restore_owner`]).
 
 use std::ffi::CString;
-use std::io::Read as _;
+use std::io::{Read as _, Write as _};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
@@ -212,8 +212,8 @@ fn idmap_userns(owner: u32, group: u32, ids: &HostIds) -> Result<OwnedFd> {
             OwnedFd::from_raw_fd(release[1]),
         )
     };
-    // SAFETY: the child only makes async-signal-safe system calls (unshare, write, read,
-    // _exit) on fds it inherited; it never returns into Rust code.
+    // SAFETY: the child only makes async-signal-safe system calls (close_range, unshare,
+    // write, read, _exit) on fds it inherited; it never returns into Rust code.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(io("fork", std::io::Error::last_os_error()));
@@ -221,10 +221,11 @@ fn idmap_userns(owner: u32, group: u32, ids: &HostIds) -> Result<OwnedFd> {
     if pid == 0 {
         // SAFETY: as above, in the child.
         unsafe {
-            // Our copies of the parent's ends: holding the release pipe's write end would
-            // keep the read below from ever seeing EOF.
-            libc::close(release_w.as_raw_fd());
-            libc::close(ready_r.as_raw_fd());
+            // Keep only our two ends. The fork copied every fd of this multi-threaded
+            // process, among them other threads' pipes (another sandbox's helper waiting
+            // for its release): holding those would keep that helper, and the thread
+            // waiting for it, blocked until we exit, and us until it does.
+            crate::jail::close_all_but(&[ready_w.as_raw_fd(), release_r.as_raw_fd()]);
             let ok = libc::unshare(libc::CLONE_NEWUSER) == 0;
             let byte = [u8::from(ok)];
             libc::write(ready_w.as_raw_fd(), byte.as_ptr().cast(), 1);
@@ -256,7 +257,9 @@ fn idmap_userns(owner: u32, group: u32, ids: &HostIds) -> Result<OwnedFd> {
             .map(OwnedFd::from)
             .map_err(|e| io("opening the user namespace", e))
     })();
-    drop(release_w);
+    // An explicit byte, not only EOF: a copy of the write end held by a process forked
+    // meanwhile by another thread would delay the EOF until that process exits.
+    let _ = std::fs::File::from(release_w).write_all(&[1]);
     // SAFETY: waitpid on our own child.
     unsafe {
         let mut status = 0;

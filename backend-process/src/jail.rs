@@ -472,7 +472,7 @@ pub(crate) unsafe fn enter(plan: &JailPlan) -> std::io::Result<()> {
 ///
 /// # Safety
 /// Only in the forked child: fds the rest of the process uses disappear.
-unsafe fn close_all_but(keep: &[RawFd]) {
+pub(crate) unsafe fn close_all_but(keep: &[RawFd]) {
     let mut fds = [u32::MAX; 16];
     let mut n = 0;
     for &fd in keep.iter().take(fds.len()) {

@@ -559,3 +559,51 @@ attempt('open_plain', lambda: os.close(os.open('/workspace/p', os.O_CREAT | os.O
         );
     }
 }
+
+/// Started by root, sandboxes with workspaces are created from many threads at once (each
+/// makes an idmapped mount through a forked helper): none waits on another's helper. A
+/// helper once kept copies of every fd of the kernel's process, among them the pipe another
+/// thread's helper waited on for its release, so two concurrent creations could block each
+/// other (and their runtime threads) for good; a watchdog thread fails the test then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn as_root_concurrent_sandboxes_with_workspaces_never_wait_on_each_other() {
+    if agentkernel_core::hostdirs::euid() != 0 {
+        return agentkernel_core::conformance::skip(
+            "as_root_concurrent_sandboxes_with_workspaces_never_wait_on_each_other",
+            "process",
+            "only root makes idmapped workspace mounts",
+        );
+    }
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchdog = done.clone();
+    std::thread::spawn(move || {
+        // Far beyond what 80 sandbox creations take on a loaded 2-core machine.
+        std::thread::sleep(std::time::Duration::from_secs(240));
+        if !watchdog.load(std::sync::atomic::Ordering::SeqCst) {
+            eprintln!("sandbox creations blocked each other: still not done after 240 s");
+            std::process::abort();
+        }
+    });
+    let rt = Arc::new(ProcessRuntime::new(ProcessConfig::default()).expect("process backend"));
+    let root = tempfile::tempdir().expect("tempdir");
+    for round in 0..10 {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..8 {
+            let ws = root.path().join(format!("ws-{round}-{i}"));
+            std::fs::create_dir(&ws).expect("ws");
+            let rt = rt.clone();
+            tasks.spawn(async move {
+                let spec = SandboxSpec {
+                    workspace: Some(ws),
+                    ..SandboxSpec::default()
+                };
+                let sb = rt.create(&spec).await.expect("create");
+                sb.shutdown().await.expect("shutdown");
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.expect("a creation panicked");
+        }
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+}
