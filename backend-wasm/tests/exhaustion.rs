@@ -301,22 +301,24 @@ async fn one_run_writes_a_bounded_number_of_workspace_bytes() {
 }
 
 /// Many open directory listings cannot make the kernel hold unbounded memory: the host
-/// reads a whole directory when a listing starts, so 1,500 `os.scandir` iterators over a
-/// 2,000-entry `/tmp` of long names took the kernel to 880 MB. The listings a sandbox holds
-/// are capped (`LISTING_BYTES`; `OSError` past it), and the host's resident size
-/// (`VmRSS`, `VmHWM`) grows by far less while the guest holds them.
+/// reads a whole directory when a listing starts and keeps it until the guest drops the
+/// listing, so 1,500 `os.scandir` iterators over a 2,000-entry `/tmp` of long names took the
+/// kernel to 880 MB. Here the guest holds `os.scandir` iterators over a workspace of 20,000
+/// long names (some 7 MB on the host per listing) until refused: the listings a sandbox
+/// holds are capped (`LISTING_BYTES`; `OSError`), so the host's resident size (`VmRSS` while
+/// they are held, `VmHWM`) grows by less than 200 MiB. Without the cap only the open-file
+/// cap (64, one descriptor per iterator) stopped it, some 400 MiB later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_directory_listings_hold_a_bounded_amount_of_host_memory() {
     let _serial = SERIAL.lock().await;
+    let ws = tempfile::tempdir().unwrap();
+    for i in 0..20_000 {
+        std::fs::File::create(ws.path().join(format!("{i:05}{}", "n".repeat(245)))).unwrap();
+    }
     let rt = common::runtime();
-    let spec = agentkernel_core::conformance::limited(|l| l.memory_bytes = Some(64 << 20));
+    let mut spec = agentkernel_core::conformance::limited(|l| l.memory_bytes = Some(64 << 20));
+    spec.workspace = Some(ws.path().to_path_buf());
     let mut sb = rt.create(&spec).await.unwrap();
-    let out = exec(
-        &mut sb,
-        "for i in range(2000):\n    open(f'/tmp/{i:04}' + 'n' * 200, 'w').close()\nprint('made')",
-    )
-    .await;
-    assert_eq!(out.stdout.text(), "made\n", "{out:?}");
     reset_peak_rss();
     let before = status_kib("VmRSS:");
     let out = sb
@@ -326,7 +328,7 @@ async fn open_directory_listings_hold_a_bounded_amount_of_host_memory() {
                  held = []\n\
                  try:\n\
                  \x20   for i in range(1500):\n\
-                 \x20       it = os.scandir('/tmp')\n\
+                 \x20       it = os.scandir('/workspace')\n\
                  \x20       next(it)\n\
                  \x20       held.append(it)\n\
                  except OSError as e:\n\
@@ -345,6 +347,8 @@ async fn open_directory_listings_hold_a_bounded_amount_of_host_memory() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{out:?}"));
     let growth_mib = during.saturating_sub(before) >> 10;
+    println!("listings: {text}host growth {growth_mib} MiB, peak {peak_mib} MiB");
+    assert!(text.starts_with("refused "), "{out:?}");
     assert!(
         growth_mib < 200 && peak_mib < 200,
         "the host grew by {growth_mib} MiB (peak {peak_mib} MiB) for the guest's listings: {text}"
