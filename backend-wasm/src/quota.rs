@@ -253,7 +253,11 @@ impl Quota {
         let Some(cost) = cost else {
             return Err(ErrorCode::InsufficientMemory);
         };
-        let mut listings = self.inner.listings.lock().unwrap_or_else(|e| e.into_inner());
+        let mut listings = self
+            .inner
+            .listings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         // A listing the guest dropped is gone from the table (or its index holds something
         // else: every listing is recorded here when made).
         listings.retain(|&rep, _| {

@@ -498,7 +498,8 @@ fn links_leaving(root: &std::path::Path) -> Vec<String> {
                     continue;
                 };
                 let real = std::fs::canonicalize(e.path()).ok();
-                if !lexical.starts_with(&root) || real.as_ref().is_some_and(|r| !r.starts_with(&root))
+                if !lexical.starts_with(&root)
+                    || real.as_ref().is_some_and(|r| !r.starts_with(&root))
                 {
                     leaving.push(format!(
                         "{} -> {:?} (lexically {}, really {real:?})",
@@ -561,7 +562,11 @@ async fn symlinks_made_by_the_guest_never_leave_their_preopen() {
     let parent_prefix = format!("agentkernel-wasm-{}-", std::process::id());
     for parent in std::fs::read_dir(std::env::temp_dir()).unwrap() {
         let parent = parent.unwrap();
-        if !parent.file_name().to_string_lossy().starts_with(&parent_prefix) {
+        if !parent
+            .file_name()
+            .to_string_lossy()
+            .starts_with(&parent_prefix)
+        {
             continue;
         }
         for tmp in std::fs::read_dir(parent.path()).unwrap().flatten() {
@@ -586,7 +591,11 @@ async fn symlinks_made_by_the_guest_never_leave_their_preopen() {
             "{refused}: {text}"
         );
     }
-    for made in ["/workspace/dot", "/workspace/fine", "/workspace/moved/fine2"] {
+    for made in [
+        "/workspace/dot",
+        "/workspace/fine",
+        "/workspace/moved/fine2",
+    ] {
         let made = made.replace("/workspace", &ws.path().display().to_string());
         assert!(
             std::fs::symlink_metadata(&made).is_ok_and(|m| m.file_type().is_symlink()),
@@ -675,7 +684,11 @@ fn a_file_swapped_for_a_fifo_never_blocks_an_open_past_the_time_limit() {
 /// Mode bits of `path` (without following a symlink).
 fn mode(path: &std::path::Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
 }
 
 /// A sandbox's `/tmp` is this user's alone (the directory and its parent `0700`, files
@@ -705,7 +718,11 @@ async fn a_sandboxs_tmp_is_private_and_empty_once_shut_down() {
     let mut found = None;
     for parent in std::fs::read_dir(std::env::temp_dir()).unwrap() {
         let parent = parent.unwrap();
-        if !parent.file_name().to_string_lossy().starts_with(&parent_prefix) {
+        if !parent
+            .file_name()
+            .to_string_lossy()
+            .starts_with(&parent_prefix)
+        {
             continue;
         }
         for tmp in std::fs::read_dir(parent.path()).unwrap().flatten() {
