@@ -1,10 +1,11 @@
-//! File-size, `/tmp`, workspace and open-file limits inside the guest, and no opening of
-//! FIFOs or devices.
+//! File-size, `/tmp`, workspace, open-file and directory-listing limits inside the guest,
+//! no opening of FIFOs or devices, and no symlinks that leave their preopen.
 //!
 //! WASI has no such limits of its own, so the host shadows the guest's file-writing and
 //! file-creating imports (`descriptor.write`, `write-via-stream`, `append-via-stream`,
-//! `set-size`, `open-at`, `create-directory-at`, `symlink-at`, `link-at`, `rename-at`) with
-//! checked versions. Refused are:
+//! `set-size`, `open-at`, `create-directory-at`, `symlink-at`, `link-at`, `rename-at`) and
+//! `read-directory` with checked versions (`open-at` is done here entirely, see
+//! [`open_at`]). Refused are:
 //! - a write that would make a file larger than `file_size_bytes`;
 //! - growth of the sandbox's private `/tmp` past `tmp_bytes`, where every file, directory
 //!   and symlink created there is charged at least one block ([`ENTRY_BYTES`]), so the cap
@@ -17,7 +18,13 @@
 //! - an `open` past [`MAX_OPEN_FILES`] for the sandbox or [`open_files_budget`] for all
 //!   guests of the process;
 //! - renames and hard links between `/tmp` and another directory (`EXDEV`, as between the
-//!   process backend's tmpfs and its workspace), which would move usage out of its account.
+//!   process backend's tmpfs and its workspace), which would move usage out of its account;
+//! - opening anything but a regular file or directory (`EACCES`), judged on the descriptor
+//!   opened without blocking;
+//! - a symlink whose target is absolute or has `..` (`EPERM`, [`symlink_target_descends`]);
+//! - a directory listing past [`LISTING_BYTES`] of host memory for the sandbox (`ENOMEM`).
+//!
+//! Files deleted from `/tmp` but still open stay charged to it until closed.
 //!
 //! How a refusal shows:
 //! - creations, positioned writes and truncations (`descriptor.write`, `set-size`) fail
@@ -27,19 +34,20 @@
 //!   named ([`QuotaExceeded`]): the guest's libc turns every stream error into `EIO`, so an
 //!   error code there would be a misleading one.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
 use agentkernel_core::LimitKind;
-use wasmtime::component::{Linker, Resource};
+use wasmtime::component::{Linker, Resource, ResourceTable};
 use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemView};
 use wasmtime_wasi::p2::bindings::filesystem::types::{
     DescriptorFlags, ErrorCode, HostDescriptor, OpenFlags, PathFlags,
 };
 use wasmtime_wasi::p2::{
-    DynOutputStream, FsError, OutputStream, Pollable, StreamError, StreamResult,
+    DynOutputStream, FsError, OutputStream, Pollable, ReaddirIterator, StreamError, StreamResult,
 };
 
 use crate::state::State;
@@ -65,6 +73,9 @@ struct QuotaInner {
     open_files: Mutex<Vec<Weak<File>>>,
     /// What the current run added to the host directories outside `/tmp`.
     run: Mutex<RunUsage>,
+    /// The guest's directory listings (resource table index) and what each was charged,
+    /// against [`LISTING_BYTES`].
+    listings: Mutex<HashMap<u32, u64>>,
 }
 
 /// Entries and bytes one run added outside `/tmp` (the workspace and writable mounts).
@@ -99,6 +110,27 @@ pub const HOST_DIR_BYTES_PER_RUN: u64 = 1 << 30;
 /// so this is what a program meets first. Past it `open` fails with `OSError` (`ENOMEM`:
 /// WASI has no `EMFILE`, and `ENOMEM` is what the guest's own full table answers too).
 pub const MAX_OPEN_FILES: usize = 64;
+
+/// Host memory one sandbox's open directory listings may hold, in bytes as
+/// [`listing_cost`] counts them (16 MiB). `wasmtime-wasi` reads a whole directory into host
+/// memory when the guest starts listing it and keeps it until the guest drops the listing:
+/// without this bound, 1,500 `os.scandir` iterators over a 2,000-entry `/tmp` held 880 MB
+/// of the kernel's memory (none of it in the guest's `--memory`). Past it, `read-directory`
+/// fails with `ENOMEM` until the guest drops listings.
+pub const LISTING_BYTES: u64 = 16 << 20;
+
+/// What a listing costs besides its names: the stream itself (a resource table entry).
+const LISTING_BASE_BYTES: u64 = 1024;
+
+/// What each entry of a listing costs besides its name: the entry, its `Result` slot in
+/// `wasmtime-wasi`'s vector and the allocator's share.
+const LISTING_ENTRY_BYTES: u64 = 64;
+
+/// Entries one sandbox's resource table may hold (open files, streams, listings,
+/// pollables...): wasmtime's default is a million, hundreds of MB of host memory. A guest
+/// has at most 128 descriptors (its adapter's table) and two streams each, so this is far
+/// above what a program uses; past it the call that adds one fails (the run crashes).
+pub const MAX_RESOURCES: usize = 10_000;
 
 /// The open files of every wasm guest in this process, against [`open_files_budget`].
 static ALL_OPEN_FILES: Mutex<Vec<Weak<File>>> = Mutex::new(Vec::new());
@@ -177,6 +209,7 @@ impl Quota {
                 tmp_used: Mutex::new(0),
                 open_files: Mutex::new(Vec::new()),
                 run: Mutex::new(RunUsage::default()),
+                listings: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -213,6 +246,41 @@ impl Quota {
         Ok(())
     }
 
+    /// Refuses (`ENOMEM`) a listing costing `cost` bytes (`None`: more than
+    /// [`LISTING_BYTES`]) when the guest's live listings (those still in `table`) and it
+    /// would hold more than [`LISTING_BYTES`].
+    fn admit_listing(&self, table: &ResourceTable, cost: Option<u64>) -> Result<(), ErrorCode> {
+        let Some(cost) = cost else {
+            return Err(ErrorCode::InsufficientMemory);
+        };
+        let mut listings = self
+            .inner
+            .listings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // A listing the guest dropped is gone from the table (or its index holds something
+        // else: every listing is recorded here when made).
+        listings.retain(|&rep, _| {
+            table
+                .get::<ReaddirIterator>(&Resource::new_borrow(rep))
+                .is_ok()
+        });
+        let held: u64 = listings.values().sum();
+        if held.saturating_add(cost) > LISTING_BYTES {
+            return Err(ErrorCode::InsufficientMemory);
+        }
+        Ok(())
+    }
+
+    /// Records a listing the guest just started (resource table index `rep`).
+    fn record_listing(&self, rep: u32, cost: u64) {
+        self.inner
+            .listings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(rep, cost);
+    }
+
     /// Counts a file or directory the guest just opened.
     fn track_open(&self, file: &Arc<File>) {
         self.inner
@@ -237,6 +305,17 @@ impl Quota {
         }
         run.entries += 1;
         Ok(())
+    }
+
+    /// Bytes of the files this guest deleted from `/tmp` but holds open.
+    fn unlinked_open_tmp_usage(&self) -> u64 {
+        let open = self
+            .inner
+            .open_files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        unlinked_usage(&open, self)
     }
 
     /// Whether `file` lives under this sandbox's `/tmp`.
@@ -278,8 +357,10 @@ impl Quota {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         if *used + growth > self.inner.tmp_cap {
-            // The estimate says no: count what is really there before refusing.
-            *used = dir_usage(&self.inner.tmp_dir);
+            // The estimate says no: count what is really there before refusing, including
+            // files deleted from `/tmp` that the guest still holds open (their blocks stay
+            // allocated until closed, and no directory listing shows them).
+            *used = dir_usage(&self.inner.tmp_dir) + self.unlinked_open_tmp_usage();
             if *used + growth > self.inner.tmp_cap {
                 return Err(Refusal::NoSpace);
             }
@@ -287,6 +368,38 @@ impl Quota {
         *used += growth;
         Ok(())
     }
+}
+
+/// Bytes held by files the guest still has open in `/tmp` but has deleted, counted like
+/// [`dir_usage`] counts a file.
+fn unlinked_usage(open: &[Weak<File>], quota: &Quota) -> u64 {
+    open.iter()
+        .filter_map(Weak::upgrade)
+        .filter_map(|f| {
+            let m = f.metadata().ok()?;
+            (m.nlink() == 0 && quota.in_tmp(&f))
+                .then(|| (m.blocks() * 512).max(m.len()).max(ENTRY_BYTES))
+        })
+        .sum()
+}
+
+/// What listing the directory `dir` costs the host, in bytes: [`LISTING_BASE_BYTES`] plus,
+/// per entry, its name and [`LISTING_ENTRY_BYTES`]; `None` past `limit` (counting stops
+/// there, so a directory of a million entries is not read to the end). Only names are read
+/// (`getdents`), not each entry's metadata as the listing itself will.
+fn listing_cost(dir: &File, limit: u64) -> Option<u64> {
+    let mut cost = LISTING_BASE_BYTES;
+    // Unreadable: the listing itself will fail and hold nothing.
+    let Ok(entries) = cap_primitives::fs::read_base_dir(dir) else {
+        return Some(cost);
+    };
+    for entry in entries.flatten() {
+        cost += entry.file_name().len() as u64 + LISTING_ENTRY_BYTES;
+        if cost > limit {
+            return None;
+        }
+    }
+    Some(cost)
 }
 
 /// Bytes the entries under `dir` hold (allocated blocks, like `du`), each file, directory
@@ -377,38 +490,28 @@ pub fn add_to_linker(linker: &mut Linker<State>) -> wasmtime::Result<()> {
         )| {
             Box::new(async move {
                 let state = store.data_mut();
+                Ok((open_at(state, fd, path_flags, path, oflags, flags)?,))
+            })
+        },
+    )?;
+    types.func_wrap_async(
+        "[method]descriptor.read-directory",
+        |mut store, (fd,): (Resource<Descriptor>,)| {
+            Box::new(async move {
+                let state = store.data_mut();
                 let quota = state.quota.clone();
+                let mut cost = None;
                 if let Descriptor::Dir(dir) = state.table.get(&fd)? {
-                    let target = stat(&dir.dir, &path);
-                    if target.as_ref().is_some_and(is_special) {
-                        return Ok((Err(ErrorCode::Access),));
-                    }
-                    if let Err(code) = quota.admit_open() {
+                    let c = listing_cost(&dir.dir, LISTING_BYTES);
+                    if let Err(code) = quota.admit_listing(&state.table, c) {
                         return Ok((Err(code),));
                     }
-                    // A new file (`O_CREAT` of a missing one) is charged before it exists.
-                    if oflags.contains(OpenFlags::CREATE)
-                        && target.is_none()
-                        && let Err(refusal) = quota.charge_entry(&dir.dir)
-                    {
-                        return Ok((Err(refusal.code()),));
-                    }
+                    cost = c;
                 }
-                let r = HostDescriptor::open_at(
-                    &mut state.filesystem(),
-                    fd,
-                    path_flags,
-                    path,
-                    oflags,
-                    flags,
-                )
-                .await;
+                let r = HostDescriptor::read_directory(&mut state.filesystem(), fd).await;
                 let r = split(r)?;
-                if let Ok(opened) = &r {
-                    match state.table.get(opened)? {
-                        Descriptor::File(f) => quota.track_open(&f.file),
-                        Descriptor::Dir(d) => quota.track_open(&d.dir),
-                    }
+                if let (Ok(stream), Some(cost)) = (&r, cost) {
+                    quota.record_listing(stream.rep(), cost);
                 }
                 Ok((r,))
             })
@@ -433,6 +536,12 @@ pub fn add_to_linker(linker: &mut Linker<State>) -> wasmtime::Result<()> {
         |mut store, (fd, target, path): (Resource<Descriptor>, String, String)| {
             Box::new(async move {
                 let state = store.data_mut();
+                // A link whose target leaves the preopen (absolute, or with `..`) is
+                // refused (`EPERM`, `PermissionError`): the guest could not follow it, but
+                // the host and other programs using the directory would.
+                if !symlink_target_descends(&target) {
+                    return Ok((Err(ErrorCode::NotPermitted),));
+                }
                 if let Err(code) = charge_new_entry(state, &fd) {
                     return Ok((Err(code),));
                 }
@@ -517,6 +626,141 @@ pub fn add_to_linker(linker: &mut Linker<State>) -> wasmtime::Result<()> {
     Ok(())
 }
 
+/// The guest's `open-at`, done here rather than by `wasmtime-wasi` (whose flag handling it
+/// follows) so that no open can block and the file's type is judged on the open
+/// descriptor itself, not on a `stat` before it (another writer of the workspace could swap
+/// the file for a FIFO in between):
+/// - the host opens with `O_NONBLOCK | O_NOCTTY`: a FIFO opens at once (or fails, `ENXIO`,
+///   for writing without a reader) instead of waiting for its other end, a file under a
+///   lease fails instead of waiting for the lease to break, a terminal is never adopted;
+/// - then `fstat` on that descriptor: anything but a regular file or directory (FIFO,
+///   socket, device) is closed again and refused with `EACCES` (`PermissionError`);
+/// - the open-file caps ([`MAX_OPEN_FILES`], [`open_files_budget`]) and the charge for a new
+///   file apply as before; files created in `/tmp` are `0600`.
+fn open_at(
+    state: &mut State,
+    fd: Resource<Descriptor>,
+    path_flags: PathFlags,
+    path: String,
+    oflags: OpenFlags,
+    flags: DescriptorFlags,
+) -> wasmtime::Result<Result<Resource<Descriptor>, ErrorCode>> {
+    use cap_primitives::fs::{FollowSymlinks, OpenOptions, OpenOptionsExt};
+    use wasmtime_wasi::OpenMode;
+
+    let quota = state.quota.clone();
+    let Descriptor::Dir(dir) = state.table.get(&fd)? else {
+        return Ok(Err(ErrorCode::NotDirectory));
+    };
+    let (parent, perms) = (dir.dir.clone(), dir.perms);
+
+    // The options `wasmtime-wasi` would give the OS (its `Dir::open_at`).
+    let mut opts = OpenOptions::new();
+    let mut open_mode = OpenMode::empty();
+    let create = oflags.contains(OpenFlags::CREATE);
+    if create {
+        if oflags.contains(OpenFlags::EXCLUSIVE) {
+            opts.create_new(true);
+        } else {
+            opts.create(true);
+        }
+        opts.write(true);
+        open_mode |= OpenMode::WRITE;
+    }
+    if oflags.contains(OpenFlags::TRUNCATE) {
+        opts.truncate(true).write(true);
+        open_mode |= OpenMode::WRITE;
+    }
+    if flags.contains(DescriptorFlags::READ) {
+        opts.read(true);
+        open_mode |= OpenMode::READ;
+    }
+    if flags.contains(DescriptorFlags::WRITE) {
+        opts.write(true);
+        open_mode |= OpenMode::WRITE;
+    } else {
+        // Opened for reading at least; `perms` refuse writes later.
+        opts.read(true);
+        open_mode |= OpenMode::READ;
+    }
+    opts._cap_fs_ext_follow(if path_flags.contains(PathFlags::SYMLINK_FOLLOW) {
+        FollowSymlinks::Yes
+    } else {
+        FollowSymlinks::No
+    });
+    if flags.contains(DescriptorFlags::FILE_INTEGRITY_SYNC)
+        || flags.contains(DescriptorFlags::DATA_INTEGRITY_SYNC)
+        || flags.contains(DescriptorFlags::REQUESTED_WRITE_SYNC)
+    {
+        return Ok(Err(ErrorCode::Unsupported));
+    }
+    if oflags.contains(OpenFlags::DIRECTORY)
+        && (create || oflags.contains(OpenFlags::EXCLUSIVE) || oflags.contains(OpenFlags::TRUNCATE))
+    {
+        return Ok(Err(ErrorCode::Invalid));
+    }
+    if perms.write_not_permitted() && (create || open_mode.contains(OpenMode::WRITE)) {
+        return Ok(Err(ErrorCode::NotPermitted));
+    }
+    opts.custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY);
+    let in_tmp = quota.in_tmp(&parent);
+    opts.mode(if in_tmp { 0o600 } else { 0o666 });
+
+    if let Err(code) = quota.admit_open() {
+        return Ok(Err(code));
+    }
+    // A new file (`O_CREAT` of a missing one) is charged before it exists.
+    if create
+        && stat(&parent, &path).is_none()
+        && let Err(refusal) = quota.charge_entry(&parent)
+    {
+        return Ok(Err(refusal.code()));
+    }
+    let opened = match cap_primitives::fs::open(&parent, Path::new(&path), &opts) {
+        Ok(file) => file,
+        Err(e) => return Ok(Err(ErrorCode::from(e))),
+    };
+    let kind = match opened.metadata() {
+        Ok(meta) => meta.file_type(),
+        Err(e) => return Ok(Err(ErrorCode::from(e))),
+    };
+    let descriptor = if kind.is_dir() {
+        Descriptor::Dir(wasmtime_wasi::filesystem::Dir::new(
+            opened, perms, open_mode, true,
+        ))
+    } else if oflags.contains(OpenFlags::DIRECTORY) {
+        return Ok(Err(ErrorCode::NotDirectory));
+    } else if kind.is_file() {
+        // Back to a plain descriptor, as `wasmtime-wasi` would have opened it (for a
+        // regular file `O_NONBLOCK` changes nothing, but its flags are the guest's to see).
+        if let Err(e) = clear_nonblock(&opened) {
+            return Ok(Err(ErrorCode::from(std::io::Error::from(e))));
+        }
+        Descriptor::File(wasmtime_wasi::filesystem::File::new(
+            opened, perms, open_mode, true,
+        ))
+    } else {
+        // A FIFO, socket or device: never handed to the guest (reading a FIFO would wait
+        // for a writer past any time limit; WASI has no `mknod`, but the host's workspace
+        // can hold them).
+        return Ok(Err(ErrorCode::Access));
+    };
+    let opened = state.table.push(descriptor)?;
+    match state.table.get(&opened)? {
+        Descriptor::File(f) => quota.track_open(&f.file),
+        Descriptor::Dir(d) => quota.track_open(&d.dir),
+    }
+    Ok(Ok(opened))
+}
+
+/// Clears `O_NONBLOCK` on `file`.
+fn clear_nonblock(file: &File) -> nix::Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = OFlag::from_bits_truncate(fcntl(file, FcntlArg::F_GETFL)?);
+    fcntl(file, FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK))?;
+    Ok(())
+}
+
 /// What `path` under `dir` is (following symlinks, resolved inside `dir` as the guest's
 /// open would be); `None` when it is missing (a file to create) or unreachable (the open
 /// decides).
@@ -525,12 +769,19 @@ fn stat(dir: &std::fs::File, path: &str) -> Option<cap_primitives::fs::Metadata>
     cap_primitives::fs::stat(dir, Path::new(path), FollowSymlinks::Yes).ok()
 }
 
-/// Whether `meta` is a FIFO, socket or device. Opening a FIFO blocks until someone opens
-/// its other end, which would stall the kernel's thread past any time limit; the guest
-/// cannot make such files (WASI has no `mknod`), but a host workspace can hold them.
-fn is_special(meta: &cap_primitives::fs::Metadata) -> bool {
-    let kind = meta.file_type();
-    !(kind.is_file() || kind.is_dir())
+/// Whether a symlink to `target` resolves below the directory that holds it, wherever that
+/// directory is and wherever the link is later moved: a relative path of plain names (and
+/// `.`), no `..` and no root. Checking where a `..` lands when the link is made is not
+/// enough: the link (or a directory holding it) can be renamed to a shallower place
+/// afterwards, and a name in the target can itself be a link (`s -> .` makes `s/..` the
+/// parent of the link's directory, however `s/..` reads). Links whose targets only descend
+/// compose: following any number of them never climbs, so no chain of them leaves the
+/// preopen (the workspace, `/tmp`, a writable mount), for the guest or for the host.
+fn symlink_target_descends(target: &str) -> bool {
+    use std::path::Component;
+    Path::new(target)
+        .components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
 }
 
 /// Charges a new entry in the directory `fd` (nothing when it is not a directory: the

@@ -75,8 +75,17 @@ fn take_tmp() -> Result<tempfile::TempDir> {
     }
     tempfile::Builder::new()
         .prefix("tmp-")
+        .permissions(private_dir())
         .tempdir_in(tmp_parent()?)
         .map_err(|e| Error::io("creating the sandbox's /tmp", e))
+}
+
+/// Mode `0700`: a sandbox's `/tmp` (and the directory holding them) is this user's alone,
+/// so nothing a program leaves there (files are created `0600` too) is readable by other
+/// users of the host, during the run or after it.
+fn private_dir() -> std::fs::Permissions {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::Permissions::from_mode(0o700)
 }
 
 /// Takes back a finished sandbox's `/tmp` (its guest is gone): kept as a spare only when
@@ -102,6 +111,7 @@ fn tmp_parent() -> Result<&'static std::path::Path> {
             remove_dead_tmp_parents(&system);
             tempfile::Builder::new()
                 .prefix(&format!("{TMP_PARENT_PREFIX}{}-", std::process::id()))
+                .permissions(private_dir())
                 .tempdir_in(&system)
                 .map(tempfile::TempDir::keep)
                 .map_err(|e| e.to_string())
@@ -207,7 +217,11 @@ async fn instantiate(
     }
     let state = State {
         wasi: wasi.build(),
-        table: Default::default(),
+        table: {
+            let mut table = wasmtime::component::ResourceTable::new();
+            table.set_max_capacity(crate::quota::MAX_RESOURCES);
+            table
+        },
         limits: Limiter {
             inner: limits.build(),
             memory_refused: false,
@@ -363,10 +377,14 @@ impl Sandbox for WasmSandbox {
     }
 
     async fn shutdown(self: Box<Self>) -> Result<()> {
-        // Nothing outlives the sandbox but memory: resetting the instance's memory slot and
-        // emptying its `/tmp` for a later sandbox (milliseconds) happen off the caller's
-        // path. (If no thread can be started, the closure, and the sandbox with it, drops
-        // here.)
+        // What the program left in `/tmp` is gone before shutdown returns (a process that
+        // exits right after leaves nothing behind; no guest call runs now, so nothing
+        // writes there meanwhile). Files the guest still holds open keep their blocks until
+        // the instance is dropped below.
+        let emptied = agentkernel_core::empty_dir(self.tmp.path());
+        // Resetting the instance's memory slot and making the `/tmp` directory a spare
+        // (emptied again once the guest is gone) happen off the caller's path. (If no
+        // thread can be started, the closure, and the sandbox with it, drops here.)
         let _ = std::thread::Builder::new()
             .name("agentkernel-wasm-drop".into())
             .spawn(move || {
@@ -375,7 +393,7 @@ impl Sandbox for WasmSandbox {
                 drop(live);
                 give_back_tmp(tmp);
             });
-        Ok(())
+        emptied.map_err(|e| Error::io("emptying the sandbox's /tmp", e))
     }
 }
 

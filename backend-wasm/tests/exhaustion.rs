@@ -299,3 +299,198 @@ async fn one_run_writes_a_bounded_number_of_workspace_bytes() {
     assert!(total <= cap, "one run wrote {total} bytes to the workspace");
     sb.shutdown().await.unwrap();
 }
+
+/// Many open directory listings cannot make the kernel hold unbounded memory: the host
+/// reads a whole directory when a listing starts and keeps it until the guest drops the
+/// listing, so 1,500 `os.scandir` iterators over a 2,000-entry `/tmp` of long names took the
+/// kernel to 880 MB. Here the guest holds `os.scandir` iterators over a workspace of 20,000
+/// long names (some 7 MB on the host per listing) until refused: the listings a sandbox
+/// holds are capped (`LISTING_BYTES`; `OSError`), so the host's resident size (`VmRSS` while
+/// they are held, `VmHWM`) grows by less than 200 MiB. Without the cap only the open-file
+/// cap (64, one descriptor per iterator) stopped it, some 400 MiB later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_directory_listings_hold_a_bounded_amount_of_host_memory() {
+    let _serial = SERIAL.lock().await;
+    let ws = tempfile::tempdir().unwrap();
+    for i in 0..20_000 {
+        std::fs::File::create(ws.path().join(format!("{i:05}{}", "n".repeat(245)))).unwrap();
+    }
+    let rt = common::runtime();
+    let mut spec = agentkernel_core::conformance::limited(|l| l.memory_bytes = Some(64 << 20));
+    spec.workspace = Some(ws.path().to_path_buf());
+    let mut sb = rt.create(&spec).await.unwrap();
+    reset_peak_rss();
+    let before = status_kib("VmRSS:");
+    let out = sb
+        .exec(
+            ExecRequest::new(
+                "import os, errno, _agentkernel\n\
+                 held = []\n\
+                 try:\n\
+                 \x20   for i in range(1500):\n\
+                 \x20       it = os.scandir('/workspace')\n\
+                 \x20       next(it)\n\
+                 \x20       held.append(it)\n\
+                 except OSError as e:\n\
+                 \x20   print('refused', errno.errorcode.get(e.errno))\n\
+                 print(len(held), _agentkernel.call_tool('rss_kib'))",
+            ),
+            rss_probe(),
+        )
+        .await
+        .unwrap();
+    let peak_mib = status_kib("VmHWM:").saturating_sub(before) >> 10;
+    let text = out.stdout.text();
+    let during: u64 = text
+        .split_whitespace()
+        .last()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{out:?}"));
+    let growth_mib = during.saturating_sub(before) >> 10;
+    println!("listings: {text}host growth {growth_mib} MiB, peak {peak_mib} MiB");
+    assert!(text.starts_with("refused "), "{out:?}");
+    assert!(
+        growth_mib < 200 && peak_mib < 200,
+        "the host grew by {growth_mib} MiB (peak {peak_mib} MiB) for the guest's listings: {text}"
+    );
+    sb.shutdown().await.unwrap();
+}
+
+/// Tools with one tool, `rss_kib`, answering the host's resident size in KiB.
+fn rss_probe() -> Arc<agentkernel_core::FnTools> {
+    Arc::new(agentkernel_core::FnTools::new().with(
+        "rss_kib",
+        "the host's resident memory in KiB",
+        serde_json::json!({"type": "object"}),
+        |_| async { Ok(serde_json::json!(status_kib("VmRSS:"))) },
+    ))
+}
+
+/// Bytes this process holds in its sandboxes' `/tmp` directories on the host: the files
+/// there, plus files deleted from there that are still open (`/proc/self/fd`).
+fn host_tmp_bytes() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let prefix = std::env::temp_dir()
+        .join(format!("agentkernel-wasm-{}-", std::process::id()))
+        .display()
+        .to_string();
+    let mut total = 0;
+    for fd in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let Ok(target) = std::fs::read_link(fd.path()) else {
+            continue;
+        };
+        let target = target.display().to_string();
+        if target.starts_with(&prefix)
+            && target.ends_with(" (deleted)")
+            && let Ok(m) = std::fs::metadata(fd.path())
+        {
+            total += m.blocks() * 512;
+        }
+    }
+    let mut stack: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().display().to_string().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect();
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(m) = e.path().symlink_metadata() else {
+                continue;
+            };
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                total += m.blocks() * 512;
+            }
+        }
+    }
+    total
+}
+
+/// The `/tmp` cap holds for files the guest deleted but keeps open (their blocks stay
+/// allocated, and no listing of `/tmp` shows them): five 6 MiB files, each deleted once
+/// opened, against an 8 MiB `/tmp` stop the run at the second (`Killed{Disk}`), and the
+/// host's sandbox `/tmp` directories (deleted open files included) never held more than the
+/// cap meanwhile. Renaming a workspace file into `/tmp` is refused (`EXDEV`), so it cannot
+/// move bytes out of the workspace's account into an uncharged place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_open_tmp_files_stay_charged_to_the_tmp_cap() {
+    let _serial = SERIAL.lock().await;
+    let ws = tempfile::tempdir().unwrap();
+    let cap: u64 = 8 << 20;
+    let mut spec = agentkernel_core::conformance::limited(|l| l.tmp_bytes = cap);
+    spec.workspace = Some(ws.path().to_path_buf());
+    let rt = common::runtime();
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let probe = {
+        let peak = peak.clone();
+        Arc::new(agentkernel_core::FnTools::new().with(
+            "tmp_bytes",
+            "bytes in the host's sandbox /tmp directories",
+            serde_json::json!({"type": "object"}),
+            move |_| {
+                let peak = peak.clone();
+                async move {
+                    let now = host_tmp_bytes();
+                    peak.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+                    Ok(serde_json::json!(now))
+                }
+            },
+        ))
+    };
+    let mut sb = rt.create(&spec).await.unwrap();
+    let out = sb
+        .exec(
+            ExecRequest::new(
+                "import os, _agentkernel\n\
+                 held = []\n\
+                 for i in range(5):\n\
+                 \x20   f = open(f'/tmp/u{i}', 'wb')\n\
+                 \x20   os.unlink(f'/tmp/u{i}')\n\
+                 \x20   held.append(f)\n\
+                 \x20   for _ in range(6):\n\
+                 \x20       f.write(b'x' * (1 << 20))\n\
+                 \x20       f.flush()\n\
+                 \x20       _agentkernel.call_tool('tmp_bytes')\n\
+                 \x20   print('wrote', i, flush=True)",
+            ),
+            probe.clone(),
+        )
+        .await
+        .unwrap();
+    let peak_bytes = peak.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        peak_bytes <= cap + (1 << 20),
+        "the sandbox /tmp held {peak_bytes} bytes on the host against a {cap}-byte cap: {out:?}"
+    );
+    assert_eq!(
+        out.status,
+        agentkernel_core::ExecStatus::Killed {
+            limit: agentkernel_core::LimitKind::Disk
+        },
+        "{out:?}"
+    );
+    sb.reset().await.unwrap();
+    std::fs::write(ws.path().join("big"), vec![b'x'; 4 << 20]).unwrap();
+    let out = sb
+        .exec(
+            ExecRequest::new(
+                "import os, errno\n\
+                 try:\n\
+                 \x20   os.rename('/workspace/big', '/tmp/big')\n\
+                 \x20   print('moved')\n\
+                 except OSError as e:\n\
+                 \x20   print(errno.errorcode.get(e.errno))",
+            ),
+            probe,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.stdout.text(), "EXDEV\n", "{out:?}");
+    assert!(ws.path().join("big").exists());
+    sb.shutdown().await.unwrap();
+}

@@ -456,3 +456,300 @@ async fn the_output_sink_gets_at_most_the_limit_and_the_run_stops_there() {
     );
     sb.shutdown().await.unwrap();
 }
+
+/// Where the symlink `link` points, resolved lexically (its directory joined with its
+/// target, `..` taken off): what the host, or a program outside the sandbox following the
+/// link, would reach when no name on the way is itself a link.
+fn lexical_target(link: &std::path::Path) -> Option<std::path::PathBuf> {
+    use std::path::Component;
+    let target = std::fs::read_link(link).ok()?;
+    let mut out = std::path::PathBuf::new();
+    for c in link.parent().unwrap().join(target).components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other.as_os_str()),
+        }
+    }
+    Some(out)
+}
+
+/// Every symlink under `root` on the host, with where it points (lexically and, when it
+/// resolves, for real), when that is outside `root`.
+fn links_leaving(root: &std::path::Path) -> Vec<String> {
+    // Other tests' sandboxes may be emptying their /tmp meanwhile: what vanishes is skipped.
+    let Ok(root) = std::fs::canonicalize(root) else {
+        return Vec::new();
+    };
+    let mut leaving = Vec::new();
+    let mut stack = vec![root.clone()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(kind) = e.file_type() else { continue };
+            if kind.is_dir() {
+                stack.push(e.path());
+            } else if kind.is_symlink() {
+                let Some(lexical) = lexical_target(&e.path()) else {
+                    continue;
+                };
+                let real = std::fs::canonicalize(e.path()).ok();
+                if !lexical.starts_with(&root)
+                    || real.as_ref().is_some_and(|r| !r.starts_with(&root))
+                {
+                    leaving.push(format!(
+                        "{} -> {:?} (lexically {}, really {real:?})",
+                        e.path().display(),
+                        std::fs::read_link(e.path()).ok(),
+                        lexical.display()
+                    ));
+                }
+            }
+        }
+    }
+    leaving
+}
+
+/// A guest cannot leave a symlink in the workspace (or its `/tmp`) that points outside it:
+/// absolute targets and targets with `..` are refused with `PermissionError`, so neither a
+/// link made deep and renamed to the top, nor a link through a `.` link, climbs out. Links
+/// whose targets descend are made. Judged on the host: every symlink in the workspace and
+/// the sandbox's `/tmp` resolves inside it (lexically and for real).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symlinks_made_by_the_guest_never_leave_their_preopen() {
+    let ws = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(ws.path().join("d/e")).unwrap();
+    let spec = SandboxSpec {
+        workspace: Some(ws.path().to_path_buf()),
+        ..test_spec()
+    };
+    let code = "import os\n\
+        def link(target, path):\n\
+        \x20   try:\n\
+        \x20       os.symlink(target, path)\n\
+        \x20       print('made', path)\n\
+        \x20   except OSError as e:\n\
+        \x20       print('refused', path, type(e).__name__)\n\
+        link('/etc/passwd', '/workspace/abs')\n\
+        link('../outside', '/workspace/up')\n\
+        link('d/../../outside', '/workspace/up2')\n\
+        link('../../../outside', '/workspace/d/e/up3')\n\
+        link('../../x', '/workspace/d/e/deep')\n\
+        link('.', '/workspace/dot')\n\
+        link('dot/..', '/workspace/via-dot')\n\
+        link('../x', '/tmp/up')\n\
+        link('d/e', '/workspace/fine')\n\
+        link('./e', '/workspace/d/fine2')\n\
+        for src, dst in [('/workspace/d/e/deep', '/workspace/deep'), ('/workspace/d', '/workspace/moved')]:\n\
+        \x20   try:\n\
+        \x20       os.rename(src, dst)\n\
+        \x20   except OSError as e:\n\
+        \x20       print('rename', type(e).__name__)\n\
+        print(sorted(os.listdir('/workspace')))";
+    let rt = common::runtime();
+    let mut sb = rt.create(&spec).await.unwrap();
+    let out = sb
+        .exec(ExecRequest::new(code), Arc::new(NoTools))
+        .await
+        .unwrap();
+    let text = out.stdout.text();
+    // On the host, while the sandbox (and its /tmp) is alive.
+    let mut leaving = links_leaving(ws.path());
+    let parent_prefix = format!("agentkernel-wasm-{}-", std::process::id());
+    for parent in std::fs::read_dir(std::env::temp_dir()).unwrap() {
+        let parent = parent.unwrap();
+        if !parent
+            .file_name()
+            .to_string_lossy()
+            .starts_with(&parent_prefix)
+        {
+            continue;
+        }
+        for tmp in std::fs::read_dir(parent.path()).unwrap().flatten() {
+            leaving.extend(links_leaving(&tmp.path()));
+        }
+    }
+    assert!(
+        leaving.is_empty(),
+        "symlinks leave their preopen: {leaving:#?}\n{text}"
+    );
+    for refused in [
+        "/workspace/abs",
+        "/workspace/up",
+        "/workspace/up2",
+        "/workspace/d/e/up3",
+        "/workspace/d/e/deep",
+        "/workspace/via-dot",
+        "/tmp/up",
+    ] {
+        assert!(
+            text.contains(&format!("refused {refused} PermissionError\n")),
+            "{refused}: {text}"
+        );
+    }
+    for made in [
+        "/workspace/dot",
+        "/workspace/fine",
+        "/workspace/moved/fine2",
+    ] {
+        let made = made.replace("/workspace", &ws.path().display().to_string());
+        assert!(
+            std::fs::symlink_metadata(&made).is_ok_and(|m| m.file_type().is_symlink()),
+            "{made} was not made: {text}"
+        );
+    }
+    sb.shutdown().await.unwrap();
+}
+
+/// Another writer of the workspace (any host process of the user) swapping a regular file
+/// and a FIFO under one name while the guest opens that name in a loop cannot make an open
+/// wait for the FIFO's writer: the host opens without blocking and judges the type on the
+/// opened descriptor. The run ends by its time limit (or earlier), checked from a host
+/// thread that does not share the sandbox's runtime (a blocked open would stall it).
+#[test]
+fn a_file_swapped_for_a_fifo_never_blocks_an_open_past_the_time_limit() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let ws = tempfile::tempdir().unwrap();
+    let target = ws.path().join("target");
+    std::fs::write(&target, "plain").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let swaps = Arc::new(AtomicU64::new(0));
+    let swapper = {
+        let (dir, stop, swaps) = (ws.path().to_path_buf(), stop.clone(), swaps.clone());
+        std::thread::spawn(move || {
+            let (fifo, file) = (dir.join(".fifo"), dir.join(".file"));
+            while !stop.load(Ordering::Relaxed) {
+                let _ = std::fs::remove_file(&fifo);
+                nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                    .unwrap();
+                std::fs::rename(&fifo, dir.join("target")).unwrap();
+                std::fs::write(&file, "plain").unwrap();
+                std::fs::rename(&file, dir.join("target")).unwrap();
+                swaps.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let timeout = std::time::Duration::from_secs(5);
+    let code = "opened = refused = 0\n\
+        for i in range(1_000_000):\n\
+        \x20   try:\n\
+        \x20       with open('/workspace/target') as f:\n\
+        \x20           f.read()\n\
+        \x20       opened += 1\n\
+        \x20   except OSError:\n\
+        \x20       refused += 1\n\
+        print(opened, refused)";
+    let spec = SandboxSpec {
+        workspace: Some(ws.path().to_path_buf()),
+        ..test_spec()
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let wasm = common::runtime();
+            let mut sb = wasm.create(&spec).await.unwrap();
+            let req = ExecRequest::new(code).with_timeout(timeout);
+            let out = sb.exec(req, Arc::new(NoTools)).await.unwrap();
+            let _ = tx.send(out);
+            sb.shutdown().await.unwrap();
+        });
+    });
+    // Generous: sandbox creation (the guest may be compiled on first use) plus the limit.
+    let out = rx.recv_timeout(timeout + std::time::Duration::from_secs(60));
+    stop.store(true, Ordering::Relaxed);
+    let out = out.expect("the run ended by its time limit: no open waited on the FIFO");
+    swapper.join().unwrap();
+    assert!(swaps.load(Ordering::Relaxed) > 0);
+    assert!(
+        matches!(
+            out.status,
+            ExecStatus::Ok
+                | ExecStatus::Killed {
+                    limit: agentkernel_core::LimitKind::WallTime
+                }
+        ),
+        "{out:?}"
+    );
+}
+
+/// Mode bits of `path` (without following a symlink).
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// A sandbox's `/tmp` is this user's alone (the directory and its parent `0700`, files
+/// `0600`: nothing in it is reachable by other users of the host while it runs), and what a
+/// program left there is gone by the time its sandbox's shutdown returns (not only later,
+/// on a thread a process exiting at once would never run). Checked on the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandboxs_tmp_is_private_and_empty_once_shut_down() {
+    let marker = format!("marker-{}", uuid_like());
+    let code = format!(
+        "import os\n\
+         open('/tmp/{marker}', 'w').write('secret')\n\
+         os.mkdir('/tmp/many')\n\
+         for i in range(500):\n\
+         \x20   open(f'/tmp/many/f{{i}}', 'w').write('x' * 100)\n\
+         print('left')"
+    );
+    let rt = common::runtime();
+    let mut sb = rt.create(&test_spec()).await.unwrap();
+    let out = sb
+        .exec(ExecRequest::new(code), Arc::new(NoTools))
+        .await
+        .unwrap();
+    assert_eq!(out.stdout.text(), "left\n", "{out:?}");
+    // Find the sandbox's /tmp on the host by the file it left.
+    let parent_prefix = format!("agentkernel-wasm-{}-", std::process::id());
+    let mut found = None;
+    for parent in std::fs::read_dir(std::env::temp_dir()).unwrap() {
+        let parent = parent.unwrap();
+        if !parent
+            .file_name()
+            .to_string_lossy()
+            .starts_with(&parent_prefix)
+        {
+            continue;
+        }
+        for tmp in std::fs::read_dir(parent.path()).unwrap().flatten() {
+            let tmp = tmp.path();
+            if tmp.join(&marker).exists() {
+                found = Some((parent.path(), tmp));
+            }
+        }
+    }
+    let (parent, tmp) = found.expect("the sandbox's /tmp holds the marker");
+    for (what, path) in [
+        ("the /tmp parent", parent.clone()),
+        ("the sandbox's /tmp", tmp.clone()),
+        ("a file", tmp.join(&marker)),
+        ("a file", tmp.join("many/f0")),
+    ] {
+        let m = mode(&path);
+        assert_eq!(m & 0o077, 0, "{what} {} is mode {m:o}", path.display());
+    }
+    sb.shutdown().await.unwrap();
+    // At once, without waiting for anything.
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "the shut-down sandbox's /tmp still holds {} entries",
+        left.len()
+    );
+}
