@@ -301,8 +301,9 @@ fn chown_if(
     uid: u32,
     gid: u32,
 ) -> std::io::Result<bool> {
-    // SAFETY: fstatat into a zeroed stat buffer with a NUL-terminated name.
+    // SAFETY: an all-zero `stat` is a valid value for fstatat to overwrite.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatat into that buffer with a NUL-terminated name, relative to a valid fd.
     if unsafe {
         libc::fstatat(
             dirfd,
@@ -369,8 +370,9 @@ fn restore_below(dir: OwnedFd, from: u32, uid: u32, gid: u32, depth: u32) -> std
             continue;
         }
         // SAFETY: a fresh fd, owned by nobody else.
+        let sub = unsafe { OwnedFd::from_raw_fd(raw) };
         restore_below(
-            unsafe { OwnedFd::from_raw_fd(raw) },
+            sub,
             from,
             uid,
             gid,

@@ -452,6 +452,10 @@ pub struct ProcessSandbox {
     spec: SandboxSpec,
     live: Option<Live>,
     lost: Option<String>,
+    /// The workspace's lock, taken by the first exec and held until no process of this
+    /// sandbox can write the workspace any more (shutdown, a reset, the end of the jail):
+    /// what an exec leaves running lives on until its time limit or the next exec.
+    workspace: Option<WorkspaceLock>,
 }
 
 impl ProcessSandbox {
@@ -462,7 +466,34 @@ impl ProcessSandbox {
             spec,
             live: Some(live),
             lost: None,
+            workspace: None,
         }
+    }
+
+    /// Removes the symlinks leaving the workspace that the program made (see
+    /// [`WorkspaceLock::remove_escaping_symlinks`]); a note for the caller when it did.
+    fn sweep_workspace(&self) -> Option<String> {
+        let lock = self.workspace.as_ref()?;
+        match lock.remove_escaping_symlinks() {
+            Ok(swept) => {
+                if !swept.removed.is_empty() {
+                    tracing::warn!(sandbox = %self.id, removed = swept.removed.len(), "removed symlinks leaving the workspace");
+                }
+                swept.note()
+            }
+            Err(e) => {
+                tracing::warn!(sandbox = %self.id, error = %e, "could not check the workspace for symlinks");
+                Some(format!(
+                    "agentkernel: could not check the workspace for symlinks: {e}\n"
+                ))
+            }
+        }
+    }
+
+    /// Gives the workspace back once no process of this sandbox runs: swept, then unlocked.
+    fn release_workspace(&mut self) {
+        let _ = self.sweep_workspace();
+        self.workspace = None;
     }
 
     /// Compares the resource limits the host kernel reports for the guest's init (host
@@ -562,7 +593,11 @@ impl ProcessSandbox {
         self.lost = Some(reason);
         let mut live = self.live.take()?;
         live.kill();
-        live.wait().await
+        let code = live.wait().await;
+        // Every process of the jail is gone: nothing writes the workspace any more.
+        drop(live);
+        self.release_workspace();
+        code
     }
 }
 
@@ -578,9 +613,9 @@ impl Sandbox for ProcessSandbox {
         if matches!(self.inner.agent, GuestAgent::Python(_)) {
             req.check_size()?;
         }
-        let Some(live) = self.live.as_mut() else {
+        if self.live.is_none() {
             return Err(Error::sandbox_lost(self.lost.as_deref()));
-        };
+        }
         let timeout = req.timeout.unwrap_or(self.spec.limits.wall_time);
         if timeout.is_zero() {
             return Err(Error::invalid(
@@ -588,9 +623,14 @@ impl Sandbox for ProcessSandbox {
                 "give a timeout of at least 1 ms",
             ));
         }
-        // One program at a time per workspace (held until this exec returns; init has then
-        // killed whatever the program left running).
-        let _workspace = WorkspaceLock::of(self.spec.workspace.as_deref(), timeout).await?;
+        // One program at a time per workspace: the lock is taken by this sandbox's first exec
+        // and kept until its processes are gone (see `workspace`).
+        if self.workspace.is_none() {
+            self.workspace = WorkspaceLock::of(self.spec.workspace.as_deref(), timeout).await?;
+        }
+        let Some(live) = self.live.as_mut() else {
+            return Err(Error::sandbox_lost(self.lost.as_deref()));
+        };
         let started = Instant::now();
         let oom_before = live.cgroup.as_ref().map_or(0, SandboxCgroup::oom_kills);
         let span = tracing::info_span!("exec", backend = "process", sandbox = %self.id);
@@ -645,7 +685,11 @@ impl Sandbox for ProcessSandbox {
                 )
             }
         };
-        Ok(report.into_outcome(status, started.elapsed()))
+        let mut outcome = report.into_outcome(status, started.elapsed());
+        if let Some(note) = self.sweep_workspace() {
+            outcome.stderr.push(note.as_bytes(), cap);
+        }
+        Ok(outcome)
     }
 
     async fn reset(&mut self) -> Result<()> {
@@ -655,7 +699,11 @@ impl Sandbox for ProcessSandbox {
             && let Some(live) = self.live.as_mut()
         {
             match live.reset_in_place(self.spec.workspace.is_none()).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    // Init killed every other process: the workspace is free.
+                    self.release_workspace();
+                    return Ok(());
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "in-place reset failed; starting a new sandbox")
                 }

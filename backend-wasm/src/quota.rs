@@ -21,7 +21,7 @@
 //!   process backend's tmpfs and its workspace), which would move usage out of its account;
 //! - opening anything but a regular file or directory (`EACCES`), judged on the descriptor
 //!   opened without blocking;
-//! - a symlink whose target is absolute or has `..` (`EPERM`, [`symlink_target_descends`]);
+//! - a symlink whose target is absolute or has `..` (`EPERM`, [`agentkernel_core::symlink_target_descends`]);
 //! - a directory listing past [`LISTING_BYTES`] of host memory for the sandbox (`ENOMEM`).
 //!
 //! Files deleted from `/tmp` but still open stay charged to it until closed.
@@ -539,7 +539,7 @@ pub fn add_to_linker(linker: &mut Linker<State>) -> wasmtime::Result<()> {
                 // A link whose target leaves the preopen (absolute, or with `..`) is
                 // refused (`EPERM`, `PermissionError`): the guest could not follow it, but
                 // the host and other programs using the directory would.
-                if !symlink_target_descends(&target) {
+                if !agentkernel_core::symlink_target_descends(Path::new(&target)) {
                     return Ok((Err(ErrorCode::NotPermitted),));
                 }
                 if let Err(code) = charge_new_entry(state, &fd) {
@@ -768,22 +768,6 @@ fn stat(dir: &std::fs::File, path: &str) -> Option<cap_primitives::fs::Metadata>
     use cap_primitives::fs::FollowSymlinks;
     cap_primitives::fs::stat(dir, Path::new(path), FollowSymlinks::Yes).ok()
 }
-
-/// Whether a symlink to `target` resolves below the directory that holds it, wherever that
-/// directory is and wherever the link is later moved: a relative path of plain names (and
-/// `.`), no `..` and no root. Checking where a `..` lands when the link is made is not
-/// enough: the link (or a directory holding it) can be renamed to a shallower place
-/// afterwards, and a name in the target can itself be a link (`s -> .` makes `s/..` the
-/// parent of the link's directory, however `s/..` reads). Links whose targets only descend
-/// compose: following any number of them never climbs, so no chain of them leaves the
-/// preopen (the workspace, `/tmp`, a writable mount), for the guest or for the host.
-fn symlink_target_descends(target: &str) -> bool {
-    use std::path::Component;
-    Path::new(target)
-        .components()
-        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
-}
-
 /// Charges a new entry in the directory `fd` (nothing when it is not a directory: the
 /// operation itself then fails).
 fn charge_new_entry(state: &mut State, fd: &Resource<Descriptor>) -> Result<(), ErrorCode> {

@@ -62,6 +62,6 @@ pub use runtime::{
 pub use spec::{Limits, Mount, NetworkPolicy, SandboxSpec, default_env};
 pub use tools::{FnTools, NoTools, ToolError, ToolErrorKind, ToolFn, ToolHost, ToolSpec, tool_fn};
 pub use workspace::{
-    Workspace, WorkspaceInfo, WorkspaceLock, Workspaces, empty_dir,
-    validate_name as validate_workspace_name,
+    SweptLinks, Workspace, WorkspaceInfo, WorkspaceLock, Workspaces, empty_dir,
+    symlink_target_descends, validate_name as validate_workspace_name,
 };

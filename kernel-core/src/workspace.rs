@@ -106,6 +106,147 @@ impl WorkspaceLock {
     }
 }
 
+/// What [`WorkspaceLock::remove_escaping_symlinks`] did: the links it removed (path in the
+/// workspace, target) and the directories it could not look into.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SweptLinks {
+    /// Removed symlinks: their path relative to the workspace and their target.
+    pub removed: Vec<(PathBuf, PathBuf)>,
+    /// Directories that could not be opened (a program made them unreadable to this user).
+    pub unchecked: Vec<PathBuf>,
+}
+
+impl SweptLinks {
+    /// A note for the run's caller, `None` when nothing was removed or left unchecked.
+    pub fn note(&self) -> Option<String> {
+        if self.removed.is_empty() && self.unchecked.is_empty() {
+            return None;
+        }
+        let mut note = String::new();
+        if let Some((path, target)) = self.removed.first() {
+            note.push_str(&format!(
+                "agentkernel: removed {} symlink(s) from the workspace whose target leaves it (e.g. {} -> {}); links there may only point down (no `..`, not absolute)\n",
+                self.removed.len(),
+                path.display(),
+                target.display()
+            ));
+        }
+        if let Some(dir) = self.unchecked.first() {
+            note.push_str(&format!(
+                "agentkernel: could not check {} workspace director(ies) for symlinks (e.g. {}): they are not readable; make them readable to use them from the host\n",
+                self.unchecked.len(),
+                dir.display()
+            ));
+        }
+        Some(note)
+    }
+}
+
+/// Whether a symlink to `target` resolves below the directory that holds it, wherever that
+/// directory is and wherever the link is later moved: a relative path of plain names (and
+/// `.`), no `..` and no root. Checking where a `..` lands when the link is made is not
+/// enough: the link (or a directory holding it) can be renamed to a shallower place
+/// afterwards, and a name in the target can itself be a link (`s -> .` makes `s/..` the
+/// parent of the link's directory, however `s/..` reads). Links whose targets only descend
+/// compose: following any number of them never climbs, so no chain of them leaves the
+/// directory, for a sandbox or for the host. Every backend holds workspaces to this.
+pub fn symlink_target_descends(target: &Path) -> bool {
+    use std::path::Component;
+    target
+        .components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+}
+
+/// The longest chain of nested directories the sweep follows down (deeper ones are
+/// reported as unchecked).
+const SWEEP_MAX_DEPTH: usize = 256;
+
+impl WorkspaceLock {
+    /// Removes every symlink under the locked workspace whose target does not only descend
+    /// ([`symlink_target_descends`]), so nothing a program left there leads a host program
+    /// (or a later sandbox's host-side copy) outside it. Call it while holding the lock,
+    /// once the program's processes are gone. Fd-relative throughout: no symlink is ever
+    /// followed, and a directory swapped meanwhile is never entered through a link.
+    ///
+    /// # Errors
+    /// Only when the workspace itself cannot be read; what cannot be looked into below is
+    /// in [`SweptLinks::unchecked`].
+    pub fn remove_escaping_symlinks(&self) -> std::io::Result<SweptLinks> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let mut swept = SweptLinks::default();
+        let top = self._dir.try_clone()?;
+        let mut todo: Vec<(OwnedFd, PathBuf, usize)> =
+            vec![(OwnedFd::from(top), PathBuf::new(), 0)];
+        while let Some((dir, rel, depth)) = todo.pop() {
+            // `/proc/self/fd/N` names the open directory itself: listing it follows no path.
+            let entries = match std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd())) {
+                Ok(e) => e,
+                Err(e) if rel.as_os_str().is_empty() => return Err(e),
+                Err(_) => {
+                    swept.unchecked.push(rel);
+                    continue;
+                }
+            };
+            for entry in entries.flatten() {
+                let Ok(kind) = entry.file_type() else {
+                    continue;
+                };
+                let name = entry.file_name();
+                let Ok(cname) = std::ffi::CString::new(name.as_encoded_bytes()) else {
+                    continue;
+                };
+                let path = rel.join(&name);
+                if kind.is_symlink() {
+                    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+                    // SAFETY: readlinkat into a buffer of the given length, relative to an
+                    // fd we own; it does not follow the link.
+                    let n = unsafe {
+                        libc::readlinkat(
+                            dir.as_raw_fd(),
+                            cname.as_ptr(),
+                            buf.as_mut_ptr().cast(),
+                            buf.len(),
+                        )
+                    };
+                    let Ok(n) = usize::try_from(n) else { continue };
+                    buf.truncate(n);
+                    let target = PathBuf::from(std::ffi::OsString::from(
+                        <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&buf),
+                    ));
+                    if !symlink_target_descends(&target) {
+                        // SAFETY: unlinkat of a name in a directory fd we own (removes the
+                        // link itself, never what it points to).
+                        if unsafe { libc::unlinkat(dir.as_raw_fd(), cname.as_ptr(), 0) } == 0 {
+                            swept.removed.push((path, target));
+                        }
+                    }
+                } else if kind.is_dir() {
+                    if depth + 1 >= SWEEP_MAX_DEPTH {
+                        swept.unchecked.push(path);
+                        continue;
+                    }
+                    // SAFETY: openat relative to a directory fd we own; O_NOFOLLOW and
+                    // O_DIRECTORY: a link swapped in for the directory is not entered.
+                    let fd = unsafe {
+                        libc::openat(
+                            dir.as_raw_fd(),
+                            cname.as_ptr(),
+                            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                        )
+                    };
+                    if fd < 0 {
+                        swept.unchecked.push(path);
+                        continue;
+                    }
+                    // SAFETY: a fresh fd from openat, owned by nobody else.
+                    todo.push((unsafe { OwnedFd::from_raw_fd(fd) }, path, depth + 1));
+                }
+            }
+        }
+        Ok(swept)
+    }
+}
+
 /// The workspaces under one root directory.
 #[derive(Debug, Clone)]
 pub struct Workspaces {
