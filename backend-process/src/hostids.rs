@@ -371,13 +371,7 @@ fn restore_below(dir: OwnedFd, from: u32, uid: u32, gid: u32, depth: u32) -> std
         }
         // SAFETY: a fresh fd, owned by nobody else.
         let sub = unsafe { OwnedFd::from_raw_fd(raw) };
-        restore_below(
-            sub,
-            from,
-            uid,
-            gid,
-            depth + 1,
-        )?;
+        restore_below(sub, from, uid, gid, depth + 1)?;
     }
     Ok(())
 }
