@@ -490,7 +490,8 @@ fn pids_with(marker: &str) -> Vec<i32> {
 
 /// Finding: after SIGTERM to the kernel, QEMU kept running a busy guest at 100% CPU for
 /// minutes. A kernel process (this test binary re-executed, running [`helper_busy_vm`]) is
-/// killed with SIGKILL, then another with SIGTERM, while its VM is busy; the host's `/proc`
+/// killed with SIGKILL, then another with SIGTERM, while its VM is busy and its QEMU
+/// stopped (SIGSTOP: the guest cannot react to the host going away); the host's `/proc`
 /// must show no QEMU of that VM soon after.
 #[test]
 fn a_kernel_killed_mid_run_leaves_no_qemu_behind() {
@@ -525,9 +526,15 @@ fn a_kernel_killed_mid_run_leaves_no_qemu_behind() {
             );
             std::thread::sleep(Duration::from_millis(100));
         };
-        assert_eq!(pids_with(&name).len(), 1, "one QEMU runs the helper's VM");
+        let qemu = pids_with(&name);
+        assert_eq!(qemu.len(), 1, "one QEMU runs the helper's VM");
         // Let the busy loop start.
         std::thread::sleep(Duration::from_secs(3));
+        // Stop QEMU: its guest can then do nothing when the kernel goes away (the guest's
+        // supervisor would otherwise notice its port close and power off, which a guest
+        // busy under TCG did not do for minutes). Only the host-side tie can end it now.
+        // SAFETY: kill(2) with a pid and a signal number; no memory is passed.
+        assert_eq!(unsafe { libc::kill(qemu[0], libc::SIGSTOP) }, 0);
         // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
         assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
         child.wait().unwrap();
