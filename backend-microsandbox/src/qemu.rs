@@ -366,7 +366,8 @@ async fn spawn_tied(mut cmd: tokio::process::Command) -> std::io::Result<tokio::
                 0 as libc::c_ulong,
                 0 as libc::c_ulong,
                 0 as libc::c_ulong,
-            ) != 0 {
+            ) != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             // The parent may have died between fork and prctl: then nothing would come.

@@ -808,7 +808,12 @@ impl MicroVmSandbox {
                 self.lose(format!("stopping the program's processes failed: {e}"))
                     .await;
                 return Err(if late {
-                    copy_back_late(&self.shares.first().map_or_else(PathBuf::new, |s| s.host.clone()))
+                    copy_back_late(
+                        &self
+                            .shares
+                            .first()
+                            .map_or_else(PathBuf::new, |s| s.host.clone()),
+                    )
                 } else {
                     e
                 });

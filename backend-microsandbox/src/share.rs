@@ -205,7 +205,8 @@ pub fn too_big(top: &Path, total: u64, cap: u64) -> Error {
 fn data_extents(file: &File, size: u64) -> io::Result<Vec<(u64, u64)>> {
     let fd = file.as_raw_fd();
     let seek = |at: u64, whence: libc::c_int| -> io::Result<Option<u64>> {
-        let at = libc::off_t::try_from(at).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+        let at =
+            libc::off_t::try_from(at).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
         // SAFETY: lseek on an fd this function's caller holds open; no memory is passed.
         let got = unsafe { libc::lseek(fd, at, whence) };
         if got < 0 {
@@ -331,7 +332,8 @@ pub async fn send_bundle<W: AsyncWrite + Unpin>(
                             ));
                         }
                     };
-                    let reading = |e: io::Error| Error::io(format!("reading {}", top.join(rel).display()), e);
+                    let reading =
+                        |e: io::Error| Error::io(format!("reading {}", top.join(rel).display()), e);
                     let meta = file.metadata().map_err(reading)?;
                     let size = meta.len();
                     total = total.saturating_add(size);
@@ -631,7 +633,11 @@ pub async fn apply_stream<R: AsyncRead + Unpin>(
                     )));
                 }
                 let extents = entry.extents.clone().unwrap_or_else(|| {
-                    if size > 0 { vec![(0, size)] } else { Vec::new() }
+                    if size > 0 {
+                        vec![(0, size)]
+                    } else {
+                        Vec::new()
+                    }
                 });
                 let mut end = 0u64;
                 for &(offset, len) in &extents {
@@ -710,7 +716,13 @@ mod tests {
     fn apply(top: &Path, deleted: &[String], data: &[u8], max_file: Option<u64>) -> Result<usize> {
         let mut data = data.to_vec();
         data.extend(end_frame());
-        block_on(apply_stream(top, deleted, &mut &data[..], max_file, u64::MAX))
+        block_on(apply_stream(
+            top,
+            deleted,
+            &mut &data[..],
+            max_file,
+            u64::MAX,
+        ))
     }
 
     #[test]
@@ -743,7 +755,6 @@ mod tests {
         apply(dst.path(), &deleted, &[], None).unwrap();
         assert!(!dst.path().join("a").exists());
     }
-
 
     /// Blocks a file takes on disk, in bytes.
     fn on_disk(path: &Path) -> u64 {
@@ -786,7 +797,10 @@ mod tests {
         let mut data = entry("zeros", "file", 0o644, &zeros);
         data.extend(entry("dense", "file", 0o644, &[7u8; 1 << 20]));
         apply(dst.path(), &[], &data, None).unwrap();
-        assert_eq!(fs::metadata(dst.path().join("zeros")).unwrap().len(), 8 << 20);
+        assert_eq!(
+            fs::metadata(dst.path().join("zeros")).unwrap().len(),
+            8 << 20
+        );
         assert!(on_disk(&dst.path().join("zeros")) < 64 << 10);
         assert!(on_disk(&dst.path().join("dense")) >= 1 << 20);
     }
@@ -804,20 +818,41 @@ mod tests {
             matches!(&e, Error::LimitExceeded { limit: LimitKind::Memory, detail } if detail.contains("256 MiB") && detail.contains("raise the memory limit")),
             "{e}"
         );
-        assert!(out.len() < 1 << 20, "stopped at the cap, not after reading it all");
+        assert!(
+            out.len() < 1 << 20,
+            "stopped at the cap, not after reading it all"
+        );
         // Files the VM holds already count too.
         let mut out = Vec::new();
-        assert!(block_on(send_bundle(src.path(), &paths[..1], &mut out, 200 << 20, 256 << 20)).is_err());
+        assert!(
+            block_on(send_bundle(
+                src.path(),
+                &paths[..1],
+                &mut out,
+                200 << 20,
+                256 << 20
+            ))
+            .is_err()
+        );
         // Back from the guest: the same in apparent size.
         let data = bundle(src.path(), &paths).unwrap();
         let dst = tempfile::tempdir().unwrap();
-        let e = block_on(apply_stream(dst.path(), &[], &mut &data[..], None, 256 << 20)).unwrap_err();
+        let e = block_on(apply_stream(
+            dst.path(),
+            &[],
+            &mut &data[..],
+            None,
+            256 << 20,
+        ))
+        .unwrap_err();
         assert!(e.to_string().contains("256 MiB"), "{e}");
-        assert!(fs::read_dir(dst.path()).unwrap().all(|e| !e
-            .unwrap()
-            .file_name()
-            .to_string_lossy()
-            .ends_with(".part")));
+        assert!(
+            fs::read_dir(dst.path()).unwrap().all(|e| !e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".part"))
+        );
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! before it, checked by `vm.rs::the_programs_processes_cannot_race_the_copies`); these
 //! rules are the second line, checked here on their own.
 
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
 mod common;
 
 use std::path::Path;

@@ -4,6 +4,8 @@
 //! machine without QEMU, cpio or apt-get, saying so (`SKIPPED microvm <test>: <reason>` on stderr
 //! and in `$AGENTKERNEL_SKIP_LOG`, see `common/skip.rs`).
 
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
 mod common;
 
 use std::sync::Arc;
@@ -349,7 +351,11 @@ async fn a_sparse_workspace_is_capped_in_apparent_size_and_streamed() {
         "the run ended {:.1} s after its start",
         took.as_secs_f64()
     );
-    assert!(grew < 128 << 20, "the host's memory grew {} MiB", grew >> 20);
+    assert!(
+        grew < 128 << 20,
+        "the host's memory grew {} MiB",
+        grew >> 20
+    );
     let err = run.expect_err("a workspace of 2 GiB apparent size was copied into a 512 MiB VM");
     assert!(
         matches!(&err, Error::LimitExceeded { limit: LimitKind::Memory, detail }
@@ -360,7 +366,12 @@ async fn a_sparse_workspace_is_capped_in_apparent_size_and_streamed() {
     for i in 0..8 {
         std::fs::remove_file(workspace.path().join(format!("sparse-{i}.bin"))).unwrap();
     }
-    sparse_file(&workspace.path().join("big.bin"), 100 << 20, b"head", b"tail");
+    sparse_file(
+        &workspace.path().join("big.bin"),
+        100 << 20,
+        b"head",
+        b"tail",
+    );
     let code = r#"
 import os
 st = os.stat('big.bin')
@@ -380,8 +391,8 @@ print(st.st_size, st.st_blocks * 512 < (1 << 20), head, tail)
         .expect("exec");
     let grew = peak_rss().saturating_sub(before);
     assert_eq!(out.status, ExecStatus::Ok, "{}", out.stderr.text());
-    assert_eq!(out.stdout.text(), "104857600 True b'head' b'tail'\n");
     assert!(grew < 64 << 20, "the host's memory grew {} MiB", grew >> 20);
+    assert_eq!(out.stdout.text(), "104857600 True b'head' b'tail'\n");
     sb.shutdown().await.unwrap();
     assert_eq!(count_host_processes(&vm_name), 0);
 }
@@ -391,10 +402,10 @@ print(st.st_size, st.st_blocks * 512 < (1 << 20), head, tail)
 /// Checked on the host: owner (the workspace directory's owner when the host runs as root),
 /// no group/other write, no set-id bits, and the blocks the sparse file takes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn files_written_back_belong_to_the_workspace_owner_are_not_world_writable_and_stay_sparse()
-{
+async fn files_written_back_belong_to_the_workspace_owner_are_not_world_writable_and_stay_sparse() {
     use std::os::unix::fs::MetadataExt;
-    let test = "files_written_back_belong_to_the_workspace_owner_are_not_world_writable_and_stay_sparse";
+    let test =
+        "files_written_back_belong_to_the_workspace_owner_are_not_world_writable_and_stay_sparse";
     let Some(rt) = common::runtime(test, 0) else {
         return;
     };
@@ -431,7 +442,13 @@ with open('sparse.bin', 'wb') as f:
         .await
         .expect("exec");
     assert_eq!(out.status, ExecStatus::Ok, "{}", out.stderr.text());
-    for name in ["open", "open/deeper", "open/deeper/f.txt", "setid", "sparse.bin"] {
+    for name in [
+        "open",
+        "open/deeper",
+        "open/deeper/f.txt",
+        "setid",
+        "sparse.bin",
+    ] {
         let m = std::fs::symlink_metadata(workspace.path().join(name)).unwrap();
         assert_eq!(
             m.mode() & 0o7022,
@@ -710,11 +727,13 @@ async fn a_host_writer_swapping_symlinks_during_the_copies_gets_nothing_out() {
     let racer = {
         let (stop, workspace) = (stop.clone(), workspace.clone());
         std::thread::spawn(move || {
-            let a = std::ffi::CString::new(workspace.join("d").into_os_string().into_encoded_bytes())
-                .unwrap();
-            let b =
-                std::ffi::CString::new(workspace.join("swap").into_os_string().into_encoded_bytes())
+            let a =
+                std::ffi::CString::new(workspace.join("d").into_os_string().into_encoded_bytes())
                     .unwrap();
+            let b = std::ffi::CString::new(
+                workspace.join("swap").into_os_string().into_encoded_bytes(),
+            )
+            .unwrap();
             let mut swaps = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 // SAFETY: two NUL-terminated paths that outlive the call.
@@ -780,7 +799,11 @@ open('round%d' % n, 'w').write('x')
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
-        assert_eq!(names, ["secret"], "round {round}: written outside the workspace");
+        assert_eq!(
+            names,
+            ["secret"],
+            "round {round}: written outside the workspace"
+        );
     }
     stop.store(true, Ordering::Relaxed);
     let swaps = racer.join().unwrap();
