@@ -222,6 +222,21 @@ impl Dir {
         check(unsafe { libc::fchmod(self.fd.as_raw_fd(), mode as libc::mode_t) }).map(drop)
     }
 
+    /// This directory's owner: its uid and gid.
+    pub(crate) fn owner(&self) -> io::Result<(u32, u32)> {
+        // SAFETY: an all-zero `stat` is a valid value for fstat to overwrite.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `st` is a valid out-pointer; the fd is open.
+        check(unsafe { libc::fstat(self.fd.as_raw_fd(), &mut st) })?;
+        Ok((st.st_uid, st.st_gid))
+    }
+
+    /// Gives this directory to `uid` and `gid` (on the open fd: no path is followed).
+    pub(crate) fn chown(&self, uid: u32, gid: u32) -> io::Result<()> {
+        // SAFETY: the fd is open.
+        check(unsafe { libc::fchown(self.fd.as_raw_fd(), uid, gid) }).map(drop)
+    }
+
     /// The names in this directory (without `.` and `..`).
     pub(crate) fn names(&self) -> io::Result<Vec<OsString>> {
         // fdopendir takes ownership of the fd it is given: give it a duplicate.

@@ -14,6 +14,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::OnceLock;
+use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 use agentkernel_core::guest::{GuestConn, Hello};
@@ -187,7 +189,7 @@ impl QemuVm {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|e| Error::Unavailable {
+        let mut child = spawn_tied(cmd).await.map_err(|e| Error::Unavailable {
             backend: "microvm",
             reason: format!("cannot run qemu-system-x86_64: {e}"),
             hint: "apt-get install qemu-system-x86".into(),
@@ -318,6 +320,77 @@ impl QemuVm {
     }
 }
 
+/// A piece of work for the spawner thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The thread that forks every QEMU (see [`spawn_tied`]), or `None` if it could not start.
+static SPAWNER: OnceLock<Option<Sender<Job>>> = OnceLock::new();
+
+/// Starts `cmd` (QEMU) so that it cannot outlive this process: the child asks the kernel
+/// for `SIGKILL` when its parent dies (`PR_SET_PDEATHSIG`, set between fork and exec), so a
+/// kernel process ended by `kill -9`, `SIGTERM` or a crash takes its VMs with it, whatever
+/// the guest is doing.
+///
+/// Why a dedicated thread: the parent-death signal fires when the *thread* that forked the
+/// child exits, not the process, and tokio's worker and blocking threads come and go (a VM
+/// would be killed when the thread that happened to start it retired). So every QEMU is
+/// forked by one thread that lives as long as the process: its job channel's sender is a
+/// static that is never dropped, so it never returns. (The alternative, a lifeline pipe
+/// watched by a wrapper process, costs one more process per VM.)
+async fn spawn_tied(mut cmd: tokio::process::Command) -> std::io::Result<tokio::process::Child> {
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("agentkernel-vm-spawner".into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    job();
+                }
+            })
+            .ok()
+            .map(|_| tx)
+    });
+    let Some(spawner) = spawner else {
+        return Err(std::io::Error::other(
+            "the thread that starts VMs could not be created",
+        ));
+    };
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the forked child before exec and calls only
+    // async-signal-safe functions (prctl, getppid, _exit); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died between fork and prctl: then nothing would come.
+            if libc::getppid() as u32 != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let handle = tokio::runtime::Handle::current();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        // The child is registered with this runtime's process driver.
+        let _entered = handle.enter();
+        let _ = tx.send(cmd.spawn());
+    });
+    spawner
+        .send(job)
+        .map_err(|_| std::io::Error::other("the thread that starts VMs is gone"))?;
+    rx.await
+        .map_err(|_| std::io::Error::other("the thread that starts VMs did not answer"))?
+}
+
 /// A QMP monitor connection (JSON lines).
 struct Qmp {
     reader: BufReader<tokio::net::unix::OwnedReadHalf>,
@@ -390,17 +463,23 @@ impl SysConn {
         }
     }
 
-    /// Sends `msg`, followed by `payload`.
-    pub async fn send(&mut self, msg: &Value, payload: &[u8]) -> Result<()> {
+    /// Sends `msg`, followed by `payload`, by `deadline`.
+    pub async fn send(&mut self, msg: &Value, payload: &[u8], deadline: Instant) -> Result<()> {
         let data = serde_json::to_vec(msg).map_err(|e| Error::Internal(e.to_string()))?;
         let frame = agentkernel_core::guest::length_prefixed(&data);
         let write = async {
             self.stream.write_all(&frame).await?;
             self.stream.write_all(payload).await
         };
-        write
+        tokio::time::timeout_at(deadline.into(), write)
             .await
+            .map_err(|_| lost("the guest supervisor did not take a message in time"))?
             .map_err(|e| lost(format!("the supervisor's port closed: {e}")))
+    }
+
+    /// The port itself, to stream a bundle after a message (the caller bounds the time).
+    pub fn stream(&mut self) -> &mut UnixStream {
+        &mut self.stream
     }
 
     /// The next message from the supervisor (an `agent_exit` is recorded and returned too).
@@ -435,7 +514,13 @@ impl SysConn {
         expect: &str,
         deadline: Instant,
     ) -> Result<Value> {
-        self.send(msg, payload).await?;
+        self.send(msg, payload, deadline).await?;
+        self.reply(expect, deadline).await
+    }
+
+    /// Waits for the reply of type `expect` (skipping an `agent_exit`, which is recorded).
+    /// An `error` reply is an error.
+    pub async fn reply(&mut self, expect: &str, deadline: Instant) -> Result<Value> {
         loop {
             let reply = self.recv(deadline).await?;
             match reply["type"].as_str() {
@@ -450,21 +535,5 @@ impl SysConn {
                 _ => return Err(lost(format!("the guest supervisor sent {reply}"))),
             }
         }
-    }
-
-    /// Reads a payload of `size` bytes that followed the last message, refusing more than
-    /// `max`.
-    pub async fn payload(&mut self, size: u64, max: u64, deadline: Instant) -> Result<Vec<u8>> {
-        if size > max {
-            return Err(lost(format!(
-                "the guest sent {size} bytes of files, over the {max}-byte limit"
-            )));
-        }
-        let mut data = vec![0u8; size as usize];
-        tokio::time::timeout_at(deadline.into(), self.stream.read_exact(&mut data))
-            .await
-            .map_err(|_| lost("the guest's files did not arrive in time"))?
-            .map_err(|e| lost(format!("the guest supervisor's port failed: {e}")))?;
-        Ok(data)
     }
 }

@@ -6,12 +6,15 @@
 //!    version, then cached on disk), or booted when snapshots are off; the supervisor then
 //!    starts a guest agent that imports what it needs (which also warms QEMU's translation
 //!    cache) and waits;
-//! 2. the host copies the workspace and the read-only mounts (e.g. `/tools`) in;
+//! 2. the host copies the read-only mounts (e.g. `/tools`) in (the workspace and other
+//!    writable mounts are copied in by each exec, inside its deadline);
 //! 3. the supervisor passes the sandbox's environment and limits to the agent, which
 //!    applies them and says hello.
 //!
-//! After each exec, what the program changed in `/workspace` is copied back to the host
-//! (also after a timeout or a memory kill: the supervisor outlives the program), if that
+//! After each exec, the program's processes are stopped (every process of the sandbox user
+//! is killed but the agent, which is stopped until the next exec) and what the program
+//! changed in `/workspace` is copied back to the host (also after a timeout or a memory
+//! kill: the supervisor outlives the program), if that
 //! ends within [`COPY_BACK_GRACE`] of the exec's deadline: otherwise the VM is killed and
 //! the exec ends as killed at the wall-time limit, so no guest (one that wrote hundreds of
 //! MiB, or a supervisor that stopped answering) holds a run past its deadline. `reset`
@@ -600,38 +603,60 @@ impl Share {
         }
     }
 
-    /// Copies what changed on the host since the last copy into the VM (the supervisor
-    /// answering by `deadline`).
-    async fn push(&mut self, vm: &mut QemuVm, deadline: Instant) -> Result<()> {
+    /// Copies what changed on the host since the last copy into the VM, streamed, all of
+    /// it (the supervisor's answer included) by `deadline`. The host directory's files may
+    /// add up to `cap` bytes of apparent size (holes included): more is refused before
+    /// anything is sent ([`share::too_big`], the VM stays usable).
+    async fn push(&mut self, vm: &mut QemuVm, cap: u64, deadline: Instant) -> Result<()> {
         let now = share::scan(&self.host);
         let (changed, deleted) = share::diff(&self.manifest, &now);
         if changed.is_empty() && deleted.is_empty() && !self.manifest.is_empty() {
             return Ok(());
         }
-        let data = share::bundle(&self.host, &changed)?;
+        let total = share::apparent_total(&now);
+        if total > cap {
+            return Err(share::too_big(&self.host, total, cap));
+        }
+        let others = share::apparent_total_except(&now, &changed);
         let msg = json!({
-            "type": "put", "dir": self.guest, "writable": self.writable,
-            "deleted": deleted, "size": data.len(),
+            "type": "put", "dir": self.guest, "writable": self.writable, "deleted": deleted,
         });
-        vm.sys
-            .call(&msg, &data, "put_done", deadline)
-            .await
-            .map_err(|e| match e {
-                Error::SandboxLost { reason } => Error::SandboxLost {
+        let transfer = async {
+            vm.sys.send(&msg, &[], deadline).await?;
+            share::send_bundle(&self.host, &changed, vm.sys.stream(), others, cap)
+                .await
+                .map_err(|e| Error::SandboxLost {
+                    reason: format!("copying {} into the VM stopped: {e}", self.host.display()),
+                })?;
+            vm.sys.reply("put_done", deadline).await
+        };
+        match tokio::time::timeout_at(deadline.into(), transfer).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(Error::SandboxLost { reason })) => {
+                return Err(Error::SandboxLost {
                     reason: format!(
-                        "copying {} ({} bytes) into the VM failed: {reason}; if it does not fit in the VM's memory, raise the memory limit",
+                        "copying {} into the VM failed: {reason}; if it does not fit in the VM's memory, raise the memory limit",
                         self.host.display(),
-                        data.len()
                     ),
-                },
-                other => other,
-            })?;
+                });
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(Error::SandboxLost {
+                    reason: format!(
+                        "copying {} into the VM did not finish in time",
+                        self.host.display()
+                    ),
+                });
+            }
+        }
         self.manifest = now;
         Ok(())
     }
 
-    /// Copies what the program changed in the VM back to the host, if the guest sends it
-    /// all by `deadline` ([`Error::LimitExceeded`] otherwise).
+    /// Copies what the program changed in the VM back to the host, streamed, if the guest
+    /// sends it all by `deadline` ([`Error::LimitExceeded`] otherwise; files already written
+    /// stay). The files may add up to the VM's memory size in apparent size.
     async fn collect(
         &mut self,
         vm: &mut QemuVm,
@@ -649,29 +674,30 @@ impl Share {
                     deadline,
                 )
                 .await?;
-            let size = reply["size"].as_u64().unwrap_or(0);
-            let data = vm
-                .sys
-                .payload(size, u64::from(memory_mib) << 20, deadline)
-                .await?;
-            Ok::<_, Error>((reply, data))
+            let deleted: Vec<String> = reply["deleted"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            share::apply_stream(
+                &self.host,
+                &deleted,
+                vm.sys.stream(),
+                spec.limits.file_size_bytes,
+                u64::from(memory_mib) << 20,
+            )
+            .await
         };
-        // Sending the request has no deadline of its own: bound the whole exchange. A step
-        // that gave up at the deadline is late too, whichever timer fired first.
-        let (reply, data) = match tokio::time::timeout_at(deadline.into(), transfer).await {
-            Ok(Ok(got)) => got,
+        // Every step under one deadline. A step that gave up at the deadline is late too,
+        // whichever timer fired first.
+        match tokio::time::timeout_at(deadline.into(), transfer).await {
+            Ok(Ok(_)) => {}
             Ok(Err(e)) if Instant::now() < deadline => return Err(e),
             _ => return Err(copy_back_late(&self.host)),
-        };
-        let deleted: Vec<String> = reply["deleted"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default();
-        share::apply(&self.host, &deleted, &data, spec.limits.file_size_bytes)?;
+        }
         self.manifest = share::scan(&self.host);
         Ok(())
     }
@@ -692,6 +718,9 @@ struct Live {
     vm: QemuVm,
     conn: AgentConn,
     hello: Hello,
+    /// The agent is stopped (SIGSTOP) and the program's other processes are gone: so since
+    /// the last exec's copy back, until the next exec's copy in is done.
+    frozen: bool,
 }
 
 impl MicroVmSandbox {
@@ -706,11 +735,16 @@ impl MicroVmSandbox {
         let mut vm = self.inner.take_vm(self.memory_mib).await?;
         self.id = vm.name.clone();
         let took_vm = begun.elapsed();
+        let cap = u64::from(self.memory_mib) << 20;
         for share in &mut self.shares {
             share.manifest = Manifest::new();
-            share
-                .push(&mut vm, Instant::now() + SUPERVISOR_TIMEOUT)
-                .await?;
+            // A writable share (the workspace) is copied in by the first exec, inside that
+            // run's deadline; read-only ones (e.g. /tools) now.
+            if !share.writable {
+                share
+                    .push(&mut vm, cap, Instant::now() + SUPERVISOR_TIMEOUT)
+                    .await?;
+            }
         }
         let pushed = begun.elapsed();
         let limits = &self.spec.limits;
@@ -738,7 +772,12 @@ impl MicroVmSandbox {
             hello = ?begun.elapsed(),
             "microVM sandbox started"
         );
-        self.live = Some(Live { vm, conn, hello });
+        self.live = Some(Live {
+            vm,
+            conn,
+            hello,
+            frozen: false,
+        });
         self.lost = None;
         Ok(())
     }
@@ -749,6 +788,38 @@ impl MicroVmSandbox {
             live.vm.kill().await;
         }
         self.lost = Some(reason);
+    }
+
+    /// Stops the program's processes (the agent stays, stopped) and copies the writable
+    /// shares back, all by `deadline`; a failure loses the sandbox.
+    async fn freeze_and_collect(&mut self, deadline: Instant) -> Result<()> {
+        let Some(live) = self.live.as_mut() else {
+            return Ok(());
+        };
+        match live
+            .vm
+            .sys
+            .call(&json!({"type": "freeze"}), &[], "frozen", deadline)
+            .await
+        {
+            Ok(_) => live.frozen = true,
+            Err(e) => {
+                let late = Instant::now() >= deadline;
+                self.lose(format!("stopping the program's processes failed: {e}"))
+                    .await;
+                return Err(if late {
+                    copy_back_late(
+                        &self
+                            .shares
+                            .first()
+                            .map_or_else(PathBuf::new, |s| s.host.clone()),
+                    )
+                } else {
+                    e
+                });
+            }
+        }
+        self.collect_all(deadline).await
     }
 
     /// Copies the writable shares back by `deadline`; a failure loses the sandbox.
@@ -826,10 +897,15 @@ impl Sandbox for MicroVmSandbox {
         // Copying files in counts against the exec's time too (a process the program left
         // running could slow the guest down): it may end at most COPY_BACK_GRACE late.
         let push_by = deadline + COPY_BACK_GRACE;
+        let cap = u64::from(self.memory_mib) << 20;
         for share in self.shares.iter_mut().filter(|s| s.writable) {
-            // Sending has no deadline of its own: bound the whole exchange.
-            match tokio::time::timeout_at(push_by.into(), share.push(&mut live.vm, push_by)).await {
+            // Bound the whole exchange (the push bounds each step too).
+            match tokio::time::timeout_at(push_by.into(), share.push(&mut live.vm, cap, push_by))
+                .await
+            {
                 Ok(Ok(())) => {}
+                // Refused before anything was sent: the VM is as it was.
+                Ok(Err(e @ Error::LimitExceeded { .. })) => return Err(e),
                 Ok(Err(e)) if Instant::now() < push_by => {
                     self.lose(format!("copying files in failed: {e}")).await;
                     return Err(e);
@@ -853,6 +929,20 @@ impl Sandbox for MicroVmSandbox {
                     });
                 }
             }
+        }
+        if live.frozen {
+            // The agent waits for this exec: let it run again.
+            let thawed = live
+                .vm
+                .sys
+                .call(&json!({"type": "thaw"}), &[], "thawed", push_by)
+                .await;
+            if let Err(e) = thawed {
+                self.lose(format!("resuming the guest agent failed: {e}"))
+                    .await;
+                return Err(e);
+            }
+            live.frozen = false;
         }
         let Live { vm, conn, .. } = live;
         let sys = &mut vm.sys;
@@ -879,7 +969,10 @@ impl Sandbox for MicroVmSandbox {
         // answer), the exec ends by this time.
         let copy_back_by = deadline.max(Instant::now()) + COPY_BACK_GRACE;
         let status = match report.end.clone() {
-            ExecEnd::Finished(status) => match self.collect_all(copy_back_by).await {
+            // Before anything is copied back, the program's processes stop: every process of
+            // the sandbox user but the agent is killed and the agent stopped (its threads
+            // too), so nothing changes the guest's workspace while the supervisor reads it.
+            ExecEnd::Finished(status) => match self.freeze_and_collect(copy_back_by).await {
                 Ok(()) => status,
                 // The copy back is part of the exec's time.
                 Err(Error::LimitExceeded {
@@ -924,7 +1017,12 @@ impl Sandbox for MicroVmSandbox {
                     },
                 };
                 if exit.is_some() {
-                    let _ = self.collect_all(copy_back_by).await;
+                    // What the program started may still run: stop it before the copy back.
+                    let msg = json!({"type": "stop"});
+                    let stop = vm.sys.call(&msg, &[], "stopped", copy_back_by).await;
+                    if stop.is_ok() {
+                        let _ = self.collect_all(copy_back_by).await;
+                    }
                 }
                 self.lose("the interpreter exited".into()).await;
                 status

@@ -4,45 +4,74 @@
 //! way after each exec. A mounted 9p or virtiofs share would block snapshots, and pooled
 //! VMs are restored from a snapshot.
 //!
-//! A bundle is a sequence of entries: a 4-byte big-endian length, a JSON [`Entry`] header,
-//! then `size` bytes of content. Only regular files and directories travel; symlinks and
-//! special files are not shared (in either direction).
+//! A bundle is a stream of entries, each a 4-byte big-endian length, a JSON [`Entry`]
+//! header, then the bytes of the file's data extents; an entry of kind `"end"` ends it.
+//! Only regular files and directories travel; symlinks and special files are not shared (in
+//! either direction). Bundles are streamed in both directions ([`send_bundle`],
+//! [`apply_stream`]): neither side ever holds a whole bundle in memory, and the caller
+//! bounds the whole transfer by the run's deadline. Files are sparse-aware: only their
+//! data extents travel (`SEEK_DATA`/`SEEK_HOLE`), holes stay holes, and the host skips
+//! all-zero blocks when it writes a file back, so a file's disk use is not inflated by the
+//! copy. Sizes are capped in *apparent* size (holes included): [`send_bundle`] and
+//! [`apply_stream`] take a total cap (the VM's memory size, as the runtime calls them).
 //!
-//! What comes back from the guest is untrusted: [`apply`] accepts only plain relative paths
-//! (no `..`, no absolute paths), strips set-id bits, and caps each file at the sandbox's
-//! file-size limit. The host directory is not trusted to stay still either (another program
-//! may write it meanwhile): it is opened once, and every path beneath it is resolved from
-//! that fd one component at a time without following any symlink (`openat2` with
+//! What comes back from the guest is untrusted: [`apply_stream`] accepts only plain relative
+//! paths (no `..`, no absolute paths), strips set-id bits and group/other write, caps each
+//! file at the sandbox's file-size limit and the total at its cap, and, when the host runs
+//! as root, gives every file and directory it creates to the owner of the host directory.
+//! The host directory is not trusted to stay still either (another program may write it
+//! meanwhile): it is opened once, and every path beneath it is resolved from that fd one
+//! component at a time without following any symlink (`openat2` with
 //! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`, see `src/fsat.rs`); files are written to a new
-//! file renamed into place, and modes set with `fchmod` on open fds. [`scan`] and [`bundle`]
-//! read the host directory the same way.
+//! file renamed into place, and modes and owners set with `fchmod`/`fchown` on open fds.
+//! [`scan`] and [`send_bundle`] read the host directory the same way.
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
-use std::fs;
-use std::io::{self, Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Component, Path};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use agentkernel_core::{Error, Result};
+use agentkernel_core::{Error, LimitKind, Result};
 
 use crate::fsat::{Dir, Kind};
 
 /// One bundle entry's header.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
-    /// Path relative to the shared directory, `/`-separated.
+    /// Path relative to the shared directory, `/`-separated (empty for `"end"`).
+    #[serde(default)]
     pub path: String,
-    /// `"file"` or `"dir"`.
+    /// `"file"`, `"dir"`, or `"end"` (the bundle's last entry).
     pub kind: String,
     /// Permission bits.
+    #[serde(default)]
     pub mode: u32,
-    /// Content bytes that follow (0 for a directory).
+    /// The file's apparent size (holes included; 0 for a directory).
+    #[serde(default)]
     pub size: u64,
+    /// The file's data extents, `(offset, length)`, ascending and within `size`; their
+    /// bytes follow the header in this order and the rest of the file is a hole. `None`:
+    /// one extent, the whole file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extents: Option<Vec<(u64, u64)>>,
 }
+
+/// Most extents one entry may list (a file with more sends the rest as one extent): keeps
+/// headers small.
+pub const MAX_EXTENTS: usize = 1000;
+/// Largest entry header accepted.
+const MAX_ENTRY_HEADER: usize = 1 << 16;
+/// How much of a file is read or written at a time.
+const CHUNK: usize = 256 << 10;
+/// The block size at which the host skips all-zero data when writing a file back.
+const ZERO_BLOCK: usize = 4096;
 
 /// What a scan found at one path: enough to tell whether it changed since.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,7 +99,7 @@ pub fn scan(top: &Path) -> Manifest {
             .components()
             .map(Component::as_os_str)
             .collect();
-        let Ok(Some(dir)) = walk(&root, &parts, false) else {
+        let Ok(Some(dir)) = walk(&root, &parts, false, None) else {
             continue;
         };
         let Ok(names) = dir.names() else {
@@ -139,71 +168,207 @@ pub fn diff(before: &Manifest, now: &Manifest) -> (Vec<String>, Vec<String>) {
     (changed, deleted)
 }
 
-/// A bundle of `paths` under `top` (paths that vanished meanwhile, or turned into symlinks
-/// or special files, are left out). Files are opened beneath `top` without following a
-/// symlink, so a swapped-in symlink cannot bring a host file into the VM.
-pub fn bundle(top: &Path, paths: &[String]) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    let Ok(root) = Dir::open_root(top) else {
-        return Ok(out);
+/// The apparent size of all the files in `manifest` (holes included).
+pub fn apparent_total(manifest: &Manifest) -> u64 {
+    manifest
+        .values()
+        .filter(|s| !s.dir)
+        .fold(0u64, |sum, s| sum.saturating_add(s.size))
+}
+
+/// The apparent size of the files in `manifest` other than `sent`.
+pub fn apparent_total_except(manifest: &Manifest, sent: &[String]) -> u64 {
+    let resent: u64 = sent
+        .iter()
+        .filter_map(|p| manifest.get(p))
+        .filter(|s| !s.dir)
+        .fold(0u64, |sum, s| sum.saturating_add(s.size));
+    apparent_total(manifest).saturating_sub(resent)
+}
+
+/// The error for a host directory whose files are more than a VM takes.
+pub fn too_big(top: &Path, total: u64, cap: u64) -> Error {
+    Error::LimitExceeded {
+        limit: LimitKind::Memory,
+        detail: format!(
+            "{} holds {} MiB of files (apparent size, holes of sparse files included), over the {} MiB a microvm sandbox copies in (its memory size); remove large or sparse files from it, or raise the memory limit",
+            top.display(),
+            total >> 20,
+            cap >> 20
+        ),
+    }
+}
+
+/// The data extents of `file` (`size` bytes): `(offset, length)` from `SEEK_DATA` and
+/// `SEEK_HOLE`; the whole file where the file system cannot tell. At most [`MAX_EXTENTS`]
+/// (the last one then runs to the end).
+fn data_extents(file: &File, size: u64) -> io::Result<Vec<(u64, u64)>> {
+    let fd = file.as_raw_fd();
+    let seek = |at: u64, whence: libc::c_int| -> io::Result<Option<u64>> {
+        let at =
+            libc::off_t::try_from(at).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+        // SAFETY: lseek on an fd this function's caller holds open; no memory is passed.
+        let got = unsafe { libc::lseek(fd, at, whence) };
+        if got < 0 {
+            let e = io::Error::last_os_error();
+            // ENXIO: no data at or after `at`.
+            return if e.raw_os_error() == Some(libc::ENXIO) {
+                Ok(None)
+            } else {
+                Err(e)
+            };
+        }
+        Ok(Some(got as u64))
     };
-    for rel in paths {
-        let parts: Vec<&OsStr> = Path::new(rel)
-            .components()
-            .map(Component::as_os_str)
-            .collect();
-        let Some((name, dirs)) = parts.split_last() else {
-            continue;
-        };
-        let Ok(Some(parent)) = walk(&root, dirs, false) else {
-            continue;
-        };
-        let Ok(Some(st)) = parent.stat(name) else {
-            continue;
-        };
-        let (kind, body, mode) = match st.kind {
-            Kind::Dir => ("dir", Vec::new(), st.mode),
-            Kind::File => {
-                let mut file = match parent.open_file(name) {
-                    Ok(file) => file,
-                    Err(e)
-                        if matches!(
-                            e.raw_os_error(),
-                            Some(libc::ENOENT | libc::ELOOP | libc::EINVAL)
-                        ) =>
-                    {
-                        continue;
-                    }
-                    Err(e) => {
-                        return Err(Error::io(
-                            format!(
-                                "reading {} (check its permissions)",
-                                top.join(rel).display()
-                            ),
-                            e,
-                        ));
-                    }
-                };
-                let mode = file.metadata().map_or(st.mode, |m| m.permissions().mode());
-                let mut body = Vec::new();
-                file.read_to_end(&mut body)
-                    .map_err(|e| Error::io(format!("reading {}", top.join(rel).display()), e))?;
-                ("file", body, mode)
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < size {
+        let data = match seek(at, libc::SEEK_DATA) {
+            Ok(Some(data)) => data,
+            Ok(None) => break,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) => {
+                out.push((at, size - at));
+                break;
             }
-            Kind::Other => continue,
+            Err(e) => return Err(e),
         };
-        let head = serde_json::to_vec(&Entry {
-            path: rel.clone(),
-            kind: kind.into(),
-            mode: mode & 0o777,
-            size: body.len() as u64,
-        })
-        .map_err(|e| Error::Internal(format!("encoding a bundle entry: {e}")))?;
-        out.extend_from_slice(&(head.len() as u32).to_be_bytes());
-        out.extend_from_slice(&head);
-        out.extend_from_slice(&body);
+        if data >= size {
+            break;
+        }
+        let hole = seek(data, libc::SEEK_HOLE)?.map_or(size, |h| h.min(size));
+        let hole = if hole <= data { size } else { hole };
+        if out.len() + 1 == MAX_EXTENTS {
+            out.push((data, size - data));
+            break;
+        }
+        out.push((data, hole - data));
+        at = hole;
     }
     Ok(out)
+}
+
+/// An entry's frame: its length and its JSON header.
+fn frame(entry: &Entry) -> Result<Vec<u8>> {
+    let head = serde_json::to_vec(entry)
+        .map_err(|e| Error::Internal(format!("encoding a bundle entry: {e}")))?;
+    let mut out = (head.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&head);
+    Ok(out)
+}
+
+/// The frame that ends a bundle.
+pub fn end_frame() -> Vec<u8> {
+    frame(&Entry {
+        path: String::new(),
+        kind: "end".into(),
+        mode: 0,
+        size: 0,
+        extents: None,
+    })
+    .unwrap_or_default()
+}
+
+/// Streams a bundle of `paths` under `top` to `out`, then the end entry (paths that
+/// vanished meanwhile, or turned into symlinks or special files, are left out). Files are
+/// opened beneath `top` without following a symlink, so a swapped-in symlink cannot bring
+/// a host file into the VM; only their data extents are read and sent, a chunk at a time.
+/// `others` is the apparent size of the files the VM holds already (not sent): with the
+/// files sent it must stay within `cap`, else [`too_big`] (the stream is then incomplete,
+/// and the caller gives up the VM).
+pub async fn send_bundle<W: AsyncWrite + Unpin>(
+    top: &Path,
+    paths: &[String],
+    out: &mut W,
+    others: u64,
+    cap: u64,
+) -> Result<()> {
+    let sent = |e: io::Error| Error::io("sending files to the VM", e);
+    let mut total = others;
+    if let Ok(root) = Dir::open_root(top) {
+        let mut buf = vec![0u8; CHUNK];
+        for rel in paths {
+            let parts: Vec<&OsStr> = Path::new(rel)
+                .components()
+                .map(Component::as_os_str)
+                .collect();
+            let Some((name, dirs)) = parts.split_last() else {
+                continue;
+            };
+            let Ok(Some(parent)) = walk(&root, dirs, false, None) else {
+                continue;
+            };
+            let Ok(Some(st)) = parent.stat(name) else {
+                continue;
+            };
+            match st.kind {
+                Kind::Dir => {
+                    let head = frame(&Entry {
+                        path: rel.clone(),
+                        kind: "dir".into(),
+                        mode: st.mode & 0o777,
+                        size: 0,
+                        extents: None,
+                    })?;
+                    out.write_all(&head).await.map_err(sent)?;
+                }
+                Kind::File => {
+                    let file = match parent.open_file(name) {
+                        Ok(file) => file,
+                        Err(e)
+                            if matches!(
+                                e.raw_os_error(),
+                                Some(libc::ENOENT | libc::ELOOP | libc::EINVAL)
+                            ) =>
+                        {
+                            continue;
+                        }
+                        Err(e) => {
+                            return Err(Error::io(
+                                format!(
+                                    "reading {} (check its permissions)",
+                                    top.join(rel).display()
+                                ),
+                                e,
+                            ));
+                        }
+                    };
+                    let reading =
+                        |e: io::Error| Error::io(format!("reading {}", top.join(rel).display()), e);
+                    let meta = file.metadata().map_err(reading)?;
+                    let size = meta.len();
+                    total = total.saturating_add(size);
+                    if total > cap {
+                        return Err(too_big(top, total, cap));
+                    }
+                    let extents = data_extents(&file, size).map_err(reading)?;
+                    let head = frame(&Entry {
+                        path: rel.clone(),
+                        kind: "file".into(),
+                        mode: meta.permissions().mode() & 0o777,
+                        size,
+                        extents: Some(extents.clone()),
+                    })?;
+                    out.write_all(&head).await.map_err(sent)?;
+                    for (offset, len) in extents {
+                        let mut done = 0;
+                        while done < len {
+                            let want = (len - done).min(CHUNK as u64) as usize;
+                            let chunk = &mut buf[..want];
+                            // A file that shrank meanwhile reads as zeros past its end: the
+                            // entry still carries exactly the bytes its header announced.
+                            let got = file.read_at(chunk, offset + done).map_err(reading)?;
+                            chunk[got..].fill(0);
+                            out.write_all(chunk).await.map_err(sent)?;
+                            done += want as u64;
+                        }
+                    }
+                }
+                Kind::Other => {}
+            }
+        }
+    }
+    out.write_all(&end_frame()).await.map_err(sent)?;
+    out.flush().await.map_err(sent)
 }
 
 fn bad(what: impl Into<String>) -> Error {
@@ -232,16 +397,26 @@ fn changed_meanwhile() -> io::Error {
     io::Error::other("it kept changing while files were copied back")
 }
 
-/// The directory `name` in `parent`, created if missing; a file or symlink there is
-/// replaced (the guest's directory wins, but never by following a link).
-fn ensure_dir(parent: &Dir, name: &OsStr) -> io::Result<Dir> {
+/// The uid and gid that files written back get (`None`: this process's own).
+type Owner = Option<(u32, u32)>;
+
+/// The directory `name` in `parent`, created if missing (and then given to `owner`); a
+/// file or symlink there is replaced (the guest's directory wins, but never by following a
+/// link).
+fn ensure_dir(parent: &Dir, name: &OsStr, owner: Owner) -> io::Result<Dir> {
+    let mut made = false;
     for _ in 0..ATTEMPTS {
         match parent.open_dir(name) {
-            Ok(dir) => return Ok(dir),
+            Ok(dir) => {
+                if made && let Some((uid, gid)) = owner {
+                    dir.chown(uid, gid)?;
+                }
+                return Ok(dir);
+            }
             Err(e) => match e.raw_os_error() {
                 Some(libc::ENOENT) => match parent.mkdir(name) {
                     Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
-                    _ => {}
+                    made_now => made = made_now.is_ok(),
                 },
                 Some(libc::ELOOP | libc::ENOTDIR) => match parent.unlink(name) {
                     Err(e) if !matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EISDIR)) => {
@@ -257,13 +432,13 @@ fn ensure_dir(parent: &Dir, name: &OsStr) -> io::Result<Dir> {
 }
 
 /// Opens the directories `parts` beneath `root`, one component at a time. `create`:
-/// create (or replace) what is missing; otherwise answer `None` where a part is missing or
-/// not a directory.
-fn walk(root: &Dir, parts: &[&OsStr], create: bool) -> io::Result<Option<Dir>> {
+/// create (or replace) what is missing, giving new directories to `owner`; otherwise
+/// answer `None` where a part is missing or not a directory.
+fn walk(root: &Dir, parts: &[&OsStr], create: bool, owner: Owner) -> io::Result<Option<Dir>> {
     let mut at = root.try_clone()?;
     for part in parts {
         at = if create {
-            ensure_dir(&at, part)?
+            ensure_dir(&at, part, owner)?
         } else {
             match at.open_dir(part) {
                 Ok(dir) => dir,
@@ -282,50 +457,108 @@ fn walk(root: &Dir, parts: &[&OsStr], create: bool) -> io::Result<Option<Dir>> {
     Ok(Some(at))
 }
 
-/// Writes `body` as the file `name` in `parent`: into a new file (so nothing already there,
-/// a hard link to a file elsewhere included, is written through), then renamed over `name`
-/// (a symlink there is replaced, never followed; a directory there is removed first).
-fn write_file(parent: &Dir, name: &OsStr, body: &[u8], mode: u32) -> io::Result<()> {
-    let tmp = OsString::from(format!(
-        ".agentkernel-{}.part",
-        uuid::Uuid::new_v4().simple()
-    ));
-    let written = (|| -> io::Result<()> {
-        let mut file = parent.create_new(&tmp)?;
-        file.write_all(body)?;
-        // fchmod on the open file: no path is followed.
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        for _ in 0..ATTEMPTS {
-            match parent.rename(&tmp, name) {
-                Ok(()) => return Ok(()),
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EISDIR | libc::ENOTEMPTY | libc::EEXIST)
-                    ) =>
-                {
-                    parent.remove_all(name)?;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Err(changed_meanwhile())
-    })();
-    if written.is_err() {
-        let _ = parent.unlink(&tmp);
-    }
-    written
+/// Where a read from the guest's stream failed: a bad bundle.
+fn truncated(e: io::Error) -> Error {
+    bad(format!("the stream ended or failed: {e}"))
 }
 
-/// Applies what the guest sent for the shared directory `top`: deletes `deleted`, then
-/// writes the bundle's entries. Files larger than `max_file` are an error. Answers how many
-/// files were written.
+/// Reads the extents of one file from `input` into `file` (new, empty), skipping all-zero
+/// blocks so holes stay holes, then sets its apparent size.
+async fn fill<R: AsyncRead + Unpin>(
+    file: &File,
+    input: &mut R,
+    extents: &[(u64, u64)],
+    size: u64,
+    buf: &mut [u8],
+) -> Result<io::Result<()>> {
+    let mut failed = None;
+    for &(offset, len) in extents {
+        let mut done = 0;
+        while done < len {
+            let want = (len - done).min(buf.len() as u64) as usize;
+            let chunk = &mut buf[..want];
+            input.read_exact(chunk).await.map_err(truncated)?;
+            if failed.is_none() {
+                for (i, block) in chunk.chunks(ZERO_BLOCK).enumerate() {
+                    if block.iter().any(|&b| b != 0)
+                        && let Err(e) =
+                            file.write_all_at(block, offset + done + (i * ZERO_BLOCK) as u64)
+                    {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            done += want as u64;
+        }
+    }
+    Ok(match failed {
+        Some(e) => Err(e),
+        None => file.set_len(size),
+    })
+}
+
+/// Puts the new file `tmp` in `parent` in the place of `name`: a symlink there is
+/// replaced, never followed; a directory there is removed first.
+fn rename_into_place(parent: &Dir, tmp: &OsStr, name: &OsStr) -> io::Result<()> {
+    for _ in 0..ATTEMPTS {
+        match parent.rename(tmp, name) {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EISDIR | libc::ENOTEMPTY | libc::EEXIST)
+                ) =>
+            {
+                parent.remove_all(name)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(changed_meanwhile())
+}
+
+/// A part file being written: removed when dropped, unless `name` was taken (it was renamed
+/// into place).
+struct Part<'a> {
+    dir: &'a Dir,
+    name: Option<&'a OsStr>,
+}
+
+impl Drop for Part<'_> {
+    fn drop(&mut self) {
+        if let Some(name) = self.name {
+            let _ = self.dir.unlink(name);
+        }
+    }
+}
+
+/// Mode bits a file or directory written back gets: no set-id or sticky bits, no write for
+/// group or others (a host workspace is not made world-writable by a guest), and the owner
+/// can always read and write it (and enter a directory).
+fn host_mode(guest_mode: u32, dir: bool) -> u32 {
+    (guest_mode & 0o755) | if dir { 0o700 } else { 0o600 }
+}
+
+/// Applies what the guest streams for the shared directory `top`: deletes `deleted`, then
+/// writes the bundle's entries as they arrive, until its end entry. A file over `max_file`
+/// bytes, or files over `max_total` bytes together (apparent sizes, holes included), are an
+/// error. Answers how many files were written.
 ///
 /// `top` is opened once; every path beneath it is resolved from that fd one component at a
-/// time, refusing symlinks (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`), and modes
-/// are set with `fchmod` on open fds, so another program changing the directory meanwhile
-/// cannot redirect a write, a deletion or a chmod outside it.
-pub fn apply(top: &Path, deleted: &[String], data: &[u8], max_file: Option<u64>) -> Result<usize> {
+/// time, refusing symlinks (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`); each
+/// file is written to a new file (all-zero blocks skipped, so it is as sparse as the
+/// guest's) renamed into place, and modes (see [`host_mode`]) and owners are set with
+/// `fchmod`/`fchown` on open fds, so another program changing the directory meanwhile
+/// cannot redirect a write, a deletion or a chmod outside it. When this process runs as
+/// root, what it creates belongs to `top`'s owner, not to root.
+pub async fn apply_stream<R: AsyncRead + Unpin>(
+    top: &Path,
+    deleted: &[String],
+    input: &mut R,
+    max_file: Option<u64>,
+    max_total: u64,
+) -> Result<usize> {
     let failed = |what: &str, rel: &str, e: io::Error| {
         let hint = if e.raw_os_error() == Some(libc::ENOSYS) {
             " (openat2 needs Linux 5.6 or later)"
@@ -335,76 +568,162 @@ pub fn apply(top: &Path, deleted: &[String], data: &[u8], max_file: Option<u64>)
         Error::io(format!("{what} {rel} in {}{hint}", top.display()), e)
     };
     let root = Dir::open_root(top).map_err(|e| failed("opening", ".", e))?;
+    let owner: Owner = if agentkernel_core::hostdirs::euid() == 0 {
+        Some(root.owner().map_err(|e| failed("stat", ".", e))?)
+    } else {
+        None
+    };
     for rel in deleted {
         let parts = checked(rel)?;
         let Some((name, dirs)) = parts.split_last() else {
             continue;
         };
-        let parent = walk(&root, dirs, false).map_err(|e| failed("removing", rel, e))?;
+        let parent = walk(&root, dirs, false, None).map_err(|e| failed("removing", rel, e))?;
         if let Some(parent) = parent {
             parent
                 .remove_all(name)
                 .map_err(|e| failed("removing", rel, e))?;
         }
     }
-    let mut rest = data;
     let mut files = 0;
-    while !rest.is_empty() {
-        let (len, after) = rest
-            .split_first_chunk::<4>()
-            .ok_or_else(|| bad("truncated header length"))?;
-        let len = u32::from_be_bytes(*len) as usize;
-        if len > after.len() || len > 1 << 16 {
-            return Err(bad("truncated header"));
+    let mut total: u64 = 0;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let mut len = [0u8; 4];
+        input.read_exact(&mut len).await.map_err(truncated)?;
+        let len = u32::from_be_bytes(len) as usize;
+        if len > MAX_ENTRY_HEADER {
+            return Err(bad("an entry header too large"));
         }
+        let mut head = vec![0u8; len];
+        input.read_exact(&mut head).await.map_err(truncated)?;
         let entry: Entry =
-            serde_json::from_slice(&after[..len]).map_err(|e| bad(format!("header: {e}")))?;
-        let after = &after[len..];
-        let size = usize::try_from(entry.size).map_err(|_| bad("size"))?;
-        if size > after.len() {
-            return Err(bad("truncated content"));
+            serde_json::from_slice(&head).map_err(|e| bad(format!("header: {e}")))?;
+        if entry.kind == "end" {
+            return Ok(files);
         }
-        let (body, next) = after.split_at(size);
-        rest = next;
         let parts = checked(&entry.path)?;
         let rel = entry.path.as_str();
-        let mode = entry.mode & 0o777;
         match entry.kind.as_str() {
             "dir" => {
-                let dir = walk(&root, &parts, true)
+                if entry.size != 0 || entry.extents.as_ref().is_some_and(|e| !e.is_empty()) {
+                    return Err(bad(format!("directory {rel} with content")));
+                }
+                let dir = walk(&root, &parts, true, owner)
                     .map_err(|e| failed("creating", rel, e))?
                     .ok_or_else(|| failed("creating", rel, changed_meanwhile()))?;
-                dir.chmod(mode | 0o700)
+                dir.chmod(host_mode(entry.mode, true))
                     .map_err(|e| failed("chmod", rel, e))?;
             }
             "file" => {
+                let size = entry.size;
                 if let Some(max) = max_file
-                    && entry.size > max
+                    && size > max
                 {
                     return Err(bad(format!(
-                        "{} is {} bytes, over the file-size limit",
-                        entry.path, entry.size
+                        "{rel} is {size} bytes, over the file-size limit of {max}"
                     )));
+                }
+                total = total.saturating_add(size);
+                if total > max_total {
+                    return Err(bad(format!(
+                        "the files the program left in {} add up to more than {} MiB (apparent size, holes of sparse files included), the most a microvm sandbox copies back (its memory size); write less there, or raise the memory limit",
+                        top.display(),
+                        max_total >> 20
+                    )));
+                }
+                let extents = entry.extents.clone().unwrap_or_else(|| {
+                    if size > 0 {
+                        vec![(0, size)]
+                    } else {
+                        Vec::new()
+                    }
+                });
+                let mut end = 0u64;
+                for &(offset, len) in &extents {
+                    let within = offset
+                        .checked_add(len)
+                        .is_some_and(|e| offset >= end && e <= size);
+                    if !within {
+                        return Err(bad(format!("{rel}: extents out of order or past its size")));
+                    }
+                    end = offset + len;
+                }
+                if extents.len() > MAX_EXTENTS {
+                    return Err(bad(format!("{rel}: too many extents")));
                 }
                 let Some((name, dirs)) = parts.split_last() else {
                     return Err(bad("an empty path"));
                 };
-                let parent = walk(&root, dirs, true)
+                let parent = walk(&root, dirs, true, owner)
                     .map_err(|e| failed("writing", rel, e))?
                     .ok_or_else(|| failed("writing", rel, changed_meanwhile()))?;
-                write_file(&parent, name, body, mode | 0o600)
+                let tmp = OsString::from(format!(
+                    ".agentkernel-{}.part",
+                    uuid::Uuid::new_v4().simple()
+                ));
+                let file = parent
+                    .create_new(&tmp)
                     .map_err(|e| failed("writing", rel, e))?;
+                // Removes the part file unless it was renamed into place, also when this
+                // future is dropped at the deadline mid-file.
+                let mut part = Part {
+                    dir: &parent,
+                    name: Some(tmp.as_os_str()),
+                };
+                // The stream is read to the entry's end whatever happens to the file, so an
+                // error writing the file is reported as the file's, not as a bad bundle.
+                let written = fill(&file, input, &extents, size, &mut buf)
+                    .await?
+                    .and_then(|()| {
+                        // fchmod and fchown on the open file: no path is followed.
+                        file.set_permissions(fs::Permissions::from_mode(host_mode(
+                            entry.mode, false,
+                        )))?;
+                        if let Some((uid, gid)) = owner {
+                            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
+                        }
+                        rename_into_place(&parent, &tmp, name)
+                    });
+                written.map_err(|e| failed("writing", rel, e))?;
+                part.name = None;
                 files += 1;
             }
             other => return Err(bad(format!("entry kind {other:?}"))),
         }
     }
-    Ok(files)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    /// A whole bundle of `paths` in memory (no cap).
+    fn bundle(top: &Path, paths: &[String]) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        block_on(send_bundle(top, paths, &mut out, 0, u64::MAX))?;
+        Ok(out)
+    }
+
+    /// Applies the entries `data` (an end entry is added).
+    fn apply(top: &Path, deleted: &[String], data: &[u8], max_file: Option<u64>) -> Result<usize> {
+        let mut data = data.to_vec();
+        data.extend(end_frame());
+        block_on(apply_stream(
+            top,
+            deleted,
+            &mut &data[..],
+            max_file,
+            u64::MAX,
+        ))
+    }
 
     #[test]
     fn a_bundle_round_trips_and_changes_are_found() {
@@ -437,12 +756,141 @@ mod tests {
         assert!(!dst.path().join("a").exists());
     }
 
+    /// Blocks a file takes on disk, in bytes.
+    fn on_disk(path: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        fs::symlink_metadata(path).unwrap().blocks() * 512
+    }
+
+    /// A sparse file of `size` bytes with a few bytes of data at its start and end.
+    fn sparse(path: &Path, size: u64) {
+        let f = File::create(path).unwrap();
+        f.set_len(size).unwrap();
+        f.write_all_at(b"head", 0).unwrap();
+        f.write_all_at(b"tail", size - 4).unwrap();
+    }
+
+    #[test]
+    fn sparse_files_travel_as_their_data_and_stay_sparse() {
+        let src = tempfile::tempdir().unwrap();
+        let size = 64 << 20;
+        sparse(&src.path().join("big"), size);
+        let data = bundle(src.path(), &["big".to_owned()]).unwrap();
+        assert!(
+            data.len() < 1 << 20,
+            "a 64 MiB sparse file with 8 bytes of data took {} bytes of bundle",
+            data.len()
+        );
+        let dst = tempfile::tempdir().unwrap();
+        assert_eq!(apply(dst.path(), &[], &data, None).unwrap(), 1);
+        let back = dst.path().join("big");
+        assert_eq!(fs::metadata(&back).unwrap().len(), size);
+        let mut head = [0u8; 4];
+        let file = File::open(&back).unwrap();
+        file.read_exact_at(&mut head, 0).unwrap();
+        assert_eq!(&head, b"head");
+        file.read_exact_at(&mut head, size - 4).unwrap();
+        assert_eq!(&head, b"tail");
+        assert!(on_disk(&back) < 1 << 20, "{} bytes on disk", on_disk(&back));
+        // A guest that sends the zeros anyway (one whole extent) gets a sparse file too.
+        let zeros = vec![0u8; 8 << 20];
+        let mut data = entry("zeros", "file", 0o644, &zeros);
+        data.extend(entry("dense", "file", 0o644, &[7u8; 1 << 20]));
+        apply(dst.path(), &[], &data, None).unwrap();
+        assert_eq!(
+            fs::metadata(dst.path().join("zeros")).unwrap().len(),
+            8 << 20
+        );
+        assert!(on_disk(&dst.path().join("zeros")) < 64 << 10);
+        assert!(on_disk(&dst.path().join("dense")) >= 1 << 20);
+    }
+
+    #[test]
+    fn totals_are_capped_in_apparent_size_both_ways() {
+        let src = tempfile::tempdir().unwrap();
+        for i in 0..4 {
+            sparse(&src.path().join(format!("s{i}")), 100 << 20);
+        }
+        let paths: Vec<String> = (0..4).map(|i| format!("s{i}")).collect();
+        let mut out = Vec::new();
+        let e = block_on(send_bundle(src.path(), &paths, &mut out, 0, 256 << 20)).unwrap_err();
+        assert!(
+            matches!(&e, Error::LimitExceeded { limit: LimitKind::Memory, detail } if detail.contains("256 MiB") && detail.contains("raise the memory limit")),
+            "{e}"
+        );
+        assert!(
+            out.len() < 1 << 20,
+            "stopped at the cap, not after reading it all"
+        );
+        // Files the VM holds already count too.
+        let mut out = Vec::new();
+        assert!(
+            block_on(send_bundle(
+                src.path(),
+                &paths[..1],
+                &mut out,
+                200 << 20,
+                256 << 20
+            ))
+            .is_err()
+        );
+        // Back from the guest: the same in apparent size.
+        let data = bundle(src.path(), &paths).unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        let e = block_on(apply_stream(
+            dst.path(),
+            &[],
+            &mut &data[..],
+            None,
+            256 << 20,
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("256 MiB"), "{e}");
+        assert!(
+            fs::read_dir(dst.path()).unwrap().all(|e| !e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".part"))
+        );
+    }
+
+    #[test]
+    fn written_back_files_are_not_group_or_world_writable_and_belong_to_the_owner() {
+        let top = tempfile::tempdir().unwrap();
+        let euid = agentkernel_core::hostdirs::euid();
+        let owner = if euid == 0 {
+            std::os::unix::fs::chown(top.path(), Some(4321), Some(4322)).unwrap();
+            (4321, 4322)
+        } else {
+            use std::os::unix::fs::MetadataExt;
+            let m = fs::metadata(top.path()).unwrap();
+            (m.uid(), m.gid())
+        };
+        let mut data = entry("open", "dir", 0o777, b"");
+        data.extend(entry("open/deeper/f", "file", 0o6777, b"x"));
+        data.extend(entry("g", "file", 0o666, b"x"));
+        apply(top.path(), &[], &data, None).unwrap();
+        for (name, want) in [
+            ("open", 0o755),
+            ("open/deeper", 0o700),
+            ("open/deeper/f", 0o755),
+            ("g", 0o644),
+        ] {
+            use std::os::unix::fs::MetadataExt;
+            let m = fs::symlink_metadata(top.path().join(name)).unwrap();
+            assert_eq!(m.mode() & 0o7777, want, "{name}");
+            assert_eq!((m.uid(), m.gid()), owner, "{name}");
+        }
+    }
+
     fn one(path: &str, body: &[u8]) -> Vec<u8> {
         let head = serde_json::to_vec(&Entry {
             path: path.into(),
             kind: "file".into(),
             mode: 0o4755,
             size: body.len() as u64,
+            extents: None,
         })
         .unwrap();
         let mut out = (head.len() as u32).to_be_bytes().to_vec();
@@ -500,6 +948,7 @@ mod tests {
             kind: kind.into(),
             mode,
             size: body.len() as u64,
+            extents: None,
         })
         .unwrap();
         let mut out = (head.len() as u32).to_be_bytes().to_vec();
