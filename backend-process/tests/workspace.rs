@@ -29,12 +29,8 @@ fn links_under(dir: &Path) -> Vec<(PathBuf, PathBuf)> {
     found
 }
 
-/// Links whose target is absolute, climbs with `..` (directly or through a link to `.`),
-/// or sits deep in a directory, made by the program and by a process it left running, are
-/// gone from the host workspace once the sandbox ends; links that only descend stay, and
-/// the run's stderr says what was removed.
-#[tokio::test]
-async fn symlinks_leaving_the_workspace_do_not_outlive_the_sandbox() {
+/// A process runtime and a spec with a fresh workspace (the temp dir holding it, its path).
+fn with_a_workspace() -> (ProcessRuntime, tempfile::TempDir, PathBuf, SandboxSpec) {
     let rt = ProcessRuntime::new(ProcessConfig::default()).expect("process backend available");
     let root = tempfile::tempdir().expect("tempdir");
     let ws = root.path().join("ws");
@@ -43,6 +39,16 @@ async fn symlinks_leaving_the_workspace_do_not_outlive_the_sandbox() {
         workspace: Some(ws.clone()),
         ..SandboxSpec::default()
     };
+    (rt, root, ws, spec)
+}
+
+/// Links whose target is absolute, climbs with `..` (directly or through a link to `.`),
+/// or sits deep in a directory, made by the program and by a process it left running, are
+/// gone from the host workspace once the sandbox ends; links that only descend stay, and
+/// the run's stderr says what was removed.
+#[tokio::test]
+async fn symlinks_leaving_the_workspace_do_not_outlive_the_sandbox() {
+    let (rt, _root, ws, spec) = with_a_workspace();
     let mut sb = rt.create(&spec).await.expect("create");
     let program = r#"
 import os, subprocess, sys
@@ -108,14 +114,7 @@ print('made')
 /// after its own time limit, with the workspace named) instead of sharing it.
 #[tokio::test]
 async fn a_sandbox_keeps_its_workspace_until_its_processes_are_gone() {
-    let rt = ProcessRuntime::new(ProcessConfig::default()).expect("process backend available");
-    let root = tempfile::tempdir().expect("tempdir");
-    let ws = root.path().join("ws");
-    std::fs::create_dir(&ws).expect("ws");
-    let spec = SandboxSpec {
-        workspace: Some(ws.clone()),
-        ..SandboxSpec::default()
-    };
+    let (rt, _root, ws, spec) = with_a_workspace();
     let mut a = rt.create(&spec).await.expect("create a");
     let mut b = rt.create(&spec).await.expect("create b");
     let out = a
