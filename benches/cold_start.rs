@@ -1,7 +1,12 @@
 //! In one run (`cargo bench --bench cold_start`):
 //! - `startup`: a fresh sandbox running `print(1)` (`cold_start`), and one taken warm from a
-//!   pool (`pooled`), on the process and wasm backends, beside a bare `python3 -c 'print(1)'`
-//!   of the same interpreter;
+//!   pool (`pooled`: each timed acquire waits, untimed, until the pool is full and quiet;
+//!   `pooled_under_load`: acquires back to back, no wait), on the process and wasm backends,
+//!   beside a bare `python3 -c 'print(1)'` of the same interpreter. `cli_run` is truly
+//!   cold: the whole `agentkernel run` command, a new process each time. On wasm the fresh
+//!   sandbox is `new_instance`: a new sandbox on a runtime that made one before (its `/tmp`
+//!   directory and memory slot are reused warm, the compiled guest is loaded, and the
+//!   shutdown's clean-up is not timed);
 //!   The monty rows: `monty/cold_start` is in-process mode (a thread of this process),
 //!   `monty/worker_cold_start` a fresh jailed worker, `monty/pooled` a worker from a pool;
 //!   the microvm rows (QEMU; software emulation without real KVM) are a booted VM
@@ -66,6 +71,25 @@ fn startup(c: &mut Criterion) {
         });
     });
 
+    // Truly cold: the whole `agentkernel run` command, a new process each time (on wasm:
+    // the compiled guest loaded from its cache and its digest checked).
+    let script = tempfile::tempdir().expect("tempdir");
+    let program = script.path().join("print1.py");
+    std::fs::write(&program, "print(1)\n").expect("program");
+    for backend in ["process", "wasm"] {
+        group.bench_function(BenchmarkId::new(backend, "cli_run"), |b| {
+            b.iter(|| {
+                let out = Command::new(env!("CARGO_BIN_EXE_agentkernel"))
+                    .args(["run", "--backend", backend])
+                    .arg(&program)
+                    .env("AGENTKERNEL_DATA_DIR", script.path().join("data"))
+                    .output()
+                    .expect("agentkernel run");
+                assert_eq!(out.stdout, b"1\n", "{}", String::from_utf8_lossy(&out.stderr));
+            });
+        });
+    }
+
     group.bench_function(BenchmarkId::new("process", "cold_start"), |b| {
         b.to_async(&tokio).iter(|| async {
             let out = run_once(&rt, &spec, "print(1)").await;
@@ -106,8 +130,11 @@ fn startup(c: &mut Criterion) {
     );
 
     wasm_guest();
+    // A new sandbox on a runtime that has made one before: it reuses an emptied `/tmp`
+    // directory and a memory slot already reset to the snapshot, and the shutdown's
+    // clean-up runs on a background thread (not timed).
     let wasm = WasmRuntime::new();
-    group.bench_function(BenchmarkId::new("wasm", "cold_start"), |b| {
+    group.bench_function(BenchmarkId::new("wasm", "new_instance"), |b| {
         b.to_async(&tokio).iter(|| async {
             let out = run_once(&wasm, &spec, "print(1)").await;
             assert_eq!(out.stdout.text(), "1\n");
@@ -265,6 +292,14 @@ fn bench_pooled(
                 }
                 total
             })
+        });
+    });
+    // Under load: acquires back to back, no pause for the pool to refill or reset what was
+    // returned (those run in the background, competing with the timed runs).
+    group.bench_function(BenchmarkId::new(backend, "pooled_under_load"), |b| {
+        b.to_async(tokio).iter(|| async {
+            let out = run_once(&pool, spec, "print(1)").await;
+            assert_eq!(out.stdout.text(), "1\n");
         });
     });
     // (No acquisitions at all: a filter on the command line skipped this bench.)
