@@ -85,7 +85,12 @@ fn startup(c: &mut Criterion) {
                     .env("AGENTKERNEL_DATA_DIR", script.path().join("data"))
                     .output()
                     .expect("agentkernel run");
-                assert_eq!(out.stdout, b"1\n", "{}", String::from_utf8_lossy(&out.stderr));
+                assert_eq!(
+                    out.stdout,
+                    b"1\n",
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
             });
         });
     }
