@@ -601,6 +601,17 @@ impl ProcessSandbox {
     }
 }
 
+impl Drop for ProcessSandbox {
+    /// A sandbox dropped without `shutdown` still gives its workspace back swept: its
+    /// processes have been sent SIGKILL (by `Live`'s drop) before the sweep.
+    fn drop(&mut self) {
+        if self.workspace.is_some() {
+            drop(self.live.take());
+            self.release_workspace();
+        }
+    }
+}
+
 #[async_trait]
 impl Sandbox for ProcessSandbox {
     fn id(&self) -> &str {

@@ -158,3 +158,38 @@ async fn a_sandbox_keeps_its_workspace_until_its_processes_are_gone() {
     );
     b.shutdown().await.expect("shutdown b");
 }
+
+/// A sandbox dropped without `shutdown` (a caller that panicked, a cancelled task) still
+/// sweeps: a link its left-running process made after the exec is gone once it is dropped.
+#[tokio::test]
+async fn a_dropped_sandbox_leaves_no_escaping_symlink() {
+    let (rt, _root, ws, spec) = with_a_workspace();
+    let mut sb = rt.create(&spec).await.expect("create");
+    let out = sb
+        .exec(
+            ExecRequest::new(
+                "import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', \"import os, time; time.sleep(0.5); os.symlink('/etc', '/workspace/late')\"], start_new_session=True)",
+            )
+            .with_timeout(Duration::from_secs(30)),
+            Arc::new(NoTools),
+        )
+        .await
+        .expect("exec");
+    assert_eq!(out.status, ExecStatus::Ok, "{}", out.stderr.text());
+    for _ in 0..200 {
+        if ws.join("late").symlink_metadata().is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        ws.join("late").symlink_metadata().is_ok(),
+        "the background process made its link (the test needs it)"
+    );
+    drop(sb);
+    assert_eq!(
+        links_under(&ws),
+        [],
+        "the link outlived the dropped sandbox"
+    );
+}
