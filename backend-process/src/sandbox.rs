@@ -474,7 +474,12 @@ impl ProcessSandbox {
     /// [`WorkspaceLock::remove_escaping_symlinks`]); a note for the caller when it did.
     fn sweep_workspace(&self) -> Option<String> {
         let lock = self.workspace.as_ref()?;
-        match lock.remove_escaping_symlinks() {
+        self.sweep_note(lock.remove_escaping_symlinks())
+    }
+
+    /// What a sweep did, logged, and the note for the caller when there is one.
+    fn sweep_note(&self, swept: std::io::Result<agentkernel_core::SweptLinks>) -> Option<String> {
+        match swept {
             Ok(swept) => {
                 if !swept.removed.is_empty() {
                     tracing::warn!(sandbox = %self.id, removed = swept.removed.len(), "removed symlinks leaving the workspace");
@@ -697,8 +702,16 @@ impl Sandbox for ProcessSandbox {
             }
         };
         let mut outcome = report.into_outcome(status, started.elapsed());
-        if let Some(note) = self.sweep_workspace() {
-            outcome.stderr.push(note.as_bytes(), cap);
+        // The sweep walks the whole workspace: off the async threads.
+        if let Some(dir) = self.workspace.as_ref().and_then(|l| l.dir().ok()) {
+            let swept = tokio::task::spawn_blocking(move || {
+                agentkernel_core::remove_escaping_symlinks(&dir)
+            })
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(format!("the sweep panicked: {e}"))));
+            if let Some(note) = self.sweep_note(swept) {
+                outcome.stderr.push(note.as_bytes(), cap);
+            }
         }
         Ok(outcome)
     }

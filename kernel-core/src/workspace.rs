@@ -163,88 +163,174 @@ const SWEEP_MAX_DEPTH: usize = 256;
 
 impl WorkspaceLock {
     /// Removes every symlink under the locked workspace whose target does not only descend
-    /// ([`symlink_target_descends`]), so nothing a program left there leads a host program
-    /// (or a later sandbox's host-side copy) outside it. Call it while holding the lock,
-    /// once the program's processes are gone. Fd-relative throughout: no symlink is ever
-    /// followed, and a directory swapped meanwhile is never entered through a link.
+    /// ([`symlink_target_descends`]); see [`remove_escaping_symlinks`].
     ///
     /// # Errors
-    /// Only when the workspace itself cannot be read; what cannot be looked into below is
-    /// in [`SweptLinks::unchecked`].
+    /// As [`remove_escaping_symlinks`].
     pub fn remove_escaping_symlinks(&self) -> std::io::Result<SweptLinks> {
-        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-        let mut swept = SweptLinks::default();
-        let top = self._dir.try_clone()?;
-        let mut todo: Vec<(OwnedFd, PathBuf, usize)> =
-            vec![(OwnedFd::from(top), PathBuf::new(), 0)];
-        while let Some((dir, rel, depth)) = todo.pop() {
-            // `/proc/self/fd/N` names the open directory itself: listing it follows no path.
-            let entries = match std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd())) {
-                Ok(e) => e,
-                Err(e) if rel.as_os_str().is_empty() => return Err(e),
-                Err(_) => {
+        remove_escaping_symlinks(&self._dir)
+    }
+
+    /// A second handle on the locked directory (the lock stays with `self`), for a sweep
+    /// on another thread.
+    ///
+    /// # Errors
+    /// When the descriptor cannot be duplicated.
+    pub fn dir(&self) -> std::io::Result<std::fs::File> {
+        self._dir.try_clone()
+    }
+}
+
+/// Removes every symlink under the directory `top` (an open directory: the workspace a
+/// [`WorkspaceLock`] holds) whose target does not only descend ([`symlink_target_descends`]),
+/// so nothing a program left there leads a host program (or a later sandbox's host-side
+/// copy) outside it. Call it once the program's processes are gone. Fd-relative throughout:
+/// directories are listed through their open descriptors (a mode the program set on the
+/// workspace later does not stop it), entered with `O_NOFOLLOW` only when their turn comes
+/// (at most one open descriptor per level, [`SWEEP_MAX_DEPTH`] levels), and no symlink is
+/// ever followed.
+///
+/// # Errors
+/// Only when `top` itself cannot be listed; what cannot be looked into below is in
+/// [`SweptLinks::unchecked`].
+pub fn remove_escaping_symlinks(top: &std::fs::File) -> std::io::Result<SweptLinks> {
+    use std::ffi::CString;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    use std::rc::Rc;
+
+    let mut swept = SweptLinks::default();
+    let top = Rc::new(OwnedFd::from(top.try_clone()?));
+    // Directories still to visit: their parent's descriptor and their name (the top: none).
+    let mut todo: Vec<(Rc<OwnedFd>, Option<CString>, PathBuf, usize)> =
+        vec![(top, None, PathBuf::new(), 0)];
+    while let Some((parent, name, rel, depth)) = todo.pop() {
+        let dir = match &name {
+            None => parent,
+            Some(name) => {
+                // SAFETY: openat relative to a directory fd we own; O_NOFOLLOW and
+                // O_DIRECTORY: a link swapped in for the directory is not entered.
+                let fd = unsafe {
+                    libc::openat(
+                        parent.as_raw_fd(),
+                        name.as_ptr(),
+                        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                    )
+                };
+                drop(parent);
+                if fd < 0 {
                     swept.unchecked.push(rel);
                     continue;
                 }
-            };
-            for entry in entries.flatten() {
-                let Ok(kind) = entry.file_type() else {
-                    continue;
+                // SAFETY: a fresh fd from openat, owned by nobody else.
+                Rc::new(unsafe { OwnedFd::from_raw_fd(fd) })
+            }
+        };
+        let entries = match list_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if name.is_none() => return Err(e),
+            Err(_) => {
+                swept.unchecked.push(rel);
+                continue;
+            }
+        };
+        for (cname, kind) in entries {
+            let path = rel.join(std::ffi::OsStr::from_bytes(cname.as_bytes()));
+            if kind == libc::DT_LNK {
+                let mut buf = vec![0u8; libc::PATH_MAX as usize];
+                // SAFETY: readlinkat into a buffer of the given length, relative to an
+                // fd we own; it does not follow the link.
+                let n = unsafe {
+                    libc::readlinkat(
+                        dir.as_raw_fd(),
+                        cname.as_ptr(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                    )
                 };
-                let name = entry.file_name();
-                let Ok(cname) = std::ffi::CString::new(name.as_encoded_bytes()) else {
-                    continue;
-                };
-                let path = rel.join(&name);
-                if kind.is_symlink() {
-                    let mut buf = vec![0u8; libc::PATH_MAX as usize];
-                    // SAFETY: readlinkat into a buffer of the given length, relative to an
-                    // fd we own; it does not follow the link.
-                    let n = unsafe {
-                        libc::readlinkat(
-                            dir.as_raw_fd(),
-                            cname.as_ptr(),
-                            buf.as_mut_ptr().cast(),
-                            buf.len(),
-                        )
-                    };
-                    let Ok(n) = usize::try_from(n) else { continue };
-                    buf.truncate(n);
-                    let target = PathBuf::from(std::ffi::OsString::from(
-                        <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&buf),
-                    ));
-                    if !symlink_target_descends(&target) {
-                        // SAFETY: unlinkat of a name in a directory fd we own (removes the
-                        // link itself, never what it points to).
-                        if unsafe { libc::unlinkat(dir.as_raw_fd(), cname.as_ptr(), 0) } == 0 {
-                            swept.removed.push((path, target));
-                        }
+                let Ok(n) = usize::try_from(n) else { continue };
+                buf.truncate(n);
+                let target = PathBuf::from(std::ffi::OsStr::from_bytes(&buf));
+                if !symlink_target_descends(&target) {
+                    // SAFETY: unlinkat of a name in a directory fd we own (removes the
+                    // link itself, never what it points to).
+                    if unsafe { libc::unlinkat(dir.as_raw_fd(), cname.as_ptr(), 0) } == 0 {
+                        swept.removed.push((path, target));
                     }
-                } else if kind.is_dir() {
-                    if depth + 1 >= SWEEP_MAX_DEPTH {
-                        swept.unchecked.push(path);
-                        continue;
-                    }
-                    // SAFETY: openat relative to a directory fd we own; O_NOFOLLOW and
-                    // O_DIRECTORY: a link swapped in for the directory is not entered.
-                    let fd = unsafe {
-                        libc::openat(
-                            dir.as_raw_fd(),
-                            cname.as_ptr(),
-                            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                        )
-                    };
-                    if fd < 0 {
-                        swept.unchecked.push(path);
-                        continue;
-                    }
-                    // SAFETY: a fresh fd from openat, owned by nobody else.
-                    todo.push((unsafe { OwnedFd::from_raw_fd(fd) }, path, depth + 1));
+                }
+            } else if kind == libc::DT_DIR {
+                if depth + 1 >= SWEEP_MAX_DEPTH {
+                    swept.unchecked.push(path);
+                } else {
+                    todo.push((dir.clone(), Some(cname), path, depth + 1));
                 }
             }
         }
-        Ok(swept)
     }
+    Ok(swept)
+}
+
+/// The names in the open directory `dir` (not `.` and `..`) with their types (`DT_*`; an
+/// unknown type is looked up with `fstatat(AT_SYMLINK_NOFOLLOW)`), read through the
+/// descriptor itself.
+fn list_dir(dir: &std::os::fd::OwnedFd) -> std::io::Result<Vec<(std::ffi::CString, u8)>> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: dup of an fd we own; fdopendir takes ownership of the duplicate (closedir
+    // below closes it).
+    let dup = unsafe { libc::fcntl(dir.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    if dup < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fdopendir on the fresh duplicate.
+    let stream = unsafe { libc::fdopendir(dup) };
+    if stream.is_null() {
+        let e = std::io::Error::last_os_error();
+        // SAFETY: fdopendir failed, so the duplicate is still ours to close.
+        unsafe { libc::close(dup) };
+        return Err(e);
+    }
+    // The duplicate shares its offset with `dir`: list from the start.
+    // SAFETY: a valid stream.
+    unsafe { libc::rewinddir(stream) };
+    let mut out = Vec::new();
+    loop {
+        // SAFETY: readdir on a valid stream; the entry is valid until the next call.
+        let entry = unsafe { libc::readdir(stream) };
+        if entry.is_null() {
+            break;
+        }
+        // SAFETY: d_name is a NUL-terminated name inside the entry.
+        let name = unsafe { std::ffi::CStr::from_ptr((*entry).d_name.as_ptr()) };
+        if name.to_bytes() == b"." || name.to_bytes() == b".." {
+            continue;
+        }
+        // SAFETY: reading a field of the valid entry.
+        let mut kind = unsafe { (*entry).d_type };
+        if kind == libc::DT_UNKNOWN {
+            // SAFETY: an all-zero `stat` is a valid value for fstatat to overwrite.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: fstatat of a name relative to a valid fd, not following a link.
+            if unsafe {
+                libc::fstatat(
+                    dir.as_raw_fd(),
+                    name.as_ptr(),
+                    &mut st,
+                    libc::AT_SYMLINK_NOFOLLOW,
+                )
+            } == 0
+            {
+                kind = match st.st_mode & libc::S_IFMT {
+                    libc::S_IFLNK => libc::DT_LNK,
+                    libc::S_IFDIR => libc::DT_DIR,
+                    _ => libc::DT_REG,
+                };
+            }
+        }
+        out.push((name.to_owned(), kind));
+    }
+    // SAFETY: closes the stream and the duplicate it owns.
+    unsafe { libc::closedir(stream) };
+    Ok(out)
 }
 
 /// The workspaces under one root directory.
