@@ -239,33 +239,12 @@ impl Dir {
 
     /// The names in this directory (without `.` and `..`).
     pub(crate) fn names(&self) -> io::Result<Vec<OsString>> {
-        // fdopendir takes ownership of the fd it is given: give it a duplicate.
-        let dup = self.fd.try_clone()?;
-        // SAFETY: `dup` is an open directory fd, whose ownership passes to the DIR stream.
-        let dirp = unsafe { libc::fdopendir(std::os::fd::IntoRawFd::into_raw_fd(dup)) };
-        if dirp.is_null() {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `dirp` is a fresh DIR stream; a duplicated fd shares the file offset, so
-        // start from the beginning.
-        unsafe { libc::rewinddir(dirp) };
-        let mut names = Vec::new();
-        loop {
-            // SAFETY: `dirp` is a valid DIR stream not yet closed.
-            let entry = unsafe { libc::readdir64(dirp) };
-            if entry.is_null() {
-                break;
-            }
-            // SAFETY: readdir64 returned a valid entry whose `d_name` is NUL-terminated and
-            // stays valid until the next readdir64 on this stream; it is copied at once.
-            let name = unsafe { CStr::from_ptr((*entry).d_name.as_ptr()) }.to_bytes();
-            if name != b"." && name != b".." {
-                names.push(OsString::from_vec(name.to_vec()));
-            }
-        }
-        // SAFETY: `dirp` is valid and closed exactly once (closing the duplicated fd).
-        unsafe { libc::closedir(dirp) };
-        Ok(names)
+        Ok(
+            agentkernel_core::dir_entries(std::os::fd::AsFd::as_fd(&self.fd))?
+                .into_iter()
+                .map(|(name, _)| OsString::from_vec(name.into_bytes()))
+                .collect(),
+        )
     }
 
     /// Removes `name` and, if it is a directory, everything beneath it; every step relative

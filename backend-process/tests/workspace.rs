@@ -29,6 +29,21 @@ fn links_under(dir: &Path) -> Vec<(PathBuf, PathBuf)> {
     found
 }
 
+/// Waits (`tries` × 50 ms) for the link a left-running process makes at `path`; the test
+/// needs it.
+async fn wait_for_link(path: &Path, tries: u32) {
+    for _ in 0..tries {
+        if path.symlink_metadata().is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "the background process never made {} (the test needs it)",
+        path.display()
+    );
+}
+
 /// A process runtime and a spec with a fresh workspace (the temp dir holding it, its path).
 fn with_a_workspace() -> (ProcessRuntime, tempfile::TempDir, PathBuf, SandboxSpec) {
     let rt = ProcessRuntime::new(ProcessConfig::default()).expect("process backend available");
@@ -91,16 +106,7 @@ print('made')
         "only links that descend are left once the exec returns"
     );
     // Let the left-behind process make its link, then end the sandbox.
-    for _ in 0..100 {
-        if ws.join("late").symlink_metadata().is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        ws.join("late").symlink_metadata().is_ok(),
-        "the background process made its link (the test needs it)"
-    );
+    wait_for_link(&ws.join("late"), 100).await;
     sb.shutdown().await.expect("shutdown");
     assert_eq!(
         links_under(&ws),
@@ -176,16 +182,7 @@ async fn a_dropped_sandbox_leaves_no_escaping_symlink() {
         .await
         .expect("exec");
     assert_eq!(out.status, ExecStatus::Ok, "{}", out.stderr.text());
-    for _ in 0..200 {
-        if ws.join("late").symlink_metadata().is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        ws.join("late").symlink_metadata().is_ok(),
-        "the background process made its link (the test needs it)"
-    );
+    wait_for_link(&ws.join("late"), 200).await;
     drop(sb);
     assert_eq!(
         links_under(&ws),

@@ -457,6 +457,27 @@ async fn the_output_sink_gets_at_most_the_limit_and_the_run_stops_there() {
     sb.shutdown().await.unwrap();
 }
 
+/// Every sandbox `/tmp` directory of this process on the host, with the directory holding
+/// it.
+fn sandbox_tmp_dirs() -> Vec<(std::path::PathBuf, std::path::PathBuf)> {
+    let parent_prefix = format!("agentkernel-wasm-{}-", std::process::id());
+    let mut found = Vec::new();
+    for parent in std::fs::read_dir(std::env::temp_dir()).unwrap() {
+        let parent = parent.unwrap();
+        if !parent
+            .file_name()
+            .to_string_lossy()
+            .starts_with(&parent_prefix)
+        {
+            continue;
+        }
+        for tmp in std::fs::read_dir(parent.path()).unwrap().flatten() {
+            found.push((parent.path(), tmp.path()));
+        }
+    }
+    found
+}
+
 /// Where the symlink `link` points, resolved lexically (its directory joined with its
 /// target, `..` taken off): what the host, or a program outside the sandbox following the
 /// link, would reach when no name on the way is itself a link.
@@ -559,19 +580,8 @@ async fn symlinks_made_by_the_guest_never_leave_their_preopen() {
     let text = out.stdout.text();
     // On the host, while the sandbox (and its /tmp) is alive.
     let mut leaving = links_leaving(ws.path());
-    let parent_prefix = format!("agentkernel-wasm-{}-", std::process::id());
-    for parent in std::fs::read_dir(std::env::temp_dir()).unwrap() {
-        let parent = parent.unwrap();
-        if !parent
-            .file_name()
-            .to_string_lossy()
-            .starts_with(&parent_prefix)
-        {
-            continue;
-        }
-        for tmp in std::fs::read_dir(parent.path()).unwrap().flatten() {
-            leaving.extend(links_leaving(&tmp.path()));
-        }
+    for (_, tmp) in sandbox_tmp_dirs() {
+        leaving.extend(links_leaving(&tmp));
     }
     assert!(
         leaving.is_empty(),
@@ -714,24 +724,9 @@ async fn a_sandboxs_tmp_is_private_and_empty_once_shut_down() {
         .unwrap();
     assert_eq!(out.stdout.text(), "left\n", "{out:?}");
     // Find the sandbox's /tmp on the host by the file it left.
-    let parent_prefix = format!("agentkernel-wasm-{}-", std::process::id());
-    let mut found = None;
-    for parent in std::fs::read_dir(std::env::temp_dir()).unwrap() {
-        let parent = parent.unwrap();
-        if !parent
-            .file_name()
-            .to_string_lossy()
-            .starts_with(&parent_prefix)
-        {
-            continue;
-        }
-        for tmp in std::fs::read_dir(parent.path()).unwrap().flatten() {
-            let tmp = tmp.path();
-            if tmp.join(&marker).exists() {
-                found = Some((parent.path(), tmp));
-            }
-        }
-    }
+    let found = sandbox_tmp_dirs()
+        .into_iter()
+        .find(|(_, tmp)| tmp.join(&marker).exists());
     let (parent, tmp) = found.expect("the sandbox's /tmp holds the marker");
     for (what, path) in [
         ("the /tmp parent", parent.clone()),

@@ -62,6 +62,6 @@ pub use runtime::{
 pub use spec::{Limits, Mount, NetworkPolicy, SandboxSpec, default_env};
 pub use tools::{FnTools, NoTools, ToolError, ToolErrorKind, ToolFn, ToolHost, ToolSpec, tool_fn};
 pub use workspace::{
-    SweptLinks, Workspace, WorkspaceInfo, WorkspaceLock, Workspaces, empty_dir,
+    SweptLinks, Workspace, WorkspaceInfo, WorkspaceLock, Workspaces, dir_entries, empty_dir,
     remove_escaping_symlinks, symlink_target_descends, validate_name as validate_workspace_name,
 };

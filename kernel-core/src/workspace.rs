@@ -195,7 +195,7 @@ impl WorkspaceLock {
 /// [`SweptLinks::unchecked`].
 pub fn remove_escaping_symlinks(top: &std::fs::File) -> std::io::Result<SweptLinks> {
     use std::ffi::CString;
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
     use std::os::unix::ffi::OsStrExt;
     use std::rc::Rc;
 
@@ -226,7 +226,7 @@ pub fn remove_escaping_symlinks(top: &std::fs::File) -> std::io::Result<SweptLin
                 Rc::new(unsafe { OwnedFd::from_raw_fd(fd) })
             }
         };
-        let entries = match list_dir(&dir) {
+        let entries = match dir_entries(dir.as_fd()) {
             Ok(e) => e,
             Err(e) if name.is_none() => return Err(e),
             Err(_) => {
@@ -234,7 +234,8 @@ pub fn remove_escaping_symlinks(top: &std::fs::File) -> std::io::Result<SweptLin
                 continue;
             }
         };
-        for (cname, kind) in entries {
+        for (cname, d_type) in entries {
+            let kind = entry_type(&dir, &cname, d_type);
             let path = rel.join(std::ffi::OsStr::from_bytes(cname.as_bytes()));
             if kind == libc::DT_LNK {
                 let mut buf = vec![0u8; libc::PATH_MAX as usize];
@@ -270,12 +271,18 @@ pub fn remove_escaping_symlinks(top: &std::fs::File) -> std::io::Result<SweptLin
     Ok(swept)
 }
 
-/// The names in the open directory `dir` (not `.` and `..`) with their types (`DT_*`; an
-/// unknown type is looked up with `fstatat(AT_SYMLINK_NOFOLLOW)`), read through the
-/// descriptor itself.
-fn list_dir(dir: &std::os::fd::OwnedFd) -> std::io::Result<Vec<(std::ffi::CString, u8)>> {
+/// The entries of the open directory `dir` (not `.` and `..`): each name with its `d_type`
+/// (`DT_UNKNOWN` on file systems that do not say), read through the descriptor itself (a
+/// duplicate, listed from its start), so no path is resolved again and the directory's
+/// current mode does not matter.
+///
+/// # Errors
+/// When the descriptor cannot be duplicated or listed.
+pub fn dir_entries(
+    dir: std::os::fd::BorrowedFd<'_>,
+) -> std::io::Result<Vec<(std::ffi::CString, u8)>> {
     use std::os::fd::AsRawFd;
-    // SAFETY: dup of an fd we own; fdopendir takes ownership of the duplicate (closedir
+    // SAFETY: dup of a valid fd; fdopendir takes ownership of the duplicate (closedir
     // below closes it).
     let dup = unsafe { libc::fcntl(dir.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
     if dup < 0 {
@@ -294,43 +301,50 @@ fn list_dir(dir: &std::os::fd::OwnedFd) -> std::io::Result<Vec<(std::ffi::CStrin
     unsafe { libc::rewinddir(stream) };
     let mut out = Vec::new();
     loop {
-        // SAFETY: readdir on a valid stream; the entry is valid until the next call.
+        // SAFETY: readdir on a valid stream; the entry is valid until the next call and
+        // is copied at once.
         let entry = unsafe { libc::readdir(stream) };
         if entry.is_null() {
             break;
         }
         // SAFETY: d_name is a NUL-terminated name inside the entry.
         let name = unsafe { std::ffi::CStr::from_ptr((*entry).d_name.as_ptr()) };
-        if name.to_bytes() == b"." || name.to_bytes() == b".." {
-            continue;
+        if name.to_bytes() != b"." && name.to_bytes() != b".." {
+            // SAFETY: reading a field of the valid entry.
+            out.push((name.to_owned(), unsafe { (*entry).d_type }));
         }
-        // SAFETY: reading a field of the valid entry.
-        let mut kind = unsafe { (*entry).d_type };
-        if kind == libc::DT_UNKNOWN {
-            // SAFETY: an all-zero `stat` is a valid value for fstatat to overwrite.
-            let mut st: libc::stat = unsafe { std::mem::zeroed() };
-            // SAFETY: fstatat of a name relative to a valid fd, not following a link.
-            if unsafe {
-                libc::fstatat(
-                    dir.as_raw_fd(),
-                    name.as_ptr(),
-                    &mut st,
-                    libc::AT_SYMLINK_NOFOLLOW,
-                )
-            } == 0
-            {
-                kind = match st.st_mode & libc::S_IFMT {
-                    libc::S_IFLNK => libc::DT_LNK,
-                    libc::S_IFDIR => libc::DT_DIR,
-                    _ => libc::DT_REG,
-                };
-            }
-        }
-        out.push((name.to_owned(), kind));
     }
-    // SAFETY: closes the stream and the duplicate it owns.
+    // SAFETY: closes the stream and the duplicate it owns, once.
     unsafe { libc::closedir(stream) };
     Ok(out)
+}
+
+/// The type of `name` in the directory `dir` as a `DT_*` value, from `d_type` or, when
+/// that is `DT_UNKNOWN`, `fstatat` without following a link.
+fn entry_type(dir: &std::os::fd::OwnedFd, name: &std::ffi::CStr, d_type: u8) -> u8 {
+    use std::os::fd::AsRawFd;
+    if d_type != libc::DT_UNKNOWN {
+        return d_type;
+    }
+    // SAFETY: an all-zero `stat` is a valid value for fstatat to overwrite.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatat of a name relative to a valid fd, not following a link.
+    if unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    } != 0
+    {
+        return libc::DT_UNKNOWN;
+    }
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFLNK => libc::DT_LNK,
+        libc::S_IFDIR => libc::DT_DIR,
+        _ => libc::DT_REG,
+    }
 }
 
 /// The workspaces under one root directory.
