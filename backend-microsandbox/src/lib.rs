@@ -23,7 +23,6 @@
 //! snapshots that pooled VMs are restored from. [`runtime`] ties it together: template
 //! states per memory size, a pool of warm VMs, and [`MicroVmSandbox`].
 
-mod fsat;
 pub mod image;
 pub mod kvm;
 #[cfg(feature = "msb")]

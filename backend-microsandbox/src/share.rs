@@ -40,7 +40,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use agentkernel_core::{Error, LimitKind, Result};
 
-use crate::fsat::{Dir, Kind};
+use agentkernel_core::fsat::{
+    Dir, Kind, Owner, Part, changed_meanwhile, ensure_dir, host_mode, rename_into_place,
+};
 
 /// One bundle entry's header.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -389,48 +391,6 @@ fn checked(rel: &str) -> Result<Vec<&OsStr>> {
     Ok(path.components().map(Component::as_os_str).collect())
 }
 
-/// How often one step is retried when the directory changes under it (another program
-/// swapping a directory and a symlink, say) before giving up.
-const ATTEMPTS: usize = 16;
-
-fn changed_meanwhile() -> io::Error {
-    io::Error::other("it kept changing while files were copied back")
-}
-
-/// The uid and gid that files written back get (`None`: this process's own).
-type Owner = Option<(u32, u32)>;
-
-/// The directory `name` in `parent`, created if missing (and then given to `owner`); a
-/// file or symlink there is replaced (the guest's directory wins, but never by following a
-/// link).
-fn ensure_dir(parent: &Dir, name: &OsStr, owner: Owner) -> io::Result<Dir> {
-    let mut made = false;
-    for _ in 0..ATTEMPTS {
-        match parent.open_dir(name) {
-            Ok(dir) => {
-                if made && let Some((uid, gid)) = owner {
-                    dir.chown(uid, gid)?;
-                }
-                return Ok(dir);
-            }
-            Err(e) => match e.raw_os_error() {
-                Some(libc::ENOENT) => match parent.mkdir(name) {
-                    Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
-                    made_now => made = made_now.is_ok(),
-                },
-                Some(libc::ELOOP | libc::ENOTDIR) => match parent.unlink(name) {
-                    Err(e) if !matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EISDIR)) => {
-                        return Err(e);
-                    }
-                    _ => {}
-                },
-                _ => return Err(e),
-            },
-        }
-    }
-    Err(changed_meanwhile())
-}
-
 /// Opens the directories `parts` beneath `root`, one component at a time. `create`:
 /// create (or replace) what is missing, giving new directories to `owner`; otherwise
 /// answer `None` where a part is missing or not a directory.
@@ -496,48 +456,6 @@ async fn fill<R: AsyncRead + Unpin>(
         Some(e) => Err(e),
         None => file.set_len(size),
     })
-}
-
-/// Puts the new file `tmp` in `parent` in the place of `name`: a symlink there is
-/// replaced, never followed; a directory there is removed first.
-fn rename_into_place(parent: &Dir, tmp: &OsStr, name: &OsStr) -> io::Result<()> {
-    for _ in 0..ATTEMPTS {
-        match parent.rename(tmp, name) {
-            Ok(()) => return Ok(()),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EISDIR | libc::ENOTEMPTY | libc::EEXIST)
-                ) =>
-            {
-                parent.remove_all(name)?;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Err(changed_meanwhile())
-}
-
-/// A part file being written: removed when dropped, unless `name` was taken (it was renamed
-/// into place).
-struct Part<'a> {
-    dir: &'a Dir,
-    name: Option<&'a OsStr>,
-}
-
-impl Drop for Part<'_> {
-    fn drop(&mut self) {
-        if let Some(name) = self.name {
-            let _ = self.dir.unlink(name);
-        }
-    }
-}
-
-/// Mode bits a file or directory written back gets: no set-id or sticky bits, no write for
-/// group or others (a host workspace is not made world-writable by a guest), and the owner
-/// can always read and write it (and enter a directory).
-fn host_mode(guest_mode: u32, dir: bool) -> u32 {
-    (guest_mode & 0o755) | if dir { 0o700 } else { 0o600 }
 }
 
 /// Applies what the guest streams for the shared directory `top`: deletes `deleted`, then

@@ -144,6 +144,7 @@ impl MontyRuntime {
                 };
                 let jail = ProcessRuntime::new(ProcessConfig {
                     python: None,
+                    live_workspace: false,
                     native: Some(NativeAgent {
                         executable: worker.executable,
                         args: worker.args,

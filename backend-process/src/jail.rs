@@ -9,12 +9,19 @@
 //!    `UNSHARED(pid)`; the host writes its uid/gid maps (sandbox uid/gid 1000 ↔ the host
 //!    user, or `nobody` when the host runs as root) and releases it through the go pipe;
 //!    it switches to uid/gid 1000;
+//!    When the sandbox has a host workspace, it then makes a tmpfs (size- and inode-capped)
+//!    with `fsopen`/`fsmount`, not attached anywhere, on fd [`LAYER_FD`]: the workspace's
+//!    write layer;
 //! 3. forks: the parent ("outer", still in the host's pid namespace) closes every fd,
 //!    reports `PID1(pid)` and waits; the child is pid 1 of the new pid namespace and
-//!    carries on (it dies with SIGKILL when the outer process dies);
+//!    carries on (it dies with SIGKILL when the outer process dies). The outer process
+//!    keeps the write layer's fd, so the host can open the layer through
+//!    `/proc/<outer>/fd/LAYER_FD` (the sandbox cannot: it is not in the sandbox's pid
+//!    namespace and pid 1 closes the fd before exec);
 //! 4. builds a new root on a tmpfs: read-only binds of `/usr` (and `/bin`, `/lib*` or their
 //!    symlinks), the interpreter's prefix, a few harmless `/etc` files and the extra mounts;
-//!    `/workspace` read-write; size-capped tmpfs `/tmp` and `/dev/shm`; fresh `/proc`; a
+//!    `/workspace` read-write (an overlay over the host directory whose upper layer is the
+//!    capped tmpfs made before the fork, see `layer.rs`); size-capped tmpfs `/tmp` and `/dev/shm`; fresh `/proc`; a
 //!    minimal `/dev`. Bind sources are opened once, right after `unshare` while the process
 //!    is still the caller's uid, into fixed fds and bound from `/proc/self/fd/N`;
 //! 5. `pivot_root`s into it, detaches the host root, remounts `/` read-only;
@@ -36,6 +43,8 @@ pub(crate) const TAG_PID1: u8 = 2;
 pub(crate) const TAG_LANDLOCK: u8 = 3;
 pub(crate) const TAG_FAILED: u8 = 4;
 pub(crate) const TAG_READY: u8 = 5;
+/// Whether `/workspace` got its write layer (1) or is the host directory itself (0).
+pub(crate) const TAG_LAYER: u8 = 6;
 
 /// Landlock outcome as reported in a `TAG_LANDLOCK` record.
 pub(crate) const LANDLOCK_NONE: u32 = 0;
@@ -73,6 +82,7 @@ pub(crate) const STEP_NAMES: &[&str] = &[
     "seccomp",
     "closing fds",
     "opening mount sources",
+    "making the workspace's write layer",
 ];
 const S_SETSID: u8 = 0;
 const S_GROUPS: u8 = 1;
@@ -133,6 +143,17 @@ pub(crate) enum RootOp {
         fd: RawFd,
         dst: CString,
     },
+    /// The workspace: an overlay at `dst` with the host directory bound at `lower` (under
+    /// the new root, detached once the overlay holds it) as its lower layer and the write
+    /// layer on [`LAYER_FD`] as its upper (`data`: the overlay's options). Where the kernel
+    /// cannot make it (no write layer, no overlay in a user namespace, no user xattrs on
+    /// tmpfs before Linux 6.6), `lower` is moved to `dst` instead: the host directory
+    /// itself, as before, reported with `TAG_LAYER` 0.
+    Overlay {
+        lower: CString,
+        dst: CString,
+        data: CString,
+    },
     /// The ipc namespace's message-queue file system, read-only. Best effort: where it
     /// cannot be mounted, the guest's init finds no such mount and never resets in place.
     Mqueue {
@@ -160,7 +181,13 @@ pub(crate) struct JailPlan {
     /// Detached mount trees the child attaches (`RootOp::MoveTree`); kept open across the
     /// child's first fd sweep. At most [`MAX_TREES`].
     pub trees: Vec<RawFd>,
+    /// `size=` and `nr_inodes=` of the workspace's write layer (`None`: no host workspace).
+    pub layer: Option<(CString, CString)>,
 }
+
+/// The fd of the workspace's write layer (a detached tmpfs mount) in the jail's processes:
+/// pid 1 until it execs, the outer process for the sandbox's life.
+pub(crate) const LAYER_FD: RawFd = SOURCE_FD_BASE - 1;
 
 /// Most detached trees (idmapped writable directories) one jail can attach.
 pub(crate) const MAX_TREES: usize = 8;
@@ -345,6 +372,12 @@ pub(crate) unsafe fn enter(plan: &JailPlan) -> std::io::Result<()> {
             S_USER,
             libc::setresuid(SANDBOX_ID, SANDBOX_ID, SANDBOX_ID),
         );
+        // The workspace's write layer, made here (still holding the namespace's
+        // capabilities) so that the outer process can keep it. Best effort: without it the
+        // overlay step falls back to the host directory itself.
+        if let Some((size, inodes)) = &plan.layer {
+            make_layer(size, inodes);
+        }
 
         let child = libc::fork();
         if child < 0 {
@@ -383,10 +416,18 @@ pub(crate) unsafe fn enter(plan: &JailPlan) -> std::io::Result<()> {
             ),
         );
         for (i, op) in plan.ops.iter().enumerate() {
-            if build(op).is_err() {
+            let built = match op {
+                RootOp::Overlay { lower, dst, data } => overlay(lower, dst, data).map(|layered| {
+                    record(report, TAG_LAYER, u32::from(layered));
+                }),
+                _ => build(op),
+            };
+            if built.is_err() {
                 fail_at(report, S_BUILD, i);
             }
         }
+        // pid 1 keeps no handle on the write layer (the overlay holds it).
+        libc::close(LAYER_FD);
 
         check(report, S_PIVOT, libc::chdir(c"/tmp".as_ptr()));
         check(
@@ -495,8 +536,111 @@ pub(crate) unsafe fn close_all_but(keep: &[RawFd]) {
     unsafe { libc::syscall(libc::SYS_close_range, next, u32::MAX, 0u32) };
 }
 
-/// The outer process: reports pid 1's host pid, closes everything, waits and mirrors its
-/// exit status. Never returns.
+/// Makes the workspace's write layer: a tmpfs of `size` bytes and `inodes` inodes holding
+/// `upper` and `work` directories, as a detached mount on [`LAYER_FD`] (close-on-exec).
+/// Leaves nothing on [`LAYER_FD`] when any step fails.
+///
+/// # Safety
+/// Only in the forked child, after `unshare` (it needs the namespace's capabilities).
+unsafe fn make_layer(size: &CString, inodes: &CString) {
+    const FSOPEN_CLOEXEC: libc::c_uint = 1;
+    const FSCONFIG_SET_STRING: libc::c_uint = 1;
+    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+    const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+    // SAFETY: plain syscalls with NUL-terminated strings owned by the plan or static.
+    unsafe {
+        let fs = libc::syscall(libc::SYS_fsopen, c"tmpfs".as_ptr(), FSOPEN_CLOEXEC) as RawFd;
+        if fs < 0 {
+            return;
+        }
+        let mut ok = true;
+        for (key, value) in [
+            (c"size", size.as_c_str()),
+            (c"nr_inodes", inodes.as_c_str()),
+            (c"mode", c"0755"),
+        ] {
+            ok &= libc::syscall(
+                libc::SYS_fsconfig,
+                fs,
+                FSCONFIG_SET_STRING,
+                key.as_ptr(),
+                value.as_ptr(),
+                0,
+            ) == 0;
+        }
+        ok &= libc::syscall(
+            libc::SYS_fsconfig,
+            fs,
+            FSCONFIG_CMD_CREATE,
+            null(),
+            null(),
+            0,
+        ) == 0;
+        let mnt = if ok {
+            libc::syscall(
+                libc::SYS_fsmount,
+                fs,
+                FSMOUNT_CLOEXEC,
+                MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+            ) as RawFd
+        } else {
+            -1
+        };
+        libc::close(fs);
+        if mnt < 0 {
+            return;
+        }
+        if libc::mkdirat(mnt, c"upper".as_ptr(), 0o755) == 0
+            && libc::mkdirat(mnt, c"work".as_ptr(), 0o700) == 0
+        {
+            libc::dup3(mnt, LAYER_FD, libc::O_CLOEXEC);
+        }
+        libc::close(mnt);
+    }
+}
+
+/// The workspace's overlay (see [`RootOp::Overlay`]): `Ok(true)` with the write layer,
+/// `Ok(false)` when the host directory had to be moved into place instead.
+///
+/// # Safety
+/// Called only from [`enter`] in pid 1, with strings owned by the plan.
+unsafe fn overlay(lower: &CString, dst: &CString, data: &CString) -> Result<bool, ()> {
+    // SAFETY: NUL-terminated strings owned by the plan; plain mount syscalls.
+    unsafe {
+        if libc::mkdir(dst.as_ptr(), 0o755) < 0 && errno() != libc::EEXIST {
+            return Err(());
+        }
+        let layered = libc::mount(
+            c"overlay".as_ptr(),
+            dst.as_ptr(),
+            c"overlay".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            data.as_ptr().cast(),
+        ) == 0;
+        if layered {
+            // The overlay holds its lower layer: the staging mount can go.
+            if libc::umount2(lower.as_ptr(), libc::MNT_DETACH) < 0 {
+                return Err(());
+            }
+        } else if libc::mount(
+            lower.as_ptr(),
+            dst.as_ptr(),
+            null(),
+            libc::MS_MOVE,
+            null().cast(),
+        ) < 0
+        {
+            return Err(());
+        }
+        if libc::rmdir(lower.as_ptr()) < 0 {
+            return Err(());
+        }
+        Ok(layered)
+    }
+}
+
+/// The outer process: reports pid 1's host pid, closes everything but the workspace's
+/// write layer, waits and mirrors its exit status. Never returns.
 ///
 /// # Safety
 /// Only called in the forked child, after the fork of pid 1.
@@ -504,9 +648,10 @@ unsafe fn outer(report: RawFd, child: libc::pid_t) -> ! {
     // SAFETY: plain syscalls on integers and a stack buffer.
     unsafe {
         record(report, TAG_PID1, child as u32);
-        // Hold nothing: the host's spawn() waits for every copy of its exec-error pipe to
-        // close, and the host's output pipes must see EOF when the sandbox dies.
-        libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
+        // Hold nothing else: the host's spawn() waits for every copy of its exec-error pipe
+        // to close, and the host's output pipes must see EOF when the sandbox dies. The
+        // write layer stays for the host to open (an fd of no other use).
+        close_all_but(&[LAYER_FD]);
         let mut status = 0;
         loop {
             let r = libc::waitpid(child, &mut status, 0);
@@ -635,6 +780,8 @@ unsafe fn build(op: &RootOp) -> Result<(), ()> {
                     data.as_ptr().cast(),
                 ))
             }
+            // Handled by `overlay` in `enter`.
+            RootOp::Overlay { .. } => Err(()),
             RootOp::Mqueue { dst } => {
                 mkdir(dst)?;
                 libc::mount(

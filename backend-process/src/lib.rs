@@ -5,7 +5,8 @@
 //! net, ipc, uts and cgroup namespaces, with:
 //!
 //! - a new root on a tmpfs: read-only binds of `/usr`, the interpreter's prefix and a few
-//!   harmless `/etc` files; `/workspace` read-write; size-capped `/tmp` and `/dev/shm`; a
+//!   harmless `/etc` files; `/workspace` read-write (a host workspace through an overlay
+//!   whose capped write layer the host copies back: [`layer`](crate)); size-capped `/tmp` and `/dev/shm`; a
 //!   fresh `/proc`; a minimal `/dev` — nothing else of the host's files;
 //! - no network (an empty network namespace; landlock also denies TCP where available);
 //! - `no_new_privs`, a seccomp filter ([`seccomp`](crate) policy as data), landlock where
@@ -36,6 +37,7 @@ compile_error!("agentkernel-backend-process needs Linux (namespaces, seccomp, la
 mod cgroup;
 mod hostids;
 mod jail;
+mod layer;
 mod plan;
 mod python;
 mod runtime;

@@ -222,6 +222,7 @@ pub(crate) fn root_plan(
     spec: &SandboxSpec,
     agent: &GuestAgent,
     trees: &[(PathBuf, std::os::fd::RawFd)],
+    layered: bool,
 ) -> Result<RootPlan> {
     let mut p = RootPlan::default();
     p.bind(Path::new("/usr"), "/usr", false)?;
@@ -292,7 +293,23 @@ pub(crate) fn root_plan(
     });
     p.tmpfs("/tmp", tmp_opts(spec.limits.tmp_bytes))?;
     match &spec.workspace {
-        Some(ws) => p.bind_user_or_tree(ws, "/workspace", true, trees)?,
+        Some(ws) if !layered => p.bind_user_or_tree(ws, "/workspace", true, trees)?,
+        Some(ws) => {
+            // The host directory is the lower layer of an overlay whose upper is the capped
+            // write layer (see `layer.rs`); staged at WORKSPACE_LOWER, detached once the
+            // overlay holds it.
+            p.bind_user_or_tree(ws, WORKSPACE_LOWER, true, trees)?;
+            p.made.insert("/workspace".to_owned());
+            let layer = format!("/proc/self/fd/{}", crate::jail::LAYER_FD);
+            p.ops.push(RootOp::Overlay {
+                lower: cstr(under_root(WORKSPACE_LOWER))?,
+                dst: cstr(under_root("/workspace"))?,
+                data: cstr(format!(
+                    "lowerdir={},upperdir={layer}/upper,workdir={layer}/work,userxattr",
+                    under_root(WORKSPACE_LOWER)
+                ))?,
+            });
+        }
         None => p.tmpfs(
             "/workspace",
             format!(
@@ -306,6 +323,33 @@ pub(crate) fn root_plan(
         p.bind_user_or_tree(&m.host, &path_str(&m.guest)?, m.writable, trees)?;
     }
     Ok(p)
+}
+
+/// Where the host workspace is bound in the new root until the overlay at `/workspace`
+/// holds it (then it is detached and removed).
+const WORKSPACE_LOWER: &str = "/.workspace-lower";
+
+/// `size=` and `nr_inodes=` of the workspace's write layer (see `layer.rs`) for `spec`:
+/// what one run may add to a host workspace on every backend
+/// ([`Limits::workspace_growth_bytes`](agentkernel_core::Limits::workspace_growth_bytes),
+/// [`WORKSPACE_ENTRIES_PER_RUN`](agentkernel_core::WORKSPACE_ENTRIES_PER_RUN)), no more
+/// than the memory limit (the layer is memory), plus the layer's own three directories.
+pub(crate) fn layer_caps(spec: &SandboxSpec) -> (u64, u64) {
+    let l = &spec.limits;
+    let bytes = l
+        .workspace_growth_bytes()
+        .min(l.memory_bytes.unwrap_or(u64::MAX));
+    (bytes, agentkernel_core::WORKSPACE_ENTRIES_PER_RUN + 3)
+}
+
+/// The write layer's `size=` and `nr_inodes=` values for the jail (`None`: no host
+/// workspace, so no layer).
+pub(crate) fn layer_options(spec: &SandboxSpec) -> Result<Option<(CString, CString)>> {
+    if spec.workspace.is_none() {
+        return Ok(None);
+    }
+    let (bytes, inodes) = layer_caps(spec);
+    Ok(Some((cstr(bytes.to_string())?, cstr(inodes.to_string())?)))
 }
 
 /// Bytes of a tmpfs's size cap per inode it may hold: a tmpfs of `size` bytes holds at most
@@ -438,7 +482,8 @@ mod tests {
     fn an_interpreter_under_tmp_is_refused_with_a_hint() {
         let mut py = crate::python::discover(None).unwrap();
         py.extra_dirs.push(PathBuf::from("/tmp/somewhere/venv"));
-        let Err(err) = root_plan(&SandboxSpec::default(), &GuestAgent::Python(py), &[]) else {
+        let Err(err) = root_plan(&SandboxSpec::default(), &GuestAgent::Python(py), &[], true)
+        else {
             panic!("an interpreter under /tmp was accepted");
         };
         assert!(err.to_string().contains("under /tmp"), "{err}");
@@ -456,7 +501,7 @@ mod tests {
             ..SandboxSpec::default()
         };
         let py = crate::python::discover(None).unwrap();
-        let plan = root_plan(&spec, &GuestAgent::Python(py), &[]).unwrap();
+        let plan = root_plan(&spec, &GuestAgent::Python(py), &[], true).unwrap();
         let usr = plan
             .ops
             .iter()
@@ -472,13 +517,17 @@ mod tests {
             .ops
             .iter()
             .find_map(|op| match op {
-                RootOp::Bind { dst, remount, .. } if dst.as_bytes() == b"/tmp/workspace" => {
+                RootOp::Bind { dst, remount, .. } if dst.as_bytes() == b"/tmp/.workspace-lower" => {
                     Some(*remount)
                 }
                 _ => None,
             })
             .expect("workspace is bound");
         assert_eq!(wsf & libc::MS_RDONLY, 0);
+        assert!(
+            plan.ops.iter().any(|op| matches!(op, RootOp::Overlay { dst, .. } if dst.as_bytes() == b"/tmp/workspace")),
+            "the workspace is an overlay"
+        );
         assert!(guest_paths(&plan).iter().all(|p| !p.ends_with("shadow")));
     }
 }

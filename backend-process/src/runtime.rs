@@ -24,6 +24,12 @@ pub struct ProcessConfig {
     /// A native guest agent to run instead of Python (how the monty backend's worker mode
     /// reuses this jail); `python` is then ignored.
     pub native: Option<NativeAgent>,
+    /// Give sandboxes the host workspace itself instead of an overlay with a capped write
+    /// layer (see `layer.rs`): the program's writes reach the host as they happen, with
+    /// only the file-size limit on them (no cap on the files or bytes a run adds), and
+    /// symlinks leaving the workspace are removed by a sweep at the end of each exec.
+    /// What the kernel falls back to where it cannot make the layer. Default `false`.
+    pub live_workspace: bool,
 }
 
 /// What every sandbox of one runtime shares (computed once).
@@ -32,6 +38,8 @@ pub(crate) struct Inner {
     pub seccomp: Vec<BpfProgram>,
     pub cgroups: CgroupSupport,
     pub landlock_abi: Option<i32>,
+    /// [`ProcessConfig::live_workspace`].
+    pub live_workspace: bool,
 }
 
 /// The jailed-CPython backend. Cheap to clone.
@@ -98,6 +106,7 @@ impl ProcessRuntime {
                 seccomp: seccomp::filters()?,
                 cgroups: cgroup::detect(),
                 landlock_abi: landlock_abi(),
+                live_workspace: config.live_workspace,
             }),
         })
     }
@@ -113,6 +122,7 @@ impl ProcessRuntime {
                 seccomp: inner.seccomp.clone(),
                 cgroups: inner.cgroups.clone(),
                 landlock_abi: None,
+                live_workspace: inner.live_workspace,
             }),
         }
     }
@@ -202,8 +212,25 @@ impl Runtime for ProcessRuntime {
         }];
         let started = Instant::now();
         let mut enforced_landlock = None;
+        // The probe sandbox gets a workspace of its own, so its write layer is tried too.
+        let probe_ws = std::env::temp_dir()
+            .canonicalize()
+            .map(|t| {
+                t.join(format!(
+                    "agentkernel-doctor-{}",
+                    uuid::Uuid::new_v4().simple()
+                ))
+            })
+            .and_then(|d| std::fs::create_dir(&d).map(|()| d))
+            .ok();
+        let mut layered = None;
         let probe = async {
-            let mut sb = self.create_sandbox(&SandboxSpec::default()).await?;
+            let spec = SandboxSpec {
+                workspace: probe_ws.clone(),
+                ..SandboxSpec::default()
+            };
+            let mut sb = self.create_sandbox(&spec).await?;
+            layered = Some(sb.workspace_layered());
             let hello = sb.hello().map(|h| {
                 let field = |k: &str| h.protections.get(k).map(String::as_str);
                 (
@@ -286,6 +313,27 @@ impl Runtime for ProcessRuntime {
             detail: match inner.landlock_abi {
                 Some(v) => format!("kernel ABI {v}: writes only to /workspace, /tmp, /dev/shm; no TCP; no signals out (ABI 6+)"),
                 None => "not offered by this kernel (namespaces and seccomp still apply)".into(),
+            },
+        });
+        if let Some(dir) = &probe_ws {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        let (bytes, files) = crate::plan::layer_caps(&SandboxSpec::default());
+        checks.push(Check {
+            name: "workspace".into(),
+            state: match layered {
+                Some(true) => CheckState::Active,
+                _ => CheckState::Inactive,
+            },
+            detail: match (layered, self.inner.live_workspace) {
+                (Some(true), _) => format!(
+                    "a host workspace is an overlay whose write layer is a tmpfs of the sandbox's own: at most {} MiB (4 × the file-size limit, at most the memory limit) and {} files, directories and links added per sandbox; copied to the host before each tool call, at each exec's end and at the sandbox's end",
+                    bytes >> 20,
+                    files.saturating_sub(3)
+                ),
+                (_, true) => "off (live_workspace): programs write the host workspace directly, capped by the file-size limit only".into(),
+                (Some(false), false) => crate::layer::unavailable_reason().unwrap_or_else(|| "the kernel could not make it".into()),
+                (None, false) => "not tried: the probe sandbox did not start".into(),
             },
         });
         // The probe sandbox above tried to set its cgroup up: a failure there is reported,

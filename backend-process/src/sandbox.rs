@@ -18,6 +18,7 @@ use tokio::process::{Child, ChildStderr, ChildStdout};
 use crate::cgroup::SandboxCgroup;
 use crate::hostids::{self, HostIds};
 use crate::jail::{self, JailPlan};
+use crate::layer::{self, Layer};
 use crate::plan;
 use crate::python::{GuestAgent, NativeAgent};
 use crate::runtime::Inner;
@@ -40,6 +41,9 @@ pub(crate) struct Live {
     /// Directories lent to the sandbox's uid (no idmapped mount there): given back when
     /// the sandbox is gone.
     lent: Vec<Lent>,
+    /// The workspace's write layer (`None`: no host workspace, or the kernel could not
+    /// make one and `/workspace` is the host directory itself).
+    layer: Option<Arc<Layer>>,
     /// The sandbox's host ids (and, as root, their lease: dropped after everything else).
     _ids: HostIds,
 }
@@ -169,16 +173,17 @@ fn write_maps(pid: u32, (uid, gid): (u32, u32)) -> std::io::Result<()> {
 }
 
 /// Reads the child's report pipe until it closes; answers `UNSHARED` by writing the id maps
-/// and releasing the child. Returns pid 1's host pid, the landlock state, or the failure.
+/// and releasing the child. Returns pid 1's host pid, the landlock state and whether the
+/// workspace got its write layer (`None`: no workspace), or the failure.
 fn serve_report(
     report: OwnedFd,
     go: OwnedFd,
     plan: &JailPlan,
     ids: (u32, u32),
-) -> std::result::Result<(u32, u32), String> {
+) -> std::result::Result<(u32, u32, Option<bool>), String> {
     let mut file = std::fs::File::from(report);
     let mut go = Some(std::fs::File::from(go));
-    let (mut pid1, mut landlock, mut ready) = (None, 0, false);
+    let (mut pid1, mut landlock, mut ready, mut layered) = (None, 0, false, None);
     let mut rec = [0u8; 5];
     while file.read_exact(&mut rec).is_ok() {
         let value = u32::from_le_bytes([rec[1], rec[2], rec[3], rec[4]]);
@@ -195,6 +200,7 @@ fn serve_report(
             jail::TAG_PID1 => pid1 = Some(value),
             jail::TAG_LANDLOCK => landlock = value,
             jail::TAG_READY => ready = true,
+            jail::TAG_LAYER => layered = Some(value == 1),
             jail::TAG_FAILED => {
                 let step = (value >> 24) as usize;
                 let op = ((value >> 16) & 0xFF) as usize;
@@ -218,7 +224,7 @@ fn serve_report(
         }
     }
     match (pid1, ready) {
-        (Some(pid), true) => Ok((pid, landlock)),
+        (Some(pid), true) => Ok((pid, landlock, layered)),
         _ => Err("the jail exited before it was ready".into()),
     }
 }
@@ -273,7 +279,8 @@ pub(crate) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec, id: &str) -> R
         .map(|(p, fd)| (p.clone(), fd.as_raw_fd()))
         .collect();
     // The plan: it refuses non-canonical workspace and mount paths.
-    let root = plan::root_plan(spec, &inner.agent, &tree_fds)?;
+    let root = plan::root_plan(spec, &inner.agent, &tree_fds, !inner.live_workspace)?;
+    let layer_caps = plan::layer_caps(spec);
     let cgroup = match SandboxCgroup::create(&inner.cgroups, id, &spec.limits) {
         Ok(c) => c,
         Err(why) => {
@@ -298,7 +305,7 @@ pub(crate) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec, id: &str) -> R
     ]
     .iter()
     .chain(tree_fds.iter().map(|(_, fd)| fd))
-    .any(|fd| *fd >= jail::SOURCE_FD_BASE)
+    .any(|fd| *fd >= jail::LAYER_FD)
     {
         return Err(Error::Unavailable {
             backend: "process",
@@ -339,6 +346,11 @@ pub(crate) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec, id: &str) -> R
         seccomp: inner.seccomp.clone(),
         sources: root.sources,
         trees: tree_fds.iter().map(|(_, fd)| *fd).collect(),
+        layer: if inner.live_workspace {
+            None
+        } else {
+            plan::layer_options(spec)?
+        },
     });
 
     let mut cmd = match &inner.agent {
@@ -393,7 +405,7 @@ pub(crate) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec, id: &str) -> R
 
     let (child, report) = spawned;
     let mut outer = child.map_err(|e| Error::io("starting the sandbox interpreter", e))?;
-    let (pid1, landlock) = match report {
+    let (pid1, landlock, layered) = match report {
         Ok(r) => r,
         Err(reason) => {
             let _ = outer.start_kill();
@@ -403,6 +415,31 @@ pub(crate) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec, id: &str) -> R
                 hint: "run `agentkernel doctor` to see which jail prerequisite is missing".into(),
             });
         }
+    };
+    let layer = match layered {
+        Some(true) => match outer.id().map(|pid| Layer::open(pid, layer_caps)) {
+            Some(Ok(layer)) => Some(Arc::new(layer)),
+            // Writes would stay in the jail and never reach the host: refuse the sandbox.
+            failed => {
+                let _ = outer.start_kill();
+                let why = match failed {
+                    Some(Err(e)) => e.to_string(),
+                    _ => "the jail is gone".into(),
+                };
+                return Err(Error::Unavailable {
+                    backend: "process",
+                    reason: format!("could not open the workspace's write layer: {why}"),
+                    hint: "run `agentkernel doctor`".into(),
+                });
+            }
+        },
+        Some(false) => {
+            layer::unavailable(
+                "the kernel could not make an overlay with a tmpfs upper layer in a user namespace (it needs Linux 6.6 or later): a run's writes to a host workspace are capped by the file-size limit only",
+            );
+            None
+        }
+        None => None,
     };
     // SAFETY: pidfd_open with a pid and no flags; returns a new fd or -1.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid1 as libc::pid_t, 0u32) } as i32;
@@ -441,6 +478,7 @@ pub(crate) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec, id: &str) -> R
         hello,
         landlock,
         lent,
+        layer,
         _ids: ids,
     })
 }
@@ -456,6 +494,9 @@ pub struct ProcessSandbox {
     /// sandbox can write the workspace any more (shutdown, a reset, the end of the jail):
     /// what an exec leaves running lives on until its time limit or the next exec.
     workspace: Option<WorkspaceLock>,
+    /// The workspace's write layer of the current jail (kept after the jail is gone, until
+    /// its changes were copied to the host).
+    layer: Option<Arc<Layer>>,
 }
 
 impl ProcessSandbox {
@@ -464,10 +505,52 @@ impl ProcessSandbox {
             id,
             inner,
             spec,
+            layer: live.layer.clone(),
             live: Some(live),
             lost: None,
             workspace: None,
         }
+    }
+
+    /// Copies the write layer's changes into the host workspace now (see `layer.rs`); a
+    /// note for the program's stderr when something was not copied or the copy failed.
+    /// Blocking: it walks the layer.
+    fn apply_layer(
+        layer: &Layer,
+        host: std::io::Result<std::fs::File>,
+        id: &str,
+    ) -> Option<String> {
+        let applied = host.and_then(|host| layer.apply(&host));
+        match applied {
+            Ok(applied) => {
+                if !applied.skipped.is_empty() {
+                    tracing::debug!(sandbox = %id, skipped = applied.skipped.len(), "workspace entries not copied to the host");
+                }
+                tracing::debug!(sandbox = %id, written = applied.written, removed = applied.removed, "workspace layer copied to the host");
+                applied.note()
+            }
+            Err(e) => {
+                tracing::warn!(sandbox = %id, error = %e, "could not copy the workspace's changes to the host");
+                Some(format!(
+                    "agentkernel: could not copy the workspace's changes to the host: {e} (retried at the end of the next exec and when the sandbox ends)\n"
+                ))
+            }
+        }
+    }
+
+    /// [`ProcessSandbox::apply_layer`] off the async threads, when this sandbox has a
+    /// layer and holds its workspace.
+    async fn apply_layer_async(&self) -> Option<String> {
+        let layer = self.layer.clone()?;
+        let host = self.workspace.as_ref()?.dir();
+        let id = self.id.clone();
+        tokio::task::spawn_blocking(move || Self::apply_layer(&layer, host, &id))
+            .await
+            .unwrap_or_else(|e| {
+                Some(format!(
+                    "agentkernel: copying the workspace's changes to the host panicked: {e}\n"
+                ))
+            })
     }
 
     /// Removes the symlinks leaving the workspace that the program made (see
@@ -495,9 +578,19 @@ impl ProcessSandbox {
         }
     }
 
-    /// Gives the workspace back once no process of this sandbox runs: swept, then unlocked.
+    /// Gives the workspace back once no process of this sandbox runs: the write layer's
+    /// last changes copied (or, without a layer, the workspace swept), then unlocked.
     fn release_workspace(&mut self) {
-        let _ = self.sweep_workspace();
+        if let Some(lock) = &self.workspace {
+            match &self.layer {
+                Some(layer) => {
+                    let _ = Self::apply_layer(layer, lock.dir(), &self.id);
+                }
+                None => {
+                    let _ = self.sweep_workspace();
+                }
+            }
+        }
         self.workspace = None;
     }
 
@@ -589,6 +682,11 @@ impl ProcessSandbox {
             .await
     }
 
+    /// Whether `/workspace` is an overlay with a write layer (see `layer.rs`).
+    pub(crate) fn workspace_layered(&self) -> bool {
+        self.layer.is_some()
+    }
+
     /// Landlock state the jail reported (0 none, 1 partial, 2 full).
     pub(crate) fn landlock_state(&self) -> Option<u32> {
         self.live.as_ref().map(|l| l.landlock)
@@ -602,6 +700,8 @@ impl ProcessSandbox {
         // Every process of the jail is gone: nothing writes the workspace any more.
         drop(live);
         self.release_workspace();
+        // The jail's layer is copied: the next jail (a reset) brings its own.
+        self.layer = None;
         code
     }
 }
@@ -652,6 +752,18 @@ impl Sandbox for ProcessSandbox {
         let span = tracing::info_span!("exec", backend = "process", sandbox = %self.id);
         let _enter = span.enter();
         let cap = self.spec.limits.output_bytes;
+        // Host tools see the program's workspace files: the layer is copied before each call.
+        let tools: Arc<dyn ToolHost> = match (&self.layer, &self.workspace) {
+            (Some(layer), Some(lock)) => Arc::new(ApplyBeforeCalls {
+                inner: tools,
+                layer: layer.clone(),
+                host: lock
+                    .dir()
+                    .map_err(|e| Error::io("opening the workspace", e))?,
+                id: self.id.clone(),
+            }),
+            _ => tools,
+        };
         let report = match &self.inner.agent {
             GuestAgent::Python(_) => {
                 // The exec's end is marked by the guest's init with a token only it and we
@@ -702,15 +814,39 @@ impl Sandbox for ProcessSandbox {
             }
         };
         let mut outcome = report.into_outcome(status, started.elapsed());
-        // The sweep walks the whole workspace: off the async threads.
-        if let Some(dir) = self.workspace.as_ref().and_then(|l| l.dir().ok()) {
+        if self.layer.is_some() {
+            // What the program wrote reaches the host now (and again when the sandbox ends,
+            // for what a process it left running writes meanwhile).
+            if let Some(note) = self.apply_layer_async().await {
+                outcome.stderr.push_live(
+                    note.as_bytes(),
+                    cap,
+                    req.output.as_ref(),
+                    agentkernel_core::StreamKind::Stderr,
+                );
+            }
+            if let Some(note) = self.layer.as_ref().and_then(|l| l.full_note()) {
+                outcome.stderr.push_live(
+                    note.as_bytes(),
+                    cap,
+                    req.output.as_ref(),
+                    agentkernel_core::StreamKind::Stderr,
+                );
+            }
+        } else if let Some(dir) = self.workspace.as_ref().and_then(|l| l.dir().ok()) {
+            // The sweep walks the whole workspace: off the async threads.
             let swept = tokio::task::spawn_blocking(move || {
                 agentkernel_core::remove_escaping_symlinks(&dir)
             })
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(format!("the sweep panicked: {e}"))));
             if let Some(note) = self.sweep_note(swept) {
-                outcome.stderr.push(note.as_bytes(), cap);
+                outcome.stderr.push_live(
+                    note.as_bytes(),
+                    cap,
+                    req.output.as_ref(),
+                    agentkernel_core::StreamKind::Stderr,
+                );
             }
         }
         Ok(outcome)
@@ -719,7 +855,11 @@ impl Sandbox for ProcessSandbox {
     async fn reset(&mut self) -> Result<()> {
         // Fast path: the guest's init forks a fresh agent (a clean interpreter: modules,
         // monkeypatches, /tmp, stray processes all go) inside the same jail.
+        // A jail whose write layer holds anything is not reused: its caps would be spent
+        // (the layer cannot be emptied while mounted).
+        let layer_used = self.layer.as_ref().is_some_and(|l| l.is_used());
         if self.lost.is_none()
+            && !layer_used
             && let Some(live) = self.live.as_mut()
         {
             match live.reset_in_place(self.spec.workspace.is_none()).await {
@@ -737,6 +877,7 @@ impl Sandbox for ProcessSandbox {
         self.end("it was reset".into()).await;
         self.lost = None;
         let live = start(&self.inner, &self.spec, &self.id).await?;
+        self.layer = live.layer.clone();
         self.live = Some(live);
         Ok(())
     }
@@ -751,5 +892,34 @@ impl Sandbox for ProcessSandbox {
     async fn shutdown(mut self: Box<Self>) -> Result<()> {
         self.end("it was shut down".into()).await;
         Ok(())
+    }
+}
+
+/// The sandbox's tools, with the workspace's write layer copied to the host before each
+/// call (so a host tool given a workspace path finds what the program wrote).
+struct ApplyBeforeCalls {
+    inner: Arc<dyn ToolHost>,
+    layer: Arc<Layer>,
+    host: std::fs::File,
+    id: String,
+}
+
+#[async_trait]
+impl ToolHost for ApplyBeforeCalls {
+    fn catalog(&self) -> Vec<agentkernel_core::ToolSpec> {
+        self.inner.catalog()
+    }
+
+    async fn call(
+        &self,
+        name: &str,
+        args: serde_json::Value,
+    ) -> std::result::Result<serde_json::Value, agentkernel_core::ToolError> {
+        let layer = self.layer.clone();
+        let host = self.host.try_clone();
+        let id = self.id.clone();
+        let _ = tokio::task::spawn_blocking(move || ProcessSandbox::apply_layer(&layer, host, &id))
+            .await;
+        self.inner.call(name, args).await
     }
 }

@@ -1,5 +1,11 @@
 //! The workspace after a process sandbox: what a program leaves there is untrusted input to
-//! the host, and no two sandboxes write it at once. Judged from the host.
+//! the host, what one run adds is capped, and no two sandboxes write it at once. Judged
+//! from the host.
+//!
+//! By default a sandbox writes a capped layer over the workspace that the host copies back
+//! (`layer.rs`); with `ProcessConfig::live_workspace` (and where the kernel cannot make the
+//! layer) it writes the host directory itself and a sweep removes escaping symlinks: both
+//! are tested here.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -44,9 +50,14 @@ async fn wait_for_link(path: &Path, tries: u32) {
     );
 }
 
-/// A process runtime and a spec with a fresh workspace (the temp dir holding it, its path).
-fn with_a_workspace() -> (ProcessRuntime, tempfile::TempDir, PathBuf, SandboxSpec) {
-    let rt = ProcessRuntime::new(ProcessConfig::default()).expect("process backend available");
+/// A process runtime and a spec with a fresh workspace (the temp dir holding it, its path);
+/// `live`: [`ProcessConfig::live_workspace`].
+fn with_a_workspace(live: bool) -> (ProcessRuntime, tempfile::TempDir, PathBuf, SandboxSpec) {
+    let rt = ProcessRuntime::new(ProcessConfig {
+        live_workspace: live,
+        ..ProcessConfig::default()
+    })
+    .expect("process backend available");
     let root = tempfile::tempdir().expect("tempdir");
     let ws = root.path().join("ws");
     std::fs::create_dir(&ws).expect("ws");
@@ -57,13 +68,13 @@ fn with_a_workspace() -> (ProcessRuntime, tempfile::TempDir, PathBuf, SandboxSpe
     (rt, root, ws, spec)
 }
 
-/// Links whose target is absolute, climbs with `..` (directly or through a link to `.`),
-/// or sits deep in a directory, made by the program and by a process it left running, are
-/// gone from the host workspace once the sandbox ends; links that only descend stay, and
-/// the run's stderr says what was removed.
+/// A live workspace (no write layer): links whose target is absolute, climbs with `..`
+/// (directly or through a link to `.`), or sits deep in a directory, made by the program
+/// and by a process it left running, are gone from the host workspace once the sandbox
+/// ends; links that only descend stay, and the run's stderr says what was removed.
 #[tokio::test]
 async fn symlinks_leaving_the_workspace_do_not_outlive_the_sandbox() {
-    let (rt, _root, ws, spec) = with_a_workspace();
+    let (rt, _root, ws, spec) = with_a_workspace(true);
     let mut sb = rt.create(&spec).await.expect("create");
     let program = r#"
 import os, subprocess, sys
@@ -120,7 +131,13 @@ print('made')
 /// after its own time limit, with the workspace named) instead of sharing it.
 #[tokio::test]
 async fn a_sandbox_keeps_its_workspace_until_its_processes_are_gone() {
-    let (rt, _root, ws, spec) = with_a_workspace();
+    for live in [false, true] {
+        a_sandbox_keeps_its_workspace_until_its_processes_are_gone_on(live).await;
+    }
+}
+
+async fn a_sandbox_keeps_its_workspace_until_its_processes_are_gone_on(live: bool) {
+    let (rt, _root, ws, spec) = with_a_workspace(live);
     let mut a = rt.create(&spec).await.expect("create a");
     let mut b = rt.create(&spec).await.expect("create b");
     let out = a
@@ -165,11 +182,12 @@ async fn a_sandbox_keeps_its_workspace_until_its_processes_are_gone() {
     b.shutdown().await.expect("shutdown b");
 }
 
-/// A sandbox dropped without `shutdown` (a caller that panicked, a cancelled task) still
-/// sweeps: a link its left-running process made after the exec is gone once it is dropped.
+/// A live workspace: a sandbox dropped without `shutdown` (a caller that panicked, a
+/// cancelled task) still sweeps: a link its left-running process made after the exec is
+/// gone once it is dropped.
 #[tokio::test]
 async fn a_dropped_sandbox_leaves_no_escaping_symlink() {
-    let (rt, _root, ws, spec) = with_a_workspace();
+    let (rt, _root, ws, spec) = with_a_workspace(true);
     let mut sb = rt.create(&spec).await.expect("create");
     let out = sb
         .exec(
@@ -189,4 +207,311 @@ async fn a_dropped_sandbox_leaves_no_escaping_symlink() {
         [],
         "the link outlived the dropped sandbox"
     );
+}
+
+/// Runs `code` in `sb` with a 60 s limit and `tools`.
+async fn run_with(
+    sb: &mut Box<dyn agentkernel_core::Sandbox>,
+    code: &str,
+    tools: Arc<dyn agentkernel_core::ToolHost>,
+) -> agentkernel_core::ExecOutcome {
+    sb.exec(
+        ExecRequest::new(code).with_timeout(Duration::from_secs(60)),
+        tools,
+    )
+    .await
+    .expect("exec")
+}
+
+/// Every entry under `dir` (not following links), as paths below it.
+fn entries_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).expect("list").flatten() {
+            found.push(entry.path().strip_prefix(dir).expect("below").to_path_buf());
+            if entry.file_type().expect("type").is_dir() {
+                todo.push(entry.path());
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// With the write layer (the default), what a program creates, changes and deletes reaches
+/// the host workspace when its exec ends: deletions, a directory removed and made anew
+/// (only its new content is left), appends to a host file, nested directories, descending
+/// links, sparse files (as sparse), modes without group/other write; a link leaving the
+/// workspace and a FIFO never reach the host, and stderr says so. A second exec's
+/// deletion reaches the host too.
+#[tokio::test]
+async fn workspace_changes_reach_the_host_when_each_exec_ends() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let (rt, _root, ws, spec) = with_a_workspace(false);
+    std::fs::write(ws.join("a"), "hi").unwrap();
+    std::fs::create_dir_all(ws.join("sub")).unwrap();
+    std::fs::write(ws.join("sub/s"), "s").unwrap();
+    std::fs::create_dir_all(ws.join("keep")).unwrap();
+    std::fs::write(ws.join("keep/k"), "k").unwrap();
+    std::fs::write(ws.join("mod"), "old").unwrap();
+    let mut sb = rt.create(&spec).await.expect("create");
+    let out = run_with(
+        &mut sb,
+        r#"
+import os, shutil
+os.chdir('/workspace')
+print(open('a').read())
+open('b', 'w').write('new')
+os.chmod('b', 0o777)
+os.remove('a')
+shutil.rmtree('sub'); os.mkdir('sub'); open('sub/t', 'w').write('t')
+open('mod', 'a').write('+more')
+os.makedirs('d1/d2/d3'); open('d1/d2/d3/deep', 'w').write('deep')
+os.symlink('b', 'good'); os.symlink('/etc/passwd', 'abs'); os.symlink('../x', 'up')
+os.mkfifo('fifo')
+with open('sparse', 'wb') as f:
+    f.seek(8 << 20); f.write(b'x')
+print('done')
+"#,
+        Arc::new(NoTools),
+    )
+    .await;
+    assert_eq!(out.status, ExecStatus::Ok, "{}", out.stderr.text());
+    assert_eq!(out.stdout.text(), "hi\ndone\n");
+    let note = out.stderr.text();
+    assert!(
+        note.contains("was not copied to the host") && note.contains("2 more"),
+        "the caller is told what did not reach the host: {note}"
+    );
+    // Judged on the host, before the sandbox ends.
+    assert!(!ws.join("a").exists(), "a deletion reached the host");
+    assert_eq!(std::fs::read_to_string(ws.join("b")).unwrap(), "new");
+    assert_eq!(
+        std::fs::metadata(ws.join("b"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o755,
+        "no group/other write on the host"
+    );
+    assert_eq!(
+        entries_under(&ws.join("sub")),
+        [PathBuf::from("t")],
+        "a directory made anew has only its new content"
+    );
+    assert_eq!(std::fs::read_to_string(ws.join("keep/k")).unwrap(), "k");
+    assert_eq!(std::fs::read_to_string(ws.join("mod")).unwrap(), "old+more");
+    assert_eq!(
+        std::fs::read_to_string(ws.join("d1/d2/d3/deep")).unwrap(),
+        "deep"
+    );
+    assert_eq!(
+        links_under(&ws),
+        [(PathBuf::from("good"), PathBuf::from("b"))],
+        "only the descending link reached the host"
+    );
+    assert!(
+        ws.join("fifo").symlink_metadata().is_err(),
+        "a FIFO reached the host"
+    );
+    let sparse = std::fs::metadata(ws.join("sparse")).unwrap();
+    assert_eq!(sparse.len(), (8 << 20) + 1);
+    assert!(
+        sparse.blocks() * 512 < 1 << 20,
+        "the sparse file was filled in: {} blocks",
+        sparse.blocks()
+    );
+    let out = run_with(
+        &mut sb,
+        "import os\nos.remove('/workspace/b')\nprint(sorted(os.listdir('/workspace')))",
+        Arc::new(NoTools),
+    )
+    .await;
+    assert_eq!(out.status, ExecStatus::Ok, "{}", out.stderr.text());
+    assert!(
+        !ws.join("b").exists(),
+        "the second exec's deletion reached the host"
+    );
+    sb.shutdown().await.expect("shutdown");
+}
+
+/// One run cannot fill the host's inodes through its workspace: past
+/// `WORKSPACE_ENTRIES_PER_RUN` new files it gets `ENOSPC` (errno 28), the host workspace
+/// holds no more than that many entries, and stderr names the cap.
+#[tokio::test]
+async fn one_run_creates_a_bounded_number_of_workspace_entries() {
+    let (rt, _root, ws, spec) = with_a_workspace(false);
+    let mut sb = rt.create(&spec).await.expect("create");
+    let out = run_with(
+        &mut sb,
+        r#"
+import os
+os.mkdir('/workspace/many')
+n = 0
+try:
+    while n < 50000:
+        open(f'/workspace/many/f{n}', 'w').close()
+        n += 1
+    print(n, 'no error')
+except OSError as e:
+    print(n, e.errno)
+"#,
+        Arc::new(NoTools),
+    )
+    .await;
+    assert_eq!(out.status, ExecStatus::Ok, "{}", out.stderr.text());
+    let cap = agentkernel_core::WORKSPACE_ENTRIES_PER_RUN as usize;
+    let printed = out.stdout.text();
+    let (made, errno) = printed.trim().split_once(' ').expect("two fields");
+    let made: usize = made.parse().expect("a count");
+    assert_eq!(errno, "28", "refused with ENOSPC: {printed}");
+    assert!(
+        made <= cap && made + 20 >= cap,
+        "{made} files made, the cap is {cap}"
+    );
+    let on_host = entries_under(&ws).len();
+    assert!(on_host <= cap, "the host workspace holds {on_host} entries");
+    assert_eq!(on_host, made + 1, "every file made reached the host");
+    assert!(
+        out.stderr.text().contains("write cap is reached (files)"),
+        "{}",
+        out.stderr.text()
+    );
+    sb.shutdown().await.expect("shutdown");
+}
+
+/// One run cannot fill the host's disk through its workspace: with a 1 MiB file-size limit
+/// it may add `WORKSPACE_FILE_SIZES_PER_RUN` MiB; writing 1 MiB files stops with `ENOSPC`
+/// there, and the host workspace holds no more.
+#[tokio::test]
+async fn one_run_writes_a_bounded_number_of_workspace_bytes() {
+    let (rt, _root, ws, mut spec) = with_a_workspace(false);
+    spec.limits.file_size_bytes = Some(1 << 20);
+    let cap = spec.limits.workspace_growth_bytes();
+    assert_eq!(cap, agentkernel_core::WORKSPACE_FILE_SIZES_PER_RUN << 20);
+    let mut sb = rt.create(&spec).await.expect("create");
+    let out = run_with(
+        &mut sb,
+        r#"
+n = 0
+try:
+    while n < 100:
+        with open(f'/workspace/f{n}', 'wb') as f:
+            f.write(b'x' * (1 << 20))
+        n += 1
+    print(n, 'no error')
+except OSError as e:
+    print(n, e.errno)
+"#,
+        Arc::new(NoTools),
+    )
+    .await;
+    assert_eq!(out.status, ExecStatus::Ok, "{}", out.stderr.text());
+    let printed = out.stdout.text();
+    assert!(
+        printed.trim().ends_with(" 28"),
+        "refused with ENOSPC: {printed}"
+    );
+    let total: u64 = entries_under(&ws)
+        .iter()
+        .map(|p| std::fs::metadata(ws.join(p)).unwrap().len())
+        .sum();
+    assert!(
+        total <= cap,
+        "the host workspace holds {total} bytes, the cap is {cap}"
+    );
+    assert!(
+        total >= cap - (2 << 20),
+        "only {total} bytes reached the host"
+    );
+    sb.shutdown().await.expect("shutdown");
+}
+
+/// A host tool given a workspace path finds what the program wrote just before the call
+/// (the layer is copied to the host before each tool call).
+#[tokio::test]
+async fn a_host_tool_sees_the_files_the_program_wrote() {
+    let (rt, _root, ws, spec) = with_a_workspace(false);
+    let dir = ws.clone();
+    let tools = agentkernel_core::FnTools::new().with(
+        "host.read",
+        "Reads a workspace file on the host.",
+        serde_json::json!({"type": "object", "properties": {"name": {"type": "string"}}}),
+        move |args| {
+            let path = dir.join(args["name"].as_str().unwrap_or(""));
+            async move {
+                Ok(serde_json::json!(
+                    std::fs::read_to_string(path).unwrap_or_else(|e| format!("missing: {e}"))
+                ))
+            }
+        },
+    );
+    let mut sb = rt.create(&spec).await.expect("create");
+    let out = run_with(
+        &mut sb,
+        "import _agentkernel as ak\nopen('/workspace/data.csv', 'w').write('a,b\\n1,2\\n')\nprint(ak.call_tool('host.read', name='data.csv'))",
+        Arc::new(tools),
+    )
+    .await;
+    assert_eq!(out.status, ExecStatus::Ok, "{}", out.stderr.text());
+    assert_eq!(out.stdout.text(), "a,b\n1,2\n\n");
+    sb.shutdown().await.expect("shutdown");
+}
+
+/// What a process left running by the last exec writes reaches the host when the sandbox
+/// ends, by `shutdown` or by a plain drop; a link leaving the workspace it makes does not.
+#[tokio::test]
+async fn what_a_left_running_process_writes_reaches_the_host_when_the_sandbox_ends() {
+    for shutdown in [true, false] {
+        let (rt, _root, ws, spec) = with_a_workspace(false);
+        let mut sb = rt.create(&spec).await.expect("create");
+        let out = run_with(
+            &mut sb,
+            "import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', \"import os; open('/workspace/late', 'w').write('late'); os.symlink('/etc', '/workspace/late-link')\"], start_new_session=True)",
+            Arc::new(NoTools),
+        )
+        .await;
+        assert_eq!(out.status, ExecStatus::Ok, "{}", out.stderr.text());
+        // The process writes at once; give it ample time (it is not visible on the host
+        // before the sandbox ends, so there is nothing to wait for).
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        if shutdown {
+            sb.shutdown().await.expect("shutdown");
+        } else {
+            drop(sb);
+        }
+        assert_eq!(
+            std::fs::read_to_string(ws.join("late")).ok().as_deref(),
+            Some("late"),
+            "the late write reached the host (shutdown: {shutdown})"
+        );
+        assert_eq!(links_under(&ws), [], "the escaping link reached the host");
+    }
+}
+
+/// A sandbox whose layer holds writes is not reset in place (its caps would be spent):
+/// after a reset a program can again add nearly the whole cap.
+#[tokio::test]
+async fn a_reset_brings_a_fresh_write_layer() {
+    let (rt, _root, ws, spec) = with_a_workspace(false);
+    let mut sb = rt.create(&spec).await.expect("create");
+    let fill = |dir: &str| {
+        format!(
+            "import os\nos.mkdir('/workspace/{dir}')\nfor i in range(9000):\n    open(f'/workspace/{dir}/f{{i}}', 'w').close()\nprint('ok')"
+        )
+    };
+    let out = run_with(&mut sb, &fill("x"), Arc::new(NoTools)).await;
+    assert_eq!(out.stdout.text(), "ok\n", "{}", out.stderr.text());
+    sb.reset().await.expect("reset");
+    let out = run_with(&mut sb, &fill("y"), Arc::new(NoTools)).await;
+    assert_eq!(
+        out.stdout.text(),
+        "ok\n",
+        "after the reset: {}",
+        out.stderr.text()
+    );
+    assert_eq!(entries_under(&ws).len(), 2 + 2 * 9000);
+    sb.shutdown().await.expect("shutdown");
 }

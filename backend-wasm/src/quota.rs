@@ -90,19 +90,13 @@ struct RunUsage {
 /// the default 64 MiB), not only the bytes in its files.
 pub const ENTRY_BYTES: u64 = 4096;
 
-/// Files, directories and links one run may create in the workspace and writable mounts.
-/// The spec has no workspace limit of this kind; this bounds the host inodes a single run
-/// can use (the workspace's byte quota, where set, is checked between runs).
-pub const HOST_DIR_ENTRIES_PER_RUN: u64 = 10_000;
+/// Files, directories and links one run may create in the workspace and writable mounts
+/// (the same cap as every backend's, [`agentkernel_core::WORKSPACE_ENTRIES_PER_RUN`]).
+pub const HOST_DIR_ENTRIES_PER_RUN: u64 = agentkernel_core::WORKSPACE_ENTRIES_PER_RUN;
 
 /// Bytes by which one run may grow files in the workspace and writable mounts, in total:
-/// this many times `file_size_bytes` (each file is also capped by that), or
-/// [`HOST_DIR_BYTES_PER_RUN`] without a file-size limit.
-pub const HOST_DIR_FILE_SIZES_PER_RUN: u64 = 4;
-
-/// Bytes by which one run may grow files in the workspace and writable mounts without a
-/// file-size limit (1 GiB; 4 × the default file-size limit is the same).
-pub const HOST_DIR_BYTES_PER_RUN: u64 = 1 << 30;
+/// this many times `file_size_bytes` (see [`agentkernel_core::Limits::workspace_growth_bytes`]).
+pub const HOST_DIR_FILE_SIZES_PER_RUN: u64 = agentkernel_core::WORKSPACE_FILE_SIZES_PER_RUN;
 
 /// Host file descriptors one sandbox's guest may hold open at once (files and directories
 /// it opened; its preopens are not counted). The guest's own descriptor table (the WASI
@@ -337,9 +331,12 @@ impl Quota {
         }
         if !in_tmp {
             let mut run = self.inner.run.lock().unwrap_or_else(|e| e.into_inner());
-            let cap = self.inner.file_size.map_or(HOST_DIR_BYTES_PER_RUN, |max| {
-                max.saturating_mul(HOST_DIR_FILE_SIZES_PER_RUN)
-            });
+            let cap = self
+                .inner
+                .file_size
+                .map_or(agentkernel_core::WORKSPACE_BYTES_PER_RUN, |max| {
+                    max.saturating_mul(HOST_DIR_FILE_SIZES_PER_RUN)
+                });
             if run.bytes.saturating_add(growth) > cap {
                 return Err(Refusal::RunQuota);
             }

@@ -35,6 +35,7 @@
 
 mod error;
 mod exec;
+pub mod fsat;
 pub mod guest;
 pub mod hostdirs;
 mod output;
@@ -59,7 +60,10 @@ pub use runtime::{
     Capabilities, Check, CheckState, Diagnosis, Isolation, LimitSupport, Runtime, Sandbox,
     Snapshot, StartupClass,
 };
-pub use spec::{Limits, Mount, NetworkPolicy, SandboxSpec, default_env};
+pub use spec::{
+    Limits, Mount, NetworkPolicy, SandboxSpec, WORKSPACE_BYTES_PER_RUN, WORKSPACE_ENTRIES_PER_RUN,
+    WORKSPACE_FILE_SIZES_PER_RUN, default_env,
+};
 pub use tools::{FnTools, NoTools, ToolError, ToolErrorKind, ToolFn, ToolHost, ToolSpec, tool_fn};
 pub use workspace::{
     SweptLinks, Workspace, WorkspaceInfo, WorkspaceLock, Workspaces, dir_entries, empty_dir,

@@ -45,10 +45,33 @@ impl Default for Limits {
     }
 }
 
+/// Files, directories and links one run may add to the host directories a sandbox writes
+/// (its workspace; on `wasm` its writable mounts too). The spec has no limit of this kind;
+/// this bounds the host inodes a single run can use (a named workspace's byte quota is
+/// checked between runs). How each backend holds it is in its `SECURITY.md` section.
+pub const WORKSPACE_ENTRIES_PER_RUN: u64 = 10_000;
+
+/// How many times the file-size limit one run may add to the host directories a sandbox
+/// writes, in bytes (see [`Limits::workspace_growth_bytes`]).
+pub const WORKSPACE_FILE_SIZES_PER_RUN: u64 = 4;
+
+/// Bytes one run may add to the host directories a sandbox writes when there is no
+/// file-size limit (1 GiB: 4 × the default file-size limit is the same).
+pub const WORKSPACE_BYTES_PER_RUN: u64 = 1 << 30;
+
 /// Smallest memory limit accepted: below it the interpreter cannot start.
 pub const MIN_MEMORY_BYTES: u64 = 32 << 20;
 
 impl Limits {
+    /// Bytes by which one run may grow the host directories a sandbox writes, in total:
+    /// [`WORKSPACE_FILE_SIZES_PER_RUN`] × the file-size limit (each file is also capped by
+    /// that), or [`WORKSPACE_BYTES_PER_RUN`] without one.
+    pub fn workspace_growth_bytes(&self) -> u64 {
+        self.file_size_bytes.map_or(WORKSPACE_BYTES_PER_RUN, |max| {
+            max.saturating_mul(WORKSPACE_FILE_SIZES_PER_RUN)
+        })
+    }
+
     /// Checks that every limit is usable; the error names the bad one and a usable range.
     pub fn validate(&self) -> Result<()> {
         if self.wall_time.is_zero() {

@@ -1,6 +1,7 @@
-//! File operations relative to a directory fd, never following a symlink: what [`crate::share`]
-//! uses to write a guest's files into (and read the host's files out of) a host directory that
-//! other programs may be changing at the same time.
+//! File operations relative to a directory fd, never following a symlink: how the host
+//! writes a sandbox's files into (and reads the host's files out of) a host directory that
+//! other programs may be changing at the same time (the microVM's copies, the process
+//! backend's workspace layer).
 //!
 //! A [`Dir`] is an open directory. Every name passed to it is one path component, resolved with
 //! `openat2(2)` and `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS` (or with a
@@ -68,8 +69,10 @@ fn openat2(dir: RawFd, name: &CStr, flags: libc::c_int, mode: u32) -> io::Result
 
 /// What is at a name in a directory (the link itself for a symlink).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
+pub enum Kind {
+    /// A directory.
     Dir,
+    /// A regular file.
     File,
     /// A symlink, a FIFO, a socket, a device.
     Other,
@@ -77,18 +80,31 @@ pub(crate) enum Kind {
 
 /// What [`Dir::stat`] found.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Stat {
-    pub(crate) kind: Kind,
+pub struct Stat {
+    /// What kind of entry it is.
+    pub kind: Kind,
     /// Permission bits (with set-id and sticky bits).
-    pub(crate) mode: u32,
-    pub(crate) size: u64,
-    pub(crate) mtime: Option<SystemTime>,
+    pub mode: u32,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When its content last changed.
+    pub mtime: Option<SystemTime>,
+    /// The file type bits (`st_mode & S_IFMT`): tells a symlink from a FIFO or a device.
+    pub file_type: u32,
+    /// The device number of a device node (0 otherwise).
+    pub rdev: u64,
 }
 
 /// An open directory; names are resolved beneath it and never through a symlink.
 #[derive(Debug)]
-pub(crate) struct Dir {
+pub struct Dir {
     fd: OwnedFd,
+}
+
+impl AsRawFd for Dir {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
 }
 
 /// How deep [`Dir::remove_all`] goes before giving up.
@@ -97,7 +113,7 @@ const MAX_DEPTH: usize = 512;
 impl Dir {
     /// Opens the directory `path` (the trusted root, e.g. a configured workspace; a symlink
     /// in `path` itself is followed, as the user wrote it).
-    pub(crate) fn open_root(path: &Path) -> io::Result<Dir> {
+    pub fn open_root(path: &Path) -> io::Result<Dir> {
         let c = cstr(path.as_os_str())?;
         // SAFETY: `c` is NUL-terminated and outlives the call.
         let fd = check(unsafe {
@@ -113,7 +129,7 @@ impl Dir {
 
     /// The directory `name` in this one: `ELOOP` for a symlink, `ENOTDIR` for anything else
     /// that is not a directory, `ENOENT` when missing.
-    pub(crate) fn open_dir(&self, name: &OsStr) -> io::Result<Dir> {
+    pub fn open_dir(&self, name: &OsStr) -> io::Result<Dir> {
         let fd = openat2(
             self.fd.as_raw_fd(),
             &cstr(name)?,
@@ -125,7 +141,7 @@ impl Dir {
 
     /// The regular file `name`, opened for reading (`ELOOP` for a symlink, `EINVAL` for
     /// anything that is not a regular file: a FIFO is never waited on).
-    pub(crate) fn open_file(&self, name: &OsStr) -> io::Result<File> {
+    pub fn open_file(&self, name: &OsStr) -> io::Result<File> {
         let fd = openat2(
             self.fd.as_raw_fd(),
             &cstr(name)?,
@@ -140,7 +156,7 @@ impl Dir {
     }
 
     /// Creates the file `name` (which must not exist) with mode 0600, for writing.
-    pub(crate) fn create_new(&self, name: &OsStr) -> io::Result<File> {
+    pub fn create_new(&self, name: &OsStr) -> io::Result<File> {
         let fd = openat2(
             self.fd.as_raw_fd(),
             &cstr(name)?,
@@ -151,14 +167,14 @@ impl Dir {
     }
 
     /// Creates the directory `name` with mode 0700.
-    pub(crate) fn mkdir(&self, name: &OsStr) -> io::Result<()> {
+    pub fn mkdir(&self, name: &OsStr) -> io::Result<()> {
         let c = cstr(name)?;
         // SAFETY: `c` is NUL-terminated and outlives the call; the fd is open.
         check(unsafe { libc::mkdirat(self.fd.as_raw_fd(), c.as_ptr(), 0o700) }).map(drop)
     }
 
     /// What is at `name`, without following a symlink; `None` when nothing is there.
-    pub(crate) fn stat(&self, name: &OsStr) -> io::Result<Option<Stat>> {
+    pub fn stat(&self, name: &OsStr) -> io::Result<Option<Stat>> {
         let c = cstr(name)?;
         // SAFETY: an all-zero `stat` is a valid value for fstatat to overwrite.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -190,18 +206,80 @@ impl Dir {
             mode: st.st_mode & 0o7777,
             size: u64::try_from(st.st_size).unwrap_or(0),
             mtime,
+            file_type: st.st_mode & libc::S_IFMT,
+            rdev: st.st_rdev,
         }))
     }
 
+    /// The directory open at `fd` (trusted: whatever the caller opened).
+    pub fn from_fd(fd: OwnedFd) -> Dir {
+        Dir { fd }
+    }
+
+    /// The target of the symlink `name` (`EINVAL` when it is not a symlink).
+    pub fn read_link(&self, name: &OsStr) -> io::Result<OsString> {
+        let c = cstr(name)?;
+        let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+        // SAFETY: `c` is NUL-terminated, `buf` is a valid buffer of the given length, the
+        // fd is open.
+        let n = unsafe {
+            libc::readlinkat(
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+        if n >= buf.len() {
+            return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+        }
+        buf.truncate(n);
+        Ok(OsString::from_vec(buf))
+    }
+
+    /// Creates the symlink `name` pointing to `target` (`EEXIST` if `name` exists).
+    pub fn symlink(&self, target: &OsStr, name: &OsStr) -> io::Result<()> {
+        let (t, n) = (cstr(target)?, cstr(name)?);
+        // SAFETY: both strings are NUL-terminated and outlive the call; the fd is open.
+        check(unsafe { libc::symlinkat(t.as_ptr(), self.fd.as_raw_fd(), n.as_ptr()) }).map(drop)
+    }
+
+    /// The value of this directory's extended attribute `attr` (`None` when it has none
+    /// by that name; at most 256 bytes are read).
+    pub fn xattr(&self, attr: &CStr) -> io::Result<Option<Vec<u8>>> {
+        let mut buf = [0u8; 256];
+        // SAFETY: `attr` is NUL-terminated, `buf` is a valid buffer of the given length,
+        // the fd is open.
+        let n = unsafe {
+            libc::fgetxattr(
+                self.fd.as_raw_fd(),
+                attr.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        match usize::try_from(n) {
+            Ok(n) => Ok(Some(buf[..n].to_vec())),
+            Err(_) => {
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::ENODATA | libc::ENOTSUP) => Ok(None),
+                    _ => Err(e),
+                }
+            }
+        }
+    }
+
     /// Another fd for this directory.
-    pub(crate) fn try_clone(&self) -> io::Result<Dir> {
+    pub fn try_clone(&self) -> io::Result<Dir> {
         Ok(Dir {
             fd: self.fd.try_clone()?,
         })
     }
 
     /// Removes `name` if it is not a directory (a symlink itself, never its target).
-    pub(crate) fn unlink(&self, name: &OsStr) -> io::Result<()> {
+    pub fn unlink(&self, name: &OsStr) -> io::Result<()> {
         let c = cstr(name)?;
         // SAFETY: `c` is NUL-terminated and outlives the call; the fd is open.
         check(unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), 0) }).map(drop)
@@ -209,7 +287,7 @@ impl Dir {
 
     /// Renames `from` to `to` within this directory, replacing a file or symlink at `to`
     /// (`EISDIR` if `to` is a directory).
-    pub(crate) fn rename(&self, from: &OsStr, to: &OsStr) -> io::Result<()> {
+    pub fn rename(&self, from: &OsStr, to: &OsStr) -> io::Result<()> {
         let (f, t) = (cstr(from)?, cstr(to)?);
         let fd = self.fd.as_raw_fd();
         // SAFETY: both names are NUL-terminated and outlive the call; the fd is open.
@@ -217,13 +295,13 @@ impl Dir {
     }
 
     /// Sets this directory's permission bits (on the open fd: no path is followed).
-    pub(crate) fn chmod(&self, mode: u32) -> io::Result<()> {
+    pub fn chmod(&self, mode: u32) -> io::Result<()> {
         // SAFETY: the fd is open.
         check(unsafe { libc::fchmod(self.fd.as_raw_fd(), mode as libc::mode_t) }).map(drop)
     }
 
     /// This directory's owner: its uid and gid.
-    pub(crate) fn owner(&self) -> io::Result<(u32, u32)> {
+    pub fn owner(&self) -> io::Result<(u32, u32)> {
         // SAFETY: an all-zero `stat` is a valid value for fstat to overwrite.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: `st` is a valid out-pointer; the fd is open.
@@ -232,24 +310,22 @@ impl Dir {
     }
 
     /// Gives this directory to `uid` and `gid` (on the open fd: no path is followed).
-    pub(crate) fn chown(&self, uid: u32, gid: u32) -> io::Result<()> {
+    pub fn chown(&self, uid: u32, gid: u32) -> io::Result<()> {
         // SAFETY: the fd is open.
         check(unsafe { libc::fchown(self.fd.as_raw_fd(), uid, gid) }).map(drop)
     }
 
     /// The names in this directory (without `.` and `..`).
-    pub(crate) fn names(&self) -> io::Result<Vec<OsString>> {
-        Ok(
-            agentkernel_core::dir_entries(std::os::fd::AsFd::as_fd(&self.fd))?
-                .into_iter()
-                .map(|(name, _)| OsString::from_vec(name.into_bytes()))
-                .collect(),
-        )
+    pub fn names(&self) -> io::Result<Vec<OsString>> {
+        Ok(crate::dir_entries(std::os::fd::AsFd::as_fd(&self.fd))?
+            .into_iter()
+            .map(|(name, _)| OsString::from_vec(name.into_bytes()))
+            .collect())
     }
 
     /// Removes `name` and, if it is a directory, everything beneath it; every step relative
     /// to an open directory and never through a symlink. Nothing there is not an error.
-    pub(crate) fn remove_all(&self, name: &OsStr) -> io::Result<()> {
+    pub fn remove_all(&self, name: &OsStr) -> io::Result<()> {
         self.remove_all_depth(name, 0)
     }
 
@@ -285,4 +361,91 @@ impl Dir {
             other => other.map(drop),
         }
     }
+}
+
+/// How often one step is retried when the directory changes under it (another program
+/// swapping a directory and a symlink, say) before giving up.
+pub const ATTEMPTS: usize = 16;
+
+/// The error when a step was retried [`ATTEMPTS`] times because the directory kept changing.
+pub fn changed_meanwhile() -> io::Error {
+    io::Error::other("it kept changing while files were copied back")
+}
+
+/// The uid and gid that files written back get (`None`: this process's own).
+pub type Owner = Option<(u32, u32)>;
+
+/// The directory `name` in `parent`, created if missing (and then given to `owner`); a
+/// file or symlink there is replaced (the guest's directory wins, but never by following a
+/// link).
+pub fn ensure_dir(parent: &Dir, name: &OsStr, owner: Owner) -> io::Result<Dir> {
+    let mut made = false;
+    for _ in 0..ATTEMPTS {
+        match parent.open_dir(name) {
+            Ok(dir) => {
+                if made && let Some((uid, gid)) = owner {
+                    dir.chown(uid, gid)?;
+                }
+                return Ok(dir);
+            }
+            Err(e) => match e.raw_os_error() {
+                Some(libc::ENOENT) => match parent.mkdir(name) {
+                    Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
+                    made_now => made = made_now.is_ok(),
+                },
+                Some(libc::ELOOP | libc::ENOTDIR) => match parent.unlink(name) {
+                    Err(e) if !matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EISDIR)) => {
+                        return Err(e);
+                    }
+                    _ => {}
+                },
+                _ => return Err(e),
+            },
+        }
+    }
+    Err(changed_meanwhile())
+}
+
+/// Puts the new file `tmp` in `parent` in the place of `name`: a symlink there is
+/// replaced, never followed; a directory there is removed first.
+pub fn rename_into_place(parent: &Dir, tmp: &OsStr, name: &OsStr) -> io::Result<()> {
+    for _ in 0..ATTEMPTS {
+        match parent.rename(tmp, name) {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EISDIR | libc::ENOTEMPTY | libc::EEXIST)
+                ) =>
+            {
+                parent.remove_all(name)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(changed_meanwhile())
+}
+
+/// A part file being written: removed when dropped, unless `name` was taken (it was renamed
+/// into place).
+pub struct Part<'a> {
+    /// The directory holding the part file.
+    pub dir: &'a Dir,
+    /// The part file's name; `None` once it was renamed into place.
+    pub name: Option<&'a OsStr>,
+}
+
+impl Drop for Part<'_> {
+    fn drop(&mut self) {
+        if let Some(name) = self.name {
+            let _ = self.dir.unlink(name);
+        }
+    }
+}
+
+/// Mode bits a file or directory written back gets: no set-id or sticky bits, no write for
+/// group or others (a host workspace is not made world-writable by a guest), and the owner
+/// can always read and write it (and enter a directory).
+pub fn host_mode(guest_mode: u32, dir: bool) -> u32 {
+    (guest_mode & 0o755) | if dir { 0o700 } else { 0o600 }
 }
