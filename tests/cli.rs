@@ -207,6 +207,21 @@ fn doctor_reports_the_process_backend_and_its_protections() {
         .find(|c| c["name"] == "rlimits")
         .expect("rlimits");
     assert_eq!(rlimits["state"], "active", "{rlimits}");
+    // The probe sandbox had a workspace: its write layer was made (this kernel can), or
+    // doctor says why not.
+    let layer = process["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["name"] == "workspace")
+        .expect("workspace layer reported");
+    assert!(
+        layer["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "{layer}"
+    );
+    if layer["state"] != "active" {
+        println!("SKIPPED process workspace_layer (this kernel cannot make it: {})", layer["detail"]);
+    }
 }
 
 include!("../testdata/test_deps.rs");
