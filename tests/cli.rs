@@ -220,7 +220,10 @@ fn doctor_reports_the_process_backend_and_its_protections() {
         "{layer}"
     );
     if layer["state"] != "active" {
-        println!("SKIPPED process workspace_layer (this kernel cannot make it: {})", layer["detail"]);
+        println!(
+            "SKIPPED process workspace_layer (this kernel cannot make it: {})",
+            layer["detail"]
+        );
     }
 }
 

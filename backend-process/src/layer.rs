@@ -14,8 +14,8 @@
 //! relative to directory fds and never through a symlink, and written into the host
 //! directory with [`agentkernel_core::fsat`] (new file renamed into place, modes without
 //! set-id or group/other write, the directory's owner when root):
-//! - a regular file is copied (skipped when the host file has its size and mtime: copied
-//!   before);
+//! - a regular file is copied (skipped when the host file has its size, mtime and mode:
+//!   copied before);
 //! - a directory is created; an *opaque* one (`user.overlay.opaque`: the program removed the
 //!   directory and made a new one) first loses what the host has and the layer has not;
 //! - a whiteout (a character device 0:0) deletes the host entry;
@@ -321,7 +321,8 @@ fn lchown(dir: &Dir, name: &OsStr, uid: u32, gid: u32) -> io::Result<()> {
 }
 
 /// Copies the layer's regular file `name` over the host's, unless the host file has its
-/// size and mtime (copied before).
+/// size, mtime and (host) mode: copied before, or only opened for writing (an overlay copies
+/// a file up when it is opened to write).
 fn copy_file(
     upper: &Dir,
     host: &Dir,
@@ -334,6 +335,7 @@ fn copy_file(
         && h.kind == Kind::File
         && h.size == st.size
         && h.mtime == st.mtime
+        && h.mode == host_mode(st.mode, false)
     {
         return Ok(());
     }

@@ -255,6 +255,8 @@ async fn workspace_changes_reach_the_host_when_each_exec_ends() {
     std::fs::create_dir_all(ws.join("keep")).unwrap();
     std::fs::write(ws.join("keep/k"), "k").unwrap();
     std::fs::write(ws.join("mod"), "old").unwrap();
+    std::fs::write(ws.join("perm"), "p").unwrap();
+    std::fs::set_permissions(ws.join("perm"), std::fs::Permissions::from_mode(0o644)).unwrap();
     let mut sb = rt.create(&spec).await.expect("create");
     let out = run_with(
         &mut sb,
@@ -267,6 +269,7 @@ os.chmod('b', 0o777)
 os.remove('a')
 shutil.rmtree('sub'); os.mkdir('sub'); open('sub/t', 'w').write('t')
 open('mod', 'a').write('+more')
+os.chmod('perm', 0o700)
 os.makedirs('d1/d2/d3'); open('d1/d2/d3/deep', 'w').write('deep')
 os.symlink('b', 'good'); os.symlink('/etc/passwd', 'abs'); os.symlink('../x', 'up')
 os.mkfifo('fifo')
@@ -303,6 +306,15 @@ print('done')
     );
     assert_eq!(std::fs::read_to_string(ws.join("keep/k")).unwrap(), "k");
     assert_eq!(std::fs::read_to_string(ws.join("mod")).unwrap(), "old+more");
+    assert_eq!(
+        std::fs::metadata(ws.join("perm"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700,
+        "a mode change alone reached the host"
+    );
     assert_eq!(
         std::fs::read_to_string(ws.join("d1/d2/d3/deep")).unwrap(),
         "deep"
