@@ -233,14 +233,15 @@ async fn symlinked_workspace_cannot_redirect_the_mount() {
         Err(agentkernel_core::Error::InvalidRequest { .. }) => {}
         Err(other) => panic!("expected InvalidRequest, got {other}"),
         Ok(mut sb) => {
+            // Accepted: the mount is already made (what the exec sees is only a detail).
             let out = sb
                 .exec(
                     ExecRequest::new("import os; print(os.listdir('/workspace'))"),
                     Arc::new(NoTools),
                 )
                 .await
-                .expect("exec");
-            panic!("a symlinked workspace was mounted: {}", out.stdout.text());
+                .map(|out| out.stdout.text());
+            panic!("a symlinked workspace was accepted (its exec: {out:?})");
         }
     }
     let owner = std::fs::metadata(&target)
