@@ -367,7 +367,8 @@ async fn the_call_budget_is_per_execution() {
         let out = kernel.execute(program).await.unwrap();
         assert!(
             out.stdout.text().starts_with("3 tool call budget spent"),
-            "{}",
+            "{:?}: {}",
+            out.status,
             out.stdout.text()
         );
     }

@@ -414,6 +414,15 @@ mod tests {
             std::os::unix::fs::lchown(&p, Some(sandbox), Some(sandbox)).expect("lchown");
         }
         restore_owner(&ws, sandbox, 4242, 4343).expect("restore");
+        // The targets first: a walk that followed a link changed them (and not the link).
+        let m = std::fs::metadata(&outside).expect("stat");
+        assert_eq!(m.uid(), sandbox, "the symlink's target outside was changed");
+        let m = std::fs::metadata(root.path()).expect("stat");
+        assert_eq!(
+            m.uid(),
+            0,
+            "the directory a symlink points up to was changed"
+        );
         for p in [
             ws.clone(),
             ws.join("a"),
@@ -426,13 +435,5 @@ mod tests {
             let m = std::fs::symlink_metadata(&p).expect("stat");
             assert_eq!((m.uid(), m.gid()), (4242, 4343), "{}", p.display());
         }
-        let m = std::fs::metadata(&outside).expect("stat");
-        assert_eq!(m.uid(), sandbox, "the symlink's target outside was changed");
-        let m = std::fs::metadata(root.path()).expect("stat");
-        assert_eq!(
-            m.uid(),
-            0,
-            "the directory a symlink points up to was changed"
-        );
     }
 }

@@ -139,17 +139,18 @@ async fn frames_forged_before_a_reset_are_dropped() {
     exec(
         &mut sb,
         r#"
-import json, os, threading, time
+import json, os, time
 def frame(m):
     d = json.dumps(m).encode()
     return len(d).to_bytes(4, "big") + d
-def forge():
-    # After this exec has ended, while the host is not reading.
+# A child (the agent itself waits stopped once the exec has ended, its threads too) writes
+# after this exec has ended, while the host is not reading.
+if os.fork() == 0:
     time.sleep(0.2)
     os.write(3, frame({"type": "hello", "python": "x", "executable": "x", "pid": 1, "protections": {}})
         + frame({"type": "tool_call", "id": 1, "name": "spy", "args": {}})
         + frame({"type": "done", "id": 3, "status": {"kind": "exited", "code": 7}, "sentinels": {"stdout": True, "stderr": True}}))
-threading.Thread(target=forge).start()
+    os._exit(0)
 "#,
     )
     .await;

@@ -920,10 +920,12 @@ fn host_marker(rt: &dyn Runtime, sb: &dyn crate::Sandbox, marker: &str) -> Strin
 }
 
 /// When a run is killed, every process it started is gone, including children that
-/// ignore SIGTERM (checked by scanning the host's `/proc`). A backend without subprocesses
-/// whose sandbox is a host process of its own (monty's worker) is checked for that process;
-/// one that runs in the kernel's own process (wasm, monty in-process) has no process to
-/// leave behind, and the check is reported skipped ([`skip`]).
+/// ignore SIGTERM in sessions of their own (checked by scanning the host's `/proc`): the
+/// run that starts them is the one killed by its time limit, so only the kill can end
+/// them (what an earlier run left behind would also end when the next run starts). A
+/// backend without subprocesses whose sandbox is a host process of its own (monty's worker)
+/// is checked for that process; one that runs in the kernel's own process (wasm, monty
+/// in-process) has no process to leave behind, and the check is reported skipped ([`skip`]).
 pub async fn kill_leaves_no_process(rt: &dyn Runtime) {
     if !rt.capabilities().subprocess {
         sandbox_process_is_gone_after(rt, "kill_leaves_no_process", Ending::Kill).await;
@@ -932,7 +934,7 @@ pub async fn kill_leaves_no_process(rt: &dyn Runtime) {
     let marker = format!("ak-orphan-{}", uuid::Uuid::new_v4().simple());
     let mut sb = rt.create(&test_spec()).await.expect("create");
     let on_host = host_marker(rt, sb.as_ref(), &marker);
-    let spawn = format!(
+    let code = format!(
         r#"
 import os, signal, subprocess
 subprocess.Popen(["sh", "-c", "trap '' TERM; sleep 120; : {marker}"], start_new_session=True)
@@ -940,24 +942,33 @@ if os.fork() == 0:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.setsid()
     os.execv("/bin/sh", ["sh", "-c", "trap '' TERM; sleep 120; : {marker}"])
-print("spawned")
+print("spawned", flush=True)
+while True:
+    pass
 "#
     );
-    let out = sb
-        .exec(ExecRequest::new(spawn), Arc::new(NoTools))
-        .await
-        .expect("exec");
-    assert_ok(&out);
     let expected = if on_host == marker { 2 } else { 1 };
-    assert!(
-        wait_for_processes(&on_host, expected).await,
-        "the check cannot see the sandbox's children"
+    // The children are watched for while the run that started them goes on.
+    let (out, seen) = tokio::join!(
+        sb.exec(
+            ExecRequest::new(code).with_timeout(Duration::from_secs(5)),
+            Arc::new(NoTools)
+        ),
+        wait_for_processes(&on_host, expected),
     );
-    kill_a_busy_loop_by_its_time_limit(sb.as_mut()).await;
+    let out = out.expect("exec");
+    assert!(seen, "the check cannot see the sandbox's children");
+    assert_eq!(
+        out.status,
+        ExecStatus::Killed {
+            limit: LimitKind::WallTime
+        }
+    );
+    assert_eq!(out.stdout.text(), "spawned\n");
     assert_eq!(
         count_host_processes(&on_host),
         0,
-        "processes of a killed sandbox survived"
+        "processes of a killed run survived it"
     );
     sb.shutdown().await.expect("shutdown");
 }
