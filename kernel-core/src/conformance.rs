@@ -779,13 +779,25 @@ for pid in ({victim}, {me}):
     );
 }
 
-/// A TCP listener on the host's loopback is unreachable.
+/// A TCP listener on the host is unreachable: on its loopback, on its outbound address and
+/// on QEMU's user-network gateway (`10.0.2.2`; inside a VM `127.0.0.1` is the guest's own).
 pub async fn escape_network(rt: &dyn Runtime) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    // Listening on every address: inside a VM `127.0.0.1` is the guest's own, so the
+    // program also tries the host's outbound address and QEMU's user-network gateway.
+    let listener = TcpListener::bind("0.0.0.0:0").expect("bind");
     listener.set_nonblocking(true).expect("nonblocking");
     let port = listener.local_addr().expect("addr").port();
+    let mut targets = vec!["127.0.0.1".to_owned(), "10.0.2.2".to_owned()];
+    // The host's address on its default route (no packet is sent to find it).
+    if let Ok(probe) = std::net::UdpSocket::bind("0.0.0.0:0")
+        && probe.connect("192.0.2.1:9").is_ok()
+        && let Ok(local) = probe.local_addr()
+        && !local.ip().is_unspecified()
+    {
+        targets.push(local.ip().to_string());
+    }
     let code = format!(
-        "import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=3)\n    print('connected')\nexcept OSError as e:\n    print('refused', type(e).__name__)"
+        "import socket\nfor host in {targets:?}:\n    try:\n        socket.create_connection((host, {port}), timeout=3)\n        print('connected', host)\n    except OSError as e:\n        print('refused', host, type(e).__name__)"
     );
     let out = run_once(rt, &test_spec(), &code).await;
     let accepted = listener.accept();
