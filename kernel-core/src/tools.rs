@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 
 use async_trait::async_trait;
@@ -94,13 +95,53 @@ pub type ToolFn = Box<
     dyn Fn(Value) -> Pin<Box<dyn Future<Output = Result<Value, ToolError>> + Send>> + Send + Sync,
 >;
 
-/// Boxes `f` (called with the JSON arguments) as a [`ToolFn`].
+/// Boxes `f` (called with the JSON arguments) as a [`ToolFn`]. A panic in `f`, or in the
+/// future it returns, fails that call with [`ToolErrorKind::Failed`] ("the tool panicked:
+/// ..."): the program gets the tool's error and the run goes on.
 pub fn tool_fn<F, Fut>(f: F) -> ToolFn
 where
     F: Fn(Value) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Value, ToolError>> + Send + 'static,
 {
-    Box::new(move |args| Box::pin(f(args)))
+    Box::new(move |args| {
+        // A tool that panics fails that call (`ToolError`, kind `Failed`), not the run:
+        // whether it panics making its future or while it runs.
+        match std::panic::catch_unwind(AssertUnwindSafe(|| f(args))) {
+            Ok(fut) => Box::pin(PanicToError(Box::pin(fut))),
+            Err(payload) => Box::pin(std::future::ready(Err(panicked(payload.as_ref())))),
+        }
+    })
+}
+
+/// A tool's future whose panic becomes the call's [`ToolError`].
+struct PanicToError<F>(Pin<Box<F>>);
+
+impl<F: Future<Output = Result<Value, ToolError>>> Future for PanicToError<F> {
+    type Output = Result<Value, ToolError>;
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(poll) => poll,
+            Err(payload) => std::task::Poll::Ready(Err(panicked(payload.as_ref()))),
+        }
+    }
+}
+
+/// The error of a tool call whose code panicked with `payload`.
+fn panicked(payload: &(dyn std::any::Any + Send)) -> ToolError {
+    let what = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_owned());
+    ToolError::new(
+        ToolErrorKind::Failed,
+        format!("the tool panicked: {what} (a bug in the tool, not in the program)"),
+    )
 }
 
 /// A `ToolHost` of Rust closures, for library users with a few in-process tools.
