@@ -144,7 +144,7 @@ impl MontyRuntime {
                 };
                 let jail = ProcessRuntime::new(ProcessConfig {
                     python: None,
-                    live_workspace: false,
+                    workspace_layer: false,
                     native: Some(NativeAgent {
                         executable: worker.executable,
                         args: worker.args,

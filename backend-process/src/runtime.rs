@@ -24,12 +24,14 @@ pub struct ProcessConfig {
     /// A native guest agent to run instead of Python (how the monty backend's worker mode
     /// reuses this jail); `python` is then ignored.
     pub native: Option<NativeAgent>,
-    /// Give sandboxes the host workspace itself instead of an overlay with a capped write
-    /// layer (see `layer.rs`): the program's writes reach the host as they happen, with
-    /// only the file-size limit on them (no cap on the files or bytes a run adds), and
-    /// symlinks leaving the workspace are removed by a sweep at the end of each exec.
-    /// What the kernel falls back to where it cannot make the layer. Default `false`.
-    pub live_workspace: bool,
+    /// Give sandboxes a host workspace through an overlay with a capped write layer (see
+    /// `layer.rs`) instead of the host directory itself. Off by default while the layer's
+    /// copy-back is finished (see SECURITY.md: it re-applies the whole layer, so a host-side
+    /// change to a file the program wrote is overwritten; hard links and deletions inside
+    /// directories the program made are not yet handled). Without it, the program's writes
+    /// reach the host as they happen, with only the file-size limit on them, and symlinks
+    /// leaving the workspace are removed by a sweep at the end of each exec.
+    pub workspace_layer: bool,
 }
 
 /// What every sandbox of one runtime shares (computed once).
@@ -38,8 +40,8 @@ pub(crate) struct Inner {
     pub seccomp: Vec<BpfProgram>,
     pub cgroups: CgroupSupport,
     pub landlock_abi: Option<i32>,
-    /// [`ProcessConfig::live_workspace`].
-    pub live_workspace: bool,
+    /// [`ProcessConfig::workspace_layer`].
+    pub workspace_layer: bool,
 }
 
 /// The jailed-CPython backend. Cheap to clone.
@@ -106,7 +108,7 @@ impl ProcessRuntime {
                 seccomp: seccomp::filters()?,
                 cgroups: cgroup::detect(),
                 landlock_abi: landlock_abi(),
-                live_workspace: config.live_workspace,
+                workspace_layer: config.workspace_layer,
             }),
         })
     }
@@ -122,7 +124,7 @@ impl ProcessRuntime {
                 seccomp: inner.seccomp.clone(),
                 cgroups: inner.cgroups.clone(),
                 landlock_abi: None,
-                live_workspace: inner.live_workspace,
+                workspace_layer: inner.workspace_layer,
             }),
         }
     }
@@ -325,15 +327,15 @@ impl Runtime for ProcessRuntime {
                 Some(true) => CheckState::Active,
                 _ => CheckState::Inactive,
             },
-            detail: match (layered, self.inner.live_workspace) {
+            detail: match (layered, self.inner.workspace_layer) {
                 (Some(true), _) => format!(
                     "a host workspace is an overlay whose write layer is a tmpfs of the sandbox's own: at most {} MiB (4 × the file-size limit, at most the memory limit) and {} files, directories and links added per sandbox; copied to the host before each tool call, at each exec's end and at the sandbox's end",
                     bytes >> 20,
                     files.saturating_sub(3)
                 ),
-                (_, true) => "off (live_workspace): programs write the host workspace directly, capped by the file-size limit only".into(),
-                (Some(false), false) => crate::layer::unavailable_reason().unwrap_or_else(|| "the kernel could not make it".into()),
-                (None, false) => "not tried: the probe sandbox did not start".into(),
+                (_, false) => "off (the default; ProcessConfig::workspace_layer turns it on): programs write the host workspace directly, capped by the file-size limit only".into(),
+                (Some(false), true) => crate::layer::unavailable_reason().unwrap_or_else(|| "the kernel could not make it".into()),
+                (None, true) => "not tried: the probe sandbox did not start".into(),
             },
         });
         // The probe sandbox above tried to set its cgroup up: a failure there is reported,

@@ -279,7 +279,7 @@ pub(crate) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec, id: &str) -> R
         .map(|(p, fd)| (p.clone(), fd.as_raw_fd()))
         .collect();
     // The plan: it refuses non-canonical workspace and mount paths.
-    let root = plan::root_plan(spec, &inner.agent, &tree_fds, !inner.live_workspace)?;
+    let root = plan::root_plan(spec, &inner.agent, &tree_fds, inner.workspace_layer)?;
     let layer_caps = plan::layer_caps(spec);
     let cgroup = match SandboxCgroup::create(&inner.cgroups, id, &spec.limits) {
         Ok(c) => c,
@@ -346,10 +346,10 @@ pub(crate) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec, id: &str) -> R
         seccomp: inner.seccomp.clone(),
         sources: root.sources,
         trees: tree_fds.iter().map(|(_, fd)| *fd).collect(),
-        layer: if inner.live_workspace {
-            None
-        } else {
+        layer: if inner.workspace_layer {
             plan::layer_options(spec)?
+        } else {
+            None
         },
     });
 

@@ -2,10 +2,10 @@
 //! the host, what one run adds is capped, and no two sandboxes write it at once. Judged
 //! from the host.
 //!
-//! By default a sandbox writes a capped layer over the workspace that the host copies back
-//! (`layer.rs`); with `ProcessConfig::live_workspace` (and where the kernel cannot make the
-//! layer) it writes the host directory itself and a sweep removes escaping symlinks: both
-//! are tested here.
+//! With `ProcessConfig::workspace_layer` a sandbox writes a capped layer over the
+//! workspace that the host copies back (`layer.rs`); by default (and where the kernel
+//! cannot make the layer) it writes the host directory itself and a sweep removes escaping
+//! symlinks: both are tested here.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -51,10 +51,10 @@ async fn wait_for_link(path: &Path, tries: u32) {
 }
 
 /// A process runtime and a spec with a fresh workspace (the temp dir holding it, its path);
-/// `live`: [`ProcessConfig::live_workspace`].
+/// `live`: without [`ProcessConfig::workspace_layer`].
 fn with_a_workspace(live: bool) -> (ProcessRuntime, tempfile::TempDir, PathBuf, SandboxSpec) {
     let rt = ProcessRuntime::new(ProcessConfig {
-        live_workspace: live,
+        workspace_layer: !live,
         ..ProcessConfig::default()
     })
     .expect("process backend available");
