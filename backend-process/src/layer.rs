@@ -31,8 +31,7 @@ use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -282,7 +281,7 @@ fn apply_entry(
                     name: Some(&tmp),
                 };
                 if let Some((uid, gid)) = owner {
-                    lchown(host, &tmp, uid, gid)?;
+                    host.chown_link(&tmp, uid, gid)?;
                 }
                 rename_into_place(host, &tmp, name)?;
                 part.name = None;
@@ -305,19 +304,6 @@ fn part_name() -> OsString {
         ".agentkernel-{}.part",
         uuid::Uuid::new_v4().simple()
     ))
-}
-
-/// Gives the symlink `name` in `dir` to `uid`/`gid` (the link itself, never its target).
-fn lchown(dir: &Dir, name: &OsStr, uid: u32, gid: u32) -> io::Result<()> {
-    let c = std::ffi::CString::new(name.as_bytes())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let fd = dir.as_raw_fd();
-    // SAFETY: `c` is NUL-terminated and outlives the call; `fd` is an open directory.
-    let rc = unsafe { libc::fchownat(fd, c.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Copies the layer's regular file `name` over the host's, unless the host file has its

@@ -538,12 +538,12 @@ impl ProcessSandbox {
         }
     }
 
-    /// [`ProcessSandbox::apply_layer`] off the async threads, when this sandbox has a
-    /// layer and holds its workspace.
-    async fn apply_layer_async(&self) -> Option<String> {
-        let layer = self.layer.clone()?;
-        let host = self.workspace.as_ref()?.dir();
-        let id = self.id.clone();
+    /// [`ProcessSandbox::apply_layer`] off the async threads.
+    async fn apply_layer_off_thread(
+        layer: Arc<Layer>,
+        host: std::io::Result<std::fs::File>,
+        id: String,
+    ) -> Option<String> {
         tokio::task::spawn_blocking(move || Self::apply_layer(&layer, host, &id))
             .await
             .unwrap_or_else(|e| {
@@ -707,8 +707,9 @@ impl ProcessSandbox {
 }
 
 impl Drop for ProcessSandbox {
-    /// A sandbox dropped without `shutdown` still gives its workspace back swept: its
-    /// processes have been sent SIGKILL (by `Live`'s drop) before the sweep.
+    /// A sandbox dropped without `shutdown` still gives its workspace back (its layer
+    /// copied, or the workspace swept): its processes have been sent SIGKILL (by `Live`'s
+    /// drop) first.
     fn drop(&mut self) {
         if self.workspace.is_some() {
             drop(self.live.take());
@@ -814,40 +815,39 @@ impl Sandbox for ProcessSandbox {
             }
         };
         let mut outcome = report.into_outcome(status, started.elapsed());
-        if self.layer.is_some() {
-            // What the program wrote reaches the host now (and again when the sandbox ends,
-            // for what a process it left running writes meanwhile).
-            if let Some(note) = self.apply_layer_async().await {
-                outcome.stderr.push_live(
-                    note.as_bytes(),
-                    cap,
-                    req.output.as_ref(),
-                    agentkernel_core::StreamKind::Stderr,
+        // Notes for the caller, after the program's own stderr (and through the live sink).
+        let mut notes = Vec::new();
+        match (&self.layer, &self.workspace) {
+            (Some(layer), Some(lock)) => {
+                // What the program wrote reaches the host now (and again when the sandbox
+                // ends, for what a process it left running writes meanwhile).
+                notes.extend(
+                    Self::apply_layer_off_thread(layer.clone(), lock.dir(), self.id.clone()).await,
                 );
+                notes.extend(layer.full_note());
             }
-            if let Some(note) = self.layer.as_ref().and_then(|l| l.full_note()) {
-                outcome.stderr.push_live(
-                    note.as_bytes(),
-                    cap,
-                    req.output.as_ref(),
-                    agentkernel_core::StreamKind::Stderr,
-                );
+            (None, Some(lock)) => {
+                if let Ok(dir) = lock.dir() {
+                    // The sweep walks the whole workspace: off the async threads.
+                    let swept = tokio::task::spawn_blocking(move || {
+                        agentkernel_core::remove_escaping_symlinks(&dir)
+                    })
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(std::io::Error::other(format!("the sweep panicked: {e}")))
+                    });
+                    notes.extend(self.sweep_note(swept));
+                }
             }
-        } else if let Some(dir) = self.workspace.as_ref().and_then(|l| l.dir().ok()) {
-            // The sweep walks the whole workspace: off the async threads.
-            let swept = tokio::task::spawn_blocking(move || {
-                agentkernel_core::remove_escaping_symlinks(&dir)
-            })
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(format!("the sweep panicked: {e}"))));
-            if let Some(note) = self.sweep_note(swept) {
-                outcome.stderr.push_live(
-                    note.as_bytes(),
-                    cap,
-                    req.output.as_ref(),
-                    agentkernel_core::StreamKind::Stderr,
-                );
-            }
+            _ => {}
+        }
+        for note in notes {
+            outcome.stderr.push_live(
+                note.as_bytes(),
+                cap,
+                req.output.as_ref(),
+                agentkernel_core::StreamKind::Stderr,
+            );
         }
         Ok(outcome)
     }
@@ -915,11 +915,12 @@ impl ToolHost for ApplyBeforeCalls {
         name: &str,
         args: serde_json::Value,
     ) -> std::result::Result<serde_json::Value, agentkernel_core::ToolError> {
-        let layer = self.layer.clone();
-        let host = self.host.try_clone();
-        let id = self.id.clone();
-        let _ = tokio::task::spawn_blocking(move || ProcessSandbox::apply_layer(&layer, host, &id))
-            .await;
+        let _ = ProcessSandbox::apply_layer_off_thread(
+            self.layer.clone(),
+            self.host.try_clone(),
+            self.id.clone(),
+        )
+        .await;
         self.inner.call(name, args).await
     }
 }

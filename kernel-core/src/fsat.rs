@@ -101,10 +101,29 @@ pub struct Dir {
     fd: OwnedFd,
 }
 
-impl AsRawFd for Dir {
-    fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+/// The target of the symlink `name` in the open directory `dir`, read without following
+/// it (`EINVAL` when `name` is not a symlink).
+///
+/// # Errors
+/// As `readlinkat(2)`; `ENAMETOOLONG` for a target that does not fit in `PATH_MAX`.
+pub fn read_link_at(dir: std::os::fd::BorrowedFd<'_>, name: &CStr) -> io::Result<OsString> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: `name` is NUL-terminated, `buf` is a valid buffer of the given length, the
+    // fd is open for the borrow.
+    let n = unsafe {
+        libc::readlinkat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    if n >= buf.len() {
+        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
     }
+    buf.truncate(n);
+    Ok(OsString::from_vec(buf))
 }
 
 /// How deep [`Dir::remove_all`] goes before giving up.
@@ -218,24 +237,23 @@ impl Dir {
 
     /// The target of the symlink `name` (`EINVAL` when it is not a symlink).
     pub fn read_link(&self, name: &OsStr) -> io::Result<OsString> {
+        read_link_at(std::os::fd::AsFd::as_fd(&self.fd), &cstr(name)?)
+    }
+
+    /// Gives the symlink `name` (the link itself, never its target) to `uid`/`gid`.
+    pub fn chown_link(&self, name: &OsStr, uid: u32, gid: u32) -> io::Result<()> {
         let c = cstr(name)?;
-        let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
-        // SAFETY: `c` is NUL-terminated, `buf` is a valid buffer of the given length, the
-        // fd is open.
-        let n = unsafe {
-            libc::readlinkat(
+        // SAFETY: `c` is NUL-terminated and outlives the call; the fd is open.
+        check(unsafe {
+            libc::fchownat(
                 self.fd.as_raw_fd(),
                 c.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
+                uid,
+                gid,
+                libc::AT_SYMLINK_NOFOLLOW,
             )
-        };
-        let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
-        if n >= buf.len() {
-            return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
-        }
-        buf.truncate(n);
-        Ok(OsString::from_vec(buf))
+        })
+        .map(drop)
     }
 
     /// Creates the symlink `name` pointing to `target` (`EEXIST` if `name` exists).

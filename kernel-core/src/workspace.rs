@@ -238,20 +238,10 @@ pub fn remove_escaping_symlinks(top: &std::fs::File) -> std::io::Result<SweptLin
             let kind = entry_type(&dir, &cname, d_type);
             let path = rel.join(std::ffi::OsStr::from_bytes(cname.as_bytes()));
             if kind == libc::DT_LNK {
-                let mut buf = vec![0u8; libc::PATH_MAX as usize];
-                // SAFETY: readlinkat into a buffer of the given length, relative to an
-                // fd we own; it does not follow the link.
-                let n = unsafe {
-                    libc::readlinkat(
-                        dir.as_raw_fd(),
-                        cname.as_ptr(),
-                        buf.as_mut_ptr().cast(),
-                        buf.len(),
-                    )
+                let Ok(target) = crate::fsat::read_link_at(dir.as_fd(), &cname) else {
+                    continue;
                 };
-                let Ok(n) = usize::try_from(n) else { continue };
-                buf.truncate(n);
-                let target = PathBuf::from(std::ffi::OsStr::from_bytes(&buf));
+                let target = PathBuf::from(target);
                 if !symlink_target_descends(&target) {
                     // SAFETY: unlinkat of a name in a directory fd we own (removes the
                     // link itself, never what it points to).
