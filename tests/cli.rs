@@ -176,9 +176,14 @@ fn doctor_reports_the_process_backend_and_its_protections() {
         .find(|r| r["backend"] == "process")
         .expect("process backend listed");
     assert_eq!(process["available"], true);
-    let checks: Vec<_> = process["checks"]
-        .as_array()
-        .expect("checks")
+    let all_checks = process["checks"].as_array().expect("checks");
+    let check = |name: &str| {
+        all_checks
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("doctor does not report {name}"))
+    };
+    let checks: Vec<_> = all_checks
         .iter()
         .map(|c| c["name"].as_str().unwrap_or(""))
         .collect();
@@ -192,29 +197,14 @@ fn doctor_reports_the_process_backend_and_its_protections() {
     ] {
         assert!(checks.contains(&name), "doctor does not report {name}");
     }
-    let seccomp = process["checks"]
-        .as_array()
-        .expect("checks")
-        .iter()
-        .find(|c| c["name"] == "seccomp")
-        .expect("seccomp");
+    let seccomp = check("seccomp");
     assert_eq!(seccomp["state"], "active");
     // Read back from the probe sandbox's init on the host, not assumed.
-    let rlimits = process["checks"]
-        .as_array()
-        .expect("checks")
-        .iter()
-        .find(|c| c["name"] == "rlimits")
-        .expect("rlimits");
+    let rlimits = check("rlimits");
     assert_eq!(rlimits["state"], "active", "{rlimits}");
     // The probe sandbox had a workspace: its write layer was made (this kernel can), or
     // doctor says why not.
-    let layer = process["checks"]
-        .as_array()
-        .expect("checks")
-        .iter()
-        .find(|c| c["name"] == "workspace")
-        .expect("workspace layer reported");
+    let layer = check("workspace");
     assert!(
         layer["detail"].as_str().is_some_and(|d| !d.is_empty()),
         "{layer}"
