@@ -30,7 +30,6 @@ use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Component, Path};
 use std::time::SystemTime;
@@ -201,54 +200,6 @@ pub fn too_big(top: &Path, total: u64, cap: u64) -> Error {
     }
 }
 
-/// The data extents of `file` (`size` bytes): `(offset, length)` from `SEEK_DATA` and
-/// `SEEK_HOLE`; the whole file where the file system cannot tell. At most [`MAX_EXTENTS`]
-/// (the last one then runs to the end).
-fn data_extents(file: &File, size: u64) -> io::Result<Vec<(u64, u64)>> {
-    let fd = file.as_raw_fd();
-    let seek = |at: u64, whence: libc::c_int| -> io::Result<Option<u64>> {
-        let at =
-            libc::off_t::try_from(at).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
-        // SAFETY: lseek on an fd this function's caller holds open; no memory is passed.
-        let got = unsafe { libc::lseek(fd, at, whence) };
-        if got < 0 {
-            let e = io::Error::last_os_error();
-            // ENXIO: no data at or after `at`.
-            return if e.raw_os_error() == Some(libc::ENXIO) {
-                Ok(None)
-            } else {
-                Err(e)
-            };
-        }
-        Ok(Some(got as u64))
-    };
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at < size {
-        let data = match seek(at, libc::SEEK_DATA) {
-            Ok(Some(data)) => data,
-            Ok(None) => break,
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) => {
-                out.push((at, size - at));
-                break;
-            }
-            Err(e) => return Err(e),
-        };
-        if data >= size {
-            break;
-        }
-        let hole = seek(data, libc::SEEK_HOLE)?.map_or(size, |h| h.min(size));
-        let hole = if hole <= data { size } else { hole };
-        if out.len() + 1 == MAX_EXTENTS {
-            out.push((data, size - data));
-            break;
-        }
-        out.push((data, hole - data));
-        at = hole;
-    }
-    Ok(out)
-}
-
 /// An entry's frame: its length and its JSON header.
 fn frame(entry: &Entry) -> Result<Vec<u8>> {
     let head = serde_json::to_vec(entry)
@@ -342,7 +293,8 @@ pub async fn send_bundle<W: AsyncWrite + Unpin>(
                     if total > cap {
                         return Err(too_big(top, total, cap));
                     }
-                    let extents = data_extents(&file, size).map_err(reading)?;
+                    let extents = agentkernel_core::fsat::data_extents(&file, size, MAX_EXTENTS)
+                        .map_err(reading)?;
                     let head = frame(&Entry {
                         path: rel.clone(),
                         kind: "file".into(),

@@ -13,30 +13,46 @@
 //! end of each exec and when the sandbox ends. The layer is untrusted input: it is read
 //! relative to directory fds and never through a symlink, and written into the host
 //! directory with [`agentkernel_core::fsat`] (new file renamed into place, modes without
-//! set-id or group/other write, the directory's owner when root):
-//! - a regular file is copied (skipped when the host file has its size, mtime and mode:
-//!   copied before);
-//! - a directory is created; an *opaque* one (`user.overlay.opaque`: the program removed the
-//!   directory and made a new one) first loses what the host has and the layer has not;
-//! - a whiteout (a character device 0:0) deletes the host entry;
+//! set-id or group/other write, the directory's owner when root).
+//!
+//! Each apply copies only what changed since the last one. The layer remembers, per name,
+//! how the entry looked when it was handled (inode, change time, size, mode: [`Stamp`]) and
+//! which host inode it became, so:
+//! - a regular file is copied when it is new or changed (its data extents only: holes stay
+//!   holes); a file with several names is copied once per apply and its other names are
+//!   hard links to that copy, as in the layer (no name multiplies its bytes on the host);
+//! - a directory is created; its mode is set when the program set it; an *opaque* one
+//!   (`user.overlay.opaque`: the program removed the directory and made a new one) first
+//!   loses what the host has and the layer has not, once;
+//! - a whiteout (a character device 0:0) deletes the host entry, once;
+//! - a name copied before and gone from the layer since is deleted from the host when the
+//!   host still has it as copied (an overlay leaves no whiteout in a directory the program
+//!   made, so without this a program could copy files out, delete them, and make more);
+//! - a host tool's change to a file the program has not touched since is kept;
 //! - a symlink is copied only when its target descends
 //!   ([`agentkernel_core::symlink_target_descends`]); one leaving the workspace is not, and
 //!   the host entry of that name goes (the program replaced it);
-//! - FIFOs, sockets and devices are not copied.
+//! - FIFOs, sockets and devices are not copied;
+//! - an entry that cannot be copied is skipped and counted (the first one is named in the
+//!   program's stderr), never the rest of the apply.
+//!
+//! So the host workspace grows by at most what the layer holds: its caps bound the run.
 //!
 //! The layer lasts as long as the sandbox (an overlay's upper layer cannot be emptied while
 //! mounted), so the caps hold over a sandbox's life: a session's runs share them.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use agentkernel_core::fsat::{Dir, Kind, Owner, Part, ensure_dir, host_mode, rename_into_place};
+use agentkernel_core::fsat::{
+    Dir, Kind, Owner, Part, Stat, ensure_dir, host_mode, rename_into_place,
+};
 
 /// Directories nested deeper than this in the layer are not copied back (each level holds
 /// two fds while it is copied).
@@ -44,9 +60,6 @@ pub(crate) const MAX_DEPTH: usize = 128;
 
 /// Bytes copied per read.
 const CHUNK: usize = 1 << 20;
-
-/// Zero blocks of this size are skipped when copying, so holes stay holes.
-const ZERO_BLOCK: usize = 4096;
 
 /// Why sandboxes of this process got no write layer, when one did not (for `doctor`).
 static UNAVAILABLE: Mutex<Option<String>> = Mutex::new(None);
@@ -76,8 +89,9 @@ pub(crate) struct Layer {
     baseline: (u64, u64),
     /// Its caps: bytes and inodes.
     caps: (u64, u64),
-    /// One apply at a time (tool calls may come concurrently).
-    applying: Mutex<()>,
+    /// What the applies so far copied; held by one apply at a time (tool calls may come
+    /// concurrently).
+    copied: Mutex<Copied>,
 }
 
 /// What one [`Layer::apply`] did.
@@ -87,16 +101,18 @@ pub(crate) struct Applied {
     pub written: u64,
     /// Host entries deleted.
     pub removed: u64,
-    /// Workspace paths not copied back, with why.
-    pub skipped: Vec<(PathBuf, &'static str)>,
+    /// Workspace paths not copied back (or not deleted).
+    pub skipped: u64,
+    /// The first of them, with why.
+    pub first_skipped: Vec<(PathBuf, String)>,
 }
 
 impl Applied {
     /// A line for the program's stderr when something was not copied back.
     pub(crate) fn note(&self) -> Option<String> {
-        let (first, why) = self.skipped.first()?;
-        let more = match self.skipped.len() {
-            1 => String::new(),
+        let (first, why) = self.first_skipped.first()?;
+        let more = match self.skipped {
+            0 | 1 => String::new(),
             n => format!(" and {} more", n - 1),
         };
         Some(format!(
@@ -131,7 +147,7 @@ impl Layer {
             upper,
             baseline: (0, 0),
             caps,
-            applying: Mutex::new(()),
+            copied: Mutex::new(Copied::default()),
         };
         layer.baseline = layer.used()?;
         Ok(layer)
@@ -173,19 +189,28 @@ impl Layer {
         ))
     }
 
-    /// Copies what the layer holds into the host directory `host` (see the module doc).
+    /// Copies what the layer changed since the last apply into the host directory `host`
+    /// (see the module doc). An entry that cannot be copied is skipped (and said in the
+    /// result), never the rest; `Err` only when the host directory cannot be used at all.
     pub(crate) fn apply(&self, host: &File) -> io::Result<Applied> {
-        let _one = self.applying.lock().unwrap_or_else(|e| e.into_inner());
+        let mut copied = self.copied.lock().unwrap_or_else(|e| e.into_inner());
         let host = Dir::from_fd(OwnedFd::from(host.try_clone()?));
         let owner: Owner = if agentkernel_core::hostdirs::euid() == 0 {
             Some(host.owner()?)
         } else {
             None
         };
-        let mut out = Applied::default();
-        let mut rel = PathBuf::new();
-        apply_dir(&self.upper, &host, owner, &mut rel, 0, &mut out)?;
-        Ok(out)
+        let root_ino = self.upper.stat(OsStr::new("."))?.map_or(0, |st| st.ino);
+        let mut walk = Walk {
+            copied: &mut copied,
+            host_root: &host,
+            owner,
+            rel: PathBuf::new(),
+            linked: HashMap::new(),
+            out: Applied::default(),
+        };
+        walk.dir(&self.upper, root_ino, &host, 0, false);
+        Ok(walk.out)
     }
 }
 
@@ -203,98 +228,429 @@ fn gone(e: &io::Error) -> bool {
     )
 }
 
-fn apply_dir(
-    upper: &Dir,
-    host: &Dir,
-    owner: Owner,
-    rel: &mut PathBuf,
-    depth: usize,
-    out: &mut Applied,
-) -> io::Result<()> {
-    let names = upper.names()?;
-    if depth > 0 && is_opaque(upper)? {
-        let keep: HashSet<&OsString> = names.iter().collect();
-        for name in host.names()? {
-            if !keep.contains(&name) {
-                host.remove_all(&name)?;
-                out.removed += 1;
+/// What an apply made of one name of the layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum What {
+    /// Copied as a regular file.
+    File,
+    /// Made as a directory.
+    Dir,
+    /// Copied as a symlink.
+    Link,
+    /// A whiteout: the host entry was deleted.
+    Whiteout,
+    /// Not copied (a FIFO, a socket, a symlink leaving the workspace, too deep).
+    NotCopied,
+}
+
+/// How a name of the layer looked when an apply handled it, and what it became on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    what: What,
+    /// The layer entry's inode, change time, size and mode then.
+    ino: u64,
+    ctime: (i64, i64),
+    size: u64,
+    mode: u32,
+    /// The inode of the host entry written for it (0: none was written).
+    host_ino: u64,
+}
+
+impl Stamp {
+    fn of(st: &Stat, what: What, host_ino: u64) -> Stamp {
+        Stamp {
+            what,
+            ino: st.ino,
+            ctime: st.ctime,
+            size: st.size,
+            mode: st.mode,
+            host_ino,
+        }
+    }
+
+    /// Whether the layer's entry `st` is still what this stamp saw (nothing to copy). A
+    /// directory's change time moves with its entries: its inode and mode are what count.
+    fn unchanged(&self, st: &Stat) -> bool {
+        self.ino == st.ino
+            && self.mode == st.mode
+            && (self.what == What::Dir || (self.ctime == st.ctime && self.size == st.size))
+    }
+}
+
+/// What a layer's applies remember between them: per directory of the layer (by inode), the
+/// names an apply handled and how ([`Stamp`]). With it an apply copies only what changed
+/// since the last one (a host tool's change to a file the program no longer touches is
+/// kept), applies a whiteout once, and deletes from the host what it copied there and the
+/// program deleted since (an overlay leaves no whiteout in a directory the program made).
+#[derive(Debug, Default)]
+pub(crate) struct Copied {
+    dirs: HashMap<u64, HashMap<OsString, Stamp>>,
+}
+
+impl Copied {
+    /// Forgets the directory `ino` of the layer and everything recorded beneath it.
+    fn drop_dir(&mut self, ino: u64) {
+        let mut todo = vec![ino];
+        while let Some(ino) = todo.pop() {
+            if let Some(names) = self.dirs.remove(&ino) {
+                todo.extend(
+                    names
+                        .values()
+                        .filter(|s| s.what == What::Dir)
+                        .map(|s| s.ino),
+                );
             }
         }
     }
-    for name in names {
-        let Some(st) = upper.stat(&name)? else {
-            continue;
-        };
-        rel.push(&name);
-        let done = apply_entry(upper, host, &name, &st, owner, rel, depth, out);
-        rel.pop();
-        done?;
+}
+
+/// Most skipped paths an apply keeps (the rest are counted).
+const SKIPPED_KEPT: usize = 1;
+
+/// One apply's walk over the layer.
+struct Walk<'a> {
+    copied: &'a mut Copied,
+    /// The host workspace's root.
+    host_root: &'a Dir,
+    owner: Owner,
+    /// The path being handled, from the workspace's root.
+    rel: PathBuf,
+    /// Files with more than one name copied by this apply: layer inode → the path of the
+    /// name copied and the host inode it became (its other names are linked to it).
+    linked: HashMap<u64, (PathBuf, u64)>,
+    out: Applied,
+}
+
+impl Walk<'_> {
+    /// Records that the current path was not copied, and why.
+    fn skip(&mut self, why: impl std::fmt::Display) {
+        self.out.skipped += 1;
+        if self.out.first_skipped.len() < SKIPPED_KEPT {
+            self.out
+                .first_skipped
+                .push((self.rel.clone(), why.to_string()));
+        }
     }
+
+    /// Copies the layer's directory `upper` (inode `ino`) into the host directory `host`;
+    /// `prune`: it is opaque and new, so what the host has and it has not goes first.
+    fn dir(&mut self, upper: &Dir, ino: u64, host: &Dir, depth: usize, prune: bool) {
+        let names = match upper.names() {
+            Ok(names) => names,
+            Err(e) => return self.skip(format_args!("could not list it: {e}")),
+        };
+        if prune {
+            let keep: HashSet<&OsString> = names.iter().collect();
+            match host.names() {
+                Ok(host_names) => {
+                    for name in host_names.iter().filter(|n| !keep.contains(n)) {
+                        self.rel.push(name);
+                        match host.remove_all(name) {
+                            Ok(()) => self.out.removed += 1,
+                            Err(e) => self.skip(format_args!("could not delete it: {e}")),
+                        }
+                        self.rel.pop();
+                    }
+                }
+                Err(e) => self.skip(format_args!("could not list the host's copy: {e}")),
+            }
+        }
+        let mut before = self.copied.dirs.remove(&ino).unwrap_or_default();
+        let mut now = HashMap::with_capacity(names.len());
+        for name in names {
+            let prev = before.remove(&name);
+            self.rel.push(&name);
+            match upper.stat(&name).and_then(|st| match st {
+                Some(st) => self.entry(upper, host, &name, &st, prev, depth),
+                None => Ok(None),
+            }) {
+                Ok(Some(stamp)) => {
+                    now.insert(name, stamp);
+                }
+                // Gone meanwhile: forgotten below, like a name no longer listed.
+                Ok(None) => {
+                    if let Some(prev) = prev {
+                        before.insert(name, prev);
+                    }
+                }
+                Err(e) => {
+                    self.skip(e);
+                    // Still known, to be retried (or forgotten) by the next apply.
+                    if let Some(prev) = prev {
+                        now.insert(name, prev);
+                    }
+                }
+            }
+            self.rel.pop();
+        }
+        // Copied before and gone from the layer since: deleted where no whiteout says so.
+        for (name, stamp) in before {
+            self.rel.push(&name);
+            if let Err(e) = self.forget(host, &name, stamp) {
+                self.skip(format_args!("could not delete it: {e}"));
+            }
+            self.rel.pop();
+        }
+        self.copied.dirs.insert(ino, now);
+    }
+
+    /// Handles one name of the layer; its stamp, or `None` when it vanished meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    fn entry(
+        &mut self,
+        upper: &Dir,
+        host: &Dir,
+        name: &OsStr,
+        st: &Stat,
+        prev: Option<Stamp>,
+        depth: usize,
+    ) -> io::Result<Option<Stamp>> {
+        let fresh = prev.filter(|p| p.unchanged(st));
+        if fresh.is_some() && st.file_type != libc::S_IFDIR {
+            return Ok(fresh);
+        }
+        // A new entry under an old name: what the old one left on the host goes first
+        // (when the host still has it as written).
+        if let Some(prev) = prev.filter(|p| p.ino != st.ino) {
+            self.forget(host, name, prev)?;
+        }
+        let stamp = match st.file_type {
+            libc::S_IFCHR if st.rdev == 0 => {
+                // A whiteout: the program deleted this.
+                host.remove_all(name)?;
+                self.out.removed += 1;
+                Stamp::of(st, What::Whiteout, 0)
+            }
+            libc::S_IFDIR => {
+                if depth + 1 >= MAX_DEPTH {
+                    if fresh.is_none() {
+                        self.skip("directories nested too deep");
+                    }
+                    return Ok(Some(Stamp::of(st, What::NotCopied, 0)));
+                }
+                let sub = match upper.open_dir(name) {
+                    Ok(d) => d,
+                    Err(e) if gone(&e) => return Ok(None),
+                    Err(e) => return Err(e),
+                };
+                let existed = host.stat(name)?.filter(|h| h.kind == Kind::Dir);
+                let made = ensure_dir(host, name, self.owner)?;
+                let host_ino = made.stat(OsStr::new("."))?.map_or(0, |h| h.ino);
+                if fresh.is_none() {
+                    // A directory only copied up keeps the host's mode; one the program
+                    // made or chmodded gets its own.
+                    let kept = match (prev, existed) {
+                        (Some(p), _) if p.ino == st.ino => p.mode == st.mode,
+                        (_, Some(h)) => h.mode == st.mode,
+                        _ => false,
+                    };
+                    if !kept {
+                        made.chmod(host_mode(st.mode, true))?;
+                    }
+                    if existed.is_none() {
+                        self.out.written += 1;
+                    }
+                }
+                let prune =
+                    fresh.is_none() && prev.is_none_or(|p| p.ino != st.ino) && is_opaque(&sub)?;
+                self.dir(&sub, st.ino, &made, depth + 1, prune);
+                Stamp::of(st, What::Dir, host_ino)
+            }
+            libc::S_IFREG => match self.file(upper, host, name)? {
+                Some(stamp) => stamp,
+                None => return Ok(None),
+            },
+            libc::S_IFLNK => {
+                let target = match upper.read_link(name) {
+                    Ok(t) => t,
+                    Err(e) if gone(&e) => return Ok(None),
+                    Err(e) => return Err(e),
+                };
+                if agentkernel_core::symlink_target_descends(Path::new(&target)) {
+                    let tmp = part_name();
+                    host.symlink(&target, &tmp)?;
+                    let part = Part {
+                        dir: host,
+                        name: Some(&tmp),
+                    };
+                    if let Some((uid, gid)) = self.owner {
+                        host.chown_link(&tmp, uid, gid)?;
+                    }
+                    let host_ino = host.stat(&tmp)?.map_or(0, |h| h.ino);
+                    put_in_place(part, name)?;
+                    self.out.written += 1;
+                    Stamp::of(st, What::Link, host_ino)
+                } else {
+                    host.remove_all(name)?;
+                    self.skip("a symlink leaving the workspace");
+                    Stamp::of(st, What::NotCopied, 0)
+                }
+            }
+            _ => {
+                self.skip("a FIFO, socket or device is never copied");
+                Stamp::of(st, What::NotCopied, 0)
+            }
+        };
+        Ok(Some(stamp))
+    }
+
+    /// Deletes from the host what an earlier apply wrote for `name` (`stamp`), where the
+    /// host still has it as written: a file or link of that host inode; a directory's
+    /// recorded entries, then the directory itself if nothing else is left in it.
+    fn forget(&mut self, host: &Dir, name: &OsStr, stamp: Stamp) -> io::Result<()> {
+        match stamp.what {
+            What::File | What::Link => {
+                if host.stat(name)?.is_some_and(|h| h.ino == stamp.host_ino) {
+                    host.unlink(name)?;
+                    self.out.removed += 1;
+                }
+            }
+            What::Dir => {
+                let names = self.copied.dirs.remove(&stamp.ino).unwrap_or_default();
+                let sub = match host.open_dir(name) {
+                    Ok(sub)
+                        if sub.stat(OsStr::new("."))?.map(|h| h.ino) == Some(stamp.host_ino) =>
+                    {
+                        sub
+                    }
+                    // Not the directory written: only the records go.
+                    _ => {
+                        for s in names.values().filter(|s| s.what == What::Dir) {
+                            self.copied.drop_dir(s.ino);
+                        }
+                        return Ok(());
+                    }
+                };
+                for (child, s) in names {
+                    self.forget(&sub, &child, s)?;
+                }
+                match host.remove_dir(name) {
+                    Ok(()) => self.out.removed += 1,
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY | libc::ENOENT)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            What::Whiteout | What::NotCopied => {}
+        }
+        Ok(())
+    }
+
+    /// Copies the layer's regular file `name` over the host's; its stamp (taken before its
+    /// bytes are read, so a write meanwhile is copied by the next apply), or `None` when it
+    /// vanished. A file with several names is copied once per apply, its other names linked.
+    fn file(&mut self, upper: &Dir, host: &Dir, name: &OsStr) -> io::Result<Option<Stamp>> {
+        let src = match upper.open_file(name) {
+            Ok(f) => f,
+            Err(e) if gone(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let meta = src.metadata()?;
+        let st = Stat {
+            kind: Kind::File,
+            mode: meta.mode() & 0o7777,
+            size: meta.size(),
+            mtime: meta.modified().ok(),
+            file_type: libc::S_IFREG,
+            rdev: 0,
+            ino: meta.ino(),
+            nlink: meta.nlink(),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        };
+        if st.nlink > 1
+            && let Some((path, host_ino)) = self.linked.get(&st.ino).cloned()
+            && let Some(stamp) = self.link(host, name, &path, host_ino, &st)
+        {
+            return Ok(Some(stamp));
+        }
+        let tmp = part_name();
+        let dst = host.create_new(&tmp)?;
+        let part = Part {
+            dir: host,
+            name: Some(&tmp),
+        };
+        for (at, len) in agentkernel_core::fsat::data_extents(&src, st.size, usize::MAX)? {
+            copy_range(&src, &dst, at, len)?;
+        }
+        dst.set_len(st.size)?;
+        // fchmod, fchown and futimens on the open file: no path is followed.
+        dst.set_permissions(std::fs::Permissions::from_mode(host_mode(st.mode, false)))?;
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::fchown(&dst, Some(uid), Some(gid))?;
+        }
+        if let Some(mtime) = st.mtime {
+            dst.set_times(std::fs::FileTimes::new().set_modified(mtime))?;
+        }
+        let host_ino = dst.metadata()?.ino();
+        put_in_place(part, name)?;
+        self.out.written += 1;
+        if st.nlink > 1 {
+            self.linked.insert(st.ino, (self.rel.clone(), host_ino));
+        }
+        Ok(Some(Stamp::of(&st, What::File, host_ino)))
+    }
+
+    /// Makes `name` a host link to the copy this apply already made of the same layer file
+    /// (at `path`, host inode `host_ino`); `None` when that copy is no longer there as made.
+    fn link(
+        &mut self,
+        host: &Dir,
+        name: &OsStr,
+        path: &Path,
+        host_ino: u64,
+        st: &Stat,
+    ) -> Option<Stamp> {
+        let (dir, first) = self.host_dir_of(path)?;
+        if dir.stat(first).ok()??.ino != host_ino {
+            return None;
+        }
+        let tmp = part_name();
+        host.link_from(&dir, first, &tmp).ok()?;
+        let part = Part {
+            dir: host,
+            name: Some(&tmp),
+        };
+        put_in_place(part, name).ok()?;
+        self.out.written += 1;
+        Some(Stamp::of(st, What::File, host_ino))
+    }
+
+    /// The host directory holding `path` (from the workspace's root) and its last name,
+    /// opened one name at a time, never through a symlink.
+    fn host_dir_of<'p>(&self, path: &'p Path) -> Option<(Dir, &'p OsStr)> {
+        let last = path.file_name()?;
+        let mut dir = self.host_root.try_clone().ok()?;
+        for part in path.parent()?.iter() {
+            dir = dir.open_dir(part).ok()?;
+        }
+        Some((dir, last))
+    }
+}
+
+/// Renames the part file into `name`'s place (the part is then no longer removed).
+fn put_in_place(mut part: Part<'_>, name: &OsStr) -> io::Result<()> {
+    let tmp = part.name.expect("a part file not yet in place");
+    rename_into_place(part.dir, tmp, name)?;
+    part.name = None;
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn apply_entry(
-    upper: &Dir,
-    host: &Dir,
-    name: &OsStr,
-    st: &agentkernel_core::fsat::Stat,
-    owner: Owner,
-    rel: &mut PathBuf,
-    depth: usize,
-    out: &mut Applied,
-) -> io::Result<()> {
-    match st.file_type {
-        libc::S_IFCHR if st.rdev == 0 => {
-            // A whiteout: the program deleted this.
-            host.remove_all(name)?;
-            out.removed += 1;
-        }
-        libc::S_IFDIR => {
-            if depth + 1 >= MAX_DEPTH {
-                out.skipped
-                    .push((rel.clone(), "directories nested too deep"));
-                return Ok(());
-            }
-            let sub = match upper.open_dir(name) {
-                Ok(d) => d,
-                Err(e) if gone(&e) => return Ok(()),
-                Err(e) => return Err(e),
-            };
-            let made = ensure_dir(host, name, owner)?;
-            made.chmod(host_mode(st.mode, true))?;
-            out.written += 1;
-            apply_dir(&sub, &made, owner, rel, depth + 1, out)?;
-        }
-        libc::S_IFREG => copy_file(upper, host, name, st, owner, out)?,
-        libc::S_IFLNK => {
-            let target = match upper.read_link(name) {
-                Ok(t) => t,
-                Err(e) if gone(&e) => return Ok(()),
-                Err(e) => return Err(e),
-            };
-            if agentkernel_core::symlink_target_descends(Path::new(&target)) {
-                let tmp = part_name();
-                host.symlink(&target, &tmp)?;
-                let mut part = Part {
-                    dir: host,
-                    name: Some(&tmp),
-                };
-                if let Some((uid, gid)) = owner {
-                    host.chown_link(&tmp, uid, gid)?;
-                }
-                rename_into_place(host, &tmp, name)?;
-                part.name = None;
-                out.written += 1;
-            } else {
-                host.remove_all(name)?;
-                out.skipped
-                    .push((rel.clone(), "a symlink leaving the workspace"));
-            }
-        }
-        _ => out
-            .skipped
-            .push((rel.clone(), "a FIFO, socket or device is never copied")),
+/// Copies `len` bytes at `at` from `src` to the same place in `dst`, a chunk at a time (a
+/// file shrinking meanwhile ends it early).
+fn copy_range(src: &File, dst: &File, at: u64, len: u64) -> io::Result<()> {
+    let mut buf = vec![0u8; CHUNK.min(usize::try_from(len).unwrap_or(CHUNK)).max(1)];
+    let (mut pos, end) = (at, at.saturating_add(len));
+    while pos < end {
+        let want = buf
+            .len()
+            .min(usize::try_from(end - pos).unwrap_or(usize::MAX));
+        let n = match src.read_at(&mut buf[..want], pos) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        dst.write_all_at(&buf[..n], pos)?;
+        pos += n as u64;
     }
     Ok(())
 }
@@ -304,66 +660,4 @@ fn part_name() -> OsString {
         ".agentkernel-{}.part",
         uuid::Uuid::new_v4().simple()
     ))
-}
-
-/// Copies the layer's regular file `name` over the host's, unless the host file has its
-/// size, mtime and (host) mode: copied before, or only opened for writing (an overlay copies
-/// a file up when it is opened to write).
-fn copy_file(
-    upper: &Dir,
-    host: &Dir,
-    name: &OsStr,
-    st: &agentkernel_core::fsat::Stat,
-    owner: Owner,
-    out: &mut Applied,
-) -> io::Result<()> {
-    if let Some(h) = host.stat(name)?
-        && h.kind == Kind::File
-        && h.size == st.size
-        && h.mtime == st.mtime
-        && h.mode == host_mode(st.mode, false)
-    {
-        return Ok(());
-    }
-    let mut src = match upper.open_file(name) {
-        Ok(f) => f,
-        Err(e) if gone(&e) => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    let meta = src.metadata()?;
-    let tmp = part_name();
-    let dst = host.create_new(&tmp)?;
-    let mut part = Part {
-        dir: host,
-        name: Some(&tmp),
-    };
-    let mut buf = vec![0u8; CHUNK];
-    let mut at = 0u64;
-    loop {
-        let n = match src.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        for (i, block) in buf[..n].chunks(ZERO_BLOCK).enumerate() {
-            if block.iter().any(|&b| b != 0) {
-                dst.write_all_at(block, at + (i * ZERO_BLOCK) as u64)?;
-            }
-        }
-        at += n as u64;
-    }
-    dst.set_len(at)?;
-    // fchmod, fchown and futimens on the open file: no path is followed.
-    dst.set_permissions(std::fs::Permissions::from_mode(host_mode(st.mode, false)))?;
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::fchown(&dst, Some(uid), Some(gid))?;
-    }
-    if let Ok(mtime) = meta.modified() {
-        dst.set_times(std::fs::FileTimes::new().set_modified(mtime))?;
-    }
-    rename_into_place(host, &tmp, name)?;
-    part.name = None;
-    out.written += 1;
-    Ok(())
 }

@@ -17,7 +17,7 @@ use crate::sandbox::{self, ProcessSandbox};
 use crate::seccomp;
 
 /// Options of the process backend.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ProcessConfig {
     /// Interpreter to run; default: `$AGENTKERNEL_PYTHON`, else `python3` on `PATH`.
     pub python: Option<PathBuf>,
@@ -25,13 +25,21 @@ pub struct ProcessConfig {
     /// reuses this jail); `python` is then ignored.
     pub native: Option<NativeAgent>,
     /// Give sandboxes a host workspace through an overlay with a capped write layer (see
-    /// `layer.rs`) instead of the host directory itself. Off by default while the layer's
-    /// copy-back is finished (see SECURITY.md: it re-applies the whole layer, so a host-side
-    /// change to a file the program wrote is overwritten; hard links and deletions inside
-    /// directories the program made are not yet handled). Without it, the program's writes
-    /// reach the host as they happen, with only the file-size limit on them, and symlinks
-    /// leaving the workspace are removed by a sweep at the end of each exec.
+    /// `layer.rs`) instead of the host directory itself (default: on). Where the kernel
+    /// cannot make the layer, and with this off, the program's writes reach the host as
+    /// they happen, with only the file-size limit on them, and symlinks leaving the
+    /// workspace are removed by a sweep at the end of each exec (`doctor` says which).
     pub workspace_layer: bool,
+}
+
+impl Default for ProcessConfig {
+    fn default() -> Self {
+        ProcessConfig {
+            python: None,
+            native: None,
+            workspace_layer: true,
+        }
+    }
 }
 
 /// What every sandbox of one runtime shares (computed once).
@@ -333,7 +341,7 @@ impl Runtime for ProcessRuntime {
                     bytes >> 20,
                     files.saturating_sub(3)
                 ),
-                (_, false) => "off (the default; ProcessConfig::workspace_layer turns it on): programs write the host workspace directly, capped by the file-size limit only".into(),
+                (_, false) => "off (ProcessConfig::workspace_layer is false): programs write the host workspace directly, capped by the file-size limit only".into(),
                 (Some(false), true) => crate::layer::unavailable_reason().unwrap_or_else(|| "the kernel could not make it".into()),
                 (None, true) => "not tried: the probe sandbox did not start".into(),
             },

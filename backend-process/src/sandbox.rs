@@ -523,8 +523,8 @@ impl ProcessSandbox {
         let applied = host.and_then(|host| layer.apply(&host));
         match applied {
             Ok(applied) => {
-                if !applied.skipped.is_empty() {
-                    tracing::debug!(sandbox = %id, skipped = applied.skipped.len(), "workspace entries not copied to the host");
+                if applied.skipped > 0 {
+                    tracing::debug!(sandbox = %id, skipped = applied.skipped, "workspace entries not copied to the host");
                 }
                 tracing::debug!(sandbox = %id, written = applied.written, removed = applied.removed, "workspace layer copied to the host");
                 applied.note()
@@ -592,6 +592,23 @@ impl ProcessSandbox {
             }
         }
         self.workspace = None;
+    }
+
+    /// [`ProcessSandbox::release_workspace`] with the layer's copy off the async threads
+    /// (it may copy up to the layer's cap); the workspace stays locked until it is done.
+    async fn release_workspace_off_thread(&mut self) {
+        let Some(layer) = self.layer.clone() else {
+            return self.release_workspace();
+        };
+        let Some(lock) = self.workspace.take() else {
+            return;
+        };
+        let id = self.id.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = Self::apply_layer(&layer, lock.dir(), &id);
+            drop(lock);
+        })
+        .await;
     }
 
     /// Compares the resource limits the host kernel reports for the guest's init (host
@@ -699,7 +716,7 @@ impl ProcessSandbox {
         let code = live.wait().await;
         // Every process of the jail is gone: nothing writes the workspace any more.
         drop(live);
-        self.release_workspace();
+        self.release_workspace_off_thread().await;
         // The jail's layer is copied: the next jail (a reset) brings its own.
         self.layer = None;
         code
@@ -865,7 +882,7 @@ impl Sandbox for ProcessSandbox {
             match live.reset_in_place(self.spec.workspace.is_none()).await {
                 Ok(()) => {
                     // Init killed every other process: the workspace is free.
-                    self.release_workspace();
+                    self.release_workspace_off_thread().await;
                     return Ok(());
                 }
                 Err(e) => {

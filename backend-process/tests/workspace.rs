@@ -527,3 +527,255 @@ async fn a_reset_brings_a_fresh_write_layer() {
     assert_eq!(entries_under(&ws).len(), 2 + 2 * 9000);
     sb.shutdown().await.expect("shutdown");
 }
+
+/// A tool's failure with `e`'s message.
+fn failed(e: std::io::Error) -> agentkernel_core::ToolError {
+    agentkernel_core::ToolError::new(agentkernel_core::ToolErrorKind::Failed, e.to_string())
+}
+
+/// Tools for the copy-back tests: `host.sync` does nothing (the layer is copied to the host
+/// before it runs), `host.append` appends to a host workspace file, `host.remove` deletes
+/// one.
+fn host_tools(ws: &Path) -> agentkernel_core::FnTools {
+    let schema = serde_json::json!({"type": "object", "properties": {"name": {"type": "string"}}});
+    let (append_dir, remove_dir) = (ws.to_path_buf(), ws.to_path_buf());
+    agentkernel_core::FnTools::new()
+        .with("host.sync", "Does nothing.", schema.clone(), |_| async {
+            Ok(serde_json::json!(null))
+        })
+        .with(
+            "host.append",
+            "Appends `+tool` to a workspace file on the host.",
+            schema.clone(),
+            move |args| {
+                let path = append_dir.join(args["name"].as_str().unwrap_or(""));
+                async move {
+                    use std::io::Write;
+                    let mut f = std::fs::OpenOptions::new()
+                        .append(true)
+                        .open(&path)
+                        .map_err(failed)?;
+                    f.write_all(b"+tool").map_err(failed)?;
+                    Ok(serde_json::json!(null))
+                }
+            },
+        )
+        .with(
+            "host.remove",
+            "Deletes a workspace file on the host.",
+            schema,
+            move |args| {
+                let path = remove_dir.join(args["name"].as_str().unwrap_or(""));
+                async move {
+                    std::fs::remove_file(path).map_err(failed)?;
+                    Ok(serde_json::json!(null))
+                }
+            },
+        )
+}
+
+/// A host tool's change to a workspace file is not undone by the copy-back: the program
+/// writes two files, a tool appends to one and deletes the other on the host, and once the
+/// exec ends (and again when the sandbox ends) the host still has the tool's version.
+#[tokio::test]
+async fn a_host_tools_changes_survive_the_copy_back() {
+    let (rt, _root, ws, spec) = with_a_workspace(false);
+    let mut sb = rt.create(&spec).await.expect("create");
+    let out = run_with(
+        &mut sb,
+        "import _agentkernel as ak\nopen('/workspace/a', 'w').write('prog')\nopen('/workspace/b', 'w').write('prog')\nak.call_tool('host.append', name='a')\nak.call_tool('host.remove', name='b')\nprint('ok')",
+        Arc::new(host_tools(&ws)),
+    )
+    .await;
+    assert_eq!(out.stdout.text(), "ok\n", "{}", out.stderr.text());
+    assert_eq!(
+        std::fs::read_to_string(ws.join("a")).unwrap(),
+        "prog+tool",
+        "the tool's append was overwritten at the exec's end"
+    );
+    assert!(
+        !ws.join("b").exists(),
+        "the file the tool deleted came back at the exec's end"
+    );
+    let out = run_with(&mut sb, "print('again')", Arc::new(NoTools)).await;
+    assert_eq!(out.stdout.text(), "again\n");
+    sb.shutdown().await.expect("shutdown");
+    assert_eq!(std::fs::read_to_string(ws.join("a")).unwrap(), "prog+tool");
+    assert!(!ws.join("b").exists());
+}
+
+/// Hard links do not multiply a run's bytes on the host: a 1 MiB file with 300 names (the
+/// byte cap is 4 MiB) reaches the host as one file with 300 names, whose blocks fit the cap.
+#[tokio::test]
+async fn hard_links_are_not_copied_once_per_name() {
+    use std::os::unix::fs::MetadataExt;
+    let (rt, _root, ws, mut spec) = with_a_workspace(false);
+    spec.limits.file_size_bytes = Some(1 << 20);
+    let cap = spec.limits.workspace_growth_bytes();
+    let mut sb = rt.create(&spec).await.expect("create");
+    let out = run_with(
+        &mut sb,
+        "import os\nos.mkdir('/workspace/d')\nopen('/workspace/big', 'wb').write(os.urandom(1 << 20))\nfor i in range(300):\n    os.link('/workspace/big', f'/workspace/d/l{i}')\nprint('ok')",
+        Arc::new(NoTools),
+    )
+    .await;
+    assert_eq!(out.stdout.text(), "ok\n", "{}", out.stderr.text());
+    let mut inodes = std::collections::HashMap::new();
+    for p in entries_under(&ws) {
+        let meta = std::fs::symlink_metadata(ws.join(&p)).unwrap();
+        if meta.is_file() {
+            inodes.insert(meta.ino(), meta.blocks() * 512);
+        }
+    }
+    let bytes: u64 = inodes.values().sum();
+    assert!(
+        bytes <= cap,
+        "the host holds {bytes} bytes in {} files for a {cap}-byte cap",
+        inodes.len()
+    );
+    assert_eq!(std::fs::metadata(ws.join("d/l299")).unwrap().len(), 1 << 20);
+    assert_eq!(
+        std::fs::metadata(ws.join("big")).unwrap().nlink(),
+        301,
+        "the names are links to one file on the host"
+    );
+    sb.shutdown().await.expect("shutdown");
+}
+
+/// Copying files out and deleting them does not reset the cap: in a directory the program
+/// made (where an overlay records no deletion), four rounds of 5,000 files, each copied to
+/// the host by a tool call and then deleted, leave the host with no more than the cap (and
+/// with what the program left: nothing).
+#[tokio::test]
+async fn files_copied_out_and_deleted_do_not_reset_the_cap() {
+    let (rt, _root, ws, spec) = with_a_workspace(false);
+    let mut sb = rt.create(&spec).await.expect("create");
+    let out = run_with(
+        &mut sb,
+        r#"
+import os, _agentkernel as ak
+os.mkdir('/workspace/d')
+for r in range(4):
+    for i in range(5000):
+        open(f'/workspace/d/r{r}-{i}', 'w').close()
+    ak.call_tool('host.sync')
+    for i in range(5000):
+        os.remove(f'/workspace/d/r{r}-{i}')
+    ak.call_tool('host.sync')
+print(len(os.listdir('/workspace/d')))
+"#,
+        Arc::new(host_tools(&ws)),
+    )
+    .await;
+    assert_eq!(out.stdout.text(), "0\n", "{}", out.stderr.text());
+    let on_host = entries_under(&ws);
+    assert!(
+        on_host.len() <= agentkernel_core::WORKSPACE_ENTRIES_PER_RUN as usize,
+        "the host workspace holds {} entries",
+        on_host.len()
+    );
+    assert_eq!(on_host, [PathBuf::from("d")], "deletions reached the host");
+    sb.shutdown().await.expect("shutdown");
+}
+
+/// A huge sparse file is copied by its data, not its size: 64 GiB apparent with 1 byte of
+/// data reaches the host as sparse (a copy reading every byte would not finish in the
+/// test's time).
+#[tokio::test]
+async fn a_huge_sparse_file_is_copied_by_its_data() {
+    use std::os::unix::fs::MetadataExt;
+    let (rt, _root, ws, mut spec) = with_a_workspace(false);
+    spec.limits.file_size_bytes = None;
+    let mut sb = rt.create(&spec).await.expect("create");
+    let out = run_with(
+        &mut sb,
+        "f = open('/workspace/sparse', 'wb')\nf.seek(64 << 30)\nf.write(b'x')\nf.close()\nprint('ok')",
+        Arc::new(NoTools),
+    )
+    .await;
+    assert_eq!(out.stdout.text(), "ok\n", "{}", out.stderr.text());
+    let meta = std::fs::metadata(ws.join("sparse")).unwrap();
+    assert_eq!(meta.len(), (64 << 30) + 1);
+    assert!(meta.blocks() * 512 < 1 << 20, "{} blocks", meta.blocks());
+    sb.shutdown().await.expect("shutdown");
+}
+
+/// A directory the program only writes into keeps the host's mode (a group-writable
+/// directory stays group-writable); one it chmods gets the program's mode.
+#[tokio::test]
+async fn a_directory_keeps_its_host_mode_unless_the_program_changes_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let (rt, _root, ws, spec) = with_a_workspace(false);
+    for d in ["shared", "mine"] {
+        std::fs::create_dir(ws.join(d)).unwrap();
+        std::fs::set_permissions(ws.join(d), std::fs::Permissions::from_mode(0o775)).unwrap();
+    }
+    let mut sb = rt.create(&spec).await.expect("create");
+    let out = run_with(
+        &mut sb,
+        "import os\nopen('/workspace/shared/f', 'w').write('x')\nos.chmod('/workspace/mine', 0o700)\nprint('ok')",
+        Arc::new(NoTools),
+    )
+    .await;
+    assert_eq!(out.stdout.text(), "ok\n", "{}", out.stderr.text());
+    let mode = |d: &str| std::fs::metadata(ws.join(d)).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(std::fs::read_to_string(ws.join("shared/f")).unwrap(), "x");
+    assert_eq!(mode("shared"), 0o775, "the host's mode was changed");
+    assert_eq!(
+        mode("mine"),
+        0o700,
+        "the program's chmod did not reach the host"
+    );
+    sb.shutdown().await.expect("shutdown");
+}
+
+/// Unmounts a test's mount when dropped (also when the test fails).
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// One entry the host cannot write does not lose the rest: the program writes into a
+/// directory that is a read-only mount on the host (the overlay shows the directory
+/// beneath it, so the write succeeds inside), and into another; the read-only one is named
+/// in stderr, the other's file reaches the host. Needs root and `mount` (skipped, with the
+/// reason printed, otherwise).
+#[tokio::test]
+async fn one_entry_that_cannot_be_copied_does_not_lose_the_rest() {
+    let (rt, _root, ws, spec) = with_a_workspace(false);
+    let ro = ws.join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    let mount = |args: &[&str]| {
+        std::process::Command::new("mount")
+            .args(args)
+            .arg(&ro)
+            .arg(&ro)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !mount(&["--bind"]) {
+        println!("SKIPPED: mount --bind failed here (it needs root)");
+        return;
+    }
+    let _unmount = Mounted(ro.clone());
+    assert!(mount(&["-o", "remount,bind,ro"]), "remount read-only");
+    let mut sb = rt.create(&spec).await.expect("create");
+    let out = run_with(
+        &mut sb,
+        "open('/workspace/ro/blocked', 'w').write('x')\nopen('/workspace/other', 'w').write('other')\nprint('ok')",
+        Arc::new(NoTools),
+    )
+    .await;
+    sb.shutdown().await.expect("shutdown");
+    assert_eq!(out.stdout.text(), "ok\n", "{}", out.stderr.text());
+    assert_eq!(std::fs::read_to_string(ws.join("other")).unwrap(), "other");
+    assert!(!ro.join("blocked").exists());
+    let note = out.stderr.text();
+    assert!(
+        note.contains("/workspace/ro/blocked was not copied to the host"),
+        "{note}"
+    );
+}

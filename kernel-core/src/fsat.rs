@@ -93,6 +93,13 @@ pub struct Stat {
     pub file_type: u32,
     /// The device number of a device node (0 otherwise).
     pub rdev: u64,
+    /// Its inode number.
+    pub ino: u64,
+    /// How many names it has.
+    pub nlink: u64,
+    /// When it (content, mode, owner or links) last changed, in seconds and nanoseconds
+    /// since the epoch: unlike the mtime, a program cannot set it back.
+    pub ctime: (i64, i64),
 }
 
 /// An open directory; names are resolved beneath it and never through a symlink.
@@ -227,6 +234,9 @@ impl Dir {
             mtime,
             file_type: st.st_mode & libc::S_IFMT,
             rdev: st.st_rdev,
+            ino: st.st_ino,
+            nlink: st.st_nlink,
+            ctime: (st.st_ctime, st.st_ctime_nsec),
         }))
     }
 
@@ -303,6 +313,32 @@ impl Dir {
         check(unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), 0) }).map(drop)
     }
 
+    /// Removes the empty directory `name` (`ENOTEMPTY` when it is not empty, `ENOTDIR` when
+    /// it is not a directory).
+    pub fn remove_dir(&self, name: &OsStr) -> io::Result<()> {
+        let c = cstr(name)?;
+        // SAFETY: `c` is NUL-terminated and outlives the call; the fd is open.
+        check(unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), libc::AT_REMOVEDIR) })
+            .map(drop)
+    }
+
+    /// Makes `name` here a new hard link to `from`'s entry `from_name` (a symlink there is
+    /// linked itself, never followed; `EEXIST` if `name` exists).
+    pub fn link_from(&self, from: &Dir, from_name: &OsStr, name: &OsStr) -> io::Result<()> {
+        let (f, n) = (cstr(from_name)?, cstr(name)?);
+        // SAFETY: both strings are NUL-terminated and outlive the call; both fds are open.
+        check(unsafe {
+            libc::linkat(
+                from.fd.as_raw_fd(),
+                f.as_ptr(),
+                self.fd.as_raw_fd(),
+                n.as_ptr(),
+                0,
+            )
+        })
+        .map(drop)
+    }
+
     /// Renames `from` to `to` within this directory, replacing a file or symlink at `to`
     /// (`EISDIR` if `to` is a directory).
     pub fn rename(&self, from: &OsStr, to: &OsStr) -> io::Result<()> {
@@ -371,14 +407,62 @@ impl Dir {
         for child in dir.names()? {
             dir.remove_all_depth(&child, depth + 1)?;
         }
-        let c = cstr(name)?;
-        // SAFETY: `c` is NUL-terminated and outlives the call; the fd is open.
-        match check(unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), libc::AT_REMOVEDIR) })
-        {
+        match self.remove_dir(name) {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-            other => other.map(drop),
+            other => other,
         }
     }
+}
+
+/// The data extents of `file` (`size` bytes): `(offset, length)` from `SEEK_DATA` and
+/// `SEEK_HOLE`; the whole file where the file system cannot tell. At most `max`
+/// (the last one then runs to the end).
+///
+/// # Errors
+/// As `lseek(2)`.
+pub fn data_extents(file: &File, size: u64, max: usize) -> io::Result<Vec<(u64, u64)>> {
+    let fd = file.as_raw_fd();
+    let seek = |at: u64, whence: libc::c_int| -> io::Result<Option<u64>> {
+        let at =
+            libc::off_t::try_from(at).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+        // SAFETY: lseek on an fd this function's caller holds open; no memory is passed.
+        let got = unsafe { libc::lseek(fd, at, whence) };
+        if got < 0 {
+            let e = io::Error::last_os_error();
+            // ENXIO: no data at or after `at`.
+            return if e.raw_os_error() == Some(libc::ENXIO) {
+                Ok(None)
+            } else {
+                Err(e)
+            };
+        }
+        Ok(Some(got as u64))
+    };
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < size {
+        let data = match seek(at, libc::SEEK_DATA) {
+            Ok(Some(data)) => data,
+            Ok(None) => break,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) => {
+                out.push((at, size - at));
+                break;
+            }
+            Err(e) => return Err(e),
+        };
+        if data >= size {
+            break;
+        }
+        let hole = seek(data, libc::SEEK_HOLE)?.map_or(size, |h| h.min(size));
+        let hole = if hole <= data { size } else { hole };
+        if out.len() + 1 >= max {
+            out.push((data, size - data));
+            break;
+        }
+        out.push((data, hole - data));
+        at = hole;
+    }
+    Ok(out)
 }
 
 /// How often one step is retried when the directory changes under it (another program
