@@ -59,3 +59,55 @@ pub use config::{Config, MicroVmSettings};
 pub use doctor::{BackendReport, doctor};
 pub use kernel::{BACKENDS, Kernel, KernelBuilder, compiled_backends};
 pub use session::{Session, SessionInfo};
+
+/// The allocator that counts a `monty` sandbox's memory (re-exported, so an embedder needs no
+/// separately pinned dependency). `monty-inprocess` enforces its memory limit only in a
+/// binary that installs it:
+///
+/// ```ignore
+/// #[global_allocator]
+/// static ALLOC: agentkernel::monty_alloc::LimitedAllocator = agentkernel::monty_alloc::LimitedAllocator;
+/// ```
+#[cfg(feature = "monty")]
+pub use monty_alloc;
+
+/// The hidden first argument that makes a binary calling [`run_worker_if_requested`] the
+/// `monty` backend's worker.
+#[cfg(feature = "monty")]
+pub const MONTY_WORKER_ARG: &str = "__monty-worker";
+
+/// Makes the running binary its own `monty` worker, so that worker mode (the default `monty`
+/// backend: Monty in a jailed process) needs no second binary. Call it first thing in
+/// `main`, before any thread starts:
+///
+/// ```no_run
+/// agentkernel::run_worker_if_requested();
+/// // ... then the tokio runtime, a `Kernel` with backend "monty", and so on.
+/// ```
+///
+/// `examples/embed_monty.rs` is a whole program.
+///
+/// When the jail starts this binary as a worker (with [`MONTY_WORKER_ARG`] as its first
+/// argument), this call runs the worker and never returns. Otherwise it records this binary
+/// as the worker every `monty` sandbox of the process starts, and returns. Without it, a
+/// `monty` sandbox looks for `$AGENTKERNEL_MONTY_WORKER`, then `agentkernel-monty-worker` beside
+/// the binary. Does nothing in a build without the `monty` feature.
+pub fn run_worker_if_requested() {
+    #[cfg(feature = "monty")]
+    {
+        if std::env::args_os()
+            .nth(1)
+            .is_some_and(|a| a == MONTY_WORKER_ARG)
+        {
+            agentkernel_backend_monty::worker::main();
+        }
+        if let Ok(exe) = std::env::current_exe() {
+            agentkernel_backend_monty::set_default_worker(
+                agentkernel_backend_monty::WorkerCommand {
+                    executable: exe,
+                    args: vec![MONTY_WORKER_ARG.into()],
+                },
+            );
+        }
+    }
+}

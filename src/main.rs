@@ -286,30 +286,9 @@ struct RunArgs {
 #[global_allocator]
 static ALLOC: monty_alloc::LimitedAllocator = monty_alloc::LimitedAllocator;
 
-/// The hidden first argument that makes this binary the monty backend's worker (the jail
-/// runs it as the sandbox's guest agent).
-#[cfg(feature = "monty")]
-const MONTY_WORKER_ARG: &str = "__monty-worker";
-
 fn main() -> ExitCode {
-    #[cfg(feature = "monty")]
-    {
-        // Before anything else (no threads yet: the worker forks when it is pid 1).
-        if std::env::args_os()
-            .nth(1)
-            .is_some_and(|a| a == MONTY_WORKER_ARG)
-        {
-            agentkernel_backend_monty::worker::main();
-        }
-        if let Ok(exe) = std::env::current_exe() {
-            agentkernel_backend_monty::set_default_worker(
-                agentkernel_backend_monty::WorkerCommand {
-                    executable: exe,
-                    args: vec![MONTY_WORKER_ARG.into()],
-                },
-            );
-        }
-    }
+    // Before anything else (no threads yet: the worker forks when it is pid 1).
+    agentkernel::run_worker_if_requested();
     let cli = Cli::parse();
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("AGENTKERNEL_LOG").unwrap_or_else(|_| {

@@ -125,3 +125,39 @@ async fn tool_policy_is_per_kernel() {
         Some(agentkernel::core::ToolErrorKind::Denied)
     );
 }
+
+/// `monty` worker mode works from an application binary that is not `agentkernel`: the
+/// `embed_monty` example calls `agentkernel::run_worker_if_requested()` and is its own
+/// worker, run from a directory with no worker binary beside it.
+#[cfg(feature = "monty")]
+#[test]
+fn monty_worker_mode_runs_from_an_embedding_binary() {
+    let exe = std::env::current_exe().expect("test binary");
+    let example = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("examples/embed_monty"))
+        .expect("target dir");
+    // Up to date whatever ran before (`cargo test --test api` alone builds no example).
+    let built = std::process::Command::new(env!("CARGO"))
+        .args(["build", "--example", "embed_monty"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("run cargo");
+    assert!(built.success(), "cargo build --example embed_monty");
+    // Run from a directory of its own, as an application is: no worker binary beside it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = dir.path().join("my-agent");
+    std::fs::copy(&example, &app).expect("copy the example");
+    let out = std::process::Command::new(&app)
+        .env_remove("AGENTKERNEL_MONTY_WORKER")
+        .output()
+        .expect("run the example");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout, "sum of squares: 285\nstatus: Ok\n");
+}

@@ -209,12 +209,12 @@ fn doctor_reports_the_process_backend_and_its_protections() {
         layer["detail"].as_str().is_some_and(|d| !d.is_empty()),
         "{layer}"
     );
-    // Off by default (`ProcessConfig::workspace_layer`): doctor says so and how to turn it on.
+    // On by default: active with its caps, or (a kernel that cannot make it) inactive with
+    // why.
+    let detail = layer["detail"].as_str().unwrap_or_default();
     assert!(
-        layer["state"] == "active"
-            || layer["detail"]
-                .as_str()
-                .is_some_and(|d| d.contains("workspace_layer")),
+        (layer["state"] == "active" && detail.contains("10000 files"))
+            || (layer["state"] == "inactive" && detail.contains("kernel")),
         "{layer}"
     );
 }

@@ -66,8 +66,9 @@ pub fn set_default_worker(cmd: WorkerCommand) {
 pub struct MontyConfig {
     /// Where Monty runs.
     pub mode: MontyMode,
-    /// Worker mode's program; default: [`set_default_worker`]'s, else
-    /// `$AGENTKERNEL_MONTY_WORKER`, else `agentkernel-monty-worker` beside the running
+    /// Worker mode's program; default: [`set_default_worker`]'s (what
+    /// `agentkernel::run_worker_if_requested` sets), else `$AGENTKERNEL_MONTY_WORKER` (the
+    /// `agentkernel` binary is given its hidden worker argument), else `agentkernel-monty-worker` beside the running
     /// binary (or one directory up, for test binaries in `target/*/deps`).
     pub worker: Option<WorkerCommand>,
 }
@@ -77,10 +78,14 @@ fn find_worker() -> Result<WorkerCommand> {
         return Ok(cmd.clone());
     }
     if let Some(p) = std::env::var_os("AGENTKERNEL_MONTY_WORKER") {
-        return Ok(WorkerCommand {
-            executable: PathBuf::from(p),
-            args: Vec::new(),
-        });
+        let executable = PathBuf::from(p);
+        // The `agentkernel` binary is a worker when asked by its hidden first argument.
+        let args = if executable.file_name().is_some_and(|n| n == "agentkernel") {
+            vec!["__monty-worker".to_owned()]
+        } else {
+            Vec::new()
+        };
+        return Ok(WorkerCommand { executable, args });
     }
     let exe = std::env::current_exe().map_err(|e| Error::io("finding the running binary", e))?;
     let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
@@ -98,7 +103,7 @@ fn find_worker() -> Result<WorkerCommand> {
     Err(Error::Unavailable {
         backend: "monty",
         reason: "no monty worker binary was found for worker mode".into(),
-        hint: "run the `agentkernel` binary (it is its own worker), build `agentkernel-monty-worker` (cargo build -p agentkernel-backend-monty) and set AGENTKERNEL_MONTY_WORKER to it, or use mode in_process for trusted code".into(),
+        hint: "call `agentkernel::run_worker_if_requested()` first thing in your `main` (the binary becomes its own worker; the `agentkernel` CLI does), or set AGENTKERNEL_MONTY_WORKER to the `agentkernel` binary or to `agentkernel-monty-worker` (cargo build -p agentkernel-backend-monty), or use `monty-inprocess` for trusted code".into(),
     })
 }
 
@@ -142,6 +147,16 @@ impl MontyRuntime {
                     Some(w) => w,
                     None => find_worker()?,
                 };
+                // A binary that is its own worker must count its memory: the worker would
+                // refuse to start, with a less helpful message, at every sandbox.
+                let own = std::env::current_exe().is_ok_and(|exe| exe == worker.executable);
+                if own && monty_types::LIVE_MEMORY.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                    return Err(Error::Unavailable {
+                        backend: "monty",
+                        reason: "this binary is its own monty worker, but monty_alloc::LimitedAllocator is not its global allocator (a worker's memory limit would not hold)".into(),
+                        hint: "add `#[global_allocator] static A: agentkernel::monty_alloc::LimitedAllocator = agentkernel::monty_alloc::LimitedAllocator;` to your binary".into(),
+                    });
+                }
                 let jail = ProcessRuntime::new(ProcessConfig {
                     python: None,
                     workspace_layer: false,

@@ -2,10 +2,10 @@
 //! the host, what one run adds is capped, and no two sandboxes write it at once. Judged
 //! from the host.
 //!
-//! With `ProcessConfig::workspace_layer` a sandbox writes a capped layer over the
-//! workspace that the host copies back (`layer.rs`); by default (and where the kernel
-//! cannot make the layer) it writes the host directory itself and a sweep removes escaping
-//! symlinks: both are tested here.
+//! By default (`ProcessConfig::workspace_layer`) a sandbox writes a capped layer over the
+//! workspace that the host copies back (`layer.rs`); with it turned off (and where the
+//! kernel cannot make the layer) it writes the host directory itself and a sweep removes
+//! escaping symlinks: both are tested here.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -51,7 +51,7 @@ async fn wait_for_link(path: &Path, tries: u32) {
 }
 
 /// A process runtime and a spec with a fresh workspace (the temp dir holding it, its path);
-/// `live`: without [`ProcessConfig::workspace_layer`].
+/// `live`: with [`ProcessConfig::workspace_layer`] turned off.
 fn with_a_workspace(live: bool) -> (ProcessRuntime, tempfile::TempDir, PathBuf, SandboxSpec) {
     let rt = ProcessRuntime::new(ProcessConfig {
         workspace_layer: !live,

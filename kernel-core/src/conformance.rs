@@ -659,6 +659,92 @@ print("after", ak.call_tool("add", a=1, b=1)["sum"])
     sb.shutdown().await.expect("shutdown");
 }
 
+/// What a program prints reaches the caller's [`crate::OutputSink`] as it is printed, not
+/// when the exec ends: after each line (flushed) the program asks a host tool whether the
+/// sink has it yet, and the tool waits for it (up to 20 s: a liveness bound, not a speed
+/// test). Stdout and, where the interpreter has it, stderr.
+pub async fn live_output_arrives_as_printed(rt: &dyn Runtime) {
+    use std::sync::Mutex;
+    type Seen = Arc<Mutex<[Vec<u8>; 2]>>;
+    let seen: Seen = Arc::new(Mutex::new([Vec::new(), Vec::new()]));
+    let sink: crate::OutputSink = {
+        let seen = seen.clone();
+        Arc::new(move |kind, bytes: &[u8]| {
+            let i = usize::from(kind == crate::StreamKind::Stderr);
+            seen.lock().unwrap_or_else(|e| e.into_inner())[i].extend_from_slice(bytes);
+        })
+    };
+    let probe = {
+        let seen = seen.clone();
+        move |args: serde_json::Value| {
+            let seen = seen.clone();
+            async move {
+                let text = args["text"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .as_bytes()
+                    .to_vec();
+                let i = usize::from(args["stream"] == "stderr");
+                for _ in 0..2000 {
+                    if seen.lock().unwrap_or_else(|e| e.into_inner())[i]
+                        .windows(text.len())
+                        .any(|w| w == text)
+                    {
+                        return Ok(json!(true));
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Ok(json!(false))
+            }
+        }
+    };
+    let tools: Arc<dyn ToolHost> = Arc::new(FnTools::new().with(
+        "probe.seen",
+        "Whether the caller's output sink has received `text` on `stream` yet.",
+        json!({"type": "object", "properties": {"text": {"type": "string"}, "stream": {"type": "string"}}}),
+        probe,
+    ));
+    let full = rt.capabilities().full_cpython;
+    let code = if full {
+        r#"
+import sys, _agentkernel as ak
+seen = []
+for i in range(3):
+    print(f"line {i}", flush=True)
+    seen.append(ak.call_tool("probe.seen", text=f"line {i}", stream="stdout"))
+    print(f"warn {i}", file=sys.stderr, flush=True)
+    seen.append(ak.call_tool("probe.seen", text=f"warn {i}", stream="stderr"))
+print("seen", seen)
+"#
+    } else {
+        r#"
+import _agentkernel as ak
+seen = []
+for i in range(3):
+    print(f"line {i}")
+    seen.append(ak.call_tool("probe.seen", text=f"line {i}", stream="stdout"))
+print("seen", seen)
+"#
+    };
+    let mut sb = rt.create(&test_spec()).await.expect("create");
+    let out = sb
+        .exec(ExecRequest::new(code).with_output(sink), tools)
+        .await
+        .expect("exec");
+    assert_ok(&out);
+    let expected = if full {
+        "seen [True, True, True, True, True, True]\n"
+    } else {
+        "seen [True, True, True]\n"
+    };
+    assert!(
+        out.stdout.text().ends_with(expected),
+        "a line reached the sink only after the program went on: {:?}",
+        out.stdout.text()
+    );
+    sb.shutdown().await.expect("shutdown");
+}
+
 /// A file planted on the host outside the sandbox's mounts cannot be read.
 pub async fn escape_read_planted_file(rt: &dyn Runtime) {
     // Readable by every user of the host (a 0755 directory, a 0644 file), in the host's
@@ -1192,7 +1278,7 @@ macro_rules! conformance_suite {
             network_allow_list_matches_capabilities, wall_time_limit_kills, cpu_time_limit_kills,
             memory_limit_holds, output_limit_truncates, process_limit_holds, file_size_limit_holds,
             tmp_is_capped, workspace_persists_across_sandboxes, environment_is_explicit,
-            tool_calls_round_trip, escape_read_planted_file, escape_read_etc_shadow,
+            tool_calls_round_trip, live_output_arrives_as_printed, escape_read_planted_file, escape_read_etc_shadow,
             escape_host_processes, escape_network, escape_write_host_usr, kill_leaves_no_process,
             shutdown_leaves_no_process, programs_over_the_size_cap_are_refused);
     };

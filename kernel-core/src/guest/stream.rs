@@ -41,8 +41,9 @@ impl SentinelStream {
             self.pending = rest;
             return true;
         }
-        // Keep the longest suffix that could be the start of the sentinel.
-        let keep = sentinel.len().saturating_sub(1).min(self.pending.len());
+        // Hold back only a suffix that is the start of the sentinel (output that could still
+        // turn out to be the marker); everything else goes on at once.
+        let keep = partial_sentinel(&self.pending, sentinel);
         let cut = self.pending.len() - keep;
         let tail = self.pending.split_off(cut);
         self.emit_all(out, cap, sink);
@@ -66,6 +67,15 @@ impl SentinelStream {
     }
 }
 
+/// The length of the longest suffix of `pending` that is a proper prefix of `sentinel`.
+fn partial_sentinel(pending: &[u8], sentinel: &[u8]) -> usize {
+    let longest = sentinel.len().saturating_sub(1).min(pending.len());
+    (1..=longest)
+        .rev()
+        .find(|&k| pending.ends_with(&sentinel[..k]))
+        .unwrap_or(0)
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     if needle.is_empty() || haystack.len() < needle.len() {
         return None;
@@ -82,13 +92,28 @@ mod tests {
         let mut s = SentinelStream::new(StreamKind::Stdout);
         let mut out = CapturedOutput::default();
         assert!(!s.feed(b"hello<EN", b"<END>", &mut out, 100, None));
-        assert_eq!(out.text(), "hell");
+        // Only what could be the start of the marker is held back.
+        assert_eq!(out.text(), "hello");
         assert!(s.feed(b"D>later", b"<END>", &mut out, 100, None));
         assert_eq!(out.text(), "hello");
         // "later" belongs to the next exec.
         let mut next = CapturedOutput::default();
         assert!(s.feed(b"<END>", b"<END>", &mut next, 100, None));
         assert_eq!(next.text(), "later");
+    }
+
+    /// Output that cannot be the start of the marker is delivered at once, however short.
+    #[test]
+    fn output_is_not_held_back_unless_it_could_be_the_marker() {
+        let mut s = SentinelStream::new(StreamKind::Stdout);
+        let mut out = CapturedOutput::default();
+        assert!(!s.feed(b"0\n", b"\x1eAK-END-abc\x1e", &mut out, 100, None));
+        assert_eq!(out.text(), "0\n");
+        assert!(!s.feed(b"1\n\x1eAK", b"\x1eAK-END-abc\x1e", &mut out, 100, None));
+        assert_eq!(out.text(), "0\n1\n");
+        // Not the marker after all: delivered with what follows.
+        assert!(!s.feed(b"X", b"\x1eAK-END-abc\x1e", &mut out, 100, None));
+        assert_eq!(out.text(), "0\n1\n\x1eAKX");
     }
 
     #[test]
