@@ -54,6 +54,86 @@ pub fn compiled_backends() -> Vec<&'static str> {
     out
 }
 
+/// A backend of this build, typed (the variants follow the compiled Cargo features; names
+/// as strings stay for configuration: [`KernelBuilder::backend`] takes either).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Backend {
+    /// `process`: host CPython in a namespace + seccomp + landlock jail.
+    #[cfg(feature = "process")]
+    Process,
+    /// `wasm`: CPython compiled to WASI on wasmtime.
+    #[cfg(feature = "wasm")]
+    Wasm,
+    /// `monty`: Monty in a jailed worker process (the `monty` feature also turns on
+    /// `process`, whose jail it runs in).
+    #[cfg(feature = "monty")]
+    Monty,
+    /// `monty-inprocess`: Monty on a thread of the kernel (trusted code only).
+    #[cfg(feature = "monty")]
+    MontyInProcess,
+    /// `microvm`: a Linux microVM per sandbox.
+    #[cfg(feature = "microvm")]
+    MicroVm,
+}
+
+impl Backend {
+    /// Its name, as configuration and the CLI spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            #[cfg(feature = "process")]
+            Backend::Process => "process",
+            #[cfg(feature = "wasm")]
+            Backend::Wasm => "wasm",
+            #[cfg(feature = "monty")]
+            Backend::Monty => "monty",
+            #[cfg(feature = "monty")]
+            Backend::MontyInProcess => "monty-inprocess",
+            #[cfg(feature = "microvm")]
+            Backend::MicroVm => "microvm",
+        }
+    }
+}
+
+impl From<Backend> for String {
+    fn from(b: Backend) -> String {
+        b.name().to_owned()
+    }
+}
+
+/// The backend a kernel uses when none is named: the first compiled one (`process` in the
+/// default build).
+pub fn default_backend() -> &'static str {
+    compiled_backends().first().copied().unwrap_or("process")
+}
+
+/// The known backend nearest to a misspelt `name` (at most two edits away).
+fn nearest_backend(name: &str) -> Option<&'static str> {
+    fn distance(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut prev = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let here = row[j + 1];
+                row[j + 1] = (prev + usize::from(ca != *cb))
+                    .min(row[j] + 1)
+                    .min(here + 1);
+                prev = here;
+            }
+        }
+        row[b.len()]
+    }
+    let name = name.to_ascii_lowercase();
+    BACKENDS
+        .iter()
+        .map(|(b, _)| (distance(&name, b), *b))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, b)| b)
+}
+
 /// Builds the runtime named `name`.
 pub(crate) fn make_runtime(
     name: &str,
@@ -109,7 +189,10 @@ pub(crate) fn make_runtime(
             ))
         }
         _ => Err(Error::invalid(
-            format!("unknown backend {name:?}"),
+            match nearest_backend(name) {
+                Some(near) => format!("unknown backend {name:?} (did you mean {near:?}?)"),
+                None => format!("unknown backend {name:?}"),
+            },
             format!(
                 "use one of: {} (known: {})",
                 compiled_backends().join(", "),
@@ -149,12 +232,14 @@ pub struct KernelBuilder {
     workspace_quota: Option<u64>,
     pool: Option<PoolConfig>,
     session_idle: Duration,
+    /// A setting refused when it was given (message, hint), reported by `build`.
+    invalid: Option<(String, &'static str)>,
 }
 
 impl Default for KernelBuilder {
     fn default() -> Self {
         KernelBuilder {
-            backend: "process".into(),
+            backend: default_backend().into(),
             spec: SandboxSpec::default(),
             tools: None,
             tool_policy: None,
@@ -166,12 +251,14 @@ impl Default for KernelBuilder {
             workspace_quota: None,
             pool: None,
             session_idle: crate::session::DEFAULT_IDLE_TIMEOUT,
+            invalid: None,
         }
     }
 }
 
 impl KernelBuilder {
-    /// Chooses the backend by name (see [`BACKENDS`]); default `process`.
+    /// Chooses the backend: a [`Backend`] or a name (see [`BACKENDS`]); default: the first
+    /// compiled one ([`default_backend`], `process` in the default build).
     pub fn backend(mut self, name: impl Into<String>) -> Self {
         self.backend = name.into();
         self
@@ -183,9 +270,24 @@ impl KernelBuilder {
         self
     }
 
-    /// Wall-clock limit per run, in seconds.
+    /// Wall-clock limit per run.
+    pub fn timeout(mut self, limit: Duration) -> Self {
+        self.spec.limits.wall_time = limit;
+        self
+    }
+
+    /// Wall-clock limit per run, in seconds (a negative, infinite or NaN number is refused
+    /// by [`KernelBuilder::build`], naming it).
     pub fn timeout_secs(mut self, secs: f64) -> Self {
-        self.spec.limits.wall_time = Duration::try_from_secs_f64(secs).unwrap_or(Duration::ZERO);
+        match Duration::try_from_secs_f64(secs) {
+            Ok(limit) => self.spec.limits.wall_time = limit,
+            Err(_) => {
+                self.invalid = Some((
+                    format!("timeout_secs({secs}) is not a time limit"),
+                    "give a positive number of seconds, e.g. timeout_secs(30.0), or timeout(Duration)",
+                ))
+            }
+        }
         self
     }
 
@@ -287,6 +389,9 @@ impl KernelBuilder {
     /// Checks the configuration and starts the backend (and the pool's warm-up, which needs
     /// a Tokio runtime).
     pub fn build(mut self) -> Result<Kernel> {
+        if let Some((message, hint)) = self.invalid.take() {
+            return Err(Error::invalid(message, hint));
+        }
         let data_dir = self.data_dir.clone().unwrap_or_else(Workspaces::data_dir);
         let mut workspaces = Workspaces::at(data_dir.join("workspaces"));
         if let Some(q) = self.workspace_quota {
@@ -464,22 +569,42 @@ impl Kernel {
         self.pool.as_ref().map(Pool::stats)
     }
 
-    /// Session `name`: one sandbox kept for a conversation, bound to the named workspace of
-    /// the same name; created on first use. Globals persist across its `exec` calls.
+    /// Session `name`: one sandbox kept for a conversation, created on first use. Globals
+    /// persist across its `exec` calls. Its workspace is the kernel's own when the kernel
+    /// has one ([`KernelBuilder::workspace`] or [`KernelBuilder::named_workspace`]), else the
+    /// named workspace of the same name as the session.
     pub async fn session(&self, name: &str) -> Result<crate::Session> {
-        self.sessions.get_or_start(self, name, name).await
+        let ws = match self.own_workspace() {
+            Some(ws) => ws,
+            None => self.workspaces.open(name)?,
+        };
+        self.sessions.get_or_start(self, name, ws).await
     }
 
-    /// Like [`Kernel::session`] with the workspace named `workspace`.
+    /// Like [`Kernel::session`] with the named workspace `workspace`.
     pub async fn session_with_workspace(
         &self,
         name: &str,
         workspace: &str,
     ) -> Result<crate::Session> {
-        self.sessions.get_or_start(self, name, workspace).await
+        let ws = self.workspaces.open(workspace)?;
+        self.sessions.get_or_start(self, name, ws).await
     }
 
-    /// Starts session `name` (workspace of the same name) from a snapshot made by
+    /// The kernel's own workspace: its named one, or the host directory it was given (named
+    /// by its path).
+    fn own_workspace(&self) -> Option<Workspace> {
+        if let Some(ws) = &self.workspace {
+            return Some(ws.clone());
+        }
+        self.spec.workspace.as_ref().map(|path| Workspace {
+            name: path.display().to_string(),
+            path: path.clone(),
+            quota: None,
+        })
+    }
+
+    /// Starts session `name` (its workspace chosen as by [`Kernel::session`]) from a snapshot made by
     /// [`crate::Session::save`], replacing an open session of that name. Backends without
     /// snapshots answer [`Error::Unsupported`].
     pub async fn resume_session(
@@ -487,8 +612,12 @@ impl Kernel {
         name: &str,
         snapshot: &agentkernel_core::Snapshot,
     ) -> Result<crate::Session> {
+        let ws = match self.own_workspace() {
+            Some(ws) => ws,
+            None => self.workspaces.open(name)?,
+        };
         self.sessions
-            .start_with(self, name, name, Some(snapshot))
+            .start_with(self, name, ws, Some(snapshot))
             .await
     }
 

@@ -49,16 +49,18 @@ pub mod tasks;
 pub use agent::{Agent, TaskResult, create_agent};
 pub use agentkernel_core as core;
 pub use agentkernel_core::{
-    Capabilities, Error, ExecOutcome, ExecRequest, ExecStatus, FnTools, LimitKind, Limits, NoTools,
-    Pool, PoolConfig, PoolStats, Result, Runtime, Sandbox, SandboxSpec, ToolHost, Workspace,
-    WorkspaceInfo, Workspaces,
+    Capabilities, CapturedOutput, Error, ExecOutcome, ExecRequest, ExecStatus, FnTools, LimitKind,
+    Limits, NoTools, OutputSink, Pool, PoolConfig, PoolStats, Result, Runtime, Sandbox,
+    SandboxSpec, Snapshot, StreamKind, Timings, ToolCallRecord, ToolError, ToolErrorKind, ToolHost,
+    Workspace, WorkspaceInfo, Workspaces,
 };
 pub use agentkernel_tool_bridge as tools;
 pub use agentkernel_tool_bridge::{FunctionTool, McpServerConfig, ToolPolicy, ToolRegistry};
 pub use config::{Config, MicroVmSettings};
 pub use doctor::{BackendReport, doctor};
-pub use kernel::{BACKENDS, Kernel, KernelBuilder, compiled_backends};
+pub use kernel::{BACKENDS, Backend, Kernel, KernelBuilder, compiled_backends, default_backend};
 pub use session::{Session, SessionInfo};
+pub use tasks::{TaskConfig, TaskRecord, TaskRequest, TaskState, Tasks};
 
 /// The allocator that counts a `monty` sandbox's memory (re-exported, so an embedder needs no
 /// separately pinned dependency). `monty-inprocess` enforces its memory limit only in a

@@ -361,7 +361,7 @@ async fn run(args: RunArgs) -> ExitCode {
         .backend
         .clone()
         .or_else(|| config.sandbox.backend.clone())
-        .unwrap_or_else(|| "process".into());
+        .unwrap_or_else(|| agentkernel::default_backend().into());
     if !(timeout.is_finite() && timeout > 0.0) {
         return fail(&Error::invalid(
             format!("--timeout {timeout} is not a positive number of seconds"),

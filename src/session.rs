@@ -9,6 +9,10 @@
 //! timeout is closed: its sandbox stops, its workspace stays, and the next
 //! `kernel.session(..)` of that name starts a fresh interpreter on the same files.
 //!
+//! A run that a limit kills (or that crashes) ends the session's sandbox; the session's
+//! next run starts a fresh interpreter on the same workspace first, and its outcome says
+//! so (a line at the start of its stderr). [`Session::reset`] restarts it at once.
+//!
 //! Where the backend can snapshot ([`agentkernel_core::Capabilities::snapshot`]),
 //! [`Session::save`] returns the interpreter state and [`crate::Kernel::resume_session`]
 //! restores it, in this process or another.
@@ -18,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use agentkernel_core::{
-    Error, ExecOutcome, ExecRequest, Result, Sandbox, SandboxSpec, Snapshot, Workspace,
+    Error, ExecOutcome, ExecRequest, ExecStatus, Result, Sandbox, SandboxSpec, Snapshot, Workspace,
 };
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +49,9 @@ pub struct SessionInfo {
 struct State {
     sandbox: Option<Box<dyn Sandbox>>,
     execs: u64,
+    /// Why the last exec ended the sandbox (a limit kill or a crash: the sandbox is gone),
+    /// so the next exec restarts it first.
+    ended: Option<String>,
 }
 
 struct Inner {
@@ -93,20 +100,61 @@ impl Session {
         self.inner.workspace.check_quota()?;
         let mut state = self.inner.state.lock().await;
         self.touch();
+        let ended = state.ended.take();
         let sandbox = state.sandbox.as_mut().ok_or_else(|| Error::SandboxLost {
             reason: format!("session {:?} was closed", self.inner.name),
         })?;
+        // A limit kill or a crash ended the sandbox: a fresh interpreter on the same
+        // workspace takes its place, and the outcome says so.
+        let restarted = match ended {
+            Some(why) => match sandbox.reset().await {
+                Ok(()) => Some(why),
+                Err(e) => {
+                    state.ended = Some(why);
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
         let out = sandbox
             .exec(req, crate::kernel::gate(&self.inner.tools))
             .await;
         state.execs += 1;
         self.touch();
-        out
+        let mut out = match out {
+            Ok(out) => out,
+            Err(e) => {
+                // A sandbox that broke mid-run is restarted by the next run too.
+                if matches!(e, Error::SandboxLost { .. }) {
+                    state.ended = Some(format!("was lost ({e})"));
+                }
+                return Err(e);
+            }
+        };
+        if matches!(
+            out.status,
+            ExecStatus::Killed { .. } | ExecStatus::Crashed { .. }
+        ) {
+            state.ended = Some(match &out.status {
+                ExecStatus::Killed { limit } => format!("was killed by its {limit} limit"),
+                ExecStatus::Crashed { reason } => format!("crashed ({reason})"),
+                _ => unreachable!("matched above"),
+            });
+        }
+        if let Some(why) = restarted {
+            let note = format!(
+                "agentkernel: session {:?} was restarted before this run: its previous run {why}, so its variables are gone (its workspace's files are kept)\n",
+                self.inner.name
+            );
+            out.stderr.bytes.splice(0..0, note.bytes());
+        }
+        Ok(out)
     }
 
     /// Clears the interpreter state (globals, `/tmp`); the workspace's files stay.
     pub async fn reset(&self) -> Result<()> {
         let mut state = self.inner.state.lock().await;
+        state.ended = None;
         match state.sandbox.as_mut() {
             Some(s) => s.reset().await,
             None => Err(Error::SandboxLost {
@@ -189,7 +237,7 @@ impl Sessions {
         &self,
         kernel: &Kernel,
         name: &str,
-        workspace: &str,
+        workspace: Workspace,
     ) -> Result<Session> {
         self.start_with(kernel, name, workspace, None).await
     }
@@ -198,7 +246,7 @@ impl Sessions {
         &self,
         kernel: &Kernel,
         name: &str,
-        workspace: &str,
+        ws: Workspace,
         snapshot: Option<&Snapshot>,
     ) -> Result<Session> {
         agentkernel_core::validate_workspace_name(name).map_err(|_| {
@@ -210,18 +258,17 @@ impl Sessions {
         if snapshot.is_none()
             && let Some(s) = self.get(name)
         {
-            if s.inner.workspace.name != workspace {
+            if s.inner.workspace.path != ws.path {
                 return Err(Error::invalid(
                     format!(
-                        "session {name:?} is bound to workspace {:?}, not {workspace:?}",
-                        s.inner.workspace.name
+                        "session {name:?} is bound to workspace {:?}, not {:?}",
+                        s.inner.workspace.name, ws.name
                     ),
                     "close the session first to bind it to another workspace",
                 ));
             }
             return Ok(s);
         }
-        let ws = kernel.workspaces().open(workspace)?;
         let spec = SandboxSpec {
             workspace: Some(ws.path.clone()),
             ..kernel.spec().clone()
@@ -238,6 +285,7 @@ impl Sessions {
                 state: tokio::sync::Mutex::new(State {
                     sandbox: Some(sandbox),
                     execs: 0,
+                    ended: None,
                 }),
                 last_used: Mutex::new(Instant::now()),
                 started: SystemTime::now(),

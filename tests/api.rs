@@ -71,6 +71,78 @@ async fn builder_rejects_unknown_backends_with_a_hint() {
     assert!(err.hint().is_some_and(|h| h.contains("process")), "{err}");
 }
 
+/// A near miss is named: `procss` → did you mean "process"? Far from every name, no guess.
+#[test]
+fn a_misspelt_backend_gets_a_did_you_mean() {
+    let err = Kernel::builder()
+        .backend("procss")
+        .build()
+        .err()
+        .expect("must fail");
+    assert!(
+        err.to_string().contains("did you mean \"process\""),
+        "{err}"
+    );
+    let err = Kernel::builder()
+        .backend("Monty-InProces")
+        .build()
+        .err()
+        .expect("must fail");
+    assert!(
+        err.to_string().contains("did you mean \"monty-inprocess\""),
+        "{err}"
+    );
+    let err = Kernel::builder()
+        .backend("quantum")
+        .build()
+        .err()
+        .expect("must fail");
+    assert!(!err.to_string().contains("did you mean"), "{err}");
+}
+
+/// A timeout that is no time limit (negative, NaN, infinite) is refused by name, not run as
+/// "zero"; `timeout(Duration)` is the typed form.
+#[test]
+fn a_nonsense_timeout_is_refused_by_name() {
+    for secs in [-1.0, f64::NAN, f64::INFINITY] {
+        let err = Kernel::builder()
+            .timeout_secs(secs)
+            .build()
+            .err()
+            .expect("must fail");
+        assert!(
+            err.to_string().contains(&format!("timeout_secs({secs})")),
+            "{err}"
+        );
+        assert!(
+            err.hint().is_some_and(|h| h.contains("timeout(Duration)")),
+            "{err}"
+        );
+    }
+    let kernel = Kernel::builder()
+        .timeout(std::time::Duration::from_secs(7))
+        .build()
+        .expect("build");
+    assert_eq!(
+        kernel.spec().limits.wall_time,
+        std::time::Duration::from_secs(7)
+    );
+}
+
+/// The typed backend names the same backends as the strings.
+#[cfg(feature = "process")]
+#[tokio::test]
+async fn a_backend_can_be_chosen_by_type() {
+    let kernel = Kernel::builder()
+        .backend(agentkernel::Backend::Process)
+        .build()
+        .expect("build");
+    assert_eq!(kernel.runtime().name(), "process");
+    let out = kernel.execute("print('typed')").await.expect("run");
+    assert_eq!(out.stdout.text(), "typed\n");
+    assert_eq!(agentkernel::default_backend(), "process");
+}
+
 /// One registry, two kernels with different rights: the policy is per kernel (per sandbox).
 #[tokio::test]
 async fn tool_policy_is_per_kernel() {

@@ -426,3 +426,82 @@ kept = 1
     assert_eq!(out.stdout.text(), "1\n", "{}", out.stderr.text());
     kernel.close_session("bg").await.unwrap();
 }
+
+/// A session whose run a limit killed is not handed back dead: its next run starts a fresh
+/// interpreter on the same workspace (the variables are gone, the files are kept) and says
+/// so at the start of its stderr; the run after that is ordinary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_killed_by_a_limit_is_restarted_by_its_next_run() {
+    let data = tempfile::tempdir().unwrap();
+    let kernel = Kernel::builder()
+        .data_dir(data.path())
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let s = kernel.session("killed").await.unwrap();
+    s.exec("x = 1\nopen('/workspace/kept', 'w').write('kept')")
+        .await
+        .unwrap();
+    let out = s.exec("while True: pass").await.unwrap();
+    assert_eq!(
+        out.status,
+        ExecStatus::Killed {
+            limit: LimitKind::WallTime
+        }
+    );
+    let out = kernel
+        .session("killed")
+        .await
+        .unwrap()
+        .exec("print('x' in globals(), open('/workspace/kept').read())")
+        .await
+        .unwrap();
+    assert_eq!(out.status, ExecStatus::Ok, "{}", out.stderr.text());
+    assert_eq!(out.stdout.text(), "False kept\n");
+    assert!(
+        out.stderr
+            .text()
+            .starts_with("agentkernel: session \"killed\" was restarted"),
+        "{}",
+        out.stderr.text()
+    );
+    let out = s.exec("y = 2\nprint(y)").await.unwrap();
+    assert_eq!(out.stdout.text(), "2\n");
+    assert_eq!(
+        out.stderr.text(),
+        "",
+        "only the first run after the kill says so"
+    );
+}
+
+/// A kernel given a workspace directory runs its sessions there (not in a named workspace
+/// of the session's name); `session_with_workspace` still picks a named one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kernels_workspace_is_its_sessions_workspace() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = Kernel::builder()
+        .data_dir(data.path())
+        .workspace(dir.path())
+        .build()
+        .unwrap();
+    let out = kernel
+        .session("s1")
+        .await
+        .unwrap()
+        .exec("open('/workspace/from-session', 'w').write('here')")
+        .await
+        .unwrap();
+    assert_eq!(out.status, ExecStatus::Ok, "{}", out.stderr.text());
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("from-session")).unwrap(),
+        "here"
+    );
+    assert!(kernel.workspaces().list().unwrap().is_empty());
+    let named = kernel.session_with_workspace("s2", "other").await.unwrap();
+    named
+        .exec("open('/workspace/x', 'w').write('x')")
+        .await
+        .unwrap();
+    assert!(!dir.path().join("x").exists());
+}

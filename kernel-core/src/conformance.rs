@@ -714,6 +714,8 @@ for i in range(3):
     seen.append(ak.call_tool("probe.seen", text=f"line {i}", stream="stdout"))
     print(f"warn {i}", file=sys.stderr, flush=True)
     seen.append(ak.call_tool("probe.seen", text=f"warn {i}", stream="stderr"))
+    if not all(seen):
+        break
 print("seen", seen)
 "#
     } else {
@@ -723,12 +725,19 @@ seen = []
 for i in range(3):
     print(f"line {i}")
     seen.append(ak.call_tool("probe.seen", text=f"line {i}", stream="stdout"))
+    if not all(seen):
+        break
 print("seen", seen)
 "#
     };
     let mut sb = rt.create(&test_spec()).await.expect("create");
     let out = sb
-        .exec(ExecRequest::new(code).with_output(sink), tools)
+        .exec(
+            ExecRequest::new(code)
+                .with_output(sink)
+                .with_timeout(Duration::from_secs(120)),
+            tools,
+        )
         .await
         .expect("exec");
     assert_ok(&out);
