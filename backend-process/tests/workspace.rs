@@ -738,44 +738,44 @@ impl Drop for Mounted {
     }
 }
 
-/// One entry the host cannot write does not lose the rest: the program writes into a
-/// directory that is a read-only mount on the host (the overlay shows the directory
-/// beneath it, so the write succeeds inside), and into another; the read-only one is named
-/// in stderr, the other's file reaches the host. Needs root and `mount` (skipped, with the
-/// reason printed, otherwise).
+/// One entry the host cannot write does not lose the rest: the program writes five files,
+/// then a file that is a mount point on the host (a bind mount: nothing can be renamed over
+/// it), then five more; the mount point is named in stderr and keeps its content, and the
+/// ten others reach the host (whatever order the layer lists them in). Needs root and
+/// `mount` (skipped, with the reason printed, otherwise).
 #[tokio::test]
 async fn one_entry_that_cannot_be_copied_does_not_lose_the_rest() {
     let (rt, _root, ws, spec) = with_a_workspace(false);
-    let ro = ws.join("ro");
-    std::fs::create_dir(&ro).unwrap();
-    let mount = |args: &[&str]| {
-        std::process::Command::new("mount")
-            .args(args)
-            .arg(&ro)
-            .arg(&ro)
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !mount(&["--bind"]) {
+    let pinned = ws.join("pinned");
+    std::fs::write(&pinned, "old").unwrap();
+    let bound = std::process::Command::new("mount")
+        .arg("--bind")
+        .arg(&pinned)
+        .arg(&pinned)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !bound {
         println!("SKIPPED: mount --bind failed here (it needs root)");
         return;
     }
-    let _unmount = Mounted(ro.clone());
-    assert!(mount(&["-o", "remount,bind,ro"]), "remount read-only");
+    let _unmount = Mounted(pinned.clone());
     let mut sb = rt.create(&spec).await.expect("create");
     let out = run_with(
         &mut sb,
-        "open('/workspace/ro/blocked', 'w').write('x')\nopen('/workspace/other', 'w').write('other')\nprint('ok')",
+        "for i in range(5):\n    open(f'/workspace/a{i}', 'w').write('a')\nopen('/workspace/pinned', 'a').write('+new')\nfor i in range(5):\n    open(f'/workspace/b{i}', 'w').write('b')\nprint('ok')",
         Arc::new(NoTools),
     )
     .await;
     sb.shutdown().await.expect("shutdown");
     assert_eq!(out.stdout.text(), "ok\n", "{}", out.stderr.text());
-    assert_eq!(std::fs::read_to_string(ws.join("other")).unwrap(), "other");
-    assert!(!ro.join("blocked").exists());
+    for name in ["a0", "a4", "b0", "b4"] {
+        assert!(ws.join(name).exists(), "{name} did not reach the host");
+    }
+    assert_eq!(entries_under(&ws).len(), 11);
+    assert_eq!(std::fs::read_to_string(&pinned).unwrap(), "old");
     let note = out.stderr.text();
     assert!(
-        note.contains("/workspace/ro/blocked was not copied to the host"),
+        note.contains("/workspace/pinned was not copied to the host"),
         "{note}"
     );
 }
