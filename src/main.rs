@@ -323,12 +323,58 @@ fn main() -> ExitCode {
 
 /// Prints a one-line error and returns the matching exit code.
 fn fail(e: &Error) -> ExitCode {
-    eprintln!("agentkernel: error: {e}");
+    eprintln!("agentkernel: error: {}", in_cli_words(&e.to_string()));
     ExitCode::from(match e {
         Error::InvalidRequest { .. } | Error::Unsupported { .. } => EXIT_USAGE,
         Error::Unavailable { .. } | Error::ToolSource { .. } => EXIT_UNAVAILABLE,
         _ => EXIT_INTERNAL,
     })
+}
+
+/// The library speaks of builder methods (`` `.timeout(Duration::from_secs(30))` ``); the
+/// command line of flags (`` `--timeout 30` ``): rewrites the one into the other in an
+/// error's text, so that a hint speaks the caller's language.
+fn in_cli_words(text: &str) -> String {
+    const FLAGS: &[(&str, &str)] = &[
+        ("timeout", "--timeout"),
+        ("memory_mib", "--memory"),
+        ("workspace", "--workspace"),
+        ("named_workspace", "--workspace"),
+        ("python_dir", "--tools-dir"),
+    ];
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("`.") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 2..];
+        let call = after
+            .find('(')
+            .zip(after.find(")`"))
+            .and_then(|(open, close)| {
+                let flag = FLAGS.iter().find(|(m, _)| *m == &after[..open])?.1;
+                (open < close).then(|| (flag, &after[open + 1..close], close))
+            });
+        match call {
+            Some((flag, args, close)) => {
+                let args = args
+                    .trim_start_matches("Duration::from_secs(")
+                    .trim_end_matches(')')
+                    .trim_matches('"');
+                if args.is_empty() || args == ".." {
+                    out.push_str(&format!("`{flag}`"));
+                } else {
+                    out.push_str(&format!("`{flag} {args}`"));
+                }
+                rest = &after[close + 2..];
+            }
+            None => {
+                out.push_str("`.");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn read_program(file: &str) -> Result<String, Error> {
@@ -1097,7 +1143,30 @@ fn parse_mib(text: &str) -> std::result::Result<u64, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_mib;
+    use super::{in_cli_words, parse_mib};
+
+    /// Library hints name builder methods; the CLI shows the flags instead, and leaves
+    /// anything else alone.
+    #[test]
+    fn hints_are_rewritten_into_flags() {
+        assert_eq!(
+            in_cli_words("give one, e.g. `.timeout(Duration::from_secs(30))`."),
+            "give one, e.g. `--timeout 30`."
+        );
+        assert_eq!(
+            in_cli_words("e.g. `.workspace(\"./data\")`, or (`.named_workspace(NAME)`)"),
+            "e.g. `--workspace ./data`, or (`--workspace NAME`)"
+        );
+        assert_eq!(in_cli_words("(`.memory_mib(64)`)"), "(`--memory 64`)");
+        assert_eq!(
+            in_cli_words("use `.timeout(..)` instead"),
+            "use `--timeout` instead"
+        );
+        assert_eq!(
+            in_cli_words("`.unknown(1)` and `.py` files"),
+            "`.unknown(1)` and `.py` files"
+        );
+    }
 
     #[test]
     fn memory_sizes_take_units_and_refuse_nonsense() {

@@ -233,3 +233,30 @@ fn monty_worker_mode_runs_from_an_embedding_binary() {
     );
     assert_eq!(stdout, "sum of squares: 285\nstatus: Ok\n");
 }
+
+/// A library error's hint speaks of builder methods, not of CLI flags (the CLI rewrites
+/// them into flags: `src/main.rs::hints_are_rewritten_into_flags`, and the test below).
+#[test]
+fn library_hints_name_builder_methods() {
+    let err = Kernel::builder()
+        .workspace("/")
+        .build()
+        .err()
+        .expect("must fail");
+    let hint = err.hint().unwrap_or_default().to_owned();
+    assert!(hint.contains("`.workspace("), "{err}");
+    assert!(!hint.contains("--"), "{err}");
+}
+
+/// The same refusal from the command line names the flag.
+#[test]
+fn cli_hints_name_flags() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_agentkernel"))
+        .args(["run", "--workspace", "/", "-"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run agentkernel");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("`--workspace ./data`"), "{stderr}");
+    assert!(!stderr.contains("`.workspace("), "{stderr}");
+}

@@ -247,7 +247,7 @@ fn check_supported(spec: &SandboxSpec) -> Result<u32> {
         return Err(Error::invalid(
             format!("a {memory_mib} MiB microVM cannot start"),
             format!(
-                "give the microvm backend at least {MIN_MEMORY_MIB} MiB (--memory {MIN_MEMORY_MIB})"
+                "give the microvm backend at least {MIN_MEMORY_MIB} MiB (`.memory_mib({MIN_MEMORY_MIB})`)"
             ),
         ));
     }

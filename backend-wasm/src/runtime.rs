@@ -106,7 +106,7 @@ impl Runtime for WasmRuntime {
             return Err(Error::unsupported(
                 "a CPU-time limit",
                 "wasm",
-                "a wasm guest runs on one thread: use the wall-time limit (--timeout) instead",
+                "a wasm guest runs on one thread: use the wall-time limit (`.timeout(..)`) instead",
             ));
         }
         spec.refuse_network(

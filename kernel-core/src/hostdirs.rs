@@ -214,7 +214,7 @@ pub fn check_workspace_dir(workspace: &Path, data_dir: &Path, protected: &[PathB
                     "refusing to let sandboxes write to {}: it holds {what}, and a program could plant files there that the host later trusts (shell start-up files, AgentKernel's tasks, compiled code, configuration or an MCP server's code)",
                     workspace.display()
                 ),
-                "use a directory of its own, e.g. --workspace ./data, or a named workspace (--workspace NAME)",
+                "use a directory of its own, e.g. `.workspace(\"./data\")`, or a named workspace (`.named_workspace(NAME)`)",
             ));
         }
     }

@@ -77,7 +77,7 @@ impl Limits {
         if self.wall_time.is_zero() {
             return Err(Error::invalid(
                 "wall_time is zero",
-                "give a timeout of at least 1 ms, e.g. --timeout 30",
+                "give a wall-time limit of at least 1 ms, e.g. `.timeout(Duration::from_secs(30))`",
             ));
         }
         if self.cpu_time.is_some_and(|t| t < Duration::from_secs(1)) {

@@ -339,7 +339,7 @@ fn local_modules(dir: &Path) -> Result<(PathBuf, Vec<String>)> {
     let dir = dir.canonicalize().map_err(|e| {
         Error::invalid(
             format!("tools directory {}: {e}", dir.display()),
-            "point --tools-dir (or [tools] dir) at an existing directory of .py files",
+            "point `.python_dir(..)` (`[tools] dir` in agentkernel.toml) at an existing directory of .py files",
         )
     })?;
     let entries =
