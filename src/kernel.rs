@@ -559,6 +559,42 @@ impl Kernel {
         self.tools.clone()
     }
 
+    /// A digest of what a program run by this kernel can do and reach: the backend, limits,
+    /// environment, network policy, workspace, mounts (the tool package's aside: it is made
+    /// anew per process) and the tools' names. Two kernels with the same digest run a task
+    /// the same way ([`crate::tasks::Tasks::open`] keeps a store per digest).
+    pub fn identity(&self) -> String {
+        use sha2::Digest as _;
+        let mut tools: Vec<String> = self.tools().catalog().into_iter().map(|t| t.name).collect();
+        tools.sort();
+        let mounts: Vec<_> = self
+            .spec
+            .mounts
+            .iter()
+            .filter(|m| !m.guest.starts_with("/tools"))
+            .collect();
+        let what = serde_json::json!({
+            "backend": self.runtime.name(),
+            "limits": self.spec.limits,
+            "env": self.spec.env,
+            "network": self.spec.network,
+            "workspace": self.spec.workspace,
+            "mounts": mounts,
+            "tools": tools,
+        });
+        let digest = sha2::Sha256::digest(what.to_string().as_bytes());
+        digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The data directory this kernel keeps its named workspaces (and a library's task
+    /// stores) in.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.workspaces
+            .root()
+            .parent()
+            .unwrap_or(self.workspaces.root())
+    }
+
     /// The named workspaces of this kernel's data dir.
     pub fn workspaces(&self) -> &Workspaces {
         &self.workspaces

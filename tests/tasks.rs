@@ -489,3 +489,70 @@ async fn a_stopped_worker_marks_its_running_tasks_lost_at_once() {
             .contains("stopped while it ran")
     );
 }
+
+/// A library user's tasks: `Tasks::open` keeps them in a store of the kernel's own (by its
+/// configuration) and runs them with workers it starts itself. A kernel configured
+/// otherwise (another time limit) does not see them; the same configuration (a restart of
+/// the program) does, and runs what was left queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_library_kernel_has_a_store_of_its_own_and_runs_its_workers() {
+    let data = tempfile::tempdir().unwrap();
+    let kernel = |secs: u64| {
+        Kernel::builder()
+            .data_dir(data.path())
+            .timeout(Duration::from_secs(secs))
+            .build()
+            .unwrap()
+    };
+    let tasks = Tasks::open(kernel(20), TaskConfig::default())
+        .await
+        .unwrap();
+    let id = tasks
+        .submit(TaskRequest::new("print('ran by its own workers')"))
+        .await
+        .unwrap();
+    let done = tasks
+        .wait(&id, Some(Duration::from_secs(60)), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(done.state, TaskState::Succeeded, "{done:?}");
+    assert_eq!(done.result.unwrap().output, "ran by its own workers\n");
+    drop(tasks);
+
+    // Queued without workers: another configuration does not see it, the same one runs it.
+    let queued = Tasks::open(
+        kernel(20),
+        TaskConfig {
+            start_workers: false,
+            ..TaskConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let id = queued
+        .submit(TaskRequest::new("print('later')"))
+        .await
+        .unwrap();
+    let other = Tasks::open(kernel(21), TaskConfig::default())
+        .await
+        .unwrap();
+    assert!(other.status(&id).await.unwrap().is_none());
+    let same = Tasks::open(kernel(20), TaskConfig::default())
+        .await
+        .unwrap();
+    let done = same
+        .wait(&id, Some(Duration::from_secs(60)), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(done.state, TaskState::Succeeded, "{done:?}");
+    let stores = std::fs::read_dir(data.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("tasks-"))
+        .count();
+    assert!(stores >= 2, "one store per configuration");
+    assert!(
+        !data.path().join("tasks.db").exists(),
+        "the CLI's store is not used"
+    );
+}

@@ -167,6 +167,8 @@ pub struct TaskConfig {
     pub requeue_lost: bool,
     /// Name of this machine, the first part of worker ids (`node/random`) shown on tasks.
     pub node: String,
+    /// Whether [`Tasks::open`] starts workers in the background (default: yes).
+    pub start_workers: bool,
     /// How often idle workers look for new tasks (other processes may submit).
     pub poll: Duration,
 }
@@ -183,6 +185,7 @@ impl Default for TaskConfig {
                 .ok()
                 .filter(|h| !h.is_empty())
                 .unwrap_or_else(|| "local".into()),
+            start_workers: true,
             poll: Duration::from_millis(200),
         }
     }
@@ -209,6 +212,19 @@ pub struct Tasks {
     owner: String,
     events: broadcast::Sender<TaskEvent>,
     wake: Arc<tokio::sync::Notify>,
+    /// Stops the background workers of [`Tasks::open`] when the last handle goes.
+    workers: Option<Arc<StopOnDrop>>,
+}
+
+/// Sends the stop signal when dropped.
+struct StopOnDrop(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Some(stop) = self.0.take() {
+            let _ = stop.send(());
+        }
+    }
 }
 
 impl std::fmt::Debug for Tasks {
@@ -231,7 +247,49 @@ impl Tasks {
             owner,
             events: broadcast::channel(1024).0,
             wake: Arc::new(tokio::sync::Notify::new()),
+            workers: None,
         }
+    }
+
+    /// Tasks of `kernel` in a store of its own, with its workers running: what a library
+    /// user wants by default. The store is the SQLite database `tasks-<identity>.db` in the
+    /// kernel's data dir, `<identity>` being [`Kernel::identity`] (backend, limits,
+    /// environment, workspace, mounts, tool names): a task runs only on a kernel configured
+    /// as the one that submitted it (a restart of the same program included), never on the
+    /// CLI's workers (`tasks.db`) nor on a program with other tools or limits. Workers run in
+    /// the background (needs a Tokio runtime) until the last clone of the returned handle is
+    /// dropped; with [`TaskConfig::start_workers`] off, run them with [`Tasks::run_workers`].
+    ///
+    /// ```no_run
+    /// # async fn demo(kernel: agentkernel::Kernel) -> agentkernel::Result<()> {
+    /// use agentkernel::{TaskConfig, TaskRequest, Tasks};
+    /// let tasks = Tasks::open(kernel, TaskConfig::default()).await?;
+    /// let id = tasks.submit(TaskRequest::new("print('later')")).await?;
+    /// let done = tasks.wait(&id, None, |_| {}).await?;
+    /// assert_eq!(done.result.expect("ran").output, "later\n");
+    /// # Ok(()) }
+    /// ```
+    pub async fn open(kernel: Kernel, config: TaskConfig) -> Result<Tasks> {
+        let data = kernel.data_dir().to_path_buf();
+        agentkernel_core::hostdirs::private_dir(&data)?;
+        let path = data.join(format!("tasks-{}.db", kernel.identity()));
+        let store: Arc<dyn TaskStore> = Arc::new(SqlStore::open_sqlite(&path).await?);
+        let start = config.start_workers;
+        let mut tasks = Tasks::new(kernel, store, config);
+        if start {
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let workers = tasks.clone();
+            tokio::spawn(async move {
+                let stopped = async {
+                    let _ = stopped.await;
+                };
+                if let Err(e) = workers.run_workers(None, stopped).await {
+                    tracing::error!(error = %e, "the task workers stopped");
+                }
+            });
+            tasks.workers = Some(Arc::new(StopOnDrop(Some(stop))));
+        }
+        Ok(tasks)
     }
 
     /// The store named by `$AGENTKERNEL_TASK_STORE` (`postgres://...` or a SQLite path),
