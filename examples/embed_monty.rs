@@ -11,8 +11,7 @@
 // Monty counts a sandbox's memory with this allocator; a worker started from a binary
 // without it refuses to start (its memory limit could not hold).
 #[global_allocator]
-static ALLOC: agentkernel::monty_alloc::LimitedAllocator =
-    agentkernel::monty_alloc::LimitedAllocator;
+static ALLOC: agentkernel::Allocator = agentkernel::ALLOCATOR;
 
 fn main() -> std::process::ExitCode {
     // First thing, before any thread: when the jail starts this binary as the worker, this

@@ -73,6 +73,27 @@ pub use tasks::{TaskConfig, TaskRecord, TaskRequest, TaskState, Tasks};
 #[cfg(feature = "monty")]
 pub use monty_alloc;
 
+/// The global allocator an application embedding the kernel installs: Monty's counting
+/// allocator with the `monty` feature (its memory limits need it), the system allocator
+/// without it, so that the same two lines build with any set of backends:
+///
+/// ```ignore
+/// #[global_allocator]
+/// static ALLOC: agentkernel::Allocator = agentkernel::ALLOCATOR;
+/// ```
+#[cfg(feature = "monty")]
+pub type Allocator = monty_alloc::LimitedAllocator;
+/// See the `monty` build's documentation: the system allocator here.
+#[cfg(not(feature = "monty"))]
+pub type Allocator = std::alloc::System;
+
+/// The value of [`Allocator`].
+#[cfg(feature = "monty")]
+pub const ALLOCATOR: Allocator = monty_alloc::LimitedAllocator;
+/// The value of [`Allocator`].
+#[cfg(not(feature = "monty"))]
+pub const ALLOCATOR: Allocator = std::alloc::System;
+
 /// The hidden first argument that makes a binary calling [`run_worker_if_requested`] the
 /// `monty` backend's worker.
 #[cfg(feature = "monty")]
