@@ -382,7 +382,7 @@ fn tools(c: &mut Criterion) {
     ] {
         let kernel = Kernel::builder()
             .backend(backend)
-            .timeout_secs(600.0)
+            .timeout(std::time::Duration::from_secs(600))
             .tools(registry.clone())
             .build()
             .expect("kernel");

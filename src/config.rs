@@ -313,7 +313,16 @@ impl Config {
             b = b.backend(v);
         }
         if let Some(v) = s.timeout_secs {
-            b = b.timeout_secs(v);
+            let limit = std::time::Duration::try_from_secs_f64(v)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    Error::invalid(
+                        format!("sandbox.timeout_secs = {v} is not a positive number of seconds"),
+                        "set e.g. timeout_secs = 30 under [sandbox] in agentkernel.toml",
+                    )
+                })?;
+            b = b.timeout(limit);
         }
         if let Some(v) = s.memory_mib {
             b = b.memory_mib(v);

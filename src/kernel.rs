@@ -278,6 +278,7 @@ impl KernelBuilder {
 
     /// Wall-clock limit per run, in seconds (a negative, infinite or NaN number is refused
     /// by [`KernelBuilder::build`], naming it).
+    #[deprecated(note = "use `timeout(Duration)`: seconds are for the CLI and agentkernel.toml")]
     pub fn timeout_secs(mut self, secs: f64) -> Self {
         match Duration::try_from_secs_f64(secs) {
             Ok(limit) => self.spec.limits.wall_time = limit,

@@ -32,7 +32,11 @@
 //! assert_eq!(result.output, "42\n");
 //!
 //! // The full API: choose the backend and limits, get the whole outcome.
-//! let kernel = Kernel::builder().backend("process").timeout_secs(5.0).memory_mib(256).build()?;
+//! let kernel = Kernel::builder()
+//!     .backend("process")
+//!     .timeout(std::time::Duration::from_secs(5))
+//!     .memory_mib(256)
+//!     .build()?;
 //! let outcome = kernel.execute("import sys; print(sys.version_info[0])").await?;
 //! assert_eq!(outcome.stdout.text(), "3\n");
 //! # Ok(()) }

@@ -440,7 +440,7 @@ async fn run(args: RunArgs) -> ExitCode {
     };
     builder = builder
         .backend(&backend)
-        .timeout_secs(timeout)
+        .timeout(Duration::try_from_secs_f64(timeout).unwrap_or(Duration::MAX))
         .memory_mib(memory);
     if let Some(ws) = &args.workspace {
         builder = if ws.contains('/') {
@@ -818,9 +818,21 @@ async fn task(cmd: TaskCommand) -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return fail(&e),
             };
+            let timeout = match timeout.map(Duration::try_from_secs_f64).transpose() {
+                Ok(t) if t.is_none_or(|t| !t.is_zero()) => t,
+                _ => {
+                    return fail(&Error::invalid(
+                        format!(
+                            "--timeout {} is not a positive number of seconds",
+                            timeout.unwrap_or_default()
+                        ),
+                        "pass e.g. --timeout 30",
+                    ));
+                }
+            };
             let req = TaskRequest {
                 code,
-                timeout_secs: timeout,
+                timeout,
                 workspace,
             };
             match tasks.submit(req).await {

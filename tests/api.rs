@@ -103,6 +103,7 @@ fn a_misspelt_backend_gets_a_did_you_mean() {
 /// A timeout that is no time limit (negative, NaN, infinite) is refused by name, not run as
 /// "zero"; `timeout(Duration)` is the typed form.
 #[test]
+#[allow(deprecated)] // the seconds form is what is tested
 fn a_nonsense_timeout_is_refused_by_name() {
     for secs in [-1.0, f64::NAN, f64::INFINITY] {
         let err = Kernel::builder()

@@ -67,7 +67,7 @@ async fn submit_returns_at_once_and_workers_run_tasks_to_their_end() {
         .unwrap();
     let slow = tasks
         .submit(TaskRequest {
-            timeout_secs: Some(30.0),
+            timeout: Some(Duration::from_secs(30)),
             ..TaskRequest::new("import time\ntime.sleep(30)")
         })
         .await
@@ -158,10 +158,7 @@ async fn kernel_side_failures_are_retried_and_bad_requests_refused() {
 
     for bad in [
         TaskRequest::new(""),
-        TaskRequest {
-            timeout_secs: Some(-1.0),
-            ..TaskRequest::new("pass")
-        },
+        TaskRequest::new("pass").with_timeout(Duration::ZERO),
         TaskRequest {
             workspace: Some("../x".into()),
             ..TaskRequest::new("pass")
@@ -464,7 +461,7 @@ async fn a_stopped_worker_marks_its_running_tasks_lost_at_once() {
     let tasks = Tasks::new(kernel, store_in(dir.path()).await, fast());
     let id = tasks
         .submit(TaskRequest {
-            timeout_secs: Some(60.0),
+            timeout: Some(Duration::from_secs(60)),
             ..TaskRequest::new("import time\ntime.sleep(60)")
         })
         .await

@@ -61,7 +61,7 @@ async fn kernel_on(backend: &str, policy: ToolPolicy, call_log: &Path) -> (Kerne
         .expect("registry with the test MCP server");
     let kernel = Kernel::builder()
         .backend(backend)
-        .timeout_secs(60.0)
+        .timeout(std::time::Duration::from_secs(60))
         .tools(registry.clone())
         .build()
         .expect("kernel");
@@ -497,7 +497,7 @@ async fn credentials_in_args_numbers_and_tool_names_never_reach_the_program() {
         .await
         .expect("registry");
     let kernel = Kernel::builder()
-        .timeout_secs(60.0)
+        .timeout(std::time::Duration::from_secs(60))
         .tools(registry.clone())
         .build()
         .expect("kernel");

@@ -34,9 +34,14 @@ use crate::kernel::Kernel;
 pub struct TaskRequest {
     /// The Python program.
     pub code: String,
-    /// Wall-clock limit in seconds (default: the kernel's).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout_secs: Option<f64>,
+    /// Wall-clock limit (default: the kernel's); stored as seconds, `timeout_secs`.
+    #[serde(
+        default,
+        rename = "timeout_secs",
+        with = "opt_secs",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
     /// Named workspace mounted at `/workspace` (default: the kernel's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace: Option<String>,
@@ -47,9 +52,41 @@ impl TaskRequest {
     pub fn new(code: impl Into<String>) -> Self {
         TaskRequest {
             code: code.into(),
-            timeout_secs: None,
+            timeout: None,
             workspace: None,
         }
+    }
+
+    /// The same task with a wall-clock limit of its own.
+    pub fn with_timeout(mut self, limit: Duration) -> Self {
+        self.timeout = Some(limit);
+        self
+    }
+}
+
+/// An optional duration as (fractional) seconds; a negative or non-finite number is refused.
+mod opt_secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_f64(d.as_secs_f64()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<f64>::deserialize(d)?
+            .map(|secs| {
+                Duration::try_from_secs_f64(secs).map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "timeout_secs = {secs} is not a positive number of seconds"
+                    ))
+                })
+            })
+            .transpose()
     }
 }
 
@@ -321,12 +358,10 @@ impl Tasks {
                 "pass a Python program",
             ));
         }
-        if let Some(t) = request.timeout_secs
-            && !(t.is_finite() && t > 0.0)
-        {
+        if request.timeout.is_some_and(|t| t.is_zero()) {
             return Err(Error::invalid(
-                format!("timeout {t} is not a positive number of seconds"),
-                "pass e.g. 30",
+                "the task's timeout is zero",
+                "give a positive time limit, e.g. `TaskRequest::with_timeout(Duration::from_secs(30))`",
             ));
         }
         if let Some(ws) = &request.workspace {
@@ -564,8 +599,8 @@ impl Tasks {
     /// Runs one claimed task and records how it ended.
     async fn run_one(&self, task: Claimed) {
         let mut req = ExecRequest::new(task.request.code.clone());
-        if let Some(t) = task.request.timeout_secs {
-            req = req.with_timeout(Duration::from_secs_f64(t));
+        if let Some(t) = task.request.timeout {
+            req = req.with_timeout(t);
         }
         let outcome = match &task.request.workspace {
             Some(ws) => self.kernel.execute_in_workspace(ws, req).await,
