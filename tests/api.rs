@@ -199,33 +199,39 @@ async fn tool_policy_is_per_kernel() {
     );
 }
 
+/// Builds the example `name` (up to date whatever ran before: `cargo test --test api` alone
+/// builds no example) and runs it from a directory of its own, as an application is run:
+/// no worker binary or `agentkernel.toml` beside it.
+fn run_example(name: &str) -> std::process::Output {
+    let built = std::process::Command::new(env!("CARGO"))
+        .args(["build", "--example", name])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("run cargo");
+    assert!(built.success(), "cargo build --example {name}");
+    let exe = std::env::current_exe().expect("test binary");
+    let example = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("examples").join(name))
+        .expect("target dir");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = dir.path().join("my-agent");
+    std::fs::copy(&example, &app).expect("copy the example");
+    std::process::Command::new(&app)
+        .current_dir(dir.path())
+        .env_remove("AGENTKERNEL_MONTY_WORKER")
+        .output()
+        .expect("run the example")
+}
+
 /// `monty` worker mode works from an application binary that is not `agentkernel`: the
 /// `embed_monty` example calls `agentkernel::run_worker_if_requested()` and is its own
 /// worker, run from a directory with no worker binary beside it.
 #[cfg(feature = "monty")]
 #[test]
 fn monty_worker_mode_runs_from_an_embedding_binary() {
-    let exe = std::env::current_exe().expect("test binary");
-    let example = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|profile| profile.join("examples/embed_monty"))
-        .expect("target dir");
-    // Up to date whatever ran before (`cargo test --test api` alone builds no example).
-    let built = std::process::Command::new(env!("CARGO"))
-        .args(["build", "--example", "embed_monty"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("run cargo");
-    assert!(built.success(), "cargo build --example embed_monty");
-    // Run from a directory of its own, as an application is: no worker binary beside it.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let app = dir.path().join("my-agent");
-    std::fs::copy(&example, &app).expect("copy the example");
-    let out = std::process::Command::new(&app)
-        .env_remove("AGENTKERNEL_MONTY_WORKER")
-        .output()
-        .expect("run the example");
+    let out = run_example("embed_monty");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -233,6 +239,23 @@ fn monty_worker_mode_runs_from_an_embedding_binary() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(stdout, "sum of squares: 285\nstatus: Ok\n");
+}
+
+/// The scripted agent loop: four turns in one session, a tool's data kept in a variable,
+/// an exception fed back and fixed, a printed number used by the next program.
+#[test]
+fn the_agent_loop_example_runs_its_turns() {
+    let out = run_example("agent_loop");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout,
+        "turn 0: 3\nturn 1: error KeyError: 'price'\nturn 2: 49.75\nturn 3: 16.58\n"
+    );
 }
 
 /// A library error's hint speaks of builder methods, not of CLI flags (the CLI rewrites
