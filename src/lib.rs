@@ -59,7 +59,9 @@ pub use agentkernel_core::{
     Workspace, WorkspaceInfo, Workspaces,
 };
 pub use agentkernel_tool_bridge as tools;
-pub use agentkernel_tool_bridge::{FunctionTool, McpServerConfig, ToolPolicy, ToolRegistry};
+pub use agentkernel_tool_bridge::{
+    FunctionTool, JsonSchema, McpServerConfig, ToolPolicy, ToolRegistry,
+};
 pub use config::{Config, MicroVmSettings};
 pub use doctor::{BackendReport, doctor};
 pub use kernel::{BACKENDS, Backend, Kernel, KernelBuilder, compiled_backends, default_backend};

@@ -284,3 +284,54 @@ fn cli_hints_name_flags() {
     assert!(stderr.contains("`--workspace ./data`"), "{stderr}");
     assert!(!stderr.contains("`.workspace("), "{stderr}");
 }
+
+/// A typed tool: its schema is derived from its argument type (the sandbox's generated
+/// signature shows it), arguments arrive deserialized, a result type goes back as JSON,
+/// and arguments that do not fit are the program's `ValueError`.
+#[tokio::test]
+async fn a_typed_tool_takes_and_returns_rust_types() {
+    #[derive(serde::Deserialize, agentkernel::JsonSchema)]
+    #[schemars(crate = "agentkernel::tools::schemars")]
+    struct Add {
+        a: i64,
+        b: i64,
+    }
+    #[derive(serde::Serialize, agentkernel::JsonSchema)]
+    #[schemars(crate = "agentkernel::tools::schemars")]
+    struct Sum {
+        sum: i64,
+    }
+    let registry = ToolRegistry::builder()
+        .function(FunctionTool::typed(
+            "calc",
+            "add",
+            "Adds a and b.",
+            |args: Add| async move {
+                Ok(Sum {
+                    sum: args.a + args.b,
+                })
+            },
+        ))
+        .build()
+        .await
+        .expect("registry");
+    let entry = registry
+        .catalog()
+        .into_iter()
+        .find(|e| e.name == "calc.add")
+        .expect("calc.add");
+    assert!(entry.signature.contains("a: int"), "{}", entry.signature);
+    let kernel = Kernel::builder().tools(registry).build().expect("kernel");
+    let out = kernel
+        .execute(
+            "from tools.calc import add\nprint(add(a=2, b=3)['sum'])\ntry:\n    add(a='x', b=1)\nexcept ValueError as e:\n    print('ValueError')",
+        )
+        .await
+        .expect("run");
+    assert_eq!(
+        out.stdout.text(),
+        "5\nValueError\n",
+        "{}",
+        out.stderr.text()
+    );
+}

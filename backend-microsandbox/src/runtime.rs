@@ -1028,7 +1028,12 @@ impl Sandbox for MicroVmSandbox {
                 status
             }
         };
-        Ok(report.into_outcome(status, started.elapsed()))
+        let outcome = report.into_outcome(status, started.elapsed());
+        // A kill ends the sandbox on every backend (an uncaught MemoryError is one).
+        if matches!(outcome.status, ExecStatus::Killed { .. }) && self.live.is_some() {
+            self.lose("it hit its memory limit".into()).await;
+        }
+        Ok(outcome)
     }
 
     async fn reset(&mut self) -> Result<()> {

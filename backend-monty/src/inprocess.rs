@@ -421,6 +421,7 @@ impl Sandbox for InProcessSandbox {
         if left.is_zero() {
             return Ok(self.killed_before_start(started));
         }
+        let sink = req.output.clone();
         let mut run = Run {
             code,
             timeout: left,
@@ -472,10 +473,20 @@ impl Sandbox for InProcessSandbox {
             }
             _ => {}
         }
+        // An uncaught exception's traceback on stderr, as a terminal shows it.
+        let mut stderr = CapturedOutput::default();
+        if let ExecStatus::Exception { traceback, .. } = &finished.status {
+            stderr.push_live(
+                traceback.as_bytes(),
+                self.output_cap,
+                sink.as_ref(),
+                StreamKind::Stderr,
+            );
+        }
         Ok(ExecOutcome {
             status: finished.status,
             stdout: finished.stdout,
-            stderr: CapturedOutput::default(),
+            stderr,
             timings: Timings {
                 exec: started.elapsed(),
                 tool_calls: finished.tool_time,

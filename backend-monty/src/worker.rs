@@ -357,6 +357,12 @@ fn agent() -> Result<(), String> {
                     other => other,
                 };
                 let status = cap_status(status);
+                // An uncaught exception's traceback on stderr, as a terminal shows it.
+                if let ExecStatus::Exception { traceback, .. } = &status {
+                    let mut err = std::io::stderr().lock();
+                    let _ = err.write_all(traceback.as_bytes());
+                    let _ = err.flush();
+                }
                 let mut written = serde_json::Map::new();
                 for (name, fd) in [("stdout", 1), ("stderr", 2)] {
                     // SAFETY: writing a buffer we own to our stdout/stderr.

@@ -832,6 +832,10 @@ impl Sandbox for ProcessSandbox {
             }
         };
         let mut outcome = report.into_outcome(status, started.elapsed());
+        // A kill ends the sandbox on every backend (an uncaught MemoryError is one).
+        if matches!(outcome.status, ExecStatus::Killed { .. }) && self.live.is_some() {
+            self.end("it hit its memory limit".into()).await;
+        }
         // Notes for the caller, after the program's own stderr (and through the live sink).
         let mut notes = Vec::new();
         match (&self.layer, &self.workspace) {

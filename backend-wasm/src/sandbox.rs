@@ -327,14 +327,18 @@ impl Sandbox for WasmSandbox {
             Ok(Err(err)) => (trap_status(&err, memory_refused), true),
             Ok(Ok(Outcome::Ok)) => (ExecStatus::Ok, false),
             Ok(Ok(Outcome::Exited(code))) => (ExecStatus::Exited { code }, false),
-            Ok(Ok(Outcome::Exception(e))) => (
-                ExecStatus::Exception {
+            Ok(Ok(Outcome::Exception(e))) => {
+                // An uncaught MemoryError is a memory kill, which ends the sandbox as a
+                // trap does.
+                let status = ExecStatus::Exception {
                     type_name: e.type_name,
                     message: e.message,
                     traceback: e.traceback,
-                },
-                false,
-            ),
+                }
+                .memory_error_as_kill();
+                let killed = matches!(status, ExecStatus::Killed { .. });
+                (status, killed)
+            }
         };
         if trapped {
             self.live = None;

@@ -174,8 +174,8 @@ pub async fn output_capture(rt: &dyn Runtime) {
     sb.shutdown().await.expect("shutdown");
 }
 
-/// An uncaught exception is an outcome with type, message and a traceback naming the line;
-/// the sandbox stays usable.
+/// An uncaught exception is an outcome with type, message and a traceback naming the line,
+/// which stderr shows too (as a terminal would); the sandbox stays usable.
 pub async fn exception_with_traceback(rt: &dyn Runtime) {
     let mut sb = rt.create(&test_spec()).await.expect("create");
     let out = sb
@@ -207,6 +207,8 @@ pub async fn exception_with_traceback(rt: &dyn Runtime) {
                 traceback.trim_end().ends_with("ValueError: boom 7"),
                 "{traceback}"
             );
+            // Stderr shows it too, as a terminal would.
+            assert_eq!(out.stderr.text(), *traceback, "stderr");
         }
         other => panic!("expected an exception, got {other:?}"),
     }
@@ -216,6 +218,7 @@ pub async fn exception_with_traceback(rt: &dyn Runtime) {
         .await
         .expect("exec");
     assert_eq!(out.stdout.text(), "still alive\n");
+    assert_eq!(out.stderr.text(), "", "the next run's stderr is its own");
     sb.shutdown().await.expect("shutdown");
 }
 
@@ -383,7 +386,10 @@ pub async fn cpu_time_limit_kills(rt: &dyn Runtime) {
     );
 }
 
-/// A huge allocation fails with MemoryError or a memory kill; the host is unaffected.
+/// A huge allocation ends the run as a memory kill (`Killed { limit: Memory }`) on every
+/// backend, whether the kernel killed the sandbox or the interpreter raised `MemoryError`
+/// (which the program did not catch); a `MemoryError` the program raises itself stays an
+/// exception.
 pub async fn memory_limit_holds(rt: &dyn Runtime) {
     let spec = limited(|l| l.memory_bytes = Some(256 << 20));
     for code in [
@@ -396,13 +402,24 @@ pub async fn memory_limit_holds(rt: &dyn Runtime) {
         if refused_by_subset(rt, &out) {
             continue;
         }
-        match &out.status {
-            ExecStatus::Exception { type_name, .. } if type_name == "MemoryError" => {}
+        // One meaning on every backend: the memory limit stopped it.
+        assert_eq!(
+            out.status,
             ExecStatus::Killed {
-                limit: LimitKind::Memory,
-            } => {}
-            other => panic!("{code:?}: expected MemoryError or a memory kill, got {other:?}"),
-        }
+                limit: LimitKind::Memory
+            },
+            "{code:?}: {}",
+            out.stderr.text()
+        );
+    }
+    // A MemoryError the program raises itself is its exception, not a memory kill.
+    let out = run_once(rt, &spec, "raise MemoryError('not really')").await;
+    if !refused_by_subset(rt, &out) {
+        assert!(
+            matches!(&out.status, ExecStatus::Exception { type_name, .. } if type_name == "MemoryError"),
+            "{:?}",
+            out.status
+        );
     }
 }
 

@@ -191,6 +191,23 @@ impl ExecStatus {
     pub fn is_ok(&self) -> bool {
         matches!(self, ExecStatus::Ok | ExecStatus::Exited { code: 0 })
     }
+
+    /// One meaning per outcome on every backend: a program that ended on an uncaught
+    /// `MemoryError` the interpreter raised (one without a message: an allocation the memory
+    /// limit refused) was stopped by its memory limit, `Killed { limit: Memory }`, as on a
+    /// backend whose kernel kills the sandbox for its memory; the sandbox is then ended like
+    /// any killed one. A `MemoryError` the program raised itself, with a message, stays an
+    /// exception.
+    pub fn memory_error_as_kill(self) -> ExecStatus {
+        match self {
+            ExecStatus::Exception {
+                type_name, message, ..
+            } if type_name == "MemoryError" && message.is_empty() => ExecStatus::Killed {
+                limit: LimitKind::Memory,
+            },
+            other => other,
+        }
+    }
 }
 
 /// Time spent in each phase of a run. Phases a caller did not go through stay zero.

@@ -35,3 +35,9 @@ pub use policy::ToolPolicy;
 pub use registry::{
     CatalogEntry, FunctionTool, ToolGate, ToolRegistry, ToolRegistryBuilder, ToolSource,
 };
+/// The `schemars` crate typed tools use (see [`JsonSchema`]).
+pub use schemars;
+/// Derive it on a typed tool's argument and result types ([`FunctionTool::typed`]); without
+/// a `schemars` dependency of your own, add
+/// `#[schemars(crate = "agentkernel::tools::schemars")]` beside the derive.
+pub use schemars::JsonSchema;

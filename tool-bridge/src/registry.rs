@@ -66,6 +66,70 @@ impl FunctionTool {
         }
     }
 
+    /// Tool `server.tool` whose arguments and result are Rust types: the input schema is
+    /// derived from `A` and the output schema from `R` (`schemars::JsonSchema`); the
+    /// arguments reach `f` deserialized (arguments that do not fit are the program's
+    /// `ValueError`), and its result goes back serialized.
+    ///
+    /// ```
+    /// use agentkernel_tool_bridge::{FunctionTool, JsonSchema};
+    /// use serde::Deserialize;
+    ///
+    /// #[derive(Deserialize, JsonSchema)]
+    /// struct Add {
+    ///     a: i64,
+    ///     b: i64,
+    /// }
+    ///
+    /// let add = FunctionTool::typed("calc", "add", "Adds two integers.", |args: Add| async move {
+    ///     Ok(args.a + args.b)
+    /// });
+    /// ```
+    pub fn typed<A, R, F, Fut>(
+        server: impl Into<String>,
+        tool: impl Into<String>,
+        description: impl Into<String>,
+        f: F,
+    ) -> Self
+    where
+        A: serde::de::DeserializeOwned + schemars::JsonSchema + Send + 'static,
+        R: serde::Serialize + schemars::JsonSchema + Send + 'static,
+        F: Fn(A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, ToolError>> + Send + 'static,
+    {
+        let schema = |s: schemars::Schema| {
+            let mut v = s.to_value();
+            if let Some(o) = v.as_object_mut() {
+                // Keys a tool schema does not need (and a sandbox's signature ignores).
+                o.remove("$schema");
+                o.remove("title");
+            }
+            v
+        };
+        let input_schema = schema(schemars::schema_for!(A));
+        let output_schema = schema(schemars::schema_for!(R));
+        let f = Arc::new(f);
+        FunctionTool::new(server, tool, description, input_schema, move |args| {
+            let f = f.clone();
+            async move {
+                let args: A = serde_json::from_value(args).map_err(|e| {
+                    ToolError::new(
+                        agentkernel_core::ToolErrorKind::InvalidArguments,
+                        format!("the arguments do not fit: {e}"),
+                    )
+                })?;
+                let out = f(args).await?;
+                serde_json::to_value(out).map_err(|e| {
+                    ToolError::new(
+                        agentkernel_core::ToolErrorKind::Failed,
+                        format!("the tool's result could not be encoded: {e}"),
+                    )
+                })
+            }
+        })
+        .with_output_schema(output_schema)
+    }
+
     /// Declares the JSON Schema of the result (shown in `tools list`).
     pub fn with_output_schema(mut self, schema: Value) -> Self {
         self.output_schema = Some(schema);

@@ -114,11 +114,13 @@ pub struct ExecReport {
 
 impl ExecReport {
     /// The outcome of an exec that ended with `status` and took `exec` in all (the limit
-    /// kill is logged here, once for every backend).
+    /// kill is logged here, once for every backend; an uncaught `MemoryError` is a memory
+    /// kill: [`ExecStatus::memory_error_as_kill`], and the caller ends a sandbox it did not
+    /// kill itself).
     pub fn into_outcome(self, status: ExecStatus, exec: Duration) -> crate::exec::ExecOutcome {
         let status = match self.limit {
             Some(limit) => ExecStatus::Killed { limit },
-            None => status,
+            None => status.memory_error_as_kill(),
         };
         if let ExecStatus::Killed { limit } = &status {
             tracing::info!(%limit, "sandbox killed by a limit");

@@ -94,11 +94,18 @@ def run_program(code, user_globals, filename, internal_files):
         # What the exit status of `python3` itself would be (`sys.exit(-1)` is 255).
         return {"kind": "exited", "code": code & 0xFF}
     except BaseException as e:  # noqa: BLE001 - everything the program raises is reported
+        tb = user_traceback(e, internal_files)
+        # On stderr too, as a terminal shows it (best effort: the stream may be what failed).
+        try:
+            sys.stderr.write(tb)
+            sys.stderr.flush()
+        except BaseException:  # noqa: BLE001
+            pass
         return {
             "kind": "exception",
             "type": type(e).__name__,
             "message": str(e),
-            "traceback": user_traceback(e, internal_files),
+            "traceback": tb,
         }
     return {"kind": "ok"}
 
