@@ -62,6 +62,9 @@ struct Inner {
     state: tokio::sync::Mutex<State>,
     last_used: Mutex<Instant>,
     started: SystemTime,
+    /// Set when the session leaves the kernel's map (closed, or idle too long), before its
+    /// sandbox is shut down: from then on its handles fail at once.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// A live session. Cheap to clone; every clone is the same session.
@@ -101,9 +104,13 @@ impl Session {
         let mut state = self.inner.state.lock().await;
         self.touch();
         let ended = state.ended.take();
-        let sandbox = state.sandbox.as_mut().ok_or_else(|| Error::SandboxLost {
-            reason: format!("session {:?} was closed", self.inner.name),
-        })?;
+        let sandbox = state
+            .sandbox
+            .as_mut()
+            .filter(|_| !self.is_closed())
+            .ok_or_else(|| Error::SandboxLost {
+                reason: format!("session {:?} was closed", self.inner.name),
+            })?;
         // A limit kill or a crash ended the sandbox: a fresh interpreter on the same
         // workspace takes its place, and the outcome says so.
         let restarted = match ended {
@@ -172,6 +179,17 @@ impl Session {
                 reason: format!("session {:?} was closed", self.inner.name),
             }),
         }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.inner.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Marks it closed (its handles fail from now on); its sandbox is shut down next.
+    fn mark_closed(&self) {
+        self.inner
+            .closed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn touch(&self) {
@@ -288,6 +306,7 @@ impl Sessions {
                     ended: None,
                 }),
                 last_used: Mutex::new(Instant::now()),
+                closed: std::sync::atomic::AtomicBool::new(false),
                 started: SystemTime::now(),
             }),
         };
@@ -327,6 +346,7 @@ impl Sessions {
         let removed = self.map.lock().ok().and_then(|mut m| m.remove(name));
         match removed {
             Some(s) => {
+                s.mark_closed();
                 s.shutdown().await?;
                 Ok(true)
             }
@@ -357,7 +377,12 @@ impl Sessions {
                                 })
                                 .map(|(n, _)| n.clone())
                                 .collect();
-                            names.iter().filter_map(|n| m.remove(n)).collect()
+                            let gone: Vec<Session> =
+                                names.iter().filter_map(|n| m.remove(n)).collect();
+                            // Closed while still under the map's lock: nobody can see the
+                            // session gone from the map and still use it.
+                            gone.iter().for_each(Session::mark_closed);
+                            gone
                         }
                         Err(_) => return,
                     };

@@ -200,16 +200,19 @@ impl Layer {
         } else {
             None
         };
-        let root_ino = self.upper.stat(OsStr::new("."))?.map_or(0, |st| st.ino);
         let mut walk = Walk {
-            copied: &mut copied,
             host_root: &host,
             owner,
             rel: PathBuf::new(),
             linked: HashMap::new(),
+            budget: self.caps,
+            orphans: Vec::new(),
             out: Applied::default(),
         };
-        walk.dir(&self.upper, root_ino, &host, 0, false);
+        walk.forget_orphans(std::mem::take(&mut copied.orphans));
+        let before = std::mem::take(&mut copied.root);
+        copied.root = walk.dir(&self.upper, &host, 0, false, before);
+        copied.orphans = std::mem::take(&mut walk.orphans);
         Ok(walk.out)
     }
 }
@@ -243,8 +246,14 @@ enum What {
     NotCopied,
 }
 
-/// How a name of the layer looked when an apply handled it, and what it became on the host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The records of one directory: its names an apply handled, and how.
+type Names = HashMap<OsString, Stamp>;
+
+/// How a name of the layer looked when an apply handled it, and what it became on the host;
+/// a directory's own names hang below it (records follow names, not inodes: a directory
+/// renamed in the layer is a new name whose host copy starts empty, and the old name's
+/// whole host copy is forgotten).
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Stamp {
     what: What,
     /// The layer entry's inode, change time, size and mode then.
@@ -254,6 +263,8 @@ struct Stamp {
     mode: u32,
     /// The inode of the host entry written for it (0: none was written).
     host_ino: u64,
+    /// A directory's records.
+    children: Names,
 }
 
 impl Stamp {
@@ -265,6 +276,7 @@ impl Stamp {
             size: st.size,
             mode: st.mode,
             host_ino,
+            children: Names::new(),
         }
     }
 
@@ -277,39 +289,28 @@ impl Stamp {
     }
 }
 
-/// What a layer's applies remember between them: per directory of the layer (by inode), the
-/// names an apply handled and how ([`Stamp`]). With it an apply copies only what changed
-/// since the last one (a host tool's change to a file the program no longer touches is
-/// kept), applies a whiteout once, and deletes from the host what it copied there and the
-/// program deleted since (an overlay leaves no whiteout in a directory the program made).
+/// What a layer's applies remember between them: the records of the layer's root
+/// ([`Stamp`]s, a tree), and the host copies an apply could not delete yet. With them an
+/// apply copies only what changed since the last one (a host tool's change to a file the
+/// program no longer touches is kept), applies a whiteout once, and deletes from the host
+/// what it copied there and the program deleted or renamed since (an overlay leaves no
+/// whiteout in a directory the program made).
 #[derive(Debug, Default)]
 pub(crate) struct Copied {
-    dirs: HashMap<u64, HashMap<OsString, Stamp>>,
+    root: Names,
+    /// Host copies of names gone from the layer that could not be deleted yet (path from
+    /// the workspace's root): retried by the next apply.
+    orphans: Vec<(PathBuf, Stamp)>,
 }
 
-impl Copied {
-    /// Forgets the directory `ino` of the layer and everything recorded beneath it.
-    fn drop_dir(&mut self, ino: u64) {
-        let mut todo = vec![ino];
-        while let Some(ino) = todo.pop() {
-            if let Some(names) = self.dirs.remove(&ino) {
-                todo.extend(
-                    names
-                        .values()
-                        .filter(|s| s.what == What::Dir)
-                        .map(|s| s.ino),
-                );
-            }
-        }
-    }
-}
+/// Most host copies waiting to be deleted that a layer remembers (the rest are dropped).
+const MAX_ORPHANS: usize = 10_000;
 
 /// Most skipped paths an apply keeps (the rest are counted).
 const SKIPPED_KEPT: usize = 1;
 
 /// One apply's walk over the layer.
 struct Walk<'a> {
-    copied: &'a mut Copied,
     /// The host workspace's root.
     host_root: &'a Dir,
     owner: Owner,
@@ -318,7 +319,18 @@ struct Walk<'a> {
     /// Files with more than one name copied by this apply: layer inode → the path of the
     /// name copied and the host inode it became (its other names are linked to it).
     linked: HashMap<u64, (PathBuf, u64)>,
+    /// What this apply may still write: bytes and entries (the layer's caps: one apply
+    /// never writes more than the layer can hold, whatever the program moves meanwhile).
+    budget: (u64, u64),
+    orphans: Vec<(PathBuf, Stamp)>,
     out: Applied,
+}
+
+/// The error when an apply used up its budget.
+fn budget_spent() -> io::Error {
+    io::Error::other(
+        "this copy wrote as much as the workspace's cap holds (the program kept changing files while it ran); the rest is copied next time",
+    )
 }
 
 impl Walk<'_> {
@@ -332,12 +344,30 @@ impl Walk<'_> {
         }
     }
 
-    /// Copies the layer's directory `upper` (inode `ino`) into the host directory `host`;
-    /// `prune`: it is opaque and new, so what the host has and it has not goes first.
-    fn dir(&mut self, upper: &Dir, ino: u64, host: &Dir, depth: usize, prune: bool) {
+    /// Charges one host entry written against the budget.
+    fn charge_entry(&mut self) -> io::Result<()> {
+        self.budget.1 = self.budget.1.checked_sub(1).ok_or_else(budget_spent)?;
+        self.out.written += 1;
+        Ok(())
+    }
+
+    /// Copies the layer's directory `upper` into the host directory `host`, given the
+    /// records of its last copy (`before`); answers its new records. `prune`: it is opaque
+    /// and new, so what the host has and it has not goes first.
+    fn dir(
+        &mut self,
+        upper: &Dir,
+        host: &Dir,
+        depth: usize,
+        prune: bool,
+        mut before: Names,
+    ) -> Names {
         let names = match upper.names() {
             Ok(names) => names,
-            Err(e) => return self.skip(format_args!("could not list it: {e}")),
+            Err(e) => {
+                self.skip(format_args!("could not list it: {e}"));
+                return before;
+            }
         };
         if prune {
             let keep: HashSet<&OsString> = names.iter().collect();
@@ -355,15 +385,16 @@ impl Walk<'_> {
                 Err(e) => self.skip(format_args!("could not list the host's copy: {e}")),
             }
         }
-        let mut before = self.copied.dirs.remove(&ino).unwrap_or_default();
-        let mut now = HashMap::with_capacity(names.len());
+        let mut now = Names::with_capacity(names.len());
         for name in names {
-            let prev = before.remove(&name);
+            let mut prev = before.remove(&name);
             self.rel.push(&name);
-            match upper.stat(&name).and_then(|st| match st {
-                Some(st) => self.entry(upper, host, &name, &st, prev, depth),
-                None => Ok(None),
-            }) {
+            let done = match upper.stat(&name) {
+                Ok(Some(st)) => self.entry(upper, host, &name, &st, &mut prev, depth),
+                Ok(None) => Ok(None),
+                Err(e) => Err(e),
+            };
+            match done {
                 Ok(Some(stamp)) => {
                     now.insert(name, stamp);
                 }
@@ -386,33 +417,33 @@ impl Walk<'_> {
         // Copied before and gone from the layer since: deleted where no whiteout says so.
         for (name, stamp) in before {
             self.rel.push(&name);
-            if let Err(e) = self.forget(host, &name, stamp) {
-                self.skip(format_args!("could not delete it: {e}"));
-            }
+            self.forget(host, &name, stamp);
             self.rel.pop();
         }
-        self.copied.dirs.insert(ino, now);
+        now
     }
 
     /// Handles one name of the layer; its stamp, or `None` when it vanished meanwhile.
-    #[allow(clippy::too_many_arguments)]
+    /// `prev` (the last apply's record) is taken when it is used up.
     fn entry(
         &mut self,
         upper: &Dir,
         host: &Dir,
         name: &OsStr,
         st: &Stat,
-        prev: Option<Stamp>,
+        prev: &mut Option<Stamp>,
         depth: usize,
     ) -> io::Result<Option<Stamp>> {
-        let fresh = prev.filter(|p| p.unchanged(st));
-        if fresh.is_some() && st.file_type != libc::S_IFDIR {
-            return Ok(fresh);
+        let fresh = prev.as_ref().is_some_and(|p| p.unchanged(st));
+        if fresh && st.file_type != libc::S_IFDIR {
+            return Ok(prev.take());
         }
         // A new entry under an old name: what the old one left on the host goes first
         // (when the host still has it as written).
-        if let Some(prev) = prev.filter(|p| p.ino != st.ino) {
-            self.forget(host, name, prev)?;
+        if prev.as_ref().is_some_and(|p| p.ino != st.ino)
+            && let Some(old) = prev.take()
+        {
+            self.forget(host, name, old);
         }
         let stamp = match st.file_type {
             libc::S_IFCHR if st.rdev == 0 => {
@@ -421,41 +452,7 @@ impl Walk<'_> {
                 self.out.removed += 1;
                 Stamp::of(st, What::Whiteout, 0)
             }
-            libc::S_IFDIR => {
-                if depth + 1 >= MAX_DEPTH {
-                    if fresh.is_none() {
-                        self.skip("directories nested too deep");
-                    }
-                    return Ok(Some(Stamp::of(st, What::NotCopied, 0)));
-                }
-                let sub = match upper.open_dir(name) {
-                    Ok(d) => d,
-                    Err(e) if gone(&e) => return Ok(None),
-                    Err(e) => return Err(e),
-                };
-                let existed = host.stat(name)?.filter(|h| h.kind == Kind::Dir);
-                let made = ensure_dir(host, name, self.owner)?;
-                let host_ino = made.stat(OsStr::new("."))?.map_or(0, |h| h.ino);
-                if fresh.is_none() {
-                    // A directory only copied up keeps the host's mode; one the program
-                    // made or chmodded gets its own.
-                    let kept = match (prev, existed) {
-                        (Some(p), _) if p.ino == st.ino => p.mode == st.mode,
-                        (_, Some(h)) => h.mode == st.mode,
-                        _ => false,
-                    };
-                    if !kept {
-                        made.chmod(host_mode(st.mode, true))?;
-                    }
-                    if existed.is_none() {
-                        self.out.written += 1;
-                    }
-                }
-                let prune =
-                    fresh.is_none() && prev.is_none_or(|p| p.ino != st.ino) && is_opaque(&sub)?;
-                self.dir(&sub, st.ino, &made, depth + 1, prune);
-                Stamp::of(st, What::Dir, host_ino)
-            }
+            libc::S_IFDIR => return self.directory(upper, host, name, st, prev, fresh, depth),
             libc::S_IFREG => match self.file(upper, host, name)? {
                 Some(stamp) => stamp,
                 None => return Ok(None),
@@ -467,6 +464,7 @@ impl Walk<'_> {
                     Err(e) => return Err(e),
                 };
                 if agentkernel_core::symlink_target_descends(Path::new(&target)) {
+                    self.charge_entry()?;
                     let tmp = part_name();
                     host.symlink(&target, &tmp)?;
                     let part = Part {
@@ -478,7 +476,6 @@ impl Walk<'_> {
                     }
                     let host_ino = host.stat(&tmp)?.map_or(0, |h| h.ino);
                     put_in_place(part, name)?;
-                    self.out.written += 1;
                     Stamp::of(st, What::Link, host_ino)
                 } else {
                     host.remove_all(name)?;
@@ -494,45 +491,133 @@ impl Walk<'_> {
         Ok(Some(stamp))
     }
 
+    /// Handles a directory of the layer (see [`Walk::entry`]).
+    #[allow(clippy::too_many_arguments)]
+    fn directory(
+        &mut self,
+        upper: &Dir,
+        host: &Dir,
+        name: &OsStr,
+        st: &Stat,
+        prev: &mut Option<Stamp>,
+        fresh: bool,
+        depth: usize,
+    ) -> io::Result<Option<Stamp>> {
+        if depth + 1 >= MAX_DEPTH {
+            if !fresh {
+                self.skip("directories nested too deep");
+            }
+            return Ok(Some(Stamp::of(st, What::NotCopied, 0)));
+        }
+        let sub = match upper.open_dir(name) {
+            Ok(d) => d,
+            Err(e) if gone(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let existed = host.stat(name)?;
+        if fresh && existed.is_some_and(|h| h.kind != Kind::Dir) {
+            // A host tool put something else in the place of a directory the program no
+            // longer changes: the tool's entry stays (and the records, for later).
+            return Ok(prev.take());
+        }
+        let existed = existed.filter(|h| h.kind == Kind::Dir);
+        if existed.is_none() {
+            self.charge_entry()?;
+        }
+        let made = ensure_dir(host, name, self.owner)?;
+        let host_ino = made.stat(OsStr::new("."))?.map_or(0, |h| h.ino);
+        if !fresh {
+            // A directory only copied up keeps the host's mode; one the program made or
+            // chmodded gets its own.
+            let kept = match (prev.as_ref(), existed) {
+                (Some(p), _) => p.mode == st.mode,
+                (None, Some(h)) => h.mode == st.mode,
+                (None, None) => false,
+            };
+            if !kept {
+                made.chmod(host_mode(st.mode, true))?;
+            }
+        }
+        let prune = prev.is_none() && is_opaque(&sub)?;
+        let before = prev.take().map(|p| p.children).unwrap_or_default();
+        let mut stamp = Stamp::of(st, What::Dir, host_ino);
+        stamp.children = self.dir(&sub, &made, depth + 1, prune, before);
+        Ok(Some(stamp))
+    }
+
     /// Deletes from the host what an earlier apply wrote for `name` (`stamp`), where the
     /// host still has it as written: a file or link of that host inode; a directory's
-    /// recorded entries, then the directory itself if nothing else is left in it.
-    fn forget(&mut self, host: &Dir, name: &OsStr, stamp: Stamp) -> io::Result<()> {
-        match stamp.what {
-            What::File | What::Link => {
-                if host.stat(name)?.is_some_and(|h| h.ino == stamp.host_ino) {
-                    host.unlink(name)?;
+    /// recorded entries, then the directory itself if nothing else is left in it. What
+    /// cannot be deleted now waits for the next apply ([`Copied::orphans`]).
+    fn forget(&mut self, host: &Dir, name: &OsStr, stamp: Stamp) {
+        let done = match stamp.what {
+            What::File | What::Link => match host.stat(name) {
+                Ok(Some(h)) if h.ino == stamp.host_ino => host.unlink(name).map(|()| {
                     self.out.removed += 1;
-                }
-            }
-            What::Dir => {
-                let names = self.copied.dirs.remove(&stamp.ino).unwrap_or_default();
-                let sub = match host.open_dir(name) {
-                    Ok(sub)
-                        if sub.stat(OsStr::new("."))?.map(|h| h.ino) == Some(stamp.host_ino) =>
-                    {
-                        sub
-                    }
-                    // Not the directory written: only the records go.
-                    _ => {
-                        for s in names.values().filter(|s| s.what == What::Dir) {
-                            self.copied.drop_dir(s.ino);
+                }),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            },
+            What::Dir => match host.open_dir(name) {
+                Ok(sub) => match sub.stat(OsStr::new(".")) {
+                    Ok(Some(h)) if h.ino == stamp.host_ino => {
+                        for (child, s) in stamp.children.clone() {
+                            self.rel.push(&child);
+                            self.forget(&sub, &child, s);
+                            self.rel.pop();
                         }
-                        return Ok(());
+                        match host.remove_dir(name) {
+                            Ok(()) => {
+                                self.out.removed += 1;
+                                Ok(())
+                            }
+                            Err(e)
+                                if matches!(
+                                    e.raw_os_error(),
+                                    Some(libc::ENOTEMPTY | libc::ENOENT)
+                                ) =>
+                            {
+                                Ok(())
+                            }
+                            Err(e) => Err(e),
+                        }
                     }
-                };
-                for (child, s) in names {
-                    self.forget(&sub, &child, s)?;
+                    // Not the directory written: nothing of ours to delete.
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e),
+                },
+                // Gone, or something else now: nothing of ours to delete.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
+                    ) =>
+                {
+                    Ok(())
                 }
-                match host.remove_dir(name) {
-                    Ok(()) => self.out.removed += 1,
-                    Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY | libc::ENOENT)) => {}
-                    Err(e) => return Err(e),
-                }
+                Err(e) => Err(e),
+            },
+            What::Whiteout | What::NotCopied => Ok(()),
+        };
+        if let Err(e) = done {
+            self.skip(format_args!("could not delete its host copy yet: {e}"));
+            if self.orphans.len() < MAX_ORPHANS {
+                self.orphans.push((self.rel.clone(), stamp));
             }
-            What::Whiteout | What::NotCopied => {}
         }
-        Ok(())
+    }
+
+    /// Retries deleting host copies an earlier apply could not delete.
+    fn forget_orphans(&mut self, orphans: Vec<(PathBuf, Stamp)>) {
+        for (path, stamp) in orphans {
+            let Some((dir, last)) = self.host_dir_of(&path) else {
+                continue; // its directory is gone: so is the copy
+            };
+            let last = last.to_owned();
+            self.rel = path.clone();
+            self.forget(&dir, &last, stamp);
+        }
+        self.rel = PathBuf::new();
     }
 
     /// Copies the layer's regular file `name` over the host's; its stamp (taken before its
@@ -562,14 +647,23 @@ impl Walk<'_> {
         {
             return Ok(Some(stamp));
         }
+        self.charge_entry()?;
         let tmp = part_name();
         let dst = host.create_new(&tmp)?;
         let part = Part {
             dir: host,
             name: Some(&tmp),
         };
+        // At most what the file holds (plus a chunk): its extents cannot make the copy read
+        // more than that, however the program punches and refills them meanwhile.
+        let mut allowed = (meta.blocks() * 512).saturating_add(CHUNK as u64);
         for (at, len) in agentkernel_core::fsat::data_extents(&src, st.size, usize::MAX)? {
-            copy_range(&src, &dst, at, len)?;
+            let copied = copy_range(&src, &dst, at, len, &mut allowed, &mut self.budget.0)?;
+            if copied < len && allowed == 0 {
+                return Err(io::Error::other(
+                    "it changed while it was copied; it is copied again next time",
+                ));
+            }
         }
         dst.set_len(st.size)?;
         // fchmod, fchown and futimens on the open file: no path is followed.
@@ -582,7 +676,6 @@ impl Walk<'_> {
         }
         let host_ino = dst.metadata()?.ino();
         put_in_place(part, name)?;
-        self.out.written += 1;
         if st.nlink > 1 {
             self.linked.insert(st.ino, (self.rel.clone(), host_ino));
         }
@@ -603,6 +696,7 @@ impl Walk<'_> {
         if dir.stat(first).ok()??.ino != host_ino {
             return None;
         }
+        self.charge_entry().ok()?;
         let tmp = part_name();
         host.link_from(&dir, first, &tmp).ok()?;
         let part = Part {
@@ -610,7 +704,6 @@ impl Walk<'_> {
             name: Some(&tmp),
         };
         put_in_place(part, name).ok()?;
-        self.out.written += 1;
         Some(Stamp::of(st, What::File, host_ino))
     }
 
@@ -635,10 +728,19 @@ fn put_in_place(mut part: Part<'_>, name: &OsStr) -> io::Result<()> {
 }
 
 /// Copies `len` bytes at `at` from `src` to the same place in `dst`, a chunk at a time (a
-/// file shrinking meanwhile ends it early).
-fn copy_range(src: &File, dst: &File, at: u64, len: u64) -> io::Result<()> {
+/// file shrinking meanwhile ends it early); all-zero chunks are not written (they stay
+/// holes). Reads at most `allowed` bytes and writes at most `budget`, taking what it used
+/// from both; answers how many bytes it read.
+fn copy_range(
+    src: &File,
+    dst: &File,
+    at: u64,
+    len: u64,
+    allowed: &mut u64,
+    budget: &mut u64,
+) -> io::Result<u64> {
     let mut buf = vec![0u8; CHUNK.min(usize::try_from(len).unwrap_or(CHUNK)).max(1)];
-    let (mut pos, end) = (at, at.saturating_add(len));
+    let (mut pos, end) = (at, at.saturating_add(len.min(*allowed)));
     while pos < end {
         let want = buf
             .len()
@@ -649,10 +751,16 @@ fn copy_range(src: &File, dst: &File, at: u64, len: u64) -> io::Result<()> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        dst.write_all_at(&buf[..n], pos)?;
+        let chunk = &buf[..n];
+        if chunk.iter().any(|&b| b != 0) {
+            *budget = budget.checked_sub(n as u64).ok_or_else(budget_spent)?;
+            dst.write_all_at(chunk, pos)?;
+        }
         pos += n as u64;
     }
-    Ok(())
+    let read = pos - at;
+    *allowed = allowed.saturating_sub(read);
+    Ok(read)
 }
 
 fn part_name() -> OsString {

@@ -574,6 +574,77 @@ fn host_tools(ws: &Path) -> agentkernel_core::FnTools {
         )
 }
 
+/// Renaming a directory does not leave its old copy on the host: in a directory the
+/// program made (where an overlay records no whiteout for the old name), four rounds of a
+/// directory of 3,000 files copied out, renamed, copied out again and deleted leave the host
+/// with the program's view: an empty directory.
+#[tokio::test]
+async fn a_renamed_directory_leaves_no_copy_behind() {
+    let (rt, _root, ws, spec) = with_a_workspace(false);
+    let mut sb = rt.create(&spec).await.expect("create");
+    let out = run_with(
+        &mut sb,
+        r#"
+import os, shutil, _agentkernel as ak
+os.makedirs('/workspace/P')
+os.chdir('/workspace/P')
+for r in range(4):
+    os.makedirs(f'd{r}/s')
+    for i in range(3000):
+        open(f'd{r}/s/f{i}', 'w').close()
+    ak.call_tool('host.sync')
+    os.rename(f'd{r}', f'e{r}')
+    ak.call_tool('host.sync')
+    shutil.rmtree(f'e{r}')
+    ak.call_tool('host.sync')
+print(os.listdir('.'))
+"#,
+        Arc::new(host_tools(&ws)),
+    )
+    .await;
+    assert_eq!(out.stdout.text(), "[]\n", "{}", out.stderr.text());
+    let left = entries_under(&ws);
+    assert!(
+        left == [PathBuf::from("P")],
+        "old copies were left on the host: {} entries, e.g. {:?}",
+        left.len(),
+        &left[..left.len().min(5)]
+    );
+    sb.shutdown().await.expect("shutdown");
+}
+
+/// A host tool that puts a file where a directory the program made (and no longer
+/// changes) was keeps its file: the next copy does not put the directory back over it.
+#[tokio::test]
+async fn a_host_tools_file_in_place_of_a_directory_is_kept() {
+    let (rt, _root, ws, spec) = with_a_workspace(false);
+    let dir = ws.clone();
+    let tools = host_tools(&ws).with(
+        "host.replace",
+        "Replaces workspace directory `name` with a file.",
+        serde_json::json!({"type": "object", "properties": {"name": {"type": "string"}}}),
+        move |args| {
+            let path = dir.join(args["name"].as_str().unwrap_or(""));
+            async move {
+                std::fs::remove_dir_all(&path).map_err(failed)?;
+                std::fs::write(&path, "the tool's").map_err(failed)?;
+                Ok(serde_json::json!(null))
+            }
+        },
+    );
+    let mut sb = rt.create(&spec).await.expect("create");
+    let out = run_with(
+        &mut sb,
+        "import os, _agentkernel as ak\nos.makedirs('/workspace/d')\nopen('/workspace/d/f', 'w').write('x')\nak.call_tool('host.replace', name='d')\nopen('/workspace/other', 'w').write('y')\nprint('ok')",
+        Arc::new(tools),
+    )
+    .await;
+    assert_eq!(out.stdout.text(), "ok\n", "{}", out.stderr.text());
+    sb.shutdown().await.expect("shutdown");
+    assert_eq!(std::fs::read_to_string(ws.join("d")).unwrap(), "the tool's");
+    assert_eq!(std::fs::read_to_string(ws.join("other")).unwrap(), "y");
+}
+
 /// A host tool's change to a workspace file is not undone by the copy-back: the program
 /// writes two files, a tool appends to one and deletes the other on the host, and once the
 /// exec ends (and again when the sandbox ends) the host still has the tool's version.

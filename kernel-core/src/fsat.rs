@@ -453,8 +453,17 @@ pub fn data_extents(file: &File, size: u64, max: usize) -> io::Result<Vec<(u64, 
         if data >= size {
             break;
         }
-        let hole = seek(data, libc::SEEK_HOLE)?.map_or(size, |h| h.min(size));
-        let hole = if hole <= data { size } else { hole };
+        // The file may change between the two seeks (a writer punching or truncating it):
+        // then what is known is only that no data starts before `data`; go on a page later
+        // rather than take the rest of the file as data.
+        let hole = match seek(data, libc::SEEK_HOLE)? {
+            None => break, // truncated meanwhile
+            Some(h) if h <= data => {
+                at = data.saturating_add(4096);
+                continue;
+            }
+            Some(h) => h.min(size),
+        };
         if out.len() + 1 >= max {
             out.push((data, size - data));
             break;
