@@ -36,7 +36,11 @@
 //! - an entry that cannot be copied is skipped and counted (the first one is named in the
 //!   program's stderr), never the rest of the apply.
 //!
-//! So the host workspace grows by at most what the layer holds: its caps bound the run.
+//! Records follow names, as a tree: a directory renamed in the layer is copied under its
+//! new name and its old host copy is deleted whole. One apply writes at most the layer's
+//! caps (bytes and entries), whatever the program moves while it runs; a file is read at
+//! most its allocated size, and all-zero chunks stay holes. So the host workspace grows by
+//! at most what the layer holds: its caps bound the run.
 //!
 //! The layer lasts as long as the sandbox (an overlay's upper layer cannot be emptied while
 //! mounted), so the caps hold over a sandbox's life: a session's runs share them.
