@@ -683,7 +683,16 @@ impl Walk<'_> {
         if st.nlink > 1 {
             self.linked.insert(st.ino, (self.rel.clone(), host_ino));
         }
-        Ok(Some(Stamp::of(&st, What::File, host_ino)))
+        let mut stamp = Stamp::of(&st, What::File, host_ino);
+        // Written while it was copied: a stamp that matches nothing, so the next apply
+        // copies it again. (A write after this check that leaves size and change time as
+        // they were is missed only where tmpfs change times are coarser than the write
+        // rate: before Linux 6.13's fine-grained timestamps.)
+        let after = src.metadata()?;
+        if (after.ctime(), after.ctime_nsec()) != st.ctime || after.size() != st.size {
+            stamp.ctime = (i64::MIN, 0);
+        }
+        Ok(Some(stamp))
     }
 
     /// Makes `name` a host link to the copy this apply already made of the same layer file
