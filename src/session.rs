@@ -11,7 +11,7 @@
 //!
 //! A run that a limit kills (or that crashes) ends the session's sandbox; the session's
 //! next run starts a fresh interpreter on the same workspace first, and its outcome says
-//! so (a line at the start of its stderr). [`Session::reset`] restarts it at once.
+//! so (a line at the end of its stderr). [`Session::reset`] restarts it at once.
 //!
 //! Where the backend can snapshot ([`agentkernel_core::Capabilities::snapshot`]),
 //! [`Session::save`] returns the interpreter state and [`crate::Kernel::resume_session`]
@@ -62,6 +62,8 @@ struct Inner {
     state: tokio::sync::Mutex<State>,
     last_used: Mutex<Instant>,
     started: SystemTime,
+    /// The kernel's output limit (for the session's own notes).
+    output_cap: usize,
     /// Set when the session leaves the kernel's map (closed, or idle too long), before its
     /// sandbox is shut down: from then on its handles fail at once.
     closed: std::sync::atomic::AtomicBool,
@@ -123,6 +125,7 @@ impl Session {
             },
             None => None,
         };
+        let sink = req.output.clone();
         let out = sandbox
             .exec(req, crate::kernel::gate(&self.inner.tools))
             .await;
@@ -153,7 +156,14 @@ impl Session {
                 "agentkernel: session {:?} was restarted before this run: its previous run {why}, so its variables are gone (its workspace's files are kept)\n",
                 self.inner.name
             );
-            out.stderr.bytes.splice(0..0, note.bytes());
+            // After the program's own stderr, like the kernel's other notes: within the
+            // output limit, and through the live sink.
+            out.stderr.push_live(
+                note.as_bytes(),
+                self.inner.output_cap,
+                sink.as_ref(),
+                agentkernel_core::StreamKind::Stderr,
+            );
         }
         Ok(out)
     }
@@ -307,6 +317,7 @@ impl Sessions {
                 }),
                 last_used: Mutex::new(Instant::now()),
                 closed: std::sync::atomic::AtomicBool::new(false),
+                output_cap: kernel.spec().limits.output_bytes,
                 started: SystemTime::now(),
             }),
         };
