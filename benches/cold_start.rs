@@ -49,7 +49,7 @@ fn monty(mode: MontyMode) -> MontyRuntime {
 fn monty_worker() -> WorkerCommand {
     WorkerCommand {
         executable: env!("CARGO_BIN_EXE_agentkernel").into(),
-        args: vec!["__monty-worker".into()],
+        args: vec![agentkernel_backend_monty::WORKER_ARG.into()],
     }
 }
 

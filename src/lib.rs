@@ -103,7 +103,7 @@ pub const ALLOCATOR: Allocator = std::alloc::System;
 /// The hidden first argument that makes a binary calling [`run_worker_if_requested`] the
 /// `monty` backend's worker.
 #[cfg(feature = "monty")]
-pub const MONTY_WORKER_ARG: &str = "__monty-worker";
+pub use agentkernel_backend_monty::WORKER_ARG as MONTY_WORKER_ARG;
 
 /// Makes the running binary its own `monty` worker, so that worker mode (the default `monty`
 /// backend: Monty in a jailed process) needs no second binary. Call it first thing in

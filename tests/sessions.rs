@@ -335,7 +335,7 @@ async fn a_monty_session_saved_in_one_kernel_resumes_in_another() {
     // The monty worker is the `agentkernel` binary itself (as when the CLI runs it).
     agentkernel_backend_monty::set_default_worker(agentkernel_backend_monty::WorkerCommand {
         executable: env!("CARGO_BIN_EXE_agentkernel").into(),
-        args: vec!["__monty-worker".into()],
+        args: vec![agentkernel_backend_monty::WORKER_ARG.into()],
     });
     let data = tempfile::tempdir().unwrap();
     let monty_kernel = || {

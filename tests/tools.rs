@@ -44,7 +44,7 @@ async fn kernel_on(backend: &str, policy: ToolPolicy, call_log: &Path) -> (Kerne
     // The monty worker is the `agentkernel` binary itself (as when the CLI runs it).
     agentkernel_backend_monty::set_default_worker(agentkernel_backend_monty::WorkerCommand {
         executable: env!("CARGO_BIN_EXE_agentkernel").into(),
-        args: vec!["__monty-worker".into()],
+        args: vec![agentkernel_backend_monty::WORKER_ARG.into()],
     });
     let registry = ToolRegistry::builder()
         .mcp_server("test", test_server(call_log))

@@ -43,3 +43,7 @@ pub mod tools;
 pub mod worker;
 
 pub use runtime::{MontyConfig, MontyMode, MontyRuntime, WorkerCommand, set_default_worker};
+
+/// The hidden first argument that makes a binary whose `main` checks for it (the
+/// `agentkernel` binary, or any calling `agentkernel::run_worker_if_requested`) the worker.
+pub const WORKER_ARG: &str = "__monty-worker";

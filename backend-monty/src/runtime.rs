@@ -81,7 +81,7 @@ fn find_worker() -> Result<WorkerCommand> {
         let executable = PathBuf::from(p);
         // The `agentkernel` binary is a worker when asked by its hidden first argument.
         let args = if executable.file_name().is_some_and(|n| n == "agentkernel") {
-            vec!["__monty-worker".to_owned()]
+            vec![crate::WORKER_ARG.to_owned()]
         } else {
             Vec::new()
         };

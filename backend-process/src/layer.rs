@@ -553,7 +553,7 @@ impl Walk<'_> {
     /// host still has it as written: a file or link of that host inode; a directory's
     /// recorded entries, then the directory itself if nothing else is left in it. What
     /// cannot be deleted now waits for the next apply ([`Copied::orphans`]).
-    fn forget(&mut self, host: &Dir, name: &OsStr, stamp: Stamp) {
+    fn forget(&mut self, host: &Dir, name: &OsStr, mut stamp: Stamp) {
         let done = match stamp.what {
             What::File | What::Link => match host.stat(name) {
                 Ok(Some(h)) if h.ino == stamp.host_ino => host.unlink(name).map(|()| {
@@ -565,7 +565,9 @@ impl Walk<'_> {
             What::Dir => match host.open_dir(name) {
                 Ok(sub) => match sub.stat(OsStr::new(".")) {
                     Ok(Some(h)) if h.ino == stamp.host_ino => {
-                        for (child, s) in stamp.children.clone() {
+                        // Each child is forgotten (or waits as an orphan) on its own: a
+                        // directory that then waits needs none of its records.
+                        for (child, s) in std::mem::take(&mut stamp.children) {
                             self.rel.push(&child);
                             self.forget(&sub, &child, s);
                             self.rel.pop();
