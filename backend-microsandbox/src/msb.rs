@@ -18,9 +18,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use agentkernel_core::admission::AdmittedExec;
 use agentkernel_core::guest::{AGENT_SOURCE, ExecEnd, Hello, agent_exit_status};
 use agentkernel_core::{
-    Error, ExecOutcome, ExecRequest, ExecStatus, LimitKind, Result, SandboxSpec, Snapshot, ToolHost,
+    Error, ExecOutcome, ExecStatus, LimitKind, Result, SandboxSpec, Snapshot, ToolHost,
 };
 use async_trait::async_trait;
 use microsandbox::sandbox::DestroyOptions;
@@ -362,8 +363,7 @@ pub struct MsbSandbox {
     memory_mib: u32,
     vcpus: u8,
     id: String,
-    live: Option<MsbLive>,
-    lost: Option<String>,
+    state: agentkernel_core::SandboxState<MsbLive>,
 }
 
 struct MsbLive {
@@ -386,8 +386,7 @@ impl MsbSandbox {
             memory_mib,
             vcpus,
             id: String::new(),
-            live: None,
-            lost: None,
+            state: agentkernel_core::SandboxState::Lost("it has not started".into()),
         };
         sandbox.boot().await?;
         Ok(sandbox)
@@ -395,7 +394,7 @@ impl MsbSandbox {
 
     /// What the guest agent reported at start.
     pub fn hello(&self) -> Option<&Hello> {
-        self.live.as_ref().map(|l| &l.hello)
+        self.state.as_live().map(|l| &l.hello)
     }
 
     async fn boot(&mut self) -> Result<()> {
@@ -410,12 +409,11 @@ impl MsbSandbox {
         self.id = name;
         match self.start_agent(&sandbox).await {
             Ok((agent, hello)) => {
-                self.live = Some(MsbLive {
+                self.state = agentkernel_core::SandboxState::Live(MsbLive {
                     sandbox,
                     agent,
                     hello,
                 });
-                self.lost = None;
                 Ok(())
             }
             Err(e) => {
@@ -519,10 +517,9 @@ impl MsbSandbox {
 
     /// Ends the VM; later execs fail with `SandboxLost { reason }` until `reset`.
     async fn lose(&mut self, reason: String) {
-        if let Some(live) = self.live.take() {
+        if let Some(live) = self.state.lose(reason) {
             destroy(&live.sandbox, true).await;
         }
-        self.lost = Some(reason);
     }
 }
 
@@ -532,21 +529,17 @@ impl agentkernel_core::Sandbox for MsbSandbox {
         &self.id
     }
 
-    async fn exec(&mut self, req: ExecRequest, tools: Arc<dyn ToolHost>) -> Result<ExecOutcome> {
-        req.check_size()?;
-        if let Some(reason) = &self.lost {
-            return Err(Error::SandboxLost {
-                reason: reason.clone(),
-            });
-        }
+    async fn exec_admitted(
+        &mut self,
+        req: AdmittedExec,
+        tools: Arc<dyn ToolHost>,
+    ) -> Result<ExecOutcome> {
+        self.state.live()?;
         let timeout = req.timeout.unwrap_or(self.spec.limits.wall_time);
         // One program at a time per workspace.
         let _workspace =
             agentkernel_core::WorkspaceLock::of(self.spec.workspace.as_deref(), timeout).await?;
-        let live = self
-            .live
-            .as_mut()
-            .ok_or_else(|| Error::sandbox_lost(None))?;
+        let live = self.state.live()?;
         let started = Instant::now();
         let report = live
             .agent
@@ -600,14 +593,14 @@ impl agentkernel_core::Sandbox for MsbSandbox {
         };
         let outcome = report.into_outcome(status, started.elapsed());
         // A kill ends the sandbox on every backend (an uncaught MemoryError is one).
-        if matches!(outcome.status, ExecStatus::Killed { .. }) && self.live.is_some() {
+        if matches!(outcome.status, ExecStatus::Killed { .. }) && self.state.is_live() {
             self.lose("it hit its memory limit".into()).await;
         }
         Ok(outcome)
     }
 
     async fn reset(&mut self) -> Result<()> {
-        if let Some(live) = self.live.take() {
+        if let Some(live) = self.state.lose("it was reset") {
             destroy(&live.sandbox, true).await;
         }
         self.boot().await
@@ -622,7 +615,7 @@ impl agentkernel_core::Sandbox for MsbSandbox {
     }
 
     async fn shutdown(mut self: Box<Self>) -> Result<()> {
-        if let Some(live) = self.live.take() {
+        if let Some(live) = self.state.lose("it was shut down") {
             destroy(&live.sandbox, false).await;
         }
         Ok(())
@@ -633,7 +626,7 @@ impl Drop for MsbSandbox {
     /// A sandbox dropped without `shutdown` (an error path, a cancelled request) must not
     /// leave its VM running until microsandbox's backstop: it is destroyed in the background.
     fn drop(&mut self) {
-        if let Some(live) = self.live.take()
+        if let Some(live) = self.state.lose("it was dropped")
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             runtime.spawn(async move { destroy(&live.sandbox, true).await });

@@ -25,11 +25,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use agentkernel_core::SandboxState;
+use agentkernel_core::admission::AdmittedExec;
 use agentkernel_core::guest::{ExecEnd, Hello, agent_exit_status};
 use agentkernel_core::{
     Capabilities, CapturedOutput, Check, CheckState, Diagnosis, Error, ExecOutcome, ExecRequest,
-    ExecStatus, Isolation, LimitKind, LimitSupport, Result, Runtime, Sandbox, SandboxSpec,
-    Snapshot, StartupClass, Timings, ToolHost, WorkspaceLock,
+    ExecStatus, Isolation, Language, LimitKind, LimitSet, Result, Runtime, Sandbox, SandboxSpec,
+    Snapshot, StartupClass, Timings, ToolHost, WorkspaceLock, admission::Admitted,
 };
 use async_trait::async_trait;
 use serde_json::json;
@@ -200,8 +202,15 @@ impl MicroVmRuntime {
     }
 
     /// A sandbox of the qemu engine, whichever engine [`Runtime::create`] would pick.
+    /// The spec is admitted as by [`Runtime::create`].
     pub async fn create_sandbox(&self, spec: &SandboxSpec) -> Result<MicroVmSandbox> {
-        let memory_mib = check_supported(spec)?;
+        let admitted = agentkernel_core::admission::admit(self.name(), &self.capabilities(), spec)?;
+        self.start_qemu(admitted).await
+    }
+
+    async fn start_qemu(&self, spec: Admitted<'_>) -> Result<MicroVmSandbox> {
+        let spec = spec.spec();
+        let memory_mib = vm_memory_mib(spec)?;
         let mut shares = Vec::new();
         if let Some(host) = &spec.workspace {
             shares.push(Share::new(host, "/workspace", true));
@@ -218,8 +227,7 @@ impl MicroVmRuntime {
             spec: spec.clone(),
             memory_mib,
             shares,
-            live: None,
-            lost: None,
+            state: SandboxState::Lost("it has not started".into()),
             id: String::new(),
         };
         sandbox.start().await?;
@@ -233,13 +241,8 @@ impl MicroVmRuntime {
     }
 }
 
-/// The VM memory for `spec`, or why the spec cannot be run.
-fn check_supported(spec: &SandboxSpec) -> Result<u32> {
-    spec.validate()?;
-    spec.refuse_network(
-        "microvm",
-        "microVMs have no network device at all; use NetworkPolicy::Deny",
-    )?;
+/// The VM memory for an admitted `spec`, or why a VM that small cannot boot.
+fn vm_memory_mib(spec: &SandboxSpec) -> Result<u32> {
     let memory_mib = spec.limits.memory_bytes.map_or(DEFAULT_MEMORY_MIB, |b| {
         u32::try_from(b >> 20).unwrap_or(u32::MAX)
     });
@@ -425,7 +428,7 @@ impl Runtime for MicroVmRuntime {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             isolation: Isolation::MicroVm,
-            full_cpython: true,
+            language: Language::CPython,
             native_extensions: false,
             workspace: true,
             network_allow_list: false,
@@ -433,26 +436,19 @@ impl Runtime for MicroVmRuntime {
             snapshot: false,
             reset: true,
             startup: StartupClass::Seconds,
-            limits: LimitSupport {
-                wall_time: true,
-                cpu_time: true,
-                memory: true,
-                processes: true,
-                file_size: true,
-                output: true,
-                tmp: true,
-            },
+            limits: LimitSet::ALL,
         }
     }
 
-    async fn create(&self, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>> {
+    async fn create_admitted(&self, spec: Admitted<'_>) -> Result<Box<dyn Sandbox>> {
         match &self.inner.msb {
             #[cfg(feature = "msb")]
             MsbState::Selected(engine) => {
-                let memory_mib = check_supported(spec)?;
+                let memory_mib = vm_memory_mib(&spec)?;
                 let vcpus = u8::try_from(self.inner.config.vcpus).unwrap_or(u8::MAX);
                 Ok(Box::new(
-                    crate::msb::MsbSandbox::start(engine.clone(), spec, memory_mib, vcpus).await?,
+                    crate::msb::MsbSandbox::start(engine.clone(), spec.spec(), memory_mib, vcpus)
+                        .await?,
                 ))
             }
             MsbState::NotSelected(why) if self.inner.config.engine == EngineKind::Msb => {
@@ -462,7 +458,7 @@ impl Runtime for MicroVmRuntime {
                     hint: "see `agentkernel doctor`; or set [microvm] engine = \"auto\"".into(),
                 })
             }
-            MsbState::NotSelected(_) => Ok(Box::new(self.create_sandbox(spec).await?)),
+            MsbState::NotSelected(_) => Ok(Box::new(self.start_qemu(spec).await?)),
         }
     }
 
@@ -709,8 +705,7 @@ pub struct MicroVmSandbox {
     spec: SandboxSpec,
     memory_mib: u32,
     shares: Vec<Share>,
-    live: Option<Live>,
-    lost: Option<String>,
+    state: SandboxState<Live>,
     id: String,
 }
 
@@ -726,7 +721,7 @@ struct Live {
 impl MicroVmSandbox {
     /// What the guest agent reported at start.
     pub fn hello(&self) -> Option<&Hello> {
-        self.live.as_ref().map(|l| &l.hello)
+        self.state.as_live().map(|l| &l.hello)
     }
 
     /// Takes a warm VM, copies the shared directories in, and starts the agent.
@@ -772,28 +767,26 @@ impl MicroVmSandbox {
             hello = ?begun.elapsed(),
             "microVM sandbox started"
         );
-        self.live = Some(Live {
+        self.state = SandboxState::Live(Live {
             vm,
             conn,
             hello,
             frozen: false,
         });
-        self.lost = None;
         Ok(())
     }
 
     /// Ends the VM; later execs fail with `SandboxLost { reason }` until `reset`.
     async fn lose(&mut self, reason: String) {
-        if let Some(live) = self.live.take() {
+        if let Some(live) = self.state.lose(reason) {
             live.vm.kill().await;
         }
-        self.lost = Some(reason);
     }
 
     /// Stops the program's processes (the agent stays, stopped) and copies the writable
     /// shares back, all by `deadline`; a failure loses the sandbox.
     async fn freeze_and_collect(&mut self, deadline: Instant) -> Result<()> {
-        let Some(live) = self.live.as_mut() else {
+        let Some(live) = self.state.as_live_mut() else {
             return Ok(());
         };
         match live
@@ -824,7 +817,7 @@ impl MicroVmSandbox {
 
     /// Copies the writable shares back by `deadline`; a failure loses the sandbox.
     async fn collect_all(&mut self, deadline: Instant) -> Result<()> {
-        let Some(live) = self.live.as_mut() else {
+        let Some(live) = self.state.as_live_mut() else {
             return Ok(());
         };
         for share in self.shares.iter_mut().filter(|s| s.writable) {
@@ -878,21 +871,17 @@ impl Sandbox for MicroVmSandbox {
         &self.id
     }
 
-    async fn exec(&mut self, req: ExecRequest, tools: Arc<dyn ToolHost>) -> Result<ExecOutcome> {
-        req.check_size()?;
-        if let Some(reason) = &self.lost {
-            return Err(Error::SandboxLost {
-                reason: reason.clone(),
-            });
-        }
+    async fn exec_admitted(
+        &mut self,
+        req: AdmittedExec,
+        tools: Arc<dyn ToolHost>,
+    ) -> Result<ExecOutcome> {
+        self.state.live()?;
         let timeout = req.timeout.unwrap_or(self.spec.limits.wall_time);
         // One program at a time per workspace, from the copy in to the copy back.
         let _workspace = WorkspaceLock::of(self.spec.workspace.as_deref(), timeout).await?;
         let started = Instant::now();
-        let live = self
-            .live
-            .as_mut()
-            .ok_or_else(|| Error::sandbox_lost(None))?;
+        let live = self.state.live()?;
         let deadline = started + timeout;
         // Copying files in counts against the exec's time too (a process the program left
         // running could slow the guest down): it may end at most COPY_BACK_GRACE late.
@@ -1030,14 +1019,14 @@ impl Sandbox for MicroVmSandbox {
         };
         let outcome = report.into_outcome(status, started.elapsed());
         // A kill ends the sandbox on every backend (an uncaught MemoryError is one).
-        if matches!(outcome.status, ExecStatus::Killed { .. }) && self.live.is_some() {
+        if matches!(outcome.status, ExecStatus::Killed { .. }) && self.state.is_live() {
             self.lose("it hit its memory limit".into()).await;
         }
         Ok(outcome)
     }
 
     async fn reset(&mut self) -> Result<()> {
-        if let Some(live) = self.live.take() {
+        if let Some(live) = self.state.lose("it was reset") {
             live.vm.kill().await;
         }
         self.start().await
@@ -1052,7 +1041,7 @@ impl Sandbox for MicroVmSandbox {
     }
 
     async fn shutdown(mut self: Box<Self>) -> Result<()> {
-        if let Some(live) = self.live.take() {
+        if let Some(live) = self.state.lose("it was shut down") {
             live.vm.kill().await;
         }
         Ok(())
@@ -1062,7 +1051,6 @@ impl Sandbox for MicroVmSandbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agentkernel_core::NetworkPolicy;
 
     #[test]
     fn exit_codes_read_like_a_shell() {
@@ -1071,20 +1059,15 @@ mod tests {
     }
 
     #[test]
-    fn specs_the_backend_cannot_run_are_refused() {
+    fn vms_too_small_to_boot_are_refused() {
         let mut spec = SandboxSpec::default();
         spec.limits.memory_bytes = Some(64 << 20);
         assert!(matches!(
-            check_supported(&spec),
+            vm_memory_mib(&spec),
             Err(Error::InvalidRequest { .. })
         ));
         spec.limits.memory_bytes = None;
-        assert_eq!(check_supported(&spec).unwrap(), DEFAULT_MEMORY_MIB);
-        spec.network = NetworkPolicy::AllowList(vec!["example.com:443".into()]);
-        assert!(matches!(
-            check_supported(&spec),
-            Err(Error::Unsupported { .. })
-        ));
+        assert_eq!(vm_memory_mib(&spec).unwrap(), DEFAULT_MEMORY_MIB);
     }
 
     #[tokio::test]

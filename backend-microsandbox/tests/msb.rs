@@ -65,6 +65,7 @@ msb_checks!(
     reset_clears_state,
     snapshot_matches_capabilities,
     network_allow_list_matches_capabilities,
+    admission_is_the_same_on_every_backend,
     wall_time_limit_kills,
     cpu_time_limit_kills,
     memory_limit_holds,

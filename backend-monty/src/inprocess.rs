@@ -17,9 +17,10 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use agentkernel_core::admission::AdmittedExec;
 use agentkernel_core::{
-    CapturedOutput, Error, ExecOutcome, ExecRequest, ExecStatus, LimitKind, OutputSink, Result,
-    Sandbox, Snapshot, StreamKind, Timings, ToolCallRecord, ToolError, ToolErrorKind, ToolHost,
+    CapturedOutput, Error, ExecOutcome, ExecStatus, LimitKind, OutputSink, Result, Sandbox,
+    Snapshot, StreamKind, Timings, ToolCallRecord, ToolError, ToolErrorKind, ToolHost,
     WorkspaceLock,
 };
 use async_trait::async_trait;
@@ -393,18 +394,16 @@ impl Sandbox for InProcessSandbox {
         &self.id
     }
 
-    async fn exec(&mut self, req: ExecRequest, tools: Arc<dyn ToolHost>) -> Result<ExecOutcome> {
-        req.check_size()?;
+    async fn exec_admitted(
+        &mut self,
+        req: AdmittedExec,
+        tools: Arc<dyn ToolHost>,
+    ) -> Result<ExecOutcome> {
         if let Some(reason) = &self.lost {
             return Err(Error::sandbox_lost(Some(reason)));
         }
+        let req = req.into_inner();
         let timeout = req.timeout.unwrap_or(self.wall_time);
-        if timeout.is_zero() {
-            return Err(Error::invalid(
-                "timeout is zero",
-                "give a timeout of at least 1 ms",
-            ));
-        }
         let workspace = WorkspaceLock::of(self.workspace.as_deref(), timeout).await?;
         let started = Instant::now();
         let deadline = started + timeout;

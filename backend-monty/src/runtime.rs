@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use agentkernel_backend_process::{NativeAgent, ProcessConfig, ProcessRuntime, ProcessSandbox};
 use agentkernel_core::{
     Capabilities, CapturedOutput, Check, CheckState, Diagnosis, Error, ExecOutcome, ExecRequest,
-    ExecStatus, Isolation, LimitKind, LimitSupport, NoTools, Result, Runtime, Sandbox, SandboxSpec,
-    Snapshot, StartupClass, Timings, ToolHost,
+    ExecStatus, Isolation, Language, LimitKind, LimitSet, NoTools, Result, Runtime, Sandbox,
+    SandboxSpec, Snapshot, StartupClass, Timings, ToolHost,
+    admission::{Admitted, AdmittedExec},
 };
 use async_trait::async_trait;
 
@@ -181,24 +182,8 @@ impl MontyRuntime {
         self.mode
     }
 
-    fn check_supported(&self, spec: &SandboxSpec) -> Result<()> {
-        spec.validate()?;
-        spec.refuse_network(
-            "monty",
-            "Monty programs have no network at all; call a tool instead",
-        )?;
-        if spec.limits.cpu_time.is_some() && self.mode == MontyMode::InProcess {
-            return Err(Error::unsupported(
-                "a CPU-time limit in in-process mode",
-                "monty",
-                "use the wall-time limit (a thread's CPU time is not capped), or worker mode",
-            ));
-        }
-        Ok(())
-    }
-
-    async fn start(&self, spec: &SandboxSpec, snapshot: Option<&[u8]>) -> Result<Box<dyn Sandbox>> {
-        self.check_supported(spec)?;
+    async fn start(&self, spec: Admitted<'_>, snapshot: Option<&[u8]>) -> Result<Box<dyn Sandbox>> {
+        let spec = spec.spec();
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         match &self.jail {
             None => Ok(Box::new(in_process(id, spec, snapshot)?)),
@@ -318,37 +303,30 @@ impl Sandbox for WorkerSandbox {
         self.inner.id()
     }
 
-    async fn exec(
+    async fn exec_admitted(
         &mut self,
-        mut req: ExecRequest,
+        req: AdmittedExec,
         tools: Arc<dyn ToolHost>,
     ) -> Result<ExecOutcome> {
-        req.check_size()?;
         if let Some(reason) = &self.lost {
             return Err(Error::sandbox_lost(Some(reason)));
         }
         let started = Instant::now();
         let timeout = req.timeout.unwrap_or(self.wall_time);
-        if timeout.is_zero() {
-            return Err(Error::invalid(
-                "timeout is zero",
-                "give a timeout of at least 1 ms",
-            ));
-        }
         let deadline = started + timeout;
         let tools = Arc::new(BoundTools::new(tools));
         // The rewrite counts against the run's wall time: the worker gets what is left.
-        match tools.rewrite(&req.code, deadline)? {
-            Some(Cow::Owned(code)) => req.code = code,
-            Some(Cow::Borrowed(_)) => {}
+        let req = match tools.rewrite(&req.code, deadline)? {
+            Some(Cow::Owned(code)) => req.with_code(code),
+            Some(Cow::Borrowed(_)) => req,
             None => return self.killed_before_start(started).await,
-        }
+        };
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return self.killed_before_start(started).await;
         }
-        req.timeout = Some(left);
-        let mut out = self.inner.exec(req, tools).await?;
+        let req = req.with_timeout(left);
+        let mut out = self.inner.exec_admitted(req, tools).await?;
         if let ExecStatus::Exception {
             type_name, message, ..
         } = &out.status
@@ -395,7 +373,7 @@ impl Runtime for MontyRuntime {
             } else {
                 Isolation::InProcess
             },
-            full_cpython: false,
+            language: Language::PythonSubset,
             native_extensions: false,
             workspace: true,
             network_allow_list: false,
@@ -407,25 +385,27 @@ impl Runtime for MontyRuntime {
             } else {
                 StartupClass::Microseconds
             },
-            limits: LimitSupport {
-                wall_time: true,
-                cpu_time: worker,
-                memory: true,
-                // Monty programs cannot start processes at all.
-                processes: true,
-                // Enforced as a cap on all bytes written per mount (stricter than per file).
-                file_size: true,
-                output: true,
-                tmp: true,
+            // Monty programs cannot start processes at all, so any process limit holds. The
+            // file-size limit is enforced as a cap on all bytes written per mount (stricter
+            // than per file). A thread's CPU time is not capped: in-process mode has no
+            // CPU-time limit, worker mode's is its process's.
+            limits: if worker {
+                LimitSet::ALL
+            } else {
+                LimitSet::ALL.without(LimitKind::CpuTime)
             },
         }
     }
 
-    async fn create(&self, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>> {
+    async fn create_admitted(&self, spec: Admitted<'_>) -> Result<Box<dyn Sandbox>> {
         self.start(spec, None).await
     }
 
-    async fn restore(&self, spec: &SandboxSpec, snapshot: &Snapshot) -> Result<Box<dyn Sandbox>> {
+    async fn restore_admitted(
+        &self,
+        spec: Admitted<'_>,
+        snapshot: &Snapshot,
+    ) -> Result<Box<dyn Sandbox>> {
         if snapshot.backend != "monty" {
             return Err(Error::invalid(
                 format!("a snapshot of the {} backend", snapshot.backend),

@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use agentkernel_core::{
     Capabilities, Check, CheckState, Diagnosis, Error, ExecRequest, ExecStatus, Isolation,
-    LimitSupport, NoTools, Result, Runtime, Sandbox, SandboxSpec, StartupClass,
+    Language, LimitSet, NoTools, Result, Runtime, Sandbox, SandboxSpec, StartupClass,
+    admission::Admitted,
 };
 use async_trait::async_trait;
 use seccompiler::BpfProgram;
@@ -146,8 +147,14 @@ impl ProcessRuntime {
     }
 
     /// Like [`Runtime::create`], returning the concrete type (for [`ProcessSandbox::hello`]).
+    /// The spec is admitted as by [`Runtime::create`].
     pub async fn create_sandbox(&self, spec: &SandboxSpec) -> Result<ProcessSandbox> {
-        self.check_supported(spec)?;
+        let admitted = agentkernel_core::admission::admit(self.name(), &self.capabilities(), spec)?;
+        self.start_sandbox(admitted).await
+    }
+
+    async fn start_sandbox(&self, spec: Admitted<'_>) -> Result<ProcessSandbox> {
+        let spec = spec.spec();
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let live = sandbox::start(&self.inner, spec, &id).await?;
         tracing::debug!(sandbox = %id, "process sandbox started");
@@ -157,15 +164,6 @@ impl ProcessRuntime {
             spec.clone(),
             live,
         ))
-    }
-
-    fn check_supported(&self, spec: &SandboxSpec) -> Result<()> {
-        spec.validate()?;
-        spec.refuse_network(
-            "process",
-            "sandboxes of this backend have no network at all; use NetworkPolicy::Deny",
-        )?;
-        Ok(())
     }
 }
 
@@ -178,7 +176,7 @@ impl Runtime for ProcessRuntime {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             isolation: Isolation::OsProcess,
-            full_cpython: true,
+            language: Language::CPython,
             native_extensions: true,
             workspace: true,
             network_allow_list: false,
@@ -186,20 +184,12 @@ impl Runtime for ProcessRuntime {
             snapshot: false,
             reset: true,
             startup: StartupClass::TensOfMilliseconds,
-            limits: LimitSupport {
-                wall_time: true,
-                cpu_time: true,
-                memory: true,
-                processes: true,
-                file_size: true,
-                output: true,
-                tmp: true,
-            },
+            limits: LimitSet::ALL,
         }
     }
 
-    async fn create(&self, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>> {
-        Ok(Box::new(self.create_sandbox(spec).await?))
+    async fn create_admitted(&self, spec: Admitted<'_>) -> Result<Box<dyn Sandbox>> {
+        Ok(Box::new(self.start_sandbox(spec).await?))
     }
 
     async fn diagnose(&self) -> Diagnosis {

@@ -7,10 +7,12 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use agentkernel_core::SandboxState;
+use agentkernel_core::admission::AdmittedExec;
 use agentkernel_core::guest::{AGENT_SOURCE, ExecEnd, GuestConn, Hello};
 use agentkernel_core::{
-    Error, ExecOutcome, ExecRequest, ExecStatus, LimitKind, Result, Sandbox, SandboxSpec, Snapshot,
-    ToolHost, WorkspaceLock,
+    Error, ExecOutcome, ExecStatus, LimitKind, Result, Sandbox, SandboxSpec, Snapshot, ToolHost,
+    WorkspaceLock,
 };
 use async_trait::async_trait;
 use tokio::process::{Child, ChildStderr, ChildStdout};
@@ -488,8 +490,7 @@ pub struct ProcessSandbox {
     id: String,
     inner: Arc<Inner>,
     spec: SandboxSpec,
-    live: Option<Live>,
-    lost: Option<String>,
+    state: SandboxState<Live>,
     /// The workspace's lock, taken by the first exec and held until no process of this
     /// sandbox can write the workspace any more (shutdown, a reset, the end of the jail):
     /// what an exec leaves running lives on until its time limit or the next exec.
@@ -506,8 +507,7 @@ impl ProcessSandbox {
             inner,
             spec,
             layer: live.layer.clone(),
-            live: Some(live),
-            lost: None,
+            state: SandboxState::Live(live),
             workspace: None,
         }
     }
@@ -619,7 +619,7 @@ impl ProcessSandbox {
         expected: &[(libc::__rlimit_resource_t, u64, u64)],
     ) -> std::result::Result<(), String> {
         use std::os::fd::AsRawFd;
-        let live = self.live.as_ref().ok_or("the sandbox is gone")?;
+        let live = self.state.as_live().ok_or("the sandbox is gone")?;
         let fdinfo =
             std::fs::read_to_string(format!("/proc/self/fdinfo/{}", live.pid1.as_raw_fd()))
                 .map_err(|e| format!("reading the init's pidfd info: {e}"))?;
@@ -667,7 +667,7 @@ impl ProcessSandbox {
 
     /// What the guest reported at start (Python version, seccomp state...).
     pub fn hello(&self) -> Option<&Hello> {
-        self.live.as_ref().map(|l| &l.hello)
+        self.state.as_live().map(|l| &l.hello)
     }
 
     /// The interpreter state of a native agent that can save it (the monty worker); the
@@ -680,10 +680,9 @@ impl ProcessSandbox {
                 "a host process cannot be saved; use a backend whose capabilities include snapshot",
             ));
         }
-        let Some(live) = self.live.as_mut() else {
-            return Err(Error::sandbox_lost(self.lost.as_deref()));
-        };
-        live.conn
+        self.state
+            .live()?
+            .conn
             .save_state(Instant::now() + Duration::from_secs(10))
             .await
     }
@@ -691,10 +690,9 @@ impl ProcessSandbox {
     /// Replaces a native agent's interpreter state with `data` from
     /// [`ProcessSandbox::save_state`].
     pub async fn load_state(&mut self, data: &[u8]) -> Result<()> {
-        let Some(live) = self.live.as_mut() else {
-            return Err(Error::sandbox_lost(self.lost.as_deref()));
-        };
-        live.conn
+        self.state
+            .live()?
+            .conn
             .load_state(data, Instant::now() + Duration::from_secs(10))
             .await
     }
@@ -706,12 +704,12 @@ impl ProcessSandbox {
 
     /// Landlock state the jail reported (0 none, 1 partial, 2 full).
     pub(crate) fn landlock_state(&self) -> Option<u32> {
-        self.live.as_ref().map(|l| l.landlock)
+        self.state.as_live().map(|l| l.landlock)
     }
 
+    /// Ends the jail (a lost sandbox keeps the reason it was lost first); its exit code.
     async fn end(&mut self, reason: String) -> Option<i32> {
-        self.lost = Some(reason);
-        let mut live = self.live.take()?;
+        let mut live = self.state.lose(reason)?;
         live.kill();
         let code = live.wait().await;
         // Every process of the jail is gone: nothing writes the workspace any more.
@@ -729,7 +727,7 @@ impl Drop for ProcessSandbox {
     /// drop) first.
     fn drop(&mut self) {
         if self.workspace.is_some() {
-            drop(self.live.take());
+            drop(self.state.lose("it was dropped"));
             self.release_workspace();
         }
     }
@@ -741,30 +739,19 @@ impl Sandbox for ProcessSandbox {
         &self.id
     }
 
-    async fn exec(&mut self, req: ExecRequest, tools: Arc<dyn ToolHost>) -> Result<ExecOutcome> {
-        // A native agent (the monty worker) gets a program its runtime already checked and
-        // rewrote (tool imports expanded), which may be larger than the caller's.
-        if matches!(self.inner.agent, GuestAgent::Python(_)) {
-            req.check_size()?;
-        }
-        if self.live.is_none() {
-            return Err(Error::sandbox_lost(self.lost.as_deref()));
-        }
+    async fn exec_admitted(
+        &mut self,
+        req: AdmittedExec,
+        tools: Arc<dyn ToolHost>,
+    ) -> Result<ExecOutcome> {
+        self.state.live()?;
         let timeout = req.timeout.unwrap_or(self.spec.limits.wall_time);
-        if timeout.is_zero() {
-            return Err(Error::invalid(
-                "timeout is zero",
-                "give a timeout of at least 1 ms",
-            ));
-        }
         // One program at a time per workspace: the lock is taken by this sandbox's first exec
         // and kept until its processes are gone (see `workspace`).
         if self.workspace.is_none() {
             self.workspace = WorkspaceLock::of(self.spec.workspace.as_deref(), timeout).await?;
         }
-        let Some(live) = self.live.as_mut() else {
-            return Err(Error::sandbox_lost(self.lost.as_deref()));
-        };
+        let live = self.state.live()?;
         let started = Instant::now();
         let oom_before = live.cgroup.as_ref().map_or(0, SandboxCgroup::oom_kills);
         let span = tracing::info_span!("exec", backend = "process", sandbox = %self.id);
@@ -833,7 +820,7 @@ impl Sandbox for ProcessSandbox {
         };
         let mut outcome = report.into_outcome(status, started.elapsed());
         // A kill ends the sandbox on every backend (an uncaught MemoryError is one).
-        if matches!(outcome.status, ExecStatus::Killed { .. }) && self.live.is_some() {
+        if matches!(outcome.status, ExecStatus::Killed { .. }) && self.state.is_live() {
             self.end("it hit its memory limit".into()).await;
         }
         // Notes for the caller, after the program's own stderr (and through the live sink).
@@ -879,10 +866,7 @@ impl Sandbox for ProcessSandbox {
         // A jail whose write layer holds anything is not reused: its caps would be spent
         // (the layer cannot be emptied while mounted).
         let layer_used = self.layer.as_ref().is_some_and(|l| l.is_used());
-        if self.lost.is_none()
-            && !layer_used
-            && let Some(live) = self.live.as_mut()
-        {
+        if !layer_used && let Some(live) = self.state.as_live_mut() {
             match live.reset_in_place(self.spec.workspace.is_none()).await {
                 Ok(()) => {
                     // Init killed every other process: the workspace is free.
@@ -896,10 +880,9 @@ impl Sandbox for ProcessSandbox {
         }
         // Otherwise a new jail.
         self.end("it was reset".into()).await;
-        self.lost = None;
         let live = start(&self.inner, &self.spec, &self.id).await?;
         self.layer = live.layer.clone();
-        self.live = Some(live);
+        self.state = SandboxState::Live(live);
         Ok(())
     }
 

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use agentkernel_core::{
-    Capabilities, Check, CheckState, Diagnosis, Error, ExecRequest, Isolation, LimitSupport,
-    NoTools, Result, Runtime, Sandbox, SandboxSpec, StartupClass,
+    Capabilities, Check, CheckState, Diagnosis, Error, ExecRequest, Isolation, Language, LimitKind,
+    LimitSet, NoTools, Result, Runtime, Sandbox, SandboxSpec, StartupClass, admission::Admitted,
 };
 use async_trait::async_trait;
 
@@ -79,7 +79,7 @@ impl Runtime for WasmRuntime {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             isolation: Isolation::Wasm,
-            full_cpython: true,
+            language: Language::CPython,
             native_extensions: false,
             workspace: true,
             network_allow_list: false,
@@ -87,34 +87,17 @@ impl Runtime for WasmRuntime {
             snapshot: false,
             reset: true,
             startup: StartupClass::Milliseconds,
-            limits: LimitSupport {
-                wall_time: true,
-                cpu_time: false,
-                memory: true,
-                // There are no processes in a wasm guest: any process limit holds.
-                processes: true,
-                file_size: true,
-                output: true,
-                tmp: true,
-            },
+            // A wasm guest runs on one thread: its CPU time is its wall time. There are no
+            // processes in a wasm guest: any process limit holds.
+            limits: LimitSet::ALL.without(LimitKind::CpuTime),
         }
     }
 
-    async fn create(&self, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>> {
-        spec.validate()?;
-        if spec.limits.cpu_time.is_some() {
-            return Err(Error::unsupported(
-                "a CPU-time limit",
-                "wasm",
-                "a wasm guest runs on one thread: use the wall-time limit (`.timeout(..)`) instead",
-            ));
-        }
-        spec.refuse_network(
-            "wasm",
-            "the wasm guest has no sockets; use the process backend for network access",
-        )?;
+    async fn create_admitted(&self, spec: Admitted<'_>) -> Result<Box<dyn Sandbox>> {
         let prepared = self.prepared().await?;
-        Ok(Box::new(WasmSandbox::start(prepared, spec.clone()).await?))
+        Ok(Box::new(
+            WasmSandbox::start(prepared, spec.spec().clone()).await?,
+        ))
     }
 
     async fn diagnose(&self) -> Diagnosis {

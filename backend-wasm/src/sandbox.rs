@@ -4,9 +4,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use agentkernel_core::SandboxState;
+use agentkernel_core::admission::AdmittedExec;
 use agentkernel_core::{
-    Error, ExecOutcome, ExecRequest, ExecStatus, LimitKind, Result, Sandbox, SandboxSpec, Snapshot,
-    StreamKind, Timings, ToolHost, WorkspaceLock,
+    Error, ExecOutcome, ExecStatus, LimitKind, Result, Sandbox, SandboxSpec, Snapshot, StreamKind,
+    Timings, ToolHost, WorkspaceLock,
 };
 use async_trait::async_trait;
 use wasmtime::{Store, StoreLimitsBuilder, Trap, UpdateDeadline};
@@ -25,8 +27,7 @@ pub struct WasmSandbox {
     /// The host directory behind the guest's `/tmp` (private to this sandbox).
     tmp: tempfile::TempDir,
     quota: Quota,
-    live: Option<Live>,
-    lost: Option<String>,
+    state: SandboxState<Live>,
 }
 
 /// A running guest instance.
@@ -52,8 +53,7 @@ impl WasmSandbox {
             spec,
             tmp,
             quota,
-            live: Some(live),
-            lost: None,
+            state: SandboxState::Live(live),
         })
     }
 }
@@ -285,11 +285,12 @@ impl Sandbox for WasmSandbox {
         &self.id
     }
 
-    async fn exec(&mut self, req: ExecRequest, tools: Arc<dyn ToolHost>) -> Result<ExecOutcome> {
-        req.check_size()?;
-        let Some(live) = self.live.as_mut() else {
-            return Err(Error::sandbox_lost(self.lost.as_deref()));
-        };
+    async fn exec_admitted(
+        &mut self,
+        req: AdmittedExec,
+        tools: Arc<dyn ToolHost>,
+    ) -> Result<ExecOutcome> {
+        let live = self.state.live()?;
         let timeout = req.timeout.unwrap_or(self.spec.limits.wall_time);
         // One program at a time per workspace (the guest stops with this exec).
         let _workspace = WorkspaceLock::of(self.spec.workspace.as_deref(), timeout).await?;
@@ -341,8 +342,7 @@ impl Sandbox for WasmSandbox {
             }
         };
         if trapped {
-            self.live = None;
-            self.lost = Some(match &status {
+            self.state.lose(match &status {
                 ExecStatus::Killed { limit } => format!("the previous run hit the {limit} limit"),
                 ExecStatus::Crashed { reason } => format!("the guest crashed: {reason}"),
                 _ => "the program exited the interpreter".into(),
@@ -362,13 +362,13 @@ impl Sandbox for WasmSandbox {
     }
 
     async fn reset(&mut self) -> Result<()> {
-        self.live = None;
+        drop(self.state.lose("it was reset"));
         agentkernel_core::empty_dir(self.tmp.path())
             .map_err(|e| Error::io("emptying the sandbox's /tmp", e))?;
         self.quota.reset();
-        self.live =
-            Some(instantiate(&self.prepared, &self.spec, self.tmp.path(), &self.quota).await?);
-        self.lost = None;
+        self.state = SandboxState::Live(
+            instantiate(&self.prepared, &self.spec, self.tmp.path(), &self.quota).await?,
+        );
         Ok(())
     }
 
@@ -392,9 +392,9 @@ impl Sandbox for WasmSandbox {
         let _ = std::thread::Builder::new()
             .name("agentkernel-wasm-drop".into())
             .spawn(move || {
-                let WasmSandbox { live, tmp, .. } = *self;
+                let WasmSandbox { state, tmp, .. } = *self;
                 // The guest first: nothing may write to the directory while it is emptied.
-                drop(live);
+                drop(state);
                 give_back_tmp(tmp);
             });
         emptied.map_err(|e| Error::io("emptying the sandbox's /tmp", e))

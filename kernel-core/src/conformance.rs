@@ -66,7 +66,7 @@ pub async fn run_once(rt: &dyn Runtime, spec: &SandboxSpec, code: &str) -> ExecO
 /// supported`...). Only backends whose capabilities say they are not full CPython may
 /// answer so; the check then prints what was refused and judges what it still can.
 pub fn refused_by_subset(rt: &dyn Runtime, out: &ExecOutcome) -> bool {
-    let refused = !rt.capabilities().full_cpython
+    let refused = rt.capabilities().language != crate::Language::CPython
         && matches!(&out.status, ExecStatus::Exception { type_name, .. }
             if ["AttributeError", "ModuleNotFoundError", "NotImplementedError", "NameError", "TypeError"]
                 .contains(&type_name.as_str()));
@@ -328,6 +328,58 @@ pub async fn network_allow_list_matches_capabilities(rt: &dyn Runtime) {
     }
 }
 
+/// Core admits every spec and request before a backend sees it, so every backend answers
+/// alike: a CPU-time limit and a network allow-list are accepted exactly where the
+/// capabilities include them and otherwise refused with admission's own error; a zero
+/// timeout is refused with admission's error and leaves the sandbox usable.
+pub async fn admission_is_the_same_on_every_backend(rt: &dyn Runtime) {
+    let caps = rt.capabilities();
+    let cpu = limited(|l| l.cpu_time = Some(Duration::from_secs(5)));
+    let network = SandboxSpec {
+        network: NetworkPolicy::AllowList(vec!["example.com:443".into()]),
+        ..test_spec()
+    };
+    for (what, spec) in [("a cpu_time limit", cpu), ("a network allow-list", network)] {
+        let expected = crate::admission::admit(rt.name(), &caps, &spec)
+            .err()
+            .map(|e| e.to_string());
+        match (rt.create(&spec).await, expected) {
+            (Ok(sb), None) => sb.shutdown().await.expect("shutdown"),
+            (Err(e), Some(refusal)) => {
+                assert_eq!(e.to_string(), refusal, "{}: {what}", rt.name());
+                assert!(matches!(e, Error::Unsupported { .. }), "{e}");
+            }
+            (Ok(_), Some(refusal)) => {
+                panic!(
+                    "{}: {what} was accepted, but admission refuses it: {refusal}",
+                    rt.name()
+                )
+            }
+            (Err(e), None) => panic!(
+                "{}: {what} is within the capabilities, but the backend refused it: {e}",
+                rt.name()
+            ),
+        }
+    }
+    let mut sb = rt.create(&test_spec()).await.expect("create");
+    let zero = || ExecRequest::new("print('ran')").with_timeout(Duration::ZERO);
+    let refusal = crate::admission::AdmittedExec::admit(zero())
+        .err()
+        .expect("admission refuses a zero timeout")
+        .to_string();
+    match sb.exec(zero(), Arc::new(NoTools)).await {
+        Err(e) => assert_eq!(e.to_string(), refusal, "{}", rt.name()),
+        Ok(out) => panic!("{}: a zero timeout ran: {:?}", rt.name(), out.status),
+    }
+    let out = sb
+        .exec(ExecRequest::new("print('ran')"), Arc::new(NoTools))
+        .await
+        .expect("the sandbox still runs after a refused request");
+    assert_ok(&out);
+    assert_eq!(out.stdout.text(), "ran\n");
+    sb.shutdown().await.expect("shutdown");
+}
+
 /// An infinite loop is killed at the wall-time limit; output printed before is kept; the
 /// sandbox is then lost until `reset`.
 pub async fn wall_time_limit_kills(rt: &dyn Runtime) {
@@ -370,7 +422,7 @@ pub async fn wall_time_limit_kills(rt: &dyn Runtime) {
 /// A CPU-bound loop is killed at the CPU-time limit (or Unsupported).
 pub async fn cpu_time_limit_kills(rt: &dyn Runtime) {
     let spec = limited(|l| l.cpu_time = Some(Duration::from_secs(1)));
-    if !rt.capabilities().limits.cpu_time {
+    if !rt.capabilities().limits.contains(LimitKind::CpuTime) {
         assert!(matches!(
             rt.create(&spec).await,
             Err(Error::Unsupported { .. })
@@ -653,7 +705,7 @@ print("after", ak.call_tool("add", a=1, b=1)["sum"])
         "{text}"
     );
     // A subset interpreter without user exception classes raises RuntimeError instead.
-    let tool_error = if rt.capabilities().full_cpython {
+    let tool_error = if rt.capabilities().language == crate::Language::CPython {
         "ToolError"
     } else {
         "RuntimeError"
@@ -721,7 +773,7 @@ pub async fn live_output_arrives_as_printed(rt: &dyn Runtime) {
         json!({"type": "object", "properties": {"text": {"type": "string"}, "stream": {"type": "string"}}}),
         probe,
     ));
-    let full = rt.capabilities().full_cpython;
+    let full = rt.capabilities().language == crate::Language::CPython;
     let code = if full {
         r#"
 import sys, _agentkernel as ak
@@ -1301,7 +1353,7 @@ macro_rules! conformance_suite {
         $crate::conformance_suite!(@tests $make;
             output_capture, exception_with_traceback, exit_code_is_reported,
             state_persists_across_exec, reset_clears_state, snapshot_matches_capabilities,
-            network_allow_list_matches_capabilities, wall_time_limit_kills, cpu_time_limit_kills,
+            network_allow_list_matches_capabilities, admission_is_the_same_on_every_backend, wall_time_limit_kills, cpu_time_limit_kills,
             memory_limit_holds, output_limit_truncates, process_limit_holds, file_size_limit_holds,
             tmp_is_capped, workspace_persists_across_sandboxes, environment_is_explicit,
             tool_calls_round_trip, live_output_arrives_as_printed, escape_read_planted_file, escape_read_etc_shadow,

@@ -165,6 +165,26 @@ impl Error {
         }
     }
 
+    /// Whether the same request may succeed if it is simply tried again later (a pool or
+    /// workspace busy now, a sandbox lost, an I/O failure, a tool server or backend that is
+    /// down), as opposed to a permanent refusal that only a changed request fixes (malformed,
+    /// unsupported by the backend, over a limit). Task retries and HTTP status codes are
+    /// chosen by it. Every variant is classified here, so a new one must be too.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::InvalidRequest { .. } | Error::Unsupported { .. } | Error::LimitExceeded { .. } => {
+                false
+            }
+            Error::Unavailable { .. }
+            | Error::ToolSource { .. }
+            | Error::PoolExhausted { .. }
+            | Error::WorkspaceBusy { .. }
+            | Error::SandboxLost { .. }
+            | Error::Io { .. }
+            | Error::Internal(_) => true,
+        }
+    }
+
     /// The "what to do next" part of the message, where the variant has one.
     pub fn hint(&self) -> Option<&str> {
         match self {
@@ -177,5 +197,23 @@ impl Error {
             Error::WorkspaceBusy { .. } => Some(WORKSPACE_BUSY_HINT),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn busy_and_lost_are_transient_and_bad_requests_are_not() {
+        let busy = Error::PoolExhausted {
+            max_size: 1,
+            waited: Duration::from_secs(1),
+        };
+        assert!(busy.is_transient());
+        assert!(Error::sandbox_lost(None).is_transient());
+        assert!(!Error::invalid("bad", "fix it").is_transient());
+        assert!(!Error::unsupported("x", "process", "y").is_transient());
     }
 }

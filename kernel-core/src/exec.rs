@@ -117,6 +117,17 @@ pub enum LimitKind {
 }
 
 impl LimitKind {
+    /// Every kind, one per field of [`crate::Limits`].
+    pub const ALL: [LimitKind; 7] = [
+        LimitKind::WallTime,
+        LimitKind::CpuTime,
+        LimitKind::Memory,
+        LimitKind::Processes,
+        LimitKind::FileSize,
+        LimitKind::Output,
+        LimitKind::Disk,
+    ];
+
     /// The name users see, e.g. on the CLI's stderr.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -18,6 +18,8 @@
 //! - `conformance` (feature `conformance`): async checks that take any [`Runtime`] and verify
 //!   the contract — output capture, exceptions, every limit, state, reset, workspaces and
 //!   escape attempts checked from the host side. Every backend runs the same suite.
+//! - [`admission`]: every spec and request checked once, against the backend's
+//!   [`Capabilities`], before a backend sees it.
 //!
 //! A Python exception is an [`ExecOutcome`] with [`ExecStatus::Exception`], never an
 //! [`Error`]: `Error` is reserved for the kernel failing to do what was asked.
@@ -33,6 +35,7 @@
 //! assert!(spec.validate().is_ok());
 //! ```
 
+pub mod admission;
 mod error;
 mod exec;
 pub mod fsat;
@@ -42,12 +45,14 @@ mod output;
 mod pool;
 mod runtime;
 mod spec;
+mod state;
 mod tools;
 mod workspace;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
+pub use admission::{Admitted, AdmittedExec};
 pub use error::{Error, Result};
 pub use exec::{
     ExecOutcome, ExecRequest, ExecStatus, LimitKind, OutputSink, StreamKind, Timings,
@@ -57,13 +62,14 @@ pub use hostdirs::cache_dir;
 pub use output::CapturedOutput;
 pub use pool::{Pool, PoolConfig, PoolStats};
 pub use runtime::{
-    Capabilities, Check, CheckState, Diagnosis, Isolation, LimitSupport, Runtime, Sandbox,
+    Capabilities, Check, CheckState, Diagnosis, Isolation, Language, LimitSet, Runtime, Sandbox,
     Snapshot, StartupClass,
 };
 pub use spec::{
     Limits, Mount, NetworkPolicy, SandboxSpec, WORKSPACE_BYTES_PER_RUN, WORKSPACE_ENTRIES_PER_RUN,
     WORKSPACE_FILE_SIZES_PER_RUN, default_env,
 };
+pub use state::SandboxState;
 pub use tools::{FnTools, NoTools, ToolError, ToolErrorKind, ToolFn, ToolHost, ToolSpec, tool_fn};
 pub use workspace::{
     SweptLinks, Workspace, WorkspaceInfo, WorkspaceLock, Workspaces, dir_entries, empty_dir,

@@ -20,8 +20,9 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
+use crate::admission::{Admitted, AdmittedExec};
 use crate::error::{Error, Result};
-use crate::exec::{ExecOutcome, ExecRequest, ExecStatus};
+use crate::exec::{ExecOutcome, ExecStatus};
 use crate::runtime::{Capabilities, Diagnosis, Runtime, Sandbox, Snapshot};
 use crate::spec::SandboxSpec;
 use crate::tools::ToolHost;
@@ -180,7 +181,7 @@ impl Pool {
     /// background at once (needs a Tokio runtime).
     pub fn new(runtime: Arc<dyn Runtime>, spec: SandboxSpec, config: PoolConfig) -> Result<Pool> {
         config.validate()?;
-        spec.validate()?;
+        crate::admission::admit(runtime.name(), &runtime.capabilities(), &spec)?;
         let inner = Arc::new(Inner {
             slots: Arc::new(Semaphore::new(config.max_size)),
             runtime,
@@ -436,10 +437,10 @@ impl Runtime for Pool {
         self.inner.runtime.capabilities()
     }
 
-    async fn create(&self, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>> {
-        if spec != &self.inner.spec {
+    async fn create_admitted(&self, spec: Admitted<'_>) -> Result<Box<dyn Sandbox>> {
+        if *spec != self.inner.spec {
             bump(&self.inner.counters.bypassed);
-            return self.inner.runtime.create(spec).await;
+            return self.inner.runtime.create_admitted(spec).await;
         }
         self.acquire().await
     }
@@ -448,8 +449,12 @@ impl Runtime for Pool {
         self.inner.runtime.diagnose().await
     }
 
-    async fn restore(&self, spec: &SandboxSpec, snapshot: &Snapshot) -> Result<Box<dyn Sandbox>> {
-        self.inner.runtime.restore(spec, snapshot).await
+    async fn restore_admitted(
+        &self,
+        spec: Admitted<'_>,
+        snapshot: &Snapshot,
+    ) -> Result<Box<dyn Sandbox>> {
+        self.inner.runtime.restore_admitted(spec, snapshot).await
     }
 }
 
@@ -504,12 +509,16 @@ impl Sandbox for Pooled {
         &self.id
     }
 
-    async fn exec(&mut self, req: ExecRequest, tools: Arc<dyn ToolHost>) -> Result<ExecOutcome> {
+    async fn exec_admitted(
+        &mut self,
+        req: AdmittedExec,
+        tools: Arc<dyn ToolHost>,
+    ) -> Result<ExecOutcome> {
         self.uses = self.uses.saturating_add(1);
         // Suspect until the exec completes: a cancelled exec (its future dropped) leaves the
         // sandbox in an unknown state.
         self.healthy = false;
-        let result = self.live()?.exec(req, tools).await;
+        let result = self.live()?.exec_admitted(req, tools).await;
         self.healthy = true;
         // A limit kill or crash leaves the sandbox dead or suspect: replace it on return.
         if !matches!(

@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// Resource limits of a sandbox. Each backend enforces those its [`crate::LimitSupport`]
-/// lists; asking for one it cannot enforce is an [`Error::Unsupported`], never ignored.
+/// Resource limits of a sandbox. Each backend enforces those its [`crate::LimitSet`]
+/// lists; asking for one it cannot enforce is refused by core's admission with
+/// [`Error::Unsupported`] ([`crate::admission`]), never ignored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
     /// Wall-clock time one `exec` may take before the sandbox is killed.
@@ -187,17 +188,6 @@ impl SandboxSpec {
             .collect();
         env.extend(self.env.clone());
         env
-    }
-
-    /// For a backend without any network: refuses a (non-empty) allow-list with
-    /// [`Error::Unsupported`] naming `backend` and `hint`, instead of ignoring it.
-    pub fn refuse_network(&self, backend: &'static str, hint: &str) -> Result<()> {
-        match &self.network {
-            NetworkPolicy::AllowList(hosts) if !hosts.is_empty() => {
-                Err(Error::unsupported("a network allow-list", backend, hint))
-            }
-            _ => Ok(()),
-        }
     }
 
     /// Checks limits, mounts and environment; the error says which entry is wrong.

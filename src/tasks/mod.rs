@@ -675,10 +675,7 @@ impl Tasks {
 
 /// Whether an error is the kernel's fault (worth a retry), not the request's.
 fn kernel_side(e: &Error) -> bool {
-    !matches!(
-        e,
-        Error::InvalidRequest { .. } | Error::Unsupported { .. } | Error::LimitExceeded { .. }
-    )
+    e.is_transient()
 }
 
 fn unknown(id: &str) -> Error {
