@@ -33,7 +33,8 @@
 //!
 //! Monty runs a subset of Python: what it lacks fails with a Python exception naming it
 //! (`ModuleNotFoundError: No module named 'random'`, `NotImplementedError`, ...); the
-//! README's compatibility table lists what the shared differential programs need.
+//! compatibility table in this crate's README.md lists what the shared differential
+//! programs need.
 
 pub mod convert;
 pub mod engine;
