@@ -31,7 +31,7 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use serde_json::json;
 use std::sync::Arc;
 
-include!("../testdata/test_deps.rs");
+use agentkernel_testkit::{test_python, testdata, wasm_guest};
 
 /// Monty's in-process mode needs allocations counted (as the agentkernel binary does).
 #[global_allocator]

@@ -219,7 +219,7 @@ fn doctor_reports_the_process_backend_and_its_protections() {
     );
 }
 
-include!("../testdata/test_deps.rs");
+use agentkernel_testkit::{microvm_image_for, wasm_guest};
 
 #[test]
 fn doctor_reports_the_wasm_backend_with_its_guest() {

@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
-include!("../testdata/test_deps.rs");
+use agentkernel_testkit::{microvm_image_for, wasm_guest};
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -2,7 +2,7 @@
 //! local `tools/data_analysis.py` (pandas), and a CSV file. Its own test binary, because
 //! `create_agent()` reads the current directory (`./tools`) and `$AGENTKERNEL_CONFIG`.
 
-include!("../testdata/test_deps.rs");
+use agentkernel_testkit::test_python;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_agent_runs_the_seed_example_from_the_current_directory() {

@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
-include!("../testdata/test_deps.rs");
+use agentkernel_testkit::run_with_stdin;
 
 use std::process::Command;
 use std::time::Duration;

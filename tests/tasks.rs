@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
-include!("../testdata/test_deps.rs");
+use agentkernel_testkit::run_with_stdin;
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};

@@ -18,7 +18,7 @@ use agentkernel::{
 };
 use serde_json::json;
 
-include!("../testdata/test_deps.rs");
+use agentkernel_testkit::{microvm_image_for, run_with_stdin, test_python, testdata, wasm_guest};
 
 /// The server's credential in these tests; it must never be seen inside a sandbox.
 const TOKEN: &str = "ak-test-credential-5f0c7b2e91";

@@ -10,7 +10,7 @@ use agentkernel_backend_microsandbox::kvm::KvmProbe;
 use agentkernel_backend_microsandbox::msb::MsbEngine;
 use agentkernel_backend_microsandbox::{EngineKind, MicroVmConfig, MicroVmRuntime};
 
-include!("../../testdata/test_deps.rs");
+use agentkernel_testkit::microvm_image;
 
 #[path = "common/skip.rs"]
 mod skip;

@@ -172,9 +172,9 @@ impl Error {
     /// chosen by it. Every variant is classified here, so a new one must be too.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::InvalidRequest { .. } | Error::Unsupported { .. } | Error::LimitExceeded { .. } => {
-                false
-            }
+            Error::InvalidRequest { .. }
+            | Error::Unsupported { .. }
+            | Error::LimitExceeded { .. } => false,
             Error::Unavailable { .. }
             | Error::ToolSource { .. }
             | Error::PoolExhausted { .. }

@@ -7,7 +7,7 @@ use agentkernel_core::{ToolErrorKind, ToolHost};
 use agentkernel_tool_bridge::{FunctionTool, McpServerConfig, ToolPolicy, ToolRegistry};
 use serde_json::json;
 
-include!("../../testdata/test_deps.rs");
+use agentkernel_testkit::{test_python, testdata};
 
 const TOKEN: &str = "tok-8c1f2a9e77d4";
 

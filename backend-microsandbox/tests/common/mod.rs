@@ -7,7 +7,7 @@ pub mod skip;
 
 use agentkernel_backend_microsandbox::{MicroVmConfig, MicroVmRuntime};
 
-include!("../../../testdata/test_deps.rs");
+pub use agentkernel_testkit::microvm_image;
 
 /// Why the guest image cannot be built on this machine (a tool `scripts/setup` installs is
 /// missing), or `None`.

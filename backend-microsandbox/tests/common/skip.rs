@@ -1,6 +1,6 @@
 //! Skips that say so: a test that cannot run here calls [`skip`], which prints
 //! `SKIPPED <backend> <test>: <reason>` on stderr (the backend is `msb` for the `msb::`
-//! checks, else `microvm`; the same format as `testdata/test_deps.rs::skip`) and, when `AGENTKERNEL_SKIP_LOG` names a file, appends
+//! checks, else `microvm`; the same format as `agentkernel_testkit::skip`) and, when `AGENTKERNEL_SKIP_LOG` names a file, appends
 //! the same line to it (CI reads that file, and fails a run where a backend that `doctor`
 //! reports as working was skipped).
 

@@ -2,7 +2,7 @@
 
 use agentkernel_backend_wasm::WasmRuntime;
 
-include!("../../../testdata/test_deps.rs");
+pub use agentkernel_testkit::wasm_guest;
 
 /// A wasm runtime over the freshly built guest.
 pub fn runtime() -> WasmRuntime {

@@ -1,8 +1,17 @@
-// Shared by integration tests (`include!`d): the test-only Python environment.
+//! # agentkernel-testkit
+//!
+//! Helpers shared by the integration tests and benches of every AgentKernel crate (a
+//! `publish = false` dev-dependency): the artifacts tests need, built or found cached by the
+//! repository's own scripts (the test Python venv with the official MCP SDK, the wasm guest
+//! component, the microvm guest image), paths under `testdata/`, and [`skip`], which reports
+//! a test that cannot run on this machine the way `.ci/run` audits.
+//!
+//! The conformance suite itself lives in `agentkernel-core` (feature `conformance`); its
+//! `skip` reports checks that do not apply to a backend, this one tests the machine lacks
+//! something for.
 
 /// Runs `scripts/<name>` (which prints a path on stdout) and answers that path.
-#[allow(dead_code)]
-fn script_output(name: &str) -> std::path::PathBuf {
+pub fn script_output(name: &str) -> std::path::PathBuf {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .ancestors()
         .find(|p| p.join("scripts").join(name).is_file())
@@ -18,7 +27,6 @@ fn script_output(name: &str) -> std::path::PathBuf {
 
 /// The python of the test venv (official `mcp` SDK, pandas), installed by
 /// `scripts/test-deps` on first use and cached across runs.
-#[allow(dead_code)]
 pub fn test_python() -> std::path::PathBuf {
     static PYTHON: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     PYTHON.get_or_init(|| script_output("test-deps")).clone()
@@ -26,14 +34,14 @@ pub fn test_python() -> std::path::PathBuf {
 
 /// The wasm backend's guest component, built by `scripts/build-wasm-guest` on first use
 /// (a no-op when it is up to date) into the cache the backend reads by default.
-#[allow(dead_code)]
 pub fn wasm_guest() -> std::path::PathBuf {
     static GUEST: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    GUEST.get_or_init(|| script_output("build-wasm-guest")).clone()
+    GUEST
+        .get_or_init(|| script_output("build-wasm-guest"))
+        .clone()
 }
 
 /// `testdata/<name>` as an absolute path.
-#[allow(dead_code)]
 pub fn testdata(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .ancestors()
@@ -43,7 +51,6 @@ pub fn testdata(name: &str) -> std::path::PathBuf {
 }
 
 /// Runs `cmd` with `stdin` piped in, capturing stdout and stderr.
-#[allow(dead_code)]
 pub fn run_with_stdin(mut cmd: std::process::Command, stdin: &str) -> std::process::Output {
     use std::io::Write as _;
     let mut child = cmd
@@ -65,13 +72,15 @@ pub fn run_with_stdin(mut cmd: std::process::Command, stdin: &str) -> std::proce
 /// <reason>` line written straight to stderr (not through `eprintln!`, which the test
 /// harness swallows for passing tests), and appended to the file `$AGENTKERNEL_SKIP_LOG`
 /// names, where `.ci/run` looks for skips of backends that `doctor` says work here.
-#[allow(dead_code)]
 pub fn skip(backend: &str, test: &str, reason: &str) {
     use std::io::Write as _;
     let line = format!("SKIPPED {backend} {test}: {reason}\n");
     let _ = std::io::stderr().write_all(line.as_bytes());
     if let Some(path) = std::env::var_os("AGENTKERNEL_SKIP_LOG").filter(|p| !p.is_empty())
-        && let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path)
+        && let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
     {
         let _ = f.write_all(line.as_bytes());
     }
@@ -80,17 +89,20 @@ pub fn skip(backend: &str, test: &str, reason: &str) {
 /// The microvm guest image, built (or found cached) by `scripts/build-microvm-image`, or
 /// `None` after reporting `test` as skipped (see [`skip`]) on a machine without QEMU, cpio
 /// or apt (`scripts/setup` installs them).
-#[allow(dead_code)]
-fn microvm_image_for(test: &str) -> Option<std::path::PathBuf> {
+pub fn microvm_image_for(test: &str) -> Option<std::path::PathBuf> {
     let image = microvm_image();
     if image.is_none() {
-        skip("microvm", test, "QEMU, cpio or apt-get is missing (scripts/setup installs them)");
+        skip(
+            "microvm",
+            test,
+            "QEMU, cpio or apt-get is missing (scripts/setup installs them)",
+        );
     }
     image
 }
 
-#[allow(dead_code)]
-fn microvm_image() -> Option<std::path::PathBuf> {
+/// The microvm guest image (see [`microvm_image_for`]), or `None` without QEMU, cpio or apt.
+pub fn microvm_image() -> Option<std::path::PathBuf> {
     static IMAGE: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
     IMAGE
         .get_or_init(|| {
