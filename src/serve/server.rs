@@ -1,91 +1,15 @@
-//! The session server behind `agentkernel run --session NAME`.
-//!
-//! Sessions keep a live interpreter, so they need a process that outlives one CLI call:
-//! `agentkernel serve` holds a [`Kernel`] and its sessions and answers on a Unix socket in the
-//! data dir (`agentkernel.sock`, mode 0600: only its user can connect). `run --session`
-//! starts one in the background when none answers. It exits after `idle_exit` with no
-//! open session.
-//!
-//! The protocol is one JSON object per line each way:
-//! `{"op": "exec", "session": NAME, "code": CODE, "timeout_secs": S?}` →
-//! `{"ok": true, "outcome": ExecOutcome}`; `{"op": "list"}` → `{"ok": true, "sessions": [...]}`;
-//! `{"op": "close", "session": NAME}` → `{"ok": true, "closed": bool}`; errors are
-//! `{"ok": false, "error": MESSAGE, "usage": bool}`.
+//! The session server: [`serve`] answers the protocol of [`super`] on a Unix socket with a
+//! [`Kernel`]'s sessions.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use agentkernel_core::{Error, ExecOutcome, ExecRequest, Result};
-use serde::{Deserialize, Serialize};
+use agentkernel_core::{Error, ExecRequest, Result};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+use super::{Request, Response};
 use crate::kernel::Kernel;
-use crate::session::SessionInfo;
-
-/// A request to the session server.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Request {
-    /// Run code in a session (started on first use).
-    Exec {
-        /// Session name.
-        session: String,
-        /// The program.
-        code: String,
-        /// Wall-clock limit in seconds.
-        #[serde(default)]
-        timeout_secs: Option<f64>,
-    },
-    /// List open sessions.
-    List,
-    /// Close a session.
-    Close {
-        /// Session name.
-        session: String,
-    },
-}
-
-/// The server's answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum Response {
-    /// An exec's outcome.
-    Outcome {
-        /// Always true.
-        ok: bool,
-        /// What the program did.
-        outcome: Box<ExecOutcome>,
-    },
-    /// The open sessions.
-    Sessions {
-        /// Always true.
-        ok: bool,
-        /// One entry per session.
-        sessions: Vec<SessionInfo>,
-    },
-    /// Whether a session was closed.
-    Closed {
-        /// Always true.
-        ok: bool,
-        /// Whether it existed.
-        closed: bool,
-    },
-    /// The request failed.
-    Failed {
-        /// Always false.
-        ok: bool,
-        /// What went wrong (with the hint).
-        error: String,
-        /// Whether it was bad input (as opposed to the kernel failing).
-        usage: bool,
-    },
-}
-
-/// The socket path in `data_dir`.
-pub fn socket_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("agentkernel.sock")
-}
 
 /// Serves `kernel`'s sessions on `socket` until `idle_exit` passes with no open session and
 /// no connection.
@@ -223,26 +147,4 @@ async fn answer(kernel: &Kernel, req: Request) -> Response {
             Err(e) => failed(e),
         },
     }
-}
-
-/// Sends one request to the server on `socket`; `None` if no server answers there.
-pub async fn request(socket: &Path, req: &Request) -> Option<std::io::Result<Response>> {
-    let stream = UnixStream::connect(socket).await.ok()?;
-    Some(
-        async {
-            let (read, mut write) = stream.into_split();
-            let mut line = serde_json::to_vec(req)?;
-            line.push(b'\n');
-            write.write_all(&line).await?;
-            let mut lines = BufReader::new(read).lines();
-            let answer = lines.next_line().await?.ok_or_else(|| {
-                std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "the session server closed the connection",
-                )
-            })?;
-            serde_json::from_str(&answer).map_err(std::io::Error::other)
-        }
-        .await,
-    )
 }
