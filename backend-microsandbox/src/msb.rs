@@ -19,10 +19,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agentkernel_core::admission::AdmittedExec;
-use agentkernel_core::guest::{AGENT_SOURCE, ExecEnd, Hello, agent_exit_status};
-use agentkernel_core::{
-    Error, ExecOutcome, ExecStatus, LimitKind, Result, SandboxSpec, Snapshot, ToolHost,
+use agentkernel_core::guest::{
+    AGENT_SOURCE, ExecFrame, ExecReport, GuestBackend, GuestSandbox, Hello, agent_exit_status,
 };
+use agentkernel_core::{Error, ExecOutcome, ExecStatus, Result, SandboxSpec, Snapshot, ToolHost};
+use agentkernel_core::{ExecRequest, SandboxState, WorkspaceLock};
 use async_trait::async_trait;
 use microsandbox::sandbox::DestroyOptions;
 use microsandbox::{Backend, ExecEvent, LocalBackend, MicrosandboxError, Sandbox};
@@ -358,12 +359,17 @@ async fn destroy(sandbox: &Sandbox, force: bool) {
 /// shared directories (virtiofs), so files need no copying; a timeout or the agent's death
 /// ends the VM, and `reset` boots a new one.
 pub struct MsbSandbox {
+    guest: GuestSandbox<MsbGuest>,
+}
+
+/// What an msb sandbox keeps besides its VM, and its exec hooks (run by the exec state
+/// machine every guest-protocol backend shares, [`GuestSandbox`]).
+struct MsbGuest {
     engine: MsbEngine,
     spec: SandboxSpec,
     memory_mib: u32,
     vcpus: u8,
     id: String,
-    state: agentkernel_core::SandboxState<MsbLive>,
 }
 
 struct MsbLive {
@@ -381,12 +387,16 @@ impl MsbSandbox {
         vcpus: u8,
     ) -> Result<MsbSandbox> {
         let mut sandbox = MsbSandbox {
-            engine,
-            spec: spec.clone(),
-            memory_mib,
-            vcpus,
-            id: String::new(),
-            state: agentkernel_core::SandboxState::Lost("it has not started".into()),
+            guest: GuestSandbox::new(
+                SandboxState::Lost("it has not started".into()),
+                MsbGuest {
+                    engine,
+                    spec: spec.clone(),
+                    memory_mib,
+                    vcpus,
+                    id: String::new(),
+                },
+            ),
         };
         sandbox.boot().await?;
         Ok(sandbox)
@@ -394,7 +404,7 @@ impl MsbSandbox {
 
     /// What the guest agent reported at start.
     pub fn hello(&self) -> Option<&Hello> {
-        self.state.as_live().map(|l| &l.hello)
+        self.guest.state.as_live().map(|l| &l.hello)
     }
 
     async fn boot(&mut self) -> Result<()> {
@@ -402,14 +412,12 @@ impl MsbSandbox {
             "agentkernel-{}",
             &uuid::Uuid::new_v4().simple().to_string()[..12]
         );
-        let sandbox = self
-            .engine
-            .boot(&name, &self.spec, self.memory_mib, self.vcpus)
-            .await?;
-        self.id = name;
-        match self.start_agent(&sandbox).await {
+        let g = &mut self.guest.backend;
+        let sandbox = g.engine.boot(&name, &g.spec, g.memory_mib, g.vcpus).await?;
+        g.id = name;
+        match g.start_agent(&sandbox).await {
             Ok((agent, hello)) => {
-                self.state = agentkernel_core::SandboxState::Live(MsbLive {
+                self.guest.state = SandboxState::Live(MsbLive {
                     sandbox,
                     agent,
                     hello,
@@ -422,7 +430,9 @@ impl MsbSandbox {
             }
         }
     }
+}
 
+impl MsbGuest {
     /// Runs the multiplexer as root (it drops to the sandbox user for the agent) and starts
     /// the agent through it.
     async fn start_agent(&self, sandbox: &Sandbox) -> Result<(MuxAgent, Hello)> {
@@ -514,19 +524,68 @@ impl MsbSandbox {
             (started, _) => started,
         }
     }
+}
 
-    /// Ends the VM; later execs fail with `SandboxLost { reason }` until `reset`.
-    async fn lose(&mut self, reason: String) {
-        if let Some(live) = self.state.lose(reason) {
-            destroy(&live.sandbox, true).await;
-        }
+#[async_trait]
+impl GuestBackend for MsbGuest {
+    type Live = MsbLive;
+
+    fn name(&self) -> &'static str {
+        "microvm"
+    }
+
+    fn limits(&self) -> &agentkernel_core::Limits {
+        &self.spec.limits
+    }
+
+    async fn lock(&mut self, timeout: Duration) -> Result<Option<WorkspaceLock>> {
+        // One program at a time per workspace.
+        WorkspaceLock::of(self.spec.workspace.as_deref(), timeout).await
+    }
+
+    async fn run(
+        &mut self,
+        live: &mut MsbLive,
+        req: &ExecRequest,
+        tools: Arc<dyn ToolHost>,
+        frame: &ExecFrame,
+    ) -> Result<ExecReport> {
+        live.agent
+            .conn
+            .exec(req, tools, frame.output_cap, frame.deadline)
+            .await
+    }
+
+    // A timed-out run needs nothing kept: the workspace is shared, so what the program wrote
+    // stays when the VM ends.
+
+    async fn guest_gone(&mut self, live: MsbLive, _frame: &ExecFrame) -> ExecStatus {
+        let mut exit = live.agent.exit.clone();
+        let exit = tokio::time::timeout(ANSWER_GRACE, exit.wait_for(Option::is_some))
+            .await
+            .ok()
+            .and_then(|r| r.ok().and_then(|e| *e));
+        let status = match exit {
+            Some(AgentExit { code, oom }) if code >= 0 => {
+                agent_exit_status(Some(code), oom, self.spec.limits.cpu_time.is_some(), None)
+            }
+            _ => ExecStatus::Crashed {
+                reason: "the msb sandbox stopped answering (its VM or multiplexer died)".into(),
+            },
+        };
+        destroy(&live.sandbox, true).await;
+        status
+    }
+
+    async fn end(&mut self, live: MsbLive) {
+        destroy(&live.sandbox, true).await;
     }
 }
 
 #[async_trait]
 impl agentkernel_core::Sandbox for MsbSandbox {
     fn id(&self) -> &str {
-        &self.id
+        &self.guest.backend.id
     }
 
     async fn exec_admitted(
@@ -534,75 +593,11 @@ impl agentkernel_core::Sandbox for MsbSandbox {
         req: AdmittedExec,
         tools: Arc<dyn ToolHost>,
     ) -> Result<ExecOutcome> {
-        self.state.live()?;
-        let timeout = req.timeout.unwrap_or(self.spec.limits.wall_time);
-        // One program at a time per workspace.
-        let _workspace =
-            agentkernel_core::WorkspaceLock::of(self.spec.workspace.as_deref(), timeout).await?;
-        let live = self.state.live()?;
-        let started = Instant::now();
-        let report = live
-            .agent
-            .conn
-            .exec(
-                &req,
-                tools,
-                self.spec.limits.output_bytes,
-                started + timeout,
-            )
-            .await;
-        let report = match report {
-            Ok(r) => r,
-            Err(e) => {
-                self.lose(format!("killed after a protocol error: {e}"))
-                    .await;
-                return Err(e);
-            }
-        };
-        let status = match report.end.clone() {
-            ExecEnd::Finished(status) => status,
-            ExecEnd::TimedOut => {
-                // The workspace is shared: what the program wrote stays when the VM ends.
-                self.lose(format!("killed after the {timeout:?} timeout"))
-                    .await;
-                ExecStatus::Killed {
-                    limit: LimitKind::WallTime,
-                }
-            }
-            ExecEnd::GuestGone => {
-                let mut exit = live.agent.exit.clone();
-                let exit = tokio::time::timeout(ANSWER_GRACE, exit.wait_for(Option::is_some))
-                    .await
-                    .ok()
-                    .and_then(|r| r.ok().and_then(|e| *e));
-                let status = match exit {
-                    Some(AgentExit { code, oom }) if code >= 0 => agent_exit_status(
-                        Some(code),
-                        oom,
-                        self.spec.limits.cpu_time.is_some(),
-                        None,
-                    ),
-                    _ => ExecStatus::Crashed {
-                        reason: "the msb sandbox stopped answering (its VM or multiplexer died)"
-                            .into(),
-                    },
-                };
-                self.lose("the interpreter exited".into()).await;
-                status
-            }
-        };
-        let outcome = report.into_outcome(status, started.elapsed());
-        // A kill ends the sandbox on every backend (an uncaught MemoryError is one).
-        if matches!(outcome.status, ExecStatus::Killed { .. }) && self.state.is_live() {
-            self.lose("it hit its memory limit".into()).await;
-        }
-        Ok(outcome)
+        self.guest.exec(req, tools).await
     }
 
     async fn reset(&mut self) -> Result<()> {
-        if let Some(live) = self.state.lose("it was reset") {
-            destroy(&live.sandbox, true).await;
-        }
+        self.guest.lose("it was reset").await;
         self.boot().await
     }
 
@@ -615,7 +610,8 @@ impl agentkernel_core::Sandbox for MsbSandbox {
     }
 
     async fn shutdown(mut self: Box<Self>) -> Result<()> {
-        if let Some(live) = self.state.lose("it was shut down") {
+        // A graceful stop first (not the forced end of a lost sandbox).
+        if let Some(live) = self.guest.state.lose("it was shut down") {
             destroy(&live.sandbox, false).await;
         }
         Ok(())
@@ -626,7 +622,7 @@ impl Drop for MsbSandbox {
     /// A sandbox dropped without `shutdown` (an error path, a cancelled request) must not
     /// leave its VM running until microsandbox's backstop: it is destroyed in the background.
     fn drop(&mut self) {
-        if let Some(live) = self.state.lose("it was dropped")
+        if let Some(live) = self.guest.state.lose("it was dropped")
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             runtime.spawn(async move { destroy(&live.sandbox, true).await });

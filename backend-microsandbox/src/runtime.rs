@@ -27,11 +27,13 @@ use std::time::{Duration, Instant};
 
 use agentkernel_core::SandboxState;
 use agentkernel_core::admission::AdmittedExec;
-use agentkernel_core::guest::{ExecEnd, Hello, agent_exit_status};
+use agentkernel_core::guest::{
+    Abort, ExecFrame, ExecReport, GuestBackend, GuestSandbox, Hello, agent_exit_status,
+};
 use agentkernel_core::{
-    Capabilities, CapturedOutput, Check, CheckState, Diagnosis, Error, ExecOutcome, ExecRequest,
-    ExecStatus, Isolation, Language, LimitKind, LimitSet, Result, Runtime, Sandbox, SandboxSpec,
-    Snapshot, StartupClass, Timings, ToolHost, WorkspaceLock, admission::Admitted,
+    Capabilities, Check, CheckState, Diagnosis, Error, ExecOutcome, ExecRequest, ExecStatus,
+    Isolation, Language, LimitKind, LimitSet, Result, Runtime, Sandbox, SandboxSpec, Snapshot,
+    StartupClass, ToolHost, WorkspaceLock, admission::Admitted,
 };
 use async_trait::async_trait;
 use serde_json::json;
@@ -223,12 +225,16 @@ impl MicroVmRuntime {
             ));
         }
         let mut sandbox = MicroVmSandbox {
-            inner: self.inner.clone(),
-            spec: spec.clone(),
-            memory_mib,
-            shares,
-            state: SandboxState::Lost("it has not started".into()),
-            id: String::new(),
+            guest: GuestSandbox::new(
+                SandboxState::Lost("it has not started".into()),
+                QemuGuest {
+                    inner: self.inner.clone(),
+                    spec: spec.clone(),
+                    memory_mib,
+                    shares,
+                    id: String::new(),
+                },
+            ),
         };
         sandbox.start().await?;
         Ok(sandbox)
@@ -699,13 +705,18 @@ impl Share {
     }
 }
 
-/// One sandbox: a VM and its agent.
+/// One sandbox: a VM and its agent, run by the exec state machine every guest-protocol
+/// backend shares ([`GuestSandbox`]) with this engine's hooks ([`QemuGuest`]).
 pub struct MicroVmSandbox {
+    guest: GuestSandbox<QemuGuest>,
+}
+
+/// What a qemu sandbox keeps besides its VM, and its exec hooks.
+struct QemuGuest {
     inner: Arc<Inner>,
     spec: SandboxSpec,
     memory_mib: u32,
     shares: Vec<Share>,
-    state: SandboxState<Live>,
     id: String,
 }
 
@@ -721,17 +732,18 @@ struct Live {
 impl MicroVmSandbox {
     /// What the guest agent reported at start.
     pub fn hello(&self) -> Option<&Hello> {
-        self.state.as_live().map(|l| &l.hello)
+        self.guest.state.as_live().map(|l| &l.hello)
     }
 
     /// Takes a warm VM, copies the shared directories in, and starts the agent.
     async fn start(&mut self) -> Result<()> {
+        let g = &mut self.guest.backend;
         let begun = Instant::now();
-        let mut vm = self.inner.take_vm(self.memory_mib).await?;
-        self.id = vm.name.clone();
+        let mut vm = g.inner.take_vm(g.memory_mib).await?;
+        g.id = vm.name.clone();
         let took_vm = begun.elapsed();
-        let cap = u64::from(self.memory_mib) << 20;
-        for share in &mut self.shares {
+        let cap = u64::from(g.memory_mib) << 20;
+        for share in &mut g.shares {
             share.manifest = Manifest::new();
             // A writable share (the workspace) is copied in by the first exec, inside that
             // run's deadline; read-only ones (e.g. /tools) now.
@@ -742,11 +754,11 @@ impl MicroVmSandbox {
             }
         }
         let pushed = begun.elapsed();
-        let limits = &self.spec.limits;
+        let limits = &g.spec.limits;
         let config = json!({
             "type": "start",
             "entropy": host_entropy()?,
-            "env": self.spec.guest_env(),
+            "env": g.spec.guest_env(),
             "cwd": "/workspace",
             "limits": {
                 "processes": limits.processes,
@@ -760,14 +772,14 @@ impl MicroVmSandbox {
         let configured = begun.elapsed();
         let (conn, hello) = vm.agent(deadline).await?;
         tracing::debug!(
-            vm = %self.id,
+            vm = %g.id,
             ?took_vm,
             ?pushed,
             ?configured,
             hello = ?begun.elapsed(),
             "microVM sandbox started"
         );
-        self.state = SandboxState::Live(Live {
+        self.guest.state = SandboxState::Live(Live {
             vm,
             conn,
             hello,
@@ -775,20 +787,16 @@ impl MicroVmSandbox {
         });
         Ok(())
     }
+}
 
-    /// Ends the VM; later execs fail with `SandboxLost { reason }` until `reset`.
-    async fn lose(&mut self, reason: String) {
-        if let Some(live) = self.state.lose(reason) {
-            live.vm.kill().await;
-        }
-    }
-
+impl QemuGuest {
     /// Stops the program's processes (the agent stays, stopped) and copies the writable
-    /// shares back, all by `deadline`; a failure loses the sandbox.
-    async fn freeze_and_collect(&mut self, deadline: Instant) -> Result<()> {
-        let Some(live) = self.state.as_live_mut() else {
-            return Ok(());
-        };
+    /// shares back, all by `deadline`; on failure, why the VM must end and the error.
+    async fn freeze_and_collect(
+        &mut self,
+        live: &mut Live,
+        deadline: Instant,
+    ) -> std::result::Result<(), (String, Error)> {
         match live
             .vm
             .sys
@@ -797,39 +805,217 @@ impl MicroVmSandbox {
         {
             Ok(_) => live.frozen = true,
             Err(e) => {
+                let reason = format!("stopping the program's processes failed: {e}");
                 let late = Instant::now() >= deadline;
-                self.lose(format!("stopping the program's processes failed: {e}"))
-                    .await;
-                return Err(if late {
-                    copy_back_late(
-                        &self
-                            .shares
-                            .first()
-                            .map_or_else(PathBuf::new, |s| s.host.clone()),
-                    )
-                } else {
-                    e
-                });
+                return Err((
+                    reason,
+                    if late {
+                        copy_back_late(
+                            &self
+                                .shares
+                                .first()
+                                .map_or_else(PathBuf::new, |s| s.host.clone()),
+                        )
+                    } else {
+                        e
+                    },
+                ));
             }
         }
-        self.collect_all(deadline).await
+        self.collect_all(live, deadline).await
     }
 
-    /// Copies the writable shares back by `deadline`; a failure loses the sandbox.
-    async fn collect_all(&mut self, deadline: Instant) -> Result<()> {
-        let Some(live) = self.state.as_live_mut() else {
-            return Ok(());
-        };
+    /// Copies the writable shares back by `deadline`; on failure, why the VM must end and
+    /// the error.
+    async fn collect_all(
+        &mut self,
+        live: &mut Live,
+        deadline: Instant,
+    ) -> std::result::Result<(), (String, Error)> {
         for share in self.shares.iter_mut().filter(|s| s.writable) {
             if let Err(e) = share
                 .collect(&mut live.vm, &self.spec, self.memory_mib, deadline)
                 .await
             {
-                self.lose(format!("copying files back failed: {e}")).await;
-                return Err(e);
+                return Err((format!("copying files back failed: {e}"), e));
             }
         }
         Ok(())
+    }
+
+    /// Stops every process of the program in the guest (the agent's too) by `deadline`, then
+    /// copies the writable shares back: what a run that will not finish leaves is kept.
+    async fn stop_and_collect(&mut self, live: &mut Live, deadline: Instant) {
+        let msg = json!({"type": "stop"});
+        let stop = live.vm.sys.call(&msg, &[], "stopped", deadline);
+        // Sending has no deadline of its own: bound the whole call.
+        let stopped = tokio::time::timeout_at(deadline.into(), stop).await;
+        if matches!(stopped, Ok(Ok(_))) {
+            let _ = self.collect_all(live, deadline).await;
+        }
+    }
+}
+
+/// When an exec ends at the latest once the program stopped: the copy back gets
+/// [`COPY_BACK_GRACE`] past the deadline (or past now, when that is later).
+fn copy_back_by(frame: &ExecFrame) -> Instant {
+    frame.deadline.max(Instant::now()) + COPY_BACK_GRACE
+}
+
+#[async_trait]
+impl GuestBackend for QemuGuest {
+    type Live = Live;
+
+    fn name(&self) -> &'static str {
+        "microvm"
+    }
+
+    fn limits(&self) -> &agentkernel_core::Limits {
+        &self.spec.limits
+    }
+
+    async fn lock(&mut self, timeout: Duration) -> Result<Option<WorkspaceLock>> {
+        // One program at a time per workspace, from the copy in to the copy back.
+        WorkspaceLock::of(self.spec.workspace.as_deref(), timeout).await
+    }
+
+    async fn prepare(
+        &mut self,
+        live: &mut Live,
+        frame: &ExecFrame,
+        tools: Arc<dyn ToolHost>,
+    ) -> std::result::Result<Arc<dyn ToolHost>, Abort> {
+        // Copying files in counts against the exec's time too (a process the program left
+        // running could slow the guest down): it may end at most COPY_BACK_GRACE late.
+        let push_by = frame.deadline + COPY_BACK_GRACE;
+        let cap = u64::from(self.memory_mib) << 20;
+        for share in self.shares.iter_mut().filter(|s| s.writable) {
+            // Bound the whole exchange (the push bounds each step too).
+            match tokio::time::timeout_at(push_by.into(), share.push(&mut live.vm, cap, push_by))
+                .await
+            {
+                Ok(Ok(())) => {}
+                // Refused before anything was sent: the VM is as it was.
+                Ok(Err(e @ Error::LimitExceeded { .. })) => return Err(Abort::Refuse(e)),
+                Ok(Err(e)) if Instant::now() < push_by => {
+                    return Err(Abort::End {
+                        reason: format!("copying files in failed: {e}"),
+                        then: Err(e),
+                    });
+                }
+                _ => {
+                    return Err(Abort::End {
+                        reason: format!(
+                            "copying files in did not end within {COPY_BACK_GRACE:?} of the {:?} timeout",
+                            frame.timeout
+                        ),
+                        then: Ok(ExecStatus::Killed {
+                            limit: LimitKind::WallTime,
+                        }),
+                    });
+                }
+            }
+        }
+        if live.frozen {
+            // The agent waits for this exec: let it run again.
+            let thawed = live
+                .vm
+                .sys
+                .call(&json!({"type": "thaw"}), &[], "thawed", push_by)
+                .await;
+            if let Err(e) = thawed {
+                return Err(Abort::End {
+                    reason: format!("resuming the guest agent failed: {e}"),
+                    then: Err(e),
+                });
+            }
+            live.frozen = false;
+        }
+        Ok(tools)
+    }
+
+    async fn run(
+        &mut self,
+        live: &mut Live,
+        req: &ExecRequest,
+        tools: Arc<dyn ToolHost>,
+        frame: &ExecFrame,
+    ) -> Result<ExecReport> {
+        let Live { vm, conn, .. } = live;
+        let sys = &mut vm.sys;
+        let deadline = frame.deadline;
+        // The agent's ports do not close when it dies: the supervisor says so instead.
+        let gone = async {
+            while sys.agent_exit.is_none() {
+                if sys.recv(deadline + START_TIMEOUT).await.is_err() {
+                    break;
+                }
+            }
+        };
+        conn.exec_watching(req, tools, frame.output_cap, deadline, gone)
+            .await
+    }
+
+    async fn finished(
+        &mut self,
+        live: &mut Live,
+        status: ExecStatus,
+        frame: &ExecFrame,
+    ) -> std::result::Result<ExecStatus, Abort> {
+        // Before anything is copied back, the program's processes stop: every process of
+        // the sandbox user but the agent is killed and the agent stopped (its threads too),
+        // so nothing changes the guest's workspace while the supervisor reads it. Whatever
+        // the guest does from now on (a huge copy back, a supervisor that does not answer),
+        // the exec ends by `copy_back_by`.
+        match self.freeze_and_collect(live, copy_back_by(frame)).await {
+            Ok(()) => Ok(status),
+            Err((reason, e)) => Err(Abort::End {
+                reason,
+                then: match e {
+                    // The copy back is part of the exec's time.
+                    Error::LimitExceeded {
+                        limit: LimitKind::WallTime,
+                        ..
+                    } => Ok(ExecStatus::Killed {
+                        limit: LimitKind::WallTime,
+                    }),
+                    e => Err(e),
+                },
+            }),
+        }
+    }
+
+    async fn timed_out(&mut self, live: &mut Live, frame: &ExecFrame) {
+        // Stop the program, keep its files; the VM is ended next.
+        self.stop_and_collect(live, copy_back_by(frame)).await;
+    }
+
+    async fn guest_gone(&mut self, mut live: Live, frame: &ExecFrame) -> ExecStatus {
+        let exit = live.vm.sys.agent_exit.take();
+        let code = exit
+            .as_ref()
+            .and_then(|e| e["status"].as_i64())
+            .map(shell_code);
+        let oom = exit.as_ref().is_some_and(|e| e["oom"] == true);
+        let status = match exit {
+            Some(_) => agent_exit_status(code, oom, self.spec.limits.cpu_time.is_some(), None),
+            None => ExecStatus::Crashed {
+                reason: format!(
+                    "the VM stopped; its console ended with: {}",
+                    live.vm.console_tail()
+                ),
+            },
+        };
+        if exit.is_some() {
+            // What the program started may still run: stop it before the copy back.
+            self.stop_and_collect(&mut live, copy_back_by(frame)).await;
+        }
+        live.vm.kill().await;
+        status
+    }
+
+    async fn end(&mut self, live: Live) {
+        live.vm.kill().await;
     }
 }
 
@@ -868,7 +1054,7 @@ fn shell_code(status: i64) -> i32 {
 #[async_trait]
 impl Sandbox for MicroVmSandbox {
     fn id(&self) -> &str {
-        &self.id
+        &self.guest.backend.id
     }
 
     async fn exec_admitted(
@@ -876,159 +1062,11 @@ impl Sandbox for MicroVmSandbox {
         req: AdmittedExec,
         tools: Arc<dyn ToolHost>,
     ) -> Result<ExecOutcome> {
-        self.state.live()?;
-        let timeout = req.timeout.unwrap_or(self.spec.limits.wall_time);
-        // One program at a time per workspace, from the copy in to the copy back.
-        let _workspace = WorkspaceLock::of(self.spec.workspace.as_deref(), timeout).await?;
-        let started = Instant::now();
-        let live = self.state.live()?;
-        let deadline = started + timeout;
-        // Copying files in counts against the exec's time too (a process the program left
-        // running could slow the guest down): it may end at most COPY_BACK_GRACE late.
-        let push_by = deadline + COPY_BACK_GRACE;
-        let cap = u64::from(self.memory_mib) << 20;
-        for share in self.shares.iter_mut().filter(|s| s.writable) {
-            // Bound the whole exchange (the push bounds each step too).
-            match tokio::time::timeout_at(push_by.into(), share.push(&mut live.vm, cap, push_by))
-                .await
-            {
-                Ok(Ok(())) => {}
-                // Refused before anything was sent: the VM is as it was.
-                Ok(Err(e @ Error::LimitExceeded { .. })) => return Err(e),
-                Ok(Err(e)) if Instant::now() < push_by => {
-                    self.lose(format!("copying files in failed: {e}")).await;
-                    return Err(e);
-                }
-                _ => {
-                    self.lose(format!(
-                        "copying files in did not end within {COPY_BACK_GRACE:?} of the {timeout:?} timeout"
-                    ))
-                    .await;
-                    return Ok(ExecOutcome {
-                        status: ExecStatus::Killed {
-                            limit: LimitKind::WallTime,
-                        },
-                        stdout: CapturedOutput::default(),
-                        stderr: CapturedOutput::default(),
-                        timings: Timings {
-                            exec: started.elapsed(),
-                            ..Timings::default()
-                        },
-                        tool_calls: Vec::new(),
-                    });
-                }
-            }
-        }
-        if live.frozen {
-            // The agent waits for this exec: let it run again.
-            let thawed = live
-                .vm
-                .sys
-                .call(&json!({"type": "thaw"}), &[], "thawed", push_by)
-                .await;
-            if let Err(e) = thawed {
-                self.lose(format!("resuming the guest agent failed: {e}"))
-                    .await;
-                return Err(e);
-            }
-            live.frozen = false;
-        }
-        let Live { vm, conn, .. } = live;
-        let sys = &mut vm.sys;
-        // The agent's ports do not close when it dies: the supervisor says so instead.
-        let gone = async {
-            while sys.agent_exit.is_none() {
-                if sys.recv(deadline + START_TIMEOUT).await.is_err() {
-                    break;
-                }
-            }
-        };
-        let report = conn
-            .exec_watching(&req, tools, self.spec.limits.output_bytes, deadline, gone)
-            .await;
-        let report = match report {
-            Ok(r) => r,
-            Err(e) => {
-                self.lose(format!("killed after a protocol error: {e}"))
-                    .await;
-                return Err(e);
-            }
-        };
-        // Whatever the guest does from now on (a huge copy back, a supervisor that does not
-        // answer), the exec ends by this time.
-        let copy_back_by = deadline.max(Instant::now()) + COPY_BACK_GRACE;
-        let status = match report.end.clone() {
-            // Before anything is copied back, the program's processes stop: every process of
-            // the sandbox user but the agent is killed and the agent stopped (its threads
-            // too), so nothing changes the guest's workspace while the supervisor reads it.
-            ExecEnd::Finished(status) => match self.freeze_and_collect(copy_back_by).await {
-                Ok(()) => status,
-                // The copy back is part of the exec's time.
-                Err(Error::LimitExceeded {
-                    limit: LimitKind::WallTime,
-                    ..
-                }) => ExecStatus::Killed {
-                    limit: LimitKind::WallTime,
-                },
-                Err(e) => return Err(e),
-            },
-            ExecEnd::TimedOut => {
-                // Stop the program, keep its files, then end the VM.
-                let msg = json!({"type": "stop"});
-                let stop = vm.sys.call(&msg, &[], "stopped", copy_back_by);
-                // Sending has no deadline of its own: bound the whole call.
-                let stopped = tokio::time::timeout_at(copy_back_by.into(), stop).await;
-                if matches!(stopped, Ok(Ok(_))) {
-                    let _ = self.collect_all(copy_back_by).await;
-                }
-                self.lose(format!("killed after the {timeout:?} timeout"))
-                    .await;
-                ExecStatus::Killed {
-                    limit: LimitKind::WallTime,
-                }
-            }
-            ExecEnd::GuestGone => {
-                let exit = vm.sys.agent_exit.take();
-                let code = exit
-                    .as_ref()
-                    .and_then(|e| e["status"].as_i64())
-                    .map(shell_code);
-                let oom = exit.as_ref().is_some_and(|e| e["oom"] == true);
-                let status = match exit {
-                    Some(_) => {
-                        agent_exit_status(code, oom, self.spec.limits.cpu_time.is_some(), None)
-                    }
-                    None => ExecStatus::Crashed {
-                        reason: format!(
-                            "the VM stopped; its console ended with: {}",
-                            vm.console_tail()
-                        ),
-                    },
-                };
-                if exit.is_some() {
-                    // What the program started may still run: stop it before the copy back.
-                    let msg = json!({"type": "stop"});
-                    let stop = vm.sys.call(&msg, &[], "stopped", copy_back_by).await;
-                    if stop.is_ok() {
-                        let _ = self.collect_all(copy_back_by).await;
-                    }
-                }
-                self.lose("the interpreter exited".into()).await;
-                status
-            }
-        };
-        let outcome = report.into_outcome(status, started.elapsed());
-        // A kill ends the sandbox on every backend (an uncaught MemoryError is one).
-        if matches!(outcome.status, ExecStatus::Killed { .. }) && self.state.is_live() {
-            self.lose("it hit its memory limit".into()).await;
-        }
-        Ok(outcome)
+        self.guest.exec(req, tools).await
     }
 
     async fn reset(&mut self) -> Result<()> {
-        if let Some(live) = self.state.lose("it was reset") {
-            live.vm.kill().await;
-        }
+        self.guest.lose("it was reset").await;
         self.start().await
     }
 
@@ -1041,9 +1079,7 @@ impl Sandbox for MicroVmSandbox {
     }
 
     async fn shutdown(mut self: Box<Self>) -> Result<()> {
-        if let Some(live) = self.state.lose("it was shut down") {
-            live.vm.kill().await;
-        }
+        self.guest.lose("it was shut down").await;
         Ok(())
     }
 }

@@ -9,10 +9,12 @@ use std::time::{Duration, Instant};
 
 use agentkernel_core::SandboxState;
 use agentkernel_core::admission::AdmittedExec;
-use agentkernel_core::guest::{AGENT_SOURCE, ExecEnd, GuestConn, Hello};
+use agentkernel_core::guest::{
+    AGENT_SOURCE, Abort, ExecFrame, ExecReport, GuestBackend, GuestConn, GuestSandbox, Hello,
+};
 use agentkernel_core::{
-    Error, ExecOutcome, ExecStatus, LimitKind, Result, Sandbox, SandboxSpec, Snapshot, ToolHost,
-    WorkspaceLock,
+    Error, ExecOutcome, ExecRequest, ExecStatus, Limits, Result, Sandbox, SandboxSpec, Snapshot,
+    ToolHost, WorkspaceLock,
 };
 use async_trait::async_trait;
 use tokio::process::{Child, ChildStderr, ChildStdout};
@@ -485,12 +487,17 @@ pub(crate) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec, id: &str) -> R
     })
 }
 
-/// A sandbox of the process backend.
+/// A sandbox of the process backend: the exec state machine every guest-protocol backend
+/// shares ([`GuestSandbox`]) with this backend's hooks ([`ProcessGuest`]).
 pub struct ProcessSandbox {
+    guest: GuestSandbox<ProcessGuest>,
+}
+
+/// What a process sandbox keeps besides its jail, and its exec hooks.
+struct ProcessGuest {
     id: String,
     inner: Arc<Inner>,
     spec: SandboxSpec,
-    state: SandboxState<Live>,
     /// The workspace's lock, taken by the first exec and held until no process of this
     /// sandbox can write the workspace any more (shutdown, a reset, the end of the jail):
     /// what an exec leaves running lives on until its time limit or the next exec.
@@ -498,20 +505,11 @@ pub struct ProcessSandbox {
     /// The workspace's write layer of the current jail (kept after the jail is gone, until
     /// its changes were copied to the host).
     layer: Option<Arc<Layer>>,
+    /// The cgroup's OOM-kill count when the current exec started.
+    oom_before: u64,
 }
 
-impl ProcessSandbox {
-    pub(crate) fn new(id: String, inner: Arc<Inner>, spec: SandboxSpec, live: Live) -> Self {
-        ProcessSandbox {
-            id,
-            inner,
-            spec,
-            layer: live.layer.clone(),
-            state: SandboxState::Live(live),
-            workspace: None,
-        }
-    }
-
+impl ProcessGuest {
     /// Copies the write layer's changes into the host workspace now (see `layer.rs`); a
     /// note for the program's stderr when something was not copied or the copy failed.
     /// Blocking: it walks the layer.
@@ -538,7 +536,7 @@ impl ProcessSandbox {
         }
     }
 
-    /// [`ProcessSandbox::apply_layer`] off the async threads.
+    /// [`ProcessGuest::apply_layer`] off the async threads.
     async fn apply_layer_off_thread(
         layer: Arc<Layer>,
         host: std::io::Result<std::fs::File>,
@@ -611,6 +609,162 @@ impl ProcessSandbox {
         .await;
     }
 
+    /// Ends the jail (kills every process of it and waits), then gives the workspace back;
+    /// the jail's exit code.
+    async fn end_jail(&mut self, mut live: Live) -> Option<i32> {
+        live.kill();
+        let code = live.wait().await;
+        // Every process of the jail is gone: nothing writes the workspace any more.
+        drop(live);
+        self.release_workspace_off_thread().await;
+        // The jail's layer is copied: the next jail (a reset) brings its own.
+        self.layer = None;
+        code
+    }
+}
+
+#[async_trait]
+impl GuestBackend for ProcessGuest {
+    type Live = Live;
+
+    fn name(&self) -> &'static str {
+        "process"
+    }
+
+    fn limits(&self) -> &Limits {
+        &self.spec.limits
+    }
+
+    async fn lock(&mut self, timeout: Duration) -> Result<Option<WorkspaceLock>> {
+        // One program at a time per workspace: the lock is taken by this sandbox's first exec
+        // and kept until its processes are gone (see `workspace`).
+        if self.workspace.is_none() {
+            self.workspace = WorkspaceLock::of(self.spec.workspace.as_deref(), timeout).await?;
+        }
+        Ok(None)
+    }
+
+    async fn prepare(
+        &mut self,
+        live: &mut Live,
+        _frame: &ExecFrame,
+        tools: Arc<dyn ToolHost>,
+    ) -> std::result::Result<Arc<dyn ToolHost>, Abort> {
+        self.oom_before = live.cgroup.as_ref().map_or(0, SandboxCgroup::oom_kills);
+        // Host tools see the program's workspace files: the layer is copied before each call.
+        Ok(match (&self.layer, &self.workspace) {
+            (Some(layer), Some(lock)) => Arc::new(ApplyBeforeCalls {
+                inner: tools,
+                layer: layer.clone(),
+                host: lock
+                    .dir()
+                    .map_err(|e| Abort::Refuse(Error::io("opening the workspace", e)))?,
+                id: self.id.clone(),
+            }),
+            _ => tools,
+        })
+    }
+
+    async fn run(
+        &mut self,
+        live: &mut Live,
+        req: &ExecRequest,
+        tools: Arc<dyn ToolHost>,
+        frame: &ExecFrame,
+    ) -> Result<ExecReport> {
+        match &self.inner.agent {
+            GuestAgent::Python(_) => {
+                // The exec's end is marked by the guest's init with a token only it and we
+                // know (the program cannot forge it), after it killed every other process.
+                let token = live.start_exec(frame.timeout);
+                live.conn
+                    .exec_ended_by_init(req, tools, frame.output_cap, frame.deadline, &token)
+                    .await
+            }
+            // The native worker (monty) runs no program code that can reach its fds.
+            GuestAgent::Native(_) => {
+                live.conn
+                    .exec(req, tools, frame.output_cap, frame.deadline)
+                    .await
+            }
+        }
+    }
+
+    async fn guest_gone(&mut self, live: Live, _frame: &ExecFrame) -> ExecStatus {
+        let oom_after = live.cgroup.as_ref().map_or(0, SandboxCgroup::oom_kills);
+        let code = self.end_jail(live).await;
+        let memory_code = match &self.inner.agent {
+            GuestAgent::Native(native) => native.memory_exit_code,
+            GuestAgent::Python(_) => None,
+        };
+        agentkernel_core::guest::agent_exit_status(
+            code,
+            oom_after > self.oom_before,
+            self.spec.limits.cpu_time.is_some(),
+            memory_code,
+        )
+    }
+
+    async fn end(&mut self, live: Live) {
+        self.end_jail(live).await;
+    }
+
+    async fn after_exec(&mut self, outcome: &mut ExecOutcome, req: &ExecRequest) {
+        // Notes for the caller, after the program's own stderr (and through the live sink).
+        let mut notes = Vec::new();
+        match (&self.layer, &self.workspace) {
+            (Some(layer), Some(lock)) => {
+                // What the program wrote reaches the host now (and again when the sandbox
+                // ends, for what a process it left running writes meanwhile).
+                notes.extend(
+                    Self::apply_layer_off_thread(layer.clone(), lock.dir(), self.id.clone()).await,
+                );
+                notes.extend(layer.full_note());
+            }
+            (None, Some(lock)) => {
+                if let Ok(dir) = lock.dir() {
+                    // The sweep walks the whole workspace: off the async threads.
+                    let swept = tokio::task::spawn_blocking(move || {
+                        agentkernel_core::remove_escaping_symlinks(&dir)
+                    })
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(std::io::Error::other(format!("the sweep panicked: {e}")))
+                    });
+                    notes.extend(self.sweep_note(swept));
+                }
+            }
+            _ => {}
+        }
+        for note in notes {
+            outcome.stderr.push_live(
+                note.as_bytes(),
+                self.spec.limits.output_bytes,
+                req.output.as_ref(),
+                agentkernel_core::StreamKind::Stderr,
+            );
+        }
+    }
+}
+
+impl ProcessSandbox {
+    pub(crate) fn new(id: String, inner: Arc<Inner>, spec: SandboxSpec, live: Live) -> Self {
+        let layer = live.layer.clone();
+        ProcessSandbox {
+            guest: GuestSandbox::new(
+                SandboxState::Live(live),
+                ProcessGuest {
+                    id,
+                    inner,
+                    spec,
+                    workspace: None,
+                    layer,
+                    oom_before: 0,
+                },
+            ),
+        }
+    }
+
     /// Compares the resource limits the host kernel reports for the guest's init (host
     /// `/proc/<pid>/limits`, read from outside the sandbox) with `expected` (resource, soft,
     /// hard); `Err` names the first that differs, or why they could not be read.
@@ -619,7 +773,7 @@ impl ProcessSandbox {
         expected: &[(libc::__rlimit_resource_t, u64, u64)],
     ) -> std::result::Result<(), String> {
         use std::os::fd::AsRawFd;
-        let live = self.state.as_live().ok_or("the sandbox is gone")?;
+        let live = self.guest.state.as_live().ok_or("the sandbox is gone")?;
         let fdinfo =
             std::fs::read_to_string(format!("/proc/self/fdinfo/{}", live.pid1.as_raw_fd()))
                 .map_err(|e| format!("reading the init's pidfd info: {e}"))?;
@@ -667,20 +821,21 @@ impl ProcessSandbox {
 
     /// What the guest reported at start (Python version, seccomp state...).
     pub fn hello(&self) -> Option<&Hello> {
-        self.state.as_live().map(|l| &l.hello)
+        self.guest.state.as_live().map(|l| &l.hello)
     }
 
     /// The interpreter state of a native agent that can save it (the monty worker); the
     /// Python agent's cannot be saved ([`Error::Unsupported`]).
     pub async fn save_state(&mut self) -> Result<Vec<u8>> {
-        if matches!(self.inner.agent, GuestAgent::Python(_)) {
+        if matches!(self.guest.backend.inner.agent, GuestAgent::Python(_)) {
             return Err(Error::unsupported(
                 "snapshot",
                 "process",
                 "a host process cannot be saved; use a backend whose capabilities include snapshot",
             ));
         }
-        self.state
+        self.guest
+            .state
             .live()?
             .conn
             .save_state(Instant::now() + Duration::from_secs(10))
@@ -690,7 +845,8 @@ impl ProcessSandbox {
     /// Replaces a native agent's interpreter state with `data` from
     /// [`ProcessSandbox::save_state`].
     pub async fn load_state(&mut self, data: &[u8]) -> Result<()> {
-        self.state
+        self.guest
+            .state
             .live()?
             .conn
             .load_state(data, Instant::now() + Duration::from_secs(10))
@@ -699,25 +855,12 @@ impl ProcessSandbox {
 
     /// Whether `/workspace` is an overlay with a write layer (see `layer.rs`).
     pub(crate) fn workspace_layered(&self) -> bool {
-        self.layer.is_some()
+        self.guest.backend.layer.is_some()
     }
 
     /// Landlock state the jail reported (0 none, 1 partial, 2 full).
     pub(crate) fn landlock_state(&self) -> Option<u32> {
-        self.state.as_live().map(|l| l.landlock)
-    }
-
-    /// Ends the jail (a lost sandbox keeps the reason it was lost first); its exit code.
-    async fn end(&mut self, reason: String) -> Option<i32> {
-        let mut live = self.state.lose(reason)?;
-        live.kill();
-        let code = live.wait().await;
-        // Every process of the jail is gone: nothing writes the workspace any more.
-        drop(live);
-        self.release_workspace_off_thread().await;
-        // The jail's layer is copied: the next jail (a reset) brings its own.
-        self.layer = None;
-        code
+        self.guest.state.as_live().map(|l| l.landlock)
     }
 }
 
@@ -726,9 +869,9 @@ impl Drop for ProcessSandbox {
     /// copied, or the workspace swept): its processes have been sent SIGKILL (by `Live`'s
     /// drop) first.
     fn drop(&mut self) {
-        if self.workspace.is_some() {
-            drop(self.state.lose("it was dropped"));
-            self.release_workspace();
+        if self.guest.backend.workspace.is_some() {
+            drop(self.guest.state.lose("it was dropped"));
+            self.guest.backend.release_workspace();
         }
     }
 }
@@ -736,7 +879,7 @@ impl Drop for ProcessSandbox {
 #[async_trait]
 impl Sandbox for ProcessSandbox {
     fn id(&self) -> &str {
-        &self.id
+        &self.guest.backend.id
     }
 
     async fn exec_admitted(
@@ -744,133 +887,24 @@ impl Sandbox for ProcessSandbox {
         req: AdmittedExec,
         tools: Arc<dyn ToolHost>,
     ) -> Result<ExecOutcome> {
-        self.state.live()?;
-        let timeout = req.timeout.unwrap_or(self.spec.limits.wall_time);
-        // One program at a time per workspace: the lock is taken by this sandbox's first exec
-        // and kept until its processes are gone (see `workspace`).
-        if self.workspace.is_none() {
-            self.workspace = WorkspaceLock::of(self.spec.workspace.as_deref(), timeout).await?;
-        }
-        let live = self.state.live()?;
-        let started = Instant::now();
-        let oom_before = live.cgroup.as_ref().map_or(0, SandboxCgroup::oom_kills);
-        let span = tracing::info_span!("exec", backend = "process", sandbox = %self.id);
-        let _enter = span.enter();
-        let cap = self.spec.limits.output_bytes;
-        // Host tools see the program's workspace files: the layer is copied before each call.
-        let tools: Arc<dyn ToolHost> = match (&self.layer, &self.workspace) {
-            (Some(layer), Some(lock)) => Arc::new(ApplyBeforeCalls {
-                inner: tools,
-                layer: layer.clone(),
-                host: lock
-                    .dir()
-                    .map_err(|e| Error::io("opening the workspace", e))?,
-                id: self.id.clone(),
-            }),
-            _ => tools,
-        };
-        let report = match &self.inner.agent {
-            GuestAgent::Python(_) => {
-                // The exec's end is marked by the guest's init with a token only it and we
-                // know (the program cannot forge it), after it killed every other process.
-                let token = live.start_exec(timeout);
-                live.conn
-                    .exec_ended_by_init(&req, tools, cap, started + timeout, &token)
-                    .await
-            }
-            // The native worker (monty) runs no program code that can reach its fds.
-            GuestAgent::Native(_) => live.conn.exec(&req, tools, cap, started + timeout).await,
-        };
-        let report = match report {
-            Ok(r) => r,
-            Err(e) => {
-                // A guest that broke the protocol cannot be trusted to stop: kill it.
-                self.end(format!("killed after a protocol error: {e}"))
-                    .await;
-                return Err(e);
-            }
-        };
-        let status = match report.end.clone() {
-            ExecEnd::Finished(status) => status,
-            ExecEnd::TimedOut => {
-                let reason = match report.limit {
-                    Some(limit) => format!("killed by the {limit} limit"),
-                    None => format!("killed after the {timeout:?} timeout"),
-                };
-                self.end(reason).await;
-                ExecStatus::Killed {
-                    limit: LimitKind::WallTime,
-                }
-            }
-            ExecEnd::GuestGone => {
-                let oom_after = live.cgroup.as_ref().map_or(0, SandboxCgroup::oom_kills);
-                let code = self.end("the interpreter exited".into()).await;
-                let cpu_limited = self.spec.limits.cpu_time.is_some();
-                let memory_code = match &self.inner.agent {
-                    GuestAgent::Native(native) => native.memory_exit_code,
-                    GuestAgent::Python(_) => None,
-                };
-                agentkernel_core::guest::agent_exit_status(
-                    code,
-                    oom_after > oom_before,
-                    cpu_limited,
-                    memory_code,
-                )
-            }
-        };
-        let mut outcome = report.into_outcome(status, started.elapsed());
-        // A kill ends the sandbox on every backend (an uncaught MemoryError is one).
-        if matches!(outcome.status, ExecStatus::Killed { .. }) && self.state.is_live() {
-            self.end("it hit its memory limit".into()).await;
-        }
-        // Notes for the caller, after the program's own stderr (and through the live sink).
-        let mut notes = Vec::new();
-        match (&self.layer, &self.workspace) {
-            (Some(layer), Some(lock)) => {
-                // What the program wrote reaches the host now (and again when the sandbox
-                // ends, for what a process it left running writes meanwhile).
-                notes.extend(
-                    Self::apply_layer_off_thread(layer.clone(), lock.dir(), self.id.clone()).await,
-                );
-                notes.extend(layer.full_note());
-            }
-            (None, Some(lock)) => {
-                if let Ok(dir) = lock.dir() {
-                    // The sweep walks the whole workspace: off the async threads.
-                    let swept = tokio::task::spawn_blocking(move || {
-                        agentkernel_core::remove_escaping_symlinks(&dir)
-                    })
-                    .await
-                    .unwrap_or_else(|e| {
-                        Err(std::io::Error::other(format!("the sweep panicked: {e}")))
-                    });
-                    notes.extend(self.sweep_note(swept));
-                }
-            }
-            _ => {}
-        }
-        for note in notes {
-            outcome.stderr.push_live(
-                note.as_bytes(),
-                cap,
-                req.output.as_ref(),
-                agentkernel_core::StreamKind::Stderr,
-            );
-        }
-        Ok(outcome)
+        self.guest.exec(req, tools).await
     }
 
     async fn reset(&mut self) -> Result<()> {
+        let guest = &mut self.guest;
         // Fast path: the guest's init forks a fresh agent (a clean interpreter: modules,
         // monkeypatches, /tmp, stray processes all go) inside the same jail.
         // A jail whose write layer holds anything is not reused: its caps would be spent
         // (the layer cannot be emptied while mounted).
-        let layer_used = self.layer.as_ref().is_some_and(|l| l.is_used());
-        if !layer_used && let Some(live) = self.state.as_live_mut() {
-            match live.reset_in_place(self.spec.workspace.is_none()).await {
+        let layer_used = guest.backend.layer.as_ref().is_some_and(|l| l.is_used());
+        if !layer_used && let Some(live) = guest.state.as_live_mut() {
+            match live
+                .reset_in_place(guest.backend.spec.workspace.is_none())
+                .await
+            {
                 Ok(()) => {
                     // Init killed every other process: the workspace is free.
-                    self.release_workspace_off_thread().await;
+                    guest.backend.release_workspace_off_thread().await;
                     return Ok(());
                 }
                 Err(e) => {
@@ -879,10 +913,11 @@ impl Sandbox for ProcessSandbox {
             }
         }
         // Otherwise a new jail.
-        self.end("it was reset".into()).await;
-        let live = start(&self.inner, &self.spec, &self.id).await?;
-        self.layer = live.layer.clone();
-        self.state = SandboxState::Live(live);
+        guest.lose("it was reset").await;
+        let backend = &mut guest.backend;
+        let live = start(&backend.inner, &backend.spec, &backend.id).await?;
+        backend.layer = live.layer.clone();
+        guest.state = SandboxState::Live(live);
         Ok(())
     }
 
@@ -894,7 +929,7 @@ impl Sandbox for ProcessSandbox {
     }
 
     async fn shutdown(mut self: Box<Self>) -> Result<()> {
-        self.end("it was shut down".into()).await;
+        self.guest.lose("it was shut down").await;
         Ok(())
     }
 }
@@ -919,7 +954,7 @@ impl ToolHost for ApplyBeforeCalls {
         name: &str,
         args: serde_json::Value,
     ) -> std::result::Result<serde_json::Value, agentkernel_core::ToolError> {
-        let _ = ProcessSandbox::apply_layer_off_thread(
+        let _ = ProcessGuest::apply_layer_off_thread(
             self.layer.clone(),
             self.host.try_clone(),
             self.id.clone(),

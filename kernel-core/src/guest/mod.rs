@@ -20,12 +20,15 @@
 //!
 //! [`GuestConn`] is the host side: [`GuestConn::hello`] waits for the agent to start, and
 //! [`GuestConn::exec`] runs one program, serving tool calls, capping output, and enforcing
-//! the deadline.
+//! the deadline. [`GuestSandbox`] is the one exec state machine around it that every such
+//! backend shares; a backend supplies its [`GuestBackend`] hooks.
 
 mod conn;
+mod sandbox;
 mod stream;
 
 pub use conn::{ExecEnd, ExecReport, GuestConn, Hello, exec_end_mark};
+pub use sandbox::{Abort, ExecFrame, GuestBackend, GuestSandbox};
 
 use crate::exec::{ExecStatus, LimitKind};
 
