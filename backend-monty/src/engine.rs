@@ -325,7 +325,7 @@ impl Session {
                 for full in strings(&args) {
                     let server = full.split_once('.').map_or("", |(s, _)| s);
                     servers
-                        .entry(agentkernel_tool_bridge::stubs::python_name(server))
+                        .entry(agentkernel_core::tool_abi::python_name(server))
                         .or_default()
                         .push(full.clone());
                 }
@@ -453,7 +453,7 @@ fn module(type_name: &str, tools: &[String]) -> MontyObject {
         .map(|full| {
             let short = full.split_once('.').map_or(full.as_str(), |(_, t)| t);
             (
-                agentkernel_tool_bridge::stubs::python_name(short),
+                agentkernel_core::tool_abi::python_name(short),
                 function(&format!("{TOOL_PREFIX}{full}")),
             )
         })

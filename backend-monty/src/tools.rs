@@ -24,8 +24,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use agentkernel_core::tool_abi::{bind_arguments, python_name};
 use agentkernel_core::{Error, ToolError, ToolErrorKind, ToolHost, ToolSpec};
-use agentkernel_tool_bridge::stubs::{bind_arguments, python_name};
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 

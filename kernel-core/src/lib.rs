@@ -13,6 +13,8 @@
 //! - [`Pool`]: pre-warmed sandboxes of any backend, itself a [`Runtime`]; [`Workspaces`]:
 //!   named persistent directories mounted at `/workspace`; [`hostdirs`]: the data and cache
 //!   directories, checked to be the user's own.
+//! - [`tool_abi`]: how a host tool appears in Python (names, signatures, argument binding,
+//!   the generated `tools` package), shared by the tool bridge and every backend.
 //! - [`guest`]: the Python guest agent and the framed JSON protocol spoken over a socket by
 //!   every backend that runs a real CPython in its own process or VM.
 //! - `conformance` (feature `conformance`): async checks that take any [`Runtime`] and verify
@@ -46,6 +48,7 @@ mod pool;
 mod runtime;
 mod spec;
 mod state;
+pub mod tool_abi;
 mod tools;
 mod workspace;
 

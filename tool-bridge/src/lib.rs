@@ -28,7 +28,9 @@
 mod mcp;
 mod policy;
 mod registry;
-pub mod stubs;
+/// The generated `tools` package and the tool ABI, defined in core (`agentkernel_core::tool_abi`)
+/// so that backends share it without linking this crate.
+pub use agentkernel_core::tool_abi as stubs;
 
 pub use mcp::McpServerConfig;
 pub use policy::ToolPolicy;

@@ -1,4 +1,8 @@
-//! Generation of the `tools` Python package the sandbox imports.
+//! The tool ABI: how a host tool appears to a Python program, shared by every backend and
+//! by the tool bridge (so no backend links the bridge's MCP and HTTP clients). Python names
+//! for tool and server names, signatures and type hints from a tool's JSON Schema, binding a
+//! call's positional and keyword arguments to the schema's properties, and the `tools`
+//! Python package the sandbox imports.
 //!
 //! Layout (mounted read-only at `/tools`):
 //!
