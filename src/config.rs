@@ -330,6 +330,8 @@ impl Config {
         if let Some(v) = &s.workspace {
             b = b.workspace(v);
         }
+        // Read by every build; only a build with the process backend has it to pass on.
+        #[cfg(feature = "process")]
         if let Some(v) = &s.python {
             b = b.python(v);
         }
@@ -351,7 +353,11 @@ impl Config {
                 "use \"auto\" (msb on hardware KVM, else qemu), \"qemu\" or \"msb\"",
             ));
         }
-        b = b.microvm(self.microvm.clone());
+        // Checked above by every build; only a build with the microvm backend uses it.
+        #[cfg(feature = "microvm")]
+        {
+            b = b.microvm(self.microvm.clone());
+        }
         if let Some(reg) = self.tool_registry().await? {
             b = b.tools(reg);
         }

@@ -3,7 +3,7 @@
 use agentkernel_core::{Check, CheckState};
 use serde::Serialize;
 
-use crate::kernel::{BACKENDS, compiled_backends, make_runtime};
+use crate::kernel::{BACKENDS, BackendSettings, compiled_backends};
 
 /// What doctor found about one backend.
 #[derive(Debug, Clone, Serialize)]
@@ -37,7 +37,7 @@ pub async fn doctor() -> Vec<BackendReport> {
             });
             continue;
         }
-        let report = match make_runtime(name, None, &Default::default()) {
+        let report = match BackendSettings::default().make_runtime(name) {
             Ok(rt) => {
                 let d = rt.diagnose().await;
                 BackendReport {

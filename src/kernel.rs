@@ -10,6 +10,7 @@ use agentkernel_core::{
 };
 use agentkernel_tool_bridge::{ToolPolicy, ToolRegistry};
 
+#[cfg(feature = "microvm")]
 use crate::config::MicroVmSettings;
 
 /// Every backend AgentKernel knows, with whether this build has it and what it is.
@@ -134,75 +135,84 @@ fn nearest_backend(name: &str) -> Option<&'static str> {
         .map(|(_, b)| b)
 }
 
-/// Builds the runtime named `name`.
-pub(crate) fn make_runtime(
-    name: &str,
-    python: Option<PathBuf>,
-    microvm: &MicroVmSettings,
-) -> Result<Arc<dyn Runtime>> {
-    match name {
-        #[cfg(feature = "process")]
-        "process" => {
-            let rt = agentkernel_backend_process::ProcessRuntime::new(
-                agentkernel_backend_process::ProcessConfig {
-                    python,
-                    ..Default::default()
-                },
-            )?;
-            Ok(Arc::new(rt))
-        }
-        #[cfg(feature = "wasm")]
-        "wasm" => Ok(Arc::new(agentkernel_backend_wasm::WasmRuntime::new())),
-        #[cfg(feature = "monty")]
-        "monty" | "monty-inprocess" => {
-            use agentkernel_backend_monty::{MontyConfig, MontyMode, MontyRuntime};
-            let mode = if name == "monty" {
-                MontyMode::Worker
-            } else {
-                MontyMode::InProcess
-            };
-            Ok(Arc::new(MontyRuntime::new(MontyConfig {
-                mode,
-                worker: None,
-            })?))
-        }
-        #[cfg(feature = "microvm")]
-        "microvm" => {
-            use agentkernel_backend_microsandbox::{MicroVmConfig, MicroVmRuntime};
-            let defaults = MicroVmConfig::default();
-            Ok(Arc::new(MicroVmRuntime::new(MicroVmConfig {
-                pool_size: microvm.pool_size.unwrap_or(defaults.pool_size),
-                vcpus: microvm.vcpus.unwrap_or(defaults.vcpus),
-                snapshots: microvm.snapshots.unwrap_or(defaults.snapshots),
-                engine: match &microvm.engine {
-                    Some(engine) => engine.parse()?,
-                    None => defaults.engine,
-                },
-                ..defaults
-            })))
-        }
-        _ if BACKENDS.iter().any(|(b, _)| *b == name) => {
-            let _ = (python, microvm);
-            Err(Error::invalid(
+/// What a backend is built with besides its name. Each setting exists only in a build that
+/// has its backend (the `[sandbox] python` and `[microvm]` settings of `agentkernel.toml` are
+/// still read, and checked, by every build; a build without the backend has nothing to pass
+/// them to).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct BackendSettings {
+    /// Interpreter for the process backend (`None`: its default).
+    #[cfg(feature = "process")]
+    pub(crate) python: Option<PathBuf>,
+    /// How the microvm backend starts VMs.
+    #[cfg(feature = "microvm")]
+    pub(crate) microvm: MicroVmSettings,
+}
+
+impl BackendSettings {
+    /// Builds the runtime named `name`.
+    pub(crate) fn make_runtime(&self, name: &str) -> Result<Arc<dyn Runtime>> {
+        match name {
+            #[cfg(feature = "process")]
+            "process" => {
+                let rt = agentkernel_backend_process::ProcessRuntime::new(
+                    agentkernel_backend_process::ProcessConfig {
+                        python: self.python.clone(),
+                        ..Default::default()
+                    },
+                )?;
+                Ok(Arc::new(rt))
+            }
+            #[cfg(feature = "wasm")]
+            "wasm" => Ok(Arc::new(agentkernel_backend_wasm::WasmRuntime::new())),
+            #[cfg(feature = "monty")]
+            "monty" | "monty-inprocess" => {
+                use agentkernel_backend_monty::{MontyConfig, MontyMode, MontyRuntime};
+                let mode = if name == "monty" {
+                    MontyMode::Worker
+                } else {
+                    MontyMode::InProcess
+                };
+                Ok(Arc::new(MontyRuntime::new(MontyConfig {
+                    mode,
+                    worker: None,
+                })?))
+            }
+            #[cfg(feature = "microvm")]
+            "microvm" => {
+                use agentkernel_backend_microsandbox::{MicroVmConfig, MicroVmRuntime};
+                let defaults = MicroVmConfig::default();
+                Ok(Arc::new(MicroVmRuntime::new(MicroVmConfig {
+                    pool_size: self.microvm.pool_size.unwrap_or(defaults.pool_size),
+                    vcpus: self.microvm.vcpus.unwrap_or(defaults.vcpus),
+                    snapshots: self.microvm.snapshots.unwrap_or(defaults.snapshots),
+                    engine: match &self.microvm.engine {
+                        Some(engine) => engine.parse()?,
+                        None => defaults.engine,
+                    },
+                    ..defaults
+                })))
+            }
+            _ if BACKENDS.iter().any(|(b, _)| *b == name) => Err(Error::invalid(
                 format!("backend {name:?} is not part of this build"),
                 format!("use one of: {}", compiled_backends().join(", ")),
-            ))
+            )),
+            _ => Err(Error::invalid(
+                match nearest_backend(name) {
+                    Some(near) => format!("unknown backend {name:?} (did you mean {near:?}?)"),
+                    None => format!("unknown backend {name:?}"),
+                },
+                format!(
+                    "use one of: {} (known: {})",
+                    compiled_backends().join(", "),
+                    BACKENDS
+                        .iter()
+                        .map(|(b, _)| *b)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
         }
-        _ => Err(Error::invalid(
-            match nearest_backend(name) {
-                Some(near) => format!("unknown backend {name:?} (did you mean {near:?}?)"),
-                None => format!("unknown backend {name:?}"),
-            },
-            format!(
-                "use one of: {} (known: {})",
-                compiled_backends().join(", "),
-                BACKENDS
-                    .iter()
-                    .map(|(b, _)| *b)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        )),
     }
 }
 
@@ -224,8 +234,7 @@ pub struct KernelBuilder {
     spec: SandboxSpec,
     tools: Option<ToolRegistry>,
     tool_policy: Option<ToolPolicy>,
-    python: Option<PathBuf>,
-    microvm: MicroVmSettings,
+    backend_settings: BackendSettings,
     named_workspace: Option<String>,
     data_dir: Option<PathBuf>,
     protected: Vec<PathBuf>,
@@ -243,8 +252,7 @@ impl Default for KernelBuilder {
             spec: SandboxSpec::default(),
             tools: None,
             tool_policy: None,
-            python: None,
-            microvm: MicroVmSettings::default(),
+            backend_settings: BackendSettings::default(),
             named_workspace: None,
             data_dir: None,
             protected: Vec::new(),
@@ -375,15 +383,19 @@ impl KernelBuilder {
         self
     }
 
-    /// How the microvm backend starts VMs (`[microvm]` in `agentkernel.toml`).
+    /// How the microvm backend starts VMs (`[microvm]` in `agentkernel.toml`; feature
+    /// `microvm`).
+    #[cfg(feature = "microvm")]
     pub fn microvm(mut self, settings: MicroVmSettings) -> Self {
-        self.microvm = settings;
+        self.backend_settings.microvm = settings;
         self
     }
 
-    /// Interpreter for the process backend (default: `$AGENTKERNEL_PYTHON` or `python3`).
+    /// Interpreter for the process backend (default: `$AGENTKERNEL_PYTHON` or `python3`;
+    /// feature `process`).
+    #[cfg(feature = "process")]
     pub fn python(mut self, path: impl Into<PathBuf>) -> Self {
-        self.python = Some(path.into());
+        self.backend_settings.python = Some(path.into());
         self
     }
 
@@ -457,7 +469,7 @@ impl KernelBuilder {
             }
             (None, None) => None,
         };
-        let mut runtime = make_runtime(&self.backend, self.python, &self.microvm)?;
+        let mut runtime = self.backend_settings.make_runtime(&self.backend)?;
         let mut pool = None;
         if let Some(config) = self.pool {
             let p = Pool::new(runtime, self.spec.clone(), config)?;

@@ -114,7 +114,7 @@ pub struct SessionConfig {
 /// What the interpreter needs from whoever runs it: somewhere for `print()` output to go
 /// (the [`PrintWriterCallback`] methods), and tool calls.
 pub trait Host: PrintWriterCallback {
-    /// Calls tool `name` with the JSON object built by [`call_args`] (keyword arguments,
+    /// Calls tool `name` with the JSON object built by `call_args` (keyword arguments,
     /// positional ones under `$args`).
     fn call_tool(&mut self, name: &str, args: Value) -> Result<Value, ToolError>;
 }

@@ -349,7 +349,7 @@ fn split_alias(item: &str) -> (&str, Option<&str>) {
 
 /// Binds a call made from Monty to the JSON arguments of tool `name` (see the module docs).
 /// `args` is the object the program passed: keyword arguments, plus the positional ones
-/// under [`POSITIONAL_KEY`]. Without positional arguments and for unknown tools the
+/// under `POSITIONAL_KEY`. Without positional arguments and for unknown tools the
 /// keywords pass unchanged (the host's own checks then answer).
 pub fn bind(specs: &[ToolSpec], name: &str, args: Value) -> Result<Value, ToolError> {
     let Value::Object(mut keywords) = args else {

@@ -5,7 +5,7 @@
 //! file-creating imports (`descriptor.write`, `write-via-stream`, `append-via-stream`,
 //! `set-size`, `open-at`, `create-directory-at`, `symlink-at`, `link-at`, `rename-at`) and
 //! `read-directory` with checked versions (`open-at` is done here entirely, see
-//! [`open_at`]). Refused are:
+//! `open_at`). Refused are:
 //! - a write that would make a file larger than `file_size_bytes`;
 //! - growth of the sandbox's private `/tmp` past `tmp_bytes`, where every file, directory
 //!   and symlink created there is charged at least one block ([`ENTRY_BYTES`]), so the cap
@@ -106,7 +106,7 @@ pub const HOST_DIR_FILE_SIZES_PER_RUN: u64 = agentkernel_core::WORKSPACE_FILE_SI
 pub const MAX_OPEN_FILES: usize = 64;
 
 /// Host memory one sandbox's open directory listings may hold, in bytes as
-/// [`listing_cost`] counts them (16 MiB). `wasmtime-wasi` reads a whole directory into host
+/// `listing_cost` counts them (16 MiB). `wasmtime-wasi` reads a whole directory into host
 /// memory when the guest starts listing it and keeps it until the guest drops the listing:
 /// without this bound, 1,500 `os.scandir` iterators over a 2,000-entry `/tmp` held 880 MB
 /// of the kernel's memory (none of it in the guest's `--memory`). Past it, `read-directory`

@@ -187,7 +187,7 @@ impl WorkspaceLock {
 /// copy) outside it. Call it once the program's processes are gone. Fd-relative throughout:
 /// directories are listed through their open descriptors (a mode the program set on the
 /// workspace later does not stop it), entered with `O_NOFOLLOW` only when their turn comes
-/// (at most one open descriptor per level, [`SWEEP_MAX_DEPTH`] levels), and no symlink is
+/// (at most one open descriptor per level, `SWEEP_MAX_DEPTH` levels), and no symlink is
 /// ever followed.
 ///
 /// # Errors
