@@ -706,7 +706,7 @@ impl Share {
 }
 
 /// One sandbox: a VM and its agent, run by the exec state machine every guest-protocol
-/// backend shares ([`GuestSandbox`]) with this engine's hooks ([`QemuGuest`]).
+/// backend shares ([`GuestSandbox`]) with this engine's hooks (`QemuGuest`).
 pub struct MicroVmSandbox {
     guest: GuestSandbox<QemuGuest>,
 }

@@ -488,7 +488,7 @@ pub(crate) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec, id: &str) -> R
 }
 
 /// A sandbox of the process backend: the exec state machine every guest-protocol backend
-/// shares ([`GuestSandbox`]) with this backend's hooks ([`ProcessGuest`]).
+/// shares ([`GuestSandbox`]) with this backend's hooks (`ProcessGuest`).
 pub struct ProcessSandbox {
     guest: GuestSandbox<ProcessGuest>,
 }
