@@ -188,7 +188,7 @@ fn microvm(
     group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
     spec: &SandboxSpec,
 ) {
-    use agentkernel_backend_microsandbox::{EngineKind, MicroVmConfig, MicroVmRuntime};
+    use agentkernel_backend_microvm::{EngineKind, MicroVmConfig, MicroVmRuntime};
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/build-microvm-image");
     match Command::new(script).output() {
         Ok(out) if out.status.success() => {}

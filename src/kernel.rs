@@ -180,7 +180,7 @@ impl BackendSettings {
             }
             #[cfg(feature = "microvm")]
             "microvm" => {
-                use agentkernel_backend_microsandbox::{MicroVmConfig, MicroVmRuntime};
+                use agentkernel_backend_microvm::{MicroVmConfig, MicroVmRuntime};
                 let defaults = MicroVmConfig::default();
                 Ok(Arc::new(MicroVmRuntime::new(MicroVmConfig {
                     pool_size: self.microvm.pool_size.unwrap_or(defaults.pool_size),

@@ -19,7 +19,7 @@
 //!   wasmtime;
 //! - `agentkernel-backend-monty` (feature `monty`, default): the Monty Python-subset
 //!   interpreter, in a jailed worker process (`monty`) or in-process (`monty-inprocess`);
-//! - `agentkernel-backend-microsandbox` (feature `microvm`, default): a Linux microVM per
+//! - `agentkernel-backend-microvm` (feature `microvm`, default): a Linux microVM per
 //!   sandbox under QEMU `-M microvm` (software emulation where KVM is not real).
 //!
 //! ```no_run

@@ -1,7 +1,7 @@
 //! The guest agent over one command's stdin and stdout: how the `msb` engine (whose guest
 //! offers exec streams, not serial ports) speaks the same protocol as every other backend.
 //!
-//! In the guest, `mux.py` ([`MUX_SOURCE`], run as `python3 -I -u -c MUX_SOURCE`) reads the
+//! In the guest, `guest/mux.py` ([`MUX_SOURCE`], run as `python3 -I -u -c MUX_SOURCE`) reads the
 //! agent's source and a config from its stdin, starts the agent with fd 3 a socket and fds 1
 //! and 2 pipes, forwards the rest of its stdin to the agent's control socket, and tags
 //! everything the agent says (control, stdout, stderr, and finally its exit status) into
@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::{mpsc, watch};
 
 /// The guest-side multiplexer, run as `python3 -I -u -c MUX_SOURCE`.
-pub const MUX_SOURCE: &str = include_str!("mux.py");
+pub const MUX_SOURCE: &str = include_str!("../guest/mux.py");
 
 /// Bytes buffered per stream between the pump and the connection.
 const STREAM_BUFFER: usize = 1 << 20;

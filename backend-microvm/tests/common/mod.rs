@@ -5,7 +5,7 @@
 
 pub mod skip;
 
-use agentkernel_backend_microsandbox::{MicroVmConfig, MicroVmRuntime};
+use agentkernel_backend_microvm::{MicroVmConfig, MicroVmRuntime};
 
 pub use agentkernel_testkit::microvm_image;
 

@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::OnceLock;
 
-use agentkernel_backend_microsandbox::MicroVmRuntime;
+use agentkernel_backend_microvm::MicroVmRuntime;
 
 /// One runtime for all checks, so the template state is made once; no warm pool (each
 /// check's VMs live on that check's tokio runtime).

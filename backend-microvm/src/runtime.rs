@@ -41,8 +41,8 @@ use sha2::{Digest, Sha256};
 
 use crate::image::GuestImage;
 use crate::kvm::KvmProbe;
+use crate::qemu::share::{self, Manifest};
 use crate::qemu::{AgentConn, MachineSpec, QemuVm, qemu_version};
-use crate::share::{self, Manifest};
 
 /// Guest RAM when the spec sets no memory limit.
 pub const DEFAULT_MEMORY_MIB: u32 = 512;

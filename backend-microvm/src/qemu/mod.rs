@@ -12,6 +12,8 @@
 //! (QMP `migrate` to a file; restored with `-incoming`), then stays paused until the host
 //! has connected to every port. There is no network device: `-nodefaults` and no `-netdev`.
 
+pub mod share;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::OnceLock;

@@ -6,9 +6,9 @@
 
 use std::sync::OnceLock;
 
-use agentkernel_backend_microsandbox::kvm::KvmProbe;
-use agentkernel_backend_microsandbox::msb::MsbEngine;
-use agentkernel_backend_microsandbox::{EngineKind, MicroVmConfig, MicroVmRuntime};
+use agentkernel_backend_microvm::kvm::KvmProbe;
+use agentkernel_backend_microvm::msb::MsbEngine;
+use agentkernel_backend_microvm::{EngineKind, MicroVmConfig, MicroVmRuntime};
 
 use agentkernel_testkit::microvm_image;
 
