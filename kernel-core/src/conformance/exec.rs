@@ -1,0 +1,271 @@
+//! Running programs: output, exceptions, exit codes, the environment, live output, the program-size cap.
+
+use super::*;
+
+/// stdout and stderr are captured separately and completely, exec by exec.
+pub async fn output_capture(rt: &dyn Runtime) {
+    let mut sb = rt.create(&test_spec()).await.expect("create");
+    let out = sb
+        .exec(
+            ExecRequest::new(
+                "import sys\nprint('out', 1)\nprint('err', 2, file=sys.stderr)\nprint('ünïcödé ✓')",
+            ),
+            Arc::new(NoTools),
+        )
+        .await
+        .expect("exec");
+    if refused_by_subset(rt, &out) {
+        // No stderr: what was printed before the refusal is still captured, exec by exec.
+        assert_eq!(out.stdout.text(), "out 1\n");
+        let out = sb
+            .exec(
+                ExecRequest::new("print('ünïcödé ✓', end='')"),
+                Arc::new(NoTools),
+            )
+            .await
+            .expect("exec");
+        assert_eq!(out.stdout.text(), "ünïcödé ✓");
+        sb.shutdown().await.expect("shutdown");
+        return;
+    }
+    assert_ok(&out);
+    assert_eq!(out.stdout.text(), "out 1\nünïcödé ✓\n");
+    assert_eq!(out.stderr.text(), "err 2\n");
+    assert!(!out.stdout.truncated);
+    // Output of one exec never bleeds into the next.
+    let out = sb
+        .exec(
+            ExecRequest::new("print('second', end='')"),
+            Arc::new(NoTools),
+        )
+        .await
+        .expect("exec");
+    assert_eq!(out.stdout.text(), "second");
+    assert_eq!(out.stderr.text(), "");
+    sb.shutdown().await.expect("shutdown");
+}
+
+/// An uncaught exception is an outcome with type, message and a traceback naming the line,
+/// which stderr shows too (as a terminal would); the sandbox stays usable.
+pub async fn exception_with_traceback(rt: &dyn Runtime) {
+    let mut sb = rt.create(&test_spec()).await.expect("create");
+    let out = sb
+        .exec(
+            ExecRequest::new(
+                "def f(n):\n    raise ValueError(f'boom {n}')\n\nprint('before')\nf(7)\n",
+            ),
+            Arc::new(NoTools),
+        )
+        .await
+        .expect("an exception is an outcome, not an error");
+    match &out.status {
+        ExecStatus::Exception {
+            type_name,
+            message,
+            traceback,
+        } => {
+            assert_eq!(type_name, "ValueError");
+            assert_eq!(message, "boom 7");
+            assert!(
+                traceback.contains("line 5"),
+                "traceback lacks the call line: {traceback}"
+            );
+            assert!(
+                traceback.contains("raise ValueError"),
+                "traceback lacks source: {traceback}"
+            );
+            assert!(
+                traceback.trim_end().ends_with("ValueError: boom 7"),
+                "{traceback}"
+            );
+            // Stderr shows it too, as a terminal would.
+            assert_eq!(out.stderr.text(), *traceback, "stderr");
+        }
+        other => panic!("expected an exception, got {other:?}"),
+    }
+    assert_eq!(out.stdout.text(), "before\n");
+    let out = sb
+        .exec(ExecRequest::new("print('still alive')"), Arc::new(NoTools))
+        .await
+        .expect("exec");
+    assert_eq!(out.stdout.text(), "still alive\n");
+    assert_eq!(out.stderr.text(), "", "the next run's stderr is its own");
+    sb.shutdown().await.expect("shutdown");
+}
+
+/// `sys.exit(n)` is reported as `Exited { code: n }`, with the status `python3` itself
+/// would exit with (`n & 0xFF`: -1 is 255, 2**40 is 0).
+pub async fn exit_code_is_reported(rt: &dyn Runtime) {
+    let out = run_once(rt, &test_spec(), "import sys\nprint('bye')\nsys.exit(3)").await;
+    if refused_by_subset(rt, &out) {
+        assert_eq!(out.stdout.text(), "bye\n");
+        return;
+    }
+    assert_eq!(out.status, ExecStatus::Exited { code: 3 });
+    assert_eq!(out.stdout.text(), "bye\n");
+    for (arg, code) in [("-1", 255), ("2**40", 0), ("300", 44)] {
+        let out = run_once(rt, &test_spec(), &format!("import sys\nsys.exit({arg})")).await;
+        assert_eq!(out.status, ExecStatus::Exited { code }, "sys.exit({arg})");
+    }
+}
+
+/// The environment is exactly what the spec says plus the backend's documented defaults:
+/// none of the host's variables leak.
+pub async fn environment_is_explicit(rt: &dyn Runtime) {
+    let mut spec = test_spec();
+    spec.env.insert("GREETING".into(), "hello".into());
+    let out = run_once(
+        rt,
+        &spec,
+        "import os, json\nprint(json.dumps(dict(os.environ)))",
+    )
+    .await;
+    assert_ok(&out);
+    let env: BTreeMap<String, String> =
+        serde_json::from_str(out.stdout.text().trim()).expect("json env");
+    assert_eq!(env.get("GREETING").map(String::as_str), Some("hello"));
+    const DEFAULTS: &[&str] = &["PATH", "HOME", "TMPDIR", "LANG", "USER", "LC_CTYPE", "PWD"];
+    for (name, value) in std::env::vars() {
+        if DEFAULTS.contains(&name.as_str()) {
+            continue;
+        }
+        assert!(
+            !env.contains_key(&name),
+            "host variable {name} leaked into the sandbox"
+        );
+        if value.len() >= 8 {
+            assert!(
+                !env.values().any(|v| v == &value),
+                "the value of host variable {name} leaked"
+            );
+        }
+    }
+}
+
+/// What a program prints reaches the caller's [`crate::OutputSink`] as it is printed, not
+/// when the exec ends: after each line (flushed) the program asks a host tool whether the
+/// sink has it yet, and the tool waits for it (up to 20 s: a liveness bound, not a speed
+/// test). Stdout and, where the interpreter has it, stderr.
+pub async fn live_output_arrives_as_printed(rt: &dyn Runtime) {
+    use std::sync::Mutex;
+    type Seen = Arc<Mutex<[Vec<u8>; 2]>>;
+    let seen: Seen = Arc::new(Mutex::new([Vec::new(), Vec::new()]));
+    let sink: crate::OutputSink = {
+        let seen = seen.clone();
+        Arc::new(move |kind, bytes: &[u8]| {
+            let i = usize::from(kind == crate::StreamKind::Stderr);
+            seen.lock().unwrap_or_else(|e| e.into_inner())[i].extend_from_slice(bytes);
+        })
+    };
+    let probe = {
+        let seen = seen.clone();
+        move |args: serde_json::Value| {
+            let seen = seen.clone();
+            async move {
+                let text = args["text"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .as_bytes()
+                    .to_vec();
+                let i = usize::from(args["stream"] == "stderr");
+                for _ in 0..2000 {
+                    if seen.lock().unwrap_or_else(|e| e.into_inner())[i]
+                        .windows(text.len())
+                        .any(|w| w == text)
+                    {
+                        return Ok(json!(true));
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Ok(json!(false))
+            }
+        }
+    };
+    let tools: Arc<dyn ToolHost> = Arc::new(FnTools::new().with(
+        "probe.seen",
+        "Whether the caller's output sink has received `text` on `stream` yet.",
+        json!({"type": "object", "properties": {"text": {"type": "string"}, "stream": {"type": "string"}}}),
+        probe,
+    ));
+    let full = rt.capabilities().language == crate::Language::CPython;
+    let code = if full {
+        r#"
+import sys, _agentkernel as ak
+seen = []
+for i in range(3):
+    print(f"line {i}", flush=True)
+    seen.append(ak.call_tool("probe.seen", text=f"line {i}", stream="stdout"))
+    print(f"warn {i}", file=sys.stderr, flush=True)
+    seen.append(ak.call_tool("probe.seen", text=f"warn {i}", stream="stderr"))
+    if not all(seen):
+        break
+print("seen", seen)
+"#
+    } else {
+        r#"
+import _agentkernel as ak
+seen = []
+for i in range(3):
+    print(f"line {i}")
+    seen.append(ak.call_tool("probe.seen", text=f"line {i}", stream="stdout"))
+    if not all(seen):
+        break
+print("seen", seen)
+"#
+    };
+    let mut sb = rt.create(&test_spec()).await.expect("create");
+    let out = sb
+        .exec(
+            ExecRequest::new(code)
+                .with_output(sink)
+                .with_timeout(Duration::from_secs(120)),
+            tools,
+        )
+        .await
+        .expect("exec");
+    assert_ok(&out);
+    let expected = if full {
+        "seen [True, True, True, True, True, True]\n"
+    } else {
+        "seen [True, True, True]\n"
+    };
+    assert!(
+        out.stdout.text().ends_with(expected),
+        "a line reached the sink only after the program went on: {:?}",
+        out.stdout.text()
+    );
+    sb.shutdown().await.expect("shutdown");
+}
+
+/// A program over the program-size cap ([`ExecRequest::MAX_CODE_BYTES`], 1 MiB) is refused
+/// with an [`Error::InvalidRequest`] that names the cap, before the backend does any work
+/// on it; the sandbox carries on.
+pub async fn programs_over_the_size_cap_are_refused(rt: &dyn Runtime) {
+    let mut sb = rt.create(&test_spec()).await.expect("create");
+    // 2 MiB of statements (not only a comment, so nothing may skip over it cheaply).
+    let code = "x = 1\n".repeat((2 << 20) / 6);
+    let refused = sb.exec(ExecRequest::new(code), Arc::new(NoTools)).await;
+    match refused {
+        Err(err @ Error::InvalidRequest { .. }) => {
+            let msg = err.to_string();
+            assert!(
+                msg.contains("program-size cap of 1 MiB"),
+                "{}: the refusal does not name the cap: {msg}",
+                rt.name()
+            );
+        }
+        Err(other) => panic!("{}: refused with the wrong error: {other}", rt.name()),
+        Ok(out) => panic!(
+            "{}: a 2 MiB program ran ({:?}): the backend's Sandbox::exec must call ExecRequest::check_size first",
+            rt.name(),
+            out.status
+        ),
+    }
+    let out = sb
+        .exec(ExecRequest::new("print(1)"), Arc::new(NoTools))
+        .await
+        .expect("exec after the refusal");
+    assert_ok(&out);
+    assert_eq!(out.stdout.text(), "1\n");
+    sb.shutdown().await.expect("shutdown");
+}
