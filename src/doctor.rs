@@ -3,7 +3,7 @@
 use agentkernel_core::{Check, CheckState};
 use serde::Serialize;
 
-use crate::kernel::{BACKENDS, BackendSettings, compiled_backends};
+use crate::backends::{BACKENDS, BackendSettings, compiled_backends};
 
 /// What doctor found about one backend.
 #[derive(Debug, Clone, Serialize)]

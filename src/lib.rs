@@ -6,13 +6,16 @@
 //! `agentkernel` command-line tool.
 //!
 //! The architecture, crate by crate:
-//! - `agentkernel-core`: the `Runtime`/`Sandbox`/`ToolHost` contracts, the guest protocol,
-//!   the conformance suite;
+//! - `agentkernel-core`: the `Runtime`/`Sandbox`/`ToolHost` contracts, admission of every
+//!   spec and request against a backend's `Capabilities`, the tool ABI, the guest protocol
+//!   and the exec state machine its backends share, the conformance suite;
 //! - `agentkernel-backend-process` (feature `process`, default): host CPython in a
 //!   namespace + seccomp + landlock jail;
 //! - this crate: [`Kernel`] (backend + limits + tools + named workspaces, optionally a
 //!   [`Pool`]), [`Session`]s, durable [`tasks`] (SQLite / PostgreSQL), the session server
-//!   ([`serve`]), `agentkernel.toml` ([`config`]) and the CLI;
+//!   ([`serve`], with its client), `agentkernel.toml` ([`config`]), the backends this build
+//!   has (one registration each, `backends.rs`), and the CLI (`src/main.rs` and
+//!   `src/commands/`, feature `cli`);
 //! - `agentkernel-tool-bridge`: the tool registry (Rust functions, MCP servers, local Python
 //!   modules), the generated `/tools` package and the per-call policy;
 //! - `agentkernel-backend-wasm` (feature `wasm`, default): CPython compiled to WASI on
@@ -43,6 +46,7 @@
 //! ```
 
 mod agent;
+mod backends;
 pub mod config;
 mod doctor;
 mod kernel;
