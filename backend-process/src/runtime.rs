@@ -251,15 +251,16 @@ impl Runtime for ProcessRuntime {
                 .filter(|(r, _, _)| *r != libc::RLIMIT_AS || !memory_counted_by_agent)
                 .collect();
             let rlimits = sb.verify_rlimits(&expected);
+            let installed = sb.installed_filter_digests();
             let out = sb
                 .exec(ExecRequest::new("print('ok')"), Arc::new(NoTools))
                 .await;
             Box::new(sb).shutdown().await?;
-            Ok::<_, Error>((out?, hello, landlock, rlimits))
+            Ok::<_, Error>((out?, hello, landlock, rlimits, installed))
         };
         let mut rlimits_found = Err("no probe sandbox ran".to_owned());
         let (available, reason) = match probe.await {
-            Ok((out, hello, landlock, rlimits))
+            Ok((out, hello, landlock, rlimits, installed))
                 if out.status == ExecStatus::Ok && out.stdout.text() == "ok\n" =>
             {
                 checks.push(Check {
@@ -271,11 +272,15 @@ impl Runtime for ProcessRuntime {
                     ),
                 });
                 if let Some((seccomp, nnp)) = hello {
+                    let (policy_state, policy) = installed_policy(installed);
                     checks.push(Check {
                         name: "seccomp".into(),
-                        state: if seccomp { CheckState::Active } else { CheckState::Failed },
+                        state: match (seccomp, policy_state) {
+                            (false, _) => CheckState::Failed,
+                            (true, state) => state,
+                        },
                         detail: format!(
-                            "filter mode in the guest; denies {} syscalls, namespace clone flags, clone3, TIOCSTI, AF_VSOCK",
+                            "filter mode in the guest; denies {} syscalls, namespace clone flags, clone3, TIOCSTI, AF_VSOCK; {policy}",
                             seccomp::denied_syscall_names().count()
                         ),
                     });
@@ -293,7 +298,7 @@ impl Runtime for ProcessRuntime {
                 rlimits_found = rlimits;
                 (true, None)
             }
-            Ok((out, _, _, _)) => (
+            Ok((out, _, _, _, _)) => (
                 false,
                 Some(format!(
                     "a probe sandbox ran but printed {:?} with status {:?}",
@@ -395,5 +400,35 @@ impl Runtime for ProcessRuntime {
             reason,
             checks,
         }
+    }
+}
+
+/// What `doctor` says of the filters a probe sandbox runs under, compared with the reviewed
+/// policy ([`seccomp::GOLDEN_PATH`]): active when they are exactly its filters, partial
+/// when they differ; still active (filter mode was seen) when they cannot be read back.
+fn installed_policy(installed: std::result::Result<Vec<String>, String>) -> (CheckState, String) {
+    let expected: std::result::Result<Vec<String>, String> = seccomp::filters()
+        .map(|f| f.iter().map(|p| seccomp::digest(p)).collect())
+        .map_err(|e| e.to_string());
+    match (installed, expected) {
+        (Ok(installed), Ok(expected)) if installed == expected => (
+            CheckState::Active,
+            format!(
+                "the {} installed filters are the reviewed policy ({})",
+                installed.len(),
+                seccomp::GOLDEN_PATH
+            ),
+        ),
+        (Ok(installed), Ok(expected)) => (
+            CheckState::Partial,
+            format!(
+                "the installed filters differ from the reviewed policy ({}): installed {installed:?}, policy {expected:?}",
+                seccomp::GOLDEN_PATH
+            ),
+        ),
+        (Err(why), _) | (_, Err(why)) => (
+            CheckState::Active,
+            format!("the installed filters could not be compared with the reviewed policy: {why}"),
+        ),
     }
 }

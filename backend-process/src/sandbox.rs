@@ -765,6 +765,31 @@ impl ProcessSandbox {
         }
     }
 
+    /// The host pid of the guest's init (read from its pidfd, so it is the jail's process
+    /// and no other).
+    fn init_pid(&self) -> std::result::Result<i32, String> {
+        use std::os::fd::AsRawFd;
+        let live = self.guest.state.as_live().ok_or("the sandbox is gone")?;
+        let fdinfo =
+            std::fs::read_to_string(format!("/proc/self/fdinfo/{}", live.pid1.as_raw_fd()))
+                .map_err(|e| format!("reading the init's pidfd info: {e}"))?;
+        fdinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("Pid:"))
+            .and_then(|p| p.trim().parse().ok())
+            .ok_or_else(|| "the init's pidfd names no pid".to_owned())
+    }
+
+    /// The digests ([`crate::seccomp::digest`]) of the seccomp filters the guest's init runs
+    /// under, read back from the host kernel (`PTRACE_SECCOMP_GET_FILTER`), in the order they
+    /// were installed. Needs `CAP_SYS_ADMIN` on the host (root); `Err` says why not.
+    pub(crate) fn installed_filter_digests(&self) -> std::result::Result<Vec<String>, String> {
+        let pid = self.init_pid()?;
+        // The kernel numbers filters from the first installed.
+        let filters = read_seccomp_filters(pid)?;
+        Ok(filters.iter().map(|f| crate::seccomp::digest(f)).collect())
+    }
+
     /// Compares the resource limits the host kernel reports for the guest's init (host
     /// `/proc/<pid>/limits`, read from outside the sandbox) with `expected` (resource, soft,
     /// hard); `Err` names the first that differs, or why they could not be read.
@@ -772,16 +797,7 @@ impl ProcessSandbox {
         &self,
         expected: &[(libc::__rlimit_resource_t, u64, u64)],
     ) -> std::result::Result<(), String> {
-        use std::os::fd::AsRawFd;
-        let live = self.guest.state.as_live().ok_or("the sandbox is gone")?;
-        let fdinfo =
-            std::fs::read_to_string(format!("/proc/self/fdinfo/{}", live.pid1.as_raw_fd()))
-                .map_err(|e| format!("reading the init's pidfd info: {e}"))?;
-        let pid = fdinfo
-            .lines()
-            .find_map(|l| l.strip_prefix("Pid:"))
-            .map(str::trim)
-            .ok_or("the init's pidfd names no pid")?;
+        let pid = self.init_pid()?;
         let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))
             .map_err(|e| format!("reading /proc/{pid}/limits: {e}"))?;
         for &(resource, soft, hard) in expected {
@@ -962,4 +978,67 @@ impl ToolHost for ApplyBeforeCalls {
         .await;
         self.inner.call(name, args).await
     }
+}
+
+/// `PTRACE_SECCOMP_GET_FILTER` (linux/ptrace.h; not in the libc crate).
+const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+
+/// The seccomp filters of process `pid` (the first installed first): the process is seized,
+/// stopped for the read, and let go.
+fn read_seccomp_filters(
+    pid: i32,
+) -> std::result::Result<Vec<Vec<seccompiler::sock_filter>>, String> {
+    use nix::sys::{ptrace, wait};
+    let target = nix::unistd::Pid::from_raw(pid);
+    ptrace::seize(target, ptrace::Options::empty())
+        .map_err(|e| format!("PTRACE_SEIZE of pid {pid}: {e}"))?;
+    let read = (|| {
+        ptrace::interrupt(target).map_err(|e| format!("PTRACE_INTERRUPT: {e}"))?;
+        wait::waitpid(target, Some(wait::WaitPidFlag::__WALL))
+            .map_err(|e| format!("waiting for the stop: {e}"))?;
+        let mut out = Vec::new();
+        for index in 0..64 as libc::c_ulong {
+            // SAFETY: with a null buffer the request only returns how many instructions
+            // filter `index` of our stopped tracee has; no memory of ours is written.
+            let n = unsafe {
+                libc::ptrace(
+                    PTRACE_SECCOMP_GET_FILTER,
+                    pid,
+                    index,
+                    std::ptr::null_mut::<libc::c_void>(),
+                )
+            };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::ENOENT) {
+                    break;
+                }
+                return Err(format!("PTRACE_SECCOMP_GET_FILTER: {e}"));
+            }
+            let len = usize::try_from(n).map_err(|e| format!("filter length {n}: {e}"))?;
+            let mut buf = vec![
+                seccompiler::sock_filter {
+                    code: 0,
+                    jt: 0,
+                    jf: 0,
+                    k: 0
+                };
+                len
+            ];
+            // SAFETY: `buf` holds `len` instructions, exactly what the kernel said filter
+            // `index` has (the tracee is stopped: its filters cannot change meanwhile).
+            let m =
+                unsafe { libc::ptrace(PTRACE_SECCOMP_GET_FILTER, pid, index, buf.as_mut_ptr()) };
+            if m != n {
+                return Err(format!(
+                    "PTRACE_SECCOMP_GET_FILTER: {} (read {m} of {n} instructions)",
+                    std::io::Error::last_os_error()
+                ));
+            }
+            out.push(buf);
+        }
+        Ok(out)
+    })();
+    let _ = ptrace::detach(target, None);
+    read
 }

@@ -95,24 +95,24 @@ const SET_ID_BITS: &[u64] = &[libc::S_ISUID as u64, libc::S_ISGID as u64];
 /// `open`/`openat`/`creat` are handled apart (their mode counts only when creating), and
 /// `openat2` (mode in memory a filter cannot read) fails with `ENOSYS`, so libc uses
 /// `openat`.
-const MODE_SETTERS: &[(i64, u8)] = &[
+const MODE_SETTERS: &[(&str, i64, u8)] = &[
     #[cfg(target_arch = "x86_64")]
-    (libc::SYS_chmod, 1),
-    (libc::SYS_fchmod, 1),
-    (libc::SYS_fchmodat, 2),
-    (libc::SYS_fchmodat2, 2),
+    ("chmod", libc::SYS_chmod, 1),
+    ("fchmod", libc::SYS_fchmod, 1),
+    ("fchmodat", libc::SYS_fchmodat, 2),
+    ("fchmodat2", libc::SYS_fchmodat2, 2),
     #[cfg(target_arch = "x86_64")]
-    (libc::SYS_mknod, 1),
-    (libc::SYS_mknodat, 2),
+    ("mknod", libc::SYS_mknod, 1),
+    ("mknodat", libc::SYS_mknodat, 2),
     #[cfg(target_arch = "x86_64")]
-    (libc::SYS_creat, 1),
+    ("creat", libc::SYS_creat, 1),
 ];
 
 /// `open` and `openat`, with the arguments holding their flags and mode.
-const OPENERS: &[(i64, u8, u8)] = &[
+const OPENERS: &[(&str, i64, u8, u8)] = &[
     #[cfg(target_arch = "x86_64")]
-    (libc::SYS_open, 1, 2),
-    (libc::SYS_openat, 2, 3),
+    ("open", libc::SYS_open, 1, 2),
+    ("openat", libc::SYS_openat, 2, 3),
 ];
 
 /// Rules matching a set-id bit in the 32-bit `mode` argument (with `extra` conditions).
@@ -212,10 +212,10 @@ pub fn filters() -> Result<Vec<BpfProgram>> {
         libc::SYS_socket,
         equal_arg_rules(0, DENIED_SOCKET_FAMILIES)?,
     );
-    for (nr, mode_arg) in MODE_SETTERS {
+    for (_, nr, mode_arg) in MODE_SETTERS {
         deny.insert(*nr, set_id_rules(*mode_arg, &[])?);
     }
-    for (nr, flags_arg, mode_arg) in OPENERS {
+    for (_, nr, flags_arg, mode_arg) in OPENERS {
         // The mode counts only with O_CREAT or O_TMPFILE (otherwise the register holds
         // whatever the caller left there, which must not be judged).
         let mut rules = set_id_rules(*mode_arg, &[(*flags_arg, libc::O_CREAT as u64)])?;
@@ -256,9 +256,132 @@ fn deny_x32() -> BpfProgram {
     ]
 }
 
+/// The reviewed policy for this architecture: the golden file that [`policy_text`] must
+/// equal (a test holds it), so that any change to the policy shows in review as a change to
+/// this file; `None` on an architecture without one.
+#[cfg(test)]
+const GOLDEN: Option<&str> = if cfg!(target_arch = "x86_64") {
+    Some(include_str!("../seccomp-policy.x86_64.txt"))
+} else {
+    None
+};
+
+/// Where [`GOLDEN`] lives in the repository.
+pub const GOLDEN_PATH: &str = "backend-process/seccomp-policy.x86_64.txt";
+
+/// The SHA-256 of a compiled filter's instructions (each as `code` u16, `jt`, `jf`, `k` u32,
+/// little-endian), as the golden file and `doctor` name it.
+pub fn digest(program: &[seccompiler::sock_filter]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for insn in program {
+        hash.update(insn.code.to_le_bytes());
+        hash.update([insn.jt, insn.jf]);
+        hash.update(insn.k.to_le_bytes());
+    }
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The policy as reviewable text: every rule of every filter, by syscall name and number,
+/// then the digest of each compiled filter in the order the jail installs them.
+#[cfg(test)]
+fn policy_text() -> Result<String> {
+    use std::fmt::Write as _;
+    let mut t = String::new();
+    let arch = std::env::consts::ARCH;
+    let _ = writeln!(
+        t,
+        "# The process jail's seccomp policy on {arch}, as backend-process/src/seccomp.rs builds it.\n\
+         # A unit test holds this file equal to the policy, and backend-process/tests/jail.rs\n\
+         # compares the filters a sandbox runs under with the digests below. After changing the\n\
+         # policy: AGENTKERNEL_BLESS=1 cargo test -p agentkernel-backend-process --lib seccomp,\n\
+         # then review the diff of this file."
+    );
+    let mut filter = 0;
+    if cfg!(target_arch = "x86_64") {
+        filter += 1;
+        let _ = writeln!(
+            t,
+            "\nfilter {filter}: ENOSYS for every x32-ABI number (bit 30 set)"
+        );
+    }
+    filter += 1;
+    let _ = writeln!(t, "\nfilter {filter}: EPERM for");
+    for (name, nr) in DENIED {
+        let _ = writeln!(t, "  {name} ({nr})");
+    }
+    let _ = writeln!(t, "  clone ({}) with any of the flags", libc::SYS_clone);
+    for f in NAMESPACE_CLONE_FLAGS {
+        let _ = writeln!(t, "    {f:#x}");
+    }
+    let _ = writeln!(t, "  ioctl ({}) with request", libc::SYS_ioctl);
+    for r in DENIED_IOCTLS {
+        let _ = writeln!(t, "    {r:#x}");
+    }
+    let _ = writeln!(t, "  socket ({}) with family", libc::SYS_socket);
+    for f in DENIED_SOCKET_FAMILIES {
+        let _ = writeln!(t, "    {f}");
+    }
+    let bits: Vec<String> = SET_ID_BITS.iter().map(|b| format!("{b:#o}")).collect();
+    for (name, nr, mode_arg) in MODE_SETTERS {
+        let _ = writeln!(
+            t,
+            "  {name} ({nr}) with mode (arg {mode_arg}) holding any of {}",
+            bits.join(", ")
+        );
+    }
+    for (name, nr, flags_arg, mode_arg) in OPENERS {
+        let _ = writeln!(
+            t,
+            "  {name} ({nr}) with mode (arg {mode_arg}) holding any of {} and flags (arg {flags_arg}) holding O_CREAT ({:#o}) or O_TMPFILE ({:#o})",
+            bits.join(", "),
+            libc::O_CREAT,
+            libc::O_TMPFILE
+        );
+    }
+    filter += 1;
+    let _ = writeln!(
+        t,
+        "\nfilter {filter}: ENOSYS for\n  clone3 ({})\n  openat2 ({})",
+        libc::SYS_clone3,
+        libc::SYS_openat2
+    );
+    let _ = writeln!(t, "\ncompiled, in the order installed (sha256):");
+    for (i, program) in filters()?.iter().enumerate() {
+        let _ = writeln!(t, "  filter {}: {}", i + 1, digest(program));
+    }
+    Ok(t)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The policy is its reviewed golden file: a change to the policy fails here until the
+    /// file is regenerated (`AGENTKERNEL_BLESS=1`), so it shows in review.
+    #[test]
+    fn the_policy_is_its_golden_file() {
+        let text = policy_text().expect("the policy renders");
+        let Some(golden) = GOLDEN else {
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED process seccomp_golden (does not apply): no golden file for {}",
+                std::env::consts::ARCH
+            );
+            return;
+        };
+        if std::env::var_os("AGENTKERNEL_BLESS").is_some() {
+            let path =
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("seccomp-policy.x86_64.txt");
+            std::fs::write(&path, &text).expect("write the golden file");
+            return;
+        }
+        assert!(
+            text == golden,
+            "the seccomp policy differs from {GOLDEN_PATH}: regenerate it with AGENTKERNEL_BLESS=1 and review the diff\n--- policy now:\n{text}"
+        );
+    }
 
     #[test]
     fn filters_compile_for_this_arch() {

@@ -617,3 +617,37 @@ async fn as_root_concurrent_sandboxes_with_workspaces_never_wait_on_each_other()
     }
     done.store(true, std::sync::atomic::Ordering::SeqCst);
 }
+
+/// The seccomp filters a sandbox runs under are exactly the reviewed policy: `doctor` reads
+/// them back from the host kernel (`PTRACE_SECCOMP_GET_FILTER` on the guest's init) and
+/// compares their digests with the policy's, which a unit test holds equal to
+/// `backend-process/seccomp-policy.x86_64.txt`. A jail that installed one filter fewer, or
+/// another, fails here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_installed_seccomp_filters_are_the_reviewed_policy() {
+    if agentkernel_core::hostdirs::euid() != 0 {
+        return agentkernel_core::conformance::skip(
+            "the_installed_seccomp_filters_are_the_reviewed_policy",
+            "process",
+            "reading a process's seccomp filters back needs CAP_SYS_ADMIN on the host (root)",
+        );
+    }
+    let rt = ProcessRuntime::new(ProcessConfig::default()).expect("process backend available");
+    let diagnosis = rt.diagnose().await;
+    let seccomp = diagnosis
+        .checks
+        .iter()
+        .find(|c| c.name == "seccomp")
+        .unwrap_or_else(|| panic!("no seccomp line: {diagnosis:?}"));
+    assert_eq!(
+        seccomp.state,
+        agentkernel_core::CheckState::Active,
+        "{seccomp:?}"
+    );
+    assert!(
+        seccomp
+            .detail
+            .contains("installed filters are the reviewed policy"),
+        "{seccomp:?}"
+    );
+}
