@@ -14,7 +14,7 @@ pub async fn output_capture(rt: &dyn Runtime) {
         )
         .await
         .expect("exec");
-    if refused_by_subset(rt, &out) {
+    if refused_by_subset(rt, "output_capture", &out) {
         // No stderr: what was printed before the refusal is still captured, exec by exec.
         assert_eq!(out.stdout.text(), "out 1\n");
         let out = sb
@@ -97,7 +97,7 @@ pub async fn exception_with_traceback(rt: &dyn Runtime) {
 /// would exit with (`n & 0xFF`: -1 is 255, 2**40 is 0).
 pub async fn exit_code_is_reported(rt: &dyn Runtime) {
     let out = run_once(rt, &test_spec(), "import sys\nprint('bye')\nsys.exit(3)").await;
-    if refused_by_subset(rt, &out) {
+    if refused_by_subset(rt, "exit_code_is_reported", &out) {
         assert_eq!(out.stdout.text(), "bye\n");
         return;
     }

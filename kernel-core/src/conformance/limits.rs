@@ -73,7 +73,7 @@ pub async fn memory_limit_holds(rt: &dyn Runtime) {
         "chunks = []\nwhile True:\n    chunks.append('x' * (16 * 2**20) + str(len(chunks)))",
     ] {
         let out = run_once(rt, &spec, code).await;
-        if refused_by_subset(rt, &out) {
+        if refused_by_subset(rt, "memory_limit_holds", &out) {
             continue;
         }
         // One meaning on every backend: the memory limit stopped it.
@@ -88,7 +88,7 @@ pub async fn memory_limit_holds(rt: &dyn Runtime) {
     }
     // A MemoryError the program raises itself is its exception, not a memory kill.
     let out = run_once(rt, &spec, "raise MemoryError('not really')").await;
-    if !refused_by_subset(rt, &out) {
+    if !refused_by_subset(rt, "memory_limit_holds", &out) {
         assert!(
             matches!(&out.status, ExecStatus::Exception { type_name, .. } if type_name == "MemoryError"),
             "{:?}",
@@ -106,7 +106,7 @@ pub async fn output_limit_truncates(rt: &dyn Runtime) {
         "import sys\nprint('x' * 5000)\nprint('y' * 3000, file=sys.stderr)",
     )
     .await;
-    if refused_by_subset(rt, &out) {
+    if refused_by_subset(rt, "output_limit_truncates", &out) {
         // No stderr: stdout alone must still be capped.
         assert_eq!(out.stdout.bytes.len(), 1000);
         assert!(out.stdout.truncated);
@@ -169,7 +169,9 @@ pub async fn file_size_limit_holds(rt: &dyn Runtime) {
         ExecStatus::Killed {
             limit: LimitKind::FileSize,
         } => {}
-        _ if refused_by_subset(rt, &out) => subset_write_refused(rt, &spec, "/tmp/big", 2).await,
+        _ if refused_by_subset(rt, "file_size_limit_holds", &out) => {
+            subset_write_refused(rt, &spec, "/tmp/big", 2).await
+        }
         other => panic!("expected EFBIG or a file-size kill, got {other:?}"),
     }
 }
@@ -204,7 +206,9 @@ pub async fn tmp_is_capped(rt: &dyn Runtime) {
         ExecStatus::Killed {
             limit: LimitKind::Disk,
         } => {}
-        _ if refused_by_subset(rt, &out) => subset_write_refused(rt, &spec, "/tmp/fill", 16).await,
+        _ if refused_by_subset(rt, "tmp_is_capped", &out) => {
+            subset_write_refused(rt, &spec, "/tmp/fill", 16).await
+        }
         other => panic!("expected ENOSPC or a disk kill, got {other:?}"),
     }
 }

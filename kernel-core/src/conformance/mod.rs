@@ -90,27 +90,72 @@ pub async fn run_once(rt: &dyn Runtime, spec: &SandboxSpec, code: &str) -> ExecO
     out
 }
 
-/// Whether `out` is a subset interpreter's clear refusal of a Python feature it lacks: an
-/// exception naming it (`ModuleNotFoundError: No module named 'errno'`, `AttributeError:
-/// module 'sys' has no attribute 'exit'`, `TypeError: print() 'file' argument is not
-/// supported`...). Only backends whose capabilities say they are not full CPython may
-/// answer so; the check then prints what was refused and judges what it still can.
-pub fn refused_by_subset(rt: &dyn Runtime, out: &ExecOutcome) -> bool {
-    let refused = rt.capabilities().language != crate::Language::CPython
-        && matches!(&out.status, ExecStatus::Exception { type_name, .. }
-            if ["AttributeError", "ModuleNotFoundError", "NotImplementedError", "NameError", "TypeError"]
-                .contains(&type_name.as_str()));
-    if refused
-        && let ExecStatus::Exception {
-            type_name, message, ..
-        } = &out.status
-    {
-        eprintln!(
-            "{}: refused as unsupported: {type_name}: {message}",
-            rt.name()
-        );
+/// What a backend whose language is a Python subset ([`crate::Language::PythonSubset`])
+/// refuses in the suite's programs, check by check: the exception type and a part of its
+/// message. Only these pass as refusals, so a subset backend that fails a check any other
+/// way (another exception, another message) fails it.
+pub const SUBSET_REFUSALS: &[(&str, &str, &str)] = &[
+    (
+        "output_capture",
+        "TypeError",
+        "print() 'file' argument is not supported",
+    ),
+    (
+        "exit_code_is_reported",
+        "AttributeError",
+        "module 'sys' has no attribute 'exit'",
+    ),
+    (
+        "memory_limit_holds",
+        "NameError",
+        "name 'bytearray' is not defined",
+    ),
+    (
+        "output_limit_truncates",
+        "TypeError",
+        "print() 'file' argument is not supported",
+    ),
+    (
+        "file_size_limit_holds",
+        "ModuleNotFoundError",
+        "No module named 'errno'",
+    ),
+    (
+        "tmp_is_capped",
+        "ModuleNotFoundError",
+        "No module named 'errno'",
+    ),
+    (
+        "escape_host_processes",
+        "ModuleNotFoundError",
+        "No module named 'signal'",
+    ),
+];
+
+/// Whether `out` is the refusal [`SUBSET_REFUSALS`] expects of `check` on a backend whose
+/// language is a Python subset: then the check prints what was refused and judges what it
+/// still can (e.g. from the host, that a victim process survived).
+pub fn refused_by_subset(rt: &dyn Runtime, check: &str, out: &ExecOutcome) -> bool {
+    if rt.capabilities().language != crate::Language::PythonSubset {
+        return false;
     }
-    refused
+    let Some(&(_, expected_type, expected_message)) =
+        SUBSET_REFUSALS.iter().find(|(c, _, _)| *c == check)
+    else {
+        return false;
+    };
+    match &out.status {
+        ExecStatus::Exception {
+            type_name, message, ..
+        } if type_name == expected_type && message.contains(expected_message) => {
+            eprintln!(
+                "{}: {check}: refused as expected of a Python subset: {type_name}: {message}",
+                rt.name()
+            );
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Environment variable naming a file [`skip`] appends its lines to, so a CI script can
