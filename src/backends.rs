@@ -42,7 +42,7 @@ pub fn compiled_backends() -> Vec<&'static str> {
 }
 
 /// A backend of this build, typed (the variants follow the compiled Cargo features; names
-/// as strings stay for configuration: [`KernelBuilder::backend`] takes either).
+/// as strings stay for configuration: [`crate::KernelBuilder::backend`] takes either).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Backend {

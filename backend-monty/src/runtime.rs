@@ -5,13 +5,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use agentkernel_backend_process::{NativeAgent, ProcessConfig, ProcessRuntime, ProcessSandbox};
 use agentkernel_core::{
     Capabilities, CapturedOutput, Check, CheckState, Diagnosis, Error, ExecOutcome, ExecRequest,
     ExecStatus, Isolation, Language, LimitKind, LimitSet, NoTools, Result, Runtime, Sandbox,
     SandboxSpec, Snapshot, StartupClass, Timings, ToolHost,
     admission::{Admitted, AdmittedExec},
 };
+use agentkernel_jail::{GuestAgent, JailConfig, JailRuntime, JailSandbox, NativeAgent};
 use async_trait::async_trait;
 
 use crate::engine::{HostDir, MountPoint, PrivateDir, SessionConfig, limit_of};
@@ -113,7 +113,7 @@ fn find_worker() -> Result<WorkerCommand> {
 pub struct MontyRuntime {
     mode: MontyMode,
     /// Worker mode: the process backend's jail running the worker.
-    jail: Option<ProcessRuntime>,
+    jail: Option<JailRuntime>,
 }
 
 impl std::fmt::Debug for MontyRuntime {
@@ -158,16 +158,16 @@ impl MontyRuntime {
                         hint: "add `#[global_allocator] static A: agentkernel::monty_alloc::LimitedAllocator = agentkernel::monty_alloc::LimitedAllocator;` to your binary".into(),
                     });
                 }
-                let jail = ProcessRuntime::new(ProcessConfig {
-                    python: None,
-                    workspace_layer: false,
-                    native: Some(NativeAgent {
+                let jail = JailRuntime::new(JailConfig {
+                    backend: "monty",
+                    agent: GuestAgent::Native(NativeAgent {
                         executable: worker.executable,
                         args: worker.args,
                         label: format!("monty {}", monty_types::MONTY_VERSION),
                         memory_exit_code: Some(monty_types::OOM_EXIT_CODE),
                         memory_env: Some(crate::worker::MEMORY_ENV.into()),
                     }),
+                    workspace_layer: false,
                 })?;
                 Ok(MontyRuntime {
                     mode: MontyMode::Worker,
@@ -182,13 +182,17 @@ impl MontyRuntime {
         self.mode
     }
 
-    async fn start(&self, spec: Admitted<'_>, snapshot: Option<&[u8]>) -> Result<Box<dyn Sandbox>> {
-        let spec = spec.spec();
+    async fn start(
+        &self,
+        admitted: Admitted<'_>,
+        snapshot: Option<&[u8]>,
+    ) -> Result<Box<dyn Sandbox>> {
+        let spec = admitted.spec();
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         match &self.jail {
             None => Ok(Box::new(in_process(id, spec, snapshot)?)),
             Some(jail) => {
-                let mut inner = jail.create_sandbox(spec).await?;
+                let mut inner = jail.create_sandbox(admitted).await?;
                 if let Some(bytes) = snapshot {
                     inner.load_state(bytes).await?;
                 }
@@ -268,7 +272,7 @@ fn in_process(id: String, spec: &SandboxSpec, snapshot: Option<&[u8]>) -> Result
 /// A sandbox of worker mode: a jailed worker process, with tool imports rewritten and tool
 /// arguments bound on the host, and Monty's own limit errors reported as limit kills.
 struct WorkerSandbox {
-    inner: ProcessSandbox,
+    inner: JailSandbox,
     lost: Option<String>,
     /// The spec's wall-time limit (a request's timeout overrides it).
     wall_time: Duration,

@@ -6,16 +6,18 @@
 //!
 //! - a new root on a tmpfs: read-only binds of `/usr`, the interpreter's prefix and a few
 //!   harmless `/etc` files; `/workspace` read-write (a host workspace through an overlay
-//!   whose capped write layer the host copies back: [`layer`](crate)); size-capped `/tmp` and `/dev/shm`; a
+//!   whose capped write layer the host copies back); size-capped `/tmp` and `/dev/shm`; a
 //!   fresh `/proc`; a minimal `/dev` — nothing else of the host's files;
 //! - no network (an empty network namespace; landlock also denies TCP where available);
-//! - `no_new_privs`, a seccomp filter ([`seccomp`](crate) policy as data), landlock where
+//! - `no_new_privs`, a seccomp filter (policy as data, reviewed as a golden file), landlock where
 //!   the kernel has it, rlimits, and cgroup memory/pids limits where a cgroup is writable;
 //! - sandbox uid 1000, mapped to the calling user (to `nobody` when the caller is root);
 //! - pid 1 of the namespace is the guest's init: when it dies, the kernel kills every
 //!   process of the sandbox; the host kills it on timeout, shutdown or drop.
 //!
-//! The guest agent and protocol are [`agentkernel_core::guest`]'s.
+//! The jail is the `agentkernel-jail` crate's (which the `monty` backend's worker mode runs
+//! in too); this crate is the host's CPython in it, with the process backend's
+//! capabilities. The guest agent and protocol are [`agentkernel_core::guest`]'s.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -34,17 +36,7 @@
 #[cfg(not(target_os = "linux"))]
 compile_error!("agentkernel-backend-process needs Linux (namespaces, seccomp, landlock)");
 
-mod cgroup;
-mod hostids;
-mod jail;
-mod layer;
-mod plan;
-mod python;
 mod runtime;
-mod sandbox;
-mod seccomp;
 
-pub use cgroup::CgroupSupport;
-pub use python::{GuestAgent, HostPython, NativeAgent};
+pub use agentkernel_jail::{HostPython, JailSandbox as ProcessSandbox};
 pub use runtime::{ProcessConfig, ProcessRuntime};
-pub use sandbox::ProcessSandbox;

@@ -1,35 +1,26 @@
-//! The process backend's `Runtime`: configuration, capabilities and `doctor` checks.
+//! The process backend's `Runtime`: the host's CPython in the jail
+//! (`agentkernel_jail`), with this backend's capabilities.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Instant;
 
+use agentkernel_core::admission::Admitted;
 use agentkernel_core::{
-    Capabilities, Check, CheckState, Diagnosis, Error, ExecRequest, ExecStatus, Isolation,
-    Language, LimitSet, NoTools, Result, Runtime, Sandbox, SandboxSpec, StartupClass,
-    admission::Admitted,
+    Capabilities, Diagnosis, Isolation, Language, LimitSet, Result, Runtime, Sandbox, SandboxSpec,
+    StartupClass,
 };
+use agentkernel_jail::{GuestAgent, HostPython, JailConfig, JailRuntime, JailSandbox};
 use async_trait::async_trait;
-use seccompiler::BpfProgram;
-
-use crate::cgroup::{self, CgroupSupport};
-use crate::python::{self, GuestAgent, HostPython, NativeAgent};
-use crate::sandbox::{self, ProcessSandbox};
-use crate::seccomp;
 
 /// Options of the process backend.
 #[derive(Debug, Clone)]
 pub struct ProcessConfig {
     /// Interpreter to run; default: `$AGENTKERNEL_PYTHON`, else `python3` on `PATH`.
     pub python: Option<PathBuf>,
-    /// A native guest agent to run instead of Python (how the monty backend's worker mode
-    /// reuses this jail); `python` is then ignored.
-    pub native: Option<NativeAgent>,
-    /// Give sandboxes a host workspace through an overlay with a capped write layer (see
-    /// `layer.rs`) instead of the host directory itself (default: on). Where the kernel
-    /// cannot make the layer, and with this off, the program's writes reach the host as
-    /// they happen, with only the file-size limit on them, and symlinks leaving the
-    /// workspace are removed by a sweep at the end of each exec (`doctor` says which).
+    /// Give sandboxes a host workspace through an overlay with a capped write layer
+    /// instead of the host directory itself (default: on). Where the kernel cannot make the
+    /// layer, and with this off, the program's writes reach the host as they happen, with
+    /// only the file-size limit on them, and symlinks leaving the workspace are removed by
+    /// a sweep at the end of each exec (`doctor` says which).
     pub workspace_layer: bool,
 }
 
@@ -37,88 +28,29 @@ impl Default for ProcessConfig {
     fn default() -> Self {
         ProcessConfig {
             python: None,
-            native: None,
             workspace_layer: true,
         }
     }
 }
 
-/// What every sandbox of one runtime shares (computed once).
-pub(crate) struct Inner {
-    pub agent: GuestAgent,
-    pub seccomp: Vec<BpfProgram>,
-    pub cgroups: CgroupSupport,
-    pub landlock_abi: Option<i32>,
-    /// [`ProcessConfig::workspace_layer`].
-    pub workspace_layer: bool,
-}
-
 /// The jailed-CPython backend. Cheap to clone.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct ProcessRuntime {
-    inner: Arc<Inner>,
-}
-
-impl std::fmt::Debug for ProcessRuntime {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProcessRuntime")
-            .field("agent", &self.inner.agent)
-            .field("cgroups", &self.inner.cgroups)
-            .field("landlock_abi", &self.inner.landlock_abi)
-            .finish()
-    }
-}
-
-/// The landlock ABI version the kernel offers, if any.
-pub(crate) fn landlock_abi() -> Option<i32> {
-    const LANDLOCK_CREATE_RULESET_VERSION: u32 = 1;
-    // SAFETY: landlock_create_ruleset(NULL, 0, VERSION) only returns a number.
-    let v = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<u8>(),
-            0usize,
-            LANDLOCK_CREATE_RULESET_VERSION,
-        )
-    };
-    (v > 0).then_some(v as i32)
+    jail: JailRuntime,
 }
 
 impl ProcessRuntime {
     /// Finds the interpreter, compiles the seccomp filters and probes cgroups and landlock.
-    /// Fails with [`Error::Unavailable`] when this machine cannot run the backend.
+    /// Fails with [`agentkernel_core::Error::Unavailable`] when this machine cannot run the
+    /// backend.
     pub fn new(config: ProcessConfig) -> Result<Self> {
-        if !cfg!(target_os = "linux") {
-            return Err(Error::Unavailable {
-                backend: "process",
-                reason: "the jail uses Linux namespaces".into(),
-                hint: "run on Linux, or use another backend".into(),
-            });
-        }
-        let agent = match config.native {
-            Some(native) => {
-                if !native.executable.is_absolute() || !native.executable.is_file() {
-                    return Err(Error::Unavailable {
-                        backend: "process",
-                        reason: format!(
-                            "the guest agent {} is not a file",
-                            native.executable.display()
-                        ),
-                        hint: "give the absolute path of the agent binary".into(),
-                    });
-                }
-                GuestAgent::Native(native)
-            }
-            None => GuestAgent::Python(python::discover(config.python.as_deref())?),
-        };
+        let python = agentkernel_jail::discover_python(config.python.as_deref())?;
         Ok(ProcessRuntime {
-            inner: Arc::new(Inner {
-                agent,
-                seccomp: seccomp::filters()?,
-                cgroups: cgroup::detect(),
-                landlock_abi: landlock_abi(),
+            jail: JailRuntime::new(JailConfig {
+                backend: "process",
+                agent: GuestAgent::Python(python),
                 workspace_layer: config.workspace_layer,
-            }),
+            })?,
         })
     }
 
@@ -126,44 +58,21 @@ impl ProcessRuntime {
     /// backend supports): for tests that check what the other layers hold on their own.
     #[doc(hidden)]
     pub fn without_landlock(self) -> Self {
-        let inner = &self.inner;
         ProcessRuntime {
-            inner: Arc::new(Inner {
-                agent: inner.agent.clone(),
-                seccomp: inner.seccomp.clone(),
-                cgroups: inner.cgroups.clone(),
-                landlock_abi: None,
-                workspace_layer: inner.workspace_layer,
-            }),
+            jail: self.jail.without_landlock(),
         }
     }
 
-    /// The interpreter sandboxes run (`None` when they run a native agent).
+    /// The interpreter sandboxes run.
     pub fn python(&self) -> Option<&HostPython> {
-        match &self.inner.agent {
-            GuestAgent::Python(p) => Some(p),
-            GuestAgent::Native(_) => None,
-        }
+        self.jail.python()
     }
 
-    /// Like [`Runtime::create`], returning the concrete type (for [`ProcessSandbox::hello`]).
+    /// Like [`Runtime::create`], returning the concrete type (for [`JailSandbox::hello`]).
     /// The spec is admitted as by [`Runtime::create`].
-    pub async fn create_sandbox(&self, spec: &SandboxSpec) -> Result<ProcessSandbox> {
+    pub async fn create_sandbox(&self, spec: &SandboxSpec) -> Result<JailSandbox> {
         let admitted = agentkernel_core::admission::admit(self.name(), &self.capabilities(), spec)?;
-        self.start_sandbox(admitted).await
-    }
-
-    async fn start_sandbox(&self, spec: Admitted<'_>) -> Result<ProcessSandbox> {
-        let spec = spec.spec();
-        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
-        let live = sandbox::start(&self.inner, spec, &id).await?;
-        tracing::debug!(sandbox = %id, "process sandbox started");
-        Ok(ProcessSandbox::new(
-            id,
-            self.inner.clone(),
-            spec.clone(),
-            live,
-        ))
+        self.jail.create_sandbox(admitted).await
     }
 }
 
@@ -189,246 +98,10 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn create_admitted(&self, spec: Admitted<'_>) -> Result<Box<dyn Sandbox>> {
-        Ok(Box::new(self.start_sandbox(spec).await?))
+        Ok(Box::new(self.jail.create_sandbox(spec).await?))
     }
 
     async fn diagnose(&self) -> Diagnosis {
-        let inner = &self.inner;
-        let mut checks = vec![match &inner.agent {
-            GuestAgent::Python(python) => Check {
-                name: "python".into(),
-                state: CheckState::Active,
-                detail: format!(
-                    "{} (Python {})",
-                    python.executable.display(),
-                    python.version
-                ),
-            },
-            GuestAgent::Native(native) => Check {
-                name: "agent".into(),
-                state: CheckState::Active,
-                detail: format!("{} ({})", native.executable.display(), native.label),
-            },
-        }];
-        let started = Instant::now();
-        let mut enforced_landlock = None;
-        // The probe sandbox gets a workspace of its own, so its write layer is tried too.
-        let probe_ws = std::env::temp_dir()
-            .canonicalize()
-            .map(|t| {
-                t.join(format!(
-                    "agentkernel-doctor-{}",
-                    uuid::Uuid::new_v4().simple()
-                ))
-            })
-            .and_then(|d| std::fs::create_dir(&d).map(|()| d))
-            .ok();
-        let mut layered = None;
-        let probe = async {
-            let spec = SandboxSpec {
-                workspace: probe_ws.clone(),
-                ..SandboxSpec::default()
-            };
-            let mut sb = self.create_sandbox(&spec).await?;
-            layered = Some(sb.workspace_layered());
-            let hello = sb.hello().map(|h| {
-                let field = |k: &str| h.protections.get(k).map(String::as_str);
-                (
-                    field("Seccomp") == Some("2"),
-                    field("NoNewPrivs") == Some("1"),
-                )
-            });
-            let landlock = sb.landlock_state();
-            let memory_counted_by_agent = matches!(
-                &self.inner.agent,
-                GuestAgent::Native(NativeAgent {
-                    memory_env: Some(_),
-                    ..
-                })
-            );
-            let expected: Vec<_> = crate::plan::rlimits(&SandboxSpec::default())
-                .into_iter()
-                .filter(|(r, _, _)| *r != libc::RLIMIT_AS || !memory_counted_by_agent)
-                .collect();
-            let rlimits = sb.verify_rlimits(&expected);
-            let installed = sb.installed_filter_digests();
-            let out = sb
-                .exec(ExecRequest::new("print('ok')"), Arc::new(NoTools))
-                .await;
-            Box::new(sb).shutdown().await?;
-            Ok::<_, Error>((out?, hello, landlock, rlimits, installed))
-        };
-        let mut rlimits_found = Err("no probe sandbox ran".to_owned());
-        let (available, reason) = match probe.await {
-            Ok((out, hello, landlock, rlimits, installed))
-                if out.status == ExecStatus::Ok && out.stdout.text() == "ok\n" =>
-            {
-                checks.push(Check {
-                    name: "namespaces".into(),
-                    state: CheckState::Active,
-                    detail: format!(
-                        "user, mount, pid, net, ipc, uts, cgroup; sandbox started and ran in {:.0} ms",
-                        started.elapsed().as_secs_f64() * 1e3
-                    ),
-                });
-                if let Some((seccomp, nnp)) = hello {
-                    let (policy_state, policy) = installed_policy(installed);
-                    checks.push(Check {
-                        name: "seccomp".into(),
-                        state: match (seccomp, policy_state) {
-                            (false, _) => CheckState::Failed,
-                            (true, state) => state,
-                        },
-                        detail: format!(
-                            "filter mode in the guest; denies {} syscalls, namespace clone flags, clone3, TIOCSTI, AF_VSOCK; {policy}",
-                            seccomp::denied_syscall_names().count()
-                        ),
-                    });
-                    checks.push(Check {
-                        name: "no_new_privs".into(),
-                        state: if nnp {
-                            CheckState::Active
-                        } else {
-                            CheckState::Failed
-                        },
-                        detail: "set in the guest".into(),
-                    });
-                }
-                enforced_landlock = landlock;
-                rlimits_found = rlimits;
-                (true, None)
-            }
-            Ok((out, _, _, _, _)) => (
-                false,
-                Some(format!(
-                    "a probe sandbox ran but printed {:?} with status {:?}",
-                    out.stdout.text(),
-                    out.status
-                )),
-            ),
-            Err(e) => (false, Some(e.to_string())),
-        };
-        checks.push(Check {
-            name: "landlock".into(),
-            state: match enforced_landlock {
-                Some(crate::jail::LANDLOCK_FULL) => CheckState::Active,
-                Some(crate::jail::LANDLOCK_PARTIAL) => CheckState::Partial,
-                _ => CheckState::Inactive,
-            },
-            detail: match inner.landlock_abi {
-                Some(v) => format!("kernel ABI {v}: writes only to /workspace, /tmp, /dev/shm; no TCP; no signals out (ABI 6+)"),
-                None => "not offered by this kernel (namespaces and seccomp still apply)".into(),
-            },
-        });
-        if let Some(dir) = &probe_ws {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-        let (bytes, files) = crate::plan::layer_caps(&SandboxSpec::default());
-        checks.push(Check {
-            name: "workspace".into(),
-            state: match layered {
-                Some(true) => CheckState::Active,
-                _ => CheckState::Inactive,
-            },
-            detail: match (layered, self.inner.workspace_layer) {
-                (Some(true), _) => format!(
-                    "a host workspace is an overlay whose write layer is a tmpfs of the sandbox's own: at most {} MiB (4 × the file-size limit, at most the memory limit) and {} files, directories and links added per sandbox; copied to the host before each tool call, at each exec's end and at the sandbox's end",
-                    bytes >> 20,
-                    files.saturating_sub(3)
-                ),
-                (_, false) => "off (ProcessConfig::workspace_layer is false): programs write the host workspace directly, capped by the file-size limit only".into(),
-                (Some(false), true) => crate::layer::unavailable_reason().unwrap_or_else(|| "the kernel could not make it".into()),
-                (None, true) => "not tried: the probe sandbox did not start".into(),
-            },
-        });
-        // The probe sandbox above tried to set its cgroup up: a failure there is reported,
-        // not hidden behind the machine's cgroup support.
-        let setup_failure = cgroup::last_setup_failure();
-        checks.push(Check {
-            name: "cgroup".into(),
-            state: match (&inner.cgroups, &setup_failure) {
-                (CgroupSupport::None { .. }, _) => CheckState::Inactive,
-                (_, Some(_)) => CheckState::Failed,
-                _ => CheckState::Active,
-            },
-            detail: match &setup_failure {
-                Some(why) if !matches!(inner.cgroups, CgroupSupport::None { .. }) => format!(
-                    "{}, but a sandbox's cgroup could not be set up ({why}): limits hold per process only",
-                    inner.cgroups.describe()
-                ),
-                _ => inner.cgroups.describe(),
-            },
-        });
-        let who = if agentkernel_core::hostdirs::euid() == 0 {
-            let r = crate::hostids::UID_RANGE;
-            format!(
-                "each sandbox runs as a host uid of its own ({}..{}, leased under {}), its workspace idmapped to it",
-                r.start,
-                r.end,
-                crate::hostids::LEASE_DIR
-            )
-        } else {
-            format!(
-                "sandbox runs as host uid {}",
-                agentkernel_core::hostdirs::euid()
-            )
-        };
-        checks.push(Check {
-            name: "rlimits".into(),
-            // Read back from the host's /proc for the probe sandbox's init, not assumed.
-            state: match &rlimits_found {
-                Ok(()) => CheckState::Active,
-                Err(_) => CheckState::Failed,
-            },
-            detail: match &rlimits_found {
-                Err(why) => format!("not as set: {why}"),
-                Ok(()) => match &inner.agent {
-                GuestAgent::Native(NativeAgent {
-                    memory_env: Some(var),
-                    ..
-                }) => format!(
-                    "processes, file size, CPU, core=0 (memory: counted by the agent's own allocator, limit in {var}); {who}"
-                ),
-                _ => format!(
-                    "address space, processes, file size, CPU, core=0; {who}"
-                ),
-                },
-            },
-        });
-        Diagnosis {
-            available,
-            reason,
-            checks,
-        }
-    }
-}
-
-/// What `doctor` says of the filters a probe sandbox runs under, compared with the reviewed
-/// policy ([`seccomp::GOLDEN_PATH`]): active when they are exactly its filters, partial
-/// when they differ; still active (filter mode was seen) when they cannot be read back.
-fn installed_policy(installed: std::result::Result<Vec<String>, String>) -> (CheckState, String) {
-    let expected: std::result::Result<Vec<String>, String> = seccomp::filters()
-        .map(|f| f.iter().map(|p| seccomp::digest(p)).collect())
-        .map_err(|e| e.to_string());
-    match (installed, expected) {
-        (Ok(installed), Ok(expected)) if installed == expected => (
-            CheckState::Active,
-            format!(
-                "the {} installed filters are the reviewed policy ({})",
-                installed.len(),
-                seccomp::GOLDEN_PATH
-            ),
-        ),
-        (Ok(installed), Ok(expected)) => (
-            CheckState::Partial,
-            format!(
-                "the installed filters differ from the reviewed policy ({}): installed {installed:?}, policy {expected:?}",
-                seccomp::GOLDEN_PATH
-            ),
-        ),
-        (Err(why), _) | (_, Err(why)) => (
-            CheckState::Active,
-            format!("the installed filters could not be compared with the reviewed policy: {why}"),
-        ),
+        self.jail.diagnose().await
     }
 }

@@ -621,7 +621,7 @@ async fn as_root_concurrent_sandboxes_with_workspaces_never_wait_on_each_other()
 /// The seccomp filters a sandbox runs under are exactly the reviewed policy: `doctor` reads
 /// them back from the host kernel (`PTRACE_SECCOMP_GET_FILTER` on the guest's init) and
 /// compares their digests with the policy's, which a unit test holds equal to
-/// `backend-process/seccomp-policy.x86_64.txt`. A jail that installed one filter fewer, or
+/// `jail/seccomp-policy.x86_64.txt`. A jail that installed one filter fewer, or
 /// another, fails here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_installed_seccomp_filters_are_the_reviewed_policy() {

@@ -1,7 +1,7 @@
 //! The conformance suite: async checks that any [`Runtime`] must pass.
 //!
 //! Each check creates its own sandboxes, panics with a precise message on failure, and
-//! consults [`Capabilities`](crate::Capabilities) first: a backend that lacks a capability
+//! consults [`Capabilities`] first: a backend that lacks a capability
 //! must answer [`Error::Unsupported`], never a silent wrong result. Escape attempts are
 //! checked from the host side (the planted secret is not in the output, the host process
 //! survived, the listener saw no connection, the host file does not exist...).

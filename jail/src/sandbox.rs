@@ -123,7 +123,7 @@ impl Drop for Live {
     fn drop(&mut self) {
         self.kill();
         let _ = self.outer.start_kill();
-        // After `ProcessSandbox::end` every process of the sandbox is gone; on a bare drop
+        // After `JailSandbox::end` every process of the sandbox is gone; on a bare drop
         // they are dying (SIGKILL sent), which is as good as it gets without waiting.
         for lent in &self.lent {
             if let Err(e) = hostids::restore_owner(&lent.dir, lent.from, lent.uid, lent.gid) {
@@ -488,13 +488,13 @@ pub(crate) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec, id: &str) -> R
 }
 
 /// A sandbox of the process backend: the exec state machine every guest-protocol backend
-/// shares ([`GuestSandbox`]) with this backend's hooks (`ProcessGuest`).
-pub struct ProcessSandbox {
-    guest: GuestSandbox<ProcessGuest>,
+/// shares ([`GuestSandbox`]) with this backend's hooks (`JailGuest`).
+pub struct JailSandbox {
+    guest: GuestSandbox<JailGuest>,
 }
 
 /// What a process sandbox keeps besides its jail, and its exec hooks.
-struct ProcessGuest {
+struct JailGuest {
     id: String,
     inner: Arc<Inner>,
     spec: SandboxSpec,
@@ -509,7 +509,7 @@ struct ProcessGuest {
     oom_before: u64,
 }
 
-impl ProcessGuest {
+impl JailGuest {
     /// Copies the write layer's changes into the host workspace now (see `layer.rs`); a
     /// note for the program's stderr when something was not copied or the copy failed.
     /// Blocking: it walks the layer.
@@ -536,7 +536,7 @@ impl ProcessGuest {
         }
     }
 
-    /// [`ProcessGuest::apply_layer`] off the async threads.
+    /// [`JailGuest::apply_layer`] off the async threads.
     async fn apply_layer_off_thread(
         layer: Arc<Layer>,
         host: std::io::Result<std::fs::File>,
@@ -592,7 +592,7 @@ impl ProcessGuest {
         self.workspace = None;
     }
 
-    /// [`ProcessSandbox::release_workspace`] with the layer's copy off the async threads
+    /// [`JailSandbox::release_workspace`] with the layer's copy off the async threads
     /// (it may copy up to the layer's cap); the workspace stays locked until it is done.
     async fn release_workspace_off_thread(&mut self) {
         let Some(layer) = self.layer.clone() else {
@@ -624,7 +624,7 @@ impl ProcessGuest {
 }
 
 #[async_trait]
-impl GuestBackend for ProcessGuest {
+impl GuestBackend for JailGuest {
     type Live = Live;
 
     fn name(&self) -> &'static str {
@@ -747,13 +747,13 @@ impl GuestBackend for ProcessGuest {
     }
 }
 
-impl ProcessSandbox {
+impl JailSandbox {
     pub(crate) fn new(id: String, inner: Arc<Inner>, spec: SandboxSpec, live: Live) -> Self {
         let layer = live.layer.clone();
-        ProcessSandbox {
+        JailSandbox {
             guest: GuestSandbox::new(
                 SandboxState::Live(live),
-                ProcessGuest {
+                JailGuest {
                     id,
                     inner,
                     spec,
@@ -859,7 +859,7 @@ impl ProcessSandbox {
     }
 
     /// Replaces a native agent's interpreter state with `data` from
-    /// [`ProcessSandbox::save_state`].
+    /// [`JailSandbox::save_state`].
     pub async fn load_state(&mut self, data: &[u8]) -> Result<()> {
         self.guest
             .state
@@ -880,7 +880,7 @@ impl ProcessSandbox {
     }
 }
 
-impl Drop for ProcessSandbox {
+impl Drop for JailSandbox {
     /// A sandbox dropped without `shutdown` still gives its workspace back (its layer
     /// copied, or the workspace swept): its processes have been sent SIGKILL (by `Live`'s
     /// drop) first.
@@ -893,7 +893,7 @@ impl Drop for ProcessSandbox {
 }
 
 #[async_trait]
-impl Sandbox for ProcessSandbox {
+impl Sandbox for JailSandbox {
     fn id(&self) -> &str {
         &self.guest.backend.id
     }
@@ -970,7 +970,7 @@ impl ToolHost for ApplyBeforeCalls {
         name: &str,
         args: serde_json::Value,
     ) -> std::result::Result<serde_json::Value, agentkernel_core::ToolError> {
-        let _ = ProcessGuest::apply_layer_off_thread(
+        let _ = JailGuest::apply_layer_off_thread(
             self.layer.clone(),
             self.host.try_clone(),
             self.id.clone(),

@@ -267,7 +267,7 @@ const GOLDEN: Option<&str> = if cfg!(target_arch = "x86_64") {
 };
 
 /// Where [`GOLDEN`] lives in the repository.
-pub const GOLDEN_PATH: &str = "backend-process/seccomp-policy.x86_64.txt";
+pub const GOLDEN_PATH: &str = "jail/seccomp-policy.x86_64.txt";
 
 /// The SHA-256 of a compiled filter's instructions (each as `code` u16, `jt`, `jf`, `k` u32,
 /// little-endian), as the golden file and `doctor` name it.
@@ -291,10 +291,10 @@ fn policy_text() -> Result<String> {
     let arch = std::env::consts::ARCH;
     let _ = writeln!(
         t,
-        "# The process jail's seccomp policy on {arch}, as backend-process/src/seccomp.rs builds it.\n\
+        "# The process jail's seccomp policy on {arch}, as jail/src/seccomp.rs builds it.\n\
          # A unit test holds this file equal to the policy, and backend-process/tests/jail.rs\n\
          # compares the filters a sandbox runs under with the digests below. After changing the\n\
-         # policy: AGENTKERNEL_BLESS=1 cargo test -p agentkernel-backend-process --lib seccomp,\n\
+         # policy: AGENTKERNEL_BLESS=1 cargo test -p agentkernel-jail --lib seccomp,\n\
          # then review the diff of this file."
     );
     let mut filter = 0;
