@@ -602,11 +602,7 @@ impl agentkernel_core::Sandbox for MsbSandbox {
     }
 
     async fn snapshot(&mut self) -> Result<Snapshot> {
-        Err(Error::unsupported(
-            "snapshots of a microVM sandbox",
-            "microvm",
-            "keep state in /workspace (it persists), or use the process or monty backend",
-        ))
+        Err(crate::runtime::no_snapshots())
     }
 
     async fn shutdown(mut self: Box<Self>) -> Result<()> {

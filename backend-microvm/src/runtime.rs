@@ -1019,6 +1019,15 @@ impl GuestBackend for QemuGuest {
     }
 }
 
+/// What both engines answer to a snapshot (the capabilities say none).
+pub(crate) fn no_snapshots() -> Error {
+    Error::unsupported(
+        "snapshots of a microVM sandbox",
+        "microvm",
+        "keep state in /workspace (it persists), or use the process or monty backend",
+    )
+}
+
 /// The copy back of `host` did not finish in the time left.
 fn copy_back_late(host: &Path) -> Error {
     Error::LimitExceeded {
@@ -1071,11 +1080,7 @@ impl Sandbox for MicroVmSandbox {
     }
 
     async fn snapshot(&mut self) -> Result<Snapshot> {
-        Err(Error::unsupported(
-            "snapshots of a microVM sandbox",
-            "microvm",
-            "keep state in /workspace (it persists), or use the process or monty backend",
-        ))
+        Err(crate::runtime::no_snapshots())
     }
 
     async fn shutdown(mut self: Box<Self>) -> Result<()> {
