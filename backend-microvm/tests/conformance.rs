@@ -21,4 +21,4 @@ fn runtime() -> MicroVmRuntime {
         .clone()
 }
 
-agentkernel_core::conformance_suite!(runtime());
+agentkernel_core::conformance_suite!(runtime(), target: common::VmProcesses);

@@ -12,8 +12,8 @@ use agentkernel_backend_microvm::{EngineKind, MicroVmConfig, MicroVmRuntime};
 
 use agentkernel_testkit::microvm_image;
 
-#[path = "common/skip.rs"]
-mod skip;
+mod common;
+use common::skip;
 
 /// A runtime on the msb engine (a new one per check: each check runs on its own tokio
 /// runtime, and microsandbox's backend holds connections made on the runtime that used it
@@ -48,7 +48,10 @@ macro_rules! msb_checks {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
                 match runtime() {
-                    Ok(rt) => agentkernel_core::conformance::$name(&rt).await,
+                    Ok(rt) => {
+                        agentkernel_core::conformance::set_target(common::VmProcesses);
+                        agentkernel_core::conformance::$name(&rt).await
+                    }
                     Err(reason) => skip::skip(concat!("msb::", stringify!($name)), &reason),
                 }
             }

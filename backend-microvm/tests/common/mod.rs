@@ -46,3 +46,14 @@ pub fn runtime(test: &str, pool_size: usize) -> Option<MicroVmRuntime> {
         .inspect_err(|why| skip::skip(test, why))
         .ok()
 }
+
+/// The conformance suite's [`agentkernel_core::conformance::Target`] for microVMs: a
+/// sandbox's program processes live inside the VM; on the host there is only the VM's
+/// process, which runs under the sandbox's id (QEMU's `-name`, the msb sandbox's name).
+pub struct VmProcesses;
+
+impl agentkernel_core::conformance::Target for VmProcesses {
+    fn host_marker(&self, sb: &dyn agentkernel_core::Sandbox, _marker: &str) -> String {
+        sb.id().to_owned()
+    }
+}

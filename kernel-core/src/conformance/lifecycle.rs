@@ -2,18 +2,6 @@
 
 use super::*;
 
-/// What identifies a sandbox's processes on the host: `marker` (which its programs put in
-/// their command lines) for a backend whose processes are host processes, or the sandbox's
-/// id for a microVM, whose processes live inside the VM: on the host there is only the
-/// VM's process, which runs under the sandbox's id (QEMU's `-name`).
-fn host_marker(rt: &dyn Runtime, sb: &dyn crate::Sandbox, marker: &str) -> String {
-    if rt.capabilities().isolation == crate::Isolation::MicroVm {
-        sb.id().to_owned()
-    } else {
-        marker.to_owned()
-    }
-}
-
 /// When a run is killed, every process it started is gone, including children that
 /// ignore SIGTERM in sessions of their own (checked by scanning the host's `/proc`): the
 /// run that starts them is the one killed by its time limit, so only the kill can end
@@ -28,7 +16,7 @@ pub async fn kill_leaves_no_process(rt: &dyn Runtime) {
     }
     let marker = format!("ak-orphan-{}", uuid::Uuid::new_v4().simple());
     let mut sb = rt.create(&test_spec()).await.expect("create");
-    let on_host = host_marker(rt, sb.as_ref(), &marker);
+    let on_host = target().host_marker(sb.as_ref(), &marker);
     let code = format!(
         r#"
 import os, signal, subprocess
@@ -77,7 +65,7 @@ pub async fn shutdown_leaves_no_process(rt: &dyn Runtime) {
     }
     let marker = format!("ak-orphan-{}", uuid::Uuid::new_v4().simple());
     let mut sb = rt.create(&test_spec()).await.expect("create");
-    let on_host = host_marker(rt, sb.as_ref(), &marker);
+    let on_host = target().host_marker(sb.as_ref(), &marker);
     let code = format!(
         "import subprocess\nsubprocess.Popen(['sh', '-c', \"trap '' TERM; sleep 120; : {marker}\"], start_new_session=True)\nprint('ok')"
     );
@@ -128,31 +116,23 @@ enum Ending {
 /// variable in the sandbox's environment, which such a backend's process is started with)
 /// are gone after `ending`. Skipped ([`skip`]) where the sandbox is not a host process.
 async fn sandbox_process_is_gone_after(rt: &dyn Runtime, check: &str, ending: Ending) {
-    let isolation = rt.capabilities().isolation;
     if let Some(reason) = no_sandbox_process(&rt.capabilities()) {
         skip(check, rt.name(), &reason);
         return;
     }
-    // A microVM's sandbox is its VM process, which runs under the sandbox's id (QEMU's
-    // `-name`); any other sandbox process is started with the sandbox's environment.
-    let microvm = isolation == crate::Isolation::MicroVm;
+    // Such a backend's sandbox process is started with the sandbox's environment.
     let marker = format!("ak-sandbox-{}", uuid::Uuid::new_v4().simple());
     let mut spec = test_spec();
     spec.env
         .insert("AGENTKERNEL_CONFORMANCE_MARKER".into(), marker.clone());
     let mut sb = rt.create(&spec).await.expect("create");
-    let id = sb.id().to_owned();
     let needle = format!("AGENTKERNEL_CONFORMANCE_MARKER={marker}");
     let count = || {
-        if microvm {
-            count_host_processes(&id)
-        } else {
-            count_host_processes_where("environ", |environ| {
-                environ
-                    .split(|b| *b == 0)
-                    .any(|var| var == needle.as_bytes())
-            })
-        }
+        count_host_processes_where("environ", |environ| {
+            environ
+                .split(|b| *b == 0)
+                .any(|var| var == needle.as_bytes())
+        })
     };
     let out = sb
         .exec(ExecRequest::new("print('up')"), Arc::new(NoTools))

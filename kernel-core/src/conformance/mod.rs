@@ -19,7 +19,8 @@
 //!
 //! Its output names each check with its area (`test [escape] escape_network ... ok`); a
 //! check that does not apply is reported `ignored (does not apply: <reason>)`, never counted
-//! as passed, and the summary line gives how many ran. Filters work as with `cargo test`.
+//! as passed, and the summary line gives how many ran. A name filter (one) and `--exact`
+//! work as with `cargo test`.
 //!
 //! Programs call host tools through the `_agentkernel` module every backend provides:
 //! `_agentkernel.call_tool(name, {args})`, raising `LookupError`, `ValueError`,
@@ -243,6 +244,41 @@ pub fn count_host_processes_where(file: &str, matches: impl Fn(&[u8]) -> bool) -
         .count()
 }
 
+/// What the suite needs to know of a backend beyond its [`Runtime`] and [`Capabilities`]:
+/// the hooks where backends differ in ways capabilities do not say. A backend's harness
+/// gives its own ([`run_suite_for`], or [`set_target`] before calling checks directly);
+/// otherwise [`HostProcesses`] holds.
+pub trait Target: Send + Sync + 'static {
+    /// The text that identifies sandbox `sb`'s processes in the host's process list, given
+    /// the `marker` the suite's programs put in their command lines. Default: the marker,
+    /// for a backend whose program processes are host processes.
+    fn host_marker(&self, sb: &dyn Sandbox, marker: &str) -> String {
+        let _ = sb;
+        marker.to_owned()
+    }
+}
+
+/// The default [`Target`]: the sandbox's processes are host processes.
+pub struct HostProcesses;
+
+impl Target for HostProcesses {}
+
+static TARGET: std::sync::OnceLock<Box<dyn Target>> = std::sync::OnceLock::new();
+
+/// Sets the [`Target`] of this test binary (once; later calls are ignored and answer
+/// `false`).
+pub fn set_target(target: impl Target) -> bool {
+    TARGET.set(Box::new(target)).is_ok()
+}
+
+/// The [`Target`] in force.
+pub fn target() -> &'static dyn Target {
+    match TARGET.get() {
+        Some(target) => target.as_ref(),
+        None => &HostProcesses,
+    }
+}
+
 /// The area a check belongs to (its module), shown as the check's kind in the output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Area {
@@ -354,6 +390,15 @@ pub fn run_suite<R: Runtime>(
     run_suite_with(make, Vec::new())
 }
 
+/// [`run_suite`] with the backend's [`Target`].
+pub fn run_suite_for<R: Runtime>(
+    target: impl Target,
+    make: impl Fn() -> R + Send + Sync + 'static,
+) -> std::process::ExitCode {
+    set_target(target);
+    run_suite_with(make, Vec::new())
+}
+
 /// [`run_suite`] plus `extra` trials of the backend's own.
 pub fn run_suite_with<R: Runtime>(
     make: impl Fn() -> R + Send + Sync + 'static,
@@ -412,13 +457,18 @@ pub fn run_suite_with<R: Runtime>(
 }
 
 /// The `main` of a backend's conformance test binary (`harness = false`): the whole suite
-/// ([`run_suite`]) on runtimes made by `$make`, or with `extra` trials of its own
-/// ([`run_suite_with`]).
+/// ([`run_suite`]) on runtimes made by `$make`, with the backend's `target` ([`Target`],
+/// [`run_suite_for`]) or `extra` trials of its own ([`run_suite_with`]).
 #[macro_export]
 macro_rules! conformance_suite {
     ($make:expr) => {
         fn main() -> std::process::ExitCode {
             $crate::conformance::run_suite(|| $make)
+        }
+    };
+    ($make:expr, target: $target:expr) => {
+        fn main() -> std::process::ExitCode {
+            $crate::conformance::run_suite_for($target, || $make)
         }
     };
     ($make:expr, extra: $extra:expr) => {
