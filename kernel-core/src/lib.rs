@@ -15,11 +15,14 @@
 //!   directories, checked to be the user's own.
 //! - [`tool_abi`]: how a host tool appears in Python (names, signatures, argument binding,
 //!   the generated `tools` package), shared by the tool bridge and every backend.
-//! - [`guest`]: the Python guest agent and the framed JSON protocol spoken over a socket by
-//!   every backend that runs a real CPython in its own process or VM.
-//! - `conformance` (feature `conformance`): async checks that take any [`Runtime`] and verify
-//!   the contract — output capture, exceptions, every limit, state, reset, workspaces and
-//!   escape attempts checked from the host side. Every backend runs the same suite.
+//! - [`guest`]: the Python guest agent, the framed JSON protocol spoken over a socket by
+//!   every backend that runs its agent in its own process or VM, and the one exec state
+//!   machine they share ([`guest::GuestSandbox`], with each backend's hooks); [`SandboxState`]
+//!   (live or lost, never both).
+//! - `conformance` (feature `conformance`): async checks, one module per area, that take any
+//!   [`Runtime`] and verify the contract, run by each backend on its own harness (skipped
+//!   checks reported with their reason) — output capture, exceptions, every limit, state,
+//!   reset, workspaces and escape attempts checked from the host side.
 //! - [`admission`]: every spec and request checked once, against the backend's
 //!   [`Capabilities`], before a backend sees it.
 //!
