@@ -534,6 +534,10 @@ impl GuestBackend for MsbGuest {
         "microvm"
     }
 
+    fn id(&self) -> &str {
+        &self.id
+    }
+
     fn limits(&self) -> &agentkernel_core::Limits {
         &self.spec.limits
     }

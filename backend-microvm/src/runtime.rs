@@ -206,7 +206,7 @@ impl MicroVmRuntime {
     /// A sandbox of the qemu engine, whichever engine [`Runtime::create`] would pick.
     /// The spec is admitted as by [`Runtime::create`].
     pub async fn create_sandbox(&self, spec: &SandboxSpec) -> Result<MicroVmSandbox> {
-        let admitted = agentkernel_core::admission::admit(self.name(), &self.capabilities(), spec)?;
+        let admitted = agentkernel_core::admission::admit(self, spec)?;
         self.start_qemu(admitted).await
     }
 
@@ -868,6 +868,10 @@ impl GuestBackend for QemuGuest {
 
     fn name(&self) -> &'static str {
         "microvm"
+    }
+
+    fn id(&self) -> &str {
+        &self.id
     }
 
     fn limits(&self) -> &agentkernel_core::Limits {

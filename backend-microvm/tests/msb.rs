@@ -79,6 +79,7 @@ msb_checks!(
     workspace_persists_across_sandboxes,
     environment_is_explicit,
     tool_calls_round_trip,
+    live_output_arrives_as_printed,
     escape_read_planted_file,
     escape_read_etc_shadow,
     escape_host_processes,

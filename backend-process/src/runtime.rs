@@ -71,7 +71,7 @@ impl ProcessRuntime {
     /// Like [`Runtime::create`], returning the concrete type (for [`JailSandbox::hello`]).
     /// The spec is admitted as by [`Runtime::create`].
     pub async fn create_sandbox(&self, spec: &SandboxSpec) -> Result<JailSandbox> {
-        let admitted = agentkernel_core::admission::admit(self.name(), &self.capabilities(), spec)?;
+        let admitted = agentkernel_core::admission::admit(self, spec)?;
         self.jail.create_sandbox(admitted).await
     }
 }

@@ -297,7 +297,7 @@ impl JailRuntime {
                     bytes >> 20,
                     files.saturating_sub(3)
                 ),
-                (_, false) => "off (ProcessConfig::workspace_layer is false): programs write the host workspace directly, capped by the file-size limit only".into(),
+                (_, false) => "off (the backend turns it off, e.g. ProcessConfig::workspace_layer = false): programs write the host workspace directly, capped by the file-size limit only".into(),
                 (Some(false), true) => crate::layer::unavailable_reason().unwrap_or_else(|| "the kernel could not make it".into()),
                 (None, true) => "not tried: the probe sandbox did not start".into(),
             },

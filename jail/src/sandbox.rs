@@ -628,7 +628,11 @@ impl GuestBackend for JailGuest {
     type Live = Live;
 
     fn name(&self) -> &'static str {
-        "process"
+        self.inner.backend
+    }
+
+    fn id(&self) -> &str {
+        &self.id
     }
 
     fn limits(&self) -> &Limits {

@@ -16,7 +16,7 @@ use std::ops::Deref;
 
 use crate::error::{Error, Result};
 use crate::exec::{ExecRequest, LimitKind};
-use crate::runtime::Capabilities;
+use crate::runtime::{Capabilities, Runtime};
 use crate::spec::{NetworkPolicy, SandboxSpec};
 
 /// A spec that passed [`admit`] for one backend.
@@ -40,10 +40,16 @@ impl Deref for Admitted<'_> {
     }
 }
 
-/// Checks `spec` for the backend named `backend` with capabilities `caps`: the spec's own
-/// validity ([`Error::InvalidRequest`] naming the bad entry), then everything it asks for
-/// against `caps` ([`Error::Unsupported`] naming what and what to do instead).
-pub fn admit<'a>(
+/// Checks `spec` for `runtime`: the spec's own validity ([`Error::InvalidRequest`] naming
+/// the bad entry), then everything it asks for against the runtime's own capabilities
+/// ([`Error::Unsupported`] naming what and what to do instead). The capabilities are the
+/// runtime's, never the caller's, so an [`Admitted`] spec holds for that runtime.
+pub fn admit<'a, R: Runtime + ?Sized>(runtime: &R, spec: &'a SandboxSpec) -> Result<Admitted<'a>> {
+    admit_as(runtime.name(), &runtime.capabilities(), spec)
+}
+
+/// [`admit`] for the backend named `backend` with capabilities `caps`.
+pub(crate) fn admit_as<'a>(
     backend: &'static str,
     caps: &Capabilities,
     spec: &'a SandboxSpec,
@@ -134,8 +140,9 @@ impl AdmittedExec {
     }
 
     /// The same admission with another program: for a backend that rewrites the caller's
-    /// admitted program before it runs (Monty expands tool imports), which may make it
-    /// larger than the caller's cap allows.
+    /// admitted program before it runs (Monty expands tool imports, within a cap of its
+    /// own), which may make it larger than the caller's cap allows. Only a backend's own
+    /// rewrite of a program admitted here may use it: the caller's program was capped.
     pub fn with_code(mut self, code: String) -> AdmittedExec {
         self.req.code = code;
         self
@@ -180,21 +187,21 @@ mod tests {
     fn a_limit_outside_the_capabilities_is_refused_by_name() {
         let mut spec = SandboxSpec::default();
         spec.limits.cpu_time = Some(Duration::from_secs(2));
-        let e = admit("x", &caps(LimitSet::ALL.without(LimitKind::CpuTime)), &spec)
+        let e = admit_as("x", &caps(LimitSet::ALL.without(LimitKind::CpuTime)), &spec)
             .unwrap_err()
             .to_string();
         assert!(e.contains("CPU-time"), "{e}");
-        assert!(admit("x", &caps(LimitSet::ALL), &spec).is_ok());
+        assert!(admit_as("x", &caps(LimitSet::ALL), &spec).is_ok());
         // An optional limit left unset needs no support.
         spec.limits.cpu_time = None;
-        assert!(admit("x", &caps(LimitSet::ALL.without(LimitKind::CpuTime)), &spec).is_ok());
+        assert!(admit_as("x", &caps(LimitSet::ALL.without(LimitKind::CpuTime)), &spec).is_ok());
     }
 
     #[test]
     fn deny_all_capabilities_admit_nothing() {
         let spec = SandboxSpec::default();
         assert!(matches!(
-            admit("x", &Capabilities::default(), &spec),
+            admit_as("x", &Capabilities::default(), &spec),
             Err(Error::Unsupported { .. })
         ));
     }
@@ -205,7 +212,7 @@ mod tests {
             network: NetworkPolicy::AllowList(vec!["example.com:443".into()]),
             ..SandboxSpec::default()
         };
-        let e = admit("x", &caps(LimitSet::ALL), &spec).unwrap_err();
+        let e = admit_as("x", &caps(LimitSet::ALL), &spec).unwrap_err();
         assert!(matches!(e, Error::Unsupported { .. }), "{e}");
         spec.network = NetworkPolicy::Deny;
         spec.workspace = Some(std::env::temp_dir());
@@ -214,7 +221,7 @@ mod tests {
             ..Capabilities::default()
         };
         assert!(matches!(
-            admit("x", &no_ws, &spec),
+            admit_as("x", &no_ws, &spec),
             Err(Error::Unsupported { .. })
         ));
     }

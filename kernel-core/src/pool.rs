@@ -181,7 +181,7 @@ impl Pool {
     /// background at once (needs a Tokio runtime).
     pub fn new(runtime: Arc<dyn Runtime>, spec: SandboxSpec, config: PoolConfig) -> Result<Pool> {
         config.validate()?;
-        crate::admission::admit(runtime.name(), &runtime.capabilities(), &spec)?;
+        crate::admission::admit(&*runtime, &spec)?;
         let inner = Arc::new(Inner {
             slots: Arc::new(Semaphore::new(config.max_size)),
             runtime,

@@ -208,7 +208,7 @@ pub trait Runtime: Send + Sync + 'static {
     /// [`crate::Error::Unsupported`] for what this backend cannot enforce), then the backend
     /// starts it ([`Runtime::create_admitted`]). Backends do not override this.
     async fn create(&self, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>> {
-        let admitted = crate::admission::admit(self.name(), &self.capabilities(), spec)?;
+        let admitted = crate::admission::admit(self, spec)?;
         self.create_admitted(admitted).await
     }
 
@@ -227,7 +227,7 @@ pub trait Runtime: Send + Sync + 'static {
     /// override this.
     async fn restore(&self, spec: &SandboxSpec, snapshot: &Snapshot) -> Result<Box<dyn Sandbox>> {
         let caps = self.capabilities();
-        let admitted = crate::admission::admit(self.name(), &caps, spec)?;
+        let admitted = crate::admission::admit(self, spec)?;
         if !caps.snapshot {
             return Err(crate::Error::unsupported(
                 "restoring a snapshot",

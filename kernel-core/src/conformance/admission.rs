@@ -26,14 +26,13 @@ pub async fn network_allow_list_matches_capabilities(rt: &dyn Runtime) {
 /// capabilities include them and otherwise refused with admission's own error; a zero
 /// timeout is refused with admission's error and leaves the sandbox usable.
 pub async fn admission_is_the_same_on_every_backend(rt: &dyn Runtime) {
-    let caps = rt.capabilities();
     let cpu = limited(|l| l.cpu_time = Some(Duration::from_secs(5)));
     let network = SandboxSpec {
         network: NetworkPolicy::AllowList(vec!["example.com:443".into()]),
         ..test_spec()
     };
     for (what, spec) in [("a cpu_time limit", cpu), ("a network allow-list", network)] {
-        let expected = crate::admission::admit(rt.name(), &caps, &spec)
+        let expected = crate::admission::admit(rt, &spec)
             .err()
             .map(|e| e.to_string());
         match (rt.create(&spec).await, expected) {

@@ -13,7 +13,7 @@
 //!   ├─ Finished(status) ─▶ finished (hook: copy back) ─▶ status
 //!   ├─ TimedOut ─▶ timed_out (hook: keep files) ─▶ end the guest ─▶ Killed{limit}
 //!   └─ GuestGone ─▶ guest_gone (hook: classify the exit, end the guest) ─▶ status
-//!   ─▶ outcome; a kill ends the guest ─▶ after_exec (hook: notes, unlock)
+//!   ─▶ outcome; a kill ends the guest ─▶ after_exec (hook: notes)
 //! ```
 //!
 //! A backend keeps only what differs: how it runs the exchange, what it does with files at
@@ -75,6 +75,9 @@ pub trait GuestBackend: Send + 'static {
     /// The backend's name, e.g. `"process"` (for spans).
     fn name(&self) -> &'static str;
 
+    /// The sandbox's id (for spans).
+    fn id(&self) -> &str;
+
     /// The sandbox's limits (wall time and output cap are read from them).
     fn limits(&self) -> &Limits;
 
@@ -135,7 +138,8 @@ pub trait GuestBackend: Send + 'static {
     async fn end(&mut self, live: Self::Live);
 
     /// After the outcome is made (the guest may be gone): notes for the caller on the
-    /// outcome's stderr, locks released.
+    /// outcome's stderr. Not called when the exec fails with an error (a lock taken by
+    /// [`GuestBackend::lock`] is released on every path, being the exec's own).
     async fn after_exec(&mut self, outcome: &mut ExecOutcome, req: &ExecRequest) {
         let _ = (outcome, req);
     }
@@ -169,7 +173,7 @@ impl<B: GuestBackend> GuestSandbox<B> {
         req: AdmittedExec,
         tools: Arc<dyn ToolHost>,
     ) -> Result<ExecOutcome> {
-        let span = tracing::info_span!("exec", backend = self.backend.name());
+        let span = tracing::info_span!("exec", backend = self.backend.name(), sandbox = %self.backend.id());
         self.exec_inner(req, tools).instrument(span).await
     }
 
