@@ -1,12 +1,12 @@
 //! Admission: every spec and every request is checked once, here, before a backend sees it
 //! (OpenDAL's correctness check, in front of every backend).
 //!
-//! [`Runtime::create`](crate::Runtime::create) calls [`admit`], which validates the spec
+//! [`Runtime::create`] calls [`admit`], which validates the spec
 //! ([`SandboxSpec::validate`]) and refuses, with [`Error::Unsupported`], whatever the backend's
 //! [`Capabilities`] do not cover: a limit outside [`Capabilities::limits`], a workspace, a
 //! network allow-list. [`Sandbox::exec`](crate::Sandbox::exec) calls [`AdmittedExec::admit`],
 //! which refuses a program over the size cap and a zero timeout. Backends implement
-//! [`Runtime::create_admitted`](crate::Runtime::create_admitted) and
+//! [`Runtime::create_admitted`] and
 //! [`Sandbox::exec_admitted`](crate::Sandbox::exec_admitted), which take only what passed:
 //! [`Admitted`] and [`AdmittedExec`] cannot be made outside this module. So every backend
 //! answers a bad spec or request with the same error, and none refuses by hand what
