@@ -7,7 +7,7 @@
 //! Two modes ([`MontyMode`]), one `Runtime`:
 //!
 //! - **worker** (default, for untrusted code): each sandbox is a small worker process
-//!   ([`worker`]) in the process backend's jail (namespaces, seccomp, landlock, rlimits),
+//!   ([`worker`]) in the jail (`agentkernel-jail`: namespaces, seccomp, landlock, rlimits),
 //!   speaking the guest protocol of `agentkernel_core::guest`. An abort, a native stack
 //!   overflow or a memory blow-up ends that worker; the kernel reports it and lives on.
 //!   Memory is counted per worker by Monty's allocator (`monty_alloc`), the limit passed in

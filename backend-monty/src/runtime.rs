@@ -22,7 +22,7 @@ use crate::tools::BoundTools;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MontyMode {
-    /// A jailed worker process per sandbox (the process backend's jail): an abort, a stack
+    /// A jailed worker process per sandbox (the jail, `agentkernel-jail`): an abort, a stack
     /// overflow or a memory blow-up ends that worker, never the kernel. The default.
     #[default]
     Worker,
@@ -112,7 +112,7 @@ fn find_worker() -> Result<WorkerCommand> {
 #[derive(Clone)]
 pub struct MontyRuntime {
     mode: MontyMode,
-    /// Worker mode: the process backend's jail running the worker.
+    /// Worker mode: the jail (`agentkernel-jail`) running the worker.
     jail: Option<JailRuntime>,
 }
 

@@ -1,6 +1,6 @@
 //! Worker mode's guest agent: Monty in its own jailed process, speaking the guest protocol.
 //!
-//! The process backend's jail starts this program (bound read-only at
+//! The jail (`agentkernel-jail`) starts this program (bound read-only at
 //! `/agentkernel/agent`) instead of CPython, with the same fds: the control socket on fd 3,
 //! the lifeline on fd 4, stdout and stderr on pipes. It answers the frames the Python agent
 //! answers (`exec` → `tool_call`s → `done`, with a sentinel on both streams after each exec)
