@@ -435,14 +435,13 @@ impl Runtime for MicroVmRuntime {
         Capabilities {
             isolation: Isolation::MicroVm,
             language: Language::CPython,
-            native_extensions: false,
             workspace: true,
-            network_allow_list: false,
             subprocess: true,
-            snapshot: false,
             reset: true,
             startup: StartupClass::Seconds,
             limits: LimitSet::ALL,
+            // Everything not stated here is denied (Capabilities' default is deny-all).
+            ..Capabilities::default()
         }
     }
 

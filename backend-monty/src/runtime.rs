@@ -378,10 +378,7 @@ impl Runtime for MontyRuntime {
                 Isolation::InProcess
             },
             language: Language::PythonSubset,
-            native_extensions: false,
             workspace: true,
-            network_allow_list: false,
-            subprocess: false,
             snapshot: true,
             reset: true,
             startup: if worker {
@@ -398,6 +395,8 @@ impl Runtime for MontyRuntime {
             } else {
                 LimitSet::ALL.without(LimitKind::CpuTime)
             },
+            // Everything not stated here is denied (Capabilities' default is deny-all).
+            ..Capabilities::default()
         }
     }
 

@@ -88,12 +88,12 @@ impl Runtime for ProcessRuntime {
             language: Language::CPython,
             native_extensions: true,
             workspace: true,
-            network_allow_list: false,
             subprocess: true,
-            snapshot: false,
             reset: true,
             startup: StartupClass::TensOfMilliseconds,
             limits: LimitSet::ALL,
+            // Everything not stated here is denied (Capabilities' default is deny-all).
+            ..Capabilities::default()
         }
     }
 

@@ -80,16 +80,14 @@ impl Runtime for WasmRuntime {
         Capabilities {
             isolation: Isolation::Wasm,
             language: Language::CPython,
-            native_extensions: false,
             workspace: true,
-            network_allow_list: false,
-            subprocess: false,
-            snapshot: false,
             reset: true,
             startup: StartupClass::Milliseconds,
             // A wasm guest runs on one thread: its CPU time is its wall time. There are no
             // processes in a wasm guest: any process limit holds.
             limits: LimitSet::ALL.without(LimitKind::CpuTime),
+            // Everything not stated here is denied (Capabilities' default is deny-all).
+            ..Capabilities::default()
         }
     }
 
