@@ -315,16 +315,30 @@ impl Sandbox for WasmSandbox {
         let exec_state = std::mem::take(&mut live.store.data_mut().exec);
         let memory_refused = live.store.data().limits.memory_refused;
         let stdout = live.stdout.finish();
-        let stderr = live.stderr.finish();
+        let mut stderr = live.stderr.finish();
         // A run that did not return (a trap, an exit, the deadline) leaves an instance that
         // cannot be entered again: the sandbox is lost until reset.
         let (status, trapped) = match result {
-            Err(_elapsed) => (
-                ExecStatus::Killed {
-                    limit: LimitKind::WallTime,
-                },
-                true,
-            ),
+            // The wall time has two layers: the epoch deadline interrupts guest code (a
+            // `Trap::Interrupt` below); this one ends a run waiting in a host call, which
+            // the epoch cannot interrupt, and says so.
+            Err(_elapsed) => {
+                stderr.push_live(
+                    format!(
+                        "agentkernel: the run was ended at its {timeout:?} time limit while it waited for a host call (a tool)\n"
+                    )
+                    .as_bytes(),
+                    cap,
+                    req.output.as_ref(),
+                    agentkernel_core::StreamKind::Stderr,
+                );
+                (
+                    ExecStatus::Killed {
+                        limit: LimitKind::WallTime,
+                    },
+                    true,
+                )
+            }
             Ok(Err(err)) => (trap_status(&err, memory_refused), true),
             Ok(Ok(Outcome::Ok)) => (ExecStatus::Ok, false),
             Ok(Ok(Outcome::Exited(code))) => (ExecStatus::Exited { code }, false),

@@ -748,3 +748,74 @@ async fn a_sandboxs_tmp_is_private_and_empty_once_shut_down() {
         left.len()
     );
 }
+
+/// The wall-time limit's first layer: the epoch deadline interrupts guest code. A busy loop
+/// ends at its limit as `Killed{WallTime}` by the epoch's trap, not by the exec's own timeout
+/// (which would say on stderr that the run waited for a host call).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_epoch_deadline_interrupts_guest_code() {
+    let wasm = common::runtime();
+    let mut sb = wasm.create(&test_spec()).await.expect("create");
+    let req = ExecRequest::new("print('looping', flush=True)\nwhile True:\n    pass")
+        .with_timeout(std::time::Duration::from_secs(1));
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        sb.exec(req, Arc::new(NoTools)),
+    )
+    .await
+    .expect("the busy loop ended")
+    .expect("a limit kill is an outcome");
+    assert_eq!(
+        out.status,
+        ExecStatus::Killed {
+            limit: agentkernel_core::LimitKind::WallTime
+        }
+    );
+    assert_eq!(out.stdout.text(), "looping\n");
+    assert!(
+        !out.stderr.text().contains("waited for a host call"),
+        "the exec's timeout, not the epoch deadline, ended a busy loop: {}",
+        out.stderr.text()
+    );
+    sb.shutdown().await.expect("shutdown");
+}
+
+/// The wall-time limit's second layer: a run waiting in a host call (a tool that never
+/// answers), which the epoch cannot interrupt, is ended by the exec's own timeout at its
+/// limit, and stderr says it waited for a host call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_exec_timeout_ends_a_wait_in_a_host_call() {
+    let tools: Arc<dyn agentkernel_core::ToolHost> =
+        Arc::new(agentkernel_core::FnTools::new().with(
+            "hang.forever",
+            "Never answers.",
+            serde_json::json!({"type": "object"}),
+            |_args: serde_json::Value| async {
+                tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                Ok(serde_json::json!(null))
+            },
+        ));
+    let wasm = common::runtime();
+    let mut sb = wasm.create(&test_spec()).await.expect("create");
+    let req = ExecRequest::new(
+        "import _agentkernel as ak\nprint('calling', flush=True)\nak.call_tool('hang.forever')",
+    )
+    .with_timeout(std::time::Duration::from_secs(1));
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), sb.exec(req, tools))
+        .await
+        .expect("the run waiting for the tool was ended at its limit")
+        .expect("a limit kill is an outcome");
+    assert_eq!(
+        out.status,
+        ExecStatus::Killed {
+            limit: agentkernel_core::LimitKind::WallTime
+        }
+    );
+    assert_eq!(out.stdout.text(), "calling\n");
+    assert!(
+        out.stderr.text().contains("waited for a host call"),
+        "{}",
+        out.stderr.text()
+    );
+    sb.shutdown().await.expect("shutdown");
+}
