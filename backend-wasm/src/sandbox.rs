@@ -325,7 +325,7 @@ impl Sandbox for WasmSandbox {
             Err(_elapsed) => {
                 stderr.push_live(
                     format!(
-                        "agentkernel: the run was ended at its {timeout:?} time limit while it waited for a host call (a tool)\n"
+                        "agentkernel: the run was ended at its {timeout:?} time limit while it waited for a host call (a tool call, a sleep)\n"
                     )
                     .as_bytes(),
                     cap,
