@@ -23,7 +23,7 @@ use agentkernel_core::guest::{
     AGENT_SOURCE, ExecFrame, ExecReport, GuestBackend, GuestSandbox, Hello, agent_exit_status,
 };
 use agentkernel_core::{Error, ExecOutcome, ExecStatus, Result, SandboxSpec, Snapshot, ToolHost};
-use agentkernel_core::{ExecRequest, SandboxState, WorkspaceLock};
+use agentkernel_core::{ExecRequest, SandboxState};
 use async_trait::async_trait;
 use microsandbox::sandbox::DestroyOptions;
 use microsandbox::{Backend, ExecEvent, LocalBackend, MicrosandboxError, Sandbox};
@@ -538,13 +538,8 @@ impl GuestBackend for MsbGuest {
         &self.id
     }
 
-    fn limits(&self) -> &agentkernel_core::Limits {
-        &self.spec.limits
-    }
-
-    async fn lock(&mut self, timeout: Duration) -> Result<Option<WorkspaceLock>> {
-        // One program at a time per workspace.
-        WorkspaceLock::of(self.spec.workspace.as_deref(), timeout).await
+    fn spec(&self) -> &SandboxSpec {
+        &self.spec
     }
 
     async fn run(

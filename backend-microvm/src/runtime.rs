@@ -33,7 +33,7 @@ use agentkernel_core::guest::{
 use agentkernel_core::{
     Capabilities, Check, CheckState, Diagnosis, Error, ExecOutcome, ExecRequest, ExecStatus,
     Isolation, Language, LimitKind, LimitSet, Result, Runtime, Sandbox, SandboxSpec, Snapshot,
-    StartupClass, ToolHost, WorkspaceLock, admission::Admitted,
+    StartupClass, ToolHost, admission::Admitted,
 };
 use async_trait::async_trait;
 use serde_json::json;
@@ -873,14 +873,12 @@ impl GuestBackend for QemuGuest {
         &self.id
     }
 
-    fn limits(&self) -> &agentkernel_core::Limits {
-        &self.spec.limits
+    fn spec(&self) -> &SandboxSpec {
+        &self.spec
     }
 
-    async fn lock(&mut self, timeout: Duration) -> Result<Option<WorkspaceLock>> {
-        // One program at a time per workspace, from the copy in to the copy back.
-        WorkspaceLock::of(self.spec.workspace.as_deref(), timeout).await
-    }
+    // The default lock: one program at a time per workspace, from the copy in to the copy
+    // back.
 
     async fn prepare(
         &mut self,

@@ -13,8 +13,8 @@ use agentkernel_core::guest::{
     AGENT_SOURCE, Abort, ExecFrame, ExecReport, GuestBackend, GuestConn, GuestSandbox, Hello,
 };
 use agentkernel_core::{
-    Error, ExecOutcome, ExecRequest, ExecStatus, Limits, Result, Sandbox, SandboxSpec, Snapshot,
-    ToolHost, WorkspaceLock,
+    Error, ExecOutcome, ExecRequest, ExecStatus, Result, Sandbox, SandboxSpec, Snapshot, ToolHost,
+    WorkspaceLock,
 };
 use async_trait::async_trait;
 use tokio::process::{Child, ChildStderr, ChildStdout};
@@ -635,8 +635,8 @@ impl GuestBackend for JailGuest {
         &self.id
     }
 
-    fn limits(&self) -> &Limits {
-        &self.spec.limits
+    fn spec(&self) -> &SandboxSpec {
+        &self.spec
     }
 
     async fn lock(&mut self, timeout: Duration) -> Result<Option<WorkspaceLock>> {

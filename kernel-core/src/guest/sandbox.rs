@@ -30,7 +30,7 @@ use crate::admission::AdmittedExec;
 use crate::error::{Error, Result};
 use crate::exec::{ExecOutcome, ExecRequest, ExecStatus, LimitKind, Timings};
 use crate::output::CapturedOutput;
-use crate::spec::Limits;
+use crate::spec::SandboxSpec;
 use crate::state::SandboxState;
 use crate::tools::ToolHost;
 use crate::workspace::WorkspaceLock;
@@ -78,16 +78,16 @@ pub trait GuestBackend: Send + 'static {
     /// The sandbox's id (for spans).
     fn id(&self) -> &str;
 
-    /// The sandbox's limits (wall time and output cap are read from them).
-    fn limits(&self) -> &Limits;
+    /// The sandbox's spec (its wall time, output cap and workspace are read from it).
+    fn spec(&self) -> &SandboxSpec;
 
     /// Takes what must be held while the program runs, waiting up to `timeout`, before the
-    /// run's clock starts: the workspace's lock, held until the exec ends (also when its
-    /// future is dropped). The default takes none (a backend that keeps its lock longer
-    /// holds it itself).
+    /// run's clock starts, and held until the exec ends (also when its future is dropped).
+    /// The default: the spec's workspace's lock, so one program at a time runs with a
+    /// workspace. A backend that must hold its lock longer (until processes an exec left
+    /// running are gone) takes it itself and answers `None`.
     async fn lock(&mut self, timeout: Duration) -> Result<Option<WorkspaceLock>> {
-        let _ = timeout;
-        Ok(None)
+        WorkspaceLock::of(self.spec().workspace.as_deref(), timeout).await
     }
 
     /// Gets the live guest ready for the run (files copied in, a stopped agent resumed) and
@@ -183,7 +183,7 @@ impl<B: GuestBackend> GuestSandbox<B> {
         tools: Arc<dyn ToolHost>,
     ) -> Result<ExecOutcome> {
         self.state.live()?;
-        let limits = self.backend.limits();
+        let limits = &self.backend.spec().limits;
         let timeout = req.timeout.unwrap_or(limits.wall_time);
         let output_cap = limits.output_bytes;
         let _workspace = self.backend.lock(timeout).await?;
