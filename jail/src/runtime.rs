@@ -141,6 +141,12 @@ impl JailRuntime {
         self.start_sandbox(spec.spec()).await
     }
 
+    /// What its sandboxes share (this crate's tests start sandboxes from it directly).
+    #[cfg(test)]
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+
     async fn start_sandbox(&self, spec: &SandboxSpec) -> Result<JailSandbox> {
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let live = sandbox::start(&self.inner, spec, &id).await?;

@@ -176,14 +176,33 @@ fn write_maps(pid: u32, (uid, gid): (u32, u32)) -> std::io::Result<()> {
     Ok(())
 }
 
+/// What the report thread calls when the child has unshared (tests only).
+type AtUnshared = Box<dyn Fn(u32) -> bool + Send>;
+
+/// Never a hook outside this crate's own tests.
+#[cfg(not(test))]
+fn at_unshared(_spec: &SandboxSpec) -> Option<AtUnshared> {
+    None
+}
+
+#[cfg(test)]
+fn at_unshared(spec: &SandboxSpec) -> Option<AtUnshared> {
+    tests::hold_for(spec)
+}
+
 /// Reads the child's report pipe until it closes; answers `UNSHARED` by writing the id maps
 /// and releasing the child. Returns pid 1's host pid, the landlock state and whether the
 /// workspace got its write layer (`None`: no workspace), or the failure.
+///
+/// `at_unshared` (tests only: see [`tests::hold_for`]) is called with the child's pid while
+/// the child waits for its maps; `false` drops the `go` pipe unwritten, as the host's death
+/// would.
 fn serve_report(
     report: OwnedFd,
     go: OwnedFd,
     plan: &JailPlan,
     ids: (u32, u32),
+    at_unshared: Option<AtUnshared>,
 ) -> std::result::Result<(u32, u32, Option<bool>), String> {
     let mut file = std::fs::File::from(report);
     let mut go = Some(std::fs::File::from(go));
@@ -193,6 +212,11 @@ fn serve_report(
         let value = u32::from_le_bytes([rec[1], rec[2], rec[3], rec[4]]);
         match rec[0] {
             jail::TAG_UNSHARED => {
+                if let Some(hold) = &at_unshared
+                    && !hold(value)
+                {
+                    return Err("the host went away while the sandbox started".into());
+                }
                 if let Err(e) = write_maps(value, ids) {
                     return Err(format!("writing the sandbox's uid/gid maps failed: {e}"));
                 }
@@ -385,10 +409,12 @@ pub(crate) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec, id: &str) -> R
     }
 
     let (map_uid, map_gid) = (ids.uid, ids.gid);
+    let at_unshared = at_unshared(spec);
     let spawned = tokio::task::spawn_blocking(move || {
         let plan = jail_plan.clone();
-        let reporter =
-            std::thread::spawn(move || serve_report(report_r, go_w, &plan, (map_uid, map_gid)));
+        let reporter = std::thread::spawn(move || {
+            serve_report(report_r, go_w, &plan, (map_uid, map_gid), at_unshared)
+        });
         // spawn() returns once pid 1 has exec'd (or the jail failed); the report thread
         // meanwhile answers the child's request for id maps.
         let child = cmd.spawn();
@@ -1045,4 +1071,169 @@ fn read_seccomp_filters(
     })();
     let _ = ptrace::detach(target, None);
     read
+}
+
+#[cfg(test)]
+mod tests {
+    //! A sandbox held where its start waits for the host (the id maps and the `go` byte): the
+    //! moment a `kill -9` of the host may land in. What the starting child holds then is read
+    //! from the host's `/proc`, and the host's death is played by the report thread dropping
+    //! the `go` pipe unwritten.
+    use std::collections::BTreeSet;
+    use std::sync::Mutex;
+    use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+
+    use agentkernel_core::conformance::LIMIT_LANDS_WITHIN;
+
+    use super::*;
+    use crate::{GuestAgent, JailConfig, JailRuntime};
+
+    /// A spec with this variable in its environment is held at `UNSHARED` (the test's own
+    /// sandboxes only; other tests of this binary start theirs as usual).
+    const HOLD_ENV: &str = "AGENTKERNEL_TEST_HOLD_AT_UNSHARED";
+
+    type Held = (u32, SyncSender<bool>);
+    static HOLDS: Mutex<Option<SyncSender<Held>>> = Mutex::new(None);
+
+    pub(super) fn hold_for(spec: &SandboxSpec) -> Option<AtUnshared> {
+        if !spec.env.contains_key(HOLD_ENV) {
+            return None;
+        }
+        let to_test = HOLDS.lock().unwrap().clone()?;
+        Some(Box::new(move |pid| {
+            let (release, released) = sync_channel(1);
+            if to_test.send((pid, release)).is_err() {
+                return true;
+            }
+            released.recv().unwrap_or(false)
+        }))
+    }
+
+    /// The `pipe:[…]` and `socket:[…]` objects `pid` holds, by fd.
+    fn held_objects(pid: &str) -> Vec<(String, String)> {
+        let mut held = Vec::new();
+        for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).expect("the fd table") {
+            let entry = entry.unwrap();
+            let Ok(target) = std::fs::read_link(entry.path()) else {
+                continue;
+            };
+            let target = target.to_string_lossy().into_owned();
+            if target.starts_with("pipe:") || target.starts_with("socket:") {
+                held.push((entry.file_name().to_string_lossy().into_owned(), target));
+            }
+        }
+        held
+    }
+
+    fn gone(pid: u32) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            // A zombie holds nothing; its parent reaps it.
+            Ok(stat) => stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z')),
+        }
+    }
+
+    async fn next_hold(holds: &Receiver<Held>) -> Held {
+        let deadline = Instant::now() + LIMIT_LANDS_WITHIN;
+        loop {
+            if let Ok(held) = holds.try_recv() {
+                return held;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the sandbox never reached the point where it waits for the host"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A starting sandbox holds no copy of the host's fds (among them the other sandboxes'
+    /// lifelines and control sockets: a copy would keep those sandboxes alive after a
+    /// `kill -9` of the host), and no copy of its own `go` pipe's write end: when the host
+    /// dies before sending `go`, the child sees EOF and exits instead of waiting forever.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_starting_sandbox_holds_no_host_fd_and_dies_with_the_host() {
+        let python = match crate::discover_python(None) {
+            Ok(p) => p,
+            Err(e) => {
+                agentkernel_core::conformance::skip(
+                    "a_starting_sandbox_holds_no_host_fd_and_dies_with_the_host",
+                    "process",
+                    &format!("no python3: {e}"),
+                );
+                return;
+            }
+        };
+        let rt = JailRuntime::new(JailConfig {
+            backend: "process",
+            agent: GuestAgent::Python(python),
+            workspace_layer: true,
+        })
+        .expect("the jail works here (see `agentkernel doctor`)");
+        let spec = agentkernel_core::conformance::test_spec();
+        // A live sandbox: the host holds its lifeline's write end and its control socket.
+        // (`start` directly: admission, which the backends do, needs a `Runtime`.)
+        let inner = rt.inner().clone();
+        let first = start(&inner, &spec, "first").await.expect("start");
+        let host_objects: BTreeSet<String> = held_objects("self")
+            .into_iter()
+            .map(|(_, object)| object)
+            .collect();
+        assert!(
+            !host_objects.is_empty(),
+            "the host holds the first sandbox's pipes"
+        );
+
+        let (to_test, holds) = sync_channel(1);
+        *HOLDS.lock().unwrap() = Some(to_test);
+        let mut held_spec = spec.clone();
+        held_spec.env.insert(HOLD_ENV.into(), "1".into());
+
+        // 1. Held, then released: what the child holds while it waits.
+        let starting = {
+            let (inner, spec) = (inner.clone(), held_spec.clone());
+            tokio::spawn(async move { start(&inner, &spec, "held").await })
+        };
+        let (pid, release) = next_hold(&holds).await;
+        let copies: Vec<_> = held_objects(&pid.to_string())
+            .into_iter()
+            .filter(|(_, object)| host_objects.contains(object))
+            .collect();
+        let _ = release.send(true);
+        let second = starting.await.unwrap().expect("a released start succeeds");
+        assert!(
+            copies.is_empty(),
+            "a starting sandbox holds copies of the host's fds (fd, object): {copies:?}"
+        );
+
+        // 2. Held, then the host "dies": the go pipe closes unwritten.
+        let starting = {
+            let (inner, spec) = (inner.clone(), held_spec.clone());
+            tokio::spawn(async move { start(&inner, &spec, "held").await })
+        };
+        let (pid, release) = next_hold(&holds).await;
+        let _ = release.send(false);
+        let deadline = Instant::now() + LIMIT_LANDS_WITHIN;
+        while !gone(pid) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = !gone(pid);
+        if left {
+            // SAFETY: kill(2) on a pid we saw as our sandbox's child; cleanup only.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
+        *HOLDS.lock().unwrap() = None;
+        assert!(
+            !left,
+            "a starting sandbox outlived the host's side of its start-up pipe by {LIMIT_LANDS_WITHIN:?}: it holds the pipe's write end itself"
+        );
+        assert!(
+            starting.await.unwrap().is_err(),
+            "a start whose host went away fails"
+        );
+        drop((second, first));
+    }
 }

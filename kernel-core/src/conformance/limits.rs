@@ -2,19 +2,35 @@
 
 use super::*;
 
+/// How long after its deadline a limit may take to land before a check calls it broken.
+/// Generous (a loaded 2-core machine, a VM under emulation), but finite: a check whose
+/// program never ends without the limit waits this long, then fails instead of hanging.
+pub const LIMIT_LANDS_WITHIN: Duration = Duration::from_secs(30);
+
 /// An infinite loop is killed at the wall-time limit; output printed before is kept; the
 /// sandbox is then lost until `reset`.
 pub async fn wall_time_limit_kills(rt: &dyn Runtime) {
     let mut sb = rt.create(&test_spec()).await.expect("create");
     let started = std::time::Instant::now();
-    let out = sb
-        .exec(
+    let limit = Duration::from_secs(1);
+    // Without its limit this program never ends: the wait is bounded so that a limit that
+    // does not hold fails this check instead of hanging it.
+    let out = tokio::time::timeout(
+        limit + LIMIT_LANDS_WITHIN,
+        sb.exec(
             ExecRequest::new("print('started', flush=True)\nwhile True:\n    pass")
-                .with_timeout(Duration::from_secs(1)),
+                .with_timeout(limit),
             Arc::new(NoTools),
+        ),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "the wall-time limit did not hold: a program with a {limit:?} limit still ran {:?} later",
+            LIMIT_LANDS_WITHIN
         )
-        .await
-        .expect("a timeout is an outcome");
+    })
+    .expect("a timeout is an outcome");
     assert_eq!(
         out.status,
         ExecStatus::Killed {
