@@ -69,7 +69,8 @@ pub fn describe(value: &MontyObject) -> Option<ValueReport> {
     if matches!(value, MontyObject::None) {
         return None;
     }
-    let mut repr = value.py_repr();
+    let mut repr = String::new();
+    repr_into(value, &mut repr, ExprValue::MAX_REPR_BYTES);
     let truncated = repr.len() > ExprValue::MAX_REPR_BYTES;
     if truncated {
         let mut end = ExprValue::MAX_REPR_BYTES;
@@ -86,6 +87,49 @@ pub fn describe(value: &MontyObject) -> Option<ValueReport> {
         json,
         truncated,
     })
+}
+
+/// Appends CPython's `repr(obj)` to `out`, stopping soon after `out` passes `limit` bytes
+/// (so a huge value costs no more than its first `limit` bytes). Containers are written
+/// here, because [`MontyObject::py_repr`] writes a one-item tuple without its comma
+/// (`('c')` for `('c',)`); everything else is `py_repr`'s.
+fn repr_into(obj: &MontyObject, out: &mut String, limit: usize) {
+    let items = |out: &mut String, items: &[MontyObject], open: &str, close: &str| {
+        out.push_str(open);
+        for (i, item) in items.iter().enumerate() {
+            if out.len() > limit {
+                return;
+            }
+            if i > 0 {
+                out.push_str(", ");
+            }
+            repr_into(item, out, limit);
+        }
+        out.push_str(close);
+    };
+    match obj {
+        MontyObject::List(l) => items(out, l, "[", "]"),
+        MontyObject::Tuple(t) if t.len() == 1 => items(out, t, "(", ",)"),
+        MontyObject::Tuple(t) => items(out, t, "(", ")"),
+        MontyObject::Set(s) if !s.is_empty() => items(out, s, "{", "}"),
+        MontyObject::FrozenSet(s) if !s.is_empty() => items(out, s, "frozenset({", "})"),
+        MontyObject::Dict(pairs) => {
+            out.push('{');
+            for (i, (k, v)) in pairs.into_iter().enumerate() {
+                if out.len() > limit {
+                    return;
+                }
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                repr_into(k, out, limit);
+                out.push_str(": ");
+                repr_into(v, out, limit);
+            }
+            out.push('}');
+        }
+        other => out.push_str(&other.py_repr()),
+    }
 }
 
 /// `obj` as JSON where `json.dumps(obj, allow_nan=False)` takes it and JSON readers keep it
@@ -192,6 +236,18 @@ mod tests {
         )])))
         .unwrap();
         assert_eq!(d.repr, "{1: ('a',)}");
+        let nested = MontyObject::List(vec![
+            MontyObject::Tuple(vec![]),
+            MontyObject::Set(vec![]),
+            MontyObject::FrozenSet(vec![MontyObject::Int(2)]),
+        ]);
+        assert_eq!(
+            describe(&nested).unwrap().repr,
+            "[(), set(), frozenset({2})]"
+        );
+        let huge = MontyObject::List(vec![MontyObject::Int(12345); 1_000_000]);
+        let cut = describe(&huge).unwrap();
+        assert!(cut.truncated && cut.repr.len() == ExprValue::MAX_REPR_BYTES);
         assert_eq!(d.json.as_deref(), Some(r#"{"1":["a"]}"#));
         let set = describe(&MontyObject::Set(vec![MontyObject::Int(1)])).unwrap();
         assert_eq!((set.repr.as_str(), set.json), ("{1}", None));
