@@ -390,6 +390,5 @@ pub async fn last_expression_value(rt: &dyn Runtime) {
         let out = run("x").await;
         expect(&out, "x", "7", Some(json!(7)));
     }
-    drop(run);
     sb.shutdown().await.expect("shutdown");
 }
