@@ -386,6 +386,16 @@ pub async fn last_expression_value(rt: &dyn Runtime) {
             other => panic!("{code:?}: expected ValueError, got {other:?}"),
         }
         assert_eq!(out.value, None);
+        // A repr of what no frame should carry raw (control characters, which the
+        // protocol's JSON escapes sixfold, and a lone surrogate) still arrives, capped.
+        let code = "class W:\n    def __repr__(self):\n        return '\\x01' * 1_000_000 + '\\ud800'\nW()";
+        let out = run(code).await;
+        let v = value(&out, code).expect("a value");
+        assert!(v.truncated && v.repr.starts_with("\u{1}\u{1}"), "{code:?}");
+        let code = "class S:\n    def __repr__(self):\n        return 'a\\ud800b'\nS()";
+        let out = run(code).await;
+        let v = value(&out, code).expect("a value");
+        assert_eq!(v.repr, "a\\ud800b", "a lone surrogate arrives escaped");
         // The interpreter lives on.
         let out = run("x").await;
         expect(&out, "x", "7", Some(json!(7)));
