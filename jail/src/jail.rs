@@ -192,8 +192,21 @@ pub(crate) const LAYER_FD: RawFd = SOURCE_FD_BASE - 1;
 /// Most detached trees (idmapped writable directories) one jail can attach.
 pub(crate) const MAX_TREES: usize = 8;
 
-/// First fd number of the bind sources in the child. Every fd of the plan must be below it.
+/// First fd number of the bind sources in the child.
 pub(crate) const SOURCE_FD_BASE: RawFd = 512;
+
+/// Where the child moves the plan's fds before it closes every other one: whatever numbers
+/// they had in the host (a server holds thousands of fds), in the child they sit below
+/// [`FIRST_PLAN_FD`] and so never under [`LAYER_FD`] or the bind sources. The control
+/// socket and the lifeline go to 3 and 4, where the agent expects them.
+pub(crate) const REPORT_FD: RawFd = 5;
+/// See [`REPORT_FD`].
+pub(crate) const GO_FD: RawFd = 6;
+/// The detached trees' fds in the child: `TREE_FD_BASE + i` (what `RootOp::MoveTree` names).
+pub(crate) const TREE_FD_BASE: RawFd = 7;
+/// Every fd of the plan is at least this in the host ([`high_fd`]), so that none is a
+/// target of the moves above.
+pub(crate) const FIRST_PLAN_FD: RawFd = TREE_FD_BASE + MAX_TREES as RawFd;
 
 /// Mount flags that a bind of `path` must keep when remounted inside a user namespace
 /// (the kernel refuses to clear flags the original mount has locked).
@@ -294,26 +307,41 @@ fn null() -> *const libc::c_char {
 /// namespaces, fds, root, credentials and exits the process on failure. It makes no heap
 /// allocation until the landlock step, which runs single-threaded after glibc's `fork`.
 pub(crate) unsafe fn enter(plan: &JailPlan) -> std::io::Result<()> {
-    let report = plan.report_fd;
+    let report = REPORT_FD;
     // SAFETY: every libc call below gets valid, NUL-terminated strings owned by `plan`
     // (which outlives the call), stack buffers, or null where the API allows it.
     unsafe {
+        // Every fd of the plan moves to its fixed low number (the parent made sure each is
+        // at least FIRST_PLAN_FD, so no move overwrites another): the control socket and
+        // lifeline to the fds the agent expects, the rest below the layer and the sources.
+        // Until the report fd is in place a failure can only exit.
+        // (dup3 with O_CLOEXEC: only 3 and 4 may reach the agent.)
+        if libc::dup3(plan.report_fd, REPORT_FD, libc::O_CLOEXEC) < 0 {
+            libc::_exit(127);
+        }
+        check(report, S_FDS, libc::dup2(plan.control_fd, 3));
+        check(report, S_FDS, libc::dup2(plan.lifeline_fd, 4));
+        check(
+            report,
+            S_FDS,
+            libc::dup3(plan.go_fd, GO_FD, libc::O_CLOEXEC),
+        );
+        for (i, fd) in plan.trees.iter().enumerate() {
+            let to = TREE_FD_BASE + i as RawFd;
+            check(report, S_FDS, libc::dup3(*fd, to, libc::O_CLOEXEC));
+        }
         check(report, S_SETSID, libc::setsid());
         if plan.drop_groups {
             check(report, S_GROUPS, libc::setgroups(0, std::ptr::null()));
         }
-        // The control socket and lifeline move to the fds the agent expects. The parent
-        // made sure every fd of the plan is >= 10, so fds 3 and 4 hold nothing we need.
-        check(report, S_FDS, libc::dup2(plan.control_fd, 3));
-        check(report, S_FDS, libc::dup2(plan.lifeline_fd, 4));
         // Drop every other fd inherited from the host now (we never exec before the fork
         // below, so CLOEXEC does not help yet): copies of other sandboxes' lifelines and
         // sockets would keep those sandboxes alive after the host dies, and our own copy of
         // the `go` pipe's write end would make the read below wait forever if it did.
         let mut keep = [-1; 7 + MAX_TREES];
-        keep[..7].copy_from_slice(&[0, 1, 2, 3, 4, report, plan.go_fd]);
-        for (slot, fd) in keep[7..].iter_mut().zip(&plan.trees) {
-            *slot = *fd;
+        keep[..7].copy_from_slice(&[0, 1, 2, 3, 4, REPORT_FD, GO_FD]);
+        for (i, slot) in keep[7..].iter_mut().take(plan.trees.len()).enumerate() {
+            *slot = TREE_FD_BASE + i as RawFd;
         }
         close_all_but(&keep);
 
@@ -337,7 +365,7 @@ pub(crate) unsafe fn enter(plan: &JailPlan) -> std::io::Result<()> {
         check(report, S_UNSHARE, libc::unshare(flags));
         record(report, TAG_UNSHARED, libc::getpid() as u32);
         let mut go = [0u8; 1];
-        if libc::read(plan.go_fd, go.as_mut_ptr().cast(), 1) != 1 {
+        if libc::read(GO_FD, go.as_mut_ptr().cast(), 1) != 1 {
             fail(report, S_MAPS);
         }
         // Become the sandbox user now: files the jail creates must belong to a uid mapped
@@ -890,15 +918,15 @@ fn restrict_landlock(writable: &[String]) -> Result<u32, ()> {
     })
 }
 
-/// Moves `fd` to a number >= 10 (close-on-exec) so that the child's `dup2` onto fds 3 and 4
-/// can never clobber it.
+/// Moves `fd` to a number >= [`FIRST_PLAN_FD`] (close-on-exec) so that the child's moves of
+/// the plan's fds to their low numbers can never clobber it.
 pub(crate) fn high_fd(fd: OwnedFd) -> std::io::Result<OwnedFd> {
     use std::os::fd::FromRawFd;
-    if fd.as_raw_fd() >= 10 {
+    if fd.as_raw_fd() >= FIRST_PLAN_FD {
         return Ok(fd);
     }
     // SAFETY: F_DUPFD_CLOEXEC on a valid fd returns a new fd we own.
-    let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+    let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, FIRST_PLAN_FD) };
     if new < 0 {
         return Err(std::io::Error::last_os_error());
     }

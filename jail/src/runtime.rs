@@ -60,6 +60,26 @@ impl std::fmt::Debug for JailRuntime {
     }
 }
 
+/// Raises this process's soft limit on open files to its hard limit, as Go's runtime does
+/// at start: each live sandbox holds a handful of fds in the host (its control socket,
+/// lifeline, output pipes, pidfd), so a server with hundreds of sandboxes needs more than
+/// the usual soft limit of 1024. Best effort. Sandboxes get their own limit in the jail
+/// (`plan::rlimits`), whatever this one is.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit with a pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 /// The landlock ABI version the kernel offers, if any.
 pub(crate) fn landlock_abi() -> Option<i32> {
     const LANDLOCK_CREATE_RULESET_VERSION: u32 = 1;
@@ -98,6 +118,7 @@ impl JailRuntime {
                 hint: "give the absolute path of the agent binary".into(),
             });
         }
+        raise_open_files_limit();
         Ok(JailRuntime {
             inner: Arc::new(Inner {
                 backend: config.backend,

@@ -302,9 +302,11 @@ pub(crate) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec, id: &str) -> R
             ));
         }
     }
+    // The trees as the child numbers them (it moves each to `TREE_FD_BASE + i`).
     let tree_fds: Vec<_> = trees
         .iter()
-        .map(|(p, fd)| (p.clone(), fd.as_raw_fd()))
+        .enumerate()
+        .map(|(i, (p, _))| (p.clone(), jail::TREE_FD_BASE + i as std::os::fd::RawFd))
         .collect();
     // The plan: it refuses non-canonical workspace and mount paths.
     let root = plan::root_plan(spec, &inner.agent, &tree_fds, inner.workspace_layer)?;
@@ -325,25 +327,6 @@ pub(crate) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec, id: &str) -> R
     let (report_r, report_w) = pipe()?;
     let (go_r, go_w) = pipe()?;
 
-    if [
-        guest_ctl.as_raw_fd(),
-        life_r.as_raw_fd(),
-        report_w.as_raw_fd(),
-        go_r.as_raw_fd(),
-    ]
-    .iter()
-    .chain(tree_fds.iter().map(|(_, fd)| fd))
-    .any(|fd| *fd >= jail::LAYER_FD)
-    {
-        return Err(Error::Unavailable {
-            backend: "process",
-            reason: format!(
-                "this process has more than {} files open",
-                jail::SOURCE_FD_BASE
-            ),
-            hint: "close unused files before creating sandboxes".into(),
-        });
-    }
     let memory_env = match &inner.agent {
         GuestAgent::Native(native) => native.memory_env.clone(),
         GuestAgent::Python(_) => None,
@@ -373,7 +356,7 @@ pub(crate) async fn start(inner: &Arc<Inner>, spec: &SandboxSpec, id: &str) -> R
         landlock: inner.landlock_abi.is_some(),
         seccomp: inner.seccomp.clone(),
         sources: root.sources,
-        trees: tree_fds.iter().map(|(_, fd)| *fd).collect(),
+        trees: trees.iter().map(|(_, fd)| fd.as_raw_fd()).collect(),
         layer: if inner.workspace_layer {
             plan::layer_options(spec)?
         } else {
@@ -1148,6 +1131,40 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// A host holding thousands of fds (a server with hundreds of sandboxes and
+    /// connections) still starts sandboxes, and each gets only its own: the plan's fds are
+    /// moved to fixed low numbers in the child, whatever their numbers in the host (the
+    /// start was refused past 512 open files before).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_host_holding_thousands_of_fds_still_starts_sandboxes() {
+        let Ok(python) = crate::discover_python(None) else {
+            agentkernel_core::conformance::skip(
+                "a_host_holding_thousands_of_fds_still_starts_sandboxes",
+                "process",
+                "no python3",
+            );
+            return;
+        };
+        let rt = JailRuntime::new(JailConfig {
+            backend: "process",
+            agent: GuestAgent::Python(python),
+            workspace_layer: true,
+        })
+        .expect("the jail works here (see `agentkernel doctor`)");
+        let null = std::fs::File::open("/dev/null").unwrap();
+        let held: Vec<OwnedFd> = (0..3000)
+            .map(|_| OwnedFd::from(null.try_clone().expect("the open-files limit was raised")))
+            .collect();
+        let ws = tempfile::tempdir().unwrap();
+        let mut spec = agentkernel_core::conformance::test_spec();
+        spec.workspace = Some(ws.path().canonicalize().unwrap());
+        let live = start(rt.inner(), &spec, "many-fds")
+            .await
+            .expect("a sandbox starts while the host holds 3000 more fds");
+        assert!(live.hello.python.starts_with('3'), "{:?}", live.hello);
+        drop((live, held));
     }
 
     /// A starting sandbox holds no copy of the host's fds (among them the other sandboxes'
