@@ -5,7 +5,10 @@
 use std::path::Path;
 
 fn main() {
-    let readme_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
+    // At run time, not `env!`: cargo may reuse this script's binary built from another
+    // checkout of the crate (a worktree at another path), whose path `env!` would bake in.
+    let dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let readme_path = Path::new(&dir).join("../../README.md");
     println!("cargo:rerun-if-changed={}", readme_path.display());
     let readme = std::fs::read_to_string(&readme_path).expect("README.md");
     let section = readme
@@ -25,9 +28,7 @@ fn main() {
     let out = Path::new(&std::env::var("OUT_DIR").expect("OUT_DIR")).join("library.rs");
     std::fs::write(out, &rust[0]).expect("write library.rs");
 
-    let manifest =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-            .expect("Cargo.toml");
+    let manifest = std::fs::read_to_string(Path::new(&dir).join("Cargo.toml")).expect("Cargo.toml");
     for block in blocks("toml") {
         for line in block.lines().filter(|l| !l.trim().is_empty()) {
             if line.starts_with("agentkernel = ") {
