@@ -1,0 +1,166 @@
+//! `GET /healthz` (the process answers; no key needed), `GET /readyz` (each backend can
+//! start a sandbox and the data dir is writable; no key needed, for load balancers' probes;
+//! the answer is cached 10 s, since a backend's check starts a sandbox) and `GET /metrics`
+//! (Prometheus text; behind the key like the API).
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+
+use super::ServerState;
+
+/// How long a readiness answer is reused.
+const READY_TTL: Duration = Duration::from_secs(10);
+
+/// The last readiness answer and when it was made.
+#[derive(Default)]
+pub(super) struct ReadinessCache(Mutex<Option<(Instant, Readiness)>>);
+
+/// `GET /readyz`'s answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct Readiness {
+    /// Whether every backend and the store are ready (and the server is not shutting down).
+    pub ready: bool,
+    /// Whether a shutdown began.
+    pub draining: bool,
+    /// Each backend served.
+    pub backends: Vec<BackendReadiness>,
+    /// The data dir (named workspaces).
+    pub store: StoreReadiness,
+}
+
+/// One backend's readiness.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendReadiness {
+    /// Its name.
+    pub name: String,
+    /// Whether it can start a sandbox here.
+    pub ready: bool,
+    /// Why not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The data dir's readiness.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreReadiness {
+    /// Whether a file can be written in it.
+    pub ready: bool,
+    /// Why not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The routes without a key.
+pub(super) fn open_routes() -> Router<ServerState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+}
+
+/// The routes behind the key.
+pub(super) fn authed_routes() -> Router<ServerState> {
+    Router::new().route("/metrics", get(metrics))
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<ServerState>) -> Response {
+    let cached = state
+        .readiness
+        .0
+        .lock()
+        .ok()
+        .and_then(|c| c.clone())
+        .filter(|(at, _)| at.elapsed() < READY_TTL)
+        .map(|(_, r)| r);
+    let mut report = match cached {
+        Some(r) => r,
+        None => {
+            let r = check(&state).await;
+            if let Ok(mut c) = state.readiness.0.lock() {
+                *c = Some((Instant::now(), r.clone()));
+            }
+            r
+        }
+    };
+    report.draining = state.is_draining();
+    report.ready = report.ready && !report.draining;
+    let status = if report.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(report)).into_response()
+}
+
+async fn check(state: &ServerState) -> Readiness {
+    let mut backends = Vec::new();
+    for kernel in &state.kernels {
+        let runtime = kernel.runtime();
+        let (ready, reason) =
+            match tokio::time::timeout(Duration::from_secs(30), runtime.diagnose()).await {
+                Ok(d) => (d.available, d.reason),
+                Err(_) => (false, Some("its check took over 30 s".to_owned())),
+            };
+        backends.push(BackendReadiness {
+            name: runtime.name().to_owned(),
+            ready,
+            reason,
+        });
+    }
+    let root = state.kernels[0].workspaces().root().to_owned();
+    let store = match tokio::task::spawn_blocking(move || probe_dir(&root)).await {
+        Ok(Ok(())) => StoreReadiness {
+            ready: true,
+            reason: None,
+        },
+        Ok(Err(e)) => StoreReadiness {
+            ready: false,
+            reason: Some(e),
+        },
+        Err(e) => StoreReadiness {
+            ready: false,
+            reason: Some(format!("the check panicked: {e}")),
+        },
+    };
+    Readiness {
+        ready: store.ready && backends.iter().all(|b| b.ready),
+        draining: false,
+        backends,
+        store,
+    }
+}
+
+/// Whether a file can be made (and removed) in `dir`.
+fn probe_dir(dir: &std::path::Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let probe = dir.join(format!(".readyz-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|e| format!("writing in {}: {e}", dir.display()))?;
+    std::fs::remove_file(&probe).map_err(|e| format!("removing {}: {e}", probe.display()))
+}
+
+async fn metrics(State(state): State<ServerState>) -> Response {
+    let pools: Vec<(&str, agentkernel_core::PoolStats)> = state
+        .kernels
+        .iter()
+        .filter_map(|k| k.pool_stats().map(|s| (k.runtime().name(), s)))
+        .collect();
+    let text = state.metrics.render(state.live_sandboxes(), &pools);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
