@@ -1062,3 +1062,257 @@ async fn the_binary_refuses_an_open_non_loopback_address_and_a_shared_key_file()
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_go_both_ways_and_never_through_a_symlink() {
+    let s = start().await;
+    let c = client();
+    let sbx = create(&s, json!({"limits": {"file_size_bytes": 1 << 20}})).await;
+    let files = |p: &str| s.url(&format!("/v1/sandboxes/{}/files/{p}", sbx.id));
+    // Upload (parents made), then the program reads it and writes another.
+    let r = c
+        .put(files("data/in.txt"))
+        .body("hello file")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let written: Value = r.json().await.unwrap();
+    assert_eq!(written, json!({"path": "data/in.txt", "size": 10}));
+    let out = exec(
+        &s,
+        &sbx.id,
+        "import os\nprint(open('/workspace/data/in.txt').read())\n\
+         open('/workspace/out.bin', 'wb').write(bytes(range(256)) * 4096)\n\
+         os.symlink('data/in.txt', '/workspace/inner-link')",
+    )
+    .await;
+    assert_eq!(out.stdout, "hello file\n", "{}", out.stderr);
+    let r = c.get(files("out.bin")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "application/octet-stream");
+    let bytes = r.bytes().await.unwrap();
+    assert_eq!(bytes.len(), 256 * 4096);
+    assert!(
+        bytes
+            .chunks(256)
+            .all(|c| c.iter().enumerate().all(|(i, b)| *b as usize == i))
+    );
+    // `/workspace/...` names the same file.
+    let r = c.get(files("/workspace/data/in.txt")).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "hello file");
+    // Listings: the workspace, and a directory.
+    let list: agentkernel::http::v1::FileList = c
+        .get(s.url(&format!("/v1/sandboxes/{}/files", sbx.id)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<(&str, &str)> = list
+        .entries
+        .iter()
+        .map(|e| (e.name.as_str(), e.kind.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("data", "dir"),
+            ("inner-link", "symlink"),
+            ("out.bin", "file")
+        ]
+    );
+    let list: agentkernel::http::v1::FileList = c
+        .get(files("data"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list.entries.len(), 1);
+    assert_eq!(list.entries[0].size, 10);
+
+    // Symlinks in the workspace are never followed, even ones leaving it (planted here
+    // on the host: a backend without the write layer leaves them to the sweep).
+    let ws = s.data.path().join("workspaces").join(&sbx.id);
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret"), "host secret").unwrap();
+    std::os::unix::fs::symlink(outside.path(), ws.join("evil-dir")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("secret"), ws.join("evil-file")).unwrap();
+    for p in ["inner-link", "evil-file", "evil-dir/secret", "evil-dir"] {
+        let r = c.get(files(p)).send().await.unwrap();
+        assert_error(r, StatusCode::BAD_REQUEST, "symlink_refused").await;
+    }
+    let r = c
+        .put(files("evil-dir/planted"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, StatusCode::BAD_REQUEST, "symlink_refused").await;
+    assert!(!outside.path().join("planted").exists());
+    // Writing over a link replaces the link, never its target.
+    let r = c
+        .put(files("evil-file"))
+        .body("replaced")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(
+        std::fs::read_to_string(outside.path().join("secret")).unwrap(),
+        "host secret"
+    );
+    assert!(!ws.join("evil-file").is_symlink());
+    // Deleting a link removes the link, not what it points at.
+    let r = c.delete(files("evil-dir")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert!(outside.path().join("secret").exists());
+    assert!(!ws.join("evil-dir").exists());
+
+    for p in ["../escape", "a/../../escape", "/etc/passwd", "/tmp/x"] {
+        let r = c.get(files(p)).send().await.unwrap();
+        // A client may normalise `..` away; either way nothing outside is served.
+        assert!(
+            matches!(r.status(), StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND),
+            "{p}: {}",
+            r.status()
+        );
+    }
+    let r = c
+        .get(s.url(&format!(
+            "/v1/sandboxes/{}/files/a%2F..%2F..%2Fescape",
+            sbx.id
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, StatusCode::BAD_REQUEST, "invalid_path").await;
+    let r = c.get(files("missing.txt")).send().await.unwrap();
+    assert_error(r, StatusCode::NOT_FOUND, "file_not_found").await;
+    let r = c.put(files("data")).body("x").send().await.unwrap();
+    assert_error(r, StatusCode::CONFLICT, "is_a_directory").await;
+    // Past the sandbox's file-size limit: 413, and nothing is left behind.
+    let r = c
+        .put(files("big.bin"))
+        .body(vec![0u8; (1 << 20) + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, StatusCode::PAYLOAD_TOO_LARGE, "file_too_large").await;
+    assert!(
+        !names_in(&ws).iter().any(|n| n.contains("big.bin")),
+        "{:?}",
+        names_in(&ws)
+    );
+    // A file rewritten after the program read it: the program sees the new content.
+    let r = c
+        .put(files("data/in.txt"))
+        .body("second")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let out = exec(&s, &sbx.id, "print(open('/workspace/data/in.txt').read())").await;
+    assert_eq!(out.stdout, "second\n");
+    let r = c
+        .put(files("fresh.txt"))
+        .body("new one")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let out = exec(&s, &sbx.id, "print(open('/workspace/fresh.txt').read())").await;
+    assert_eq!(out.stdout, "new one\n");
+    let r = c.delete(files("data")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert!(!ws.join("data").exists());
+
+    // A change while an execution runs is refused.
+    let mut events = stream(
+        &s,
+        &sbx.id,
+        "from tools.test import gate\nprint('in', flush=True)\ngate()",
+    )
+    .await;
+    assert!(matches!(
+        events.next().await,
+        Some(StreamEvent::Stdout { .. })
+    ));
+    let r = c.put(files("late.txt")).body("x").send().await.unwrap();
+    assert_error(r, StatusCode::CONFLICT, "sandbox_busy").await;
+    s.gate.notify_one();
+    events.rest().await;
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tool_catalog_and_named_workspaces_are_listed() {
+    let s = start().await;
+    let c = client();
+    let tools: Value = c
+        .get(s.url("/v1/tools"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tools["tools"][0]["name"], "test.gate", "{tools}");
+    assert!(tools["tools"][0]["input_schema"].is_object());
+    let r = c
+        .get(s.url("/v1/tools?backend=nosuch"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, StatusCode::BAD_REQUEST, "invalid_request").await;
+
+    let sbx = create(&s, json!({"workspace": "notes"})).await;
+    exec(&s, &sbx.id, "open('/workspace/a.txt', 'w').write('abc')").await;
+    let own = create(&s, json!({})).await;
+    let list: Value = c
+        .get(s.url("/v1/workspaces"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        list,
+        json!({"workspaces": [{"name": "notes", "bytes": list["workspaces"][0]["bytes"], "files": 1,
+            "modified": list["workspaces"][0]["modified"], "in_use": true}]}),
+        "a sandbox's own workspace is not listed"
+    );
+    let r = c
+        .delete(s.url("/v1/workspaces/notes"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, StatusCode::CONFLICT, "workspace_in_use").await;
+    let r = c
+        .delete(s.url(&format!("/v1/workspaces/{}", own.id)))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, StatusCode::NOT_FOUND, "workspace_not_found").await;
+    c.delete(s.url(&format!("/v1/sandboxes/{}", sbx.id)))
+        .send()
+        .await
+        .unwrap();
+    let r = c
+        .delete(s.url("/v1/workspaces/notes"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = c
+        .delete(s.url("/v1/workspaces/notes"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, StatusCode::NOT_FOUND, "workspace_not_found").await;
+    s.shutdown().await;
+}

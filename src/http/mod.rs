@@ -25,13 +25,13 @@ pub mod auth;
 mod error;
 mod health;
 pub mod metrics;
-mod sandboxes;
+pub mod sandboxes;
 pub mod v1;
 
 pub use auth::{ApiKeys, KeyId};
 pub use error::{ApiError, ErrorBody, ErrorDetail, JsonBody};
 pub use sandboxes::{
-    ExecEnd, ExecEvent, Execution, SandboxEntry, SandboxOptions, StopReason, Utf8Chunker,
+    ExecEnd, ExecEvent, Execution, Occupied, SandboxEntry, SandboxOptions, StopReason, Utf8Chunker,
 };
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

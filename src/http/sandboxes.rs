@@ -96,6 +96,21 @@ impl SandboxEntry {
         self.busy.load(Ordering::SeqCst)
     }
 
+    /// Occupies the sandbox (as an execution does) until the guard is dropped: for work
+    /// that must not overlap an execution, e.g. changing its workspace's files. 409 when
+    /// it is busy.
+    pub fn occupy(&self) -> Result<Occupied<'_>, ApiError> {
+        if self
+            .busy
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return Err(busy(&self.id));
+        }
+        self.touch();
+        Ok(Occupied(self))
+    }
+
     /// Executions so far.
     pub fn executions(&self) -> u64 {
         self.executions.load(Ordering::SeqCst)
@@ -343,6 +358,15 @@ impl ServerState {
         out
     }
 
+    /// The workspaces live sandboxes use (of any key).
+    pub fn workspaces_in_use(&self) -> std::collections::BTreeSet<String> {
+        self.table
+            .inner
+            .lock()
+            .map(|t| t.live.values().map(|e| e.workspace.clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// Live sandboxes in all.
     pub fn live_sandboxes(&self) -> usize {
         self.table.inner.lock().map(|t| t.live.len()).unwrap_or(0)
@@ -414,12 +438,7 @@ impl ServerState {
             .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
             .is_err()
         {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "sandbox_busy",
-                format!("an execution is already running in sandbox {}", entry.id),
-                "wait for it to end (one execution at a time runs in a sandbox), or create another sandbox",
-            ));
+            return Err(busy(&entry.id));
         }
         entry.touch();
         self.running.fetch_add(1, Ordering::SeqCst);
@@ -481,6 +500,26 @@ impl ServerState {
             _stop: guard,
         })
     }
+}
+
+/// Holds a sandbox busy ([`SandboxEntry::occupy`]) until dropped.
+#[derive(Debug)]
+pub struct Occupied<'a>(&'a SandboxEntry);
+
+impl Drop for Occupied<'_> {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.busy.store(false, Ordering::SeqCst);
+    }
+}
+
+fn busy(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "sandbox_busy",
+        format!("sandbox {id} is busy: an execution (or a change of its files) is under way"),
+        "wait for it to end (one thing at a time runs in a sandbox), or create another sandbox",
+    )
 }
 
 fn too_many(message: String) -> ApiError {
