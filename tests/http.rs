@@ -682,6 +682,14 @@ async fn refusals_are_json_errors_with_the_right_status() {
     assert_error(r, StatusCode::NOT_FOUND, "route_not_found").await;
     let r = c.put(s.url("/v1/sandboxes")).send().await.unwrap();
     assert_error(r, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
+    // Uploads are streamed to disk, held to the file-size limit, not the JSON body cap.
+    let r = c
+        .put(s.url(&format!("/v1/sandboxes/{}/files/big.bin", sbx.id)))
+        .body(vec![7u8; 200 << 10])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
     // The server still works after all that.
     assert_eq!(exec(&s, &sbx.id, "print(7)").await.stdout, "7\n");
     s.shutdown().await;
@@ -1314,5 +1322,108 @@ async fn the_tool_catalog_and_named_workspaces_are_listed() {
         .await
         .unwrap();
     assert_error(r, StatusCode::NOT_FOUND, "workspace_not_found").await;
+    s.shutdown().await;
+}
+
+/// Every `$ref` in `v`.
+fn refs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                match (k.as_str(), v) {
+                    ("$ref", Value::String(r)) => out.push(r.clone()),
+                    _ => refs(v, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_lists_exactly_the_routes_served() {
+    let keys = ApiKeys::from_keys([KEY_A]).unwrap();
+    let s = start_with(keys, ServerLimits::default(), Duration::from_secs(10)).await;
+    let c = client();
+    // Served without a key, like the probes.
+    let r = c.get(s.url("/openapi.json")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let doc: Value = r.json().await.unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            documented.push((method.to_uppercase(), path.clone()));
+        }
+    }
+    documented.sort();
+    let mut served: Vec<(String, String)> = [
+        ("GET", "/healthz"),
+        ("GET", "/readyz"),
+        ("GET", "/metrics"),
+        ("GET", "/openapi.json"),
+        ("GET", "/v1/sandboxes"),
+        ("POST", "/v1/sandboxes"),
+        ("GET", "/v1/sandboxes/{id}"),
+        ("DELETE", "/v1/sandboxes/{id}"),
+        ("POST", "/v1/sandboxes/{id}/execute"),
+        ("GET", "/v1/sandboxes/{id}/files"),
+        ("GET", "/v1/sandboxes/{id}/files/{path}"),
+        ("PUT", "/v1/sandboxes/{id}/files/{path}"),
+        ("DELETE", "/v1/sandboxes/{id}/files/{path}"),
+        ("GET", "/v1/tools"),
+        ("GET", "/v1/workspaces"),
+        ("DELETE", "/v1/workspaces/{name}"),
+    ]
+    .iter()
+    .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
+    .collect();
+    served.sort();
+    assert_eq!(documented, served);
+    // Every documented operation is routed (a request reaches its handler: no
+    // route_not_found, no 405), and other methods on its path are not.
+    for (method, path) in &documented {
+        let concrete = path
+            .replace("{id}", "sbx-none")
+            .replace("{path}", "x.txt")
+            .replace("{name}", "none");
+        let r = c
+            .request(method.parse().unwrap(), s.url(&concrete))
+            .bearer_auth(KEY_A)
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(
+            r.status(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}"
+        );
+        let body = r.text().await.unwrap();
+        assert!(!body.contains("route_not_found"), "{method} {path}: {body}");
+        let r = c
+            .patch(s.url(&concrete))
+            .bearer_auth(KEY_A)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED, "PATCH {path}");
+    }
+    // Every schema it refers to is in it.
+    let mut all = Vec::new();
+    refs(&doc, &mut all);
+    assert!(all.iter().any(|r| r.ends_with("/ExecutionResult")));
+    for r in all {
+        let name = r.strip_prefix("#/components/schemas/").unwrap();
+        assert!(
+            doc["components"]["schemas"][name].is_object(),
+            "{r} is missing"
+        );
+    }
+    for scheme in ["bearer", "api_key"] {
+        assert!(doc["components"]["securitySchemes"][scheme].is_object());
+    }
     s.shutdown().await;
 }

@@ -27,14 +27,14 @@ pub struct ApiError {
 }
 
 /// The wire form of [`ApiError`].
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// The refusal.
     pub error: ErrorDetail,
 }
 
 /// `{"code", "message", "hint"}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable identifier.
     pub code: &'static str,
@@ -42,6 +42,25 @@ pub struct ErrorDetail {
     pub message: String,
     /// What to do about it.
     pub hint: String,
+}
+
+/// The refusals every route may answer, for the OpenAPI document.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // only its derived documentation is used
+pub enum ErrorResponses {
+    /// A refusal of the request: 400 bad input, 401 no or bad key, 404, 409, 413, 429
+    /// (with `Retry-After`).
+    #[response(
+        status = "4XX",
+        description = "refused: `{\"error\": {\"code\", \"message\", \"hint\"}}`"
+    )]
+    Client(ErrorBody),
+    /// The server could not do it: 503 (a backend unavailable, shutting down), 500.
+    #[response(
+        status = "5XX",
+        description = "failed: `{\"error\": {\"code\", \"message\", \"hint\"}}`"
+    )]
+    Server(ErrorBody),
 }
 
 impl ApiError {

@@ -6,14 +6,14 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use serde::Serialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::ServerState;
+use super::{ErrorResponses, ServerState};
 
 /// How long a readiness answer is reused.
 const READY_TTL: Duration = Duration::from_secs(10);
@@ -23,7 +23,7 @@ const READY_TTL: Duration = Duration::from_secs(10);
 pub(super) struct ReadinessCache(Mutex<Option<(Instant, Readiness)>>);
 
 /// `GET /readyz`'s answer.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Readiness {
     /// Whether every backend and the store are ready (and the server is not shutting down).
     pub ready: bool,
@@ -36,7 +36,7 @@ pub struct Readiness {
 }
 
 /// One backend's readiness.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct BackendReadiness {
     /// Its name.
     pub name: String,
@@ -48,7 +48,7 @@ pub struct BackendReadiness {
 }
 
 /// The data dir's readiness.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StoreReadiness {
     /// Whether a file can be written in it.
     pub ready: bool,
@@ -58,21 +58,41 @@ pub struct StoreReadiness {
 }
 
 /// The routes without a key.
-pub(super) fn open_routes() -> Router<ServerState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+pub(super) fn open_routes() -> OpenApiRouter<ServerState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(openapi_json))
 }
 
 /// The routes behind the key.
-pub(super) fn authed_routes() -> Router<ServerState> {
-    Router::new().route("/metrics", get(metrics))
+pub(super) fn authed_routes() -> OpenApiRouter<ServerState> {
+    OpenApiRouter::new().routes(routes!(metrics))
 }
 
+/// This API's OpenAPI 3.1 document, generated from the handlers and their types (no key).
+#[utoipa::path(get, path = "/openapi.json", tag = "health",
+    responses((status = 200, description = "the OpenAPI document", content_type = "application/json")))]
+async fn openapi_json(State(state): State<ServerState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        state.openapi.clone(),
+    )
+        .into_response()
+}
+
+/// Liveness: the process answers (no key).
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "`{\"status\": \"ok\"}`")))]
 async fn healthz() -> impl IntoResponse {
     axum::Json(serde_json::json!({"status": "ok"}))
 }
 
+/// Readiness: every backend can start a sandbox and the data dir is writable (no key;
+/// cached 10 s).
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses((status = 200, description = "ready", body = Readiness),
+              (status = 503, description = "not ready, or shutting down", body = Readiness)))]
 async fn readyz(State(state): State<ServerState>) -> Response {
     let cached = state
         .readiness
@@ -148,6 +168,10 @@ fn probe_dir(dir: &std::path::Path) -> Result<(), String> {
     std::fs::remove_file(&probe).map_err(|e| format!("removing {}: {e}", probe.display()))
 }
 
+/// Prometheus text: executions by backend and status, their latency, sandboxes, pools.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain"),
+              ErrorResponses))]
 async fn metrics(State(state): State<ServerState>) -> Response {
     let pools: Vec<(&str, agentkernel_core::PoolStats)> = state
         .kernels

@@ -29,7 +29,7 @@ pub mod sandboxes;
 pub mod v1;
 
 pub use auth::{ApiKeys, KeyId};
-pub use error::{ApiError, ErrorBody, ErrorDetail, JsonBody};
+pub use error::{ApiError, ErrorBody, ErrorDetail, ErrorResponses, JsonBody};
 pub use sandboxes::{
     ExecEnd, ExecEvent, Execution, Occupied, SandboxEntry, SandboxOptions, StopReason, Utf8Chunker,
 };
@@ -178,6 +178,8 @@ pub struct StateInner {
     running_changed: tokio::sync::Notify,
     shutdown_grace: Duration,
     readiness: health::ReadinessCache,
+    /// The OpenAPI document, as served.
+    openapi: String,
 }
 
 impl ServerState {
@@ -201,6 +203,9 @@ impl ServerState {
             running_changed: tokio::sync::Notify::new(),
             shutdown_grace: config.shutdown_grace,
             readiness: health::ReadinessCache::default(),
+            openapi: openapi().to_json().map_err(|e| {
+                Error::Internal(format!("the OpenAPI document does not serialise: {e}"))
+            })?,
         })))
     }
 
@@ -273,18 +278,79 @@ impl ServerState {
     }
 }
 
-/// The whole API: the native routes under `/v1` and the health routes, behind the API-key
-/// middleware (except `/healthz`), with the body cap, and JSON for unknown routes.
-pub fn router(state: ServerState) -> Router {
-    let authed = Router::new()
+/// The OpenAPI document's frame: what the handlers do not say (title, security schemes).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "AgentKernel",
+        description = "Run agent-written Python in sandboxes: the native API (docs/http.md)."
+    ),
+    components(schemas(ErrorBody, ErrorDetail)),
+    modifiers(&SecuritySchemes),
+    security(("bearer" = []), ("api_key" = []))
+)]
+struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl utoipa::Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
+        };
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
+        );
+    }
+}
+
+/// The routes without a key, those behind it, and the OpenAPI document of both (made from
+/// the same registrations, so it lists exactly the routes served).
+fn parts() -> (
+    Router<ServerState>,
+    Router<ServerState>,
+    utoipa::openapi::OpenApi,
+) {
+    use utoipa::OpenApi as _;
+    let (open, mut doc) = utoipa_axum::router::OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(health::open_routes())
+        .split_for_parts();
+    let (authed, authed_doc) = utoipa_axum::router::OpenApiRouter::new()
         .merge(v1::routes())
         .merge(health::authed_routes())
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_key,
-        ));
+        .split_for_parts();
+    doc.merge(authed_doc);
+    // axum's catch-all `{*path}` is OpenAPI's `{path}`.
+    let paths = std::mem::take(&mut doc.paths.paths);
+    doc.paths.paths = paths
+        .into_iter()
+        .map(|(path, item)| (path.replace("{*", "{"), item))
+        .collect();
+    (open, authed, doc)
+}
+
+/// The OpenAPI 3.1 document of [`router`] (served at `/openapi.json`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    parts().2
+}
+
+/// The whole API: the native routes under `/v1` and the health routes, behind the API-key
+/// middleware (except `/healthz`, `/readyz` and `/openapi.json`), with the body cap, and
+/// JSON for unknown routes. Another API (E2B's) merges its `Router<ServerState>` here.
+pub fn router(state: ServerState) -> Router {
+    let (open, authed, _) = parts();
+    let authed = authed.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        auth::require_key,
+    ));
     Router::new()
-        .merge(health::open_routes())
+        .merge(open)
         .merge(authed)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -8,10 +8,11 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use crate::http::sandboxes::SANDBOX_PREFIX;
-use crate::http::{ApiError, ServerState};
+use crate::http::{ApiError, ErrorResponses, ServerState};
 
 /// `?backend=NAME` (default: the server's first).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct BackendQuery {
     /// Backend.
     #[serde(default)]
@@ -19,15 +20,16 @@ pub struct BackendQuery {
 }
 
 /// `GET /v1/tools`'s answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ToolList {
     /// Each tool: `name` (`server.tool`: `from tools.server import tool`), `description`,
     /// `input_schema`, `output_schema`.
+    #[schema(value_type = Vec<Object>)]
     pub tools: Vec<agentkernel_core::ToolSpec>,
 }
 
 /// One named workspace.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WorkspaceSummary {
     /// Its name.
     pub name: String,
@@ -42,12 +44,15 @@ pub struct WorkspaceSummary {
 }
 
 /// `GET /v1/workspaces`'s answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WorkspaceList {
     /// The named workspaces, by name.
     pub workspaces: Vec<WorkspaceSummary>,
 }
 
+/// The tools programs can import, with their JSON Schemas.
+#[utoipa::path(get, path = "/v1/tools", tag = "tools", params(BackendQuery),
+    responses((status = 200, description = "the catalog", body = ToolList), ErrorResponses))]
 pub(super) async fn tools(
     State(state): State<ServerState>,
     Query(q): Query<BackendQuery>,
@@ -58,6 +63,9 @@ pub(super) async fn tools(
     Ok(axum::Json(ToolList { tools }))
 }
 
+/// The named workspaces (shared by every key).
+#[utoipa::path(get, path = "/v1/workspaces", tag = "workspaces",
+    responses((status = 200, description = "the workspaces", body = WorkspaceList), ErrorResponses))]
 pub(super) async fn workspaces(
     State(state): State<ServerState>,
 ) -> Result<axum::Json<WorkspaceList>, ApiError> {
@@ -78,6 +86,10 @@ pub(super) async fn workspaces(
     }))
 }
 
+/// Deletes a named workspace (409 while a sandbox uses it).
+#[utoipa::path(delete, path = "/v1/workspaces/{name}", tag = "workspaces",
+    params(("name" = String, Path, description = "workspace name")),
+    responses((status = 204, description = "deleted"), ErrorResponses))]
 pub(super) async fn delete_workspace(
     State(state): State<ServerState>,
     Path(name): Path<String>,

@@ -25,11 +25,12 @@ use agentkernel_core::{ExecOutcome, ExecRequest, ExecStatus, StreamKind, Timings
 
 use super::sandboxes::secs;
 use crate::http::{
-    ApiError, ErrorDetail, ExecEnd, ExecEvent, Execution, JsonBody, KeyId, ServerState, Utf8Chunker,
+    ApiError, ErrorDetail, ErrorResponses, ExecEnd, ExecEvent, Execution, JsonBody, KeyId,
+    ServerState, Utf8Chunker,
 };
 
 /// The request body.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecuteBody {
     /// Python source (at most 1 MiB).
@@ -44,7 +45,7 @@ pub struct ExecuteBody {
 }
 
 /// An uncaught exception: its class, `str()` and formatted traceback.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExceptionInfo {
     /// The exception's class name, e.g. `ValueError`.
     pub name: String,
@@ -55,7 +56,7 @@ pub struct ExceptionInfo {
 }
 
 /// How an execution ended, shared by [`ExecutionResult`] and the `end` event.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EndInfo {
     /// `ok`, `exception`, `exited`, `killed`, `crashed`, `cancelled` (stopped before its end:
     /// see `reason`) or `failed` (the kernel could not run it: see `failure`).
@@ -77,9 +78,12 @@ pub struct EndInfo {
     pub duration_ms: f64,
     /// The kernel's per-phase timings (none when cancelled or failed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub timings: Option<Timings>,
-    /// The tool calls it made, in order of completion.
+    /// The tool calls it made, in order of completion: `name`, `duration` (ms), `ok`,
+    /// `error`.
     #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
     pub tool_calls: Vec<ToolCallRecord>,
     /// Whether stdout went past the output limit (the rest was dropped).
     #[serde(default)]
@@ -90,7 +94,7 @@ pub struct EndInfo {
 }
 
 /// [`ErrorDetail`] that can also be read back (clients, tests).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetailOwned {
     /// Stable identifier.
     pub code: String,
@@ -111,7 +115,7 @@ impl From<ErrorDetail> for ErrorDetailOwned {
 }
 
 /// The one-object answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExecutionResult {
     /// How it ended.
     #[serde(flatten)]
@@ -126,7 +130,7 @@ pub struct ExecutionResult {
 }
 
 /// One line of the NDJSON stream.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum StreamEvent {
     /// Text the program wrote to stdout.
@@ -218,6 +222,16 @@ fn clone_error(e: &agentkernel_core::Error) -> agentkernel_core::Error {
     }
 }
 
+/// Runs code in the sandbox's interpreter: one [`ExecutionResult`], or with `stream` an
+/// NDJSON stream of [`StreamEvent`]s (`application/x-ndjson`). Closing the connection stops
+/// the execution.
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/execute", tag = "execute",
+    params(("id" = String, Path, description = "sandbox id")),
+    request_body = ExecuteBody,
+    responses(
+        (status = 200, description = "the execution ended (one object), or its events (one a line, `stream`)",
+            content((ExecutionResult = "application/json"), (StreamEvent = "application/x-ndjson"))),
+        ErrorResponses))]
 pub(super) async fn execute(
     State(state): State<ServerState>,
     Extension(who): Extension<KeyId>,

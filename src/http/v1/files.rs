@@ -42,7 +42,7 @@ use tokio::io::AsyncWriteExt as _;
 
 use agentkernel_core::fsat::{Dir, Kind, Part, rename_into_place};
 
-use crate::http::{ApiError, KeyId, SandboxEntry, ServerState};
+use crate::http::{ApiError, ErrorResponses, KeyId, SandboxEntry, ServerState};
 
 /// Largest upload when the sandbox has no file-size limit.
 const MAX_UPLOAD_WITHOUT_LIMIT: u64 = 1 << 30;
@@ -50,7 +50,7 @@ const MAX_UPLOAD_WITHOUT_LIMIT: u64 = 1 << 30;
 const MAX_ENTRIES: usize = 10_000;
 
 /// One entry of a directory listing.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FileEntry {
     /// Its name.
     pub name: String,
@@ -65,7 +65,7 @@ pub struct FileEntry {
 }
 
 /// A directory listing.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FileList {
     /// The directory, relative to the workspace (`""` for the workspace itself).
     pub path: String,
@@ -76,7 +76,7 @@ pub struct FileList {
 }
 
 /// What `PUT` answers.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FileWritten {
     /// The file, relative to the workspace.
     pub path: String,
@@ -200,6 +200,10 @@ fn open_dir(dir: &Dir, part: &OsStr, shown: &str) -> Result<Dir, ApiError> {
     })
 }
 
+/// The workspace's top directory.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/files", tag = "files",
+    params(("id" = String, Path, description = "sandbox id")),
+    responses((status = 200, description = "its entries", body = FileList), ErrorResponses))]
 pub(super) async fn list_root(
     State(state): State<ServerState>,
     Extension(who): Extension<KeyId>,
@@ -208,6 +212,13 @@ pub(super) async fn list_root(
     read(state, who, id, String::new()).await
 }
 
+/// A file's bytes (streamed), or a directory's entries.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/files/{*path}", tag = "files",
+    params(("id" = String, Path, description = "sandbox id"),
+           ("path" = String, Path, description = "path in the workspace")),
+    responses((status = 200, description = "the file's bytes, or the directory's entries",
+        content((Vec<u8> = "application/octet-stream"), (FileList = "application/json"))),
+        ErrorResponses))]
 pub(super) async fn get(
     State(state): State<ServerState>,
     Extension(who): Extension<KeyId>,
@@ -285,6 +296,12 @@ fn listing(dir: &Dir, name: &str) -> Result<FileList, ApiError> {
 
 const S_IFLNK: u32 = 0o120000;
 
+/// Writes a file (streamed; parents made; at most the sandbox's file-size limit).
+#[utoipa::path(put, path = "/v1/sandboxes/{id}/files/{*path}", tag = "files",
+    params(("id" = String, Path, description = "sandbox id"),
+           ("path" = String, Path, description = "path in the workspace")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 201, description = "written", body = FileWritten), ErrorResponses))]
 pub(super) async fn put(
     State(state): State<ServerState>,
     Extension(who): Extension<KeyId>,
@@ -431,6 +448,11 @@ async fn put_in_place(
     rename_into_place(parent, part, last).map_err(|e| io_error(name, e))
 }
 
+/// Deletes a file, or a directory and everything in it.
+#[utoipa::path(delete, path = "/v1/sandboxes/{id}/files/{*path}", tag = "files",
+    params(("id" = String, Path, description = "sandbox id"),
+           ("path" = String, Path, description = "path in the workspace")),
+    responses((status = 204, description = "deleted"), ErrorResponses))]
 pub(super) async fn delete(
     State(state): State<ServerState>,
     Extension(who): Extension<KeyId>,

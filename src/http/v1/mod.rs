@@ -19,35 +19,22 @@ pub use execute::{
 };
 pub use sandboxes::{CreateSandboxBody, LimitsBody, SandboxInfo, SandboxList};
 
-use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::ServerState;
 
-/// The `/v1` routes.
-pub fn routes() -> Router<ServerState> {
-    Router::new()
-        .route(
-            "/v1/sandboxes",
-            post(sandboxes::create).get(sandboxes::list),
-        )
-        .route(
-            "/v1/sandboxes/{id}",
-            get(sandboxes::get).delete(sandboxes::delete),
-        )
-        .route("/v1/sandboxes/{id}/execute", post(execute::execute))
-        .route("/v1/sandboxes/{id}/files", get(files::list_root))
-        .route("/v1/sandboxes/{id}/files/", get(files::list_root))
-        .route(
-            "/v1/sandboxes/{id}/files/{*path}",
-            get(files::get)
-                .delete(files::delete)
-                // Uploads are streamed to disk and capped by the file-size limit instead.
-                .put(files::put)
-                .layer(DefaultBodyLimit::disable()),
-        )
-        .route("/v1/tools", get(catalog::tools))
-        .route("/v1/workspaces", get(catalog::workspaces))
-        .route("/v1/workspaces/{name}", delete(catalog::delete_workspace))
+/// The `/v1` routes, each with its OpenAPI operation (so the document cannot miss one).
+/// Uploads are not held to the JSON body cap: they are streamed to disk and capped by the
+/// sandbox's file-size limit (a raw body is not subject to `DefaultBodyLimit`).
+pub fn routes() -> OpenApiRouter<ServerState> {
+    OpenApiRouter::new()
+        .routes(routes!(sandboxes::create, sandboxes::list))
+        .routes(routes!(sandboxes::get, sandboxes::delete))
+        .routes(routes!(execute::execute))
+        .routes(routes!(files::list_root))
+        .routes(routes!(files::get, files::put, files::delete))
+        .routes(routes!(catalog::tools))
+        .routes(routes!(catalog::workspaces))
+        .routes(routes!(catalog::delete_workspace))
 }

@@ -9,11 +9,13 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use crate::http::{ApiError, JsonBody, KeyId, SandboxEntry, SandboxOptions, ServerState};
+use crate::http::{
+    ApiError, ErrorResponses, JsonBody, KeyId, SandboxEntry, SandboxOptions, ServerState,
+};
 use crate::session::SessionOptions;
 
 /// `POST /v1/sandboxes`'s body (every field optional; unknown fields are refused).
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSandboxBody {
     /// Backend (default: the server's first).
@@ -41,7 +43,7 @@ pub struct CreateSandboxBody {
 }
 
 /// Limits of a sandbox over the wire; each omitted one is the server's.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsBody {
     /// Wall-clock seconds one execution may take (its default timeout).
@@ -116,7 +118,7 @@ pub(super) fn secs(name: &str, s: f64) -> Result<Duration, ApiError> {
 }
 
 /// A sandbox as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SandboxInfo {
     /// Its id.
     pub id: String,
@@ -170,12 +172,16 @@ impl SandboxInfo {
 }
 
 /// `GET /v1/sandboxes`'s answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SandboxList {
     /// The caller's live sandboxes, oldest first.
     pub sandboxes: Vec<SandboxInfo>,
 }
 
+/// Creates a sandbox.
+#[utoipa::path(post, path = "/v1/sandboxes", tag = "sandboxes",
+    request_body = CreateSandboxBody,
+    responses((status = 201, description = "created", body = SandboxInfo), ErrorResponses))]
 pub(super) async fn create(
     State(state): State<ServerState>,
     Extension(who): Extension<KeyId>,
@@ -218,6 +224,9 @@ pub(super) async fn create(
     Ok((StatusCode::CREATED, axum::Json(SandboxInfo::of(&entry))).into_response())
 }
 
+/// The caller's live sandboxes, oldest first.
+#[utoipa::path(get, path = "/v1/sandboxes", tag = "sandboxes",
+    responses((status = 200, description = "the caller's sandboxes", body = SandboxList), ErrorResponses))]
 pub(super) async fn list(
     State(state): State<ServerState>,
     Extension(who): Extension<KeyId>,
@@ -231,6 +240,10 @@ pub(super) async fn list(
     })
 }
 
+/// One sandbox.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}", tag = "sandboxes",
+    params(("id" = String, Path, description = "sandbox id")),
+    responses((status = 200, description = "the sandbox", body = SandboxInfo), ErrorResponses))]
 pub(super) async fn get(
     State(state): State<ServerState>,
     Extension(who): Extension<KeyId>,
@@ -240,6 +253,10 @@ pub(super) async fn get(
     Ok(axum::Json(SandboxInfo::of(&entry)))
 }
 
+/// Closes a sandbox: a running execution stops, its own workspace is deleted.
+#[utoipa::path(delete, path = "/v1/sandboxes/{id}", tag = "sandboxes",
+    params(("id" = String, Path, description = "sandbox id")),
+    responses((status = 204, description = "closed"), ErrorResponses))]
 pub(super) async fn delete(
     State(state): State<ServerState>,
     Extension(who): Extension<KeyId>,
