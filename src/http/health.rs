@@ -18,9 +18,21 @@ use super::{ErrorResponses, ServerState};
 /// How long a readiness answer is reused.
 const READY_TTL: Duration = Duration::from_secs(10);
 
-/// The last readiness answer and when it was made.
+/// The last readiness answer and when it was made; `checking` lets one request at a time
+/// make a new one (a backend's check starts a sandbox: probes arriving together share it).
 #[derive(Default)]
-pub(super) struct ReadinessCache(Mutex<Option<(Instant, Readiness)>>);
+pub(super) struct ReadinessCache(Mutex<Option<(Instant, Readiness)>>, tokio::sync::Mutex<()>);
+
+impl ReadinessCache {
+    fn fresh(&self) -> Option<Readiness> {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|c| c.clone())
+            .filter(|(at, _)| at.elapsed() < READY_TTL)
+            .map(|(_, r)| r)
+    }
+}
 
 /// `GET /readyz`'s answer.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -94,22 +106,21 @@ async fn healthz() -> impl IntoResponse {
     responses((status = 200, description = "ready", body = Readiness),
               (status = 503, description = "not ready, or shutting down", body = Readiness)))]
 async fn readyz(State(state): State<ServerState>) -> Response {
-    let cached = state
-        .readiness
-        .0
-        .lock()
-        .ok()
-        .and_then(|c| c.clone())
-        .filter(|(at, _)| at.elapsed() < READY_TTL)
-        .map(|(_, r)| r);
-    let mut report = match cached {
+    let mut report = match state.readiness.fresh() {
         Some(r) => r,
         None => {
-            let r = check(&state).await;
-            if let Ok(mut c) = state.readiness.0.lock() {
-                *c = Some((Instant::now(), r.clone()));
+            let _checking = state.readiness.1.lock().await;
+            // Another request may have made one meanwhile.
+            match state.readiness.fresh() {
+                Some(r) => r,
+                None => {
+                    let r = check(&state).await;
+                    if let Ok(mut c) = state.readiness.0.lock() {
+                        *c = Some((Instant::now(), r.clone()));
+                    }
+                    r
+                }
             }
-            r
         }
     };
     report.draining = state.is_draining();

@@ -483,4 +483,39 @@ mod tests {
         let keys = ApiKeys::from_keys(["0123456789abcdef0123"]).unwrap();
         check_listen(&"0.0.0.0:1".parse().unwrap(), &keys).unwrap();
     }
+
+    /// Arbitrary `--listen` values never panic.
+    #[test]
+    fn arbitrary_listen_addresses_never_panic() {
+        const PIECES: &[&str] = &[
+            "localhost",
+            ":",
+            "[",
+            "]",
+            "::1",
+            "127.0.0.1",
+            "0",
+            "65535",
+            "65536",
+            "-1",
+            "é",
+            "%",
+            " ",
+            "LOCALHOST",
+            "1.2.3",
+        ];
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let mut text = String::new();
+            for i in 0..(seed % 6) as usize {
+                text.push_str(
+                    PIECES[(seed.rotate_left(i as u32 * 7) % PIECES.len() as u64) as usize],
+                );
+            }
+            let _ = parse_listen(&text);
+        }
+    }
 }

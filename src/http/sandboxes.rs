@@ -745,6 +745,34 @@ mod tests {
             out.push_str(&c.finish());
             assert_eq!(out, text, "split at {split}");
         }
+        // Random bytes (rich in UTF-8 lead and continuation bytes) cut at random places
+        // read the same as the whole, decoded at once.
+        let mut seed: u64 = 0x1234_5678_9abc_def1;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        const BYTES: &[u8] = &[
+            b'a', 0x80, 0xbf, 0xc3, 0xa9, 0xe2, 0x86, 0x92, 0xf0, 0x9f, 0xff,
+        ];
+        for _ in 0..5_000 {
+            let len = (next() % 24) as usize;
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| BYTES[(next() % BYTES.len() as u64) as usize])
+                .collect();
+            let mut c = Utf8Chunker::default();
+            let mut out = String::new();
+            let mut at = 0;
+            while at < bytes.len() {
+                let end = (at + 1 + (next() % 4) as usize).min(bytes.len());
+                out.push_str(&c.push(&bytes[at..end]));
+                at = end;
+            }
+            out.push_str(&c.finish());
+            assert_eq!(out, String::from_utf8_lossy(&bytes), "{bytes:x?}");
+        }
         let mut c = Utf8Chunker::default();
         assert_eq!(c.push(b"a\xffb"), "a\u{FFFD}b");
         assert_eq!(c.push(b"\xe2\x86"), "");

@@ -510,4 +510,49 @@ mod tests {
         assert!(parse_path(&"a/".repeat(3000)).is_err());
         assert!(parse_path(&"x".repeat(256)).is_err());
     }
+
+    /// Arbitrary paths (random bytes from a set rich in separators, dots and multi-byte
+    /// characters) never panic, and what is accepted has no `..`, no empty or over-long
+    /// component and no NUL.
+    #[test]
+    fn arbitrary_paths_never_panic_or_escape() {
+        const PIECES: &[&str] = &[
+            "/",
+            ".",
+            "..",
+            "a",
+            "é",
+            "\0",
+            "\u{202e}",
+            "workspace",
+            "/workspace",
+            "%2e",
+            "\\",
+            "~",
+            " ",
+            "\n",
+        ];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            let mut path = String::new();
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 12) as usize;
+            for i in 0..len {
+                let pick = (seed.rotate_left(i as u32 * 5) % PIECES.len() as u64) as usize;
+                path.push_str(PIECES[pick]);
+            }
+            if let Ok(parts) = parse_path(&path) {
+                for p in parts {
+                    let b = p.as_bytes();
+                    assert!(
+                        !b.is_empty() && b != b"." && b != b".." && !b.contains(&0),
+                        "{path:?}"
+                    );
+                    assert!(!b.contains(&b'/') && b.len() <= 255, "{path:?}");
+                }
+            }
+        }
+    }
 }
