@@ -1375,6 +1375,12 @@ async fn the_openapi_document_lists_exactly_the_routes_served() {
         ("GET", "/v1/tools"),
         ("GET", "/v1/workspaces"),
         ("DELETE", "/v1/workspaces/{name}"),
+        ("POST", "/v1/tasks"),
+        ("GET", "/v1/tasks"),
+        ("GET", "/v1/tasks/{id}"),
+        ("GET", "/v1/tasks/{id}/wait"),
+        ("POST", "/v1/tasks/{id}/cancel"),
+        ("GET", "/v1/tasks/{id}/events"),
     ]
     .iter()
     .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
@@ -1424,6 +1430,145 @@ async fn the_openapi_document_lists_exactly_the_routes_served() {
     }
     for scheme in ["bearer", "api_key"] {
         assert!(doc["components"]["securitySchemes"][scheme].is_object());
+    }
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_are_submitted_waited_for_listed_and_cancelled() {
+    let s = start().await;
+    let c = client();
+    let r = c
+        .post(s.url("/v1/tasks"))
+        .json(&json!({"code": "print(6 * 7)", "timeout_secs": 20}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let task: Value = r.json().await.unwrap();
+    let id = task["id"].as_str().unwrap().to_owned();
+    assert!(matches!(
+        task["state"].as_str(),
+        Some("queued" | "running" | "succeeded")
+    ));
+    // Its states as NDJSON, ending with the final one.
+    let events = c
+        .get(s.url(&format!("/v1/tasks/{id}/events")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.headers()["content-type"], "application/x-ndjson");
+    let text = events.text().await.unwrap();
+    let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last, json!({"id": id, "state": "succeeded"}), "{text}");
+    let done: Value = c
+        .get(s.url(&format!("/v1/tasks/{id}/wait?timeout_secs=60")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(done["state"], "succeeded");
+    assert_eq!(done["result"]["output"], "42\n");
+    assert_eq!(done["result"]["exit_code"], 0);
+
+    // A long one, cancelled while it runs or waits.
+    let long: Value = c
+        .post(s.url("/v1/tasks"))
+        .json(&json!({"code": "import time\ntime.sleep(60)"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let long_id = long["id"].as_str().unwrap().to_owned();
+    let r = c
+        .post(s.url(&format!("/v1/tasks/{long_id}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let before: Value = r.json().await.unwrap();
+    assert!(matches!(
+        before["previous_state"].as_str(),
+        Some("queued" | "running")
+    ));
+    let ended: Value = c
+        .get(s.url(&format!("/v1/tasks/{long_id}/wait?timeout_secs=60")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ended["state"], "cancelled");
+
+    let list: Value = c
+        .get(s.url("/v1/tasks?state=succeeded"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = list["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [id.as_str()]);
+    let all: Value = c
+        .get(s.url("/v1/tasks"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(all["tasks"].as_array().unwrap().len(), 2);
+
+    for (r, status, code) in [
+        (
+            c.get(s.url("/v1/tasks/nosuch")).send().await.unwrap(),
+            StatusCode::NOT_FOUND,
+            "task_not_found",
+        ),
+        (
+            c.post(s.url("/v1/tasks/nosuch/cancel"))
+                .send()
+                .await
+                .unwrap(),
+            StatusCode::NOT_FOUND,
+            "task_not_found",
+        ),
+        (
+            c.get(s.url("/v1/tasks?state=done")).send().await.unwrap(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            c.post(s.url("/v1/tasks"))
+                .json(&json!({"code": "1", "timeout_secs": 1e9}))
+                .send()
+                .await
+                .unwrap(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            c.post(s.url("/v1/tasks"))
+                .json(&json!({"code": "1", "workspace": "sbx-x"}))
+                .send()
+                .await
+                .unwrap(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+    ] {
+        assert_error(r, status, code).await;
     }
     s.shutdown().await;
 }

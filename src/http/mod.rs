@@ -180,6 +180,8 @@ pub struct StateInner {
     readiness: health::ReadinessCache,
     /// The OpenAPI document, as served.
     openapi: String,
+    /// The default kernel's tasks and their workers (opened when the server starts).
+    tasks: tokio::sync::OnceCell<crate::tasks::Tasks>,
 }
 
 impl ServerState {
@@ -206,6 +208,7 @@ impl ServerState {
             openapi: openapi().to_json().map_err(|e| {
                 Error::Internal(format!("the OpenAPI document does not serialise: {e}"))
             })?,
+            tasks: tokio::sync::OnceCell::new(),
         })))
     }
 
@@ -229,6 +232,17 @@ impl ServerState {
                     )
                 }),
         }
+    }
+
+    /// The default kernel's tasks (their store in its data dir, their workers started on
+    /// first use: [`serve`] starts them, so tasks left queued run again).
+    pub async fn tasks(&self) -> Result<&crate::tasks::Tasks, ApiError> {
+        self.tasks
+            .get_or_try_init(|| {
+                crate::tasks::Tasks::open(self.kernels[0].clone(), Default::default())
+            })
+            .await
+            .map_err(ApiError::from)
     }
 
     /// Whether a shutdown began.
@@ -399,6 +413,10 @@ pub async fn serve_state(
         .local_addr()
         .map_err(|e| Error::io("reading the listening address", e))?;
     check_listen(&addr, &state.keys)?;
+    // The task workers start now: tasks queued before a restart run again.
+    if let Err(e) = state.tasks().await {
+        tracing::warn!(error = %e, "the task store could not be opened: task routes will fail");
+    }
     let reaper = tokio::spawn(sandboxes::reap(state.clone()));
     let app = router(state.clone());
     // The drain runs beside axum's graceful shutdown (which waits for open responses, the

@@ -4,15 +4,19 @@
 //! - `POST /v1/sandboxes/{id}/execute`, one JSON object or an NDJSON stream of events
 //!   (`execute.rs`);
 //! - `GET|PUT|DELETE /v1/sandboxes/{id}/files/{path}`, the workspace's files (`files.rs`);
-//! - `GET /v1/tools`, `GET /v1/workspaces`, `DELETE /v1/workspaces/{name}` (`catalog.rs`).
+//! - `GET /v1/tools`, `GET /v1/workspaces`, `DELETE /v1/workspaces/{name}` (`catalog.rs`);
+//! - `POST|GET /v1/tasks`, `GET /v1/tasks/{id}`, `GET /v1/tasks/{id}/wait`,
+//!   `POST /v1/tasks/{id}/cancel`, `GET /v1/tasks/{id}/events` (`tasks.rs`).
 
 mod catalog;
 mod execute;
 mod files;
 mod sandboxes;
+mod tasks;
 
 pub use catalog::{ToolList, WorkspaceList, WorkspaceSummary};
 pub use files::{FileEntry, FileList, FileWritten, parse_path};
+pub use tasks::{SubmitTaskBody, TaskInfo, TaskList};
 
 pub use execute::{
     EndInfo, ErrorDetailOwned, ExceptionInfo, ExecuteBody, ExecutionResult, StreamEvent,
@@ -37,4 +41,9 @@ pub fn routes() -> OpenApiRouter<ServerState> {
         .routes(routes!(catalog::tools))
         .routes(routes!(catalog::workspaces))
         .routes(routes!(catalog::delete_workspace))
+        .routes(routes!(tasks::submit, tasks::list))
+        .routes(routes!(tasks::get))
+        .routes(routes!(tasks::wait))
+        .routes(routes!(tasks::cancel))
+        .routes(routes!(tasks::events))
 }
