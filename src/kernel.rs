@@ -439,6 +439,21 @@ impl Kernel {
         self.sessions.get_or_start(self, name, ws).await
     }
 
+    /// Like [`Kernel::session_with_workspace`] with `options` applied to the kernel's spec
+    /// (stricter limits, more environment). A session of that name already open is
+    /// returned as it is.
+    pub async fn session_with_options(
+        &self,
+        name: &str,
+        workspace: &str,
+        options: &crate::session::SessionOptions,
+    ) -> Result<crate::Session> {
+        let ws = self.workspaces.open(workspace)?;
+        self.sessions
+            .start_with(self, name, ws, None, Some(options))
+            .await
+    }
+
     /// The kernel's own workspace: its named one, or the host directory it was given (named
     /// by its path).
     fn own_workspace(&self) -> Option<Workspace> {
@@ -465,7 +480,7 @@ impl Kernel {
             None => self.workspaces.open(name)?,
         };
         self.sessions
-            .start_with(self, name, ws, Some(snapshot))
+            .start_with(self, name, ws, Some(snapshot), None)
             .await
     }
 

@@ -49,6 +49,8 @@ mod agent;
 mod backends;
 pub mod config;
 mod doctor;
+#[cfg(feature = "server")]
+pub mod http;
 mod kernel;
 pub mod serve;
 pub mod session;
@@ -69,7 +71,7 @@ pub use agentkernel_tool_bridge::{
 pub use config::{Config, MicroVmSettings};
 pub use doctor::{BackendReport, doctor};
 pub use kernel::{BACKENDS, Backend, Kernel, KernelBuilder, compiled_backends, default_backend};
-pub use session::{Session, SessionInfo};
+pub use session::{Session, SessionInfo, SessionOptions};
 pub use tasks::{TaskConfig, TaskRecord, TaskRequest, TaskState, Tasks};
 
 /// The allocator that counts a `monty` sandbox's memory (re-exported, so an embedder needs no

@@ -31,6 +31,69 @@ use crate::kernel::Kernel;
 /// Default idle timeout of a session.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
+/// Per-session changes to the kernel's sandbox spec ([`Kernel::session_with_options`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionOptions {
+    /// Limits that replace the kernel's (`None`: the kernel's). Each may only be as strict
+    /// as the kernel's or stricter: a looser one is refused, so whoever configured the
+    /// kernel sets the ceiling.
+    pub limits: Option<agentkernel_core::Limits>,
+    /// Environment variables added to (or overriding) the kernel's.
+    pub env: std::collections::BTreeMap<String, String>,
+}
+
+impl SessionOptions {
+    /// Applies these options to `spec` (the kernel's, with the session's workspace).
+    fn apply(&self, spec: &mut SandboxSpec) -> Result<()> {
+        if let Some(limits) = &self.limits {
+            check_within(limits, &spec.limits)?;
+            spec.limits = limits.clone();
+        }
+        spec.env.extend(self.env.clone());
+        spec.validate()
+    }
+}
+
+/// Refuses a limit of `asked` looser than the same limit of `ceiling`.
+fn check_within(
+    asked: &agentkernel_core::Limits,
+    ceiling: &agentkernel_core::Limits,
+) -> Result<()> {
+    fn opt<T: PartialOrd + std::fmt::Debug>(
+        name: &str,
+        asked: Option<T>,
+        max: Option<T>,
+    ) -> Result<()> {
+        match (asked, max) {
+            (_, None) => Ok(()),
+            (None, Some(max)) => Err(Error::invalid(
+                format!("{name} cannot be unlimited: this kernel caps it at {max:?}"),
+                format!("give a {name} of at most {max:?}, or leave it out to get the kernel's"),
+            )),
+            (Some(a), Some(max)) if a > max => Err(Error::invalid(
+                format!("{name} {a:?} is above this kernel's {max:?}"),
+                format!("give a {name} of at most {max:?}, or leave it out to get the kernel's"),
+            )),
+            _ => Ok(()),
+        }
+    }
+    opt("wall_time", Some(asked.wall_time), Some(ceiling.wall_time))?;
+    opt("cpu_time", asked.cpu_time, ceiling.cpu_time)?;
+    opt("memory_bytes", asked.memory_bytes, ceiling.memory_bytes)?;
+    opt(
+        "output_bytes",
+        Some(asked.output_bytes),
+        Some(ceiling.output_bytes),
+    )?;
+    opt("processes", asked.processes, ceiling.processes)?;
+    opt(
+        "file_size_bytes",
+        asked.file_size_bytes,
+        ceiling.file_size_bytes,
+    )?;
+    opt("tmp_bytes", Some(asked.tmp_bytes), Some(ceiling.tmp_bytes))
+}
+
 /// What [`Kernel::sessions`] reports.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionInfo {
@@ -267,15 +330,18 @@ impl Sessions {
         name: &str,
         workspace: Workspace,
     ) -> Result<Session> {
-        self.start_with(kernel, name, workspace, None).await
+        self.start_with(kernel, name, workspace, None, None).await
     }
 
+    /// Starts session `name` on `ws` (or returns the open one), from `snapshot` if given,
+    /// with `options` applied to the kernel's spec.
     pub(crate) async fn start_with(
         &self,
         kernel: &Kernel,
         name: &str,
         ws: Workspace,
         snapshot: Option<&Snapshot>,
+        options: Option<&SessionOptions>,
     ) -> Result<Session> {
         agentkernel_core::validate_workspace_name(name).map_err(|_| {
             Error::invalid(
@@ -297,10 +363,13 @@ impl Sessions {
             }
             return Ok(s);
         }
-        let spec = SandboxSpec {
+        let mut spec = SandboxSpec {
             workspace: Some(ws.path.clone()),
             ..kernel.spec().clone()
         };
+        if let Some(options) = options {
+            options.apply(&mut spec)?;
+        }
         let sandbox = match snapshot {
             Some(snap) => kernel.runtime().restore(&spec, snap).await?,
             None => kernel.runtime().create(&spec).await?,
@@ -317,7 +386,7 @@ impl Sessions {
                 }),
                 last_used: Mutex::new(Instant::now()),
                 closed: std::sync::atomic::AtomicBool::new(false),
-                output_cap: kernel.spec().limits.output_bytes,
+                output_cap: spec.limits.output_bytes,
                 started: SystemTime::now(),
             }),
         };

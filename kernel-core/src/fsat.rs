@@ -181,6 +181,24 @@ impl Dir {
         Ok(file)
     }
 
+    /// The existing regular file `name`, opened for writing in place (`ELOOP` for a
+    /// symlink, `EINVAL` for anything that is not a regular file; a FIFO is never waited
+    /// on). For a writer whose readers hold the file's inode (an overlay mounted on the
+    /// directory caches it): a file renamed into place would be a new inode they never see.
+    pub fn open_existing_for_write(&self, name: &OsStr) -> io::Result<File> {
+        let fd = openat2(
+            self.fd.as_raw_fd(),
+            &cstr(name)?,
+            libc::O_WRONLY | libc::O_NONBLOCK,
+            0,
+        )?;
+        let file = File::from(fd);
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        Ok(file)
+    }
+
     /// Creates the file `name` (which must not exist) with mode 0600, for writing.
     pub fn create_new(&self, name: &OsStr) -> io::Result<File> {
         let fd = openat2(
