@@ -447,6 +447,41 @@ async fn streamed_events_arrive_while_the_program_runs_in_order() {
     s.shutdown().await;
 }
 
+/// The value of the last expression comes back in both forms: as `value` of the one-object
+/// answer and as a `result` event just before `end`; a program ending in a statement has
+/// none, and a value that is not JSON has its repr only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_expression_value_comes_back_in_both_forms() {
+    let s = start().await;
+    let sbx = create(&s, json!({})).await;
+    let out = exec(&s, &sbx.id, "x = {'a': [1, 2]}\nx").await;
+    let value = out.value.expect("a value");
+    assert_eq!(value.repr, "{'a': [1, 2]}");
+    assert_eq!(value.json, Some(json!({"a": [1, 2]})));
+    assert!(exec(&s, &sbx.id, "y = 1").await.value.is_none());
+    let out = exec(&s, &sbx.id, "{1, 2}").await;
+    let value = out.value.expect("a value");
+    assert_eq!((value.repr.as_str(), value.json), ("{1, 2}", None));
+
+    let events = stream(&s, &sbx.id, "print('p')\nx['a']").await.rest().await;
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| match e {
+            StreamEvent::Stdout { .. } => "stdout",
+            StreamEvent::Stderr { .. } => "stderr",
+            StreamEvent::Result(_) => "result",
+            StreamEvent::Error(_) => "error",
+            StreamEvent::End(_) => "end",
+        })
+        .collect();
+    assert_eq!(kinds, ["stdout", "result", "end"], "{events:?}");
+    match &events[1] {
+        StreamEvent::Result(v) => assert_eq!(v.json, Some(json!([1, 2]))),
+        other => panic!("{other:?}"),
+    }
+    s.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_execution_while_one_runs_is_refused_with_409() {
     let s = start().await;

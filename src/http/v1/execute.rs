@@ -127,6 +127,33 @@ pub struct ExecutionResult {
     /// The uncaught exception (`exception`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ExceptionInfo>,
+    /// The value of the program's last expression (`ok` only, when its last statement is an
+    /// expression whose value is not `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<ValueInfo>,
+}
+
+/// The value of a program's last expression, as Jupyter shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ValueInfo {
+    /// Its `repr()`, at most 64 KiB (cut at a character boundary and marked).
+    pub repr: String,
+    /// The value as JSON, when it is plain JSON (dicts, lists, strings, numbers, booleans,
+    /// null) of at most 64 KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub json: Option<serde_json::Value>,
+    /// Whether `repr` was cut.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+fn value_of(outcome: &ExecOutcome) -> Option<ValueInfo> {
+    outcome.value.as_ref().map(|v| ValueInfo {
+        repr: v.repr.clone(),
+        json: v.json.clone(),
+        truncated: v.truncated,
+    })
 }
 
 /// One line of the NDJSON stream.
@@ -143,6 +170,9 @@ pub enum StreamEvent {
         /// The text.
         text: String,
     },
+    /// The value of the program's last expression (just before `end`; see
+    /// [`ExecutionResult::value`]).
+    Result(ValueInfo),
     /// The program raised an exception it did not catch (just before `end`).
     Error(ExceptionInfo),
     /// The last event.
@@ -276,12 +306,18 @@ pub(super) async fn execute(
             }
         }
     };
-    let (stdout, stderr, error) = match &end {
-        ExecEnd::Finished(o) => (o.stdout.text(), o.stderr.text(), exception_of(o)),
+    let (stdout, stderr, error, value) = match &end {
+        ExecEnd::Finished(o) => (
+            o.stdout.text(),
+            o.stderr.text(),
+            exception_of(o),
+            value_of(o),
+        ),
         ExecEnd::Failed(e) => return Err(ApiError::from(clone_error(e))),
         ExecEnd::Stopped(_) => (
             String::from_utf8_lossy(&out.0).into_owned(),
             String::from_utf8_lossy(&out.1).into_owned(),
+            None,
             None,
         ),
     };
@@ -290,6 +326,7 @@ pub(super) async fn execute(
         stdout,
         stderr,
         error,
+        value,
     })
     .into_response())
 }
@@ -341,10 +378,13 @@ fn stream_response(execution: Execution) -> Response {
                             });
                         }
                     }
-                    if let ExecEnd::Finished(o) = &end
-                        && let Some(e) = exception_of(o)
-                    {
-                        lines.push(StreamEvent::Error(e));
+                    if let ExecEnd::Finished(o) = &end {
+                        if let Some(v) = value_of(o) {
+                            lines.push(StreamEvent::Result(v));
+                        }
+                        if let Some(e) = exception_of(o) {
+                            lines.push(StreamEvent::Error(e));
+                        }
                     }
                     lines.push(StreamEvent::End(end_info(&end, duration)));
                     s.done = true;
