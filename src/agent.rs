@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentkernel_core::{ExecOutcome, ExecStatus, Result, Timings, ToolCallRecord};
+use agentkernel_core::{ExecOutcome, ExecStatus, ExprValue, Result, Timings, ToolCallRecord};
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
@@ -29,6 +29,10 @@ pub struct TaskResult {
     pub timings: Timings,
     /// Tool calls it made.
     pub tool_calls: Vec<ToolCallRecord>,
+    /// The value of its last expression ([`ExecOutcome::value`]). Absent in results
+    /// stored before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<ExprValue>,
 }
 
 impl From<ExecOutcome> for TaskResult {
@@ -41,6 +45,7 @@ impl From<ExecOutcome> for TaskResult {
             status: o.status,
             timings: o.timings,
             tool_calls: o.tool_calls,
+            value: o.value,
         }
     }
 }

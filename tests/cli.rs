@@ -140,6 +140,25 @@ fn json_output_is_one_object() {
     assert!(v["timings"]["exec"].as_f64().is_some());
 }
 
+/// The last expression's value is in `--json` output (null when there is none), and is not
+/// printed without `--json`, as `python3 file.py` prints none.
+#[test]
+fn last_expression_value_is_in_json_output_only() {
+    let out = agentkernel(&["run", "--json", "-"], "x = 21\n{'x': x * 2}\n");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(
+        v["value"],
+        serde_json::json!({"repr": "{'x': 42}", "json": {"x": 42}})
+    );
+    let out = agentkernel(&["run", "--json", "-"], "x = 21\n");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["value"], serde_json::Value::Null, "{v}");
+    let out = agentkernel(&["run", "-"], "x = 21\nx * 2\n");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "", "no value printed without --json");
+}
+
 #[test]
 fn bad_input_is_one_line_and_exit_two() {
     for (args, needle) in [

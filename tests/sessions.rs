@@ -284,6 +284,16 @@ fn cli_sessions_keep_state_across_invocations() {
         "{}",
         String::from_utf8_lossy(&second.stderr)
     );
+    // The last expression's value comes through the session server too.
+    let mut cmd = Command::new(bin);
+    cmd.args(["run", "--session", "chat", "--json", "-"])
+        .env("AGENTKERNEL_DATA_DIR", data.path())
+        .env("AGENTKERNEL_SERVE_IDLE_SECS", "1");
+    let valued = run_with_stdin(cmd, "x");
+    let v: serde_json::Value = serde_json::from_slice(&valued.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}", String::from_utf8_lossy(&valued.stderr));
+    });
+    assert_eq!(v["value"], serde_json::json!({"repr": "41", "json": 41}));
     let failing = run("raise KeyError('k')");
     assert_eq!(failing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&failing.stderr).contains("KeyError"));
@@ -303,7 +313,7 @@ fn cli_sessions_keep_state_across_invocations() {
         .unwrap();
     let listed: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     assert_eq!(listed[0]["name"], "chat");
-    assert_eq!(listed[0]["execs"], 3);
+    assert_eq!(listed[0]["execs"], 4);
     let close = Command::new(bin)
         .args(["session", "close", "chat"])
         .env("AGENTKERNEL_DATA_DIR", data.path())

@@ -32,7 +32,7 @@ use monty_types::{
 };
 use serde_json::{Map, Value};
 
-use crate::convert::{from_json, to_json};
+use crate::convert::{ValueReport, describe, from_json, to_json};
 use crate::tools::{
     CALL_TOOL, MODULE_HELPER, PACKAGE_HELPER, RUNTIME_HELPER, TOOL_HELPER, call_args,
 };
@@ -217,12 +217,22 @@ impl Session {
         Ok(())
     }
 
-    /// Runs `code` to its end (or `timeout`), answering its pauses through `host`.
-    pub fn exec(&mut self, code: &str, timeout: Duration, host: &mut dyn Host) -> ExecStatus {
+    /// Runs `code` to its end (or `timeout`), answering its pauses through `host`. Answers
+    /// how it ended and, for a program that ended `ok` on an expression whose value is not
+    /// `None`, that value's report ([`describe`]).
+    pub fn exec(
+        &mut self,
+        code: &str,
+        timeout: Duration,
+        host: &mut dyn Host,
+    ) -> (ExecStatus, Option<ValueReport>) {
         let Some(mut repl) = self.repl.take() else {
-            return ExecStatus::Crashed {
-                reason: "the session was lost by an earlier failure".into(),
-            };
+            return (
+                ExecStatus::Crashed {
+                    reason: "the session was lost by an earlier failure".into(),
+                },
+                None,
+            );
         };
         let deadline = Instant::now() + timeout;
         // A fresh budget per exec (the REPL's clock would otherwise add up across execs).
@@ -231,14 +241,15 @@ impl Session {
         let mut progress = repl.feed_start(code, Vec::new(), printer(host));
         loop {
             let step = match progress {
-                Ok(ReplProgress::Complete { repl, .. }) => {
+                Ok(ReplProgress::Complete { repl, value }) => {
                     self.repl = Some(repl);
-                    return ExecStatus::Ok;
+                    // Monty returns the last expression statement's value (else None).
+                    return (ExecStatus::Ok, describe(&value));
                 }
                 Err(failed) => {
                     let ReplStartError { repl, error } = *failed;
                     self.repl = Some(repl);
-                    return status_of(&error);
+                    return (status_of(&error), None);
                 }
                 Ok(step) => step,
             };

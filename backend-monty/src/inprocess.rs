@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use agentkernel_core::admission::AdmittedExec;
 use agentkernel_core::{
-    CapturedOutput, Error, ExecOutcome, ExecStatus, LimitKind, OutputSink, Result, Sandbox,
-    Snapshot, StreamKind, Timings, ToolCallRecord, ToolError, ToolErrorKind, ToolHost,
+    CapturedOutput, Error, ExecOutcome, ExecStatus, ExprValue, LimitKind, OutputSink, Result,
+    Sandbox, Snapshot, StreamKind, Timings, ToolCallRecord, ToolError, ToolErrorKind, ToolHost,
     WorkspaceLock,
 };
 use async_trait::async_trait;
@@ -55,6 +55,7 @@ struct Run {
 /// One exec's results.
 struct Finished {
     status: ExecStatus,
+    value: Option<ExprValue>,
     stdout: CapturedOutput,
     tool_calls: Vec<ToolCallRecord>,
     tool_time: Duration,
@@ -155,10 +156,13 @@ fn run_in(slot: &Mutex<Option<Session>>, run: &Run) -> Finished {
         output_exceeded: false,
     };
     let mut session = slot.lock().unwrap_or_else(PoisonError::into_inner);
-    let status = match session.as_mut() {
-        None => ExecStatus::Crashed {
-            reason: "the interpreter was lost by an earlier panic".into(),
-        },
+    let (status, value) = match session.as_mut() {
+        None => (
+            ExecStatus::Crashed {
+                reason: "the interpreter was lost by an earlier panic".into(),
+            },
+            None,
+        ),
         Some(s) => {
             let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 s.exec(&run.code, run.timeout, &mut host)
@@ -170,9 +174,12 @@ fn run_in(slot: &Mutex<Option<Session>>, run: &Run) -> Finished {
                     .map(|s| (*s).to_owned())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_default();
-                ExecStatus::Crashed {
-                    reason: format!("the interpreter panicked: {what}"),
-                }
+                (
+                    ExecStatus::Crashed {
+                        reason: format!("the interpreter panicked: {what}"),
+                    },
+                    None,
+                )
             })
         }
     };
@@ -183,8 +190,17 @@ fn run_in(slot: &Mutex<Option<Session>>, run: &Run) -> Finished {
     } else {
         status
     };
+    // The same bounds and checks as a value from a guest process.
+    let value = value.filter(|_| status == ExecStatus::Ok).map(|v| {
+        ExprValue::from_guest(
+            v.repr.as_bytes(),
+            v.json.as_deref().map(str::as_bytes),
+            v.truncated,
+        )
+    });
     Finished {
         status,
+        value,
         stdout: host.stdout,
         tool_calls: host.calls,
         tool_time: host.tool_time,
@@ -384,6 +400,7 @@ impl InProcessSandbox {
                 ..Timings::default()
             },
             tool_calls: Vec::new(),
+            value: None,
         }
     }
 }
@@ -452,6 +469,7 @@ impl Sandbox for InProcessSandbox {
                         status: ExecStatus::Killed {
                             limit: LimitKind::WallTime,
                         },
+                        value: None,
                         stdout: CapturedOutput::default(),
                         tool_calls: Vec::new(),
                         tool_time: Duration::ZERO,
@@ -492,6 +510,7 @@ impl Sandbox for InProcessSandbox {
                 ..Timings::default()
             },
             tool_calls: finished.tool_calls,
+            value: finished.value,
         })
     }
 

@@ -297,6 +297,7 @@ impl WorkerSandbox {
                 ..out.timings
             },
             tool_calls: Vec::new(),
+            value: None,
         })
     }
 }

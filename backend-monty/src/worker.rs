@@ -334,7 +334,7 @@ fn agent() -> Result<(), String> {
                     out: std::io::BufWriter::new(stdout),
                     next_call: 0,
                 };
-                let status = session.exec(code, NO_TIMEOUT, &mut host);
+                let (status, value) = session.exec(code, NO_TIMEOUT, &mut host);
                 let _ = host.out.flush();
                 let (file, _) = host.out.into_parts();
                 std::mem::forget(file);
@@ -369,8 +369,13 @@ fn agent() -> Result<(), String> {
                     let n = unsafe { libc::write(fd, sentinel.as_ptr().cast(), sentinel.len()) };
                     written.insert(name.into(), Value::Bool(n == sentinel.len() as isize));
                 }
-                chan.send(&json!({"type": "done", "id": msg["id"], "status": status, "sentinels": written}))
-                    .map_err(io)?;
+                let mut done = json!({"type": "done", "id": msg["id"], "status": status, "sentinels": written});
+                if let Some(v) = value {
+                    // The guest protocol's `value` (kernel-core's guest::conn::GuestValue).
+                    done["value"] =
+                        json!({"repr": v.repr, "json": v.json, "truncated": v.truncated});
+                }
+                chan.send(&done).map_err(io)?;
             }
             Some("save") => {
                 let answer = match session.dump() {

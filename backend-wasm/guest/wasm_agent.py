@@ -139,7 +139,10 @@ class WitWorld(wit_world.WitWorld):
                 pass
         kind = status["kind"]
         if kind == "ok":
-            return wit_world.Outcome_Ok()
+            value = status.get("value")
+            if value is not None:
+                value = wit_world.ExprValue(value["repr"], value["json"], value["truncated"])
+            return wit_world.Outcome_Ok(value)
         if kind == "exited":
             return wit_world.Outcome_Exited(status["code"])
         return wit_world.Outcome_Exception(

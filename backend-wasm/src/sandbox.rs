@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use agentkernel_core::SandboxState;
 use agentkernel_core::admission::AdmittedExec;
 use agentkernel_core::{
-    Error, ExecOutcome, ExecStatus, LimitKind, Result, Sandbox, SandboxSpec, Snapshot, StreamKind,
-    Timings, ToolHost, WorkspaceLock,
+    Error, ExecOutcome, ExecStatus, ExprValue, LimitKind, Result, Sandbox, SandboxSpec, Snapshot,
+    StreamKind, Timings, ToolHost, WorkspaceLock,
 };
 use async_trait::async_trait;
 use wasmtime::{Store, StoreLimitsBuilder, Trap, UpdateDeadline};
@@ -318,6 +318,7 @@ impl Sandbox for WasmSandbox {
         let mut stderr = live.stderr.finish();
         // A run that did not return (a trap, an exit, the deadline) leaves an instance that
         // cannot be entered again: the sandbox is lost until reset.
+        let mut value = None;
         let (status, trapped) = match result {
             // The wall time has two layers: the epoch deadline interrupts guest code (a
             // `Trap::Interrupt` below); this one ends a run waiting in a host call, which
@@ -340,7 +341,17 @@ impl Sandbox for WasmSandbox {
                 )
             }
             Ok(Err(err)) => (trap_status(&err, memory_refused), true),
-            Ok(Ok(Outcome::Ok)) => (ExecStatus::Ok, false),
+            Ok(Ok(Outcome::Ok(reported))) => {
+                // Bounded and checked again: the guest is not trusted with the caps.
+                value = reported.map(|v| {
+                    ExprValue::from_guest(
+                        v.repr.as_bytes(),
+                        v.json.as_deref().map(str::as_bytes),
+                        v.truncated,
+                    )
+                });
+                (ExecStatus::Ok, false)
+            }
             Ok(Ok(Outcome::Exited(code))) => (ExecStatus::Exited { code }, false),
             Ok(Ok(Outcome::Exception(e))) => {
                 // An uncaught MemoryError is a memory kill, which ends the sandbox as a
@@ -372,6 +383,7 @@ impl Sandbox for WasmSandbox {
                 ..Timings::default()
             },
             tool_calls: exec_state.tool_calls,
+            value,
         })
     }
 

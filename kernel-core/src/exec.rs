@@ -269,6 +269,102 @@ pub struct ExecOutcome {
     pub timings: Timings,
     /// The tool calls it made, in order of completion.
     pub tool_calls: Vec<ToolCallRecord>,
+    /// The value of the program's last expression, as Jupyter, E2B and mcp-run-python
+    /// return it: present only when the program ran to its end ([`ExecStatus::Ok`]), its
+    /// last top-level statement is an expression statement, and the value is not `None`.
+    /// See [`ExprValue`] for the rules. Absent in outcomes stored before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<ExprValue>,
+}
+
+/// The value of a program's last expression ([`ExecOutcome::value`]).
+///
+/// Rules, the same on every backend (the conformance check `last_expression_value` holds
+/// each to them):
+/// - Only a program whose last top-level statement is an expression statement has one
+///   (`x = 5` has none, `x` has one). An expression whose value is `None` has none either,
+///   as Jupyter shows no result for it: `print(1)` (which returns `None`) has no value.
+/// - `repr` is the value's `repr()`, at most [`ExprValue::MAX_REPR_BYTES`] of UTF-8; a
+///   longer one is cut there (at a character boundary) and ends with
+///   [`ExprValue::TRUNCATED_MARK`], and `truncated` is set.
+/// - `json` is the value as JSON where `json.dumps` takes it (dicts, lists, tuples, str,
+///   int, float, bool and `None`, nested), its integers fit 64 bits (JSON readers lose
+///   larger ones), it has no NaN or infinity, and its JSON text is at most
+///   [`ExprValue::MAX_JSON_BYTES`]; otherwise absent (a set, an object, bytes...).
+/// - The expression and its `repr` run as part of the program: an exception in either is
+///   the program's exception (an [`ExecStatus::Exception`]), and there is no value.
+///
+/// The guest computes it; the host never trusts it further than [`ExprValue::from_guest`]
+/// allows (a bounded size, valid UTF-8, valid JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExprValue {
+    /// `repr(value)`, capped at [`ExprValue::MAX_REPR_BYTES`].
+    pub repr: String,
+    /// The value as JSON, where it is JSON (see the type's rules).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json: Option<serde_json::Value>,
+    /// Whether `repr` was cut at the cap (it then ends with [`ExprValue::TRUNCATED_MARK`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+impl ExprValue {
+    /// The largest `repr` kept, 64 KiB of UTF-8 (before the truncation mark).
+    pub const MAX_REPR_BYTES: usize = 64 << 10;
+
+    /// The largest JSON text kept, 64 KiB: a larger value has no `json` (only its `repr`).
+    /// Data that large belongs in a file in the workspace.
+    pub const MAX_JSON_BYTES: usize = 64 << 10;
+
+    /// What ends a `repr` cut at [`ExprValue::MAX_REPR_BYTES`].
+    pub const TRUNCATED_MARK: &str = "\u{2026} [repr truncated by agentkernel]";
+
+    /// The value a guest reported, made safe: `repr` as UTF-8 (invalid bytes replaced) and
+    /// cut to [`ExprValue::MAX_REPR_BYTES`] (`truncated` is also set when the guest says
+    /// it cut it itself); `json` kept only when it is at most
+    /// [`ExprValue::MAX_JSON_BYTES`] of valid UTF-8 that parses as JSON. Nothing the guest
+    /// sends can make this fail or grow past the caps.
+    pub fn from_guest(repr: &[u8], json: Option<&[u8]>, truncated: bool) -> ExprValue {
+        let (mut repr, cut) = cap_utf8(repr, Self::MAX_REPR_BYTES);
+        let truncated = truncated || cut;
+        if truncated {
+            repr.push_str(Self::TRUNCATED_MARK);
+        }
+        let json = json
+            .filter(|j| j.len() <= Self::MAX_JSON_BYTES)
+            .and_then(|j| serde_json::from_slice(j).ok());
+        ExprValue {
+            repr,
+            json,
+            truncated,
+        }
+    }
+}
+
+/// `bytes` as UTF-8 (invalid sequences replaced), cut to at most `max` bytes at a character
+/// boundary; whether it was cut.
+fn cap_utf8(bytes: &[u8], max: usize) -> (String, bool) {
+    // Only the first `max` bytes are looked at, so a huge input costs no more than `max`.
+    let cut = bytes.len() > max;
+    let mut head = &bytes[..bytes.len().min(max)];
+    if cut
+        && let Err(e) = std::str::from_utf8(head)
+        && e.error_len().is_none()
+    {
+        // The cut fell inside a character: drop its start.
+        head = &head[..e.valid_up_to()];
+    }
+    let mut text = String::from_utf8_lossy(head).into_owned();
+    // Replacement characters (3 bytes) can make the text longer than its bytes were.
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        return (text, true);
+    }
+    (text, cut)
 }
 
 /// Serialises a `Duration` as fractional milliseconds.
@@ -334,5 +430,93 @@ mod tests {
             s,
             serde_json::json!({"kind": "killed", "limit": "wall_time"})
         );
+    }
+
+    #[test]
+    fn guest_values_are_bounded_and_validated_on_the_host() {
+        // Within the caps: kept as sent.
+        let v = ExprValue::from_guest(b"{'a': 1}", Some(br#"{"a": 1}"#), false);
+        assert_eq!(v.repr, "{'a': 1}");
+        assert_eq!(v.json, Some(serde_json::json!({"a": 1})));
+        assert!(!v.truncated);
+
+        // An oversized repr is cut at the cap and marked, whatever the guest claims.
+        let huge = "x".repeat(ExprValue::MAX_REPR_BYTES * 4);
+        let v = ExprValue::from_guest(huge.as_bytes(), None, false);
+        assert!(v.truncated);
+        assert!(
+            v.repr.ends_with(ExprValue::TRUNCATED_MARK),
+            "{}",
+            &v.repr[..20]
+        );
+        assert_eq!(
+            v.repr.len(),
+            ExprValue::MAX_REPR_BYTES + ExprValue::TRUNCATED_MARK.len()
+        );
+
+        // A cut inside a multi-byte character drops the character, never splits it.
+        let wide = "é".repeat(ExprValue::MAX_REPR_BYTES); // 2 bytes each
+        let mut odd = b"a".to_vec();
+        odd.extend_from_slice(wide.as_bytes());
+        let v = ExprValue::from_guest(&odd, None, false);
+        let kept = v.repr.strip_suffix(ExprValue::TRUNCATED_MARK).unwrap();
+        assert_eq!(kept.len(), ExprValue::MAX_REPR_BYTES - 1);
+        assert!(!kept.contains('\u{fffd}'));
+
+        // The guest's own cut is marked too.
+        let v = ExprValue::from_guest(b"[1, 2", None, true);
+        assert_eq!(v.repr, format!("[1, 2{}", ExprValue::TRUNCATED_MARK));
+
+        // Invalid UTF-8 in the repr is replaced, not trusted.
+        let v = ExprValue::from_guest(b"ok\xff\xfe", None, false);
+        assert_eq!(v.repr, "ok\u{fffd}\u{fffd}");
+
+        // JSON that is invalid, not UTF-8, or over its cap is dropped; the repr stays.
+        for bad in [
+            &b"{not json"[..],
+            &b"\"\xff\""[..],
+            &b"[1, 2] trailing"[..],
+            &b""[..],
+        ] {
+            let v = ExprValue::from_guest(b"r", Some(bad), false);
+            assert_eq!(v.json, None, "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(v.repr, "r");
+        }
+        let big = format!("\"{}\"", "y".repeat(ExprValue::MAX_JSON_BYTES));
+        assert_eq!(
+            ExprValue::from_guest(b"r", Some(big.as_bytes()), false).json,
+            None
+        );
+        // Deeply nested JSON is refused by the parser's depth limit, not a stack overflow.
+        let deep = "[".repeat(10_000) + &"]".repeat(10_000);
+        assert_eq!(
+            ExprValue::from_guest(b"r", Some(deep.as_bytes()), false).json,
+            None
+        );
+    }
+
+    #[test]
+    fn outcomes_without_a_value_read_and_write_as_before() {
+        // An outcome as stored before the field existed.
+        let old = serde_json::json!({
+            "status": {"kind": "ok"},
+            "stdout": {"bytes": "hi\n", "truncated": false, "total_bytes": 3},
+            "stderr": {"bytes": "", "truncated": false, "total_bytes": 0},
+            "timings": {"acquire": 0.0, "boot": 0.0, "exec": 1.0, "tool_calls": 0.0, "teardown": 0.0},
+            "tool_calls": [],
+        });
+        let outcome: ExecOutcome = serde_json::from_value(old.clone()).unwrap();
+        assert_eq!(outcome.value, None);
+        let back = serde_json::to_value(&outcome).unwrap();
+        assert!(back.get("value").is_none(), "{back}");
+
+        let with = ExecOutcome {
+            value: Some(ExprValue::from_guest(b"5", Some(b"5"), false)),
+            ..outcome
+        };
+        let json = serde_json::to_value(&with).unwrap();
+        assert_eq!(json["value"], serde_json::json!({"repr": "5", "json": 5}));
+        let again: ExecOutcome = serde_json::from_value(json).unwrap();
+        assert_eq!(again, with);
     }
 }

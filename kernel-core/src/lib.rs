@@ -61,7 +61,7 @@ pub mod conformance;
 pub use admission::{Admitted, AdmittedExec};
 pub use error::{Error, Result};
 pub use exec::{
-    ExecOutcome, ExecRequest, ExecStatus, LimitKind, OutputSink, StreamKind, Timings,
+    ExecOutcome, ExecRequest, ExecStatus, ExprValue, LimitKind, OutputSink, StreamKind, Timings,
     ToolCallRecord,
 };
 pub use hostdirs::cache_dir;

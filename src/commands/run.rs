@@ -37,8 +37,10 @@ pub struct RunArgs {
     pub session: Option<String>,
     #[command(flatten)]
     pub tools: ToolArgs,
-    /// Print one JSON object {exit_code, stdout, stderr, status, timings, ...} instead of
-    /// passing output through.
+    /// Print one JSON object {exit_code, stdout, stderr, status, timings, value, ...}
+    /// instead of passing output through (`value`: the last expression's value, `{repr,
+    /// json}`, or null). Without --json the value is not printed, as `python3 file.py`
+    /// prints none.
     #[arg(long)]
     pub json: bool,
     /// Program file, or - for standard input.
@@ -157,6 +159,8 @@ fn report(
             "stderr_truncated": outcome.stderr.truncated,
             "timings": outcome.timings,
             "tool_calls": outcome.tool_calls,
+            // The last expression's value ({repr, json?, truncated?}), null when none.
+            "value": outcome.value,
             "backend": backend,
         });
         println!("{value}");

@@ -1,4 +1,5 @@
-//! Running programs: output, exceptions, exit codes, the environment, live output, the program-size cap.
+//! Running programs: output, exceptions, exit codes, the environment, live output, the program-size cap,
+//! the last expression's value.
 
 use super::*;
 
@@ -267,5 +268,137 @@ pub async fn programs_over_the_size_cap_are_refused(rt: &dyn Runtime) {
         .expect("exec after the refusal");
     assert_ok(&out);
     assert_eq!(out.stdout.text(), "1\n");
+    sb.shutdown().await.expect("shutdown");
+}
+
+/// The value of the last expression ([`crate::ExprValue`]): its repr, and JSON where the
+/// value is plain JSON; none when the last statement is not an expression or the value is
+/// `None` (as Jupyter shows none; `print(1)` returns `None`); none when the program raised,
+/// in its last expression or in the value's repr; a huge repr capped (the outcome stays
+/// small); kept state between execs of a session.
+pub async fn last_expression_value(rt: &dyn Runtime) {
+    use crate::ExprValue;
+    let mut sb = rt.create(&test_spec()).await.expect("create");
+    let mut run = async |code: &str| {
+        sb.exec(ExecRequest::new(code), Arc::new(NoTools))
+            .await
+            .unwrap_or_else(|e| panic!("{}: exec of {code:?} failed: {e}", rt.name()))
+    };
+    let value = |out: &ExecOutcome, code: &str| -> Option<ExprValue> {
+        assert_eq!(
+            out.status,
+            ExecStatus::Ok,
+            "{code:?}: stdout={:?} stderr={:?}",
+            out.stdout.text(),
+            out.stderr.text()
+        );
+        out.value.clone()
+    };
+    let expect = |out: &ExecOutcome, code: &str, repr: &str, json: Option<serde_json::Value>| {
+        let v = value(out, code).unwrap_or_else(|| panic!("{code:?}: no value"));
+        assert_eq!(v.repr, repr, "{code:?}");
+        assert_eq!(v.json, json, "{code:?}");
+        assert!(!v.truncated, "{code:?}");
+    };
+
+    // State kept in the session: an assignment has no value, the name then has one.
+    let out = run("x = 5").await;
+    assert_eq!(value(&out, "x = 5"), None, "an assignment has no value");
+    let out = run("x").await;
+    expect(&out, "x", "5", Some(json!(5)));
+    let out = run("x + 1").await;
+    expect(&out, "x + 1", "6", Some(json!(6)));
+    // A str's repr has its quotes; its JSON is the string.
+    let out = run("'hi'").await;
+    expect(&out, "'hi'", "'hi'", Some(json!("hi")));
+    // Dicts and lists nest; a tuple is a JSON array.
+    let code = "{'a': [1, 2.5, None, True], 'b': ('c',)}";
+    let out = run(code).await;
+    expect(
+        &out,
+        code,
+        "{'a': [1, 2.5, None, True], 'b': ('c',)}",
+        Some(json!({"a": [1, 2.5, null, true], "b": ["c"]})),
+    );
+    // Values JSON cannot express: repr only.
+    let out = run("{1, 2, 3}").await;
+    expect(&out, "{1, 2, 3}", "{1, 2, 3}", None);
+    let out = run("b'ab'").await;
+    expect(&out, "b'ab'", "b'ab'", None);
+    let out = run("2 ** 70").await;
+    expect(&out, "2 ** 70", "1180591620717411303424", None);
+    // Only the last statement counts, and only an expression statement.
+    let code = "y = [1]\ny.append(2)\ny";
+    let out = run(code).await;
+    expect(&out, code, "[1, 2]", Some(json!([1, 2])));
+    for code in [
+        "1 + 1\nz = 3",
+        "print(1)",
+        "None",
+        "y.append(3)",
+        "for i in range(2):\n    i",
+    ] {
+        let out = run(code).await;
+        assert_eq!(value(&out, code), None, "{code:?} has no value");
+    }
+    let out = run("print(1)").await;
+    assert_eq!(
+        out.stdout.text(),
+        "1\n",
+        "the printed value is output, not a value"
+    );
+    // An exception in the last expression is the program's, with no value.
+    let out = run("x = 7\n1 / 0").await;
+    match &out.status {
+        ExecStatus::Exception { type_name, .. } => assert_eq!(type_name, "ZeroDivisionError"),
+        other => panic!("1 / 0: expected ZeroDivisionError, got {other:?}"),
+    }
+    assert_eq!(out.value, None, "a failed program has no value");
+    let out = run("x").await;
+    expect(&out, "x", "7", Some(json!(7)));
+    // A huge repr is capped by the host, and the outcome stays small.
+    let code = "'ab' * 1_000_000";
+    let out = run(code).await;
+    let v = value(&out, code).expect("a value");
+    assert!(v.truncated, "{code:?} is cut");
+    assert!(v.repr.starts_with("'abab"), "{}", &v.repr[..20]);
+    assert!(v.repr.ends_with(ExprValue::TRUNCATED_MARK));
+    assert!(v.repr.len() <= ExprValue::MAX_REPR_BYTES + ExprValue::TRUNCATED_MARK.len());
+    assert_eq!(v.json, None, "JSON over its cap is dropped");
+    let size = serde_json::to_vec(&out).expect("serialise").len();
+    assert!(
+        size < 4 * ExprValue::MAX_REPR_BYTES,
+        "the outcome is {size} bytes"
+    );
+    // A repr that raises is the program's exception (CPython: Monty has no classes).
+    if rt.capabilities().language == crate::Language::CPython {
+        let code = "class R:\n    def __repr__(self):\n        raise ValueError('no repr')\nR()";
+        let out = run(code).await;
+        match &out.status {
+            ExecStatus::Exception {
+                type_name, message, ..
+            } => {
+                assert_eq!(
+                    (type_name.as_str(), message.as_str()),
+                    ("ValueError", "no repr")
+                );
+            }
+            other => panic!("{code:?}: expected ValueError, got {other:?}"),
+        }
+        assert_eq!(out.value, None);
+        // A repr of what no frame should carry raw (control characters, which the
+        // protocol's JSON escapes sixfold, and a lone surrogate) still arrives, capped.
+        let code = "class W:\n    def __repr__(self):\n        return '\\x01' * 1_000_000 + '\\ud800'\nW()";
+        let out = run(code).await;
+        let v = value(&out, code).expect("a value");
+        assert!(v.truncated && v.repr.starts_with("\u{1}\u{1}"), "{code:?}");
+        let code = "class S:\n    def __repr__(self):\n        return 'a\\ud800b'\nS()";
+        let out = run(code).await;
+        let v = value(&out, code).expect("a value");
+        assert_eq!(v.repr, "a\\ud800b", "a lone surrogate arrives escaped");
+        // The interpreter lives on.
+        let out = run("x").await;
+        expect(&out, "x", "7", Some(json!(7)));
+    }
     sb.shutdown().await.expect("shutdown");
 }

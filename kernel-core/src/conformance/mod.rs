@@ -366,7 +366,7 @@ macro_rules! suite {
 suite! {
     Exec: output_capture, exception_with_traceback, exit_code_is_reported,
         environment_is_explicit, live_output_arrives_as_printed,
-        programs_over_the_size_cap_are_refused;
+        programs_over_the_size_cap_are_refused, last_expression_value;
     State: state_persists_across_exec, reset_clears_state, snapshot_matches_capabilities,
         workspace_persists_across_sandboxes;
     Admission: network_allow_list_matches_capabilities, admission_is_the_same_on_every_backend;

@@ -3,7 +3,8 @@
 # Protocol: frames of a 4-byte big-endian length followed by UTF-8 JSON, over the control
 # socket on fd 3. The host sends {"type": "exec", "id", "code", "sentinel"} and
 # {"type": "tool_result", "id", "ok", "value" | "error"}; the guest sends {"type": "hello"},
-# {"type": "tool_call", "id", "name", "args"} and {"type": "done", "id", "status", ...}.
+# {"type": "tool_call", "id", "name", "args"} and {"type": "done", "id", "status", ...},
+# whose optional "value" is the last expression's (program.py: describe_value).
 # Program output goes to fds 1 and 2 (pipes read by the host). Where the output of one exec
 # ends is marked on both:
 # - under this file's init (process backend): the program runs in the agent's own process,
@@ -477,6 +478,7 @@ def _agent(reset_token=None, go_fd=None):
         runs += 1
         filename = "main.py" if runs == 1 else "main-%d.py" % runs
         status = run_program(msg["code"], user_globals, filename, (AGENT_FILE,))
+        value = status.pop("value", None)
         sentinel = msg["sentinel"].encode()
         written = {}
         for name, stream, fd in (("stdout", sys.stdout, 1), ("stderr", sys.stderr, 2)):
@@ -492,7 +494,10 @@ def _agent(reset_token=None, go_fd=None):
                 written[name] = True
             except OSError:
                 written[name] = False
-        chan.send({"type": "done", "id": msg["id"], "status": status, "sentinels": written})
+        done = {"type": "done", "id": msg["id"], "status": status, "sentinels": written}
+        if value is not None:
+            done["value"] = value
+        chan.send(done)
         if go_fd is not None:
             # Init ends the exec once we are stopped, and continues us for the next one.
             os.kill(os.getpid(), signal.SIGSTOP)

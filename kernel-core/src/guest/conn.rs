@@ -13,7 +13,7 @@ use tracing::Instrument;
 use super::stream::SentinelStream;
 use super::{MAX_CONCURRENT_TOOL_CALLS, MAX_FRAME_BYTES, MAX_GUEST_FRAME_BYTES};
 use crate::error::{Error, Result};
-use crate::exec::{ExecRequest, ExecStatus, LimitKind, StreamKind, ToolCallRecord};
+use crate::exec::{ExecRequest, ExecStatus, ExprValue, LimitKind, StreamKind, ToolCallRecord};
 use crate::output::CapturedOutput;
 use crate::tools::{ToolError, ToolHost};
 
@@ -69,6 +69,9 @@ enum GuestMsg {
         /// The guest reports `ok`, `exception` or `exited` in `ExecStatus`'s own format.
         status: ExecStatus,
         sentinels: BTreeMap<String, bool>,
+        /// The value of the program's last expression, if it has one (see [`GuestValue`]).
+        #[serde(default)]
+        value: Option<GuestValue>,
     },
     Error {
         message: String,
@@ -78,6 +81,30 @@ enum GuestMsg {
         data: String,
     },
     Loaded,
+}
+
+/// The value of the program's last expression as the guest reports it in `done`:
+/// `{"repr": str, "json": str | null, "truncated": bool}`, where `json` is the value's JSON
+/// *text* (so the host parses it itself, within its cap) and `truncated` says the guest cut
+/// `repr` at [`ExprValue::MAX_REPR_BYTES`]. The host takes it through
+/// [`ExprValue::from_guest`] and keeps it only for a program that ended `ok`.
+#[derive(Deserialize)]
+struct GuestValue {
+    repr: String,
+    #[serde(default)]
+    json: Option<String>,
+    #[serde(default)]
+    truncated: bool,
+}
+
+impl GuestValue {
+    fn checked(self) -> ExprValue {
+        ExprValue::from_guest(
+            self.repr.as_bytes(),
+            self.json.as_deref().map(str::as_bytes),
+            self.truncated,
+        )
+    }
 }
 
 /// How an exec ended, as far as the protocol can tell.
@@ -110,6 +137,9 @@ pub struct ExecReport {
     /// then [`ExecEnd::TimedOut`] (the caller kills the sandbox) and
     /// [`ExecReport::into_outcome`] reports this limit.
     pub limit: Option<LimitKind>,
+    /// The value of the program's last expression, as the guest's `done` reported it
+    /// (bounded and validated); the outcome keeps it only if the program ended `ok`.
+    pub value: Option<ExprValue>,
 }
 
 impl ExecReport {
@@ -125,6 +155,8 @@ impl ExecReport {
         if let ExecStatus::Killed { limit } = &status {
             tracing::info!(%limit, "sandbox killed by a limit");
         }
+        // Only a program that ran to its end evaluated its last expression.
+        let value = self.value.filter(|_| status == ExecStatus::Ok);
         crate::exec::ExecOutcome {
             status,
             stdout: self.stdout,
@@ -135,6 +167,7 @@ impl ExecReport {
                 ..crate::exec::Timings::default()
             },
             tool_calls: self.tool_calls,
+            value,
         }
     }
 }
@@ -412,6 +445,7 @@ where
             tool_calls: Vec::new(),
             tool_time: Duration::ZERO,
             limit: None,
+            value: None,
         };
         let sink = req.output.as_ref();
         let exec = HostMsg::Exec {
@@ -469,6 +503,7 @@ where
                         id: done_id,
                         status: st,
                         sentinels,
+                        value,
                     } => {
                         if done_id != id {
                             return Err(Error::Internal(format!(
@@ -481,6 +516,7 @@ where
                             ));
                         }
                         status = Some(st);
+                        report.value = value.map(GuestValue::checked);
                         // A stream the agent could not write its sentinel to will never
                         // show one: stop waiting for it. (Under init, init's marks always
                         // come, and only they end the exec.)
@@ -521,6 +557,7 @@ where
                         GuestMsg::Done {
                             id: done_id,
                             status: st,
+                            value,
                             ..
                         } if done_id == id
                             && !matches!(
@@ -529,6 +566,7 @@ where
                             ) =>
                         {
                             status = Some(st);
+                            report.value = value.map(GuestValue::checked);
                         }
                         // A tool call the stopped agent can no longer wait for.
                         GuestMsg::ToolCall { .. } => {}

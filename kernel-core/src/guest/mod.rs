@@ -16,7 +16,10 @@
 //! (process backend) init writes it, with a token the program cannot learn
 //! ([`GuestConn::exec_ended_by_init`]); elsewhere the agent writes the exec's *sentinel*.
 //! Tool calls go guest → host as `tool_call` frames and come back as `tool_result` frames;
-//! inside the sandbox they are `_agentkernel.call_tool(name, args)`.
+//! inside the sandbox they are `_agentkernel.call_tool(name, args)`. The `done` frame that
+//! ends an exec may carry the value of the program's last expression (`value`: repr and
+//! JSON text, computed by `program.py`), which the host bounds and checks
+//! ([`crate::ExprValue::from_guest`]).
 //!
 //! [`GuestConn`] is the host side: [`GuestConn::hello`] waits for the agent to start, and
 //! [`GuestConn::exec`] runs one program, serving tool calls, capping output, and enforcing

@@ -65,25 +65,117 @@ def user_traceback(exc, internal_files):
     return "".join(traceback.format_exception(type(exc), exc, tb))
 
 
+# The largest `repr` and JSON text of a last expression's value sent to the host
+# (ExprValue::MAX_REPR_BYTES and MAX_JSON_BYTES there, which the host enforces again).
+MAX_VALUE_BYTES = 64 << 10
+CO_COROUTINE = 0x80  # the program uses top-level `await`
+
+
 def run_code(code, user_globals, filename):
-    """Compiles and runs `code` in `user_globals`; top-level `await` runs in a fresh loop."""
+    """Compiles and runs `code` in `user_globals`; top-level `await` runs in a fresh loop.
+
+    Answers the value of the program's last top-level statement when that is an expression
+    statement, else None. As in Jupyter, the last expression is split off and evaluated on
+    its own (compiled in 'eval' mode from the same parse, so its line numbers and the
+    traceback of an exception in it are those of the program).
+    """
     import ast
     import linecache
 
     linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
-    compiled = compile(code, filename, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
-    if compiled.co_flags & 0x80:  # CO_COROUTINE: the program uses top-level await
+    flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+    # The built-in compile (not ast.parse): a syntax error's traceback has no frame of ours.
+    tree = compile(code, filename, "exec", flags=flags | ast.PyCF_ONLY_AST, dont_inherit=True)
+    last = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = ast.Expression(tree.body.pop().value)
+    body = compile(tree, filename, "exec", flags=flags, dont_inherit=True)
+    tail = None if last is None else compile(last, filename, "eval", flags=flags, dont_inherit=True)
+    if (body.co_flags | (0 if tail is None else tail.co_flags)) & CO_COROUTINE:
         import asyncio
 
-        asyncio.run(eval(compiled, user_globals))
-    else:
-        exec(compiled, user_globals)
+        async def body_then_tail():
+            # One event loop for both: the last expression may await what the body started.
+            ran = eval(body, user_globals)
+            if body.co_flags & CO_COROUTINE:
+                await ran
+            if tail is None:
+                return None
+            value = eval(tail, user_globals)
+            if tail.co_flags & CO_COROUTINE:
+                value = await value
+            return value
+
+        return asyncio.run(body_then_tail())
+    exec(body, user_globals)
+    return None if tail is None else eval(tail, user_globals)
+
+
+def _json_plain(value):
+    """Whether `value` is JSON that readers keep exactly: dicts, lists, tuples, str, int
+    (within 64 bits), float, bool and None, nested at most 100 deep, small enough to fit
+    MAX_VALUE_BYTES (a bounded walk, whatever the value's size)."""
+    budget = MAX_VALUE_BYTES // 2  # every item takes at least 2 bytes of JSON text
+    stack = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        budget -= 1
+        if budget < 0 or depth > 100:
+            return False
+        if v is None or isinstance(v, (str, bool, float)):
+            continue
+        if isinstance(v, int):
+            if not -(1 << 63) <= v < (1 << 64):
+                return False
+            continue
+        if isinstance(v, (list, tuple)):
+            if len(v) > budget:
+                return False
+            stack.extend((x, depth + 1) for x in v)
+            continue
+        if isinstance(v, dict):
+            if len(v) > budget:
+                return False
+            for k, x in v.items():
+                if not (k is None or isinstance(k, (str, int, float))):
+                    return False
+                stack.append((x, depth + 1))
+            continue
+        return False
+    return True
+
+
+def describe_value(value):
+    """The report of a last expression's value sent to the host: {"repr", "json",
+    "truncated"}. `repr(value)` runs here, as part of the program: what it raises is the
+    program's exception. `json` is the JSON text where the value is plain JSON, else None."""
+    text = repr(value)
+    # Lone surrogates (a custom __repr__ can return them) become escapes: the frame stays UTF-8.
+    data = text.encode("utf-8", "backslashreplace")
+    truncated = len(data) > MAX_VALUE_BYTES
+    if truncated:
+        data = data[:MAX_VALUE_BYTES]
+    json_text = None
+    try:
+        if _json_plain(value):
+            import json
+
+            json_text = json.dumps(value, allow_nan=False)
+            if len(json_text) > MAX_VALUE_BYTES:
+                json_text = None
+    except Exception:  # noqa: BLE001 - not JSON after all (a cycle, a NaN, a huge key)
+        json_text = None
+    # `ignore`: a character the cut split in two is dropped.
+    return {"repr": data.decode("utf-8", "ignore"), "json": json_text, "truncated": truncated}
 
 
 def run_program(code, user_globals, filename, internal_files):
-    """Runs a program and answers how it ended: {"kind": "ok" | "exited" | "exception", ...}."""
+    """Runs a program and answers how it ended: {"kind": "ok" | "exited" | "exception", ...}.
+    An `ok` whose last statement is an expression with a value other than None also has
+    "value" (describe_value's report), which the caller takes out before sending the status."""
     try:
-        run_code(code, user_globals, filename)
+        value = run_code(code, user_globals, filename)
+        report = None if value is None else describe_value(value)
     except SystemExit as e:
         code = e.code
         if code is None:
@@ -107,7 +199,9 @@ def run_program(code, user_globals, filename, internal_files):
             "message": str(e),
             "traceback": tb,
         }
-    return {"kind": "ok"}
+    if report is None:
+        return {"kind": "ok"}
+    return {"kind": "ok", "value": report}
 
 
 def new_globals():

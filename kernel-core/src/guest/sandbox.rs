@@ -272,6 +272,7 @@ impl<B: GuestBackend> GuestSandbox<B> {
                 ..Timings::default()
             },
             tool_calls: Vec::new(),
+            value: None,
         };
         self.backend.after_exec(&mut outcome, req).await;
         Ok(outcome)
