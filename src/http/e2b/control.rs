@@ -203,6 +203,11 @@ async fn create(
     let token = state
         .registry
         .insert(&state.server, &entry.id, &who, &template);
+    // Finds the sandbox's root for envd's file operations (see `view`).
+    if let Some(e2b) = state.registry.get(&entry.id) {
+        let _turn = e2b.queue.clone().lock_owned().await;
+        state.discover_view(&entry, &e2b).await;
+    }
     (
         StatusCode::CREATED,
         Json(sandbox_json(&entry, &template, &token)),

@@ -49,8 +49,9 @@ use super::connect::{
     ListDirRequest, ListDirResponse, MoveRequest, PathRequest, ProcessEvent, StartRequest,
     StartResponse,
 };
-use super::{E2bState, HOME, plain_error};
+use super::{E2bSandbox, E2bState, HOME, ViewState, plain_error};
 use crate::http::{ExecEnd, ExecEvent, SandboxEntry};
+use std::sync::Arc;
 
 /// The largest file `files.read` or `files.write` moves, 100 MiB.
 pub const MAX_FILE_BYTES: usize = 100 << 20;
@@ -192,24 +193,46 @@ fn io_error(path: &UserPath, e: &std::io::Error) -> FsError {
     }
 }
 
-/// The workspace's root directory of `entry`.
-fn root(entry: &SandboxEntry) -> Result<Dir, FsError> {
-    Dir::open_root(&entry.session().workspace().path).map_err(|e| {
+/// The sandbox's workspace for a file operation, and the filesystem ids to run it with:
+/// through the sandbox's own root when known and current (see [`super::view`]), found anew
+/// when stale and the sandbox is idle, else the host directory.
+async fn workspace(
+    state: &E2bState,
+    entry: &Arc<SandboxEntry>,
+    e2b: &E2bSandbox,
+) -> Result<(Dir, Option<(u32, u32)>), FsError> {
+    let known = e2b.view.lock().map(|v| v.clone()).unwrap_or_default();
+    let view = match known {
+        ViewState::Found(v) if v.is_current() => Some(v),
+        ViewState::Absent => None,
+        _ => match e2b.queue.clone().try_lock_owned() {
+            Ok(_turn) if !entry.is_busy() => state.discover_view(entry, e2b).await,
+            _ => None,
+        },
+    };
+    if let Some(v) = view {
+        match v.workspace() {
+            Ok(dir) => return Ok((dir, v.fsids)),
+            Err(e) => {
+                tracing::warn!(sandbox = %entry.id, error = %e, "the sandbox's /workspace could not be opened through its root; using the host directory")
+            }
+        }
+    }
+    let dir = Dir::open_root(&entry.session().workspace().path).map_err(|e| {
         ConnectError::new(
             Code::Unavailable,
             format!("the sandbox's workspace cannot be opened: {e}"),
         )
-    })
+    })?;
+    Ok((dir, None))
 }
 
 /// The directory holding `path`'s last component (created, with its parents, when
 /// `create`), and that component's name. `None` for the workspace itself.
-fn parent_of(
-    entry: &SandboxEntry,
-    path: &UserPath,
-    create: bool,
-) -> Result<(Dir, Option<OsString>), FsError> {
-    let mut dir = root(entry)?;
+fn parent_of(ws: &Dir, path: &UserPath, create: bool) -> Result<(Dir, Option<OsString>), FsError> {
+    let mut dir = ws
+        .try_clone()
+        .map_err(|e| ConnectError::new(Code::Internal, e.to_string()))?;
     let Some((last, dirs)) = path.parts.split_last() else {
         return Ok((dir, None));
     };
@@ -280,8 +303,8 @@ fn permissions(st: &agentkernel_core::fsat::Stat) -> String {
 }
 
 /// `path`'s entry (the link itself for a symlink).
-fn stat(entry: &SandboxEntry, path: &UserPath) -> Result<EntryInfo, FsError> {
-    let (dir, name) = parent_of(entry, path, false)?;
+fn stat(ws: &Dir, path: &UserPath) -> Result<EntryInfo, FsError> {
+    let (dir, name) = parent_of(ws, path, false)?;
     let name = name.unwrap_or_else(|| OsString::from("."));
     let st = dir
         .stat(&name)
@@ -294,8 +317,8 @@ fn stat(entry: &SandboxEntry, path: &UserPath) -> Result<EntryInfo, FsError> {
     Ok(entry_info(path, &st, target))
 }
 
-fn list_dir(entry: &SandboxEntry, path: &UserPath, depth: u32) -> Result<Vec<EntryInfo>, FsError> {
-    let (parent, name) = parent_of(entry, path, false)?;
+fn list_dir(ws: &Dir, path: &UserPath, depth: u32) -> Result<Vec<EntryInfo>, FsError> {
+    let (parent, name) = parent_of(ws, path, false)?;
     let dir = match &name {
         Some(n) => parent.open_dir(n).map_err(|e| io_error(path, &e))?,
         None => parent,
@@ -327,8 +350,8 @@ fn walk(dir: &Dir, at: &UserPath, depth: u32, out: &mut Vec<EntryInfo>) -> Resul
     Ok(())
 }
 
-fn read_all(entry: &SandboxEntry, path: &UserPath) -> Result<Vec<u8>, FsError> {
-    let (dir, name) = parent_of(entry, path, false)?;
+fn read_all(ws: &Dir, path: &UserPath) -> Result<Vec<u8>, FsError> {
+    let (dir, name) = parent_of(ws, path, false)?;
     let Some(name) = name else {
         return Err(io_error(
             path,
@@ -370,9 +393,9 @@ fn too_large(path: &UserPath) -> FsError {
 
 /// Writes `data` to `path` (parents created; an existing file, or a symlink in its place,
 /// replaced, never followed): a part file renamed into place.
-fn write_file(entry: &SandboxEntry, path: &UserPath, data: &[u8]) -> Result<(), FsError> {
+fn write_file(ws: &Dir, path: &UserPath, data: &[u8]) -> Result<(), FsError> {
     use std::os::unix::fs::PermissionsExt as _;
-    let (dir, name) = parent_of(entry, path, true)?;
+    let (dir, name) = parent_of(ws, path, true)?;
     let Some(name) = name else {
         return Err(io_error(
             path,
@@ -395,8 +418,8 @@ fn write_file(entry: &SandboxEntry, path: &UserPath, data: &[u8]) -> Result<(), 
     Ok(())
 }
 
-fn remove(entry: &SandboxEntry, path: &UserPath) -> Result<(), FsError> {
-    let (dir, name) = parent_of(entry, path, false)?;
+fn remove(ws: &Dir, path: &UserPath) -> Result<(), FsError> {
+    let (dir, name) = parent_of(ws, path, false)?;
     let Some(name) = name else {
         return Err(ConnectError::new(
             Code::InvalidArgument,
@@ -412,8 +435,8 @@ fn remove(entry: &SandboxEntry, path: &UserPath) -> Result<(), FsError> {
     dir.remove_all(&name).map_err(|e| io_error(path, &e))
 }
 
-fn make_dir(entry: &SandboxEntry, path: &UserPath) -> Result<EntryInfo, FsError> {
-    let (dir, name) = parent_of(entry, path, true)?;
+fn make_dir(ws: &Dir, path: &UserPath) -> Result<EntryInfo, FsError> {
+    let (dir, name) = parent_of(ws, path, true)?;
     let Some(name) = name else {
         return Err(io_error(
             path,
@@ -424,12 +447,12 @@ fn make_dir(entry: &SandboxEntry, path: &UserPath) -> Result<EntryInfo, FsError>
     if let Ok(d) = dir.open_dir(&name) {
         let _ = d.chmod(0o755);
     }
-    stat(entry, path)
+    stat(ws, path)
 }
 
-fn rename(entry: &SandboxEntry, from: &UserPath, to: &UserPath) -> Result<EntryInfo, FsError> {
-    let (src_dir, src) = parent_of(entry, from, false)?;
-    let (dst_dir, dst) = parent_of(entry, to, true)?;
+fn rename(ws: &Dir, from: &UserPath, to: &UserPath) -> Result<EntryInfo, FsError> {
+    let (src_dir, src) = parent_of(ws, from, false)?;
+    let (dst_dir, dst) = parent_of(ws, to, true)?;
     let (Some(src), Some(dst)) = (src, dst) else {
         return Err(ConnectError::new(
             Code::InvalidArgument,
@@ -452,15 +475,20 @@ fn rename(entry: &SandboxEntry, from: &UserPath, to: &UserPath) -> Result<EntryI
         ),
         _ => io_error(from, &e),
     })?;
-    stat(entry, to)
+    stat(ws, to)
 }
 
+/// Runs the file operation `f` off the async threads, with the filesystem ids `fsids`.
 async fn blocking<T: Send + 'static>(
+    fsids: Option<(u32, u32)>,
     f: impl FnOnce() -> Result<T, FsError> + Send + 'static,
 ) -> Result<T, FsError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(ConnectError::new(Code::Internal, e.to_string())))
+    super::view::run_as(fsids, f).await.unwrap_or_else(|| {
+        Err(ConnectError::new(
+            Code::Internal,
+            "a file operation's thread ended without an answer",
+        ))
+    })
 }
 
 // ---------------------------------------------------------------- /files
@@ -484,7 +512,7 @@ async fn read_file(
     headers: HeaderMap,
     Query(q): Query<FilesQuery>,
 ) -> Response {
-    let (entry, _) = match state.registry.authorize(&state.server, &headers) {
+    let (entry, e2b) = match state.registry.authorize(&state.server, &headers) {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -492,7 +520,11 @@ async fn read_file(
         Ok(p) => p,
         Err(m) => return plain_error(StatusCode::BAD_REQUEST, &m),
     };
-    match blocking(move || read_all(&entry, &path)).await {
+    let (ws, fsids) = match workspace(&state, &entry, &e2b).await {
+        Ok(w) => w,
+        Err(e) => return files_error(e),
+    };
+    match blocking(fsids, move || read_all(&ws, &path)).await {
         Ok(data) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/octet-stream")],
@@ -509,7 +541,7 @@ async fn write_files(
     Query(q): Query<FilesQuery>,
     body: Body,
 ) -> Response {
-    let (entry, _) = match state.registry.authorize(&state.server, &headers) {
+    let (entry, e2b) = match state.registry.authorize(&state.server, &headers) {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -563,6 +595,10 @@ async fn write_files(
     if files.is_empty() {
         return plain_error(StatusCode::BAD_REQUEST, "the upload holds no file");
     }
+    let (ws, fsids) = match workspace(&state, &entry, &e2b).await {
+        Ok(w) => w,
+        Err(e) => return files_error(e),
+    };
     let mut written = Vec::new();
     for (p, data) in files {
         let path = match UserPath::parse(&p) {
@@ -572,8 +608,11 @@ async fn write_files(
         if data.len() > MAX_FILE_BYTES {
             return files_error(too_large(&path));
         }
-        let (e, shown) = (entry.clone(), path.clone());
-        if let Err(err) = blocking(move || write_file(&e, &shown, &data)).await {
+        let (ws, shown) = match ws.try_clone() {
+            Ok(ws) => (ws, path.clone()),
+            Err(e) => return files_error(ConnectError::new(Code::Internal, e.to_string())),
+        };
+        if let Err(err) = blocking(fsids, move || write_file(&ws, &shown, &data)).await {
             return files_error(err);
         }
         written.push(json!({"name": path.name(), "type": "file", "path": path.display()}));
@@ -671,40 +710,41 @@ async fn filesystem(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (entry, _) = match state.registry.authorize(&state.server, &headers) {
+    let (entry, e2b) = match state.registry.authorize(&state.server, &headers) {
         Ok(x) => x,
         Err(r) => return r,
     };
     let result: Result<Response, ConnectError> = async {
+        let (ws, fsids) = workspace(&state, &entry, &e2b).await?;
         match method.as_str() {
             "Stat" => {
                 let req: PathRequest = unary(&body)?;
                 let path = user_path(&req.path)?;
-                let entry_info = blocking(move || stat(&entry, &path)).await?;
+                let entry_info = blocking(fsids, move || stat(&ws, &path)).await?;
                 Ok(connect_ok(&EntryResponse { entry: entry_info }))
             }
             "ListDir" => {
                 let req: ListDirRequest = unary(&body)?;
                 let path = user_path(&req.path)?;
-                let entries = blocking(move || list_dir(&entry, &path, req.depth)).await?;
+                let entries = blocking(fsids, move || list_dir(&ws, &path, req.depth)).await?;
                 Ok(connect_ok(&ListDirResponse { entries }))
             }
             "Remove" => {
                 let req: PathRequest = unary(&body)?;
                 let path = user_path(&req.path)?;
-                blocking(move || remove(&entry, &path)).await?;
+                blocking(fsids, move || remove(&ws, &path)).await?;
                 Ok(connect_ok(&json!({})))
             }
             "MakeDir" => {
                 let req: PathRequest = unary(&body)?;
                 let path = user_path(&req.path)?;
-                let info = blocking(move || make_dir(&entry, &path)).await?;
+                let info = blocking(fsids, move || make_dir(&ws, &path)).await?;
                 Ok(connect_ok(&EntryResponse { entry: info }))
             }
             "Move" => {
                 let req: MoveRequest = unary(&body)?;
                 let (from, to) = (user_path(&req.source)?, user_path(&req.destination)?);
-                let info = blocking(move || rename(&entry, &from, &to)).await?;
+                let info = blocking(fsids, move || rename(&ws, &from, &to)).await?;
                 Ok(connect_ok(&EntryResponse { entry: info }))
             }
             "WatchDir" | "CreateWatcher" | "GetWatcherEvents" | "RemoveWatcher" => {

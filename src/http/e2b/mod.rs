@@ -31,6 +31,7 @@ pub mod connect;
 pub mod control;
 pub mod envd;
 pub mod interp;
+pub mod view;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -69,6 +70,22 @@ pub struct E2bSandbox {
     pub template: String,
     /// Held by a running execution or command: the next one waits (E2B queues them too).
     pub queue: Arc<tokio::sync::Mutex<()>>,
+    /// The random part of its marker file's name (see [`view`]).
+    pub marker: String,
+    /// The sandbox's root as its programs see it, once found (see [`view`]).
+    pub view: Mutex<ViewState>,
+}
+
+/// What is known of an E2B sandbox's [`view::RootView`].
+#[derive(Debug, Clone, Default)]
+pub enum ViewState {
+    /// Not looked for yet.
+    #[default]
+    Unknown,
+    /// Looked for, not found (a backend without a host process): the host directory is used.
+    Absent,
+    /// Found (maybe stale: check [`view::RootView::is_current`]).
+    Found(Arc<view::RootView>),
 }
 
 /// The E2B sandboxes, by id. Entries of sandboxes the server closed (deleted through the
@@ -95,6 +112,8 @@ impl Registry {
                     token: token.clone(),
                     template: template.to_owned(),
                     queue: Arc::default(),
+                    marker: uuid::Uuid::new_v4().simple().to_string(),
+                    view: Mutex::default(),
                 }),
             );
         }
@@ -163,6 +182,39 @@ pub struct E2bState {
     pub server: ServerState,
     /// The E2B sandboxes.
     pub registry: Registry,
+}
+
+impl E2bState {
+    /// Looks for the sandbox's [`view::RootView`] (runs a one-line execution in it: call
+    /// it while holding the sandbox's turn), and records what was found.
+    pub async fn discover_view(
+        &self,
+        entry: &Arc<SandboxEntry>,
+        e2b: &E2bSandbox,
+    ) -> Option<Arc<view::RootView>> {
+        let req = agentkernel_core::ExecRequest::new(view::marker_program(&e2b.marker));
+        let found = match self.server.execute(entry, req) {
+            Ok(run) => match run.finish().await {
+                (super::ExecEnd::Finished(o), _) if o.status.is_ok() => {
+                    let marker = e2b.marker.clone();
+                    tokio::task::spawn_blocking(move || view::RootView::find(&marker))
+                        .await
+                        .ok()
+                        .flatten()
+                        .map(Arc::new)
+                }
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        if let Ok(mut v) = e2b.view.lock() {
+            *v = match &found {
+                Some(f) => ViewState::Found(f.clone()),
+                None => ViewState::Absent,
+            };
+        }
+        found
+    }
 }
 
 /// The routers [`dispatch`] sends requests to.
