@@ -13,7 +13,7 @@ use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use agentkernel_testkit::{skip, test_python, testdata};
+use agentkernel_testkit::skip;
 
 /// Kills the server when the test ends, however it ends.
 struct Server(std::process::Child);
@@ -38,7 +38,15 @@ impl Drop for Server {
 #[test]
 fn the_official_e2b_sdks_work_unmodified_against_agentkernel_serve() {
     use std::os::unix::fs::PermissionsExt as _;
-    let python = test_python();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    // The venv of this checkout's testdata/requirements.txt (what testkit::test_python does,
+    // with the script named from this crate's own directory).
+    let venv = Command::new(root.join("scripts/test-deps"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("running scripts/test-deps");
+    assert!(venv.status.success(), "scripts/test-deps failed");
+    let python = std::path::PathBuf::from(String::from_utf8_lossy(&venv.stdout).trim());
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
@@ -55,7 +63,7 @@ fn the_official_e2b_sdks_work_unmodified_against_agentkernel_serve() {
         .arg(format!(
             "demo={} {}",
             python.display(),
-            testdata("mcp_server.py").display()
+            root.join("testdata/mcp_server.py").display()
         ))
         .env("AGENTKERNEL_DATA_DIR", &data)
         .stdout(Stdio::piped())
@@ -91,7 +99,6 @@ fn the_official_e2b_sdks_work_unmodified_against_agentkernel_serve() {
     };
     let url = url.to_owned();
 
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut check = Command::new(&python);
     // Ambient E2B_* variables (E2B_DOMAIN, E2B_DEBUG, ...) would change what the SDK does.
     for (name, _) in std::env::vars_os() {

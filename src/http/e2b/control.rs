@@ -32,7 +32,7 @@ use crate::http::{KeyId, SandboxEntry, SandboxOptions};
 /// E2B's default sandbox timeout, when create gives none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// The control routes, behind [`require_key`].
+/// The control routes, behind their API-key check (`require_key`).
 pub fn routes(state: E2bState) -> Router {
     Router::new()
         .route("/sandboxes", post(create).get(list))

@@ -901,13 +901,15 @@ async fn process(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .map(Duration::from_millis);
-    let program = command_program(&req, &cwd, timeout);
-    // The exec's own limit stays the sandbox's; the command's timeout is enforced by the
-    // helper (which keeps the interpreter alive). A little slack lets the helper report it.
-    let mut exec = ExecRequest::new(program);
-    if let Some(t) = timeout {
-        exec = exec.with_timeout((t + Duration::from_secs(5)).min(entry.limits.wall_time));
-    }
+    // The helper kills the command at its timeout, and before the sandbox's wall-time
+    // limit would kill the interpreter (and its variables) instead: 2 s short of it.
+    let wall = entry.limits.wall_time;
+    let ceiling = wall
+        .saturating_sub(Duration::from_secs(2))
+        .max(Duration::from_secs(1));
+    let helper_timeout = Some(timeout.map_or(ceiling, |t| t.min(ceiling)));
+    let program = command_program(&req, &cwd, helper_timeout);
+    let exec = ExecRequest::new(program);
     let turn = e2b.queue.clone().lock_owned().await;
     let execution = match state.server.execute(&entry, exec) {
         Ok(x) => x,
