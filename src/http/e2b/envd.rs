@@ -242,6 +242,19 @@ fn parent_of(ws: &Dir, path: &UserPath, create: bool) -> Result<(Dir, Option<OsS
         };
         dir = match dir.open_dir(part) {
             Ok(d) => d,
+            Err(e)
+                if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP))
+                    && dir
+                        .stat(part)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|st| st.file_type == libc::S_IFLNK) =>
+            {
+                return Err(io_error(
+                    &sub,
+                    &std::io::Error::from_raw_os_error(libc::ELOOP),
+                ));
+            }
             Err(e) if create && e.raw_os_error() == Some(libc::ENOENT) => {
                 match dir.mkdir(part) {
                     Err(e) if e.raw_os_error() != Some(libc::EEXIST) => {
@@ -907,10 +920,15 @@ async fn process(
     let ceiling = wall
         .saturating_sub(Duration::from_secs(2))
         .max(Duration::from_secs(1));
-    let helper_timeout = Some(timeout.map_or(ceiling, |t| t.min(ceiling)));
+    // Also a little before the client's own deadline (the same timeout), so that the
+    // command's end, not the client giving up (which resets the interpreter), ends it.
+    let before_client = |t: Duration| t.saturating_sub((t / 4).min(Duration::from_millis(500)));
+    let helper_timeout = Some(timeout.map_or(ceiling, |t| before_client(t).min(ceiling)));
     let program = command_program(&req, &cwd, helper_timeout);
     let exec = ExecRequest::new(program);
-    let turn = e2b.queue.clone().lock_owned().await;
+    let turn = e2b
+        .turn(&entry, entry.limits.wall_time + Duration::from_secs(10))
+        .await;
     let execution = match state.server.execute(&entry, exec) {
         Ok(x) => x,
         Err(e) => {

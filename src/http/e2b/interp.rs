@@ -17,6 +17,7 @@
 //! Python, a `context_id`, and per-execution `env_vars` (give `envs` at create instead).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -111,7 +112,9 @@ async fn execute(State(state): State<E2bState>, headers: HeaderMap, body: Bytes)
         return text(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string());
     }
     // Queued behind the sandbox's running execution or command, like E2B's kernel.
-    let turn = e2b.queue.clone().lock_owned().await;
+    let turn = e2b
+        .turn(&entry, entry.limits.wall_time + Duration::from_secs(10))
+        .await;
     let execution = match state.server.execute(&entry, req) {
         Ok(x) => x,
         Err(e) => {

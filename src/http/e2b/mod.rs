@@ -70,8 +70,6 @@ pub struct E2bSandbox {
     pub template: String,
     /// Held by a running execution or command: the next one waits (E2B queues them too).
     pub queue: Arc<tokio::sync::Mutex<()>>,
-    /// The random part of its marker file's name (see [`view`]).
-    pub marker: String,
     /// The sandbox's root as its programs see it, once found (see [`view`]).
     pub view: Mutex<ViewState>,
 }
@@ -112,7 +110,6 @@ impl Registry {
                     token: token.clone(),
                     template: template.to_owned(),
                     queue: Arc::default(),
-                    marker: uuid::Uuid::new_v4().simple().to_string(),
                     view: Mutex::default(),
                 }),
             );
@@ -184,6 +181,26 @@ pub struct E2bState {
     pub registry: Registry,
 }
 
+impl E2bSandbox {
+    /// Waits for this sandbox's turn (executions and commands queue, as on E2B), and then
+    /// for an abandoned run to be cleaned up: a client that went away releases the turn at
+    /// once, while the server resets the sandbox a moment longer. Gives up waiting on the
+    /// latter after `limit` (an execution started through the native API; the caller then
+    /// gets its 409).
+    pub async fn turn(
+        &self,
+        entry: &SandboxEntry,
+        limit: std::time::Duration,
+    ) -> tokio::sync::OwnedMutexGuard<()> {
+        let turn = self.queue.clone().lock_owned().await;
+        let deadline = tokio::time::Instant::now() + limit;
+        while entry.is_busy() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        turn
+    }
+}
+
 impl E2bState {
     /// Looks for the sandbox's [`view::RootView`] (runs a one-line execution in it: call
     /// it while holding the sandbox's turn), and records what was found.
@@ -192,11 +209,12 @@ impl E2bState {
         entry: &Arc<SandboxEntry>,
         e2b: &E2bSandbox,
     ) -> Option<Arc<view::RootView>> {
-        let req = agentkernel_core::ExecRequest::new(view::marker_program(&e2b.marker));
+        // A fresh random marker each time: what an earlier program saw of one is no use.
+        let marker = uuid::Uuid::new_v4().simple().to_string();
+        let req = agentkernel_core::ExecRequest::new(view::marker_program(&marker));
         let found = match self.server.execute(entry, req) {
             Ok(run) => match run.finish().await {
                 (super::ExecEnd::Finished(o), _) if o.status.is_ok() => {
-                    let marker = e2b.marker.clone();
                     tokio::task::spawn_blocking(move || view::RootView::find(&marker))
                         .await
                         .ok()

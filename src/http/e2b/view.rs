@@ -7,9 +7,10 @@
 //! (E2B's `files.write` from an `on_stdout` callback) would never appear to it. Writes must
 //! go through the overlay itself.
 //!
-//! How: when an E2B sandbox is created, a one-line execution creates a marker file with a
-//! random name in the sandbox's private `/tmp`; the server then finds a process whose
-//! `/proc/PID/root` holds that marker and keeps an `O_PATH` descriptor of that root (the
+//! How: when an E2B sandbox is created (and when its view went stale), a one-line execution
+//! creates a marker file with a fresh random name in the sandbox's private `/tmp`; the server then finds a process whose
+//! `/proc/PID/root` holds that marker (never the server's own root; none when two roots
+//! hold it) and keeps an `O_PATH` descriptor of that root (the
 //! sandbox's root directory, with its mounts: `/workspace` is the overlay). File operations
 //! open `workspace` beneath it (`O_NOFOLLOW`) and go on with [`Dir`] (`openat2`
 //! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`), so nothing the program planted redirects them.
@@ -52,10 +53,15 @@ pub fn marker_program(token: &str) -> String {
 }
 
 impl RootView {
-    /// Looks for the process whose root holds the marker of `token`.
+    /// Looks for the process whose root holds the marker named `token`. A root that is the
+    /// server's own `/` never counts, and when processes of two different roots hold the
+    /// marker (someone copied it), none is chosen: the caller falls back to the host
+    /// directory.
     pub fn find(token: &str) -> Option<RootView> {
         let marker = CString::new(marker_path(token).trim_start_matches('/')).ok()?;
         let me = std::process::id().to_string();
+        let host_root = dev_ino_path(c"/")?;
+        let mut found: Option<(RootView, (u64, u64))> = None;
         for entry in std::fs::read_dir("/proc").ok()?.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
@@ -77,17 +83,35 @@ impl RootView {
             }
             // SAFETY: the kernel just returned this fd to us.
             let root = unsafe { OwnedFd::from_raw_fd(fd) };
+            let Some(id) = dev_ino_fd(&root) else {
+                continue;
+            };
+            if id == host_root {
+                continue;
+            }
             let view = RootView {
                 root,
                 marker: marker.clone(),
                 fsids: None,
             };
-            if view.is_current() {
-                let fsids = mapped_ids(&name);
-                return Some(RootView { fsids, ..view });
+            if !view.is_current() {
+                continue;
+            }
+            match &found {
+                Some((_, first)) if *first != id => {
+                    tracing::warn!(
+                        "two sandbox roots hold the same E2B marker: using the host directory for this sandbox's files"
+                    );
+                    return None;
+                }
+                Some(_) => {}
+                None => {
+                    let fsids = mapped_ids(&name);
+                    found = Some((RootView { fsids, ..view }, id));
+                }
             }
         }
-        None
+        found.map(|(v, _)| v)
     }
 
     /// Whether the marker is still there (the sandbox's interpreter is the one found).
@@ -122,6 +146,20 @@ impl RootView {
         // SAFETY: the kernel just returned this fd to us.
         Ok(Dir::from_fd(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
+}
+
+fn dev_ino_path(path: &std::ffi::CStr) -> Option<(u64, u64)> {
+    // SAFETY: an all-zero stat is valid to overwrite; a NUL-terminated path.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above, with a valid out-pointer.
+    (unsafe { libc::stat(path.as_ptr(), &mut st) } == 0).then_some((st.st_dev, st.st_ino))
+}
+
+fn dev_ino_fd(fd: &OwnedFd) -> Option<(u64, u64)> {
+    // SAFETY: an all-zero stat is valid to overwrite.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: an fd we hold open (O_PATH fds support fstat), a valid out-pointer.
+    (unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } == 0).then_some((st.st_dev, st.st_ino))
 }
 
 /// The host ids the sandbox's uid and gid 1000 map to, from `/proc/PID/{uid,gid}_map`, when
