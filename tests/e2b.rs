@@ -5,8 +5,12 @@
 //! `testdata/requirements.txt`), drives every call of the issue through the unmodified
 //! sync and async SDKs: create, run_code (state, streaming callbacks during the run,
 //! errors, final expressions), files, commands, get_info, set_timeout, list, connect, kill,
-//! and a tool import in an E2B-created sandbox. The script prints PASS/FAIL per call; the
-//! test passes only when it exits 0.
+//! and a tool import in an E2B-created sandbox. Then `tests/e2b/refusals_check.py` checks what
+//! is refused and how it reads in Python: files through a planted symlink (the host
+//! directory it points to stays empty), `/tmp` and `..` paths, PTY, watch_dir, other
+//! languages, pause, a command past its timeout (the interpreter's state survives), a
+//! wrong or missing access token, an unknown API key. Each script prints PASS/FAIL per
+//! check; the test passes only when both exit 0.
 #![cfg(all(feature = "server", feature = "cli", feature = "process"))]
 
 use std::io::{BufRead as _, BufReader};
@@ -99,38 +103,60 @@ fn the_official_e2b_sdks_work_unmodified_against_agentkernel_serve() {
     };
     let url = url.to_owned();
 
-    let mut check = Command::new(&python);
     // Ambient E2B_* variables (E2B_DOMAIN, E2B_DEBUG, ...) would change what the SDK does.
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy().into_owned();
-        if name.starts_with("E2B_") && !name.starts_with("E2B_CHECK_ONLY") {
-            check.env_remove(&name);
+    let run = |script: &str, extra: &[(&str, &str)]| {
+        let mut check = Command::new(&python);
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy().into_owned();
+            if name.starts_with("E2B_") && !name.starts_with("E2B_CHECK_ONLY") {
+                check.env_remove(&name);
+            }
         }
-    }
-    check
-        .arg(root.join("tests/e2b/sdk_check.py"))
-        .current_dir(root)
-        .env("E2B_API_URL", &url)
-        .env("E2B_SANDBOX_URL", &url)
-        .env("E2B_API_KEY", &key)
-        .env(
-            "E2B_CHECK_TOOL_CODE",
-            "from tools.demo import add\nadd(a=20, b=22)",
+        check
+            .arg(root.join("tests/e2b").join(script))
+            .current_dir(root)
+            .env("E2B_API_URL", &url)
+            .env("E2B_SANDBOX_URL", &url)
+            .env("E2B_API_KEY", &key)
+            .envs(extra.iter().copied());
+        let out = check.output().expect("running a check script");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        println!("{text}");
+        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+        (
+            out.status,
+            text,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
         )
-        .env("E2B_CHECK_TOOL_EXPECT", "42");
-    let out = check.output().expect("running tests/e2b/sdk_check.py");
-    let text = String::from_utf8_lossy(&out.stdout);
-    println!("{text}");
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    let status = out.status;
-    drop(server);
-    assert!(
-        status.success(),
-        "sdk_check failed ({status}):\n{text}\n{}\nserver log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        log.lock().unwrap()
+    };
+    let sdk = run(
+        "sdk_check.py",
+        &[
+            (
+                "E2B_CHECK_TOOL_CODE",
+                "from tools.demo import add\nadd(a=20, b=22)",
+            ),
+            ("E2B_CHECK_TOOL_EXPECT", "42"),
+        ],
     );
-    assert!(text.contains("PASS sync.run_code.streaming") && text.contains("PASS async.tools"));
+    // A host directory the sandbox's program links to: writing through the link must be
+    // refused and leave it empty.
+    let host_dir = dir.path().join("host-dir");
+    std::fs::create_dir(&host_dir).unwrap();
+    let refusals = run(
+        "refusals_check.py",
+        &[("E2B_CHECK_HOST_DIR", host_dir.to_str().unwrap())],
+    );
+    drop(server);
+    let log = log.lock().unwrap().clone();
+    for (name, (status, text, stderr)) in [("sdk_check", &sdk), ("refusals_check", &refusals)] {
+        assert!(
+            status.success(),
+            "{name} failed ({status}):\n{text}\n{stderr}\nserver log:\n{log}"
+        );
+    }
+    assert!(sdk.1.contains("PASS sync.run_code.streaming") && sdk.1.contains("PASS async.tools"));
+    assert!(std::fs::read_dir(&host_dir).unwrap().next().is_none());
 }
 
 /// A random-enough key for one test run (no rand crate needed: the time and the pid).
