@@ -22,6 +22,7 @@
 //! never named over HTTP (sandboxes get a named workspace, or a fresh one of their own).
 
 pub mod auth;
+pub mod e2b;
 mod error;
 mod health;
 pub mod metrics;
@@ -368,6 +369,11 @@ pub fn router(state: ServerState) -> Router {
         .merge(authed)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // E2B's traffic (by its headers and paths) goes to the E2B routes: see `e2b`.
+        .layer(axum::middleware::from_fn_with_state(
+            e2b::E2bRouters::new(state.clone()),
+            e2b::dispatch,
+        ))
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
         .with_state(state)
 }
