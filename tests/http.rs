@@ -713,7 +713,8 @@ async fn refusals_are_json_errors_with_the_right_status() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
-    let r = c.get(s.url("/v2/nothing")).send().await.unwrap();
+    // (`/v2/…` belongs to the E2B control API: docs/e2b.md.)
+    let r = c.get(s.url("/v9/nothing")).send().await.unwrap();
     assert_error(r, StatusCode::NOT_FOUND, "route_not_found").await;
     let r = c.put(s.url("/v1/sandboxes")).send().await.unwrap();
     assert_error(r, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
