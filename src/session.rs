@@ -231,6 +231,13 @@ impl Session {
         Ok(out)
     }
 
+    /// The sandbox's root directory on the host ([`agentkernel_core::Sandbox::host_root`]),
+    /// when its backend has one; waits for a running execution to end.
+    pub async fn host_root(&self) -> Option<agentkernel_core::HostRoot> {
+        let state = self.inner.state.lock().await;
+        state.sandbox.as_ref()?.host_root()
+    }
+
     /// Clears the interpreter state (globals, `/tmp`); the workspace's files stay.
     pub async fn reset(&self) -> Result<()> {
         let mut state = self.inner.state.lock().await;

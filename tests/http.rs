@@ -69,7 +69,7 @@ fn names_in(dir: &Path) -> Vec<String> {
 
 /// A kernel on `process` in `data`, with the tool `test.gate` (returns "go" once the test
 /// notifies `gate`).
-async fn kernel(data: &Path, gate: Arc<tokio::sync::Notify>) -> Kernel {
+async fn kernel(data: &Path, gate: Arc<tokio::sync::Notify>, quota: Option<u64>) -> Kernel {
     let registry = ToolRegistry::builder()
         .function(FunctionTool::new(
             "test",
@@ -87,21 +87,33 @@ async fn kernel(data: &Path, gate: Arc<tokio::sync::Notify>) -> Kernel {
         .build()
         .await
         .unwrap();
-    Kernel::builder()
+    let mut builder = Kernel::builder()
         .backend("process")
         .data_dir(data)
         .timeout(Duration::from_secs(60))
         .session_idle_timeout(Duration::from_secs(24 * 3600))
-        .tools(registry)
-        .build()
-        .unwrap()
+        .tools(registry);
+    if let Some(q) = quota {
+        builder = builder.workspace_quota(q);
+    }
+    builder.build().unwrap()
 }
 
 async fn start_with(keys: ApiKeys, limits: ServerLimits, grace: Duration) -> Server {
+    start_kernel(keys, limits, grace, None).await
+}
+
+/// [`start_with`], the kernel's workspaces holding at most `quota` bytes when given.
+async fn start_kernel(
+    keys: ApiKeys,
+    limits: ServerLimits,
+    grace: Duration,
+    quota: Option<u64>,
+) -> Server {
     let data = tempfile::tempdir().unwrap();
     let gate = Arc::new(tokio::sync::Notify::new());
     let config = ServerConfig {
-        kernels: vec![kernel(data.path(), gate.clone()).await],
+        kernels: vec![kernel(data.path(), gate.clone(), quota).await],
         api_keys: keys,
         limits,
         shutdown_grace: grace,
@@ -464,7 +476,8 @@ async fn the_last_expression_value_comes_back_in_both_forms() {
     assert_eq!((value.repr.as_str(), value.json), ("{1, 2}", None));
 
     let events = stream(&s, &sbx.id, "print('p')\nx['a']").await.rest().await;
-    let kinds: Vec<&str> = events
+    // Output may come in several chunks: consecutive stdout events count as one.
+    let mut kinds: Vec<&str> = events
         .iter()
         .map(|e| match e {
             StreamEvent::Stdout { .. } => "stdout",
@@ -474,8 +487,17 @@ async fn the_last_expression_value_comes_back_in_both_forms() {
             StreamEvent::End(_) => "end",
         })
         .collect();
+    kinds.dedup();
     assert_eq!(kinds, ["stdout", "result", "end"], "{events:?}");
-    match &events[1] {
+    let printed: String = events
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::Stdout { text } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(printed, "p\n");
+    match &events[events.len() - 2] {
         StreamEvent::Result(v) => assert_eq!(v.json, Some(json!([1, 2]))),
         other => panic!("{other:?}"),
     }
@@ -1607,4 +1629,173 @@ async fn tasks_are_submitted_waited_for_listed_and_cancelled() {
         assert_error(r, status, code).await;
     }
     s.shutdown().await;
+}
+
+/// An E2B sandbox made through the control API: (id, envd headers).
+async fn e2b_sandbox(s: &Server) -> (String, reqwest::header::HeaderMap) {
+    let r = client()
+        .post(s.url("/sandboxes"))
+        .json(&json!({"templateID": "code-interpreter-v1", "timeout": 300}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let v: Value = r.json().await.unwrap();
+    let id = v["sandboxID"].as_str().unwrap().to_owned();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("E2b-Sandbox-Id", id.parse().unwrap());
+    headers.insert("E2b-Sandbox-Port", "49983".parse().unwrap());
+    headers.insert(
+        "X-Access-Token",
+        v["envdAccessToken"].as_str().unwrap().parse().unwrap(),
+    );
+    (id, headers)
+}
+
+/// A multipart upload of one file named `name` with `boundary`.
+fn multipart(boundary: &str, name: &str, data: &[u8]) -> (String, Vec<u8>) {
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n\
+         Content-Type: application/octet-stream\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(data);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// What a sandbox's program can make its envd do is bounded: a listing deeper than
+/// `MAX_LIST_DEPTH` is refused before any walk (a program can make its tree as deep as it
+/// likes), a multipart boundary past RFC 2046's 70 characters is refused, and an upload that
+/// would take the workspace over its quota is refused with 507 and leaves no file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2b_envd_bounds_listings_boundaries_and_the_workspace_quota() {
+    use agentkernel::http::e2b::envd::MAX_LIST_DEPTH;
+    let s = start_kernel(
+        ApiKeys::none(),
+        ServerLimits::default(),
+        Duration::from_secs(10),
+        Some(1 << 20),
+    )
+    .await;
+    let (id, headers) = e2b_sandbox(&s).await;
+    let list = |depth: u64| {
+        client()
+            .post(s.url("/filesystem.Filesystem/ListDir"))
+            .headers(headers.clone())
+            .header("Content-Type", "application/json")
+            .header("Connect-Protocol-Version", "1")
+            .json(&json!({"path": "/home/user", "depth": depth}))
+            .send()
+    };
+    let r = list(u64::from(MAX_LIST_DEPTH)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    let r = list(u64::from(u32::MAX)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let err: Value = r.json().await.unwrap();
+    assert_eq!(err["code"], "invalid_argument", "{err}");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("at most {MAX_LIST_DEPTH}")),
+        "{err}"
+    );
+
+    let upload = |content_type: String, body: Vec<u8>| {
+        client()
+            .post(s.url("/files"))
+            .headers(headers.clone())
+            .header("Content-Type", content_type)
+            .body(body)
+            .send()
+    };
+    let (ct, body) = multipart(&"b".repeat(70), "ok.txt", b"fits");
+    let r = upload(ct, body).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    let (ct, body) = multipart(&"b".repeat(71), "long.txt", b"x");
+    let r = upload(ct, body).await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.text().await.unwrap().contains("70 characters"));
+
+    // What the sandbox's program sees at /home/user/NAME (None: no such file).
+    let read = |name: &'static str| {
+        let r = client()
+            .get(s.url(&format!("/files?path=/home/user/{name}")))
+            .headers(headers.clone())
+            .send();
+        async move {
+            let r = r.await.unwrap();
+            match r.status() {
+                StatusCode::OK => Some(r.bytes().await.unwrap().len()),
+                StatusCode::NOT_FOUND => None,
+                other => panic!("reading {name}: {other} {}", r.text().await.unwrap()),
+            }
+        }
+    };
+    assert_eq!(
+        read("ok.txt").await,
+        Some(4),
+        "the upload landed in the workspace"
+    );
+    assert_eq!(read("long.txt").await, None);
+    // 700 KiB fits the 1 MiB quota; 700 KiB more does not.
+    let (ct, body) = multipart("q", "first.bin", &vec![1u8; 700 << 10]);
+    let r = upload(ct, body).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    // The quota counts the host workspace, where a run's writes (and uploads, which land
+    // where the program's writes do) are copied when it ends: after a run, the second
+    // upload would take it over.
+    assert_eq!(exec(&s, &id, "1").await.end.status, "ok");
+    let (ct, body) = multipart("q", "second.bin", &vec![2u8; 700 << 10]);
+    let r = upload(ct, body).await.unwrap();
+    assert_eq!(r.status(), StatusCode::INSUFFICIENT_STORAGE);
+    assert!(r.text().await.unwrap().contains("quota"));
+    assert_eq!(read("first.bin").await, Some(700 << 10));
+    assert_eq!(
+        read("second.bin").await,
+        None,
+        "the refused upload left a file"
+    );
+    s.shutdown().await;
+}
+
+/// A session's host root (what E2B's files API works in) is its own sandbox's root, taken
+/// from the sandbox's init process: two sessions each see the file their own program wrote
+/// in `/tmp`, and not the other's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sessions_host_root_is_its_own_sandboxs_root() {
+    use std::os::fd::AsRawFd as _;
+    let data = tempfile::tempdir().unwrap();
+    let k = kernel(data.path(), Arc::new(tokio::sync::Notify::new()), None).await;
+    let a = k.session("root-a").await.unwrap();
+    let b = k.session("root-b").await.unwrap();
+    for (s, who) in [(&a, "a"), (&b, "b")] {
+        let out = s
+            .exec(format!("open('/tmp/who', 'w').write('{who}')"))
+            .await
+            .unwrap();
+        assert!(out.status.is_ok(), "{out:?}");
+    }
+    for (s, who) in [(&a, "a"), (&b, "b")] {
+        let Some(root) = s.host_root().await else {
+            panic!("the process backend's session has no host root");
+        };
+        // The O_PATH descriptor, walked through /proc/self/fd as the host sees it.
+        let seen =
+            std::fs::read_to_string(format!("/proc/self/fd/{}/tmp/who", root.root.as_raw_fd()))
+                .unwrap();
+        assert_eq!(seen, who);
+        let id = |p: &str| {
+            use std::os::unix::fs::MetadataExt as _;
+            let m = std::fs::metadata(p).unwrap();
+            (m.dev(), m.ino())
+        };
+        assert_ne!(
+            id(&format!("/proc/self/fd/{}", root.root.as_raw_fd())),
+            id("/"),
+            "the host root is the server's own /"
+        );
+    }
+    drop((a, b));
 }

@@ -133,6 +133,51 @@ impl Drop for Live {
     }
 }
 
+impl Live {
+    /// The sandbox's root, from its pid 1 (see [`Sandbox::host_root`]): `/proc/PID/root`
+    /// opened `O_PATH`, PID read from our pidfd, and the pidfd checked alive afterwards, so
+    /// the root is that process's and not a later one's that took its pid.
+    fn host_root(&self) -> Option<agentkernel_core::HostRoot> {
+        let fdinfo =
+            std::fs::read_to_string(format!("/proc/self/fdinfo/{}", self.pid1.as_raw_fd())).ok()?;
+        let pid: i32 = fdinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("Pid:"))?
+            .trim()
+            .parse()
+            .ok()
+            .filter(|p| *p > 0)?;
+        let path = std::ffi::CString::new(format!("/proc/{pid}/root")).ok()?;
+        // SAFETY: a NUL-terminated path; the fd returned is owned below.
+        let fd = unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: the kernel just returned this fd to us.
+        let root = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: pidfd_send_signal with signal 0 only checks that the process exists.
+        let alive = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pid1.as_raw_fd(),
+                0,
+                std::ptr::null::<libc::siginfo_t>(),
+                0u32,
+            )
+        } == 0;
+        alive.then(|| agentkernel_core::HostRoot {
+            root,
+            uid: self._ids.uid,
+            gid: self._ids.gid,
+        })
+    }
+}
+
 /// SIGKILL to pid 1 of a sandbox (through its pidfd): the kernel then kills every process
 /// in its pid namespace.
 fn kill_pid1(pidfd: &OwnedFd) {
@@ -909,6 +954,10 @@ impl Drop for JailSandbox {
 impl Sandbox for JailSandbox {
     fn id(&self) -> &str {
         &self.guest.backend.id
+    }
+
+    fn host_root(&self) -> Option<agentkernel_core::HostRoot> {
+        self.guest.state.as_live()?.host_root()
     }
 
     async fn exec_admitted(

@@ -68,8 +68,8 @@ pub use hostdirs::cache_dir;
 pub use output::CapturedOutput;
 pub use pool::{Pool, PoolConfig, PoolStats};
 pub use runtime::{
-    Capabilities, Check, CheckState, Diagnosis, Isolation, Language, LimitSet, Runtime, Sandbox,
-    Snapshot, StartupClass,
+    Capabilities, Check, CheckState, Diagnosis, HostRoot, Isolation, Language, LimitSet, Runtime,
+    Sandbox, Snapshot, StartupClass,
 };
 pub use spec::{
     Limits, Mount, NetworkPolicy, SandboxSpec, WORKSPACE_BYTES_PER_RUN, WORKSPACE_ENTRIES_PER_RUN,

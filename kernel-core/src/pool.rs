@@ -509,6 +509,10 @@ impl Sandbox for Pooled {
         &self.id
     }
 
+    fn host_root(&self) -> Option<crate::HostRoot> {
+        self.sandbox.as_ref()?.host_root()
+    }
+
     async fn exec_admitted(
         &mut self,
         req: AdmittedExec,

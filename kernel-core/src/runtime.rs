@@ -289,4 +289,27 @@ pub trait Sandbox: Send {
 
     /// Stops the sandbox and waits until every process of it is gone.
     async fn shutdown(self: Box<Self>) -> Result<()>;
+
+    /// The sandbox's root directory as the host can reach it, for host-side file access
+    /// that must see what the program sees (its mounts, e.g. an overlay over the
+    /// workspace): an `O_PATH` descriptor taken from the sandbox's own init process, never
+    /// found by searching. `None` (the default) where the backend has no such root on the
+    /// host (wasm, monty, microvm) or the sandbox is not live. Whatever the program wrote
+    /// under it is untrusted: walk it beneath the descriptor, never through a symlink
+    /// ([`crate::fsat::Dir`]).
+    fn host_root(&self) -> Option<HostRoot> {
+        None
+    }
+}
+
+/// A sandbox's root directory on the host (see [`Sandbox::host_root`]).
+#[derive(Debug)]
+pub struct HostRoot {
+    /// `O_PATH` descriptor of the root directory, opened from the sandbox's init process
+    /// (`/proc/PID/root`) while that process was known to be alive.
+    pub root: std::os::fd::OwnedFd,
+    /// The host uid the sandbox's user maps to (files created there must belong to it).
+    pub uid: u32,
+    /// The host gid the sandbox's user maps to.
+    pub gid: u32,
 }

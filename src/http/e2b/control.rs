@@ -147,7 +147,8 @@ fn lifetime(state: &E2bState, timeout: Option<f64>) -> Result<Duration, Response
         )));
     }
     let max = state.server.limits.max_lifetime;
-    Ok(Duration::from_secs_f64(t.max(1.0)).min(max))
+    // Clamped before the conversion: a huge number would not fit a Duration.
+    Ok(Duration::from_secs_f64(t.clamp(1.0, max.as_secs_f64().max(1.0))).min(max))
 }
 
 async fn create(

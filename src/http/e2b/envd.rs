@@ -224,7 +224,14 @@ async fn workspace(
             format!("the sandbox's workspace cannot be opened: {e}"),
         )
     })?;
-    Ok((dir, None))
+    // What is created there belongs to the directory's owner (the sandbox's user while it
+    // lives, as root), never to this process.
+    let (uid, gid) = dir
+        .owner()
+        .map_err(|e| ConnectError::new(Code::Internal, e.to_string()))?;
+    // SAFETY: geteuid/getegid cannot fail.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    Ok((dir, (uid != euid || gid != egid).then_some((uid, gid))))
 }
 
 /// The directory holding `path`'s last component (created, with its parents, when
@@ -330,7 +337,21 @@ fn stat(ws: &Dir, path: &UserPath) -> Result<EntryInfo, FsError> {
     Ok(entry_info(path, &st, target))
 }
 
+/// The deepest listing `ListDir` walks (the program decides how deep its tree goes: the
+/// recursion and the answer stay bounded whatever it made).
+pub const MAX_LIST_DEPTH: u32 = 32;
+/// The most entries one `ListDir` answers.
+pub const MAX_LIST_ENTRIES: usize = 100_000;
+
 fn list_dir(ws: &Dir, path: &UserPath, depth: u32) -> Result<Vec<EntryInfo>, FsError> {
+    if depth > MAX_LIST_DEPTH {
+        return Err(ConnectError::new(
+            Code::InvalidArgument,
+            format!(
+                "a listing of depth {depth} was asked for; agentkernel lists at most {MAX_LIST_DEPTH} levels: list a deeper directory by its path"
+            ),
+        ));
+    }
     let (parent, name) = parent_of(ws, path, false)?;
     let dir = match &name {
         Some(n) => parent.open_dir(n).map_err(|e| io_error(path, &e))?,
@@ -345,6 +366,15 @@ fn walk(dir: &Dir, at: &UserPath, depth: u32, out: &mut Vec<EntryInfo>) -> Resul
     let mut names = dir.names().map_err(|e| io_error(at, &e))?;
     names.sort();
     for n in names {
+        if out.len() >= MAX_LIST_ENTRIES {
+            return Err(ConnectError::new(
+                Code::ResourceExhausted,
+                format!(
+                    "{} holds more than {MAX_LIST_ENTRIES} entries at the depth asked for: list with a smaller depth or a deeper path",
+                    at.display()
+                ),
+            ));
+        }
         let mut p = at.clone();
         p.parts.push(n.clone());
         let Some(st) = dir.stat(&n).map_err(|e| io_error(&p, &e))? else {
@@ -520,6 +550,11 @@ struct FilesQuery {
     path: Option<String>,
 }
 
+/// File transfers in flight at once, over all sandboxes: each buffers up to
+/// [`MAX_FILE_BYTES`] (a multipart upload about three times that while it is parsed), so
+/// this bounds the host memory the files API can take, whatever clients send at once.
+static TRANSFERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
 async fn read_file(
     State(state): State<E2bState>,
     headers: HeaderMap,
@@ -529,6 +564,7 @@ async fn read_file(
         Ok(x) => x,
         Err(r) => return r,
     };
+    let _transfer = TRANSFERS.acquire().await;
     let path = match UserPath::parse(q.path.as_deref().unwrap_or("")) {
         Ok(p) => p,
         Err(m) => return plain_error(StatusCode::BAD_REQUEST, &m),
@@ -558,6 +594,7 @@ async fn write_files(
         Ok(x) => x,
         Err(r) => return r,
     };
+    let _transfer = TRANSFERS.acquire().await;
     if headers.contains_key(header::CONTENT_ENCODING)
         && headers
             .get(header::CONTENT_ENCODING)
@@ -608,6 +645,9 @@ async fn write_files(
     if files.is_empty() {
         return plain_error(StatusCode::BAD_REQUEST, "the upload holds no file");
     }
+    if let Err(r) = within_quota(&entry, files.iter().map(|(_, d)| d.len() as u64).sum()).await {
+        return r;
+    }
     let (ws, fsids) = match workspace(&state, &entry, &e2b).await {
         Ok(w) => w,
         Err(e) => return files_error(e),
@@ -633,6 +673,40 @@ async fn write_files(
     axum::Json(written).into_response()
 }
 
+/// Refuses an upload that would take the workspace over its quota (the quota checked before
+/// each run holds for the files API too): 507, which the SDK raises as
+/// `NotEnoughSpaceException` (and does not retry, as it would a 429).
+async fn within_quota(entry: &SandboxEntry, incoming: u64) -> Result<(), Response> {
+    let ws = entry.session().workspace().clone();
+    let Some(quota) = ws.quota else {
+        return Ok(());
+    };
+    let used = match tokio::task::spawn_blocking(move || ws.usage()).await {
+        Ok(Ok(used)) => used,
+        Ok(Err(e)) => {
+            return Err(files_error(ConnectError::new(
+                Code::Internal,
+                e.to_string(),
+            )));
+        }
+        Err(e) => {
+            return Err(files_error(ConnectError::new(
+                Code::Internal,
+                e.to_string(),
+            )));
+        }
+    };
+    if used.saturating_add(incoming) > quota {
+        return Err(plain_error(
+            StatusCode::INSUFFICIENT_STORAGE,
+            &format!(
+                "the workspace holds {used} bytes and its quota is {quota}: this upload of {incoming} bytes does not fit; remove files first"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The `file` parts of a `multipart/form-data` body: (filename, data).
 pub fn parse_multipart(content_type: &str, body: &[u8]) -> Result<Vec<(String, Bytes)>, String> {
     let boundary = content_type
@@ -642,15 +716,17 @@ pub fn parse_multipart(content_type: &str, body: &[u8]) -> Result<Vec<(String, B
         .map(|b| b.trim_matches('"'))
         .filter(|b| !b.is_empty())
         .ok_or("the multipart upload has no boundary")?;
+    // RFC 2046: at most 70 characters.
+    if boundary.len() > 70 {
+        return Err("the multipart boundary is longer than 70 characters (RFC 2046)".into());
+    }
     let delim = format!("\r\n--{boundary}");
     let mut data = Vec::with_capacity(body.len() + 2);
     data.extend_from_slice(b"\r\n");
     data.extend_from_slice(body);
+    // Linear in the body whatever the boundary (a naive search is quadratic in a crafted one).
     let find = |hay: &[u8], needle: &[u8], from: usize| -> Option<usize> {
-        hay.get(from..)?
-            .windows(needle.len())
-            .position(|w| w == needle)
-            .map(|i| i + from)
+        memchr::memmem::find(hay.get(from..)?, needle).map(|i| i + from)
     };
     let mut out = Vec::new();
     let mut at = find(&data, delim.as_bytes(), 0).ok_or("the multipart upload has no part")?;

@@ -215,11 +215,19 @@ impl E2bState {
         let found = match self.server.execute(entry, req) {
             Ok(run) => match run.finish().await {
                 (super::ExecEnd::Finished(o), _) if o.status.is_ok() => {
-                    tokio::task::spawn_blocking(move || view::RootView::find(&marker))
-                        .await
-                        .ok()
-                        .flatten()
-                        .map(Arc::new)
+                    // The sandbox's own root, from its init process (no search of /proc:
+                    // a root found by its marker could be another sandbox's that was made
+                    // to hold the same name), then checked to hold this marker.
+                    match entry.session().host_root().await {
+                        Some(root) => {
+                            tokio::task::spawn_blocking(move || view::RootView::open(root, &marker))
+                                .await
+                                .ok()
+                                .flatten()
+                                .map(Arc::new)
+                        }
+                        None => None,
+                    }
                 }
                 _ => None,
             },

@@ -29,6 +29,7 @@
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 
 use agentkernel_core::fsat::Dir;
 
@@ -53,81 +54,35 @@ pub fn marker_program(token: &str) -> String {
 }
 
 impl RootView {
-    /// Looks for the process whose root holds the marker named `token`. A root that is the
-    /// server's own `/` never counts, and when processes of two different roots hold the
-    /// marker (someone copied it), none is chosen: the caller falls back to the host
-    /// directory.
-    pub fn find(token: &str) -> Option<RootView> {
-        let marker = CString::new(marker_path(token).trim_start_matches('/')).ok()?;
-        let me = std::process::id().to_string();
-        let host_root = dev_ino_path(c"/")?;
-        let mut found: Option<(RootView, (u64, u64))> = None;
-        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if !name.bytes().all(|b| b.is_ascii_digit()) || name == me {
-                continue;
-            }
-            let Ok(path) = CString::new(format!("/proc/{name}/root")) else {
-                continue;
-            };
-            // SAFETY: a NUL-terminated path; the fd returned is owned below.
-            let fd = unsafe {
-                libc::open(
-                    path.as_ptr(),
-                    libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-                )
-            };
-            if fd < 0 {
-                continue;
-            }
-            // SAFETY: the kernel just returned this fd to us.
-            let root = unsafe { OwnedFd::from_raw_fd(fd) };
-            let Some(id) = dev_ino_fd(&root) else {
-                continue;
-            };
-            if id == host_root {
-                continue;
-            }
-            let view = RootView {
-                root,
-                marker: marker.clone(),
-                fsids: None,
-            };
-            if !view.is_current() {
-                continue;
-            }
-            match &found {
-                Some((_, first)) if *first != id => {
-                    tracing::warn!(
-                        "two sandbox roots hold the same E2B marker: using the host directory for this sandbox's files"
-                    );
-                    return None;
-                }
-                Some(_) => {}
-                None => {
-                    let fsids = mapped_ids(&name);
-                    found = Some((RootView { fsids, ..view }, id));
-                }
-            }
-        }
-        found.map(|(v, _)| v)
+    /// The view of `root` (the sandbox's own root, from [`Session::host_root`]: taken from
+    /// its init process, never found by searching), when the marker named `token` is in its
+    /// `/tmp`: the interpreter that left it is the sandbox's current one.
+    ///
+    /// [`Session::host_root`]: crate::Session::host_root
+    pub fn open(root: agentkernel_core::HostRoot, token: &str) -> Option<RootView> {
+        let name = marker_path(token);
+        let marker = CString::new(name.trim_start_matches("/tmp/")).ok()?;
+        // SAFETY: geteuid/getegid cannot fail.
+        let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let view = RootView {
+            root: root.root,
+            marker,
+            fsids: (root.uid != euid || root.gid != egid).then_some((root.uid, root.gid)),
+        };
+        view.is_current().then_some(view)
     }
 
-    /// Whether the marker is still there (the sandbox's interpreter is the one found).
+    /// Whether the marker is still there (the sandbox's interpreter is the one found):
+    /// `tmp` and the marker are opened beneath the root, never through a symlink.
     pub fn is_current(&self) -> bool {
-        // SAFETY: an all-zero stat is valid to overwrite.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: a NUL-terminated name, a valid out-pointer, an fd we hold open.
-        let rc = unsafe {
-            libc::fstatat(
-                self.root.as_raw_fd(),
-                self.marker.as_ptr(),
-                &mut st,
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
+        let Ok(root) = self.root.try_clone() else {
+            return false;
         };
-        rc == 0 && st.st_mode & libc::S_IFMT == libc::S_IFREG
+        let Ok(tmp) = Dir::from_fd(root).open_dir(std::ffi::OsStr::new("tmp")) else {
+            return false;
+        };
+        let name = std::ffi::OsStr::from_bytes(self.marker.as_bytes());
+        matches!(tmp.stat(name), Ok(Some(st)) if st.kind == agentkernel_core::fsat::Kind::File)
     }
 
     /// The sandbox's `/workspace` (never through a symlink).
@@ -148,44 +103,6 @@ impl RootView {
     }
 }
 
-fn dev_ino_path(path: &std::ffi::CStr) -> Option<(u64, u64)> {
-    // SAFETY: an all-zero stat is valid to overwrite; a NUL-terminated path.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: as above, with a valid out-pointer.
-    (unsafe { libc::stat(path.as_ptr(), &mut st) } == 0).then_some((st.st_dev, st.st_ino))
-}
-
-fn dev_ino_fd(fd: &OwnedFd) -> Option<(u64, u64)> {
-    // SAFETY: an all-zero stat is valid to overwrite.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: an fd we hold open (O_PATH fds support fstat), a valid out-pointer.
-    (unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } == 0).then_some((st.st_dev, st.st_ino))
-}
-
-/// The host ids the sandbox's uid and gid 1000 map to, from `/proc/PID/{uid,gid}_map`, when
-/// they differ from this process's effective ids.
-fn mapped_ids(pid: &str) -> Option<(u32, u32)> {
-    let host_of = |file: &str| -> Option<u32> {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
-        text.lines().find_map(|l| {
-            let f: Vec<u32> = l
-                .split_whitespace()
-                .filter_map(|x| x.parse().ok())
-                .collect();
-            match f.as_slice() {
-                [inside, outside, count] if (*inside..inside + count).contains(&1000) => {
-                    Some(outside + (1000 - inside))
-                }
-                _ => None,
-            }
-        })
-    };
-    let (uid, gid) = (host_of("uid_map")?, host_of("gid_map")?);
-    // SAFETY: geteuid/getegid cannot fail.
-    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    (uid != euid || gid != egid).then_some((uid, gid))
-}
-
 /// Runs `f` on a thread of its own whose filesystem ids are `fsids` (when given).
 pub async fn run_as<T: Send + 'static>(
     fsids: Option<(u32, u32)>,
@@ -194,11 +111,20 @@ pub async fn run_as<T: Send + 'static>(
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
         if let Some((uid, gid)) = fsids {
-            // SAFETY: setfsgid/setfsuid change this thread's filesystem ids only (the
-            // raw system calls are per thread); the thread ends after `f`.
-            unsafe {
+            // SAFETY: the raw system calls act on this thread only (glibc's wrappers of
+            // setgroups would broadcast to every thread; these do not); the thread ends
+            // after `f`. setfsuid answers the previous id, never an error: asking again
+            // (-1 changes nothing) tells whether it took.
+            let took = unsafe {
+                libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>());
                 libc::syscall(libc::SYS_setfsgid, gid);
                 libc::syscall(libc::SYS_setfsuid, uid);
+                libc::syscall(libc::SYS_setfsuid, u32::MAX) as u32 == uid
+                    && libc::syscall(libc::SYS_setfsgid, u32::MAX) as u32 == gid
+            };
+            if !took {
+                // Fail closed: never act in the sandbox's root with this process's ids.
+                return;
             }
         }
         let _ = tx.send(f());
