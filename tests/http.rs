@@ -1799,3 +1799,144 @@ async fn a_sessions_host_root_is_its_own_sandboxs_root() {
     }
     drop((a, b));
 }
+
+/// A small deterministic generator (xorshift64): the same "random" bodies on every run, so
+/// that a failure replays.
+struct Gen(u64);
+
+impl Gen {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn pick<'a, T: ?Sized>(&mut self, from: &[&'a T]) -> &'a T {
+        from[(self.next() % from.len() as u64) as usize]
+    }
+
+    /// A JSON value made of the fields the routes know, with numbers at the edges (huge,
+    /// negative, fractional, past u64) and strings that are paths, NULs and long runs.
+    fn value(&mut self, depth: u32) -> Value {
+        const KEYS: &[&str] = &[
+            "backend",
+            "workspace",
+            "limits",
+            "env",
+            "idle_timeout_secs",
+            "max_lifetime_secs",
+            "metadata",
+            "timeout_secs",
+            "cpu_secs",
+            "memory_mib",
+            "output_bytes",
+            "processes",
+            "file_size_bytes",
+            "code",
+            "stream",
+            "templateID",
+            "timeout",
+            "envVars",
+            "autoPause",
+            "volumeMounts",
+            "x",
+        ];
+        const STRINGS: &[&str] = &[
+            "", "process", "wasm", "nope", "../x", "/etc", "a\u{0}b", "sbx-x", "print(1)", "1/0",
+            "é✓", "ws-1",
+        ];
+        match self.next() % if depth == 0 { 4 } else { 7 } {
+            0 => json!(self.pick(STRINGS)),
+            1 => {
+                let n: &[f64] = &[0.0, -1.0, 0.5, 1e-9, 1e18, 1e300, -1e300, 4294967296.0];
+                json!(n[(self.next() % n.len() as u64) as usize])
+            }
+            2 => json!(self.next() >> (self.next() % 64)),
+            3 => match self.next() % 3 {
+                0 => Value::Null,
+                1 => json!(true),
+                _ => json!("x".repeat((self.next() % 5000) as usize)),
+            },
+            4 => Value::Array(
+                (0..self.next() % 4)
+                    .map(|_| self.value(depth - 1))
+                    .collect(),
+            ),
+            _ => Value::Object(
+                (0..self.next() % 5)
+                    .map(|_| (self.pick(KEYS).to_owned(), self.value(depth - 1)))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// Request bodies made at random from the fields the routes know (and numbers, strings and
+/// shapes they do not expect) never crash a route: every answer is a 2xx or a 4xx (never a
+/// 500, never a dropped connection, which is what a panicking handler gives), and the
+/// server still runs code afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_request_bodies_never_crash_a_route() {
+    let s = start().await;
+    let sbx = create(&s, json!({})).await;
+    let c = client();
+    let mut g = Gen(0x9e37_79b9_7f4a_7c15);
+    let routes = [
+        "/v1/sandboxes".to_owned(),
+        format!("/v1/sandboxes/{}/execute", sbx.id),
+        "/v1/tasks".to_owned(),
+        "/sandboxes".to_owned(),
+        format!("/sandboxes/{}/timeout", sbx.id),
+    ];
+    let mut answered = std::collections::BTreeMap::<u16, usize>::new();
+    for i in 0..400 {
+        let route = &routes[i % routes.len()];
+        // Mostly objects (the routes' shape), sometimes anything, sometimes not JSON at all.
+        let body = match g.next() % 10 {
+            0 => b"{\"code\": \"print(1)\"".to_vec(),
+            1 => serde_json::to_vec(&g.value(2)).unwrap(),
+            _ => {
+                let mut fields: serde_json::Map<String, Value> = (0..g.next() % 6)
+                    .map(|_| {
+                        let k = g.pick(&["code", "timeout_secs", "limits", "timeout", "x"]);
+                        (k.to_owned(), g.value(2))
+                    })
+                    .collect();
+                // Half the time a real program, so that the routes get past the parse.
+                if g.next() % 2 == 0 {
+                    fields.insert("code".into(), json!(g.pick(&["print(1)", "1/0", "x"])));
+                }
+                serde_json::to_vec(&Value::Object(fields)).unwrap()
+            }
+        };
+        let r = c
+            .post(s.url(route))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{route} {}: {e}", String::from_utf8_lossy(&body)));
+        let status = r.status();
+        let text = r.text().await.unwrap_or_default();
+        assert!(
+            status.is_success() || status.is_client_error(),
+            "{route} answered {status} to {}: {text}",
+            String::from_utf8_lossy(&body)
+        );
+        *answered.entry(status.as_u16()).or_default() += 1;
+        // Sandboxes created along the way are closed (the caps stay free).
+        if status == StatusCode::CREATED
+            && let Ok(v) = serde_json::from_str::<Value>(&text)
+            && let Some(id) = v["id"].as_str().or(v["sandboxID"].as_str())
+        {
+            let r = c.delete(s.url(&format!("/v1/sandboxes/{id}"))).send().await;
+            assert!(r.unwrap().status().is_success());
+        }
+    }
+    println!("answers by status: {answered:?}");
+    // Both refusals and acceptances were exercised.
+    assert!(answered.keys().any(|s| *s < 300) && answered.keys().any(|s| *s >= 400));
+    assert_eq!(exec(&s, &sbx.id, "print(6 * 7)").await.stdout, "42\n");
+    s.shutdown().await;
+}

@@ -69,6 +69,22 @@ check("run_code in R", lambda: raises(e2b.SandboxException,
 check("pause", lambda: raises(e2b.SandboxException, lambda: sbx.pause(), "501"))
 
 
+def uploads_belong_to_the_sandbox_user():
+    # The server writes into the sandbox's root as the sandbox's own user (its filesystem
+    # ids), never as itself: the program owns what is uploaded and can change it.
+    sbx.files.write("/home/user/owned.txt", "x")
+    ex = sbx.run_code(
+        "import os\nst = os.stat('owned.txt')\nopen('owned.txt', 'a').write('y')\n"
+        "(st.st_uid == os.getuid(), st.st_gid == os.getgid(), open('owned.txt').read())"
+    )
+    assert ex.error is None, f"the program could not change the upload: {ex.error}"
+    assert ex.text == "(True, True, 'xy')", f"owner check: {ex.text!r}"
+    return "the uploaded file is the program's own (uid and gid) and writable by it"
+
+
+check("an upload belongs to the sandbox's user", uploads_belong_to_the_sandbox_user)
+
+
 def command_timeout():
     sbx.run_code("kept = 7")
     out = raises(e2b.TimeoutException, lambda: sbx.commands.run("sleep 20", timeout=2))
