@@ -862,18 +862,28 @@ async fn sandbox_caps_answer_429_with_retry_after() {
     };
     let s = start_with(keys, limits, Duration::from_secs(10)).await;
     let c = client();
-    let make = async |key: &str| {
+    let make_idle = async |key: &str, idle: u64| {
         c.post(s.url("/v1/sandboxes"))
             .bearer_auth(key)
-            .json(&json!({}))
+            .json(&json!({"idle_timeout_secs": idle}))
             .send()
             .await
             .unwrap()
     };
-    let first: SandboxInfo = make(KEY_A).await.json().await.unwrap();
-    assert_eq!(make(KEY_A).await.status(), StatusCode::CREATED);
+    let make = async |key: &str| make_idle(key, 3000).await;
+    // Retry-After is when the reaper may free a place: the sooner idle timeout of the two.
+    let retry_after = |r: &reqwest::Response| -> u64 {
+        r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let first: SandboxInfo = make_idle(KEY_A, 400).await.json().await.unwrap();
+    assert_eq!(make_idle(KEY_A, 300).await.status(), StatusCode::CREATED);
     let r = make(KEY_A).await;
-    assert_eq!(r.headers()["retry-after"], "5");
+    let after = retry_after(&r);
+    assert!((200..=300).contains(&after), "Retry-After {after}");
     let e = assert_error(r, StatusCode::TOO_MANY_REQUESTS, "too_many_sandboxes").await;
     assert!(
         e["error"]["message"].as_str().unwrap().contains("per")
@@ -885,6 +895,9 @@ async fn sandbox_caps_answer_429_with_retry_after() {
     // Key B has its own count, up to the total.
     assert_eq!(make(KEY_B).await.status(), StatusCode::CREATED);
     let r = make(KEY_B).await;
+    // The server's cap: the soonest of anyone's (key A's 300 s one).
+    let after = retry_after(&r);
+    assert!((200..=300).contains(&after), "Retry-After {after}");
     let e = assert_error(r, StatusCode::TOO_MANY_REQUESTS, "too_many_sandboxes").await;
     assert!(
         e["error"]["message"]

@@ -147,6 +147,17 @@ impl SandboxEntry {
         }
     }
 
+    /// How long until the reaper may close it (the sooner of its idle timeout and its
+    /// lifetime), as things stand now.
+    fn closes_in(&self) -> Duration {
+        let lifetime = self
+            .deadline
+            .lock()
+            .map(|d| d.0.saturating_duration_since(Instant::now()))
+            .unwrap_or_default();
+        lifetime.min(self.idle_timeout.saturating_sub(self.idle_for()))
+    }
+
     fn expired(&self) -> bool {
         self.deadline
             .lock()
@@ -176,6 +187,19 @@ impl TableInner {
 
     fn total(&self) -> usize {
         self.live.len() + self.reserved.values().sum::<usize>()
+    }
+
+    /// Seconds until a place under a cap may free up: the soonest the reaper may close one
+    /// of the sandboxes counted (of `owner`, or of anyone), at least 1 (a creation under way
+    /// may also fail and give its place back), rounded up.
+    fn retry_after(&self, owner: Option<&KeyId>) -> u64 {
+        self.live
+            .values()
+            .filter(|e| owner.is_none_or(|o| &e.owner == o))
+            .map(|e| e.closes_in())
+            .min()
+            .map_or(1, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0))
+            .max(1)
     }
 }
 
@@ -222,16 +246,22 @@ impl ServerState {
         let mut t = self.table.inner.lock().map_err(|_| poisoned())?;
         let caps = &self.limits;
         if t.total() >= caps.max_sandboxes {
-            return Err(too_many(format!(
-                "the server runs its maximum of {} sandboxes",
-                caps.max_sandboxes
-            )));
+            return Err(too_many(
+                format!(
+                    "the server runs its maximum of {} sandboxes",
+                    caps.max_sandboxes
+                ),
+                t.retry_after(None),
+            ));
         }
         if t.count(owner) >= caps.max_sandboxes_per_key {
-            return Err(too_many(format!(
-                "this API key has its maximum of {} live sandboxes",
-                caps.max_sandboxes_per_key
-            )));
+            return Err(too_many(
+                format!(
+                    "this API key has its maximum of {} live sandboxes",
+                    caps.max_sandboxes_per_key
+                ),
+                t.retry_after(Some(owner)),
+            ));
         }
         *t.reserved.entry(owner.clone()).or_default() += 1;
         Ok(Reservation {
@@ -522,14 +552,15 @@ fn busy(id: &str) -> ApiError {
     )
 }
 
-fn too_many(message: String) -> ApiError {
+/// 429, with `Retry-After` the seconds until the reaper may free a place.
+fn too_many(message: String, retry_after: u64) -> ApiError {
     ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
         "too_many_sandboxes",
-        message,
-        "delete sandboxes you are done with (DELETE /v1/sandboxes/{id}), or retry later",
+        format!("{message}; the soonest one closes by itself in {retry_after} s"),
+        "delete sandboxes you are done with (DELETE /v1/sandboxes/{id}), or retry after Retry-After seconds",
     )
-    .retry_after(5)
+    .retry_after(retry_after)
 }
 
 /// `asked` (or `default`), refused above `max` or at zero.
