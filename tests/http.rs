@@ -70,6 +70,16 @@ fn names_in(dir: &Path) -> Vec<String> {
 /// A kernel on `process` in `data`, with the tool `test.gate` (returns "go" once the test
 /// notifies `gate`).
 async fn kernel(data: &Path, gate: Arc<tokio::sync::Notify>, quota: Option<u64>) -> Kernel {
+    kernel_on(data, gate, quota, None).await
+}
+
+/// [`kernel`] on the Python interpreter `python` (default: the kernel's own choice).
+async fn kernel_on(
+    data: &Path,
+    gate: Arc<tokio::sync::Notify>,
+    quota: Option<u64>,
+    python: Option<&Path>,
+) -> Kernel {
     let registry = ToolRegistry::builder()
         .function(FunctionTool::new(
             "test",
@@ -96,6 +106,9 @@ async fn kernel(data: &Path, gate: Arc<tokio::sync::Notify>, quota: Option<u64>)
     if let Some(q) = quota {
         builder = builder.workspace_quota(q);
     }
+    if let Some(p) = python {
+        builder = builder.python(p);
+    }
     builder.build().unwrap()
 }
 
@@ -110,10 +123,21 @@ async fn start_kernel(
     grace: Duration,
     quota: Option<u64>,
 ) -> Server {
+    start_on(keys, limits, grace, quota, None).await
+}
+
+/// [`start_kernel`] with its sandboxes on the Python interpreter `python`.
+async fn start_on(
+    keys: ApiKeys,
+    limits: ServerLimits,
+    grace: Duration,
+    quota: Option<u64>,
+    python: Option<&Path>,
+) -> Server {
     let data = tempfile::tempdir().unwrap();
     let gate = Arc::new(tokio::sync::Notify::new());
     let config = ServerConfig {
-        kernels: vec![kernel(data.path(), gate.clone(), quota).await],
+        kernels: vec![kernel_on(data.path(), gate.clone(), quota, python).await],
         api_keys: keys,
         limits,
         shutdown_grace: grace,
@@ -482,6 +506,7 @@ async fn the_last_expression_value_comes_back_in_both_forms() {
         .map(|e| match e {
             StreamEvent::Stdout { .. } => "stdout",
             StreamEvent::Stderr { .. } => "stderr",
+            StreamEvent::Display(_) => "display",
             StreamEvent::Result(_) => "result",
             StreamEvent::Error(_) => "error",
             StreamEvent::End(_) => "end",
@@ -1917,7 +1942,7 @@ async fn random_request_bodies_never_crash_a_route() {
                     })
                     .collect();
                 // Half the time a real program, so that the routes get past the parse.
-                if g.next() % 2 == 0 {
+                if g.next().is_multiple_of(2) {
                     fields.insert("code".into(), json!(g.pick(&["print(1)", "1/0", "x"])));
                 }
                 serde_json::to_vec(&Value::Object(fields)).unwrap()
@@ -1951,5 +1976,124 @@ async fn random_request_bodies_never_crash_a_route() {
     // Both refusals and acceptances were exercised.
     assert!(answered.keys().any(|s| *s < 300) && answered.keys().any(|s| *s >= 400));
     assert_eq!(exec(&s, &sbx.id, "print(6 * 7)").await.stdout, "42\n");
+    s.shutdown().await;
+}
+
+/// The first of the host's Python interpreters that imports matplotlib (`python3` on the
+/// PATH, then the system's, where `scripts/setup` installs it).
+fn python_with_matplotlib() -> Option<PathBuf> {
+    ["python3", "/usr/bin/python3"]
+        .into_iter()
+        .find(|p| {
+            std::process::Command::new(p)
+                .args(["-I", "-c", "import matplotlib"])
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .map(PathBuf::from)
+}
+
+/// Whether `data` is base64 of a PNG image.
+fn is_png(data: &str) -> bool {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .is_ok_and(|b| b.starts_with(b"\x89PNG\r\n\x1a\n") && b.len() > 1000)
+}
+
+/// What a program displays comes back, in order, as a notebook shows it: `plt.show()` and
+/// a figure left open at the end as PNG images, `display(obj)` as text; in the one-object
+/// answer (`displays`), as stream events (`display`, before `result`), and through E2B's
+/// `/execute` as `result` lines that are not the main one (`png`, `text`). No more than 16
+/// of one execution are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn figures_and_displayed_objects_come_back_as_png_and_text() {
+    let Some(python) = python_with_matplotlib() else {
+        agentkernel_testkit::skip(
+            "process",
+            "figures_and_displayed_objects_come_back_as_png_and_text",
+            "no Python of this machine imports matplotlib: run ./scripts/setup (it installs python3-matplotlib)",
+        );
+        return;
+    };
+    let s = start_on(
+        ApiKeys::none(),
+        ServerLimits::default(),
+        Duration::from_secs(10),
+        None,
+        Some(&python),
+    )
+    .await;
+    let sbx = create(&s, json!({})).await;
+    let program = "import matplotlib.pyplot as plt\n\
+                   plt.plot([1, 2, 3], [1, 4, 9])\n\
+                   plt.show()\n\
+                   display({'a': 1})\n\
+                   fig = plt.figure()\n\
+                   plt.plot([3, 2, 1])\n\
+                   7";
+    let out = exec(&s, &sbx.id, program).await;
+    assert_eq!(out.end.status, "ok", "{out:?}");
+    let kinds: Vec<&str> = out.displays.iter().map(|d| d.mime.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["image/png", "text/plain", "image/png"],
+        "{}",
+        out.stderr
+    );
+    assert!(is_png(&out.displays[0].data) && is_png(&out.displays[2].data));
+    assert_eq!(out.displays[1].data, "{'a': 1}");
+    assert_eq!(out.value.expect("the last expression").repr, "7");
+    assert!(
+        !out.stderr.contains("non-interactive"),
+        "show() warned: {}",
+        out.stderr
+    );
+
+    // Streamed: the displays, then the value, then the end.
+    let events = stream(&s, &sbx.id, "plt.plot([1, 2])\nplt.show()\n'done'")
+        .await
+        .rest()
+        .await;
+    let kinds: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::Display(d) => Some(d.mime.as_str()),
+            StreamEvent::Result(_) => Some("result"),
+            StreamEvent::End(_) => Some("end"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kinds, ["image/png", "result", "end"], "{events:?}");
+
+    // At most 16 of one execution.
+    let out = exec(&s, &sbx.id, "for i in range(20):\n    display(i)").await;
+    assert_eq!(out.displays.len(), 16);
+    assert_eq!(out.displays[15].data, "15");
+
+    // Through E2B's interpreter.
+    let (id, mut headers) = e2b_sandbox(&s).await;
+    headers.insert("E2b-Sandbox-Port", "49999".parse().unwrap());
+    let text = client()
+        .post(s.url("/execute"))
+        .headers(headers)
+        .json(&json!({"code": "import matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()\n3"}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let results: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["type"] == "result")
+        .collect();
+    assert_eq!(results.len(), 2, "{id}: {text}");
+    assert_eq!(results[0]["is_main_result"], false);
+    assert!(is_png(results[0]["png"].as_str().unwrap_or("")), "{text}");
+    assert_eq!(results[1]["is_main_result"], true);
+    assert_eq!(results[1]["text"], "3");
     s.shutdown().await;
 }

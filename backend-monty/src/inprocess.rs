@@ -401,6 +401,7 @@ impl InProcessSandbox {
             },
             tool_calls: Vec::new(),
             value: None,
+            displays: Vec::new(),
         }
     }
 }
@@ -511,6 +512,7 @@ impl Sandbox for InProcessSandbox {
             },
             tool_calls: finished.tool_calls,
             value: finished.value,
+            displays: Vec::new(),
         })
     }
 

@@ -298,6 +298,7 @@ impl WorkerSandbox {
             },
             tool_calls: Vec::new(),
             value: None,
+            displays: Vec::new(),
         })
     }
 }

@@ -103,6 +103,8 @@ def _transport(name, payload):
 
 # Built once, in the snapshot: `configure` only installs it.
 RUNTIME_MODULE = program.make_runtime_module(_transport)
+# `display(obj)` prints its repr here (no matplotlib on WASI, no display channel).
+program.install_display(None)
 
 
 class WitWorld(wit_world.WitWorld):

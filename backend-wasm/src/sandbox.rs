@@ -384,6 +384,7 @@ impl Sandbox for WasmSandbox {
             },
             tool_calls: exec_state.tool_calls,
             value,
+            displays: Vec::new(),
         })
     }
 

@@ -30,6 +30,10 @@ const ETC_BINDS: &[&str] = &[
     "debian_version",
     "protocols",
     "services",
+    // Debian's matplotlib reads its defaults here (the mpl-data copy links to it), and
+    // fontconfig its configuration.
+    "matplotlibrc",
+    "fonts",
 ];
 
 /// Top-level system paths: bound read-only when directories, recreated when symlinks

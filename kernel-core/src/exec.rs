@@ -275,6 +275,73 @@ pub struct ExecOutcome {
     /// See [`ExprValue`] for the rules. Absent in outcomes stored before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<ExprValue>,
+    /// What the program displayed, in order, as a notebook shows it: matplotlib figures
+    /// (`plt.show()`, figures still open when the program ends, `display(fig)`) as PNG, and
+    /// `display(obj)` of other objects as text. Only backends whose Python can import
+    /// matplotlib make figures; see [`DisplayData`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub displays: Vec<DisplayData>,
+}
+
+/// One thing a program displayed ([`ExecOutcome::displays`]): `mime` is
+/// [`DisplayData::PNG`] (`data` is the image as standard base64, as E2B and Jupyter send
+/// it) or [`DisplayData::TEXT`] (`data` is the text).
+///
+/// The guest makes it; the host keeps it only through [`DisplayData::from_guest`]: a PNG
+/// that decodes, starts with PNG's signature and is at most [`DisplayData::MAX_PNG_BYTES`],
+/// a text cut at [`DisplayData::MAX_TEXT_BYTES`], at most [`DisplayData::MAX_PER_EXEC`] of
+/// them per execution.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DisplayData {
+    /// The media type: `image/png` or `text/plain`.
+    pub mime: String,
+    /// Base64 of the image, or the text.
+    pub data: String,
+}
+
+impl DisplayData {
+    /// The media type of a figure.
+    pub const PNG: &str = "image/png";
+    /// The media type of another object's `repr`.
+    pub const TEXT: &str = "text/plain";
+    /// The largest PNG kept, 512 KiB (decoded); a larger one becomes a text saying so.
+    pub const MAX_PNG_BYTES: usize = 512 << 10;
+    /// The largest text kept, 64 KiB (cut at a character boundary past it).
+    pub const MAX_TEXT_BYTES: usize = 64 << 10;
+    /// The most displays kept of one execution; later ones are dropped.
+    pub const MAX_PER_EXEC: usize = 16;
+
+    /// A display the guest reported, made safe (see the type's rules); `None` for one that
+    /// is not a display (an unknown type, an image that is not a PNG).
+    pub fn from_guest(mime: &str, data: &str) -> Option<DisplayData> {
+        use base64::Engine as _;
+        match mime {
+            Self::PNG => {
+                // Base64 is 4/3 of the bytes: a longer text is refused before decoding.
+                if data.len() > Self::MAX_PNG_BYTES / 3 * 4 + 4 {
+                    return Some(DisplayData {
+                        mime: Self::TEXT.into(),
+                        data: format!(
+                            "[an image over agentkernel's display cap of {} KiB was dropped: save it to a file in the workspace instead]",
+                            Self::MAX_PNG_BYTES >> 10
+                        ),
+                    });
+                }
+                let png = base64::engine::general_purpose::STANDARD
+                    .decode(data)
+                    .ok()?;
+                png.starts_with(b"\x89PNG\r\n\x1a\n").then(|| DisplayData {
+                    mime: Self::PNG.into(),
+                    data: data.to_owned(),
+                })
+            }
+            Self::TEXT => Some(DisplayData {
+                mime: Self::TEXT.into(),
+                data: cap_utf8(data.as_bytes(), Self::MAX_TEXT_BYTES).0,
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// The value of a program's last expression ([`ExecOutcome::value`]).
@@ -430,6 +497,37 @@ mod tests {
             s,
             serde_json::json!({"kind": "killed", "limit": "wall_time"})
         );
+    }
+
+    #[test]
+    fn guest_displays_are_bounded_and_validated_on_the_host() {
+        use base64::Engine as _;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let png = b64(b"\x89PNG\r\n\x1a\nrest");
+        let d = DisplayData::from_guest(DisplayData::PNG, &png).unwrap();
+        assert_eq!(
+            (d.mime.as_str(), d.data.as_str()),
+            (DisplayData::PNG, png.as_str())
+        );
+        // Not a PNG, not base64, not a type we know: dropped.
+        assert_eq!(
+            DisplayData::from_guest(DisplayData::PNG, &b64(b"GIF89a...")),
+            None
+        );
+        assert_eq!(
+            DisplayData::from_guest(DisplayData::PNG, "not base64!"),
+            None
+        );
+        assert_eq!(DisplayData::from_guest("text/html", "<script>"), None);
+        // Too large: a text saying so, without decoding it.
+        let huge = "A".repeat(DisplayData::MAX_PNG_BYTES / 3 * 4 + 8);
+        let d = DisplayData::from_guest(DisplayData::PNG, &huge).unwrap();
+        assert_eq!(d.mime, DisplayData::TEXT);
+        assert!(d.data.contains("display cap"), "{}", d.data);
+        // Text is cut at its cap, on a character boundary.
+        let text = "\u{e9}".repeat(DisplayData::MAX_TEXT_BYTES);
+        let d = DisplayData::from_guest(DisplayData::TEXT, &text).unwrap();
+        assert!(d.data.len() <= DisplayData::MAX_TEXT_BYTES && d.data.len() > 1000);
     }
 
     #[test]

@@ -61,8 +61,8 @@ pub mod conformance;
 pub use admission::{Admitted, AdmittedExec};
 pub use error::{Error, Result};
 pub use exec::{
-    ExecOutcome, ExecRequest, ExecStatus, ExprValue, LimitKind, OutputSink, StreamKind, Timings,
-    ToolCallRecord,
+    DisplayData, ExecOutcome, ExecRequest, ExecStatus, ExprValue, LimitKind, OutputSink,
+    StreamKind, Timings, ToolCallRecord,
 };
 pub use hostdirs::cache_dir;
 pub use output::CapturedOutput;

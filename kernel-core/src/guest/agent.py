@@ -445,6 +445,12 @@ def _agent(reset_token=None, go_fd=None):
     chan = _Channel(CONTROL_FD)
     runtime = _make_runtime_module(chan)
     sys.modules["_agentkernel"] = runtime
+
+    def send_display(mime, data):
+        with chan.lock:
+            chan.send({"type": "display", "mime": mime, "data": data})
+
+    install_display(send_display)
     # The generated tool package lives at /tools (when the sandbox has tools): make
     # `import tools` find it, after everything else on the path.
     if TOOLS_PARENT not in sys.path:

@@ -13,7 +13,9 @@ use tracing::Instrument;
 use super::stream::SentinelStream;
 use super::{MAX_CONCURRENT_TOOL_CALLS, MAX_FRAME_BYTES, MAX_GUEST_FRAME_BYTES};
 use crate::error::{Error, Result};
-use crate::exec::{ExecRequest, ExecStatus, ExprValue, LimitKind, StreamKind, ToolCallRecord};
+use crate::exec::{
+    DisplayData, ExecRequest, ExecStatus, ExprValue, LimitKind, StreamKind, ToolCallRecord,
+};
 use crate::output::CapturedOutput;
 use crate::tools::{ToolError, ToolHost};
 
@@ -72,6 +74,11 @@ enum GuestMsg {
         /// The value of the program's last expression, if it has one (see [`GuestValue`]).
         #[serde(default)]
         value: Option<GuestValue>,
+    },
+    /// Something the program displayed (see [`DisplayData`]), sent while it runs.
+    Display {
+        mime: String,
+        data: String,
     },
     Error {
         message: String,
@@ -140,9 +147,21 @@ pub struct ExecReport {
     /// The value of the program's last expression, as the guest's `done` reported it
     /// (bounded and validated); the outcome keeps it only if the program ended `ok`.
     pub value: Option<ExprValue>,
+    /// What the program displayed, validated ([`DisplayData::from_guest`]), at most
+    /// [`DisplayData::MAX_PER_EXEC`].
+    pub displays: Vec<DisplayData>,
 }
 
 impl ExecReport {
+    /// Keeps a display the guest sent, within the per-exec cap.
+    fn add_display(&mut self, mime: &str, data: &str) {
+        if self.displays.len() < DisplayData::MAX_PER_EXEC
+            && let Some(d) = DisplayData::from_guest(mime, data)
+        {
+            self.displays.push(d);
+        }
+    }
+
     /// The outcome of an exec that ended with `status` and took `exec` in all (the limit
     /// kill is logged here, once for every backend; an uncaught `MemoryError` is a memory
     /// kill: [`ExecStatus::memory_error_as_kill`], and the caller ends a sandbox it did not
@@ -168,6 +187,7 @@ impl ExecReport {
             },
             tool_calls: self.tool_calls,
             value,
+            displays: self.displays,
         }
     }
 }
@@ -446,6 +466,7 @@ where
             tool_time: Duration::ZERO,
             limit: None,
             value: None,
+            displays: Vec::new(),
         };
         let sink = req.output.as_ref();
         let exec = HostMsg::Exec {
@@ -525,6 +546,7 @@ where
                             err_done |= !sentinels.get("stderr").copied().unwrap_or(false);
                         }
                     }
+                    GuestMsg::Display { mime, data } => report.add_display(&mime, &data),
                     GuestMsg::Hello(_) => {
                         return Err(Error::Internal("guest said hello twice".into()));
                     }
@@ -570,6 +592,7 @@ where
                         }
                         // A tool call the stopped agent can no longer wait for.
                         GuestMsg::ToolCall { .. } => {}
+                        GuestMsg::Display { mime, data } => report.add_display(&mime, &data),
                         _ => {
                             return Err(Error::Internal(
                                 "guest sent an unexpected frame at the end of an exec".into(),

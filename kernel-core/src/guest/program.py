@@ -169,13 +169,124 @@ def describe_value(value):
     return {"repr": data.decode("utf-8", "ignore"), "json": json_text, "truncated": truncated}
 
 
+# Displays (DisplayData in kernel-core/src/exec.rs): what a notebook shows besides output.
+# `install_display(send)` sets them up; `send(mime, data)` takes one to the host.
+_DISPLAY = {"send": None}
+# The matplotlib backend of sandboxes: Agg's canvas, and a `show()` that sends the figures.
+_MPL_BACKEND = "_agentkernel_display"
+
+
+# What one display may carry (the host's caps, DisplayData::MAX_PNG_BYTES and
+# MAX_TEXT_BYTES): larger ones are replaced here, so a frame never passes the host's cap.
+_MAX_PNG_BASE64 = (512 << 10) // 3 * 4 + 4
+_MAX_TEXT = 64 << 10
+
+
+def _send(mime, data):
+    send = _DISPLAY["send"]
+    if send is None:
+        return
+    if mime == "image/png" and len(data) > _MAX_PNG_BASE64:
+        mime = "text/plain"
+        data = ("[an image over agentkernel's display cap of 512 KiB was dropped: "
+                "save it to a file in the workspace instead]")
+    elif mime == "text/plain" and len(data) > _MAX_TEXT // 4:
+        data = data.encode("utf-8", "replace")[:_MAX_TEXT].decode("utf-8", "ignore")
+    send(mime, data)
+
+
+def _figure_png(fig):
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _show_figures(*args, **kwargs):
+    """matplotlib's `show()` here: every open figure goes to the host as PNG, then closes."""
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is None or _DISPLAY["send"] is None:
+        return
+    for num in plt.get_fignums():
+        _send("image/png", _figure_png(plt.figure(num)))
+    plt.close("all")
+
+
+def display(*objs):
+    """Shows objects as a notebook does: a matplotlib figure (or anything with
+    `_repr_png_`) as an image, anything else as its repr."""
+    import base64
+
+    for obj in objs:
+        png = None
+        if hasattr(obj, "savefig") and hasattr(obj, "canvas"):
+            png = _figure_png(obj)
+        elif hasattr(obj, "_repr_png_"):
+            data = obj._repr_png_()
+            if isinstance(data, (bytes, bytearray)):
+                png = base64.b64encode(bytes(data)).decode("ascii")
+        if _DISPLAY["send"] is None:
+            print(repr(obj))
+        elif png is not None:
+            _send("image/png", png)
+        else:
+            _send("text/plain", repr(obj))
+
+
+def install_display(send):
+    """Makes `display` a builtin (as IPython does) and matplotlib's default backend one
+    whose `show()` sends figures through `send(mime, data)`; figures still open when a
+    program ends are sent too (`run_program`)."""
+    import builtins
+    import importlib.util
+
+    _DISPLAY["send"] = send
+    builtins.display = display
+
+    class Backend:
+        """Imports the backend module when matplotlib asks for it: Agg's canvas, our show."""
+
+        @staticmethod
+        def find_spec(name, path=None, target=None):
+            if name != _MPL_BACKEND:
+                return None
+            return importlib.util.spec_from_loader(name, Backend)
+
+        @staticmethod
+        def create_module(spec):
+            return None
+
+        @staticmethod
+        def exec_module(module):
+            from matplotlib.backend_bases import FigureManagerBase
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+            module.FigureCanvas = FigureCanvasAgg
+            module.FigureManager = FigureManagerBase
+            module.show = _show_figures
+
+    if send is not None and not any(getattr(f, "__name__", "") == "Backend" for f in sys.meta_path):
+        sys.meta_path.append(Backend)
+
+
 def run_program(code, user_globals, filename, internal_files):
     """Runs a program and answers how it ended: {"kind": "ok" | "exited" | "exception", ...}.
     An `ok` whose last statement is an expression with a value other than None also has
     "value" (describe_value's report), which the caller takes out before sending the status."""
+    if _DISPLAY["send"] is not None:
+        import os
+
+        os.environ.setdefault("MPLBACKEND", "module://" + _MPL_BACKEND)
     try:
-        value = run_code(code, user_globals, filename)
-        report = None if value is None else describe_value(value)
+        try:
+            value = run_code(code, user_globals, filename)
+            report = None if value is None else describe_value(value)
+        finally:
+            # As a notebook does at the end of a cell: figures still open are shown. What
+            # that raises is the program's (its figure failed to draw).
+            _show_figures()
     except SystemExit as e:
         code = e.code
         if code is None:

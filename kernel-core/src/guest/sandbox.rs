@@ -273,6 +273,7 @@ impl<B: GuestBackend> GuestSandbox<B> {
             },
             tool_calls: Vec::new(),
             value: None,
+            displays: Vec::new(),
         };
         self.backend.after_exec(&mut outcome, req).await;
         Ok(outcome)

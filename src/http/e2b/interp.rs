@@ -3,8 +3,9 @@
 //!
 //! The code runs in the sandbox's session, so globals persist between calls (and between
 //! `Sandbox.connect`s). The answer streams NDJSON as things happen: `stdout`/`stderr` lines
-//! (with a timestamp) while the program runs, then a `result` line with
-//! `is_main_result: true` for the value of the last expression (its `repr`, with one pair of
+//! (with a timestamp) while the program runs, then a `result` line (`is_main_result:
+//! false`) for each thing it displayed (a matplotlib figure as `png`, `display(obj)` as
+//! `text`), a `result` line with `is_main_result: true` for the value of the last expression (its `repr`, with one pair of
 //! surrounding quotes stripped as E2B does), an `error` line (name, value, traceback) if it
 //! raised, then `number_of_executions` and `end_of_execution`.
 //!
@@ -153,6 +154,18 @@ pub fn e2b_text(repr: &str) -> &str {
 
 /// The closing lines of a finished execution: its result and error.
 fn outcome_lines(o: &ExecOutcome, lines: &mut Vec<Bytes>) {
+    // What it displayed (figures, `display(obj)`): results that are not the main one, as
+    // E2B's kernel sends them (`png` as base64, or `text`).
+    for d in &o.displays {
+        let key = if d.mime == agentkernel_core::DisplayData::PNG {
+            "png"
+        } else {
+            "text"
+        };
+        lines.push(line(
+            json!({"type": "result", key: d.data, "is_main_result": false}),
+        ));
+    }
     if let Some(v) = &o.value {
         lines.push(line(json!({
             "type": "result",

@@ -131,6 +131,31 @@ pub struct ExecutionResult {
     /// expression whose value is not `None`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<ValueInfo>,
+    /// What the program displayed, in order: matplotlib figures (`plt.show()`, figures
+    /// still open at its end, `display(fig)`) as PNG, `display(obj)` of other objects as
+    /// text. At most 16, each PNG at most 512 KiB.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub displays: Vec<DisplayInfo>,
+}
+
+/// One thing a program displayed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DisplayInfo {
+    /// `image/png` or `text/plain`.
+    pub mime: String,
+    /// The image as standard base64, or the text.
+    pub data: String,
+}
+
+fn displays_of(outcome: &ExecOutcome) -> Vec<DisplayInfo> {
+    outcome
+        .displays
+        .iter()
+        .map(|d| DisplayInfo {
+            mime: d.mime.clone(),
+            data: d.data.clone(),
+        })
+        .collect()
 }
 
 /// The value of a program's last expression, as Jupyter shows it.
@@ -170,6 +195,9 @@ pub enum StreamEvent {
         /// The text.
         text: String,
     },
+    /// Something the program displayed (after its output, before `result`; see
+    /// [`ExecutionResult::displays`]).
+    Display(DisplayInfo),
     /// The value of the program's last expression (just before `end`; see
     /// [`ExecutionResult::value`]).
     Result(ValueInfo),
@@ -306,12 +334,13 @@ pub(super) async fn execute(
             }
         }
     };
-    let (stdout, stderr, error, value) = match &end {
+    let (stdout, stderr, error, value, displays) = match &end {
         ExecEnd::Finished(o) => (
             o.stdout.text(),
             o.stderr.text(),
             exception_of(o),
             value_of(o),
+            displays_of(o),
         ),
         ExecEnd::Failed(e) => return Err(ApiError::from(clone_error(e))),
         ExecEnd::Stopped(_) => (
@@ -319,6 +348,7 @@ pub(super) async fn execute(
             String::from_utf8_lossy(&out.1).into_owned(),
             None,
             None,
+            Vec::new(),
         ),
     };
     Ok(axum::Json(ExecutionResult {
@@ -327,6 +357,7 @@ pub(super) async fn execute(
         stderr,
         error,
         value,
+        displays,
     })
     .into_response())
 }
@@ -379,6 +410,7 @@ fn stream_response(execution: Execution) -> Response {
                         }
                     }
                     if let ExecEnd::Finished(o) = &end {
+                        lines.extend(displays_of(o).into_iter().map(StreamEvent::Display));
                         if let Some(v) = value_of(o) {
                             lines.push(StreamEvent::Result(v));
                         }

@@ -19,7 +19,8 @@ pub use files::{FileEntry, FileList, FileWritten, parse_path};
 pub use tasks::{SubmitTaskBody, TaskInfo, TaskList};
 
 pub use execute::{
-    EndInfo, ErrorDetailOwned, ExceptionInfo, ExecuteBody, ExecutionResult, StreamEvent, ValueInfo,
+    DisplayInfo, EndInfo, ErrorDetailOwned, ExceptionInfo, ExecuteBody, ExecutionResult,
+    StreamEvent, ValueInfo,
 };
 pub use sandboxes::{CreateSandboxBody, LimitsBody, SandboxInfo, SandboxList};
 
