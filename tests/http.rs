@@ -1128,14 +1128,25 @@ async fn the_binary_serves_http_prints_its_address_and_stops_on_sigterm() {
     assert!(names_in(&data.path().join("workspaces")).is_empty());
 }
 
+/// The output of a `serve` that must refuse to start: a server that starts instead (it would
+/// run until killed) fails the test after 60 s rather than hanging it.
+async fn refused_within(
+    run: impl std::future::Future<Output = std::io::Result<std::process::Output>>,
+) -> std::process::Output {
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the server started instead of refusing (still running after 60 s)")
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_refuses_an_open_non_loopback_address_and_a_shared_key_file() {
     let data = tempfile::tempdir().unwrap();
     let out = binary(data.path())
         .args(["serve", "--listen", "0.0.0.0:0"])
-        .output()
-        .await
-        .unwrap();
+        .kill_on_drop(true)
+        .output();
+    let out = refused_within(out).await;
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -1145,9 +1156,9 @@ async fn the_binary_refuses_an_open_non_loopback_address_and_a_shared_key_file()
 
     let out = binary(data.path())
         .args(["serve", "--listen", "nowhere"])
-        .output()
-        .await
-        .unwrap();
+        .kill_on_drop(true)
+        .output();
+    let out = refused_within(out).await;
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("127.0.0.1:8765"));
 
@@ -1160,9 +1171,9 @@ async fn the_binary_refuses_an_open_non_loopback_address_and_a_shared_key_file()
     let out = binary(data.path())
         .args(["serve", "--listen", "0.0.0.0:0", "--api-keys"])
         .arg(&keys)
-        .output()
-        .await
-        .unwrap();
+        .kill_on_drop(true)
+        .output();
+    let out = refused_within(out).await;
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
 }
