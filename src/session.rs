@@ -40,9 +40,51 @@ pub struct SessionOptions {
     pub limits: Option<agentkernel_core::Limits>,
     /// Environment variables added to (or overriding) the kernel's.
     pub env: std::collections::BTreeMap<String, String>,
+    /// The tools the session's programs may call, as patterns over `server.tool`
+    /// (`"github.create_issue"`, `"github.*"`, `"*"`), within what the kernel's tool policy
+    /// allows: a call passes only when both allow it. `None`: the kernel's policy alone;
+    /// an empty list: no tool calls at all.
+    pub tools: Option<Vec<String>>,
 }
 
 impl SessionOptions {
+    /// The kernel's tools narrowed to [`SessionOptions::tools`]: the policy's allow-list
+    /// becomes the names of the tools both allow.
+    fn narrow_tools(
+        &self,
+        tools: crate::kernel::KernelTools,
+    ) -> Result<crate::kernel::KernelTools> {
+        let Some(patterns) = &self.tools else {
+            return Ok(tools);
+        };
+        let asked = agentkernel_tool_bridge::ToolPolicy {
+            allow: patterns.clone(),
+            ..agentkernel_tool_bridge::ToolPolicy::default()
+        };
+        asked.validate().map_err(|m| {
+            Error::invalid(
+                m.replace("tools.allow pattern", "tool pattern"),
+                "give tool patterns as \"server.tool\", \"server.*\" or \"*\"",
+            )
+        })?;
+        match tools {
+            Some((registry, mut policy)) => {
+                policy.allow = registry
+                    .catalog()
+                    .into_iter()
+                    .map(|t| t.name)
+                    .filter(|name| policy.allows(name) && asked.allows(name))
+                    .collect();
+                Ok(Some((registry, policy)))
+            }
+            None if patterns.is_empty() => Ok(None),
+            None => Err(Error::invalid(
+                "tools were asked for, but this kernel has no tools",
+                "configure tools on the kernel (the server's --mcp or config), or leave `tools` out",
+            )),
+        }
+    }
+
     /// Applies these options to `spec` (the kernel's, with the session's workspace).
     fn apply(&self, spec: &mut SandboxSpec) -> Result<()> {
         if let Some(limits) = &self.limits {
@@ -374,8 +416,10 @@ impl Sessions {
             workspace: Some(ws.path.clone()),
             ..kernel.spec().clone()
         };
+        let mut tools = kernel.tools_handle();
         if let Some(options) = options {
             options.apply(&mut spec)?;
+            tools = options.narrow_tools(tools)?;
         }
         let sandbox = match snapshot {
             Some(snap) => kernel.runtime().restore(&spec, snap).await?,
@@ -385,7 +429,7 @@ impl Sessions {
             inner: Arc::new(Inner {
                 name: name.to_owned(),
                 workspace: ws,
-                tools: kernel.tools_handle(),
+                tools,
                 state: tokio::sync::Mutex::new(State {
                     sandbox: Some(sandbox),
                     execs: 0,

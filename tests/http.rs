@@ -2108,3 +2108,37 @@ async fn figures_and_displayed_objects_come_back_as_png_and_text() {
     assert_eq!(results[1]["text"], "3");
     s.shutdown().await;
 }
+
+/// A sandbox created with `tools` calls only those, within the server's policy: `[]` and a
+/// pattern naming no tool of the server refuse the call (`PermissionError` in the program,
+/// the tool never runs), a pattern naming it lets it through, a malformed pattern is a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_calls_only_the_tools_it_was_created_with() {
+    let s = start().await;
+    let call = "from tools.test import gate\ntry:\n    print(gate())\nexcept PermissionError as e:\n    print('refused:', e)";
+    for (tools, expect) in [
+        (json!([]), "refused:"),
+        (json!(["other.*"]), "refused:"),
+        (json!(["test.*"]), "go"),
+        (json!(["test.gate"]), "go"),
+    ] {
+        let sbx = create(&s, json!({ "tools": tools })).await;
+        // A permit for the gate, taken only if the call reaches the tool.
+        s.gate.notify_one();
+        let out = exec(&s, &sbx.id, call).await;
+        assert!(out.stdout.starts_with(expect), "tools {tools}: {out:?}");
+        if expect == "refused:" {
+            // The tool never ran: the permit is still there for the next call.
+            let probe = create(&s, json!({})).await;
+            assert_eq!(exec(&s, &probe.id, call).await.stdout, "go\n");
+        }
+    }
+    let r = client()
+        .post(s.url("/v1/sandboxes"))
+        .json(&json!({"tools": ["a*b"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, StatusCode::BAD_REQUEST, "invalid_request").await;
+    s.shutdown().await;
+}

@@ -194,6 +194,7 @@ async fn create(
         session: crate::session::SessionOptions {
             limits: None,
             env: body.env_vars.unwrap_or_default(),
+            tools: None,
         },
         ..SandboxOptions::default()
     };

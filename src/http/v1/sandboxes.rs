@@ -40,6 +40,11 @@ pub struct CreateSandboxBody {
     /// The caller's labels, returned as they are (at most 32, each at most 256 bytes).
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// The tools its programs may call, as patterns over `server.tool` (`"github.*"`,
+    /// `"github.create_issue"`, `"*"`), within the server's tool policy (a call passes only
+    /// when both allow it); `[]`: none. Default: all the server's policy allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<String>>,
 }
 
 /// Limits of a sandbox over the wire; each omitted one is the server's.
@@ -209,6 +214,7 @@ pub(super) async fn create(
         session: SessionOptions {
             limits,
             env: body.env,
+            tools: body.tools,
         },
         idle_timeout: body
             .idle_timeout_secs
