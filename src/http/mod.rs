@@ -32,7 +32,8 @@ pub mod v1;
 pub use auth::{ApiKeys, KeyId};
 pub use error::{ApiError, ErrorBody, ErrorDetail, ErrorResponses, JsonBody};
 pub use sandboxes::{
-    ExecEnd, ExecEvent, Execution, Occupied, SandboxEntry, SandboxOptions, StopReason, Utf8Chunker,
+    ExecEnd, ExecEvent, Execution, Occupied, OutputText, SandboxEntry, SandboxOptions, StopReason,
+    Utf8Chunker,
 };
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

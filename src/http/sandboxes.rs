@@ -714,6 +714,34 @@ impl Execution {
     }
 }
 
+/// An execution's two output streams, each decoded as it arrives ([`Utf8Chunker`]).
+#[derive(Debug, Default)]
+pub struct OutputText {
+    stdout: Utf8Chunker,
+    stderr: Utf8Chunker,
+}
+
+impl OutputText {
+    /// The text `bytes` of `stream` completes (maybe empty).
+    pub fn push(&mut self, stream: StreamKind, bytes: &[u8]) -> String {
+        match stream {
+            StreamKind::Stdout => self.stdout.push(bytes),
+            StreamKind::Stderr => self.stderr.push(bytes),
+        }
+    }
+
+    /// What is left of each stream at the end, stdout first, the empty ones left out.
+    pub fn finish(&mut self) -> Vec<(StreamKind, String)> {
+        [
+            (StreamKind::Stdout, self.stdout.finish()),
+            (StreamKind::Stderr, self.stderr.finish()),
+        ]
+        .into_iter()
+        .filter(|(_, text)| !text.is_empty())
+        .collect()
+    }
+}
+
 /// Turns byte chunks into text without splitting a UTF-8 character between two chunks:
 /// an incomplete character at a chunk's end waits for the next one; invalid bytes become
 /// U+FFFD.

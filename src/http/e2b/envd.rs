@@ -28,7 +28,7 @@
 //! `List`, `Update`, and the watch RPCs.
 
 use std::ffi::OsString;
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -393,7 +393,8 @@ fn walk(dir: &Dir, at: &UserPath, depth: u32, out: &mut Vec<EntryInfo>) -> Resul
     Ok(())
 }
 
-fn read_all(ws: &Dir, path: &UserPath) -> Result<Vec<u8>, FsError> {
+/// `path` opened for reading, with its size then (at most [`MAX_FILE_BYTES`]).
+fn open_for_read(ws: &Dir, path: &UserPath) -> Result<(std::fs::File, u64), FsError> {
     let (dir, name) = parent_of(ws, path, false)?;
     let Some(name) = name else {
         return Err(io_error(
@@ -413,14 +414,11 @@ fn read_all(ws: &Dir, path: &UserPath) -> Result<Vec<u8>, FsError> {
             io_error(path, &e)
         }
     })?;
-    let mut data = Vec::new();
-    file.take(MAX_FILE_BYTES as u64 + 1)
-        .read_to_end(&mut data)
-        .map_err(|e| io_error(path, &e))?;
-    if data.len() > MAX_FILE_BYTES {
+    let size = file.metadata().map_err(|e| io_error(path, &e))?.len();
+    if size > MAX_FILE_BYTES as u64 {
         return Err(too_large(path));
     }
-    Ok(data)
+    Ok((file, size))
 }
 
 fn too_large(path: &UserPath) -> FsError {
@@ -550,9 +548,10 @@ struct FilesQuery {
     path: Option<String>,
 }
 
-/// File transfers in flight at once, over all sandboxes: each buffers up to
-/// [`MAX_FILE_BYTES`] (a multipart upload about three times that while it is parsed), so
-/// this bounds the host memory the files API can take, whatever clients send at once.
+/// File transfers in flight at once, over all sandboxes: an upload buffers up to
+/// [`MAX_FILE_BYTES`] (a multipart one about three times that while it is parsed; downloads
+/// stream), so this bounds the host memory the files API can take, whatever clients send
+/// at once.
 static TRANSFERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
 
 async fn read_file(
@@ -564,7 +563,7 @@ async fn read_file(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let _transfer = TRANSFERS.acquire().await;
+    let transfer = TRANSFERS.acquire().await;
     let path = match UserPath::parse(q.path.as_deref().unwrap_or("")) {
         Ok(p) => p,
         Err(m) => return plain_error(StatusCode::BAD_REQUEST, &m),
@@ -573,13 +572,30 @@ async fn read_file(
         Ok(w) => w,
         Err(e) => return files_error(e),
     };
-    match blocking(fsids, move || read_all(&ws, &path)).await {
-        Ok(data) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/octet-stream")],
-            Body::from(data),
-        )
-            .into_response(),
+    match blocking(fsids, move || open_for_read(&ws, &path)).await {
+        Ok((file, size)) => {
+            use futures_util::StreamExt as _;
+            use tokio::io::AsyncReadExt as _;
+            // Streamed, never whole in memory: the bytes the file had when it was opened (a
+            // file the program grows meanwhile is cut there, so the length is known first).
+            // The transfer's place is held until the last byte went out.
+            let data = tokio_util::io::ReaderStream::new(
+                tokio::fs::File::from_std(file).take(size),
+            )
+            .map(move |chunk| {
+                let _held = &transfer;
+                chunk
+            });
+            (
+                StatusCode::OK,
+                [
+                    (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+                    (header::CONTENT_LENGTH, size.to_string()),
+                ],
+                Body::from_stream(data),
+            )
+                .into_response()
+        }
         Err(e) => files_error(e),
     }
 }

@@ -32,7 +32,7 @@ use serde_json::{Value, json};
 use agentkernel_core::{ExecOutcome, ExecRequest, ExecStatus, StreamKind};
 
 use super::E2bState;
-use crate::http::{ExecEnd, ExecEvent, Execution, Utf8Chunker};
+use crate::http::{ExecEnd, ExecEvent, Execution, OutputText};
 
 /// The interpreter's routes.
 pub fn routes(state: E2bState) -> Router {
@@ -211,16 +211,14 @@ fn stream(
     struct Streaming {
         execution: Execution,
         _turn: tokio::sync::OwnedMutexGuard<()>,
-        stdout: Utf8Chunker,
-        stderr: Utf8Chunker,
+        text: OutputText,
         count: u64,
         done: bool,
     }
     let start = Streaming {
         execution,
         _turn: turn,
-        stdout: Utf8Chunker::default(),
-        stderr: Utf8Chunker::default(),
+        text: OutputText::default(),
         count: executions_before + 1,
         done: false,
     };
@@ -232,23 +230,15 @@ fn stream(
             let mut lines = Vec::new();
             match s.execution.next().await {
                 Some(ExecEvent::Output { stream, bytes }) => {
-                    let text = match stream {
-                        StreamKind::Stdout => s.stdout.push(&bytes),
-                        StreamKind::Stderr => s.stderr.push(&bytes),
-                    };
+                    let text = s.text.push(stream, &bytes);
                     if text.is_empty() {
                         continue;
                     }
                     lines.push(output_line(stream, text));
                 }
                 Some(ExecEvent::End { end, .. }) => {
-                    for (text, kind) in [
-                        (s.stdout.finish(), StreamKind::Stdout),
-                        (s.stderr.finish(), StreamKind::Stderr),
-                    ] {
-                        if !text.is_empty() {
-                            lines.push(output_line(kind, text));
-                        }
+                    for (kind, text) in s.text.finish() {
+                        lines.push(output_line(kind, text));
                     }
                     match &end {
                         ExecEnd::Finished(o) => outcome_lines(o, &mut lines),

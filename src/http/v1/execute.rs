@@ -26,7 +26,7 @@ use agentkernel_core::{ExecOutcome, ExecRequest, ExecStatus, StreamKind, Timings
 use super::sandboxes::secs;
 use crate::http::{
     ApiError, ErrorDetail, ErrorResponses, ExecEnd, ExecEvent, Execution, JsonBody, KeyId,
-    ServerState, Utf8Chunker,
+    OutputText, ServerState,
 };
 
 /// The request body.
@@ -367,14 +367,12 @@ pub(super) async fn execute(
 fn stream_response(execution: Execution) -> Response {
     struct Streaming {
         execution: Execution,
-        stdout: Utf8Chunker,
-        stderr: Utf8Chunker,
+        text: OutputText,
         done: bool,
     }
     let start = Streaming {
         execution,
-        stdout: Utf8Chunker::default(),
-        stderr: Utf8Chunker::default(),
+        text: OutputText::default(),
         done: false,
     };
     let stream = futures_util::stream::unfold(start, |mut s| async move {
@@ -385,10 +383,7 @@ fn stream_response(execution: Execution) -> Response {
             let mut lines = Vec::new();
             match s.execution.next().await {
                 Some(ExecEvent::Output { stream, bytes }) => {
-                    let text = match stream {
-                        StreamKind::Stdout => s.stdout.push(&bytes),
-                        StreamKind::Stderr => s.stderr.push(&bytes),
-                    };
+                    let text = s.text.push(stream, &bytes);
                     if text.is_empty() {
                         continue;
                     }
@@ -398,16 +393,11 @@ fn stream_response(execution: Execution) -> Response {
                     });
                 }
                 Some(ExecEvent::End { end, duration }) => {
-                    for (text, kind) in [
-                        (s.stdout.finish(), StreamKind::Stdout),
-                        (s.stderr.finish(), StreamKind::Stderr),
-                    ] {
-                        if !text.is_empty() {
-                            lines.push(match kind {
-                                StreamKind::Stdout => StreamEvent::Stdout { text },
-                                StreamKind::Stderr => StreamEvent::Stderr { text },
-                            });
-                        }
+                    for (kind, text) in s.text.finish() {
+                        lines.push(match kind {
+                            StreamKind::Stdout => StreamEvent::Stdout { text },
+                            StreamKind::Stderr => StreamEvent::Stderr { text },
+                        });
                     }
                     if let ExecEnd::Finished(o) = &end {
                         lines.extend(displays_of(o).into_iter().map(StreamEvent::Display));
