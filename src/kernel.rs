@@ -440,8 +440,8 @@ impl Kernel {
     }
 
     /// Like [`Kernel::session_with_workspace`] with `options` applied to the kernel's spec
-    /// (stricter limits, more environment). A session of that name already open is
-    /// returned as it is.
+    /// (stricter limits, more environment, fewer tools). A session of that name already open
+    /// is returned when it was started with the same options, refused otherwise.
     pub async fn session_with_options(
         &self,
         name: &str,

@@ -162,8 +162,11 @@ struct State {
 struct Inner {
     name: String,
     workspace: Workspace,
-    /// The kernel's tools (not the kernel itself: the kernel owns its sessions).
+    /// The kernel's tools (not the kernel itself: the kernel owns its sessions), narrowed
+    /// to the session's own allow-list when it has one.
     tools: crate::kernel::KernelTools,
+    /// The options it was started with (`None`: the kernel's spec as it is).
+    options: Option<SessionOptions>,
     state: tokio::sync::Mutex<State>,
     last_used: Mutex<Instant>,
     started: SystemTime,
@@ -410,6 +413,14 @@ impl Sessions {
                     "close the session first to bind it to another workspace",
                 ));
             }
+            // Never hand back a session with other limits, environment or tools than asked
+            // (an allow-list asked for and silently not applied would widen what runs).
+            if options.is_some() && options != s.inner.options.as_ref() {
+                return Err(Error::invalid(
+                    format!("session {name:?} is already open with other options"),
+                    "close it first, or ask for it with the options it was started with",
+                ));
+            }
             return Ok(s);
         }
         let mut spec = SandboxSpec {
@@ -427,6 +438,7 @@ impl Sessions {
         };
         let session = Session {
             inner: Arc::new(Inner {
+                options: options.cloned(),
                 name: name.to_owned(),
                 workspace: ws,
                 tools,

@@ -1990,6 +1990,31 @@ async fn random_request_bodies_never_crash_a_route() {
     s.shutdown().await;
 }
 
+/// `display(obj)` works without matplotlib: each object comes back as its repr, in order,
+/// at most 16 of one execution (the host drops the rest), also from a program that then
+/// raises.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn displayed_objects_come_back_as_text_at_most_16_an_execution() {
+    let s = start().await;
+    let sbx = create(&s, json!({})).await;
+    let out = exec(
+        &s,
+        &sbx.id,
+        "display({'a': 1}, 'x')\nfor i in range(20):\n    display(i)",
+    )
+    .await;
+    assert_eq!(out.displays.len(), 16, "{out:?}");
+    assert!(out.displays.iter().all(|d| d.mime == "text/plain"));
+    assert_eq!(out.displays[0].data, "{'a': 1}");
+    assert_eq!(out.displays[1].data, "'x'");
+    assert_eq!(out.displays[15].data, "13");
+    let out = exec(&s, &sbx.id, "display([1])\n1/0").await;
+    assert_eq!(out.end.status, "exception");
+    assert_eq!(out.displays.len(), 1);
+    assert_eq!(out.displays[0].data, "[1]");
+    s.shutdown().await;
+}
+
 /// The first of the host's Python interpreters that imports matplotlib (`python3` on the
 /// PATH, then the system's, where `scripts/setup` installs it).
 fn python_with_matplotlib() -> Option<PathBuf> {
@@ -2141,4 +2166,38 @@ async fn a_sandbox_calls_only_the_tools_it_was_created_with() {
         .unwrap();
     assert_error(r, StatusCode::BAD_REQUEST, "invalid_request").await;
     s.shutdown().await;
+}
+
+/// A session already open is handed back only to a caller asking for the options it was
+/// started with: an allow-list asked for is never silently dropped (nor widened).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_not_handed_back_with_other_options() {
+    use agentkernel::SessionOptions;
+    let data = tempfile::tempdir().unwrap();
+    let k = kernel(data.path(), Arc::new(tokio::sync::Notify::new()), None).await;
+    let no_tools = SessionOptions {
+        tools: Some(vec![]),
+        ..SessionOptions::default()
+    };
+    let first = k
+        .session_with_options("opts", "opts", &no_tools)
+        .await
+        .unwrap();
+    let again = k
+        .session_with_options("opts", "opts", &no_tools)
+        .await
+        .unwrap();
+    assert_eq!(first.name(), again.name());
+    for other in [
+        SessionOptions::default(),
+        SessionOptions {
+            tools: Some(vec!["*".into()]),
+            ..SessionOptions::default()
+        },
+    ] {
+        let Err(err) = k.session_with_options("opts", "opts", &other).await else {
+            panic!("a session with other options was handed back");
+        };
+        assert!(err.to_string().contains("other options"), "{err}");
+    }
 }

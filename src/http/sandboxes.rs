@@ -147,14 +147,18 @@ impl SandboxEntry {
         }
     }
 
-    /// How long until the reaper may close it (the sooner of its idle timeout and its
-    /// lifetime), as things stand now.
+    /// How long until the reaper may close it (the sooner of its idle timeout, unless it is
+    /// running, and its lifetime), as things stand now.
     fn closes_in(&self) -> Duration {
         let lifetime = self
             .deadline
             .lock()
             .map(|d| d.0.saturating_duration_since(Instant::now()))
             .unwrap_or_default();
+        if self.is_busy() {
+            // The reaper never closes a running sandbox for idleness.
+            return lifetime;
+        }
         lifetime.min(self.idle_timeout.saturating_sub(self.idle_for()))
     }
 

@@ -282,11 +282,18 @@ def run_program(code, user_globals, filename, internal_files):
     try:
         try:
             value = run_code(code, user_globals, filename)
-            report = None if value is None else describe_value(value)
-        finally:
-            # As a notebook does at the end of a cell: figures still open are shown. What
-            # that raises is the program's (its figure failed to draw).
-            _show_figures()
+        except BaseException:
+            # Figures drawn before the exception are shown too; one that fails to draw
+            # then never replaces the program's own exception.
+            try:
+                _show_figures()
+            except BaseException:  # noqa: BLE001
+                pass
+            raise
+        # As a notebook does at the end of a cell: figures still open are shown. What that
+        # raises is the program's (its figure failed to draw).
+        _show_figures()
+        report = None if value is None else describe_value(value)
     except SystemExit as e:
         code = e.code
         if code is None:

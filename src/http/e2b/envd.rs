@@ -342,6 +342,9 @@ fn stat(ws: &Dir, path: &UserPath) -> Result<EntryInfo, FsError> {
 pub const MAX_LIST_DEPTH: u32 = 32;
 /// The most entries one `ListDir` answers.
 pub const MAX_LIST_ENTRIES: usize = 100_000;
+/// The most bytes of paths and link targets one `ListDir` answers (entries are counted,
+/// but a deep tree's paths are long: this bounds the answer's memory whatever the names).
+pub const MAX_LIST_BYTES: usize = 16 << 20;
 
 fn list_dir(ws: &Dir, path: &UserPath, depth: u32) -> Result<Vec<EntryInfo>, FsError> {
     if depth > MAX_LIST_DEPTH {
@@ -358,20 +361,27 @@ fn list_dir(ws: &Dir, path: &UserPath, depth: u32) -> Result<Vec<EntryInfo>, FsE
         None => parent,
     };
     let mut out = Vec::new();
-    walk(&dir, path, depth.max(1), &mut out)?;
+    walk(&dir, path, depth.max(1), &mut out, &mut 0)?;
     Ok(out)
 }
 
-fn walk(dir: &Dir, at: &UserPath, depth: u32, out: &mut Vec<EntryInfo>) -> Result<(), FsError> {
+fn walk(
+    dir: &Dir,
+    at: &UserPath,
+    depth: u32,
+    out: &mut Vec<EntryInfo>,
+    bytes: &mut usize,
+) -> Result<(), FsError> {
     let mut names = dir.names().map_err(|e| io_error(at, &e))?;
     names.sort();
     for n in names {
-        if out.len() >= MAX_LIST_ENTRIES {
+        if out.len() >= MAX_LIST_ENTRIES || *bytes > MAX_LIST_BYTES {
             return Err(ConnectError::new(
                 Code::ResourceExhausted,
                 format!(
-                    "{} holds more than {MAX_LIST_ENTRIES} entries at the depth asked for: list with a smaller depth or a deeper path",
-                    at.display()
+                    "{} holds more than {MAX_LIST_ENTRIES} entries (or {} MiB of names) at the depth asked for: list with a smaller depth or a deeper path",
+                    at.display(),
+                    MAX_LIST_BYTES >> 20
                 ),
             ));
         }
@@ -384,10 +394,12 @@ fn walk(dir: &Dir, at: &UserPath, depth: u32, out: &mut Vec<EntryInfo>) -> Resul
             .then(|| dir.read_link(&n).ok())
             .flatten()
             .map(|t| t.to_string_lossy().into_owned());
-        out.push(entry_info(&p, &st, target));
+        let info = entry_info(&p, &st, target);
+        *bytes += info.path.len() + info.symlink_target.as_ref().map_or(0, String::len);
+        out.push(info);
         if st.kind == Kind::Dir && depth > 1 {
             let sub = dir.open_dir(&n).map_err(|e| io_error(&p, &e))?;
-            walk(&sub, &p, depth - 1, out)?;
+            walk(&sub, &p, depth - 1, out, bytes)?;
         }
     }
     Ok(())
@@ -548,11 +560,13 @@ struct FilesQuery {
     path: Option<String>,
 }
 
-/// File transfers in flight at once, over all sandboxes: an upload buffers up to
-/// [`MAX_FILE_BYTES`] (a multipart one about three times that while it is parsed; downloads
-/// stream), so this bounds the host memory the files API can take, whatever clients send
-/// at once.
+/// Uploads in flight at once, over all sandboxes: each buffers up to [`MAX_FILE_BYTES`] (a
+/// multipart one about three times that while it is parsed; downloads stream and take no
+/// place), so this bounds the host memory the files API can take, whatever clients send at
+/// once.
 static TRANSFERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+/// How long an upload's body may take to arrive (100 MiB at about 1 MB/s).
+const UPLOAD_DEADLINE: Duration = Duration::from_secs(120);
 
 async fn read_file(
     State(state): State<E2bState>,
@@ -563,7 +577,6 @@ async fn read_file(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let transfer = TRANSFERS.acquire().await;
     let path = match UserPath::parse(q.path.as_deref().unwrap_or("")) {
         Ok(p) => p,
         Err(m) => return plain_error(StatusCode::BAD_REQUEST, &m),
@@ -574,18 +587,12 @@ async fn read_file(
     };
     match blocking(fsids, move || open_for_read(&ws, &path)).await {
         Ok((file, size)) => {
-            use futures_util::StreamExt as _;
             use tokio::io::AsyncReadExt as _;
-            // Streamed, never whole in memory: the bytes the file had when it was opened (a
-            // file the program grows meanwhile is cut there, so the length is known first).
-            // The transfer's place is held until the last byte went out.
-            let data = tokio_util::io::ReaderStream::new(
-                tokio::fs::File::from_std(file).take(size),
-            )
-            .map(move |chunk| {
-                let _held = &transfer;
-                chunk
-            });
+            // Streamed, never whole in memory (so a download takes no transfer place): at
+            // most the length the file had when it was opened, so the length is known first
+            // (a file the program changes meanwhile is read as it then is, cut there).
+            let data =
+                tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file).take(size));
             (
                 StatusCode::OK,
                 [
@@ -610,7 +617,16 @@ async fn write_files(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let _transfer = TRANSFERS.acquire().await;
+    // A place among the uploads, waited for at most a minute (a few clients holding them
+    // cannot stall everyone's uploads longer: 503, which the SDK retries).
+    let Ok(Ok(_transfer)) =
+        tokio::time::timeout(Duration::from_secs(60), TRANSFERS.acquire()).await
+    else {
+        return plain_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "agentkernel's file uploads are all busy: retry in a moment",
+        );
+    };
     if headers.contains_key(header::CONTENT_ENCODING)
         && headers
             .get(header::CONTENT_ENCODING)
@@ -621,9 +637,24 @@ async fn write_files(
             "compressed uploads are not supported by agentkernel: write without gzip=True",
         );
     }
-    let body = match axum::body::to_bytes(body, MAX_FILE_BYTES + (64 << 10)).await {
-        Ok(b) => b,
+    // The body within a deadline: a client sending it slowly keeps its place no longer.
+    let body = match tokio::time::timeout(
+        UPLOAD_DEADLINE,
+        axum::body::to_bytes(body, MAX_FILE_BYTES + (64 << 10)),
+    )
+    .await
+    {
+        Ok(Ok(b)) => b,
         Err(_) => {
+            return plain_error(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!(
+                    "the upload did not arrive within {} s: send it faster, or in smaller files",
+                    UPLOAD_DEADLINE.as_secs()
+                ),
+            );
+        }
+        Ok(Err(_)) => {
             return plain_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!(

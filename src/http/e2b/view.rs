@@ -108,8 +108,14 @@ pub async fn run_as<T: Send + 'static>(
     fsids: Option<(u32, u32)>,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Option<T> {
+    // One thread per operation, and at most this many at once over all sandboxes: however
+    // many requests arrive, the server's threads (and the directory fds they hold) stay
+    // bounded; more wait their turn.
+    static THREADS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(16);
+    let place = THREADS.acquire().await.ok()?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
+        let _place = place;
         if let Some((uid, gid)) = fsids {
             // SAFETY: the raw system calls act on this thread only (glibc's wrappers of
             // setgroups would broadcast to every thread; these do not); the thread ends
