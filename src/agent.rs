@@ -33,6 +33,10 @@ pub struct TaskResult {
     /// stored before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<ExprValue>,
+    /// What it displayed ([`ExecOutcome::displays`]). Absent in results stored before it
+    /// existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub displays: Vec<agentkernel_core::DisplayData>,
 }
 
 impl From<ExecOutcome> for TaskResult {
@@ -46,6 +50,7 @@ impl From<ExecOutcome> for TaskResult {
             timings: o.timings,
             tool_calls: o.tool_calls,
             value: o.value,
+            displays: o.displays,
         }
     }
 }

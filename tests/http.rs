@@ -2012,6 +2012,33 @@ async fn displayed_objects_come_back_as_text_at_most_16_an_execution() {
     assert_eq!(out.end.status, "exception");
     assert_eq!(out.displays.len(), 1);
     assert_eq!(out.displays[0].data, "[1]");
+    // A task's stored result keeps them too.
+    let c = client();
+    let task: Value = c
+        .post(s.url("/v1/tasks"))
+        .json(&json!({"code": "display('t')"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let done: Value = c
+        .get(s.url(&format!(
+            "/v1/tasks/{}/wait?timeout_secs=60",
+            task["id"].as_str().unwrap()
+        )))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        done["result"]["displays"],
+        json!([{"mime": "text/plain", "data": "'t'"}]),
+        "{done}"
+    );
     s.shutdown().await;
 }
 
