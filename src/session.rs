@@ -415,7 +415,9 @@ impl Sessions {
             }
             // Never hand back a session with other limits, environment or tools than asked
             // (an allow-list asked for and silently not applied would widen what runs).
-            if options.is_some() && options != s.inner.options.as_ref() {
+            // (Default options change nothing: the same as none.)
+            let as_asked = |o: Option<&SessionOptions>| o.cloned().unwrap_or_default();
+            if options.is_some() && as_asked(options) != as_asked(s.inner.options.as_ref()) {
                 return Err(Error::invalid(
                     format!("session {name:?} is already open with other options"),
                     "close it first, or ask for it with the options it was started with",

@@ -2215,6 +2215,13 @@ async fn a_session_is_not_handed_back_with_other_options() {
         .await
         .unwrap();
     assert_eq!(first.name(), again.name());
+    // Default options are no options: a plain session is handed back for them.
+    let plain = k.session("plain").await.unwrap();
+    let same = k
+        .session_with_options("plain", "plain", &SessionOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(plain.name(), same.name());
     for other in [
         SessionOptions::default(),
         SessionOptions {

@@ -414,4 +414,10 @@ async def main():
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    code = asyncio.run(main())
+    # The verdict is printed: leave without the interpreter's finalization, where the SDK's
+    # leftover connection threads once aborted CPython (SIGABRT after "30 passed, 0 failed",
+    # nothing on stderr; 1 run in about 6), which is not what this script checks.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
