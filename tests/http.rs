@@ -69,8 +69,8 @@ fn names_in(dir: &Path) -> Vec<String> {
 
 /// A kernel on `process` in `data`, with the tool `test.gate` (returns "go" once the test
 /// notifies `gate`).
-async fn kernel(data: &Path, gate: Arc<tokio::sync::Notify>, quota: Option<u64>) -> Kernel {
-    kernel_on(data, gate, quota, None).await
+async fn kernel(data: &Path, gate: Arc<tokio::sync::Notify>) -> Kernel {
+    kernel_on(data, gate, None, None).await
 }
 
 /// [`kernel`] on the Python interpreter `python` (default: the kernel's own choice).
@@ -113,20 +113,11 @@ async fn kernel_on(
 }
 
 async fn start_with(keys: ApiKeys, limits: ServerLimits, grace: Duration) -> Server {
-    start_kernel(keys, limits, grace, None).await
+    start_on(keys, limits, grace, None, None).await
 }
 
-/// [`start_with`], the kernel's workspaces holding at most `quota` bytes when given.
-async fn start_kernel(
-    keys: ApiKeys,
-    limits: ServerLimits,
-    grace: Duration,
-    quota: Option<u64>,
-) -> Server {
-    start_on(keys, limits, grace, quota, None).await
-}
-
-/// [`start_kernel`] with its sandboxes on the Python interpreter `python`.
+/// [`start_with`], the kernel's workspaces holding at most `quota` bytes when given and its
+/// sandboxes on the Python interpreter `python` when given.
 async fn start_on(
     keys: ApiKeys,
     limits: ServerLimits,
@@ -1720,11 +1711,12 @@ fn multipart(boundary: &str, name: &str, data: &[u8]) -> (String, Vec<u8>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2b_envd_bounds_listings_boundaries_and_the_workspace_quota() {
     use agentkernel::http::e2b::envd::MAX_LIST_DEPTH;
-    let s = start_kernel(
+    let s = start_on(
         ApiKeys::none(),
         ServerLimits::default(),
         Duration::from_secs(10),
         Some(1 << 20),
+        None,
     )
     .await;
     let (id, headers) = e2b_sandbox(&s).await;
@@ -1816,7 +1808,7 @@ async fn e2b_envd_bounds_listings_boundaries_and_the_workspace_quota() {
 async fn a_sessions_host_root_is_its_own_sandboxs_root() {
     use std::os::fd::AsRawFd as _;
     let data = tempfile::tempdir().unwrap();
-    let k = kernel(data.path(), Arc::new(tokio::sync::Notify::new()), None).await;
+    let k = kernel(data.path(), Arc::new(tokio::sync::Notify::new())).await;
     let a = k.session("root-a").await.unwrap();
     let b = k.session("root-b").await.unwrap();
     for (s, who) in [(&a, "a"), (&b, "b")] {
@@ -2201,7 +2193,7 @@ async fn a_sandbox_calls_only_the_tools_it_was_created_with() {
 async fn a_session_is_not_handed_back_with_other_options() {
     use agentkernel::SessionOptions;
     let data = tempfile::tempdir().unwrap();
-    let k = kernel(data.path(), Arc::new(tokio::sync::Notify::new()), None).await;
+    let k = kernel(data.path(), Arc::new(tokio::sync::Notify::new())).await;
     let no_tools = SessionOptions {
         tools: Some(vec![]),
         ..SessionOptions::default()

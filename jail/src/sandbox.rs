@@ -134,19 +134,25 @@ impl Drop for Live {
 }
 
 impl Live {
+    /// The host pid of the guest's init, read from its pidfd (so it is the jail's process and
+    /// no other); an error once that process is gone (the pidfd then names none).
+    fn init_pid(&self) -> std::result::Result<i32, String> {
+        let fdinfo =
+            std::fs::read_to_string(format!("/proc/self/fdinfo/{}", self.pid1.as_raw_fd()))
+                .map_err(|e| format!("reading the init's pidfd info: {e}"))?;
+        fdinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("Pid:"))
+            .and_then(|p| p.trim().parse().ok())
+            .filter(|p: &i32| *p > 0)
+            .ok_or_else(|| "the init's pidfd names no live pid".to_owned())
+    }
+
     /// The sandbox's root, from its pid 1 (see [`Sandbox::host_root`]): `/proc/PID/root`
     /// opened `O_PATH`, PID read from our pidfd, and the pidfd checked alive afterwards, so
     /// the root is that process's and not a later one's that took its pid.
     fn host_root(&self) -> Option<agentkernel_core::HostRoot> {
-        let fdinfo =
-            std::fs::read_to_string(format!("/proc/self/fdinfo/{}", self.pid1.as_raw_fd())).ok()?;
-        let pid: i32 = fdinfo
-            .lines()
-            .find_map(|l| l.strip_prefix("Pid:"))?
-            .trim()
-            .parse()
-            .ok()
-            .filter(|p| *p > 0)?;
+        let pid = self.init_pid().ok()?;
         let path = std::ffi::CString::new(format!("/proc/{pid}/root")).ok()?;
         // SAFETY: a NUL-terminated path; the fd returned is owned below.
         let fd = unsafe {
@@ -826,16 +832,11 @@ impl JailSandbox {
     /// The host pid of the guest's init (read from its pidfd, so it is the jail's process
     /// and no other).
     fn init_pid(&self) -> std::result::Result<i32, String> {
-        use std::os::fd::AsRawFd;
-        let live = self.guest.state.as_live().ok_or("the sandbox is gone")?;
-        let fdinfo =
-            std::fs::read_to_string(format!("/proc/self/fdinfo/{}", live.pid1.as_raw_fd()))
-                .map_err(|e| format!("reading the init's pidfd info: {e}"))?;
-        fdinfo
-            .lines()
-            .find_map(|l| l.strip_prefix("Pid:"))
-            .and_then(|p| p.trim().parse().ok())
-            .ok_or_else(|| "the init's pidfd names no pid".to_owned())
+        self.guest
+            .state
+            .as_live()
+            .ok_or("the sandbox is gone")?
+            .init_pid()
     }
 
     /// The digests ([`crate::seccomp::digest`]) of the seccomp filters the guest's init runs
@@ -1182,26 +1183,35 @@ mod tests {
         }
     }
 
+    /// A jail on the host's Python for test `test`, or `None` after a SKIPPED line saying
+    /// why there is none.
+    fn python_jail(test: &str) -> Option<JailRuntime> {
+        let python = match crate::discover_python(None) {
+            Ok(p) => p,
+            Err(e) => {
+                agentkernel_core::conformance::skip(test, "process", &format!("no python3: {e}"));
+                return None;
+            }
+        };
+        Some(
+            JailRuntime::new(JailConfig {
+                backend: "process",
+                agent: GuestAgent::Python(python),
+                workspace_layer: true,
+            })
+            .expect("the jail works here (see `agentkernel doctor`)"),
+        )
+    }
+
     /// A host holding thousands of fds (a server with hundreds of sandboxes and
     /// connections) still starts sandboxes, and each gets only its own: the plan's fds are
     /// moved to fixed low numbers in the child, whatever their numbers in the host (the
     /// start was refused past 512 open files before).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_host_holding_thousands_of_fds_still_starts_sandboxes() {
-        let Ok(python) = crate::discover_python(None) else {
-            agentkernel_core::conformance::skip(
-                "a_host_holding_thousands_of_fds_still_starts_sandboxes",
-                "process",
-                "no python3",
-            );
+        let Some(rt) = python_jail("a_host_holding_thousands_of_fds_still_starts_sandboxes") else {
             return;
         };
-        let rt = JailRuntime::new(JailConfig {
-            backend: "process",
-            agent: GuestAgent::Python(python),
-            workspace_layer: true,
-        })
-        .expect("the jail works here (see `agentkernel doctor`)");
         let null = std::fs::File::open("/dev/null").unwrap();
         let held: Vec<OwnedFd> = (0..3000)
             .map(|_| OwnedFd::from(null.try_clone().expect("the open-files limit was raised")))
@@ -1222,23 +1232,10 @@ mod tests {
     /// dies before sending `go`, the child sees EOF and exits instead of waiting forever.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_starting_sandbox_holds_no_host_fd_and_dies_with_the_host() {
-        let python = match crate::discover_python(None) {
-            Ok(p) => p,
-            Err(e) => {
-                agentkernel_core::conformance::skip(
-                    "a_starting_sandbox_holds_no_host_fd_and_dies_with_the_host",
-                    "process",
-                    &format!("no python3: {e}"),
-                );
-                return;
-            }
+        let Some(rt) = python_jail("a_starting_sandbox_holds_no_host_fd_and_dies_with_the_host")
+        else {
+            return;
         };
-        let rt = JailRuntime::new(JailConfig {
-            backend: "process",
-            agent: GuestAgent::Python(python),
-            workspace_layer: true,
-        })
-        .expect("the jail works here (see `agentkernel doctor`)");
         let spec = agentkernel_core::conformance::test_spec();
         // A live sandbox: the host holds its lifeline's write end and its control socket.
         // (`start` directly: admission, which the backends do, needs a `Runtime`.)

@@ -229,9 +229,7 @@ async fn workspace(
     let (uid, gid) = dir
         .owner()
         .map_err(|e| ConnectError::new(Code::Internal, e.to_string()))?;
-    // SAFETY: geteuid/getegid cannot fail.
-    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    Ok((dir, (uid != euid || gid != egid).then_some((uid, gid))))
+    Ok((dir, super::view::fsids_unless_mine(uid, gid)))
 }
 
 /// The directory holding `path`'s last component (created, with its parents, when

@@ -62,12 +62,10 @@ impl RootView {
     pub fn open(root: agentkernel_core::HostRoot, token: &str) -> Option<RootView> {
         let name = marker_path(token);
         let marker = CString::new(name.trim_start_matches("/tmp/")).ok()?;
-        // SAFETY: geteuid/getegid cannot fail.
-        let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
         let view = RootView {
             root: root.root,
             marker,
-            fsids: (root.uid != euid || root.gid != egid).then_some((root.uid, root.gid)),
+            fsids: fsids_unless_mine(root.uid, root.gid),
         };
         view.is_current().then_some(view)
     }
@@ -101,6 +99,14 @@ impl RootView {
         // SAFETY: the kernel just returned this fd to us.
         Ok(Dir::from_fd(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
+}
+
+/// `(uid, gid)` as the filesystem ids [`run_as`] takes: `None` when they are this
+/// process's own effective ids (nothing to switch).
+pub fn fsids_unless_mine(uid: u32, gid: u32) -> Option<(u32, u32)> {
+    // SAFETY: geteuid/getegid cannot fail.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    (uid != euid || gid != egid).then_some((uid, gid))
 }
 
 /// Runs `f` on a thread of its own whose filesystem ids are `fsids` (when given).
